@@ -1,0 +1,57 @@
+"""veda: write a loop body once, run it on one CPU thread, all CPU threads or a GPU.
+
+>>> import numpy as np, veda
+>>> @veda.kernel
+... def saxpy(i, a, x, y, out):
+...     out[i] = a * x[i] + y[i]
+>>> x = np.ones(1000); y = np.ones(1000); out = np.empty(1000)
+>>> saxpy[1000](2.0, x, y, out)
+>>> float(out[0])
+3.0
+"""
+
+from veda._config import Config, config, get_config, max_threads, set_config
+from veda._kernel.cache import cache_clear, cache_info
+from veda._kernel.kernel import Func, Kernel, func, kernel, launch
+from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
+from veda._version import __version__
+from veda.errors import (
+    ConfigError,
+    KernelDefinitionError,
+    KernelError,
+    KernelIndexError,
+    LaunchError,
+    TargetUnavailableError,
+    UnknownKernelError,
+    VedaError,
+)
+from veda.targets.cpu import threading_layer
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Func",
+    "Kernel",
+    "KernelDefinitionError",
+    "KernelError",
+    "KernelIndexError",
+    "LaunchError",
+    "TargetUnavailableError",
+    "UnknownKernelError",
+    "VedaError",
+    "__version__",
+    "atomic_add",
+    "atomic_max",
+    "atomic_min",
+    "cache_clear",
+    "cache_info",
+    "config",
+    "func",
+    "get_config",
+    "kernel",
+    "launch",
+    "local_array",
+    "max_threads",
+    "set_config",
+    "threading_layer",
+]

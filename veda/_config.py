@@ -1,0 +1,266 @@
+"""Configuration in three layers: process defaults, scoped overrides, per-launch arguments.
+
+Every ``VEDA_*`` environment variable is read here and nowhere else.  Scopes live in a
+:class:`contextvars.ContextVar`, so a ``with veda.config(...)`` block applies to the current
+thread or asyncio task only.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numba
+
+from veda.errors import ConfigError, VedaError
+
+__all__ = ["Config", "config", "get_config", "set_config", "SCHEDULES", "TARGETS", "max_threads"]
+
+TARGETS = ("cpu", "parallel", "cuda")
+SCHEDULES = ("static", "interleaved", "dynamic", "guided")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def max_threads() -> int:
+    """The number of worker threads Numba starts (``NUMBA_NUM_THREADS``)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "veda")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """veda's settings.  ``None`` means "the dispatcher decides".
+
+    Parameters
+    ----------
+    target : {"cpu", "parallel", "cuda"} or None
+        Where launches run.  ``None`` lets veda choose per launch.
+    threads : int or None
+        Worker threads for ``"parallel"`` launches, 1 to :func:`max_threads`.
+    schedule : {"static", "interleaved", "dynamic", "guided"} or None
+        How ``"parallel"`` launches deal out chunks of the domain.
+    chunk : int or None
+        Elements per chunk (the smallest chunk for ``"guided"``).
+    boundscheck : bool
+        Check every array access; out-of-bounds accesses raise :class:`veda.KernelIndexError`.
+    cache : bool
+        Keep compiled kernels on disk so that a new process reuses them.
+    cache_dir : str
+        Where the disk cache lives (``$XDG_CACHE_HOME/veda`` by default).
+
+    Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
+    ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``, ``VEDA_CACHE``
+    and ``VEDA_CACHE_DIR``.
+    """
+
+    target: str | None = None
+    threads: int | None = None
+    schedule: str | None = None
+    chunk: int | None = None
+    boundscheck: bool = False
+    cache: bool = True
+    cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
+
+    def __post_init__(self) -> None:
+        _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build a :class:`Config` from ``VEDA_*`` environment variables."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get("VEDA_" + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _parse_env(field.name, raw)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    var = "VEDA_" + name.upper()
+    if name in ("threads", "chunk"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: expected an integer") from None
+    if name in ("boundscheck", "cache"):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{var}={raw!r}: expected 0/1, true/false, yes/no or on/off")
+    return raw.strip()
+
+
+def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> None:
+    """Check one layer's values; ``error`` is raised with a message naming the argument."""
+    target = values.get("target")
+    if target is not None and target not in TARGETS:
+        raise error(f"{where}: unknown target={target!r}; expected one of {', '.join(TARGETS)}")
+    schedule = values.get("schedule")
+    if schedule is not None and schedule not in SCHEDULES:
+        raise error(
+            f"{where}: unknown schedule={schedule!r}; expected one of {', '.join(SCHEDULES)}"
+        )
+    threads = values.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int):
+            raise error(f"{where}: threads must be an integer, not {type(threads).__name__}")
+        limit = max_threads()
+        if not 1 <= threads <= limit:
+            raise error(
+                f"{where}: threads={threads} is out of range; Numba started {limit} worker "
+                f"threads, so threads must be between 1 and {limit}"
+            )
+    chunk = values.get("chunk")
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int):
+            raise error(f"{where}: chunk must be an integer, not {type(chunk).__name__}")
+        if chunk < 1:
+            raise error(f"{where}: chunk={chunk} must be at least 1")
+    if target == "cpu":
+        clash = [k for k in ("threads", "schedule", "chunk") if values.get(k) is not None]
+        if clash:
+            raise error(
+                f"{where}: target='cpu' runs on one thread, so {', '.join(clash)}= "
+                "contradicts it; drop target= or use target='parallel'"
+            )
+    for flag in ("boundscheck", "cache"):
+        if flag in values and not isinstance(values[flag], bool):
+            raise error(f"{where}: {flag} must be True or False, not {values[flag]!r}")
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+
+_defaults: Config = Config.from_env()
+_generation = 0
+
+
+class _Scope:
+    __slots__ = ("overrides", "parent", "generation", "merged")
+
+    def __init__(self, overrides: dict[str, Any], parent: _Scope | None) -> None:
+        self.overrides = overrides
+        self.parent = parent
+        self.generation = -1
+        self.merged: Config = _defaults
+
+    def effective(self) -> Config:
+        if self.generation != _generation:
+            base = _defaults if self.parent is None else self.parent.effective()
+            self.merged = base.replace(**self.overrides)
+            self.generation = _generation
+        return self.merged
+
+
+_scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("veda_config", default=None)
+
+
+def get_config() -> Config:
+    """The settings in force here: process defaults with the enclosing scopes applied.
+
+    Examples
+    --------
+    >>> import veda
+    >>> with veda.config(target="cpu"):
+    ...     veda.get_config().target
+    'cpu'
+    """
+    scope = _scope.get()
+    return _defaults if scope is None else scope.effective()
+
+
+def set_config(**changes: Any) -> Config:
+    """Change the process-wide defaults (every thread, below any open scope); return them."""
+    global _defaults, _generation
+    unknown = set(changes) - _FIELDS
+    if unknown:
+        raise ConfigError(
+            f"veda.set_config: unknown setting(s) {', '.join(sorted(unknown))}; "
+            f"expected some of {', '.join(sorted(_FIELDS))}"
+        )
+    _defaults = _defaults.replace(**changes)
+    _generation += 1
+    return _defaults
+
+
+class config:
+    """Override settings for a block of code or a function; restored on exit.
+
+    Applies to the current thread or asyncio task only (it is a :mod:`contextvars` scope) and
+    nests: an inner scope overrides an outer one.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def double(i, x):
+    ...     x[i] *= 2
+    >>> x = np.ones(4)
+    >>> with veda.config(target="cpu"):
+    ...     double[4](x)
+    >>> @veda.config(target="parallel", threads=1)
+    ... def step(x):
+    ...     double[4](x)
+    >>> step(x); x
+    array([4., 4., 4., 4.])
+    """
+
+    def __init__(self, **overrides: Any) -> None:
+        unknown = set(overrides) - _FIELDS
+        if unknown:
+            raise ConfigError(
+                f"veda.config: unknown setting(s) {', '.join(sorted(unknown))}; "
+                f"expected some of {', '.join(sorted(_FIELDS))}"
+            )
+        _validate(overrides, ConfigError, where="veda.config")
+        self._overrides = overrides
+        self._tokens: list[contextvars.Token[_Scope | None]] = []
+
+    def __enter__(self) -> Config:
+        scope = _Scope(self._overrides, _scope.get())
+        self._tokens.append(_scope.set(scope))
+        return scope.effective()
+
+    def __exit__(self, *exc: object) -> None:
+        _scope.reset(self._tokens.pop())
+
+    def __call__(self, func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with config(**self._overrides):
+                return func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self._overrides.items())
+        return f"veda.config({inner})"
+
+
+def cache_root() -> Path:
+    """The directory of veda's disk cache in force here."""
+    return Path(get_config().cache_dir)
+
+
+def validate_launch_overrides(values: Mapping[str, Any]) -> None:
+    """Per-launch overrides follow the same rules; their errors are :class:`LaunchError`."""
+    from veda.errors import LaunchError
+
+    _validate(values, LaunchError, where="veda.launch")

@@ -1,0 +1,1 @@
+"""Kernel definition, analysis, code generation, disk cache and launch path (private)."""

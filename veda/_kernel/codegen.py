@@ -1,0 +1,393 @@
+"""Generated source for kernels and helpers.
+
+A kernel body is copied, decorators stripped, into a generated module together with everything it
+references (imports, constants written as exact literals, helper modules) and the launchers veda
+wraps around it.  The launchers are where veda's loop structure lives: the serial loop of
+``"cpu"``, and for ``"parallel"`` a ``prange`` over workers in which each worker takes chunks of
+the flattened domain by one of four schedules:
+
+* ``static``: one contiguous block per worker;
+* ``interleaved``: fixed chunks dealt round-robin (worker w takes chunks w, w+T, w+2T, ...);
+* ``dynamic``: each worker takes the next chunk from a shared atomic counter;
+* ``guided``: like dynamic, over chunks that shrink geometrically down to ``chunk``.
+
+Because the schedule is in the generated loop, it balances load on every Numba threading layer.
+Exceptions in a parallel body are caught per index by a small wrapper (a ``try`` directly in a
+``prange`` body would stop Numba from parallelising it); the first failing flat index is recorded,
+the other workers stop at their next chunk, and the launch path re-runs that one index serially to
+raise the original exception.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+
+from veda._kernel import cache as _cache
+from veda._kernel.source import (
+    FunctionSource,
+    importable_path,
+    literal,
+    referenced_globals,
+    source_digest,
+)
+from veda.errors import KernelDefinitionError
+
+# Flat elements per partial sum in reductions.  Summing in blocks bounds the rounding error by
+# about (BLOCK + n/BLOCK) ulps instead of n; the block loop costs nothing measurable.
+REDUCE_BLOCK = 2048
+
+MODE_CODES = {"static": 0, "interleaved": 1, "dynamic": 2, "guided": 3}
+
+_PRELUDE = """\
+import numba as _veda_numba
+import numpy as _veda_np
+from veda._kernel import language as _veda_lang
+from veda._kernel import runtime as _veda_rt
+from veda._kernel.cache import get_module as _veda_get
+"""
+
+
+@dataclass
+class Emitted:
+    """The module-level lines a function needs, and objects that have no source form."""
+
+    lines: list[str]
+    inject: dict[str, Any]
+    notes: list[str]
+
+
+def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str) -> Emitted:
+    """Reproduce the globals and closure variables ``src`` uses in a generated module."""
+    from veda._kernel.kernel import Func, Kernel  # circular at import time
+
+    pyfunc = src.pyfunc
+    code = pyfunc.__code__
+    values: dict[str, Any] = {}
+    for name in sorted(referenced_globals(code)):
+        if name in pyfunc.__globals__:
+            values[name] = pyfunc.__globals__[name]
+    if code.co_freevars and pyfunc.__closure__:
+        for name, cell in zip(code.co_freevars, pyfunc.__closure__):
+            try:
+                values[name] = cell.cell_contents
+            except ValueError:  # empty cell
+                continue
+    out = Emitted([], {}, [])
+    label = f"{what} {pyfunc.__qualname__!r}"
+    for name, value in values.items():
+        if name.startswith("_veda_"):
+            raise KernelDefinitionError(f"{label}: names starting with '_veda_' are reserved")
+        if isinstance(value, Kernel):
+            raise KernelDefinitionError(
+                f"{label} calls kernel {name!r}; a kernel cannot launch another kernel. "
+                "Decorate the shared code with @veda.func instead."
+            )
+        if isinstance(value, Func):
+            unit = value.unit(options)
+            if unit.on_disk:
+                out.lines.append(f"{name} = _veda_get({unit.module.__name__!r}).{value.name}")
+            else:
+                out.inject[name] = getattr(unit.module, value.name)
+            continue
+        if isinstance(value, types.ModuleType):
+            if value.__name__ != "__main__" and getattr(value, "__spec__", None) is not None:
+                out.lines.append(f"import {value.__name__} as {name}")
+            else:
+                out.inject[name] = value
+            continue
+        lit = literal(value)
+        if lit is not None:
+            out.lines.append(f"{name} = {lit}")
+            continue
+        is_jitted = isinstance(value, numba.core.dispatcher.Dispatcher)
+        if isinstance(value, types.FunctionType) and not is_jitted:
+            raise KernelDefinitionError(
+                f"{label} calls {name!r}, a plain Python function; decorate it with "
+                "@veda.func (or numba.njit) so that it can be compiled"
+            )
+        path = importable_path(value)
+        if path is not None:
+            mod, attr = path
+            out.lines.append(f"from {mod} import {attr} as {name}")
+            if is_jitted:
+                # Numba's cache does not follow a callee's changes; the digest makes the
+                # generated text, and so the cache entry, change with it.
+                out.notes.append(f"# {name}: {mod}.{attr} source {source_digest(value.py_func)}")
+            continue
+        out.inject[name] = value
+    return out
+
+
+def _decorator(cache: bool, boundscheck: bool, parallel: bool = False) -> str:
+    extra = ", parallel=True" if parallel else ""
+    return (
+        f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra})"
+    )
+
+
+def _function_text(src: FunctionSource, decorator: str) -> tuple[list[str], int]:
+    assert src.text is not None
+    lines = src.text.rstrip("\n").splitlines()
+    return [decorator, *lines], 1  # the def starts one line after the decorator
+
+
+@dataclass
+class Unit:
+    """A loaded generated module."""
+
+    module: types.ModuleType
+    on_disk: bool
+
+
+def _assemble(
+    stem: str,
+    header: str,
+    functions: list[tuple[FunctionSource, Emitted, str]],
+    tail: str,
+    cache: bool,
+) -> Unit:
+    """Join prelude, references, user functions and launchers; load the result."""
+    lines = [header.rstrip("\n"), _PRELUDE.rstrip("\n")]
+    inject: dict[str, Any] = {}
+    maps: list[_cache.LineMap] = []
+    for src, emitted, decorator in functions:
+        lines.extend(emitted.notes)
+        lines.extend(emitted.lines)
+        inject.update(emitted.inject)
+        if src.text is None:
+            inject[src.name] = numba.njit(**_njit_options(decorator))(src.pyfunc)
+            continue
+        lines.append("")
+        fn_lines, offset = _function_text(src, decorator)
+        maps.append(_cache.LineMap(len(lines) + offset + 1, len(fn_lines) - offset, src))
+        lines.extend(fn_lines)
+    lines.append("")
+    lines.append(tail)
+    text = "\n".join(lines) + "\n"
+    on_disk = cache and not inject
+    name = _cache.module_name(stem, text)
+    module = _cache.load_module(name, text, inject, maps, on_disk)
+    return Unit(module, on_disk and name not in _cache._memory_modules)
+
+
+def _njit_options(decorator: str) -> dict[str, Any]:
+    return {
+        "boundscheck": "boundscheck=True" in decorator,
+        "nogil": True,
+    }
+
+
+def function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
+    """The generated module of a ``@veda.func`` helper for the CPU targets."""
+    boundscheck, cache = options
+    emitted = emit_references(src, options, "helper")
+    header = f"# veda helper {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated)"
+    return _assemble(src.name, header, [(src, emitted, _decorator(cache, boundscheck))], "", cache)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel launchers
+
+
+def _indent(block: str, n: int) -> str:
+    return textwrap.indent(block, " " * n)
+
+
+def _segment_loop(ndim: int, lo: str, hi: str, stmt: str) -> str:
+    """Visit the flat index range [lo, hi) of the domain, innermost axis contiguous."""
+    if ndim == 1:
+        return f"for i0 in range({lo}, {hi}):\n{_indent(stmt, 4)}\n"
+    last = ndim - 1
+    head = f"_f = {lo}\nwhile _f < {hi}:\n"
+    if ndim == 2:
+        split = "    i0 = _f // n1\n    _j = _f - i0 * n1\n"
+    else:
+        split = (
+            "    i0 = _f // (n1 * n2)\n"
+            "    _r = _f - i0 * (n1 * n2)\n"
+            "    i1 = _r // n2\n"
+            "    _j = _r - i1 * n2\n"
+        )
+    body = (
+        f"    _e = min(n{last}, _j + ({hi} - _f))\n"
+        f"    for i{last} in range(_j, _e):\n{_indent(stmt, 8)}\n"
+        "    _f += _e - _j\n"
+    )
+    if "_stop = True" in stmt:
+        body += "    if _stop:\n        break\n"
+    return head + split + body
+
+
+def _flat(ndim: int) -> str:
+    if ndim == 1:
+        return "i0"
+    if ndim == 2:
+        return "i0 * n1 + i1"
+    return "(i0 * n1 + i1) * n2 + i2"
+
+
+_COMBINE = {
+    "sum": "return _a + _b",
+    "prod": "return _a * _b",
+    # NaN propagates as in np.min / np.max: once the accumulator is NaN it stays NaN.
+    "min": "return _b if (_b < _a or _b != _b) else _a",
+    "max": "return _b if (_b > _a or _b != _b) else _a",
+}
+
+
+def kernel_launchers(
+    body: str, ndim: int, nargs: int, reduce: str | None, cache: bool, boundscheck: bool
+) -> str:
+    """Source of the serial and parallel launchers around ``body``."""
+    dims = ", ".join(f"n{d}" for d in range(ndim))
+    idx = ", ".join(f"i{d}" for d in range(ndim))
+    args = "".join(f", a{k}" for k in range(nargs))
+    size = " * ".join(f"n{d}" for d in range(ndim))
+    dec = _decorator(cache, boundscheck)
+    pdec = _decorator(cache, boundscheck, parallel=True)
+    zeros = ", ".join("_z" for _ in range(ndim))
+    out: list[str] = []
+
+    out.append(f"{dec}\ndef _veda_at({idx}{args}):\n    {body}({idx}{args})\n")
+
+    if reduce is None:
+        loops = ""
+        for d in range(ndim):
+            loops += " " * (4 * d) + f"for i{d} in range(n{d}):\n"
+        loops += " " * (4 * ndim) + f"{body}({idx}{args})\n"
+        out.append(f"{dec}\ndef _veda_cpu({dims}{args}):\n{_indent(loops, 4)}    return -1\n")
+        out.append(
+            f"{dec}\ndef _veda_safe({idx}{args}):\n"
+            f"    try:\n        {body}({idx}{args})\n"
+            "    except Exception:\n        return True\n    return False\n"
+        )
+        stmt = f"if _veda_safe({idx}{args}):\n    _err[0] = {_flat(ndim)}\n    _stop = True\n    break"
+        work = _segment_loop(ndim, "_lo", "_hi", stmt)
+        acc_init = acc_store = result = ""
+        ret = "return _err[0]"
+    else:
+        out.append(f"{dec}\ndef _veda_combine(_a, _b):\n    {_COMBINE[reduce]}\n")
+        out.append(
+            f"{dec}\ndef _veda_safe(_acc, {idx}{args}):\n"
+            f"    try:\n        _v = {body}({idx}{args})\n"
+            "    except Exception:\n        return True, _acc\n"
+            "    return False, _veda_combine(_acc, _veda_lang.to_accumulator(_v, _acc))\n"
+        )
+        ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
+        serial_stmt = f"_b = _veda_combine(_b, _veda_lang.to_accumulator({body}({idx}{args}), _b))"
+        serial = (
+            "_blo = 0\n"
+            "while _blo < _N:\n"
+            f"    _bhi = min(_blo + {REDUCE_BLOCK}, _N)\n"
+            "    _b = _ident\n"
+            f"{_indent(_segment_loop(ndim, '_blo', '_bhi', serial_stmt), 4)}"
+            "    _acc = _veda_combine(_acc, _b)\n"
+            "    _blo = _bhi\n"
+        )
+        out.append(
+            f"{dec}\ndef _veda_cpu({dims}{args}):\n"
+            f"    _z = _veda_np.int64(0)\n    _N = {size}\n"
+            f"    _ident = {ident}\n    _acc = _ident\n"
+            f"{_indent(serial, 4)}"
+            "    return _veda_np.full(1, _acc)\n"
+        )
+        stmt = (
+            f"_bad, _b = _veda_safe(_b, {idx}{args})\n"
+            f"if _bad:\n    _err[0] = {_flat(ndim)}\n    _stop = True\n    break"
+        )
+        work = (
+            "_blo = _lo\n"
+            "while _blo < _hi:\n"
+            f"    _bhi = min(_blo + {REDUCE_BLOCK}, _hi)\n"
+            "    _b = _ident\n"
+            f"{_indent(_segment_loop(ndim, '_blo', '_bhi', stmt), 4)}"
+            "    _acc = _veda_combine(_acc, _b)\n"
+            "    if _stop:\n        break\n"
+            "    _blo = _bhi\n"
+        )
+        acc_init = (
+            f"    _z = _veda_np.int64(0)\n    _ident = {ident}\n"
+            "    _partials = _veda_np.full(_veda_T, _ident)\n"
+        )
+        acc_store = "        _partials[_w] = _acc\n"
+        result = (
+            "    _res = _ident\n"
+            "    for _w in range(_veda_T):\n"
+            "        _res = _veda_combine(_res, _partials[_w])\n"
+        )
+        ret = "return _veda_np.full(1, _res), _err[0]"
+
+    worker_acc = "        _acc = _ident\n" if reduce is not None else ""
+    out.append(
+        f"{pdec}\ndef _veda_parallel({dims}, _veda_T, _veda_mode, _veda_chunk{args}):\n"
+        f"    _N = {size}\n"
+        "    _err = _veda_np.full(1, -1, _veda_np.int64)\n"
+        "    _counter = _veda_np.zeros(1, _veda_np.int64)\n"
+        "    if _veda_mode == 3:\n"
+        "        _bounds = _veda_rt.guided_bounds(_N, _veda_T, _veda_chunk)\n"
+        "    else:\n"
+        "        _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
+        f"{acc_init}"
+        "    for _w in _veda_numba.prange(_veda_T):\n"
+        "        _k = 0\n"
+        "        _stop = False\n"
+        f"{worker_acc}"
+        "        while True:\n"
+        "            if _veda_mode == 0:\n"
+        "                if _k > 0:\n"
+        "                    break\n"
+        "                _lo = _N * _w // _veda_T\n"
+        "                _hi = _N * (_w + 1) // _veda_T\n"
+        "            elif _veda_mode == 1:\n"
+        "                _lo = (_w + _k * _veda_T) * _veda_chunk\n"
+        "                _hi = min(_lo + _veda_chunk, _N)\n"
+        "            elif _veda_mode == 2:\n"
+        "                _lo = _veda_lang.fetch_add(_counter, 0, 1) * _veda_chunk\n"
+        "                _hi = min(_lo + _veda_chunk, _N)\n"
+        "            else:\n"
+        "                _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
+        "                if _c >= _bounds.shape[0] - 1:\n"
+        "                    break\n"
+        "                _lo = _bounds[_c]\n"
+        "                _hi = _bounds[_c + 1]\n"
+        "            if _lo >= _N or _veda_lang.atomic_load(_err, 0) >= 0:\n"
+        "                break\n"
+        "            _k += 1\n"
+        f"{_indent(work, 12)}"
+        "            if _stop:\n"
+        "                break\n"
+        f"{acc_store}"
+        f"{result}"
+        f"    {ret}\n"
+    )
+    return "\n\n".join(out)
+
+
+def kernel_unit(
+    src: FunctionSource,
+    ndim: int,
+    nargs: int,
+    reduce: str | None,
+    options: tuple[bool, bool],
+) -> Unit:
+    """The generated module holding a kernel's body and its CPU launchers."""
+    boundscheck, cache = options
+    emitted = emit_references(src, options, "kernel")
+    body = src.name
+    header = (
+        f"# veda kernel {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated)\n"
+        f"# {ndim}-d domain, {nargs} argument(s), reduce={reduce!r}"
+    )
+    tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck)
+    return _assemble(
+        f"{src.name}_{ndim}d",
+        header,
+        [(src, emitted, _decorator(cache, boundscheck))],
+        tail,
+        cache,
+    )

@@ -1,0 +1,591 @@
+"""``@veda.kernel``, ``@veda.func`` and the launch path.
+
+The launch path is hot: a launch of a 100-element kernel must cost a couple of microseconds more
+than calling the compiled loop directly.  Everything that can be worked out once per kernel
+specialisation (argument checks, written arguments, domain checks, the generated module) is
+worked out once and kept in a :class:`_Plan`; type checks and error translation happen in
+Numba's compile hook, which runs only when a new combination of argument types arrives.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, overload
+
+import numpy as np
+from numba.core import errors as numba_errors
+
+from veda import scheduler, targets
+from veda._config import get_config, validate_launch_overrides
+from veda._kernel import cache as _cache
+from veda._kernel import codegen
+from veda._kernel.language import REDUCE_OPS
+from veda._kernel.source import FunctionSource, analyse, get_source, plain_parameters
+from veda.errors import KernelDefinitionError, LaunchError, VedaError
+
+__all__ = ["Func", "Kernel", "func", "kernel", "launch"]
+
+_INT_TYPES = (int, np.integer)
+_SCALAR_TYPES = (bool, int, float, complex, np.bool_, np.number)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument and error checks (slow path: run when Numba meets new argument types)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-d {value.dtype} array"
+    mod = type(value).__module__
+    name = type(value).__qualname__
+    return f"a {name if mod == 'builtins' else mod + '.' + name}"
+
+
+def _arg_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a kernel argument, or None."""
+    if isinstance(value, np.ndarray):
+        dt = value.dtype
+        if dt.kind not in "biufc":
+            return f"arrays must hold booleans or numbers, not {dt}"
+        if dt.kind == "f" and dt.itemsize not in (4, 8) or dt.kind == "c" and dt.itemsize not in (
+            8,
+            16,
+        ):
+            return f"{dt} arrays are not supported by Numba on the CPU; use float32 or float64"
+        if not dt.isnative:
+            return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
+        return None
+    if isinstance(value, np.generic):
+        return _arg_problem(np.asarray(value))
+    if isinstance(value, _SCALAR_TYPES):
+        return None
+    if type(value) is tuple:
+        for item in value:
+            problem = _arg_problem(item)
+            if problem is not None:
+                return f"tuples must hold scalars or arrays: {problem}"
+        return None
+    if isinstance(value, list):
+        return "lists are not accepted; pass a NumPy array (np.asarray(...))"
+    if hasattr(value, "__cuda_array_interface__"):
+        return (
+            "GPU arrays are not accepted by the CPU targets; copy to the host with "
+            "veda.to_host / .get(), or launch with target='cuda'"
+        )
+    return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
+
+
+def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...]) -> None:
+    for name, value in zip(names, args):
+        problem = _arg_problem(value)
+        if problem is not None:
+            raise LaunchError(
+                f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}; {problem}"
+            )
+
+
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def _summary(message: str) -> str:
+    """The few lines of a Numba error message that say what went wrong."""
+    kept: list[str] = []
+    for line in message.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("Failed in ") or stripped.startswith(">>>"):
+            if stripped.startswith(">>>"):
+                kept.append(stripped)
+            continue
+        if stripped.startswith("File ") or stripped.startswith("During:"):
+            break
+        if stripped.startswith("There are") or stripped.startswith("- Of which"):
+            break
+        kept.append(stripped)
+        if len(kept) >= 4:
+            break
+    return "\n  ".join(kept) if kept else message.strip().splitlines()[0]
+
+
+def _user_location(message: str) -> str:
+    for fname, line in _FILE_LINE.findall(message):
+        for m in _cache.line_maps.get(fname, ()):
+            offset = int(line) - m.gen_start
+            if 0 <= offset < m.length:
+                ufile, uline, text = m.source.user_line(offset)
+                return f"\n  at {ufile}:{uline}: {text}"
+    return ""
+
+
+def translate_compile_error(
+    exc: Exception, kernel_name: str, names: list[str], args: tuple[Any, ...]
+) -> VedaError:
+    import numba
+
+    message = str(exc)
+    readonly = [
+        n for n, a in zip(names, args) if isinstance(a, np.ndarray) and not a.flags.writeable
+    ]
+    if "readonly" in message and readonly:
+        return LaunchError(
+            f"kernel {kernel_name!r} writes argument {readonly[0]!r}, which is a read-only "
+            f"array; pass a writeable array (e.g. {readonly[0]}.copy()){_user_location(message)}"
+        )
+    types = []
+    for n, a in zip(names, args):
+        try:
+            types.append(f"{n}: {numba.typeof(a)}")
+        except Exception:
+            types.append(f"{n}: {type(a).__name__}")
+    err = KernelDefinitionError(
+        f"kernel {kernel_name!r} cannot be compiled for argument types ({', '.join(types)}):\n  "
+        f"{_summary(message)}{_user_location(message)}"
+    )
+    err.numba_message = message  # type: ignore[attr-defined]
+    return err
+
+
+def install_compile_hook(
+    dispatcher: Any, owner: Kernel | Func, offset: int, names: list[str]
+) -> None:
+    """Check, count and translate at the one point Numba meets new argument types."""
+    original = dispatcher._compile_for_args
+
+    def _compile_for_args(*args: Any, **kws: Any) -> Any:
+        user_args = args[offset:]
+        check_arguments(owner.name, names, user_args)
+        hits = sum(dispatcher.stats.cache_hits.values())
+        start = time.perf_counter()
+        try:
+            result = original(*args, **kws)
+        except numba_errors.NumbaError as exc:
+            raise translate_compile_error(exc, owner.name, names, user_args) from None
+        seconds = time.perf_counter() - start
+        with owner._lock:
+            stats = owner.compile_stats
+            if sum(dispatcher.stats.cache_hits.values()) > hits:
+                stats.cache_hits += 1
+            else:
+                stats.compiled += 1
+            stats.compile_seconds += seconds
+            stats.signatures.append(
+                ", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
+                if dispatcher.signatures
+                else ""
+            )
+        return result
+
+    dispatcher._compile_for_args = _compile_for_args
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+class Func:
+    """A helper function that kernels (and other helpers) may call; see :func:`func`."""
+
+    def __init__(self, pyfunc: Callable[..., Any]) -> None:
+        self.params = plain_parameters(pyfunc, "func")
+        self.py_func = pyfunc
+        self.name = pyfunc.__name__
+        self.qualname = pyfunc.__qualname__
+        self._lock = threading.RLock()
+        self._units: dict[tuple[bool, bool], codegen.Unit] = {}
+        self._written: set[int] | None = None
+        self._source: FunctionSource | None = None
+        self.compile_stats = _cache.CompileStats()
+        functools.update_wrapper(self, pyfunc)
+
+    @property
+    def source(self) -> FunctionSource:
+        if self._source is None:
+            self._source = get_source(self.py_func)
+        return self._source
+
+    def written_positions(self) -> set[int]:
+        """Positions of the parameters this helper writes (directly or through helpers)."""
+        if self._written is None:
+            self._written = set()  # breaks cycles between mutually recursive helpers
+            facts = analyse(self.source, self.params, [], _callee_writes)
+            self._written = {self.params.index(p) for p in facts.written}
+        return self._written
+
+    def unit(self, options: tuple[bool, bool]) -> codegen.Unit:
+        unit = self._units.get(options)
+        if unit is None:
+            with self._lock:
+                unit = self._units.get(options)
+                if unit is None:
+                    unit = codegen.function_unit(self.source, options)
+                    install_compile_hook(getattr(unit.module, self.name), self, 0, self.params)
+                    self._units[options] = unit
+        return unit
+
+    def __call__(self, *args: Any) -> Any:
+        """Call the compiled helper from Python (handy for testing it alone)."""
+        cfg = get_config()
+        return getattr(self.unit((cfg.boundscheck, cfg.cache)).module, self.name)(*args)
+
+    def __repr__(self) -> str:
+        return f"<veda.func {self.qualname}>"
+
+
+def _callee_writes(callee: Any) -> set[int]:
+    if isinstance(callee, Func):
+        return callee.written_positions()
+    return set()
+
+
+def func(pyfunc: Callable[..., Any]) -> Func:
+    """Mark a helper function that kernels may call.
+
+    The helper is compiled for whichever target calls it; its source is copied into veda's
+    generated modules, so a change to it is seen by the disk cache.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.func
+    ... def clamp(v, lo, hi):
+    ...     return min(max(v, lo), hi)
+    >>> @veda.kernel
+    ... def clip(i, x, out):
+    ...     out[i] = clamp(x[i], 0.0, 1.0)
+    >>> out = np.empty(3)
+    >>> clip[3](np.array([-1.0, 0.5, 2.0]), out)
+    >>> out
+    array([0. , 0.5, 1. ])
+    """
+    return Func(pyfunc)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+
+
+class _Plan:
+    """What one (index count, argument count) form of a kernel checks at every launch."""
+
+    __slots__ = ("names", "written", "direct")
+
+    def __init__(self, names: list[str], written: list[int],
+                 direct: list[tuple[int, int, int, str, str]]) -> None:
+        self.names = names
+        self.written = written
+        self.direct = direct
+
+
+class Kernel:
+    """A compiled-on-demand parallel kernel; see :func:`kernel`.
+
+    Launch it with ``k[n](*args)`` (a 1-d domain), ``k[(n, m)](*args)`` or
+    ``k[(n, m, p)](*args)``, or with :func:`launch` for explicit settings.
+    """
+
+    def __init__(self, pyfunc: Callable[..., Any], reduce: str | None = None,
+                 ndim: int | None = None) -> None:
+        if reduce is not None and reduce not in REDUCE_OPS:
+            raise KernelDefinitionError(
+                f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
+                f"expected one of {', '.join(REDUCE_OPS)}"
+            )
+        if ndim is not None and ndim not in (1, 2, 3):
+            raise KernelDefinitionError(f"ndim={ndim!r}: kernels take 1, 2 or 3 index parameters")
+        self.params = plain_parameters(pyfunc, "kernel")
+        if ndim is not None and len(self.params) < ndim:
+            raise KernelDefinitionError(
+                f"kernel {pyfunc.__qualname__!r} declares ndim={ndim} but has only "
+                f"{len(self.params)} parameter(s)"
+            )
+        if not self.params:
+            raise KernelDefinitionError(
+                f"kernel {pyfunc.__qualname__!r} needs at least one index parameter"
+            )
+        self.py_func = pyfunc
+        self.reduce = reduce
+        self.ndim = ndim
+        self.name: str = pyfunc.__qualname__
+        self.module_name: str = pyfunc.__module__
+        self._lock = threading.RLock()
+        self._source: FunctionSource | None = None
+        self._plans: dict[tuple[int, int], _Plan] = {}
+        self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
+        self._bound: dict[Any, BoundLaunch] = {}
+        self.compile_stats = _cache.CompileStats()
+        functools.update_wrapper(self, pyfunc)
+
+    # -- introspection ---------------------------------------------------------------------
+    @property
+    def source(self) -> FunctionSource:
+        if self._source is None:
+            self._source = get_source(self.py_func)
+        return self._source
+
+    @property
+    def written(self) -> list[str]:
+        """Names of the parameters the kernel writes, as veda's analysis finds them."""
+        facts = analyse(self.source, self.params, [], _callee_writes)
+        return [p for p in self.params if p in facts.written]
+
+    def __repr__(self) -> str:
+        red = f", reduce={self.reduce!r}" if self.reduce else ""
+        return f"<veda.kernel {self.name}{red}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise LaunchError(
+            f"kernel {self.name!r} needs a domain: launch it as {self.py_func.__name__}[n](...) "
+            f"or veda.launch({self.py_func.__name__}, n, ...)"
+        )
+
+    # -- launching -------------------------------------------------------------------------
+    def __getitem__(self, domain: Any) -> BoundLaunch:
+        try:
+            bound = self._bound.get(domain)
+        except TypeError:  # unhashable domain, e.g. a list
+            bound = None
+        if bound is None:
+            dims = self._domain(domain)
+            bound = BoundLaunch(self, dims)
+            if len(self._bound) < 256:
+                try:
+                    self._bound[domain] = bound
+                except TypeError:
+                    pass
+        return bound
+
+    def _domain(self, domain: Any) -> tuple[int, ...]:
+        items = tuple(domain) if isinstance(domain, (tuple, list)) else (domain,)
+        if not 1 <= len(items) <= 3:
+            raise LaunchError(
+                f"kernel {self.name!r}: domain must have 1, 2 or 3 dimensions, got {domain!r}"
+            )
+        dims = []
+        for axis, n in enumerate(items):
+            if isinstance(n, bool) or not isinstance(n, _INT_TYPES):
+                raise LaunchError(
+                    f"kernel {self.name!r}: domain axis {axis} must be a non-negative integer, "
+                    f"not {n!r}"
+                )
+            if n < 0:
+                raise LaunchError(
+                    f"kernel {self.name!r}: domain axis {axis} is {n}; sizes must be >= 0"
+                )
+            dims.append(int(n))
+        if self.ndim is not None and len(dims) != self.ndim:
+            raise LaunchError(
+                f"kernel {self.name!r} is declared with ndim={self.ndim}, but the domain "
+                f"{tuple(dims)} has {len(dims)} dimension(s)"
+            )
+        return tuple(dims)
+
+    def _plan(self, ndim: int, nargs: int) -> _Plan:
+        with self._lock:
+            plan = self._plans.get((ndim, nargs))
+            if plan is not None:
+                return plan
+            expected = len(self.params) - ndim
+            if nargs != expected:
+                index = ", ".join(self.params[:ndim])
+                rest = ", ".join(self.params[ndim:]) or "none"
+                if expected < 0:
+                    raise LaunchError(
+                        f"kernel {self.name!r} has {len(self.params)} parameter(s), too few for a "
+                        f"{ndim}-d domain"
+                    )
+                raise LaunchError(
+                    f"kernel {self.name!r} takes {expected} argument(s) after its {ndim} index "
+                    f"parameter(s) ({index}): {rest}; got {nargs}"
+                )
+            index_params = self.params[:ndim]
+            names = self.params[ndim:]
+            facts = analyse(self.source, self.params, index_params, _callee_writes)
+            if self.source.tree is not None:
+                if self.reduce is not None and not facts.returns_value:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r} has reduce={self.reduce!r} but returns no value; "
+                        "return one value per index"
+                    )
+                if self.reduce is None and facts.returns_value:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r} returns a value but has no reduce=; use "
+                        "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
+                    )
+            written = [names.index(p) for p in names if p in facts.written]
+            direct = [
+                (names.index(arr), axis, index_params.index(idx), arr, idx)
+                for arr, axis, idx in facts.direct_index
+                if arr in names
+            ]
+            plan = _Plan(names, written, direct)
+            self._plans[(ndim, nargs)] = plan
+            return plan
+
+    def program(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
+        """The loaded generated module for this form and options (CPU family)."""
+        key = (ndim, nargs, options)
+        module = self._programs.get(key)
+        if module is None:
+            with self._lock:
+                module = self._programs.get(key)
+                if module is None:
+                    module = self._build(ndim, nargs, options)
+                    self._programs[key] = module
+        return module
+
+    def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
+        names = self._plan(ndim, nargs).names
+        unit = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options)
+        module = unit.module
+        install_compile_hook(module._veda_cpu, self, ndim, names)
+        install_compile_hook(module._veda_parallel, self, ndim + 3, names)
+        install_compile_hook(module._veda_at, self, ndim, names)
+        return module
+
+    def _check(self, plan: _Plan, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
+        for pos in plan.written:
+            a = args[pos]
+            if isinstance(a, np.ndarray) and not a.flags.writeable:
+                raise LaunchError(
+                    f"kernel {self.name!r} writes argument {plan.names[pos]!r}, which is a "
+                    f"read-only array; pass a writeable array (e.g. {plan.names[pos]}.copy())"
+                )
+        for pos, axis, dim, arr, idx in plan.direct:
+            shape = getattr(args[pos], "shape", None)
+            if shape is not None and axis < len(shape) and shape[axis] < dims[dim]:
+                raise LaunchError(
+                    f"kernel {self.name!r}: argument {arr!r} has {shape[axis]} element(s) along "
+                    f"axis {axis}, but it is indexed there by {idx!r}, which runs over "
+                    f"range({dims[dim]}) (domain {dims}); the domain does not match the arrays"
+                )
+
+    def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+        plan = self._plans.get((len(dims), len(args)))
+        if plan is None:
+            plan = self._plan(len(dims), len(args))
+        if plan.written or plan.direct:
+            self._check(plan, dims, args)
+        size = 1
+        for n in dims:
+            size *= n
+        if size == 0 and self.reduce in ("min", "max"):
+            raise LaunchError(
+                f"kernel {self.name!r}: reduce={self.reduce!r} over an empty domain {dims} has "
+                "no identity (as with np.min / np.max of an empty array)"
+            )
+        cfg = get_config()
+        decision = scheduler.decide(size, cfg, overrides)
+        target = targets.get(decision[0])
+        return target.run(self, dims, args, decision, (cfg.boundscheck, cfg.cache))
+
+
+class BoundLaunch:
+    """A kernel with its domain, ready to be called with the kernel's arguments."""
+
+    __slots__ = ("kernel", "dims")
+
+    def __init__(self, kernel: Kernel, dims: tuple[int, ...]) -> None:
+        self.kernel = kernel
+        self.dims = dims
+
+    def __call__(self, *args: Any) -> Any:
+        return self.kernel._launch(self.dims, args, None)
+
+    def __repr__(self) -> str:
+        return f"<veda launch {self.kernel.name}[{', '.join(map(str, self.dims))}]>"
+
+
+@overload
+def kernel(pyfunc: Callable[..., Any], /) -> Kernel: ...
+@overload
+def kernel(
+    *, reduce: str | None = None, ndim: int | None = None
+) -> Callable[[Callable[..., Any]], Kernel]: ...
+
+
+def kernel(
+    pyfunc: Callable[..., Any] | None = None,
+    /,
+    *,
+    reduce: str | None = None,
+    ndim: int | None = None,
+) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
+    """Turn a loop body into a parallel kernel.
+
+    The function's first D parameters receive the launch indices of a D-dimensional domain
+    (D = 1, 2 or 3); the rest receive the launch's arguments: NumPy arrays of numbers or
+    booleans, or scalars.  The body may use whatever Numba compiles (``math``, the NumPy functions
+    Numba supports, complex numbers, tuples), module-level constants, ``@veda.func`` helpers,
+    :func:`veda.atomic_add` and friends, and :func:`veda.local_array`.
+
+    Parameters
+    ----------
+    reduce : {"sum", "prod", "min", "max"}, optional
+        Make a reduction: the body returns one value per index and the launch returns their
+        combination as a NumPy scalar, with the dtype NumPy's reduction would give.
+    ndim : {1, 2, 3}, optional
+        Declare the number of index parameters; launches over another rank are refused.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def saxpy(i, a, x, y, out):
+    ...     out[i] = a * x[i] + y[i]
+    >>> x = np.arange(4.0); y = np.ones(4); out = np.empty(4)
+    >>> saxpy[4](2.0, x, y, out)
+    >>> out
+    array([1., 3., 5., 7.])
+    >>> @veda.kernel(reduce="sum")
+    ... def dot(i, x, y):
+    ...     return x[i] * y[i]
+    >>> dot[4](x, y)
+    np.float64(6.0)
+    """
+
+    def wrap(f: Callable[..., Any]) -> Kernel:
+        return Kernel(f, reduce=reduce, ndim=ndim)
+
+    if pyfunc is not None:
+        return wrap(pyfunc)
+    return wrap
+
+
+def launch(
+    k: Kernel,
+    domain: Any,
+    *args: Any,
+    target: str | None = None,
+    threads: int | None = None,
+    schedule: str | None = None,
+    chunk: int | None = None,
+) -> Any:
+    """Launch ``k`` over ``domain`` with explicit settings (``None``: veda decides).
+
+    ``threads``, ``schedule`` or ``chunk`` without ``target`` imply ``target="parallel"``;
+    together with ``target="cpu"`` they are a contradiction and are refused.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def fill(i, out, v):
+    ...     out[i] = v
+    >>> out = np.zeros(10)
+    >>> veda.launch(fill, 10, out, 3.0, target="parallel", threads=1, schedule="dynamic",
+    ...             chunk=4)
+    >>> out.sum()
+    np.float64(30.0)
+    """
+    if not isinstance(k, Kernel):
+        raise LaunchError(f"veda.launch: the first argument must be a @veda.kernel, not {k!r}")
+    overrides = None
+    if target is not None or threads is not None or schedule is not None or chunk is not None:
+        validate_launch_overrides(
+            {"target": target, "threads": threads, "schedule": schedule, "chunk": chunk}
+        )
+        overrides = (target, threads, schedule, chunk)
+    return k._launch(k[domain].dims, args, overrides)

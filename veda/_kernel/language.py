@@ -1,0 +1,373 @@
+"""The kernel language beyond plain Numba: atomics and per-index scratch arrays.
+
+Each public function here is an ordinary Python function (so it can be called, and documented,
+outside compiled code) that also carries a Numba implementation for the CPU targets.  The CUDA
+target registers its own implementations for the same function objects, so one kernel body
+compiles everywhere.
+
+The private intrinsics at the end are used by veda's generated launchers, not by kernel authors.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array, populate_array
+
+__all__ = ["atomic_add", "atomic_max", "atomic_min", "local_array"]
+
+# Pure-Python fallbacks are serialised by one lock, so they are atomic too.
+_py_atomic_lock = threading.Lock()
+
+
+def _py_rmw(array: np.ndarray, index: Any, value: Any, combine: Any) -> Any:
+    with _py_atomic_lock:
+        old = array[index]
+        array[index] = combine(old, value)
+        return old
+
+
+def atomic_add(array: np.ndarray, index: Any, value: Any) -> Any:
+    """Atomically add ``value`` to ``array[index]`` and return the old value.
+
+    Usable inside any ``@veda.kernel`` or ``@veda.func`` body on every target; many indices may
+    update the same element at once (a histogram, a scatter-add).  ``index`` is an integer or a
+    tuple of integers; ``array`` must hold integers or floats.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def histogram(i, values, counts):
+    ...     veda.atomic_add(counts, values[i] % 4, 1)
+    >>> counts = np.zeros(4, np.int64)
+    >>> histogram[8](np.arange(8), counts)
+    >>> counts
+    array([2, 2, 2, 2])
+    """
+    return _py_rmw(array, index, value, lambda a, b: a + b)
+
+
+def atomic_min(array: np.ndarray, index: Any, value: Any) -> Any:
+    """Atomically set ``array[index]`` to ``min(array[index], value)``; return the old value.
+
+    For floats a NaN ``value`` leaves the element unchanged (LLVM's ``minnum`` rule).
+    """
+    return _py_rmw(array, index, value, lambda a, b: b if b < a else a)
+
+
+def atomic_max(array: np.ndarray, index: Any, value: Any) -> Any:
+    """Atomically set ``array[index]`` to ``max(array[index], value)``; return the old value.
+
+    For floats a NaN ``value`` leaves the element unchanged (LLVM's ``maxnum`` rule).
+    """
+    return _py_rmw(array, index, value, lambda a, b: b if b > a else a)
+
+
+def local_array(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
+    """Fixed-size scratch array private to one index of a kernel.
+
+    ``shape`` must be a compile-time constant (a literal or a module-level constant); the array
+    lives on the stack (the CPU targets) or in thread-local memory (CUDA) and is uninitialised,
+    like :func:`numpy.empty`.  It must not outlive the kernel body that made it.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def reverse3(i, x, out):
+    ...     tmp = veda.local_array(3, np.float64)
+    ...     for k in range(3):
+    ...         tmp[k] = x[i, 2 - k]
+    ...     for k in range(3):
+    ...         out[i, k] = tmp[k]
+    >>> x = np.arange(6.0).reshape(2, 3); out = np.empty_like(x)
+    >>> reverse3[2](x, out)
+    >>> out
+    array([[2., 1., 0.],
+           [5., 4., 3.]])
+    """
+    return np.empty(shape, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba CPU implementations
+
+
+def _index_types(index: types.Type) -> tuple[types.Type, ...] | None:
+    if isinstance(index, types.Integer):
+        return (index,)
+    if isinstance(index, types.BaseTuple) and all(isinstance(t, types.Integer) for t in index):
+        return tuple(index)
+    return None
+
+
+_RMW_OPS = {
+    # name: (integer signed, integer unsigned, float)
+    "add": ("add", "add", "fadd"),
+    "min": ("min", "umin", "fmin"),
+    "max": ("max", "umax", "fmax"),
+}
+
+
+def _make_atomic_intrinsic(opname: str) -> Any:
+    signed_op, unsigned_op, float_op = _RMW_OPS[opname]
+
+    @intrinsic
+    def _rmw(typingctx, array, index, value):  # type: ignore[no-untyped-def]
+        if not isinstance(array, types.Array):
+            raise TypingError(f"atomic_{opname}: the first argument must be an array, not {array}")
+        dtype = array.dtype
+        if isinstance(dtype, types.Boolean) or not isinstance(dtype, (types.Integer, types.Float)):
+            raise TypingError(
+                f"atomic_{opname}: the array must hold integers or floats, not {dtype}"
+            )
+        idx_types = _index_types(index)
+        if idx_types is None or len(idx_types) != array.ndim:
+            raise TypingError(
+                f"atomic_{opname}: the index must be {array.ndim} integer(s) for a "
+                f"{array.ndim}-d array, not {index}"
+            )
+        if not isinstance(value, (types.Number, types.Boolean)):
+            raise TypingError(f"atomic_{opname}: the value must be a number, not {value}")
+
+        if isinstance(dtype, types.Float):
+            llop = float_op
+        else:
+            llop = signed_op if dtype.signed else unsigned_op
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            aryty, idxty, valty = sig.args
+            ary = make_array(aryty)(context, builder, args[0])
+            if isinstance(idxty, types.Integer):
+                raw_idx = [args[1]]
+            else:
+                raw_idx = cgutils.unpack_tuple(builder, args[1], len(idxty))
+            idx = [context.cast(builder, v, t, types.intp) for v, t in zip(raw_idx, idx_types)]
+            ptr = cgutils.get_item_pointer(
+                context,
+                builder,
+                aryty,
+                ary,
+                idx,
+                wraparound=True,
+                boundscheck=context.enable_boundscheck,
+            )
+            val = context.cast(builder, args[2], valty, aryty.dtype)
+            return builder.atomic_rmw(llop, ptr, val, "monotonic")
+
+        return dtype(array, index, value), codegen
+
+    return _rmw
+
+
+_atomic_add_impl = _make_atomic_intrinsic("add")
+_atomic_min_impl = _make_atomic_intrinsic("min")
+_atomic_max_impl = _make_atomic_intrinsic("max")
+
+
+@overload(atomic_add, target="cpu")
+def _ol_atomic_add(array, index, value):  # type: ignore[no-untyped-def]
+    def impl(array, index, value):  # type: ignore[no-untyped-def]
+        return _atomic_add_impl(array, index, value)
+
+    return impl
+
+
+@overload(atomic_min, target="cpu")
+def _ol_atomic_min(array, index, value):  # type: ignore[no-untyped-def]
+    def impl(array, index, value):  # type: ignore[no-untyped-def]
+        return _atomic_min_impl(array, index, value)
+
+    return impl
+
+
+@overload(atomic_max, target="cpu")
+def _ol_atomic_max(array, index, value):  # type: ignore[no-untyped-def]
+    def impl(array, index, value):  # type: ignore[no-untyped-def]
+        return _atomic_max_impl(array, index, value)
+
+    return impl
+
+
+def _literal_shape(shape: types.Type) -> tuple[int, ...] | None:
+    if isinstance(shape, types.IntegerLiteral):
+        return (int(shape.literal_value),)
+    if isinstance(shape, types.BaseTuple) and all(
+        isinstance(t, types.IntegerLiteral) for t in shape
+    ):
+        return tuple(int(t.literal_value) for t in shape)
+    return None
+
+
+def _dtype_of(dtype: types.Type) -> types.Type | None:
+    if isinstance(dtype, types.NumberClass):
+        return dtype.instance_type
+    if isinstance(dtype, types.DType):
+        return dtype.dtype
+    if isinstance(dtype, types.BooleanLiteral) or isinstance(dtype, types.Boolean):
+        return None
+    return None
+
+
+@intrinsic
+def _stack_array(typingctx, shape, dtype):  # type: ignore[no-untyped-def]
+    dims = _literal_shape(shape)
+    elem = _dtype_of(dtype)
+    if dims is None or elem is None:
+        return None
+    arrty = types.Array(elem, len(dims), "C")
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        lltype = context.get_data_type(elem)
+        count = 1
+        for d in dims:
+            count *= d
+        # alloca_once places the allocation in the entry block, so a call inside a loop does
+        # not grow the stack at every iteration.
+        data = cgutils.alloca_once(builder, lltype, size=max(count, 1))
+        ary = make_array(arrty)(context, builder)
+        itemsize = context.get_abi_sizeof(lltype)
+        intp = context.get_value_type(types.intp)
+        strides = []
+        stride = itemsize
+        for d in reversed(dims):
+            strides.append(stride)
+            stride *= d
+        strides.reverse()
+        populate_array(
+            ary,
+            data=data,
+            shape=[ir.Constant(intp, d) for d in dims],
+            strides=[ir.Constant(intp, s) for s in strides],
+            itemsize=ir.Constant(intp, itemsize),
+            meminfo=None,
+        )
+        return ary._getvalue()
+
+    return arrty(shape, dtype), codegen
+
+
+@overload(local_array, target="cpu", prefer_literal=True)
+def _ol_local_array(shape, dtype):  # type: ignore[no-untyped-def]
+    if _literal_shape(shape) is None:
+        raise TypingError(
+            "local_array: the shape must be a compile-time constant integer or tuple of "
+            f"integers (a literal or a module-level constant), not {shape}"
+        )
+    if _dtype_of(dtype) is None:
+        raise TypingError(f"local_array: the dtype must be a NumPy scalar type, not {dtype}")
+
+    def impl(shape, dtype):  # type: ignore[no-untyped-def]
+        return _stack_array(shape, dtype)
+
+    return impl
+
+
+# --------------------------------------------------------------------------------------------
+# Intrinsics used by generated launchers
+
+
+@intrinsic
+def fetch_add(typingctx, array, index, value):  # type: ignore[no-untyped-def]
+    """Atomic ``old = array[index]; array[index] += value`` on an int64 counter array."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        aryty = sig.args[0]
+        ary = make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, val, "monotonic")
+
+    return types.int64(array, index, value), codegen
+
+
+@intrinsic
+def atomic_load(typingctx, array, index):  # type: ignore[no-untyped-def]
+    """Relaxed atomic load of an int64 flag, so workers see another worker's error promptly."""
+    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        aryty = sig.args[0]
+        ary = make_array(aryty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+        return builder.load_atomic(ptr, "monotonic", 8)
+
+    return types.int64(array, index), codegen
+
+
+REDUCE_OPS = ("sum", "prod", "min", "max")
+
+
+def accumulator_type(op: str, value: types.Type) -> types.Type:
+    """The Numba type a reduction accumulates in, following NumPy's rules on Linux."""
+    if op in ("sum", "prod"):
+        if isinstance(value, types.Boolean):
+            return types.int64
+        if isinstance(value, types.Integer):
+            return types.int64 if value.signed else types.uint64
+    return value
+
+
+def _identity_value(op: str, acc: types.Type) -> Any:
+    if op == "sum":
+        return 0
+    if op == "prod":
+        return 1
+    if isinstance(acc, types.Boolean):
+        return op == "min"  # min starts at True, max at False
+    if isinstance(acc, types.Float):
+        return float("inf") if op == "min" else float("-inf")
+    info = np.iinfo(np.dtype(str(acc)))
+    return int(info.max) if op == "min" else int(info.min)
+
+
+@intrinsic
+def reduce_identity(typingctx, fn, args, op):  # type: ignore[no-untyped-def]
+    """The identity of ``op`` in the accumulator type of ``fn(*args)``'s return value.
+
+    Resolving the body's type here, at typing time, lets one generated launcher serve every
+    argument type without asking Python for the body's return type on the launch path.
+    """
+    if not isinstance(op, types.StringLiteral):
+        return None
+    sig = typingctx.resolve_function_type(fn, tuple(args.types), {})
+    if sig is None:
+        return None
+    ret = sig.return_type
+    opname = op.literal_value
+    if not isinstance(ret, (types.Number, types.Boolean)):
+        raise TypingError(
+            f"a reduce={opname!r} kernel must return a number for each index, not {ret}"
+        )
+    if opname in ("min", "max") and isinstance(ret, types.Complex):
+        raise TypingError(f"reduce={opname!r} needs real values; the kernel returns {ret}")
+    acc = accumulator_type(opname, ret)
+    value = _identity_value(opname, acc)
+
+    def codegen(context, builder, signature, llargs):  # type: ignore[no-untyped-def]
+        return context.get_constant(acc, value)
+
+    return acc(fn, args, op), codegen
+
+
+@intrinsic
+def to_accumulator(typingctx, value, ident):  # type: ignore[no-untyped-def]
+    """Cast one body value to the accumulator's type (the type of ``ident``)."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        return context.cast(builder, args[0], sig.args[0], sig.return_type)
+
+    return ident(value, ident), codegen

@@ -1,0 +1,372 @@
+"""What veda learns from a kernel's Python source before compiling it.
+
+* the function's own text (decorators stripped) and where it came from, so generated modules can
+  carry it and errors can point back to the user's file and line;
+* its parameters, the parameters it writes (directly, through atomics, or through ``@veda.func``
+  helpers), and the arrays it indexes directly by a launch index (for domain checks);
+* the globals and closure variables it uses, and how to reproduce each one in a generated module.
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import hashlib
+import importlib
+import inspect
+import linecache
+import math
+import sys
+import textwrap
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veda.errors import KernelDefinitionError
+
+# Callables that write the array passed as their first argument.
+_WRITING_CALLS = {"atomic_add", "atomic_min", "atomic_max"}
+
+
+@dataclass
+class FunctionSource:
+    """A Python function's text and origin."""
+
+    pyfunc: Any
+    text: str | None  # dedented "def ..." text without decorators, or None (no source)
+    filename: str
+    first_line: int  # line of the ``def`` in ``filename``
+    tree: ast.FunctionDef | None
+
+    @property
+    def name(self) -> str:
+        return str(self.pyfunc.__name__)
+
+    def user_line(self, offset: int) -> tuple[str, int, str]:
+        """File, line number and stripped text of line ``offset`` (0-based) of ``text``."""
+        lineno = self.first_line + offset
+        text = linecache.getline(self.filename, lineno).strip()
+        if not text and self.text is not None:
+            lines = self.text.splitlines()
+            if 0 <= offset < len(lines):
+                text = lines[offset].strip()
+        return self.filename, lineno, text
+
+
+def get_source(pyfunc: Any) -> FunctionSource:
+    code = pyfunc.__code__
+    filename = code.co_filename
+    try:
+        lines, start = inspect.getsourcelines(pyfunc)
+    except (OSError, TypeError):
+        return FunctionSource(pyfunc, None, filename, code.co_firstlineno, None)
+    text = textwrap.dedent("".join(lines))
+    try:
+        module = ast.parse(text)
+    except SyntaxError:
+        return FunctionSource(pyfunc, None, filename, code.co_firstlineno, None)
+    node = module.body[0] if module.body else None
+    if not isinstance(node, ast.FunctionDef):
+        # a lambda, or source that does not start with the function itself
+        return FunctionSource(pyfunc, None, filename, code.co_firstlineno, None)
+    def_offset = node.lineno - 1  # decorators come first
+    body_lines = text.splitlines(keepends=True)[def_offset : node.end_lineno]
+    text = "".join(body_lines)
+    tree = ast.parse(text).body[0]
+    assert isinstance(tree, ast.FunctionDef)
+    return FunctionSource(pyfunc, text, filename, start + def_offset, tree)
+
+
+def plain_parameters(pyfunc: Any, what: str) -> list[str]:
+    """Parameter names, refusing anything but plain positional parameters."""
+    name = getattr(pyfunc, "__qualname__", repr(pyfunc))
+    if not isinstance(pyfunc, types.FunctionType):
+        raise KernelDefinitionError(
+            f"@veda.{what} needs a Python function, not {type(pyfunc).__name__}"
+        )
+    sig = inspect.signature(pyfunc)
+    names = []
+    for p in sig.parameters.values():
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+            raise KernelDefinitionError(
+                f"{what} {name!r}: parameter {p.name!r} must be a plain positional parameter "
+                "(no defaults, *args, keyword-only or **kwargs)"
+            )
+        names.append(p.name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Body analysis
+
+
+@dataclass
+class BodyFacts:
+    written: set[str] = field(default_factory=set)  # parameter names the body writes
+    # (parameter, axis, index parameter) for accesses ``param[..., index, ...]`` that run
+    # unconditionally, with index a launch-index parameter that the body never reassigns.
+    direct_index: list[tuple[str, int, str]] = field(default_factory=list)
+    returns_value: bool = False
+    assigned: set[str] = field(default_factory=set)
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Subscript, ast.Attribute, ast.Starred)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _dotted(node: ast.AST) -> list[str] | None:
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return parts[::-1]
+    return None
+
+
+def resolve_dotted(pyfunc: Any, parts: list[str]) -> Any:
+    """Look a dotted name up the way the function would at run time (closure, globals)."""
+    head, rest = parts[0], parts[1:]
+    missing = object()
+    obj: Any = missing
+    code = pyfunc.__code__
+    if head in code.co_freevars and pyfunc.__closure__ is not None:
+        try:
+            obj = pyfunc.__closure__[code.co_freevars.index(head)].cell_contents
+        except ValueError:
+            obj = missing
+    if obj is missing:
+        obj = pyfunc.__globals__.get(head, missing)
+    if obj is missing:
+        import builtins
+
+        obj = getattr(builtins, head, missing)
+    if obj is missing:
+        return None
+    for attr in rest:
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+    return obj
+
+
+class _Analyzer(ast.NodeVisitor):
+    def __init__(self, src: FunctionSource, params: list[str], callee_writes: Any) -> None:
+        self.src = src
+        self.params = set(params)
+        self.facts = BodyFacts()
+        self.callee_writes = callee_writes
+        self.conditional = 0
+        self.index_params: set[str] = set()
+        self.subscripts: list[tuple[ast.Subscript, bool]] = []
+
+    # writes -----------------------------------------------------------------------------
+    def _target(self, node: ast.AST) -> None:
+        if isinstance(node, (ast.Tuple, ast.List)):
+            for elt in node.elts:
+                self._target(elt)
+            return
+        if isinstance(node, ast.Starred):
+            self._target(node.value)
+            return
+        if isinstance(node, ast.Name):
+            self.facts.assigned.add(node.id)
+            return
+        root = _root_name(node)
+        if root in self.params and isinstance(node, ast.Subscript):
+            self.facts.written.add(root)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        for t in node.targets:
+            self._target(t)
+        self.generic_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> None:
+        self._target(node.target)
+        self.generic_visit(node)
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self._target(node.target)
+        self.generic_visit(node)
+
+    def visit_For(self, node: ast.For) -> None:
+        self._target(node.target)
+        self.visit(node.iter)
+        self.conditional += 1
+        for stmt in node.body + node.orelse:
+            self.visit(stmt)
+        self.conditional -= 1
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self._target(node.target)
+        self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> None:
+        parts = _dotted(node.func)
+        if parts is not None:
+            callee = resolve_dotted(self.src.pyfunc, parts)
+            positions: set[int] = set()
+            if parts[-1] in _WRITING_CALLS and callee is not None and getattr(
+                callee, "__module__", ""
+            ).startswith("veda"):
+                positions = {0}
+            else:
+                positions = self.callee_writes(callee)
+            for pos in positions:
+                if pos < len(node.args):
+                    root = _root_name(node.args[pos])
+                    if root in self.params:
+                        self.facts.written.add(root)
+        # ``x.fill(v)`` and friends write x
+        if isinstance(node.func, ast.Attribute) and node.func.attr in ("fill", "sort", "put"):
+            root = _root_name(node.func.value)
+            if root in self.params:
+                self.facts.written.add(root)
+        self.generic_visit(node)
+
+    # conditional regions ------------------------------------------------------------------
+    def _conditional(self, node: ast.AST) -> None:
+        self.conditional += 1
+        self.generic_visit(node)
+        self.conditional -= 1
+
+    visit_If = _conditional
+    visit_While = _conditional
+    visit_Try = _conditional
+    visit_IfExp = _conditional
+    visit_BoolOp = _conditional
+    visit_ListComp = _conditional
+    visit_GeneratorExp = _conditional
+    visit_SetComp = _conditional
+    visit_DictComp = _conditional
+    visit_Lambda = _conditional
+
+    def visit_Return(self, node: ast.Return) -> None:
+        if node.value is not None and not (
+            isinstance(node.value, ast.Constant) and node.value.value is None
+        ):
+            self.facts.returns_value = True
+        self.generic_visit(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> None:
+        self.subscripts.append((node, self.conditional > 0))
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        # nested functions are analysed as part of the body (Numba inlines closures)
+        self.generic_visit(node)
+
+
+def analyse(
+    src: FunctionSource, params: list[str], index_params: list[str], callee_writes: Any
+) -> BodyFacts:
+    """Facts about a function body; ``index_params`` may be empty (helpers)."""
+    if src.tree is None:
+        return BodyFacts()
+    an = _Analyzer(src, params, callee_writes)
+    for stmt in src.tree.body:
+        an.visit(stmt)
+    facts = an.facts
+    stable_index = [p for p in index_params if p not in facts.assigned]
+    for node, conditional in an.subscripts:
+        if conditional:
+            continue
+        array = node.value.id if isinstance(node.value, ast.Name) else None
+        if array not in an.params or array in index_params or array in facts.assigned:
+            continue
+        elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        for axis, elt in enumerate(elts):
+            if isinstance(elt, ast.Name) and elt.id in stable_index:
+                item = (array, axis, elt.id)
+                if item not in facts.direct_index:
+                    facts.direct_index.append(item)
+    return facts
+
+
+# --------------------------------------------------------------------------------------------
+# Globals and closure variables
+
+
+def referenced_globals(code: types.CodeType) -> set[str]:
+    names: set[str] = set()
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            names.add(ins.argval)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= referenced_globals(const)
+    return names
+
+
+def _float_literal(v: float) -> str:
+    if math.isfinite(v):
+        return f"float.fromhex({float(v).hex()!r})"
+    return f"float({str(v)!r})"
+
+
+def literal(value: Any) -> str | None:
+    """Python source that rebuilds ``value`` exactly, or None when there is none."""
+    if value is None or isinstance(value, (bool, str)):
+        return repr(value)
+    if isinstance(value, np.generic):
+        dt = value.dtype
+        if dt.kind in "biu":
+            return f"_veda_np.{dt.name}({int(value)!r})"
+        if dt.kind == "f" and dt.itemsize in (4, 8):
+            return f"_veda_np.{dt.name}({_float_literal(float(value))})"
+        if dt.kind == "c":
+            z = complex(value)
+            return (
+                f"_veda_np.{dt.name}(complex({_float_literal(z.real)}, {_float_literal(z.imag)}))"
+            )
+        return None
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return _float_literal(value)
+    if isinstance(value, complex):
+        return f"complex({_float_literal(value.real)}, {_float_literal(value.imag)})"
+    if type(value) is tuple:
+        items = [literal(v) for v in value]
+        if any(i is None for i in items):
+            return None
+        return "(" + "".join(f"{i}, " for i in items) + ")"  # type: ignore[str-bytes-safe]
+    return None
+
+
+def importable_path(obj: Any) -> tuple[str, str] | None:
+    """(module, attribute) such that ``from module import attribute`` gives ``obj``."""
+    if isinstance(obj, np.ufunc):
+        if getattr(np, obj.__name__, None) is obj:
+            return "numpy", obj.__name__
+        return None
+    module = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not module or not qual or "<" in qual or "." in qual or module == "__main__":
+        return None
+    mod = sys.modules.get(module)
+    if mod is None:
+        try:
+            mod = importlib.import_module(module)
+        except Exception:
+            return None
+    if getattr(mod, "__file__", None) is None and module not in sys.builtin_module_names:
+        if module not in ("math", "cmath", "builtins", "numpy"):
+            return None
+    if getattr(mod, qual, None) is not obj:
+        return None
+    return module, qual
+
+
+def source_digest(obj: Any) -> str:
+    """A digest of a Python function's source, or '' when it has none."""
+    try:
+        text = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

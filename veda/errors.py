@@ -1,0 +1,94 @@
+"""veda's exceptions.
+
+Every error veda raises on purpose is a :class:`VedaError`.  Most also derive from the built-in
+exception a Python programmer would expect (``ValueError`` for a bad value, ``TypeError`` for a
+kernel that cannot be typed, ``IndexError`` for an out-of-bounds access, ``KeyError`` for an
+unknown name), so existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "KernelDefinitionError",
+    "KernelError",
+    "KernelIndexError",
+    "LaunchError",
+    "TargetUnavailableError",
+    "UnknownKernelError",
+    "VedaError",
+]
+
+
+class VedaError(Exception):
+    """Base class of every error veda raises on purpose."""
+
+
+class ConfigError(VedaError, ValueError):
+    """A configuration value is unknown or out of range (``veda.config``, ``VEDA_*``)."""
+
+
+class KernelDefinitionError(VedaError, TypeError):
+    """A kernel or helper cannot be defined or compiled (bad signature, untypable body)."""
+
+
+class LaunchError(VedaError, ValueError):
+    """A launch was refused before running: bad domain, arguments or overrides."""
+
+
+class TargetUnavailableError(VedaError, RuntimeError):
+    """The requested target cannot run here (no GPU, no driver, extra not installed)."""
+
+
+class UnknownKernelError(VedaError, KeyError):
+    """A kernel name that veda has no record of."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class KernelError(VedaError, RuntimeError):
+    """An exception raised inside a kernel body, carried to the caller.
+
+    Attributes
+    ----------
+    kernel : str
+        The kernel's qualified name.
+    original_type : type
+        The type of the exception the body raised.
+    original_message : str
+        Its message.
+    index : tuple of int or None
+        The launch index at which it was raised, where veda knows it.
+    """
+
+    def __init__(
+        self,
+        kernel: str,
+        original_type: type[BaseException],
+        original_message: str,
+        index: tuple[int, ...] | None = None,
+        target: str | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.original_type = original_type
+        self.original_message = original_message
+        self.index = index
+        self.target = target
+        where = ""
+        if index is not None:
+            where = f" at index {index[0] if len(index) == 1 else index}"
+        on = f" on target {target!r}" if target else ""
+        super().__init__(
+            f"kernel {kernel!r} raised {original_type.__name__}{where}{on}: {original_message}"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (
+            type(self),
+            (self.kernel, self.original_type, self.original_message, self.index, self.target),
+        )
+
+
+class KernelIndexError(KernelError, IndexError):
+    """An out-of-bounds access inside a kernel (with ``veda.config(boundscheck=True)``)."""

@@ -1,0 +1,94 @@
+"""Targets: where a kernel launch runs.
+
+A target is a small plug-in: it says whether it can run here (and why not), and it runs one
+launch of a kernel with a decision (threads, schedule, chunk) the dispatcher made.  ``"cpu"`` and
+``"parallel"`` are registered here; the CUDA target registers itself from its own module, which
+is imported only when a GPU or the simulator is present.
+
+Examples
+--------
+>>> import veda.targets
+>>> sorted(veda.targets.names())
+['cpu', 'cuda', 'parallel']
+>>> veda.targets.get("cpu").available()
+True
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any
+
+from veda.errors import LaunchError, TargetUnavailableError
+
+if TYPE_CHECKING:
+    from veda._kernel.kernel import Kernel
+
+__all__ = ["Target", "Decision", "get", "names", "register"]
+
+# (target, threads, schedule, chunk): what one launch runs with.
+Decision = tuple[str, int, str, int]
+
+
+class Target(abc.ABC):
+    """One place a kernel can run."""
+
+    #: The name users pass as ``target=``.
+    name: str = ""
+    #: Whether launches may use several CPU threads (the dispatcher's candidates depend on it).
+    parallel: bool = False
+
+    def available(self) -> bool:
+        """True when this target can run launches in this process."""
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        """Why this target cannot run here, or None when it can."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
+            decision: Decision, options: tuple[bool, bool]) -> Any:
+        """Run ``kernel`` over ``dims`` with ``args``; return the reduction result or None."""
+
+
+_registry: dict[str, Target] = {}
+
+
+def register(target: Target) -> Target:
+    """Add (or replace) a target under ``target.name``."""
+    if not target.name:
+        raise ValueError("a target needs a name")
+    _registry[target.name] = target
+    return target
+
+
+def get(name: str) -> Target:
+    """The target called ``name``; raises when unknown or unavailable here."""
+    try:
+        target = _registry[name]
+    except KeyError:
+        raise LaunchError(
+            f"unknown target={name!r}; expected one of {', '.join(sorted(_registry))}"
+        ) from None
+    reason = target.unavailable_reason()
+    if reason is not None:
+        raise TargetUnavailableError(f"target {name!r} is not available: {reason}")
+    return target
+
+
+def names() -> list[str]:
+    """Every registered target's name, available here or not."""
+    return list(_registry)
+
+
+def _register_builtin() -> None:
+    from veda.targets.cpu import CPUTarget, ParallelTarget
+    from veda.targets.cuda_stub import CUDAPlaceholder
+
+    register(CPUTarget())
+    register(ParallelTarget())
+    register(CUDAPlaceholder())
+
+
+_register_builtin()

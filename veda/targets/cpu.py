@@ -1,0 +1,152 @@
+"""The two CPU targets: ``"cpu"`` (one thread) and ``"parallel"`` (veda's chunk schedules).
+
+Both run launchers from one generated module per kernel specialisation (see
+:mod:`veda._kernel.codegen`), so the body is compiled once for both.
+
+Threading layers
+----------------
+Numba picks a threading layer the first time a parallel region runs: TBB if it loads, else
+OpenMP, else its own "workqueue" layer.  OpenMP and TBB accept parallel regions from several
+Python threads at once; workqueue aborts the process when two threads enter one together, so on
+that layer veda serialises entry into parallel regions with a lock.  OpenMP does not survive
+``fork()``: use the ``spawn`` start method for process pools on that layer.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import numba
+
+from veda._kernel.codegen import MODE_CODES
+from veda.errors import KernelError, KernelIndexError, VedaError
+from veda.targets import Decision, Target
+
+if TYPE_CHECKING:
+    from veda._kernel.kernel import Kernel
+
+_layer_lock = threading.Lock()
+_layer: str | None = None
+_region_lock = threading.Lock()
+_serialise = False
+
+THREAD_SAFE_LAYERS = ("tbb", "omp")
+
+
+# Numba's thread count is per Python thread and its public setter validates at some cost
+# (about 1.9 us per call here); once the pool is up, veda uses the unchecked getter and setter
+# it wraps, with the values veda has already validated.
+_get_threads: Any = numba.get_num_threads
+_set_threads: Any = numba.set_num_threads
+
+
+def threading_layer() -> str:
+    """The Numba threading layer veda's parallel launches use, starting Numba's pool if needed."""
+    global _layer, _serialise, _get_threads, _set_threads
+    if _layer is None:
+        with _layer_lock:
+            if _layer is None:
+                from numba.np.ufunc import parallel
+
+                parallel._launch_threads()
+                _get_threads = getattr(parallel, "_get_num_threads", numba.get_num_threads)
+                _set_threads = getattr(parallel, "_set_num_threads", numba.set_num_threads)
+                layer = str(numba.threading_layer())
+                _serialise = layer not in THREAD_SAFE_LAYERS
+                _layer = layer
+    return _layer
+
+
+def serialises_parallel_regions() -> bool:
+    """True when veda must let one Python thread at a time into a parallel region."""
+    threading_layer()
+    return _serialise
+
+
+def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
+    idx = []
+    for n in reversed(dims[1:]):
+        flat, r = divmod(flat, n)
+        idx.append(r)
+    idx.append(flat)
+    return tuple(reversed(idx))
+
+
+def recover_exception(
+    kernel: Kernel, module: Any, flat: int, dims: tuple[int, ...], args: tuple[Any, ...],
+    target: str,
+) -> KernelError:
+    """Re-run the failing index on one thread to recover the body's original exception."""
+    index = _unflatten(flat, dims)
+    try:
+        module._veda_at(*index, *args)
+    except Exception as exc:  # the body's own exception, whatever its type
+        cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+        return cls(kernel.name, type(exc), str(exc), index, target)
+    return KernelError(
+        kernel.name,
+        RuntimeError,
+        "an exception was raised there, but it did not recur when that index was re-run on "
+        "one thread, so its type and message are unknown",
+        index,
+        target,
+    )
+
+
+class CPUTarget(Target):
+    """One thread: the kernel body in a plain loop, compiled with ``@njit``."""
+
+    name = "cpu"
+
+    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
+            decision: Decision, options: tuple[bool, bool]) -> Any:
+        module = kernel.program(len(dims), len(args), options)
+        try:
+            result = module._veda_cpu(*dims, *args)
+        except VedaError:
+            raise
+        except Exception as exc:
+            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+            raise cls(kernel.name, type(exc), str(exc), None, "cpu") from exc
+        if kernel.reduce is None:
+            return None
+        return result[0]
+
+
+class ParallelTarget(Target):
+    """All or some CPU threads, with veda's chunk schedules generated into the loop."""
+
+    name = "parallel"
+    parallel = True
+
+    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
+            decision: Decision, options: tuple[bool, bool]) -> Any:
+        module = kernel.program(len(dims), len(args), options)
+        _, threads, schedule, chunk = decision
+        mode = MODE_CODES[schedule]
+        if _layer is None:
+            threading_layer()
+        # The parallel region runs on as many workers as this Python thread's Numba thread
+        # count; set it for the launch (also right in a newly started Python thread) and
+        # restore it afterwards.
+        previous = _get_threads()
+        if previous != threads:
+            _set_threads(threads)
+        try:
+            if _serialise:
+                with _region_lock:
+                    out = module._veda_parallel(*dims, threads, mode, chunk, *args)
+            else:
+                out = module._veda_parallel(*dims, threads, mode, chunk, *args)
+        finally:
+            if previous != threads:
+                _set_threads(previous)
+        if kernel.reduce is None:
+            if out >= 0:
+                raise recover_exception(kernel, module, out, dims, args, "parallel")
+            return None
+        result, err = out
+        if err >= 0:
+            raise recover_exception(kernel, module, err, dims, args, "parallel")
+        return result[0]
