@@ -19,7 +19,7 @@ import numba
 
 from veda.errors import ConfigError, VedaError
 
-__all__ = ["Config", "config", "get_config", "set_config", "SCHEDULES", "TARGETS", "max_threads"]
+__all__ = ["SCHEDULES", "TARGETS", "Config", "config", "get_config", "max_threads", "set_config"]
 
 TARGETS = ("cpu", "parallel", "cuda")
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
@@ -153,7 +153,7 @@ _generation = 0
 
 
 class _Scope:
-    __slots__ = ("overrides", "parent", "generation", "merged")
+    __slots__ = ("generation", "merged", "overrides", "parent")
 
     def __init__(self, overrides: dict[str, Any], parent: _Scope | None) -> None:
         self.overrides = overrides

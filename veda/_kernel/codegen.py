@@ -246,6 +246,7 @@ def kernel_launchers(
     """Source of the serial and parallel launchers around ``body``."""
     dims = ", ".join(f"n{d}" for d in range(ndim))
     idx = ", ".join(f"i{d}" for d in range(ndim))
+    nn_idx = ", ".join(f"_veda_lang.nonneg(i{d})" for d in range(ndim))
     args = "".join(f", a{k}" for k in range(nargs))
     size = " * ".join(f"n{d}" for d in range(ndim))
     dec = _decorator(cache, boundscheck)
@@ -266,7 +267,7 @@ def kernel_launchers(
             f"    try:\n        {body}({idx}{args})\n"
             "    except Exception:\n        return True\n    return False\n"
         )
-        stmt = f"if _veda_safe({idx}{args}):\n    _err[0] = {_flat(ndim)}\n    _stop = True\n    break"
+        stmt = f"if _veda_safe({nn_idx}{args}):\n    _err[0] = {_flat(ndim)}\n    _stop = True\n    break"
         work = _segment_loop(ndim, "_lo", "_hi", stmt)
         acc_init = acc_store = result = ""
         ret = "return _err[0]"
@@ -279,7 +280,9 @@ def kernel_launchers(
             "    return False, _veda_combine(_acc, _veda_lang.to_accumulator(_v, _acc))\n"
         )
         ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
-        serial_stmt = f"_b = _veda_combine(_b, _veda_lang.to_accumulator({body}({idx}{args}), _b))"
+        serial_stmt = (
+            f"_b = _veda_combine(_b, _veda_lang.to_accumulator({body}({nn_idx}{args}), _b))"
+        )
         serial = (
             "_blo = 0\n"
             "while _blo < _N:\n"
@@ -297,7 +300,7 @@ def kernel_launchers(
             "    return _veda_np.full(1, _acc)\n"
         )
         stmt = (
-            f"_bad, _b = _veda_safe(_b, {idx}{args})\n"
+            f"_bad, _b = _veda_safe(_b, {nn_idx}{args})\n"
             f"if _bad:\n    _err[0] = {_flat(ndim)}\n    _stop = True\n    break"
         )
         work = (

@@ -371,3 +371,22 @@ def to_accumulator(typingctx, value, ident):  # type: ignore[no-untyped-def]
         return context.cast(builder, args[0], sig.args[0], sig.return_type)
 
     return ident(value, ident), codegen
+
+
+@intrinsic
+def nonneg(typingctx, value):  # type: ignore[no-untyped-def]
+    """Return ``value``, telling LLVM it is >= 0.
+
+    Launch indices never are negative, but inside a chunk loop ``range(lo, hi)`` LLVM cannot
+    prove it, keeps NumPy's negative-index wraparound in every ``x[i]`` and stops vectorising:
+    a chunked saxpy ran about 5x slower than the plain loop before this assumption.
+    """
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        zero = context.get_constant(sig.args[0], 0)
+        builder.assume(builder.icmp_signed(">=", args[0], zero))
+        return args[0]
+
+    return value(value), codegen

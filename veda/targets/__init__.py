@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from veda.errors import LaunchError, TargetUnavailableError
@@ -24,10 +25,12 @@ from veda.errors import LaunchError, TargetUnavailableError
 if TYPE_CHECKING:
     from veda._kernel.kernel import Kernel
 
-__all__ = ["Target", "Decision", "get", "names", "register"]
+__all__ = ["Decision", "Runner", "Target", "get", "names", "register"]
 
 # (target, threads, schedule, chunk): what one launch runs with.
 Decision = tuple[str, int, str, int]
+# Runs one launch: takes the argument tuple, returns the reduction result or None.
+Runner = Callable[[tuple[Any, ...]], Any]
 
 
 class Target(abc.ABC):
@@ -47,9 +50,14 @@ class Target(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
-            decision: Decision, options: tuple[bool, bool]) -> Any:
-        """Run ``kernel`` over ``dims`` with ``args``; return the reduction result or None."""
+    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
+                options: tuple[bool, bool]) -> Runner:
+        """A callable that runs ``kernel`` over ``dims`` with this decision.
+
+        It takes the launch's argument tuple and returns the reduction result or None.  veda
+        keeps it for later launches with the same domain, settings and argument count, so
+        everything that does not depend on the arguments' values belongs here, not in it.
+        """
 
 
 _registry: dict[str, Target] = {}

@@ -21,7 +21,7 @@ import numba
 
 from veda._kernel.codegen import MODE_CODES
 from veda.errors import KernelError, KernelIndexError, VedaError
-from veda.targets import Decision, Target
+from veda.targets import Decision, Runner, Target
 
 if TYPE_CHECKING:
     from veda._kernel.kernel import Kernel
@@ -99,19 +99,23 @@ class CPUTarget(Target):
 
     name = "cpu"
 
-    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
-            decision: Decision, options: tuple[bool, bool]) -> Any:
-        module = kernel.program(len(dims), len(args), options)
-        try:
-            result = module._veda_cpu(*dims, *args)
-        except VedaError:
-            raise
-        except Exception as exc:
-            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-            raise cls(kernel.name, type(exc), str(exc), None, "cpu") from exc
-        if kernel.reduce is None:
-            return None
-        return result[0]
+    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
+                options: tuple[bool, bool]) -> Runner:
+        fn = kernel.program(len(dims), nargs, options)._veda_cpu
+        reduce = kernel.reduce is not None
+        name = kernel.name
+
+        def run(args: tuple[Any, ...]) -> Any:
+            try:
+                result = fn(*dims, *args)
+            except VedaError:
+                raise
+            except Exception as exc:
+                cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+                raise cls(name, type(exc), str(exc), None, "cpu") from exc
+            return result[0] if reduce else None
+
+        return run
 
 
 class ParallelTarget(Target):
@@ -120,33 +124,37 @@ class ParallelTarget(Target):
     name = "parallel"
     parallel = True
 
-    def run(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
-            decision: Decision, options: tuple[bool, bool]) -> Any:
-        module = kernel.program(len(dims), len(args), options)
+    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
+                options: tuple[bool, bool]) -> Runner:
+        threading_layer()
+        module = kernel.program(len(dims), nargs, options)
+        fn = module._veda_parallel
         _, threads, schedule, chunk = decision
-        mode = MODE_CODES[schedule]
-        if _layer is None:
-            threading_layer()
-        # The parallel region runs on as many workers as this Python thread's Numba thread
-        # count; set it for the launch (also right in a newly started Python thread) and
-        # restore it afterwards.
-        previous = _get_threads()
-        if previous != threads:
-            _set_threads(threads)
-        try:
-            if _serialise:
-                with _region_lock:
-                    out = module._veda_parallel(*dims, threads, mode, chunk, *args)
-            else:
-                out = module._veda_parallel(*dims, threads, mode, chunk, *args)
-        finally:
+        head = (*dims, threads, MODE_CODES[schedule], chunk)
+        reduce = kernel.reduce is not None
+        get_threads, set_threads, serialise = _get_threads, _set_threads, _serialise
+
+        def run(args: tuple[Any, ...]) -> Any:
+            # The region runs on as many workers as this Python thread's Numba thread count:
+            # set it for the launch (also right in a newly started thread), then restore it.
+            previous = get_threads()
             if previous != threads:
-                _set_threads(previous)
-        if kernel.reduce is None:
-            if out >= 0:
-                raise recover_exception(kernel, module, out, dims, args, "parallel")
-            return None
-        result, err = out
-        if err >= 0:
-            raise recover_exception(kernel, module, err, dims, args, "parallel")
-        return result[0]
+                set_threads(threads)
+            try:
+                if serialise:
+                    with _region_lock:
+                        out = fn(*head, *args)
+                else:
+                    out = fn(*head, *args)
+            finally:
+                if previous != threads:
+                    set_threads(previous)
+            if reduce:
+                result, err = out
+            else:
+                result, err = None, out
+            if err >= 0:
+                raise recover_exception(kernel, module, err, dims, args, "parallel")
+            return result[0] if reduce else None
+
+        return run

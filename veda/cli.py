@@ -1,0 +1,160 @@
+"""The ``veda`` command: ``veda info``, ``veda demo``, ``veda cache info|clear``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+import psutil
+
+import veda
+from veda._kernel.cache import cache_clear, cache_info
+from veda.targets import cpu as _cpu
+from veda.targets import get as _get_target
+from veda.targets.cuda_stub import gpu_driver_present
+
+
+def _info(args: argparse.Namespace) -> int:
+    cache = cache_info()
+    layer = _cpu.threading_layer()
+    try:
+        _get_target("cuda")
+        cuda = "available"
+    except veda.VedaError as exc:
+        cuda = str(exc)
+    rows = [
+        ("veda", veda.__version__),
+        ("python", platform.python_version()),
+        ("numba / llvmlite / numpy", f"{numba.__version__} / {numba.version_info.full}"
+         f" / {np.__version__}"),
+        ("cpus (logical / physical)", f"{psutil.cpu_count()} / {psutil.cpu_count(logical=False)}"),
+        ("cpus this process may use", str(len(os.sched_getaffinity(0)))
+         if hasattr(os, "sched_getaffinity") else "?"),
+        ("numba worker threads", str(veda.max_threads())),
+        ("threading layer", layer + ("" if not _cpu.serialises_parallel_regions()
+                                     else " (not thread-safe: veda serialises parallel launches)")),
+        ("gpu driver", "present" if gpu_driver_present() else "none found"),
+        ("cuda target", cuda),
+        ("kernel cache", f"{cache.path} ({cache.modules} modules, {cache.bytes / 1e6:.1f} MB)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        info = cache_clear()
+        print(f"removed {info.modules} generated modules ({info.bytes / 1e6:.1f} MB) from {info.path}")
+    else:
+        print(cache_info())
+    return 0
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    if not sys.stderr.isatty():
+        return
+    width = 30
+    filled = width * done // total
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<24}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+def _fmt_time(t: float) -> str:
+    if t < 1e-3:
+        return f"{t * 1e6:7.1f} us"
+    if t < 1:
+        return f"{t * 1e3:7.2f} ms"
+    return f"{t:7.2f} s "
+
+
+DEMO_KERNELS = ("saxpy", "dot", "triangular", "mandelbrot", "jacobi2d", "histogram")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from veda_kernels import GALLERY
+
+    rng = np.random.default_rng(0)
+    names = [n for n in DEMO_KERNELS if n in GALLERY]
+    repeats = 3 if args.quick else 7
+    print(f"veda {veda.__version__} demo: {veda.max_threads()} threads, "
+          f"threading layer {_cpu.threading_layer()}; median of {repeats} runs after a warm-up")
+    header = f"{'kernel':<12} {'size':>9} {'numpy':>10} {'cpu':>10} {'parallel':>10}  best   vs numpy"
+    lines = [header, "-" * len(header)]
+    failures = 0
+    steps = len(names)
+    for step, name in enumerate(names, 1):
+        _progress(step - 1, steps, name)
+        case = GALLERY[name]
+        size = case.small * 10 if args.quick else int(case.large // 10)
+        domain, kargs = case.make(size, rng)
+        expected = case.reference(kargs)
+        t_numpy = _median_time(lambda c=case, a=kargs: c.reference(a), repeats)
+        times = {}
+        for target in ("cpu", "parallel"):
+            def run(c=case, d=domain, a=kargs, t=target):
+                return veda.launch(c.kernel, d, *a, target=t)
+
+            times[target] = _median_time(run, repeats)
+            got = case.result(kargs, run())
+            ok = np.array_equal(got, expected) if case.exact else np.allclose(got, expected)
+            if not ok:
+                failures += 1
+                print(f"  {name} on {target}: result differs from NumPy", file=sys.stderr)
+        best = min(times, key=times.__getitem__)
+        n_elems = int(np.prod(domain))
+        lines.append(
+            f"{name:<12} {n_elems:>9} {_fmt_time(t_numpy):>10} {_fmt_time(times['cpu']):>10} "
+            f"{_fmt_time(times['parallel']):>10}  {best:<8} {t_numpy / times[best]:6.1f}x"
+        )
+    _progress(steps, steps, "done")
+    print("\n".join(lines))
+    if failures:
+        print(f"{failures} result(s) differed from NumPy", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="veda", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"veda {veda.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="cores, Numba and threading layer, GPU, cache")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("demo", help="run gallery kernels on each CPU target against NumPy")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a fast check")
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("cache", help="the disk cache of compiled kernels")
+    p.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
+    p.set_defaults(func=_cache)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
