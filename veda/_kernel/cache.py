@@ -48,7 +48,7 @@ class LineMap:
     source: Any  # FunctionSource
 
 
-# generated filename -> list of LineMap
+# generated file's base name -> list of LineMap
 line_maps: dict[str, list[LineMap]] = {}
 
 
@@ -104,7 +104,7 @@ def load_module(
                     )
                     _unwritable_warned = True
             else:
-                line_maps[str(path)] = maps
+                line_maps[path.name] = maps
                 spec = importlib.util.spec_from_file_location(name, path)
                 assert spec is not None and spec.loader is not None
                 mod = importlib.util.module_from_spec(spec)

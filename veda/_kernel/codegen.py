@@ -164,7 +164,8 @@ def _assemble(
             continue
         lines.append("")
         fn_lines, offset = _function_text(src, decorator)
-        maps.append(_cache.LineMap(len(lines) + offset + 1, len(fn_lines) - offset, src))
+        current = sum(entry.count("\n") + 1 for entry in lines)  # entries may span lines
+        maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src))
         lines.extend(fn_lines)
     lines.append("")
     lines.append(tail)

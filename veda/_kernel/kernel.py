@@ -10,6 +10,7 @@ Numba's compile hook, which runs only when a new combination of argument types a
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 import time
@@ -88,7 +89,13 @@ def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...]) -
             )
 
 
-_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+# Numba names source lines as 'File "path", line N' and 'at path (N)', sometimes with relative
+# paths; generated file names are unique, so their base names identify them.
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)|at (\S+\.py) \((\d+)\)')
+# Errors raised by veda's own kernel-language typing, buried in Numba's candidate list.
+_VEDA_TYPING = re.compile(
+    r"TypingError: ((?:atomic_\w+|local_array|a reduce=|reduce=)[^\n]*)"
+)
 
 
 def _summary(message: str) -> str:
@@ -107,12 +114,14 @@ def _summary(message: str) -> str:
         kept.append(stripped)
         if len(kept) >= 4:
             break
+    kept.extend(dict.fromkeys(_VEDA_TYPING.findall(message)))
     return "\n  ".join(kept) if kept else message.strip().splitlines()[0]
 
 
 def _user_location(message: str) -> str:
-    for fname, line in _FILE_LINE.findall(message):
-        for m in _cache.line_maps.get(fname, ()):
+    for f1, l1, f2, l2 in _FILE_LINE.findall(message):
+        fname, line = (f1, l1) if f1 else (f2, l2)
+        for m in _cache.line_maps.get(os.path.basename(fname), ()):
             offset = int(line) - m.gen_start
             if 0 <= offset < m.length:
                 ufile, uline, text = m.source.user_line(offset)

@@ -1,0 +1,34 @@
+"""Shared fixtures: an isolated kernel cache, and one test body for every CPU target."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Each test session compiles into its own cache, so tests never read kernels compiled by an
+# earlier version of the code, and never write into the user's cache.  Set before veda loads.
+os.environ.setdefault("VEDA_CACHE_DIR", tempfile.mkdtemp(prefix="veda-test-cache-"))
+
+import pytest  # noqa: E402
+
+import veda  # noqa: E402
+
+SCHEDULES = ("static", "interleaved", "dynamic", "guided")
+
+# Every way a launch can run on the CPU: (id, launch settings).
+CPU_CONFIGS = [("cpu", {"target": "cpu"})] + [
+    (f"parallel-{s}-t{t}", {"target": "parallel", "schedule": s, "threads": t})
+    for s in SCHEDULES
+    for t in sorted({1, veda.max_threads()})
+]
+
+
+@pytest.fixture(params=[c for _, c in CPU_CONFIGS], ids=[i for i, _ in CPU_CONFIGS])
+def settings(request):
+    """Launch settings for every CPU target, schedule and thread count."""
+    return request.param
+
+
+@pytest.fixture(params=["cpu", "parallel"])
+def target(request):
+    return request.param

@@ -1,0 +1,145 @@
+"""The public API is what DESIGN.md promises, and configuration behaves as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+import veda
+
+EXPECTED = {
+    "Config", "ConfigError", "Func", "Kernel", "KernelDefinitionError", "KernelError",
+    "KernelIndexError", "LaunchError", "TargetUnavailableError", "UnknownKernelError",
+    "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min", "cache_clear",
+    "cache_info", "config", "func", "get_config", "kernel", "launch", "local_array",
+    "max_threads", "set_config", "threading_layer",
+}
+
+
+def test_public_names_are_pinned():
+    assert set(veda.__all__) == EXPECTED
+    for name in veda.__all__:
+        assert hasattr(veda, name), name
+
+
+def test_error_hierarchy():
+    assert issubclass(veda.KernelIndexError, veda.KernelError)
+    assert issubclass(veda.KernelIndexError, IndexError)
+    assert issubclass(veda.LaunchError, ValueError)
+    assert issubclass(veda.ConfigError, ValueError)
+    assert issubclass(veda.KernelDefinitionError, TypeError)
+    assert issubclass(veda.UnknownKernelError, KeyError)
+    for cls in (veda.LaunchError, veda.KernelError, veda.ConfigError,
+                veda.TargetUnavailableError, veda.KernelDefinitionError):
+        assert issubclass(cls, veda.VedaError)
+
+
+def test_config_scope_restores_and_nests():
+    before = veda.get_config()
+    with veda.config(target="cpu"):
+        assert veda.get_config().target == "cpu"
+        with veda.config(boundscheck=True):
+            assert veda.get_config().target == "cpu"
+            assert veda.get_config().boundscheck is True
+        assert veda.get_config().boundscheck is before.boundscheck
+    assert veda.get_config() == before
+
+
+def test_config_as_decorator():
+    @veda.config(threads=1)
+    def inside():
+        return veda.get_config().threads
+
+    assert inside() == 1
+    assert veda.get_config().threads is None
+
+
+def test_config_does_not_leak_into_other_threads():
+    seen = []
+    ready = threading.Event()
+    go = threading.Event()
+
+    def other():
+        ready.set()
+        go.wait(5)
+        seen.append(veda.get_config().target)
+
+    t = threading.Thread(target=other)
+    t.start()
+    ready.wait(5)
+    with veda.config(target="cpu"):
+        go.set()
+        t.join(5)
+        assert veda.get_config().target == "cpu"
+    assert seen == [None]
+
+
+def test_config_is_per_asyncio_task():
+    async def task(target):
+        with veda.config(target=target):
+            await asyncio.sleep(0.01)
+            return veda.get_config().target
+
+    async def main():
+        return await asyncio.gather(task("cpu"), task("parallel"))
+
+    assert asyncio.run(main()) == ["cpu", "parallel"]
+
+
+def test_set_config_changes_defaults_below_scopes():
+    old = veda.get_config()
+    try:
+        with veda.config(target="cpu"):
+            veda.set_config(boundscheck=True)
+            assert veda.get_config().boundscheck is True  # scope re-merges new defaults
+            assert veda.get_config().target == "cpu"
+    finally:
+        veda.set_config(boundscheck=old.boundscheck)
+    assert veda.get_config().boundscheck is old.boundscheck
+
+
+def test_config_from_env():
+    cfg = veda.Config.from_env({"VEDA_TARGET": "parallel", "VEDA_THREADS": "1",
+                                "VEDA_BOUNDSCHECK": "yes", "VEDA_CACHE_DIR": "/tmp/x"})
+    assert (cfg.target, cfg.threads, cfg.boundscheck, cfg.cache_dir) == (
+        "parallel", 1, True, "/tmp/x")
+
+
+@pytest.mark.parametrize(
+    "env, word",
+    [({"VEDA_THREADS": "two"}, "VEDA_THREADS"), ({"VEDA_TARGET": "gpu"}, "target"),
+     ({"VEDA_BOUNDSCHECK": "maybe"}, "VEDA_BOUNDSCHECK"), ({"VEDA_CHUNK": "0"}, "chunk")],
+)
+def test_bad_env_is_a_config_error(env, word):
+    with pytest.raises(veda.ConfigError, match=word):
+        veda.Config.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [({"target": "gpu"}, "target"), ({"schedule": "fastest"}, "schedule"),
+     ({"threads": 0}, "threads"), ({"threads": 10**6}, "threads"), ({"chunk": -1}, "chunk"),
+     ({"target": "cpu", "threads": 2}, "threads"), ({"speed": 11}, "speed"),
+     ({"threads": 1.5}, "threads")],
+)
+def test_bad_config_names_the_setting(kwargs, word):
+    with pytest.raises(veda.ConfigError, match=word):
+        veda.config(**kwargs)
+
+
+def test_kernel_keeps_metadata():
+    @veda.kernel
+    def documented(i, x):
+        """Doubles x."""
+        x[i] *= 2
+
+    assert documented.__doc__ == "Doubles x."
+    assert documented.__name__ == "documented"
+    assert "documented" in repr(documented)
+    assert documented.written == ["x"]
+    x = np.ones(3)
+    documented[3](x)
+    assert x.tolist() == [2.0, 2.0, 2.0]

@@ -1,0 +1,215 @@
+"""The kernel language: helpers, constants, closures, atomics, scratch arrays, 2-D/3-D domains."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import veda
+
+SCALE = 2.5
+OFFSETS = (1, 2, 3)
+NBINS = 16
+
+
+@veda.func
+def square(v):
+    return v * v
+
+
+@veda.func
+def add_square(out, i, v):
+    out[i] += square(v)
+
+
+@veda.kernel
+def uses_helpers(i, x, out):
+    out[i] = SCALE * square(x[i]) + OFFSETS[i % 3] + math.sqrt(abs(x[i]))
+    add_square(out, i, 1.0)
+
+
+def test_helpers_constants_and_math(settings):
+    x = np.linspace(-2, 2, 101)
+    out = np.zeros_like(x)
+    veda.launch(uses_helpers, x.size, x, out, **settings)
+    expected = SCALE * x * x + np.array(OFFSETS)[np.arange(x.size) % 3] + np.sqrt(np.abs(x)) + 1
+    np.testing.assert_allclose(out, expected, rtol=1e-14)
+
+
+def test_helper_writes_are_seen_by_the_analysis():
+    assert uses_helpers.written == ["out"]
+    assert square(3.0) == 9.0  # a helper is callable from Python too
+
+
+def test_closure_values_are_constants():
+    factor = 3
+
+    @veda.kernel
+    def times(i, x):
+        x[i] *= factor
+
+    x = np.ones(5)
+    times[5](x)
+    np.testing.assert_array_equal(x, 3)
+
+
+@veda.kernel
+def hist(i, values, counts):
+    veda.atomic_add(counts, int(values[i] * NBINS), 1)
+
+
+def test_atomic_add_histogram(settings):
+    rng = np.random.default_rng(1)
+    values = rng.random(50_000)
+    counts = np.zeros(NBINS, np.int64)
+    veda.launch(hist, values.size, values, counts, **settings)
+    np.testing.assert_array_equal(counts, np.bincount((values * NBINS).astype(int), minlength=NBINS))
+
+
+@veda.kernel
+def float_scatter(i, idx, w, out):
+    veda.atomic_add(out, idx[i], w[i])
+
+
+def test_atomic_add_float(settings):
+    rng = np.random.default_rng(2)
+    idx = rng.integers(0, 7, 20_000)
+    w = rng.integers(0, 4, 20_000).astype(np.float64)  # integer-valued: exact in any order
+    out = np.zeros(7)
+    veda.launch(float_scatter, idx.size, idx, w, out, **settings)
+    np.testing.assert_array_equal(out, np.bincount(idx, weights=w, minlength=7))
+
+
+@veda.kernel
+def extremes(i, x, lo, hi):
+    veda.atomic_min(lo, 0, x[i])
+    veda.atomic_max(hi, (0, 0), x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint64, np.float32, np.float64])
+def test_atomic_min_max(dtype, settings):
+    rng = np.random.default_rng(3)
+    x = (rng.random(10_000) * 1000).astype(dtype)
+    lo = np.array([np.iinfo(dtype).max if np.dtype(dtype).kind in "iu" else np.inf], dtype)
+    hi = np.zeros((1, 1), dtype)
+    veda.launch(extremes, x.size, x, lo, hi, **settings)
+    assert lo[0] == x.min() and hi[0, 0] == x.max()
+
+
+@veda.kernel
+def moving_sum(i, x, out):
+    window = veda.local_array(4, np.float64)
+    for k in range(4):
+        window[k] = x[(i + k) % x.shape[0]]
+    out[i] = window.sum()
+
+
+def test_local_array(settings):
+    x = np.arange(100.0)
+    out = np.empty_like(x)
+    veda.launch(moving_sum, 100, x, out, **settings)
+    expected = sum(np.roll(x, -k) for k in range(4))
+    np.testing.assert_array_equal(out, expected)
+
+
+@veda.kernel
+def local_2d(i, out):
+    m = veda.local_array((2, 3), np.int64)
+    for a in range(2):
+        for b in range(3):
+            m[a, b] = i * a + b
+    out[i] = m[1, 2]
+
+
+def test_local_array_2d():
+    out = np.zeros(10, np.int64)
+    local_2d[10](out)
+    np.testing.assert_array_equal(out, np.arange(10) + 2)
+
+
+def test_local_array_needs_a_constant_shape():
+    @veda.kernel
+    def bad(i, n, out):
+        tmp = veda.local_array(n, np.float64)
+        out[i] = tmp.shape[0]
+
+    with pytest.raises(veda.KernelDefinitionError, match="compile-time constant"):
+        bad[3](3, np.zeros(3))
+
+
+@veda.kernel
+def outer(i, j, x, y, out):
+    out[i, j] = x[i] * y[j]
+
+
+def test_2d_domain(settings):
+    x = np.arange(37.0)
+    y = np.arange(53.0)
+    out = np.zeros((37, 53))
+    veda.launch(outer, (37, 53), x, y, out, **settings)
+    np.testing.assert_array_equal(out, np.outer(x, y))
+
+
+@veda.kernel
+def box(i, j, k, out):
+    out[i, j, k] = i * 10000 + j * 100 + k
+
+
+def test_3d_domain(settings):
+    out = np.zeros((7, 11, 13), np.int64)
+    veda.launch(box, (7, 11, 13), out, **settings)
+    i, j, k = np.indices(out.shape)
+    np.testing.assert_array_equal(out, i * 10000 + j * 100 + k)
+
+
+@veda.kernel(reduce="sum")
+def sum_and_mark(i, j, a, seen):
+    seen[i, j] = 1
+    return a[i, j]
+
+
+def test_2d_reduction_with_writes(settings):
+    a = np.arange(12 * 17, dtype=np.int32).reshape(12, 17)
+    seen = np.zeros_like(a)
+    total = veda.launch(sum_and_mark, a.shape, a, seen, **settings)
+    assert total == a.sum() and total.dtype == np.int64
+    assert seen.all()
+
+
+@veda.kernel
+def cplx(i, z, out):
+    out[i] = z[i] * 1j + abs(z[i])
+
+
+def test_complex_numbers(settings):
+    z = np.array([1 + 2j, -3j, 4.0], dtype=np.complex128)
+    out = np.zeros_like(z)
+    veda.launch(cplx, 3, z, out, **settings)
+    np.testing.assert_allclose(out, z * 1j + np.abs(z))
+
+
+@veda.kernel(ndim=2)
+def declared(i, j, out):
+    out[i, j] = 1
+
+
+def test_declared_ndim_refuses_other_ranks():
+    out = np.zeros((2, 2))
+    declared[(2, 2)](out)
+    assert out.sum() == 4
+    with pytest.raises(veda.LaunchError, match="ndim=2"):
+        declared[4](out, out)
+
+
+def test_scalar_argument_types():
+    @veda.kernel
+    def combine(i, b, n, f, c, out):
+        out[i] = (n + f + c.real) if b else 0.0
+
+    out = np.zeros(2)
+    combine[2](True, 2, 0.5, 1 + 1j, out)
+    np.testing.assert_array_equal(out, 3.5)
+    combine[2](np.bool_(False), np.int16(2), np.float32(0.5), np.complex64(1), out)
+    np.testing.assert_array_equal(out, 0.0)
