@@ -29,6 +29,13 @@ class Case:
     small: int
     large: int
     exact: bool = False
+    #: Positions of arguments the kernel adds into; zero them before each run.
+    accumulates: tuple[int, ...] = ()
+
+    def reset(self, args: tuple[Any, ...]) -> None:
+        """Zero the arguments the kernel accumulates into, so a rerun starts afresh."""
+        for pos in self.accumulates:
+            args[pos][...] = 0
 
 
 def _vec(n, rng):
@@ -107,7 +114,7 @@ GALLERY: dict[str, Case] = {
         Case(
             "histogram", sparse.histogram, _hist,
             lambda a: sparse.histogram_reference(*a[:3], np.zeros_like(a[3])), _out(3),
-            1000, 10**7, exact=True,
+            1000, 10**7, exact=True, accumulates=(3,),
         ),
         Case(
             "spmv_csr", sparse.spmv_csr, _spmv,

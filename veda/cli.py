@@ -89,7 +89,7 @@ def _fmt_time(t: float) -> str:
     return f"{t:7.2f} s "
 
 
-DEMO_KERNELS = ("saxpy", "dot", "triangular", "mandelbrot", "jacobi2d", "histogram")
+DEMO_KERNELS = ("saxpy", "dot", "mandelbrot", "jacobi2d", "histogram", "spmv_csr")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -109,11 +109,13 @@ def _demo(args: argparse.Namespace) -> int:
         case = GALLERY[name]
         size = case.small * 10 if args.quick else int(case.large // 10)
         domain, kargs = case.make(size, rng)
+        case.reset(kargs)
         expected = case.reference(kargs)
         t_numpy = _median_time(lambda c=case, a=kargs: c.reference(a), repeats)
         times = {}
         for target in ("cpu", "parallel"):
             def run(c=case, d=domain, a=kargs, t=target):
+                c.reset(a)
                 return veda.launch(c.kernel, d, *a, target=t)
 
             times[target] = _median_time(run, repeats)

@@ -74,21 +74,27 @@ def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def recover_exception(
-    kernel: Kernel, module: Any, flat: int, dims: tuple[int, ...], args: tuple[Any, ...],
-    target: str,
+    kernel: Kernel, module: Any, lo: int, hi: int, dims: tuple[int, ...],
+    args: tuple[Any, ...], target: str,
 ) -> KernelError:
-    """Re-run the failing index on one thread to recover the body's original exception."""
-    index = _unflatten(flat, dims)
-    try:
-        module._veda_at(*index, *args)
-    except Exception as exc:  # the body's own exception, whatever its type
-        cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-        return cls(kernel.name, type(exc), str(exc), index, target)
+    """Find the failing index of chunk [lo, hi) and re-run it to recover the body's exception.
+
+    Indices of that chunk before the failing one run a second time on the way: after an
+    exception the outputs of a launch are undefined anyway.
+    """
+    flat = int(module._veda_first_failure(lo, hi, *dims, *args))
+    index = _unflatten(flat, dims) if flat >= 0 else None
+    if index is not None:
+        try:
+            module._veda_at(*index, *args)
+        except Exception as exc:  # the body's own exception, whatever its type
+            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+            return cls(kernel.name, type(exc), str(exc), index, target)
     return KernelError(
         kernel.name,
         RuntimeError,
-        "an exception was raised there, but it did not recur when that index was re-run on "
-        "one thread, so its type and message are unknown",
+        f"an exception was raised in the chunk of flat indices [{lo}, {hi}), but it did not "
+        "recur when they were re-run on one thread, so its type and message are unknown",
         index,
         target,
     )
@@ -149,12 +155,9 @@ class ParallelTarget(Target):
             finally:
                 if previous != threads:
                     set_threads(previous)
-            if reduce:
-                result, err = out
-            else:
-                result, err = None, out
-            if err >= 0:
-                raise recover_exception(kernel, module, err, dims, args, "parallel")
+            result, lo, hi = out
+            if lo >= 0:
+                raise recover_exception(kernel, module, lo, hi, dims, args, "parallel")
             return result[0] if reduce else None
 
         return run

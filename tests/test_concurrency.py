@@ -1,0 +1,78 @@
+"""Launches from many Python threads at once never abort, deadlock or mix up results."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+import veda
+
+
+@veda.kernel
+def affine(i, a, b, x, out):
+    out[i] = a * x[i] + b
+
+
+@veda.kernel(reduce="sum")
+def total(i, x):
+    return x[i]
+
+
+@veda.kernel
+def worker_ids(i, out):
+    out[i] = numba.get_thread_id()
+
+
+def test_eight_threads_hundred_launches_each():
+    n = 20_000
+    x = np.arange(n, dtype=np.float64)
+    schedules = ["static", "interleaved", "dynamic", "guided"]
+
+    def work(t):
+        out = np.empty(n)
+        bad = 0
+        for r in range(100):
+            a, b = float(t + 1), float(r)
+            veda.launch(affine, n, a, b, x, out, target="parallel",
+                        schedule=schedules[(t + r) % 4], chunk=257)
+            if not np.array_equal(out, a * x + b):
+                bad += 1
+            if veda.launch(total, n, out, target="parallel", schedule="dynamic") != np.sum(
+                a * x + b
+            ):
+                bad += 1
+        return bad
+
+    with ThreadPoolExecutor(8) as pool:
+        failures = list(pool.map(work, range(8), timeout=300))
+    assert failures == [0] * 8
+
+
+def test_threads_setting_holds_in_a_new_python_thread():
+    n = 4096
+    seen = {}
+
+    def run(threads):
+        out = np.full(n, -1, np.int64)
+        veda.launch(worker_ids, n, out, threads=threads, schedule="interleaved", chunk=16)
+        seen[threads] = set(out.tolist())
+        # the launching thread's own Numba setting is restored afterwards
+        seen[("after", threads)] = numba.get_num_threads()
+
+    for threads in sorted({1, veda.max_threads()}):
+        t = threading.Thread(target=run, args=(threads,))
+        t.start()
+        t.join(60)
+        assert len(seen[threads]) <= threads
+        assert -1 not in seen[threads]
+        assert seen[("after", threads)] == veda.max_threads()
+    if veda.max_threads() > 1:
+        assert len(seen[veda.max_threads()]) > 1  # the work really was shared
+
+
+def test_threading_layer_is_reported():
+    layer = veda.threading_layer()
+    assert layer in ("tbb", "omp", "workqueue")
