@@ -9,9 +9,9 @@ import tempfile
 # earlier version of the code, and never write into the user's cache.  Set before veda loads.
 os.environ.setdefault("VEDA_CACHE_DIR", tempfile.mkdtemp(prefix="veda-test-cache-"))
 
-import pytest  # noqa: E402
+import pytest
 
-import veda  # noqa: E402
+import veda
 
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 

@@ -1,4 +1,4 @@
-"""The disk cache: a new process reuses compiled kernels, changed bodies recompile, races are safe."""
+"""The disk cache: a new process reuses kernels, changed bodies recompile, races are safe."""
 
 from __future__ import annotations
 

@@ -65,7 +65,8 @@ def test_atomic_add_histogram(settings):
     values = rng.random(50_000)
     counts = np.zeros(NBINS, np.int64)
     veda.launch(hist, values.size, values, counts, **settings)
-    np.testing.assert_array_equal(counts, np.bincount((values * NBINS).astype(int), minlength=NBINS))
+    expected = np.bincount((values * NBINS).astype(int), minlength=NBINS)
+    np.testing.assert_array_equal(counts, expected)
 
 
 @veda.kernel

@@ -54,7 +54,8 @@ def _info(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
         info = cache_clear()
-        print(f"removed {info.modules} generated modules ({info.bytes / 1e6:.1f} MB) from {info.path}")
+        print(f"removed {info.modules} generated modules ({info.bytes / 1e6:.1f} MB) "
+              f"from {info.path}")
     else:
         print(cache_info())
     return 0
@@ -100,7 +101,8 @@ def _demo(args: argparse.Namespace) -> int:
     repeats = 3 if args.quick else 7
     print(f"veda {veda.__version__} demo: {veda.max_threads()} threads, "
           f"threading layer {_cpu.threading_layer()}; median of {repeats} runs after a warm-up")
-    header = f"{'kernel':<12} {'size':>9} {'numpy':>10} {'cpu':>10} {'parallel':>10}  best   vs numpy"
+    header = (f"{'kernel':<12} {'size':>9} {'numpy':>10} {'cpu':>10} {'parallel':>10}  "
+              "best     vs numpy")
     lines = [header, "-" * len(header)]
     failures = 0
     steps = len(names)
@@ -111,7 +113,10 @@ def _demo(args: argparse.Namespace) -> int:
         domain, kargs = case.make(size, rng)
         case.reset(kargs)
         expected = case.reference(kargs)
-        t_numpy = _median_time(lambda c=case, a=kargs: c.reference(a), repeats)
+        def reference(c: Any = case, a: Any = kargs) -> Any:
+            return c.reference(a)
+
+        t_numpy = _median_time(reference, repeats)
         times = {}
         for target in ("cpu", "parallel"):
             def run(c=case, d=domain, a=kargs, t=target):

@@ -52,10 +52,8 @@ def _arg_problem(value: Any) -> str | None:
         dt = value.dtype
         if dt.kind not in "biufc":
             return f"arrays must hold booleans or numbers, not {dt}"
-        if (dt.kind == "f" and dt.itemsize not in (4, 8)) or (dt.kind == "c" and dt.itemsize not in (
-            8,
-            16,
-        )):
+        supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
+        if supported is not None and dt.itemsize not in supported:
             return f"{dt} arrays are not supported by Numba on the CPU; use float32 or float64"
         if not dt.isnative:
             return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"

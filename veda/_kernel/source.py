@@ -342,9 +342,8 @@ def literal(value: Any) -> str | None:
 def importable_path(obj: Any) -> tuple[str, str] | None:
     """(module, attribute) such that ``from module import attribute`` gives ``obj``."""
     if isinstance(obj, np.ufunc):
-        if getattr(np, obj.__name__, None) is obj:
-            return "numpy", obj.__name__
-        return None
+        name = str(obj.__name__)
+        return ("numpy", name) if getattr(np, name, None) is obj else None
     module = getattr(obj, "__module__", None)
     qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
     if not module or not qual or "<" in qual or "." in qual or module == "__main__":

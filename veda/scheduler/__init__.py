@@ -15,8 +15,8 @@ __all__ = ["PARALLEL_MIN_SIZE", "decide", "default_chunk"]
 
 #: Domain size from which a launch with no settings goes to ``"parallel"``.  Measured with
 #: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
-#: even with the serial loop between 16k and 64k elements.
-PARALLEL_MIN_SIZE = 32768
+#: even with the serial loop between 32k (parallel/cpu 1.10) and 64k elements (0.89).
+PARALLEL_MIN_SIZE = 49152
 
 Overrides = tuple[str | None, int | None, str | None, int | None]
 

@@ -1,0 +1,78 @@
+"""Compile times: the first launch of a new kernel (empty cache), and the first launch in a
+fresh process whose disk cache already holds it.  Each case runs in its own process.
+
+Numba spends about 0.3 s initialising its CPU target the first time a process compiles or loads
+any function; that cost is not veda's, so each child first starts Numba with a trivial function
+("numba start-up") and then times veda's launches.
+
+    python bench/bench_compile.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from _util import report
+
+CHILD = textwrap.dedent(
+    """
+    import json, time
+    t0 = time.perf_counter()
+    import numpy as np
+    import veda
+    from veda_kernels.blas1 import saxpy
+    t1 = time.perf_counter()
+    import numba
+    numba.njit(lambda: 1)()
+    t1b = time.perf_counter()
+    x = np.ones(1000); y = np.ones(1000); out = np.empty(1000)
+    t2 = time.perf_counter()
+    veda.launch(saxpy, 1000, 2.0, x, y, out, target="cpu")
+    t3 = time.perf_counter()
+    veda.launch(saxpy, 1000, 2.0, x, y, out, target="parallel")
+    t4 = time.perf_counter()
+    print(json.dumps({"import": t1 - t0, "numba_startup": t1b - t1, "first_cpu": t3 - t2,
+                      "first_parallel": t4 - t3, "stats": saxpy.compile_stats.as_dict()}))
+    """
+)
+
+
+def _child(cache_dir: str) -> dict:
+    env = dict(os.environ, VEDA_CACHE_DIR=cache_dir)
+    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
+                         check=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(rounds: int = 3) -> dict:
+    cold, warm = [], []
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as d:
+            cold.append(_child(d))
+            warm.append(_child(d))
+    res = {}
+    for label, runs in (("cold", cold), ("warm", warm)):
+        res[label] = {k: statistics.median(r[k] for r in runs)
+                      for k in ("import", "numba_startup", "first_cpu", "first_parallel")}
+        res[label]["compiled"] = runs[-1]["stats"]["compiled"]
+        res[label]["cache_hits"] = runs[-1]["stats"]["cache_hits"]
+    print(f"first launches of saxpy (1000 elements), median of {rounds} fresh processes")
+    for label in ("cold", "warm"):
+        r = res[label]
+        print(f"  {label:<5} cache: import veda {r['import'] * 1e3:6.1f} ms, numba start-up "
+              f"{r['numba_startup'] * 1e3:6.1f} ms, first 'cpu' launch "
+              f"{r['first_cpu'] * 1e3:7.1f} ms, first 'parallel' launch "
+              f"{r['first_parallel'] * 1e3:7.1f} ms  (compiled {r['compiled']}, "
+              f"cache hits {r['cache_hits']})")
+    report("compile", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Launch overhead: veda's launch path against calling the compiled loop directly.
+
+Target (issue 2): ``veda.launch(k, 100, ..., target="cpu")`` costs at most 2 us more than the
+compiled function it calls.  NumPy's whole ``a * x + y`` at n = 100 is shown for scale.
+
+    python bench/bench_launch.py
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+from _util import per_call, report
+from veda_kernels.blas1 import saxpy
+
+import veda
+
+
+def main(n: int = 100, calls: int = 20_000, rounds: int = 9) -> dict:
+    x = np.ones(n)
+    y = np.ones(n)
+    out = np.empty(n)
+    veda.launch(saxpy, n, 2.0, x, y, out, target="cpu")
+    compiled = saxpy.program(1, 4, (False, veda.get_config().cache))._veda_cpu
+    fns = {
+        "compiled_direct": lambda: compiled(n, 2.0, x, y, out),
+        "veda_launch_cpu": lambda: veda.launch(saxpy, n, 2.0, x, y, out, target="cpu"),
+        "veda_index_launch": lambda: saxpy[n](2.0, x, y, out),
+        "numpy_a_x_plus_y": lambda: 2.0 * x + y,
+    }
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):  # interleaved rounds, median per function
+        for k, fn in fns.items():
+            samples[k].append(per_call(fn, calls))
+    t = {k: statistics.median(v) for k, v in samples.items()}
+    overhead = t["veda_launch_cpu"] - t["compiled_direct"]
+    print(f"launch of a {n}-element saxpy, median of {rounds} rounds of {calls} calls")
+    for k, v in t.items():
+        print(f"  {k:<20} {v * 1e6:7.3f} us")
+    print(f"veda.launch(target='cpu') overhead over the compiled call: {overhead * 1e6:.3f} us "
+          "(target <= 2 us)")
+    res = {"n": n, "seconds": t, "overhead_seconds": overhead, "target_seconds": 2e-6}
+    report("launch", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""STREAM triad on 2e7 float64: veda "parallel" against a hand-written Numba prange loop.
+
+Target (issue 2): veda reaches >= 0.95x the bandwidth of the prange loop, on all threads.
+
+    python bench/bench_triad.py
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from _util import compare, report
+from veda_kernels.blas1 import triad
+
+import veda
+
+
+@numba.njit(parallel=True, cache=True)
+def triad_prange(a, b, s, c):
+    for i in numba.prange(a.shape[0]):
+        a[i] = b[i] + s * c[i]
+
+
+def main(n: int = 20_000_000, repeats: int = 21) -> dict:
+    rng = np.random.default_rng(0)
+    a = np.empty(n)
+    b = rng.random(n)
+    c = rng.random(n)
+    threads = veda.max_threads()
+    fns = {
+        "numba_prange": lambda: triad_prange(a, b, 3.0, c),
+        "veda_parallel_static": lambda: veda.launch(triad, n, a, b, 3.0, c, target="parallel",
+                                                    threads=threads, schedule="static"),
+        "veda_parallel_dynamic": lambda: veda.launch(triad, n, a, b, 3.0, c,
+                                                     target="parallel", schedule="dynamic"),
+        "veda_cpu": lambda: veda.launch(triad, n, a, b, 3.0, c, target="cpu"),
+        "numpy": lambda: np.add(b, 3.0 * c, out=a),
+    }
+    t = compare(fns, repeats=repeats)
+    bytes_moved = 3 * 8 * n  # two reads and one write per element (write-allocate not counted)
+    gbps = {k: bytes_moved / v / 1e9 for k, v in t.items()}
+    ratio = gbps["veda_parallel_static"] / gbps["numba_prange"]
+    print(f"STREAM triad, n = {n:.0e} float64, {threads} threads, median of {repeats}")
+    for k in fns:
+        print(f"  {k:<24} {t[k] * 1e3:8.2f} ms  {gbps[k]:6.1f} GB/s")
+    print(f"veda parallel (static) / numba prange bandwidth: {ratio:.3f}  (target >= 0.95)")
+    out = {"n": n, "seconds": t, "gbps": gbps, "ratio_vs_prange": ratio, "target": 0.95}
+    report("triad", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
