@@ -76,3 +76,57 @@ def test_threads_setting_holds_in_a_new_python_thread():
 def test_threading_layer_is_reported():
     layer = veda.threading_layer()
     assert layer in ("tbb", "omp", "workqueue")
+
+
+WORKQUEUE_SCRIPT = """
+import threading
+import numpy as np
+import veda
+
+@veda.kernel
+def inc(i, x):
+    x[i] += 1.0
+
+arrays = [np.zeros(100_000) for _ in range(8)]
+
+def work(x):
+    for _ in range(25):
+        veda.launch(inc, x.size, x, target="parallel", schedule="dynamic")
+
+threads = [threading.Thread(target=work, args=(x,)) for x in arrays]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert all((x == 25).all() for x in arrays)
+print(veda.threading_layer(), veda.targets.cpu.serialises_parallel_regions())
+"""
+
+
+def test_workqueue_layer_is_serialised_not_aborted(tmp_path):
+    """Numba's workqueue layer aborts on concurrent parallel regions; veda must not let it."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    proc = subprocess.run([sys.executable, "-c", WORKQUEUE_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["workqueue", "True"]
+
+
+def test_repeated_scopes_reuse_prepared_launches(monkeypatch):
+    x = np.zeros(10)
+    prepared = []
+    original = affine._prepare
+
+    def counting(*args):
+        prepared.append(args)
+        return original(*args)
+
+    monkeypatch.setattr(affine, "_prepare", counting)
+    for _ in range(3):
+        with veda.config(target="cpu", chunk=None):
+            affine[10](1.0, 1.0, x, x)
+    assert len(prepared) <= 1

@@ -164,9 +164,22 @@ class _Scope:
     def effective(self) -> Config:
         if self.generation != _generation:
             base = _defaults if self.parent is None else self.parent.effective()
-            self.merged = base.replace(**self.overrides)
+            key = (id(base), tuple(sorted(self.overrides.items())))
+            merged = _interned.get(key)
+            if merged is None or merged[0] is not base:
+                if len(_interned) > 1024:
+                    _interned.clear()
+                merged = (base, base.replace(**self.overrides))
+                _interned[key] = merged
+            self.merged = merged[1]
             self.generation = _generation
         return self.merged
+
+
+# The same overrides on the same base give the same Config object, so a `with veda.config(...)`
+# entered again and again (in a loop) keeps hitting the launch path's prepared entries, which are
+# keyed on the Config's identity.
+_interned: dict[tuple[Any, ...], tuple[Config, Config]] = {}
 
 
 _scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("veda_config", default=None)
