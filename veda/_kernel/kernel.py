@@ -156,7 +156,7 @@ def translate_compile_error(
 
 
 def install_compile_hook(
-    dispatcher: Any, owner: Kernel | Func, offset: int, names: list[str]
+    dispatcher: Any, owner: _Compiled, offset: int, names: list[str]
 ) -> None:
     """Check, count and translate at the one point Numba meets new argument types."""
     original = dispatcher._compile_for_args
@@ -192,26 +192,36 @@ def install_compile_hook(
 # Helpers
 
 
-class Func:
+class _Compiled:
+    """What kernels and helpers share: the Python function, its source, compile counters."""
+
+    name: str
+
+    def __init__(self, pyfunc: Callable[..., Any]) -> None:
+        self.py_func = pyfunc
+        self._lock = threading.RLock()
+        self._source: FunctionSource | None = None
+        self.compile_stats = _cache.CompileStats()
+        functools.update_wrapper(self, pyfunc)  # type: ignore[arg-type]
+
+    @property
+    def source(self) -> FunctionSource:
+        """The function's text and origin, as the generated modules carry it."""
+        if self._source is None:
+            self._source = get_source(self.py_func)
+        return self._source
+
+
+class Func(_Compiled):
     """A helper function that kernels (and other helpers) may call; see :func:`func`."""
 
     def __init__(self, pyfunc: Callable[..., Any]) -> None:
         self.params = plain_parameters(pyfunc, "func")
-        self.py_func = pyfunc
+        super().__init__(pyfunc)
         self.name = pyfunc.__name__
         self.qualname = pyfunc.__qualname__
-        self._lock = threading.RLock()
         self._units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._written: set[int] | None = None
-        self._source: FunctionSource | None = None
-        self.compile_stats = _cache.CompileStats()
-        functools.update_wrapper(self, pyfunc)
-
-    @property
-    def source(self) -> FunctionSource:
-        if self._source is None:
-            self._source = get_source(self.py_func)
-        return self._source
 
     def written_positions(self) -> set[int]:
         """Positions of the parameters this helper writes (directly or through helpers)."""
@@ -331,7 +341,7 @@ class _Plan:
                 )
 
 
-class Kernel:
+class Kernel(_Compiled):
     """A compiled-on-demand parallel kernel; see :func:`kernel`.
 
     Launch it with ``k[n](*args)`` (a 1-d domain), ``k[(n, m)](*args)`` or
@@ -357,27 +367,17 @@ class Kernel:
             raise KernelDefinitionError(
                 f"kernel {pyfunc.__qualname__!r} needs at least one index parameter"
             )
-        self.py_func = pyfunc
+        super().__init__(pyfunc)
         self.reduce = reduce
         self.ndim = ndim
-        self.name: str = pyfunc.__qualname__
+        self.name = pyfunc.__qualname__
         self.module_name: str = pyfunc.__module__
-        self._lock = threading.RLock()
-        self._source: FunctionSource | None = None
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
         self._fast: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        self.compile_stats = _cache.CompileStats()
-        functools.update_wrapper(self, pyfunc)
 
     # -- introspection ---------------------------------------------------------------------
-    @property
-    def source(self) -> FunctionSource:
-        if self._source is None:
-            self._source = get_source(self.py_func)
-        return self._source
-
     @property
     def written(self) -> list[str]:
         """Names of the parameters the kernel writes, as veda's analysis finds them."""

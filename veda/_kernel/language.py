@@ -275,18 +275,26 @@ def _ol_local_array(shape, dtype):  # type: ignore[no-untyped-def]
 # Intrinsics used by generated launchers
 
 
+def _is_counter(array: types.Type) -> bool:
+    return isinstance(array, types.Array) and array.dtype == types.int64
+
+
+def _element_pointer(context, builder, sig, args):  # type: ignore[no-untyped-def]
+    aryty = sig.args[0]
+    ary = make_array(aryty)(context, builder, args[0])
+    idx = context.cast(builder, args[1], sig.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+
+
 @intrinsic
 def fetch_add(typingctx, array, index, value):  # type: ignore[no-untyped-def]
     """Atomic ``old = array[index]; array[index] += value`` on an int64 counter array."""
-    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+    if not _is_counter(array):
         return None
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        aryty = sig.args[0]
-        ary = make_array(aryty)(context, builder, args[0])
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
         val = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = _element_pointer(context, builder, sig, args)
         return builder.atomic_rmw("add", ptr, val, "monotonic")
 
     return types.int64(array, index, value), codegen
@@ -295,14 +303,11 @@ def fetch_add(typingctx, array, index, value):  # type: ignore[no-untyped-def]
 @intrinsic
 def atomic_load(typingctx, array, index):  # type: ignore[no-untyped-def]
     """Relaxed atomic load of an int64 flag, so workers see another worker's error promptly."""
-    if not (isinstance(array, types.Array) and array.dtype == types.int64):
+    if not _is_counter(array):
         return None
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        aryty = sig.args[0]
-        ary = make_array(aryty)(context, builder, args[0])
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [idx])
+        ptr = _element_pointer(context, builder, sig, args)
         return builder.load_atomic(ptr, "monotonic", 8)
 
     return types.int64(array, index), codegen
