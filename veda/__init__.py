@@ -10,6 +10,7 @@
 3.0
 """
 
+from veda import telemetry
 from veda._config import Config, config, get_config, max_threads, set_config
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.kernel import Func, Kernel, func, kernel, launch
@@ -22,10 +23,12 @@ from veda.errors import (
     KernelIndexError,
     LaunchError,
     TargetUnavailableError,
+    TelemetryError,
     UnknownKernelError,
     VedaError,
 )
 from veda.targets.cpu import threading_layer
+from veda.telemetry import metrics
 
 __all__ = [
     "Config",
@@ -37,6 +40,7 @@ __all__ = [
     "KernelIndexError",
     "LaunchError",
     "TargetUnavailableError",
+    "TelemetryError",
     "UnknownKernelError",
     "VedaError",
     "__version__",
@@ -52,6 +56,8 @@ __all__ = [
     "launch",
     "local_array",
     "max_threads",
+    "metrics",
     "set_config",
+    "telemetry",
     "threading_layer",
 ]

@@ -53,14 +53,19 @@ class Config:
         Elements per chunk (the smallest chunk for ``"guided"``).
     boundscheck : bool
         Check every array access; out-of-bounds accesses raise :class:`veda.KernelIndexError`.
+    telemetry : bool
+        Keep launch metrics (counts, latency histograms, bytes) and call listeners.
+    profile : bool
+        Time every worker of ``"parallel"`` launches from inside the compiled loop, for the
+        load-imbalance figure (a separately compiled loop: no cost when off).
     cache : bool
         Keep compiled kernels on disk so that a new process reuses them.
     cache_dir : str
         Where the disk cache lives (``$XDG_CACHE_HOME/veda`` by default).
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
-    ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``, ``VEDA_CACHE``
-    and ``VEDA_CACHE_DIR``.
+    ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
+    ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
     """
 
     target: str | None = None
@@ -68,6 +73,8 @@ class Config:
     schedule: str | None = None
     chunk: int | None = None
     boundscheck: bool = False
+    telemetry: bool = True
+    profile: bool = False
     cache: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
 
@@ -91,6 +98,9 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+_FLAGS = ("boundscheck", "telemetry", "profile", "cache")
+
+
 def _parse_env(name: str, raw: str) -> Any:
     var = "VEDA_" + name.upper()
     if name in ("threads", "chunk"):
@@ -98,7 +108,7 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r}: expected an integer") from None
-    if name in ("boundscheck", "cache"):
+    if name in _FLAGS:
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
@@ -141,7 +151,7 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
                 f"{where}: target='cpu' runs on one thread, so {', '.join(clash)}= "
                 "contradicts it; drop target= or use target='parallel'"
             )
-    for flag in ("boundscheck", "cache"):
+    for flag in _FLAGS:
         if flag in values and not isinstance(values[flag], bool):
             raise error(f"{where}: {flag} must be True or False, not {values[flag]!r}")
 

@@ -15,6 +15,7 @@ __all__ = [
     "KernelIndexError",
     "LaunchError",
     "TargetUnavailableError",
+    "TelemetryError",
     "UnknownKernelError",
     "VedaError",
 ]
@@ -38,6 +39,10 @@ class LaunchError(VedaError, ValueError):
 
 class TargetUnavailableError(VedaError, RuntimeError):
     """The requested target cannot run here (no GPU, no driver, extra not installed)."""
+
+
+class TelemetryError(VedaError, RuntimeError):
+    """Telemetry cannot do what was asked: an unwritable trace path, a port in use."""
 
 
 class UnknownKernelError(VedaError, KeyError):

@@ -288,7 +288,7 @@ def kernel_launchers(
             f"{_indent(_segment_loop(ndim, '_lo', '_hi', call), 4)}"
             "except Exception:\n    return True\nreturn False\n",
         )
-        run_chunk = f"if _veda_chunk(_lo, _hi, {dims}{args}):\n"
+        run_chunk = f"_bad = _veda_chunk(_lo, _hi, {dims}{args})\n"
         acc_init = acc_store = result = worker_acc = ""
         ret = "return None, _err[0], _err[1]"
     else:
@@ -315,7 +315,7 @@ def kernel_launchers(
             f"try:\n{_indent(blocked, 4)}except Exception:\n    return True, _acc\n"
             "return False, _acc\n",
         )
-        run_chunk = f"_bad, _acc = _veda_chunk(_acc, _lo, _hi, {dims}{args})\nif _bad:\n"
+        run_chunk = f"_bad, _acc = _veda_chunk(_acc, _lo, _hi, {dims}{args})\n"
         acc_init = (
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n"
             "_partials = _veda_np.full(_veda_T, _ident)\n"
@@ -329,48 +329,61 @@ def kernel_launchers(
         )
         ret = "return _veda_np.full(1, _res), _err[0], _err[1]"
 
-    record = "    _err[0] = _lo\n    _err[1] = _hi\n    break\n"
-    fn(
-        f"_veda_parallel({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
-        f"_N = {size}\n"
-        "_err = _veda_np.full(2, -1, _veda_np.int64)\n"
-        "_counter = _veda_np.zeros(1, _veda_np.int64)\n"
-        "if _veda_mode == 3:\n"
-        "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _veda_chunk_size)\n"
-        "else:\n"
-        "    _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
-        f"{acc_init}"
-        "for _w in _veda_numba.prange(_veda_T):\n"
-        "    _k = 0\n"
-        f"{worker_acc}"
-        "    while True:\n"
-        "        if _veda_mode == 0:\n"
-        "            if _k > 0:\n"
-        "                break\n"
-        "            _lo = _N * _w // _veda_T\n"
-        "            _hi = _N * (_w + 1) // _veda_T\n"
-        "        elif _veda_mode == 1:\n"
-        "            _lo = (_w + _k * _veda_T) * _veda_chunk_size\n"
-        "            _hi = min(_lo + _veda_chunk_size, _N)\n"
-        "        elif _veda_mode == 2:\n"
-        "            _lo = _veda_lang.fetch_add(_counter, 0, 1) * _veda_chunk_size\n"
-        "            _hi = min(_lo + _veda_chunk_size, _N)\n"
-        "        else:\n"
-        "            _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
-        "            if _c >= _bounds.shape[0] - 1:\n"
-        "                break\n"
-        "            _lo = _bounds[_c]\n"
-        "            _hi = _bounds[_c + 1]\n"
-        "        if _lo >= _N or _veda_lang.atomic_load(_err, 0) >= 0:\n"
-        "            break\n"
-        "        _k += 1\n"
-        f"{_indent(run_chunk, 8)}"
-        f"{_indent(record, 8)}"
-        f"{acc_store}"
-        f"{result}"
-        f"{ret}\n",
-        pdec,
-    )
+    record = "if _bad:\n    _err[0] = _lo\n    _err[1] = _hi\n    break\n"
+    # The profiled variant is a separate function, so profiling costs nothing when off: each
+    # worker adds up the cycles it spends in chunks (LLVM's readcyclecounter) and counts them.
+    variants = {
+        "_veda_parallel": ("", run_chunk, ret),
+        "_veda_parallel_profile": (
+            "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
+            "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
+            "_t0 = _veda_lang.cycles()\n" + run_chunk
+            + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
+            ret.replace("_err[1]", "_err[1], _busy, _nchunks"),
+        ),
+    }
+    for name, (profile_init, chunk_code, returns) in variants.items():
+        fn(
+            f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
+            f"_N = {size}\n"
+            "_err = _veda_np.full(2, -1, _veda_np.int64)\n"
+            "_counter = _veda_np.zeros(1, _veda_np.int64)\n"
+            "if _veda_mode == 3:\n"
+            "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _veda_chunk_size)\n"
+            "else:\n"
+            "    _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
+            f"{acc_init}{profile_init}"
+            "for _w in _veda_numba.prange(_veda_T):\n"
+            "    _k = 0\n"
+            f"{worker_acc}"
+            "    while True:\n"
+            "        if _veda_mode == 0:\n"
+            "            if _k > 0:\n"
+            "                break\n"
+            "            _lo = _N * _w // _veda_T\n"
+            "            _hi = _N * (_w + 1) // _veda_T\n"
+            "        elif _veda_mode == 1:\n"
+            "            _lo = (_w + _k * _veda_T) * _veda_chunk_size\n"
+            "            _hi = min(_lo + _veda_chunk_size, _N)\n"
+            "        elif _veda_mode == 2:\n"
+            "            _lo = _veda_lang.fetch_add(_counter, 0, 1) * _veda_chunk_size\n"
+            "            _hi = min(_lo + _veda_chunk_size, _N)\n"
+            "        else:\n"
+            "            _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
+            "            if _c >= _bounds.shape[0] - 1:\n"
+            "                break\n"
+            "            _lo = _bounds[_c]\n"
+            "            _hi = _bounds[_c + 1]\n"
+            "        if _lo >= _hi or _veda_lang.atomic_load(_err, 0) >= 0:\n"
+            "            break\n"
+            "        _k += 1\n"
+            f"{_indent(chunk_code, 8)}"
+            f"{_indent(record, 8)}"
+            f"{acc_store}"
+            f"{result}"
+            f"{returns}\n",
+            pdec,
+        )
     return "\n\n".join(out)
 
 

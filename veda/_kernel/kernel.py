@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, overload
 
 import numpy as np
@@ -27,10 +28,14 @@ from veda._kernel import codegen
 from veda._kernel.language import REDUCE_OPS
 from veda._kernel.source import FunctionSource, analyse, get_source, plain_parameters
 from veda.errors import KernelDefinitionError, LaunchError, VedaError
+from veda.telemetry import _events
+from veda.telemetry import _registry as _telemetry
 
 __all__ = ["Func", "Kernel", "func", "kernel", "launch"]
 
 _INT_TYPES = (int, np.integer)
+_pending = _telemetry.pending_compile
+_FOLD_AT = _telemetry.FOLD_AT
 _SCALAR_TYPES = (bool, int, float, complex, np.bool_, np.number)
 
 
@@ -170,19 +175,27 @@ def install_compile_hook(
             result = original(*args, **kws)
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, owner.name, names, user_args) from None
-        seconds = time.perf_counter() - start
+        end = time.perf_counter()
+        hit = sum(dispatcher.stats.cache_hits.values()) > hits
+        signature = (", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
+                     if dispatcher.signatures else "")
         with owner._lock:
             stats = owner.compile_stats
-            if sum(dispatcher.stats.cache_hits.values()) > hits:
+            if hit:
                 stats.cache_hits += 1
             else:
                 stats.compiled += 1
-            stats.compile_seconds += seconds
-            stats.signatures.append(
-                ", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
-                if dispatcher.signatures
-                else ""
-            )
+            stats.compile_seconds += end - start
+            stats.signatures.append(signature)
+        if get_config().telemetry:
+            _telemetry.registry.compiled(owner.module_name, owner.name, end - start, hit)
+            if isinstance(owner, Kernel):
+                tid = threading.get_ident()
+                pending = _telemetry.pending_compile
+                pending[tid] = pending.get(tid, 0.0) + end - start
+            if _events.listeners:
+                _events.emit("on_compile", _events.CompileEvent(
+                    owner.name, signature, hit, threading.get_ident(), start, end))
         return result
 
     dispatcher._compile_for_args = _compile_for_args
@@ -199,6 +212,7 @@ class _Compiled:
 
     def __init__(self, pyfunc: Callable[..., Any]) -> None:
         self.py_func = pyfunc
+        self.module_name: str = pyfunc.__module__ or "__main__"
         self._lock = threading.RLock()
         self._source: FunctionSource | None = None
         self.compile_stats = _cache.CompileStats()
@@ -292,10 +306,10 @@ class _Plan:
     :meth:`fail`, which says in words what is wrong.
     """
 
-    __slots__ = ("check", "direct", "kernel_name", "names", "written")
+    __slots__ = ("check", "direct", "kernel_name", "names", "nbytes", "written")
 
     def __init__(self, kernel_name: str, names: list[str], written: list[int],
-                 direct: list[tuple[int, int, int, str, str]]) -> None:
+                 direct: list[tuple[int, int, int, str, str]], arrays: list[int]) -> None:
         self.kernel_name = kernel_name
         self.names = names
         self.written = written
@@ -317,11 +331,20 @@ class _Plan:
                     f"    if args[{pos}].__class__ is ndarray and args[{pos}].ndim > {axis} and "
                     f"args[{pos}].shape[{axis}] < dims[{dim}]:\n        fail(dims, args)"
                 )
-        self.check: Callable[..., None] | None = None
-        if len(lines) > 1:
-            namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail}
-            exec("\n".join(lines), namespace)
-            self.check = namespace["check"]
+        if len(lines) == 1:
+            lines = []  # nothing to check
+        # Bytes of the array arguments, for telemetry: each array once, at its nbytes.  The
+        # direct attribute reads are the fast path; a tuple (no nbytes) takes the careful one.
+        fast = " + ".join(f"args[{p}].nbytes" for p in arrays) or "0"
+        careful = " + ".join(f"getattr(args[{p}], 'nbytes', 0)" for p in arrays) or "0"
+        lines.append(
+            f"def nbytes(args):\n    try:\n        return {fast}\n"
+            f"    except AttributeError:\n        return {careful}"
+        )
+        namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail}
+        exec("\n".join(lines), namespace)
+        self.check: Callable[..., None] | None = namespace.get("check")
+        self.nbytes: Callable[[tuple[Any, ...]], int] = namespace["nbytes"]
 
     def fail(self, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
         for pos in self.written:
@@ -371,7 +394,6 @@ class Kernel(_Compiled):
         self.reduce = reduce
         self.ndim = ndim
         self.name = pyfunc.__qualname__
-        self.module_name: str = pyfunc.__module__
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
@@ -473,7 +495,9 @@ class Kernel(_Compiled):
                 for arr, axis, idx in facts.direct_index
                 if arr in names
             ]
-            plan = _Plan(self.name, names, written, direct)
+            arrays = ([names.index(p) for p in names if p in facts.arrays]
+                      if self.source.tree is not None else list(range(nargs)))
+            plan = _Plan(self.name, names, written, direct, arrays)
             self._plans[(ndim, nargs)] = plan
             return plan
 
@@ -498,13 +522,15 @@ class Kernel(_Compiled):
         install_compile_hook(module._veda_at, self, ndim, names)
         return module
 
-    def _prepare(self, dims: tuple[int, ...], nargs: int, overrides: Any, cfg: Any) -> tuple:
+    def _prepare(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+                 cfg: Any) -> tuple:
         """Everything a launch needs that its argument values do not change."""
         if overrides is not None:
             target, threads, schedule, chunk = overrides
             validate_launch_overrides(
                 {"target": target, "threads": threads, "schedule": schedule, "chunk": chunk}
             )
+        nargs = len(args)
         plan = self._plan(len(dims), nargs)
         size = 1
         for n in dims:
@@ -516,8 +542,17 @@ class Kernel(_Compiled):
             )
         decision = scheduler.decide(size, cfg, overrides)
         target = targets.get(decision[0])
-        runner = target.prepare(self, dims, nargs, decision, (cfg.boundscheck, cfg.cache))
-        entry = (cfg, runner, plan.check)
+        recorder = None
+        if cfg.telemetry:
+            recorder = _telemetry.registry.recorder(self.module_name, self.name, decision, size,
+                                                    plan.nbytes)
+        profiler = recorder if cfg.profile else None
+        runner = target.prepare(self, dims, nargs, decision, (cfg.boundscheck, cfg.cache),
+                                profiler)
+        if recorder is not None:
+            recorder.per_launch = int(plan.nbytes(args))
+        entry = (cfg, runner, plan.check, recorder, decision,
+                 None if recorder is None else recorder.times)
         if len(self._fast) >= 1024:
             self._fast.clear()
         self._fast[(dims, nargs, overrides)] = entry
@@ -528,10 +563,57 @@ class Kernel(_Compiled):
         cfg = get_config()
         entry = self._fast.get((dims, len(args), overrides))
         if entry is None or entry[0] is not cfg:
-            entry = self._prepare(dims, len(args), overrides, cfg)
+            entry = self._prepare(dims, args, overrides, cfg)
         if entry[2] is not None:
             entry[2](dims, args)
-        return entry[1](args)
+        recorder = entry[3]
+        if recorder is None:  # telemetry=False
+            return entry[1](args)
+        if _events.listeners:
+            return self._launch_observed(entry, dims, args)
+        start = perf_counter()
+        try:
+            result = entry[1](args)
+        except BaseException:
+            recorder.error()
+            raise
+        elapsed = perf_counter() - start
+        if _pending:  # a launch compiled: count run time only
+            elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
+        times = entry[5]
+        times.append(elapsed)
+        if len(times) > _FOLD_AT:
+            recorder.fold(args)
+        return result
+
+    def _launch_observed(self, entry: tuple[Any, ...], dims: tuple[int, ...],
+                         args: tuple[Any, ...]) -> Any:
+        """A launch while listeners are attached: the same, plus start and end events."""
+        recorder, (target, threads, schedule, chunk) = entry[3], entry[4]
+        tid = threading.get_ident()
+        start = perf_counter()
+        _events.emit("on_launch_start", _events.LaunchEvent(
+            self.name, dims, target, threads, schedule, chunk, tid, start))
+        start = perf_counter()
+        try:
+            result = entry[1](args)
+        except BaseException as exc:
+            end = perf_counter()
+            recorder.error()
+            _events.emit("on_launch_end", _events.LaunchEvent(
+                self.name, dims, target, threads, schedule, chunk, tid, start, end,
+                f"{type(exc).__name__}: {exc}"))
+            raise
+        end = perf_counter()
+        elapsed = end - start
+        if _pending:
+            elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
+        recorder.times.append(elapsed)
+        if len(recorder.times) > _FOLD_AT:
+            recorder.fold(args)
+        _events.emit("on_launch_end", _events.LaunchEvent(
+            self.name, dims, target, threads, schedule, chunk, tid, start, end))
+        return result
 
 
 class BoundLaunch:

@@ -395,3 +395,15 @@ def nonneg(typingctx, value):  # type: ignore[no-untyped-def]
         return args[0]
 
     return value(value), codegen
+
+
+@intrinsic
+def cycles(typingctx):  # type: ignore[no-untyped-def]
+    """The CPU's cycle counter (``llvm.readcyclecounter``: RDTSC on x86), for in-loop timing."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen

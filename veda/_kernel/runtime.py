@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from veda._kernel.language import cycles
+
 
 @numba.njit(cache=True, nogil=True)
 def guided_bounds(n: int, threads: int, min_chunk: int) -> np.ndarray:
@@ -27,3 +29,9 @@ def guided_bounds(n: int, threads: int, min_chunk: int) -> np.ndarray:
             bounds = grown
         bounds[count] = lo
     return bounds[: count + 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def read_cycles() -> int:
+    """The cycle counter, read from Python (to calibrate it against ``time.perf_counter``)."""
+    return cycles()

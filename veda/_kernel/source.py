@@ -110,6 +110,8 @@ class BodyFacts:
     direct_index: list[tuple[str, int, str]] = field(default_factory=list)
     returns_value: bool = False
     assigned: set[str] = field(default_factory=set)
+    # parameters used as arrays: indexed, asked for an attribute, or handed to a call
+    arrays: set[str] = field(default_factory=set)
 
 
 def _root_name(node: ast.AST) -> str | None:
@@ -207,6 +209,9 @@ class _Analyzer(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> None:
+        for arg in node.args:
+            if isinstance(arg, ast.Name) and arg.id in self.params:
+                self.facts.arrays.add(arg.id)
         parts = _dotted(node.func)
         if parts is not None:
             callee = resolve_dotted(self.src.pyfunc, parts)
@@ -255,6 +260,14 @@ class _Analyzer(ast.NodeVisitor):
 
     def visit_Subscript(self, node: ast.Subscript) -> None:
         self.subscripts.append((node, self.conditional > 0))
+        root = _root_name(node)
+        if root in self.params:
+            self.facts.arrays.add(root)
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if isinstance(node.value, ast.Name) and node.value.id in self.params:
+            self.facts.arrays.add(node.value.id)
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> None:

@@ -24,6 +24,7 @@ from veda.errors import LaunchError, TargetUnavailableError
 
 if TYPE_CHECKING:
     from veda._kernel.kernel import Kernel
+    from veda.telemetry._registry import Recorder
 
 __all__ = ["Decision", "Runner", "Target", "get", "names", "register"]
 
@@ -51,12 +52,14 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool]) -> Runner:
+                options: tuple[bool, bool], profiler: Recorder | None) -> Runner:
         """A callable that runs ``kernel`` over ``dims`` with this decision.
 
         It takes the launch's argument tuple and returns the reduction result or None.  veda
         keeps it for later launches with the same domain, settings and argument count, so
         everything that does not depend on the arguments' values belongs here, not in it.
+        ``options`` is (boundscheck, cache).  With a ``profiler``, a target that has workers
+        reports each launch's per-worker busy time to it (``profiler.profile``).
         """
 
 

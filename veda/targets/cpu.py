@@ -25,6 +25,25 @@ from veda.targets import Decision, Runner, Target
 
 if TYPE_CHECKING:
     from veda._kernel.kernel import Kernel
+    from veda.telemetry._registry import Recorder
+
+_tick: float | None = None
+
+
+def seconds_per_tick() -> float:
+    """Seconds per tick of the cycle counter profiled launches read (measured once, 20 ms)."""
+    global _tick
+    if _tick is None:
+        import time
+
+        from veda._kernel.runtime import read_cycles
+
+        read_cycles()
+        c0, t0 = read_cycles(), time.perf_counter()
+        time.sleep(0.02)
+        c1, t1 = read_cycles(), time.perf_counter()
+        _tick = (t1 - t0) / max(c1 - c0, 1)
+    return _tick
 
 _layer_lock = threading.Lock()
 _layer: str | None = None
@@ -106,7 +125,8 @@ class CPUTarget(Target):
     name = "cpu"
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool]) -> Runner:
+                options: tuple[bool, bool], profiler: Recorder | None) -> Runner:
+        # One worker: nothing to balance, so a profiled launch runs the same loop.
         fn = kernel.program(len(dims), nargs, options)._veda_cpu
         reduce = kernel.reduce is not None
         name = kernel.name
@@ -131,10 +151,11 @@ class ParallelTarget(Target):
     parallel = True
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool]) -> Runner:
+                options: tuple[bool, bool], profiler: Recorder | None) -> Runner:
         threading_layer()
         module = kernel.program(len(dims), nargs, options)
-        fn = module._veda_parallel
+        fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
+        tick = seconds_per_tick() if profiler is not None else 0.0
         _, threads, schedule, chunk = decision
         head = (*dims, threads, MODE_CODES[schedule], chunk)
         reduce = kernel.reduce is not None
@@ -155,7 +176,11 @@ class ParallelTarget(Target):
             finally:
                 if previous != threads:
                     set_threads(previous)
-            result, lo, hi = out
+            if profiler is not None:
+                result, lo, hi, busy, chunks = out
+                profiler.profile(busy, chunks, tick)
+            else:
+                result, lo, hi = out
             if lo >= 0:
                 raise recover_exception(kernel, module, lo, hi, dims, args, "parallel")
             return result[0] if reduce else None

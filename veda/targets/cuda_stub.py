@@ -26,5 +26,6 @@ class CUDAPlaceholder(Target):
         driver = "an NVIDIA driver is present" if gpu_driver_present() else "no NVIDIA driver found"
         return f"this version of veda has no CUDA target yet ({driver})"
 
-    def prepare(self, kernel: Any, dims: Any, nargs: Any, decision: Any, options: Any) -> Any:
+    def prepare(self, kernel: Any, dims: Any, nargs: Any, decision: Any, options: Any,
+                profiler: Any) -> Any:
         raise AssertionError("unreachable: veda.targets.get refuses unavailable targets")

@@ -1,0 +1,345 @@
+"""Immutable telemetry snapshots and their exporters: dict, JSON, Prometheus, HTML, plot."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from veda.errors import UnknownKernelError
+from veda.telemetry._histogram import LogHistogram
+from veda.telemetry._registry import Registry, Series
+
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Launch figures of a kernel, overall or in one configuration.  Times are seconds."""
+
+    launches: int
+    errors: int
+    total_time: float
+    min_time: float
+    max_time: float
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    elements: int
+    bytes: int
+    imbalance: float  # mean max/mean worker busy time over profiled launches; NaN if none
+    profiled_launches: int
+    histogram: tuple[tuple[float, float, int], ...]
+
+    @property
+    def mean_time(self) -> float:
+        return self.total_time / self.launches if self.launches else math.nan
+
+    @property
+    def gbps(self) -> float:
+        """Achieved bandwidth: bytes of the array arguments over launch time, in GB/s.
+
+        An estimate: each array argument counts once at its ``nbytes``, whatever the kernel
+        reads or writes of it.
+        """
+        return self.bytes / self.total_time / 1e9 if self.total_time > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "histogram"}
+        d["mean_time"] = self.mean_time
+        d["gbps"] = self.gbps
+        d["histogram"] = [list(b) for b in self.histogram]
+        return d
+
+
+def _figures(series: list[Series]) -> Figures:
+    hist = LogHistogram()
+    launches = errors = elements = nbytes = profiled = 0
+    total = imb = 0.0
+    lo, hi = math.inf, 0.0
+    for s in series:
+        hist.merge(s.hist)
+        launches += s.launches
+        errors += s.errors
+        total += s.total
+        lo = min(lo, s.min)
+        hi = max(hi, s.max)
+        elements += s.elements
+        nbytes += s.bytes
+        profiled += s.profiled
+        imb += s.imbalance_sum
+    q = {name: hist.quantile(p) for name, p in QUANTILES}
+    return Figures(
+        launches=launches, errors=errors, total_time=total,
+        min_time=lo if launches else math.nan, max_time=hi if launches else math.nan,
+        elements=elements, bytes=nbytes, imbalance=imb / profiled if profiled else math.nan,
+        profiled_launches=profiled, histogram=tuple(hist.buckets()), **q,
+    )
+
+
+@dataclass(frozen=True)
+class ConfigMetrics:
+    """One kernel's figures in one configuration (target, threads, schedule, chunk)."""
+
+    target: str
+    threads: int
+    schedule: str
+    chunk: int
+    figures: Figures
+
+    def __getattr__(self, name: str) -> Any:  # .p50, .launches, ... from the figures
+        if name == "figures":
+            raise AttributeError(name)
+        return getattr(self.figures, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "threads": self.threads, "schedule": self.schedule,
+                "chunk": self.chunk, **self.figures.to_dict()}
+
+
+@dataclass(frozen=True)
+class KernelMetrics:
+    """One kernel's telemetry: overall figures as attributes, per configuration in ``configs``."""
+
+    name: str
+    module: str
+    figures: Figures
+    configs: tuple[ConfigMetrics, ...]
+    compiles: int
+    cache_hits: int
+    compile_time: float
+
+    def __getattr__(self, name: str) -> Any:  # .launches, .p99, .gbps, .imbalance, ...
+        if name == "figures":
+            raise AttributeError(name)
+        return getattr(self.figures, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "module": self.module, **self.figures.to_dict(),
+            "compiles": self.compiles, "cache_hits": self.cache_hits,
+            "compile_time": self.compile_time,
+            "configs": [c.to_dict() for c in self.configs],
+        }
+
+
+class Snapshot:
+    """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`."""
+
+    def __init__(self, kernels: tuple[KernelMetrics, ...]) -> None:
+        self.kernels = kernels
+
+    @classmethod
+    def take(cls, registry: Registry) -> Snapshot:
+        registry.fold_all()
+        out = []
+        with registry.lock:
+            records = list(registry.kernels.values())
+        for rec in records:
+            copies = []
+            for s in list(rec.series.values()):
+                with s.lock:
+                    if s.launches or s.errors or s.profiled:
+                        copies.append(s.copy())
+            configs = tuple(ConfigMetrics(*c.config, _figures([c])) for c in copies)
+            out.append(KernelMetrics(
+                rec.name, rec.module, _figures(copies), configs, rec.compiles,
+                rec.cache_hits, rec.compile_seconds,
+            ))
+        return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))))
+
+    def kernel(self, name: str) -> KernelMetrics:
+        """A kernel's metrics by ``__qualname__`` or ``module.qualname``.
+
+        A bare function name (the last part of a qualname, e.g. for a kernel defined inside a
+        function) is accepted too when exactly one kernel has it.
+        """
+        for k in self.kernels:
+            if name == f"{k.module}.{k.name}":
+                return k
+        for candidates in (
+            [k for k in self.kernels if k.name == name],
+            [k for k in self.kernels if k.name.rsplit(".", 1)[-1] == name],
+        ):
+            if len(candidates) == 1:
+                return candidates[0]
+            if candidates:
+                raise UnknownKernelError(
+                    f"{name!r} names several kernels; use one of "
+                    + ", ".join(f"{k.module}.{k.name}" for k in candidates)
+                )
+        known = ", ".join(k.name for k in self.kernels) or "none yet"
+        raise UnknownKernelError(
+            f"no telemetry for a kernel named {name!r}; kernels with telemetry: {known}"
+        )
+
+    def __iter__(self) -> Any:
+        return iter(self.kernels)
+
+    def __len__(self) -> int:
+        return len(self.kernels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernels": [k.to_dict() for k in self.kernels]}
+
+    def to_json(self, **kwargs: Any) -> str:
+        """JSON text of :meth:`to_dict` (NaN written as null)."""
+
+        def clean(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [clean(x) for x in v]
+            return v
+
+        return json.dumps(clean(self.to_dict()), **kwargs)
+
+    def to_prometheus(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4).
+
+        Counters carry their ``_total`` name on the ``# TYPE`` line, as that format wants;
+        latency is a summary with the quantiles p50, p90, p99 and p99.9.
+        """
+        lines: list[str] = []
+
+        def family(name: str, kind: str, help_: str, samples: list[tuple[str, str, float]]) -> None:
+            lines.append(f"# HELP {name} {help_}")
+            lines.append(f"# TYPE {name} {kind}")
+            for suffix, labels, value in samples:
+                lines.append(f"{name}{suffix}{{{labels}}} {_num(value)}")
+
+        def labels(k: KernelMetrics, c: ConfigMetrics | None = None, **extra: Any) -> str:
+            items = {"kernel": f"{k.module}.{k.name}"}
+            if c is not None:
+                items.update(target=c.target, threads=str(c.threads), schedule=c.schedule,
+                             chunk=str(c.chunk))
+            items.update({key: str(v) for key, v in extra.items()})
+            return ",".join(f'{key}="{_escape(v)}"' for key, v in items.items())
+
+        per_config = [(k, c) for k in self.kernels for c in k.configs]
+        family("veda_launches_total", "counter", "Kernel launches.",
+               [("", labels(k, c), c.launches) for k, c in per_config])
+        family("veda_launch_errors_total", "counter", "Launches that raised.",
+               [("", labels(k, c), c.errors) for k, c in per_config])
+        summary: list[tuple[str, str, float]] = []
+        for k, c in per_config:
+            for qname, q in QUANTILES:
+                summary.append(("", labels(k, c, quantile=q), getattr(c, qname)))
+            summary.append(("_sum", labels(k, c), c.total_time))
+            summary.append(("_count", labels(k, c), c.launches))
+        family("veda_launch_seconds", "summary", "Launch latency in seconds.", summary)
+        family("veda_elements_total", "counter", "Domain elements processed.",
+               [("", labels(k, c), c.elements) for k, c in per_config])
+        family("veda_bytes_total", "counter",
+               "Bytes of the array arguments (each counted once at its nbytes; an estimate).",
+               [("", labels(k, c), c.bytes) for k, c in per_config])
+        family("veda_imbalance", "gauge",
+               "Mean max/mean worker busy time over profiled launches.",
+               [("", labels(k, c), c.imbalance) for k, c in per_config if c.profiled_launches])
+        family("veda_compiles_total", "counter", "Specialisations compiled from scratch.",
+               [("", labels(k), k.compiles) for k in self.kernels])
+        family("veda_cache_hits_total", "counter", "Specialisations loaded from the disk cache.",
+               [("", labels(k), k.cache_hits) for k in self.kernels])
+        family("veda_compile_seconds_total", "counter", "Time spent compiling or loading.",
+               [("", labels(k), k.compile_time) for k in self.kernels])
+        return "\n".join(lines) + "\n"
+
+    def _repr_html_(self) -> str:
+        head = ("<tr><th>kernel</th><th>launches</th><th>errors</th><th>p50</th><th>p99</th>"
+                "<th>mean</th><th>GB/s</th><th>imbalance</th><th>compiles</th>"
+                "<th>cache hits</th></tr>")
+        rows = []
+        for k in self.kernels:
+            rows.append(
+                f"<tr><td><b>{html.escape(k.name)}</b></td><td>{k.launches}</td>"
+                f"<td>{k.errors}</td><td>{_t(k.p50)}</td><td>{_t(k.p99)}</td>"
+                f"<td>{_t(k.mean_time)}</td><td>{_f(k.gbps)}</td><td>{_f(k.imbalance)}</td>"
+                f"<td>{k.compiles}</td><td>{k.cache_hits}</td></tr>"
+            )
+            for c in k.configs:
+                label = f"{c.target}" + (f" {c.threads}t {c.schedule} chunk {c.chunk}"
+                                         if c.target == "parallel" else "")
+                rows.append(
+                    f"<tr style='color:#555'><td>&nbsp;&nbsp;{html.escape(label)}</td>"
+                    f"<td>{c.launches}</td><td>{c.errors}</td><td>{_t(c.p50)}</td>"
+                    f"<td>{_t(c.p99)}</td><td>{_t(c.mean_time)}</td><td>{_f(c.gbps)}</td>"
+                    f"<td>{_f(c.imbalance)}</td><td></td><td></td></tr>"
+                )
+        return (f"<table><caption>veda telemetry ({len(self.kernels)} kernels)</caption>"
+                f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+
+    def __repr__(self) -> str:
+        parts = [f"{k.name}: {k.launches} launches, p50 {_t(k.p50)}" for k in self.kernels]
+        return f"<veda.telemetry.Snapshot {'; '.join(parts) or 'empty'}>"
+
+    def plot(self, kernels: list[str] | None = None) -> Any:
+        """A matplotlib figure: latency histogram per kernel, and imbalance per configuration.
+
+        Needs matplotlib (``pip install matplotlib``).
+        """
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            from veda.errors import TelemetryError
+
+            raise TelemetryError("Snapshot.plot needs matplotlib: pip install matplotlib") from exc
+        chosen = [self.kernel(n) for n in kernels] if kernels else list(self.kernels)
+        fig, (ax_lat, ax_imb) = plt.subplots(1, 2, figsize=(11, 4))
+        for k in chosen:
+            if not k.histogram:
+                continue
+            edges = [lo for lo, _, _ in k.histogram]
+            counts = [c for _, _, c in k.histogram]
+            ax_lat.step([e * 1e6 for e in edges], counts, where="post", label=k.name)
+        ax_lat.set_xscale("log")
+        ax_lat.set_xlabel("launch time (µs)")
+        ax_lat.set_ylabel("launches")
+        ax_lat.set_title("latency")
+        if chosen:
+            ax_lat.legend(fontsize="small")
+        labels, values = [], []
+        for k in chosen:
+            for c in k.configs:
+                if c.profiled_launches:
+                    labels.append(f"{k.name}\n{c.schedule} {c.threads}t")
+                    values.append(c.imbalance)
+        ax_imb.bar(range(len(values)), values, color="tab:orange")
+        ax_imb.axhline(1.0, color="gray", lw=0.8)
+        ax_imb.set_xticks(range(len(values)), labels, fontsize="small")
+        ax_imb.set_ylabel("max / mean worker busy time")
+        ax_imb.set_title("load imbalance (profile=True launches)")
+        fig.tight_layout()
+        return fig
+
+
+def _num(v: float) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "+Inf" if v > 0 else "-Inf"
+        return repr(v)
+    return str(v)
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _t(v: float) -> str:
+    if not math.isfinite(v):
+        return "–"
+    if v < 1e-3:
+        return f"{v * 1e6:.1f} µs"
+    if v < 1:
+        return f"{v * 1e3:.2f} ms"
+    return f"{v:.2f} s"
+
+
+def _f(v: float) -> str:
+    return f"{v:.2f}" if math.isfinite(v) else "–"
