@@ -181,7 +181,7 @@ class trace:
     ...     with veda.telemetry.span("step"):
     ...         fill[4](np.zeros(4))
     >>> import json; sorted({e["cat"] for e in json.load(open(path))["traceEvents"] if "cat" in e})
-    ['launch', 'span']
+    ['compile', 'launch', 'span']
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

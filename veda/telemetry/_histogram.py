@@ -29,8 +29,8 @@ class LogHistogram:
     --------
     >>> h = LogHistogram()
     >>> h.add_many([1e-6, 2e-6, 3e-6, 4e-6])
-    >>> round(h.quantile(0.5) * 1e6, 2)  # within 0.5% of the true median, 2e-6
-    2.0
+    >>> abs(h.quantile(0.5) - 2e-6) / 2e-6 < 0.005  # the median, within 0.5%
+    True
     """
 
     __slots__ = ("count", "counts")
