@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from _util import compare, report
-from veda_kernels import loops
 
 import veda
+from veda_kernels import loops
+
+from _util import compare, report
 
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
-from _util import compare, per_call, report
+
+import veda
 from veda_kernels import loops
 from veda_kernels.blas1 import saxpy
 
-import veda
+from _util import compare, per_call, report
 
 
 def _launch_cost(n: int, calls: int, rounds: int) -> dict[str, float]:

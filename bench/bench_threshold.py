@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import numpy as np
-from _util import compare, report
-from veda_kernels.blas1 import saxpy
 
 import veda
 from veda.scheduler import PARALLEL_MIN_SIZE
+from veda_kernels.blas1 import saxpy
+
+from _util import compare, report
 
 
 def main() -> dict:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from _util import compare, report
-from veda_kernels.blas1 import triad
 
 import veda
+from veda_kernels.blas1 import triad
+
+from _util import compare, report
 
 
 @numba.njit(parallel=True, cache=True)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from veda_kernels import blas1, loops, sparse, stencils
 
 import veda
+from veda_kernels import blas1, loops, sparse, stencils
 
 
 @dataclass(frozen=True)

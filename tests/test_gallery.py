@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from veda_kernels import GALLERY, get
 
 import veda
+from veda_kernels import GALLERY, get
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from veda_kernels import loops
 
 import veda
 from veda.telemetry._histogram import RELATIVE_ACCURACY, LogHistogram
+from veda_kernels import loops
 
 
 @pytest.fixture(autouse=True)

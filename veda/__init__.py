@@ -27,6 +27,7 @@ from veda.errors import (
     UnknownKernelError,
     VedaError,
 )
+from veda.scheduler import explain
 from veda.targets.cpu import threading_layer
 from veda.telemetry import metrics
 
@@ -50,6 +51,7 @@ __all__ = [
     "cache_clear",
     "cache_info",
     "config",
+    "explain",
     "func",
     "get_config",
     "kernel",

@@ -22,6 +22,8 @@ from veda.errors import ConfigError, VedaError
 __all__ = ["SCHEDULES", "TARGETS", "Config", "config", "get_config", "max_threads", "set_config"]
 
 TARGETS = ("cpu", "parallel", "cuda")
+# The dispatcher's policies (veda.scheduler._tuner keeps the same tuple; a test pins them equal).
+POLICIES = ("adaptive", "fixed", "latency", "throughput")
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,6 +60,10 @@ class Config:
     profile : bool
         Time every worker of ``"parallel"`` launches from inside the compiled loop, for the
         load-imbalance figure (a separately compiled loop: no cost when off).
+    policy : {"adaptive", "fixed", "latency", "throughput"}
+        How the dispatcher decides what settings leave open: ``"adaptive"`` explores and
+        exploits the fastest (median time), ``"throughput"`` the best mean, ``"latency"`` weighs
+        the worst times in; ``"fixed"`` never explores and uses the size rule.
     cache : bool
         Keep compiled kernels on disk so that a new process reuses them.
     cache_dir : str
@@ -65,7 +71,7 @@ class Config:
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
-    ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
+    ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_POLICY``, ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
     """
 
     target: str | None = None
@@ -75,6 +81,7 @@ class Config:
     boundscheck: bool = False
     telemetry: bool = True
     profile: bool = False
+    policy: str = "adaptive"
     cache: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
 
@@ -138,6 +145,9 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
                 f"{where}: threads={threads} is out of range; Numba started {limit} worker "
                 f"threads, so threads must be between 1 and {limit}"
             )
+    policy = values.get("policy")
+    if policy is not None and policy not in POLICIES:
+        raise error(f"{where}: unknown policy={policy!r}; expected one of {', '.join(POLICIES)}")
     chunk = values.get("chunk")
     if chunk is not None:
         if isinstance(chunk, bool) or not isinstance(chunk, int):

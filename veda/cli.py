@@ -1,4 +1,4 @@
-"""The ``veda`` command: ``veda info``, ``veda demo``, ``veda cache info|clear``."""
+"""The ``veda`` command: ``veda info``, ``veda demo``, ``veda tune``, ``veda cache info|clear``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import psutil
 
 import veda
+import veda.scheduler
 from veda._kernel.cache import cache_clear, cache_info
 from veda.targets import cpu as _cpu
 from veda.targets import get as _get_target
@@ -143,6 +144,55 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_one(kernel: Any, domain: Any, args: tuple[Any, ...], reset: Any) -> Any:
+    """Launch until the dispatcher has decided for this domain; returns its explanation row."""
+    size = int(np.prod(domain))
+    for _ in range(200):
+        if reset is not None:
+            reset(args)
+        kernel[domain](*args)
+        rows = [r for r in veda.explain(kernel).rows
+                if r["size_class"] == f"<= 2^{max(0, (size - 1).bit_length())}" and r["decision"]]
+        if rows:
+            return rows[0]
+    return None
+
+
+def _tune(args: argparse.Namespace) -> int:
+    jobs: list[tuple[str, Any, Any, tuple[Any, ...], Any]] = []
+    rng = np.random.default_rng(0)
+    if args.gallery:
+        from veda_kernels import GALLERY
+
+        for case in GALLERY.values():
+            for size in (case.small, int(case.large)):
+                domain, kargs = case.make(size, rng)
+                jobs.append((case.name, case.kernel, domain, kargs, case.reset))
+    elif args.target:
+        import importlib
+
+        module_name, _, func_name = args.target.partition(":")
+        if not func_name:
+            print("veda tune: give MODULE:FUNCTION, where FUNCTION(size) returns "
+                  "(kernel, domain, args)", file=sys.stderr)
+            return 2
+        make = getattr(importlib.import_module(module_name), func_name)
+        for size in args.sizes or [10**3, 10**5, 10**7]:
+            kernel, domain, kargs = make(int(float(size)))
+            jobs.append((kernel.name, kernel, domain, tuple(kargs), None))
+    else:
+        print("veda tune: give MODULE:FUNCTION or --gallery", file=sys.stderr)
+        return 2
+    for step, (name, kernel, domain, kargs, reset) in enumerate(jobs, 1):
+        _progress(step - 1, len(jobs), f"{name} {int(np.prod(domain))}")
+        row = _tune_one(kernel, domain, kargs, reset)
+        label = "undecided" if row is None else veda.scheduler.Explanation._label(row["decision"])
+        print(f"{name:<12} {int(np.prod(domain)):>10}  {label}")
+    _progress(len(jobs), len(jobs), "done")
+    print(f"decisions saved in {veda.get_config().cache_dir}/tuning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veda", description=__doc__)
     parser.add_argument("--version", action="version", version=f"veda {veda.__version__}")
@@ -152,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run gallery kernels on each CPU target against NumPy")
     p.add_argument("--quick", action="store_true", help="small sizes, for a fast check")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("tune", help="let the dispatcher decide ahead of time, and remember it")
+    p.add_argument("target", nargs="?", help="MODULE:FUNCTION; FUNCTION(size) returns "
+                   "(kernel, domain, args)")
+    p.add_argument("--sizes", nargs="+", help="problem sizes (default 1e3 1e5 1e7)")
+    p.add_argument("--gallery", action="store_true", help="tune every gallery kernel")
+    p.set_defaults(func=_tune)
     p = sub.add_parser("cache", help="the disk cache of compiled kernels")
     p.add_argument("action", choices=["info", "clear"], nargs="?", default="info")
     p.set_defaults(func=_cache)

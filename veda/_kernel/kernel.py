@@ -397,7 +397,7 @@ class Kernel(_Compiled):
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
-        self._fast: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._fast: dict[tuple[Any, ...], _Entry] = {}
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -523,7 +523,7 @@ class Kernel(_Compiled):
         return module
 
     def _prepare(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
-                 cfg: Any) -> tuple:
+                 cfg: Any) -> _Entry:
         """Everything a launch needs that its argument values do not change."""
         if overrides is not None:
             target, threads, schedule, chunk = overrides
@@ -540,80 +540,171 @@ class Kernel(_Compiled):
                 f"kernel {self.name!r}: reduce={self.reduce!r} over an empty domain {dims} has "
                 "no identity (as with np.min / np.max of an empty array)"
             )
-        decision = scheduler.decide(size, cfg, overrides)
-        target = targets.get(decision[0])
-        recorder = None
-        if cfg.telemetry:
-            recorder = _telemetry.registry.recorder(self.module_name, self.name, decision, size,
-                                                    plan.nbytes)
-        profiler = recorder if cfg.profile else None
-        runner = target.prepare(self, dims, nargs, decision, (cfg.boundscheck, cfg.cache),
-                                profiler)
-        if recorder is not None:
-            recorder.per_launch = int(plan.nbytes(args))
-        entry = (cfg, runner, plan.check, recorder, decision,
-                 None if recorder is None else recorder.times)
+        entry = _Entry(cfg, plan, dims, nargs, size)
+        pins = scheduler.pins(cfg, overrides)
+        tuner_entry = None
+        if pins is not None and size > 0:
+            tuner_entry = scheduler.dispatcher.entry(self, len(dims), size, cfg.policy,
+                                                     cfg.cache_dir, pins)
+        if tuner_entry is not None and cfg.telemetry:
+            entry.tuning = tuner_entry  # explores and learns from this entry's launches
+            entry.version = -1  # bind at the first launch
+            decision = tuner_entry.tuner.next()
+        elif tuner_entry is not None and tuner_entry.tuner.choice is not None:
+            decision = tuner_entry.tuner.choice  # telemetry off: keep the last decision
+        else:
+            decision = scheduler.decide(size, cfg, overrides)
+        self._bind(entry, decision, args)
         if len(self._fast) >= 1024:
             self._fast.clear()
         self._fast[(dims, nargs, overrides)] = entry
         return entry
 
+    def _bind(self, entry: _Entry, decision: targets.Decision, args: tuple[Any, ...]) -> None:
+        """Point an entry at the runner (and recorder) of one decision, preparing it once."""
+        got = entry.runners.get(decision)
+        cfg = entry.cfg
+        if got is None:
+            recorder = None
+            if cfg.telemetry:
+                recorder = _telemetry.registry.recorder(
+                    self.module_name, self.name, decision, entry.size, entry.plan.nbytes)
+            runner = targets.get(decision[0]).prepare(
+                self, entry.dims, entry.nargs, decision, (cfg.boundscheck, cfg.cache),
+                recorder if cfg.profile else None, shared=entry.tuning is not None)
+            got = entry.runners[decision] = (runner, recorder)
+        runner, recorder = got
+        if recorder is not None:
+            recorder.per_launch = int(entry.plan.nbytes(args))
+        entry.runner, entry.recorder, entry.decision = runner, recorder, decision
+        entry.times = None if recorder is None else recorder.times
+        entry.review_at = _FOLD_AT
+        if entry.times is not None and entry.tuning is not None:
+            entry.review_at = len(entry.times) + scheduler.REVIEW_EVERY
+
     def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
-        # The hot path: one dictionary look-up, the per-launch checks, the compiled call.
+        # The hot path: one dictionary look-up, the per-launch checks, the compiled call, two
+        # clock reads and an append for telemetry.  Everything else takes a slower path.
         cfg = get_config()
         entry = self._fast.get((dims, len(args), overrides))
-        if entry is None or entry[0] is not cfg:
+        if entry is None or entry.cfg is not cfg:
             entry = self._prepare(dims, args, overrides, cfg)
-        if entry[2] is not None:
-            entry[2](dims, args)
-        recorder = entry[3]
+        if entry.check is not None:
+            entry.check(dims, args)
+        tuning = entry.tuning
+        if tuning is not None and tuning.tuner.version != entry.version:
+            return self._adaptive_launch(entry, args)  # exploring, or the decision changed
+        recorder = entry.recorder
         if recorder is None:  # telemetry=False
-            return entry[1](args)
+            return entry.runner(args)
         if _events.listeners:
-            return self._launch_observed(entry, dims, args)
+            return self._timed(entry, args)
         start = perf_counter()
         try:
-            result = entry[1](args)
+            result = entry.runner(args)
         except BaseException:
             recorder.error()
             raise
         elapsed = perf_counter() - start
         if _pending:  # a launch compiled: count run time only
             elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
-        times = entry[5]
+        times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
         times.append(elapsed)
-        if len(times) > _FOLD_AT:
-            recorder.fold(args)
+        if len(times) > entry.review_at:
+            self._review(entry, args)
         return result
 
-    def _launch_observed(self, entry: tuple[Any, ...], dims: tuple[int, ...],
-                         args: tuple[Any, ...]) -> Any:
-        """A launch while listeners are attached: the same, plus start and end events."""
-        recorder, (target, threads, schedule, chunk) = entry[3], entry[4]
+    def _timed(self, entry: _Entry, args: tuple[Any, ...]) -> Any:
+        """One timed launch, with listener events; returns the result (time in entry.last)."""
+        recorder = entry.recorder
+        target, threads, schedule, chunk = entry.decision
+        listening = bool(_events.listeners)
         tid = threading.get_ident()
-        start = perf_counter()
-        _events.emit("on_launch_start", _events.LaunchEvent(
-            self.name, dims, target, threads, schedule, chunk, tid, start))
+        if listening:
+            _events.emit("on_launch_start", _events.LaunchEvent(
+                self.name, entry.dims, target, threads, schedule, chunk, tid, perf_counter()))
         start = perf_counter()
         try:
-            result = entry[1](args)
+            result = entry.runner(args)
         except BaseException as exc:
             end = perf_counter()
-            recorder.error()
-            _events.emit("on_launch_end", _events.LaunchEvent(
-                self.name, dims, target, threads, schedule, chunk, tid, start, end,
-                f"{type(exc).__name__}: {exc}"))
+            if recorder is not None:
+                recorder.error()
+            if listening:
+                _events.emit("on_launch_end", _events.LaunchEvent(
+                    self.name, entry.dims, target, threads, schedule, chunk, tid, start, end,
+                    f"{type(exc).__name__}: {exc}"))
             raise
         end = perf_counter()
         elapsed = end - start
         if _pending:
             elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
-        recorder.times.append(elapsed)
-        if len(recorder.times) > _FOLD_AT:
-            recorder.fold(args)
-        _events.emit("on_launch_end", _events.LaunchEvent(
-            self.name, dims, target, threads, schedule, chunk, tid, start, end))
+        entry.last = elapsed
+        if recorder is not None:
+            recorder.times.append(elapsed)
+            if len(recorder.times) > entry.review_at:
+                self._review(entry, args)
+        if listening:
+            _events.emit("on_launch_end", _events.LaunchEvent(
+                self.name, entry.dims, target, threads, schedule, chunk, tid, start, end))
         return result
+
+    def _adaptive_launch(self, entry: _Entry, args: tuple[Any, ...]) -> Any:
+        """A launch while the dispatcher explores, or right after it changed its decision."""
+        tuning = entry.tuning
+        assert tuning is not None
+        tuner = tuning.tuner
+        if tuner.choice is not None:  # decided (here or in another entry): bind and run
+            self._bind(entry, tuner.choice, args)
+            entry.version = tuner.version
+            return self._timed(entry, args)
+        decision = tuner.next()
+        self._bind(entry, decision, args)
+        result = self._timed(entry, args)
+        scheduler.dispatcher.observe(tuning, decision, entry.last, entry.size,
+                                     entry.cfg.cache_dir)
+        return result
+
+    def _review(self, entry: _Entry, args: tuple[Any, ...]) -> None:
+        """Every few launches: the dispatcher's drift and load checks; folding telemetry."""
+        times = entry.times
+        assert times is not None and entry.recorder is not None
+        step = _FOLD_AT
+        if entry.tuning is not None and entry.tuning.tuner.choice is not None:
+            recent = times[-scheduler.REVIEW_EVERY:]
+            scheduler.dispatcher.review(entry.tuning, recent, entry.size)
+            # Review every REVIEW_EVERY launches, but not more often than every ~10 ms of
+            # launches: short kernels would otherwise pay for reviews on the launch path.
+            typical = sorted(recent)[len(recent) // 2] if recent else 0.0
+            step = min(_FOLD_AT, max(scheduler.REVIEW_EVERY, int(0.01 / max(typical, 1e-7))))
+        if len(times) > _FOLD_AT:
+            entry.recorder.fold(args)
+        entry.review_at = len(times) + step
+
+
+class _Entry:
+    """A prepared launch: one kernel form, domain, argument count and settings object."""
+
+    __slots__ = ("cfg", "check", "decision", "dims", "last", "nargs", "plan", "recorder",
+                 "review_at", "runner", "runners", "size", "times", "tuning", "version")
+
+    def __init__(self, cfg: Any, plan: _Plan, dims: tuple[int, ...], nargs: int,
+                 size: int) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.check = plan.check
+        self.dims = dims
+        self.nargs = nargs
+        self.size = size
+        self.runners: dict[targets.Decision, tuple[Any, Any]] = {}
+        self.tuning: Any = None
+        self.version = 0
+        self.last = 0.0
+        self.review_at = _FOLD_AT
+        self.runner: Any = None
+        self.recorder: Any = None
+        self.times: list[float] | None = None
+        self.decision: targets.Decision = ("cpu", 1, "static", 1)
 
 
 class BoundLaunch:

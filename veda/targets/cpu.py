@@ -49,6 +49,9 @@ _layer_lock = threading.Lock()
 _layer: str | None = None
 _region_lock = threading.Lock()
 _serialise = False
+# One item per parallel launch in flight whose thread count the dispatcher chose (list.append
+# and list.pop are atomic under the GIL).
+_in_flight: list[None] = []
 
 THREAD_SAFE_LAYERS = ("tbb", "omp")
 
@@ -125,7 +128,8 @@ class CPUTarget(Target):
     name = "cpu"
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool], profiler: Recorder | None) -> Runner:
+                options: tuple[bool, bool], profiler: Recorder | None,
+                shared: bool = False) -> Runner:
         # One worker: nothing to balance, so a profiled launch runs the same loop.
         fn = kernel.program(len(dims), nargs, options)._veda_cpu
         reduce = kernel.reduce is not None
@@ -151,17 +155,24 @@ class ParallelTarget(Target):
     parallel = True
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool], profiler: Recorder | None) -> Runner:
+                options: tuple[bool, bool], profiler: Recorder | None,
+                shared: bool = False) -> Runner:
         threading_layer()
         module = kernel.program(len(dims), nargs, options)
         fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
         tick = seconds_per_tick() if profiler is not None else 0.0
-        _, threads, schedule, chunk = decision
-        head = (*dims, threads, MODE_CODES[schedule], chunk)
+        _, wanted, schedule, chunk = decision
+        mode = MODE_CODES[schedule]
         reduce = kernel.reduce is not None
         get_threads, set_threads, serialise = _get_threads, _set_threads, _serialise
 
         def run(args: tuple[Any, ...]) -> Any:
+            threads = wanted
+            if shared:
+                # Launches the dispatcher sized share the cores with the other veda parallel
+                # launches in flight instead of oversubscribing them.
+                _in_flight.append(None)
+                threads = max(1, wanted // len(_in_flight))
             # The region runs on as many workers as this Python thread's Numba thread count:
             # set it for the launch (also right in a newly started thread), then restore it.
             previous = get_threads()
@@ -170,12 +181,14 @@ class ParallelTarget(Target):
             try:
                 if serialise:
                     with _region_lock:
-                        out = fn(*head, *args)
+                        out = fn(*dims, threads, mode, chunk, *args)
                 else:
-                    out = fn(*head, *args)
+                    out = fn(*dims, threads, mode, chunk, *args)
             finally:
                 if previous != threads:
                     set_threads(previous)
+                if shared:
+                    _in_flight.pop()
             if profiler is not None:
                 result, lo, hi, busy, chunks = out
                 profiler.profile(busy, chunks, tick)

@@ -27,5 +27,5 @@ class CUDAPlaceholder(Target):
         return f"this version of veda has no CUDA target yet ({driver})"
 
     def prepare(self, kernel: Any, dims: Any, nargs: Any, decision: Any, options: Any,
-                profiler: Any) -> Any:
+                profiler: Any, shared: bool = False) -> Any:
         raise AssertionError("unreachable: veda.targets.get refuses unavailable targets")

@@ -1,0 +1,301 @@
+"""The adaptive dispatcher: decision logic with injected measurements, persistence, integration."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import veda
+from veda.scheduler import _dispatch
+from veda.scheduler._tuner import DRIFT, REVIEW_EVERY, Tuner, score
+from veda.scheduler._wisdom import TuningCache
+
+CPU = ("cpu", 1, "static", 1)
+STATIC = ("parallel", 2, "static", 1)
+DYNAMIC = ("parallel", 2, "dynamic", 64)
+GUIDED = ("parallel", 2, "guided", 8)
+CANDIDATES = [CPU, STATIC, DYNAMIC, GUIDED]
+
+
+def drive(tuner: Tuner, cost, limit: int = 1000) -> int:
+    """Run the tuner against a cost function until it decides; returns the launches it took."""
+    launches = 0
+    while tuner.exploring:
+        d = tuner.next()
+        tuner.observe(d, cost(d, launches))
+        launches += 1
+        assert launches < limit, "the tuner never decided"
+    return launches
+
+
+# --- decision logic ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("best", CANDIDATES)
+def test_converges_to_what_the_measurements_favour(best):
+    times = {CPU: 4.0, STATIC: 3.0, DYNAMIC: 2.5, GUIDED: 2.8}
+    times[best] = 1.0
+    tuner = Tuner(list(CANDIDATES))
+    launches = drive(tuner, lambda d, k: times[d])
+    assert tuner.choice == best
+    assert tuner.baseline == 1.0
+    assert launches <= tuner.launches_to_explore()
+
+
+def test_noisy_measurements_still_pick_the_best():
+    rng = np.random.default_rng(0)
+    times = {CPU: 4.0, STATIC: 2.2, DYNAMIC: 1.0, GUIDED: 1.5}
+    tuner = Tuner(list(CANDIDATES))
+    drive(tuner, lambda d, k: times[d] * (1 + 0.1 * rng.standard_normal()))
+    assert tuner.choice == DYNAMIC
+
+
+def test_exploration_budget_is_bounded():
+    tuner = Tuner([*CANDIDATES, ("parallel", 2, "interleaved", 16)])
+    budget = tuner.launches_to_explore()
+    assert budget <= 4 * len(tuner.candidates)
+    assert drive(tuner, lambda d, k: hash(d) % 7 + 1.0) <= budget
+
+
+def test_single_candidate_needs_no_exploration():
+    tuner = Tuner([CPU])
+    assert not tuner.exploring and tuner.choice == CPU and tuner.source == "only candidate"
+
+
+def test_reexplores_on_persistent_drift_only():
+    tuner = Tuner(list(CANDIDATES))
+    drive(tuner, lambda d, k: 1.0 if d == STATIC else 2.0)
+    assert tuner.choice == STATIC
+    steady = [1.0 * (1 + DRIFT / 3)] * REVIEW_EVERY
+    for _ in range(5):
+        assert not tuner.review(steady)
+    slow = [2.0] * REVIEW_EVERY
+    assert not tuner.review(slow)  # one review is not enough
+    assert tuner.review(slow)  # two in a row are
+    assert tuner.exploring
+    drive(tuner, lambda d, k: 1.0 if d == GUIDED else 3.0)  # the machine changed
+    assert tuner.choice == GUIDED and tuner.explorations == 2
+
+
+def test_pruned_candidates_never_run():
+    tuner = Tuner(list(CANDIDATES))
+    seen = []
+
+    def cost(d, k):
+        seen.append(d)
+        return 1.0
+
+    d = tuner.next()
+    assert d == CPU
+    tuner.observe(d, 1.0)
+    for c in (STATIC, DYNAMIC, GUIDED):
+        tuner.prune(c, "too small")
+    drive(tuner, cost)
+    assert tuner.choice == CPU and set(seen) <= {CPU}
+    assert tuner.trials[STATIC].pruned == "too small"
+
+
+@pytest.mark.parametrize(
+    "policy, winner",
+    [("adaptive", "spiky"), ("throughput", "steady"), ("latency", "steady")],
+)
+def test_policies_weigh_tails_differently(policy, winner):
+    spiky = [1.0, 1.0, 1.0, 10.0]
+    steady = [2.0, 2.0, 2.0, 2.0]
+    assert (score(spiky, policy) < score(steady, policy)) == (winner == "spiky")
+
+
+def test_policy_names_agree():
+    from veda._config import POLICIES as from_config
+    from veda.scheduler._tuner import POLICIES as from_tuner
+
+    assert from_config == from_tuner
+
+
+def test_unknown_policy_lists_the_valid_ones():
+    with pytest.raises(veda.ConfigError, match="adaptive, fixed, latency, throughput"):
+        veda.config(policy="fastest")
+
+
+def test_candidates_never_include_a_tiny_parallel_region():
+    assert _dispatch.candidates(100, 2) == [CPU]
+    assert _dispatch.candidates(10**6, 1) == [CPU]  # one free core: parallel cannot help
+    many = _dispatch.candidates(10**6, 2)
+    if veda.max_threads() >= 2:
+        assert CPU in many and any(c[0] == "parallel" for c in many)
+
+
+# --- the tuning cache ---------------------------------------------------------------------------
+
+
+def test_tuning_cache_round_trip(tmp_path):
+    cache = TuningCache(str(tmp_path))
+    cache.put("k@abc|1d|2^10|adaptive", {"decision": list(DYNAMIC), "seconds_per_element": 1e-9})
+    again = TuningCache(str(tmp_path))
+    assert again.get("k@abc|1d|2^10|adaptive")["decision"] == list(DYNAMIC)
+    assert again.get("missing") is None
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"format": 99, "entries": {}}'])
+def test_corrupt_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, content):
+    cache = TuningCache(str(tmp_path))
+    cache.path.parent.mkdir(parents=True, exist_ok=True)
+    cache.path.write_text(content)
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
+        assert cache.get("anything") is None
+    cache.put("k", {"decision": list(CPU), "seconds_per_element": 1.0})
+    assert json.loads(cache.path.read_text())["entries"]["k"]["decision"] == list(CPU)
+
+
+def test_cache_of_another_machine_is_ignored(tmp_path):
+    cache = TuningCache(str(tmp_path))
+    cache.put("k", {"decision": list(CPU), "seconds_per_element": 1.0})
+    doc = json.loads(cache.path.read_text())
+    doc["fingerprint"]["cpu"] = "some other processor"
+    cache.path.write_text(json.dumps(doc))
+    with pytest.warns(RuntimeWarning, match="another machine"):
+        assert TuningCache(str(tmp_path)).get("k") is None
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from veda.scheduler._wisdom import TuningCache
+    cache = TuningCache(sys.argv[1])
+    for i in range(40):
+        cache.put(f"{sys.argv[2]}-{i}", {"decision": ["cpu", 1, "static", 1],
+                                         "seconds_per_element": float(i)})
+    """
+)
+
+
+def test_two_processes_writing_at_once_keep_every_entry(tmp_path):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name])
+        for name in ("a", "b")
+    ]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    entries = TuningCache(str(tmp_path)).entries()
+    assert len(entries) == 80
+    assert entries["a-39"]["seconds_per_element"] == 39.0
+
+
+# --- in a running program ---------------------------------------------------------------------
+
+
+@veda.kernel
+def bins(i, values, counts):
+    veda.atomic_add(counts, values[i] % 8, 1)
+
+
+def test_exploration_never_changes_an_integer_result():
+    values = np.arange(200_000)
+    expected = np.bincount(values % 8, minlength=8)
+    for _ in range(30):
+        counts = np.zeros(8, np.int64)
+        bins[values.size](values, counts)
+        np.testing.assert_array_equal(counts, expected)
+    (row,) = [r for r in veda.explain(bins).rows if r["size_class"] == "<= 2^18"]
+    assert row["decision"] is not None
+
+
+@veda.kernel
+def tiny(i, x):
+    x[i] += 1.0
+
+
+def test_small_launches_never_enter_a_parallel_region():
+    veda.telemetry.reset()
+    x = np.zeros(100)
+    for _ in range(50):
+        tiny[100](x)
+    configs = veda.metrics().kernel(f"{__name__}.tiny").configs
+    assert {c.target for c in configs} == {"cpu"}
+    assert str(veda.explain(tiny)).count("only candidate") == 1
+
+
+def test_fixed_policy_and_explicit_settings_do_not_explore():
+    x = np.zeros(70_000)
+
+    @veda.kernel
+    def scaled(i, x):
+        x[i] = 2.0 * i
+
+    with veda.config(policy="fixed"):
+        for _ in range(5):
+            scaled[x.size](x)
+    for _ in range(5):
+        veda.launch(scaled, x.size, x, threads=veda.max_threads())
+    assert veda.explain(scaled).rows == []
+
+
+def test_telemetry_off_learns_nothing():
+    x = np.zeros(70_000)
+
+    @veda.kernel
+    def quiet(i, x):
+        x[i] = 1.0
+
+    with veda.config(telemetry=False):
+        for _ in range(5):
+            quiet[x.size](x)
+    rows = veda.explain(quiet).rows
+    assert all(all(not t["samples"] for t in r["trials"]) for r in rows)
+
+
+NEW_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import veda
+    from veda_kernels.loops import triangular
+
+    x = np.random.default_rng(0).random(20_000)
+    out = np.empty_like(x)
+    for _ in range(int(sys.argv[1])):
+        triangular[x.size](x, out)
+    row = veda.explain(triangular).rows[0]
+    print(json.dumps({"source": row["source"], "decision": row["decision"]}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_new_process_starts_with_the_learned_choice(tmp_path):
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path))
+
+    def run(launches):
+        out = subprocess.run([sys.executable, "-c", NEW_PROCESS, str(launches)], env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first = run(40)
+    assert first["source"] == "explored"
+    second = run(1)
+    assert second["source"] == "tuning cache"
+    assert second["decision"] == first["decision"]
+
+
+def test_explain_shows_candidates_times_and_decision():
+    x = np.random.default_rng(1).random(30_000)
+    out = np.empty_like(x)
+    from veda_kernels.loops import triangular
+
+    for _ in range(40):
+        triangular[x.size](x, out)
+    text = str(veda.explain(triangular))
+    assert "ns/element" in text and "cpu" in text
+    row = next(r for r in veda.explain(triangular).rows if r["size_class"] == "<= 2^15")
+    assert row["decision"] is not None and row["source"] in ("explored", "only candidate",
+                                                             "tuning cache")
+    timed = [t for t in row["trials"] if t["samples"]]
+    assert timed and all(math.isfinite(s) for t in timed for s in t["samples"])

@@ -1,0 +1,221 @@
+"""The adaptive dispatcher: one :class:`~veda.scheduler._tuner.Tuner` per kernel, domain rank,
+size class and policy, fed by the launch path's own timings, remembered in the tuning cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from veda._config import max_threads
+from veda.scheduler._tuner import Tuner
+from veda.scheduler._wisdom import TuningCache
+from veda.targets import Decision
+
+CPU: Decision = ("cpu", 1, "static", 1)
+
+#: Below this many elements no parallel configuration is a candidate: entering a parallel
+#: region costs about 4 us here (bench/bench_threshold.py: a 1000-element saxpy takes 2.0 us on
+#: "cpu" and 6.0 us on "parallel"), more than the whole serial loop of a small domain.
+PARALLEL_FLOOR = 1024
+#: After the serial candidate has run, parallel candidates are dropped when the serial launch
+#: took less than this: with two threads the best parallel launch costs at least the region
+#: entry plus half the serial time, which cannot win below about twice the entry cost.
+PARALLEL_WORTHWHILE = 10e-6
+#: How often (seconds) the machine's load is sampled.
+LOAD_INTERVAL = 0.5
+
+
+def size_class(size: int) -> int:
+    """Sizes within a power of two share decisions: 0 for 0 or 1 element, else ceil(log2)."""
+    return 0 if size <= 1 else (size - 1).bit_length()
+
+
+def candidates(size: int, free_cores: int) -> list[Decision]:
+    """The configurations worth trying for a domain of ``size`` elements (serial first)."""
+    from veda.scheduler import default_chunk
+
+    out = [CPU]
+    threads_max = min(max_threads(), max(1, free_cores))
+    if threads_max < 2 or size < PARALLEL_FLOOR:
+        return out
+    options = sorted({threads_max, max(2, threads_max // 2)}, reverse=True)
+    for t in options:
+        dyn = default_chunk("dynamic", size, t)
+        out += [
+            ("parallel", t, "static", 1),
+            ("parallel", t, "dynamic", dyn),
+            ("parallel", t, "dynamic", max(1, dyn // 8)),
+            ("parallel", t, "guided", default_chunk("guided", size, t)),
+        ]
+    return out
+
+
+class LoadMonitor:
+    """How many cores other processes leave free.
+
+    A daemon thread samples the machine every LOAD_INTERVAL seconds (system-wide busy cores
+    minus this process's own), so the launch path only reads a number.  It starts with the first
+    question, and again in a forked child.
+    """
+
+    def __init__(self) -> None:
+        self._free = max_threads()
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
+        process = psutil.Process()
+        ncpu = psutil.cpu_count() or 1
+        psutil.cpu_percent(interval=None)
+        process.cpu_percent(interval=None)
+        while True:
+            time.sleep(LOAD_INTERVAL)
+            total = psutil.cpu_percent(interval=None) / 100.0 * ncpu  # busy cores, all processes
+            own = process.cpu_percent(interval=None) / 100.0  # busy cores of this process
+            others = max(0.0, total - own)
+            self._free = max(1, min(max_threads(), round(ncpu - others)))
+
+    def free_cores(self) -> int:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pid = os.getpid()
+                    threading.Thread(target=self._run, name="veda-load-monitor",
+                                     daemon=True).start()
+        return self._free
+
+
+@dataclass
+class Entry:
+    """One kernel's tuner for one domain rank, size class and policy."""
+
+    kernel: str
+    key: str
+    tuner: Tuner
+    free_cores: int
+    pins: tuple[str | None, str | None] = (None, None)
+
+
+class Dispatcher:
+    """Every tuner in this process, and the tuning cache behind them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[tuple[Any, ...], Entry] = {}
+        self.load = LoadMonitor()
+        self._wisdom: dict[str, TuningCache] = {}
+
+    def wisdom(self, cache_dir: str) -> TuningCache:
+        w = self._wisdom.get(cache_dir)
+        if w is None:
+            w = self._wisdom[cache_dir] = TuningCache(cache_dir)
+        return w
+
+    def entry(self, kernel: Any, ndim: int, size: int, policy: str, cache_dir: str,
+              pins: tuple[str | None, str | None] = (None, None)) -> Entry | None:
+        """The tuner for this launch, or None when the pins leave no candidate."""
+        digest = _digest(kernel)
+        cls = size_class(size)
+        k = (kernel.module_name, kernel.name, digest, ndim, cls, policy, pins)
+        entry = self.entries.get(k)
+        if entry is not None:
+            return entry
+        with self.lock:
+            entry = self.entries.get(k)
+            if entry is not None:
+                return entry
+            free = self.load.free_cores()
+            cands = _pinned(candidates(size, free), pins)
+            if not cands:
+                return None
+            tuner = Tuner(cands, policy=policy, clock=time.monotonic)
+            pin_text = "".join(f"|{p}" for p in pins if p)
+            key = f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}{pin_text}"
+            remembered = self.wisdom(cache_dir).get(key)
+            if remembered is not None:
+                decision = tuple(remembered.get("decision", ()))
+                spe = remembered.get("seconds_per_element")
+                if (
+                    len(decision) == 4 and decision in tuner.candidates
+                    and isinstance(spe, (int, float)) and math.isfinite(spe)
+                ):
+                    tuner.adopt(decision, float(spe), "tuning cache")  # type: ignore[arg-type]
+            entry = self.entries[k] = Entry(kernel.name, key, tuner, free, pins)
+        return entry
+
+    def observe(self, entry: Entry, decision: Decision, seconds: float, size: int,
+                cache_dir: str) -> None:
+        tuner = entry.tuner
+        per_element = seconds / max(size, 1)
+        was_exploring = tuner.exploring
+        tuner.observe(decision, per_element)
+        if decision == CPU and tuner.exploring and seconds < PARALLEL_WORTHWHILE:
+            for d in list(tuner.candidates):
+                if d[0] != "cpu":
+                    tuner.prune(d, f"the serial launch took {seconds * 1e6:.1f} us, too short "
+                                   "to pay for a parallel region")
+        if was_exploring and not tuner.exploring:
+            self.wisdom(cache_dir).put(entry.key, {
+                "decision": list(tuner.choice or CPU),
+                "seconds_per_element": tuner.baseline,
+                "policy": tuner.policy,
+                "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
+            })
+
+    def review(self, entry: Entry, recent: list[float], size: int) -> None:
+        """Drift and load checks of an exploiting tuner, every few launches."""
+        tuner = entry.tuner
+        if tuner.review([t / max(size, 1) for t in recent]):
+            return
+        free = self.load.free_cores()
+        if free != entry.free_cores:
+            entry.free_cores = free
+            fresh = _pinned(candidates(max(size, 1), free), entry.pins)
+            if fresh:
+                tuner.candidates = fresh
+                tuner.restart("load")
+
+    def explain(self, kernel: Any) -> list[dict[str, Any]]:
+        rows = []
+        for k, entry in sorted(self.entries.items(), key=lambda kv: kv[0][3:6]):
+            if k[0] != kernel.module_name or k[1] != kernel.name:
+                continue
+            t = entry.tuner
+            rows.append({
+                "ndim": k[3], "size_class": f"<= 2^{k[4]}", "policy": k[5],
+                "pinned": {n: v for n, v in zip(("target", "schedule"), k[6]) if v},
+                "decision": t.choice, "source": t.source if t.choice else "exploring",
+                "explorations": t.explorations, "seconds_per_element": t.baseline,
+                "trials": [
+                    {"decision": d, "samples": list(tr.samples), "pruned": tr.pruned}
+                    for d, tr in t.trials.items()
+                ],
+            })
+        return rows
+
+    def forget(self) -> None:
+        """Drop every in-process decision (the tuning cache on disk stays)."""
+        with self.lock:
+            self.entries.clear()
+
+
+def _pinned(cands: list[Decision], pins: tuple[str | None, str | None]) -> list[Decision]:
+    target, schedule = pins
+    return [c for c in cands
+            if (target is None or c[0] == target) and (schedule is None or c[2] == schedule)]
+
+
+def _digest(kernel: Any) -> str:
+    text = kernel.source.text or kernel.py_func.__code__.co_code.hex()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+dispatcher = Dispatcher()

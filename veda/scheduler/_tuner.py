@@ -1,0 +1,189 @@
+"""The decision logic of the adaptive dispatcher, free of clocks and kernels so it can be tested
+with injected measurements.
+
+One :class:`Tuner` decides for one kernel and one size class (domain sizes within a power of
+two).  It explores a bounded set of candidate configurations by successive halving: every
+candidate runs once after a discarded warm-up launch, the faster half runs again, and so on
+until one is left (about 3n launches for n candidates).  It then exploits the winner and
+watches the time per element; when that stays off the winner's measured figure by more than
+:data:`DRIFT` for :data:`DRIFT_REVIEWS` reviews in a row, or the machine changes (fewer free
+cores), it explores again.
+
+Measurements are seconds per element, so launches of different sizes in one class compare.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from veda.targets import Decision
+
+#: A review in exploit mode compares the median of this many launches with the winner's figure.
+REVIEW_EVERY = 16
+#: Relative change of the time per element that counts as drift (the launch-to-launch noise of a
+#: settled kernel on the 2-core machine is well under 10%).
+DRIFT = 0.35
+#: Consecutive drifting reviews before the tuner explores again.
+DRIFT_REVIEWS = 2
+#: Samples per survivor in each halving round (round r runs each survivor ROUND_SAMPLES[r] times).
+ROUND_SAMPLES = (1, 2, 3, 3)
+
+from veda._config import POLICIES  # noqa: E402,F401  (one list, re-exported here)
+
+
+def score(samples: Sequence[float], policy: str) -> float:
+    """One number per candidate: lower is better."""
+    if not samples:
+        return math.inf
+    if policy == "throughput":
+        return statistics.fmean(samples)
+    if policy == "latency":
+        # p99 of few samples is their maximum; weigh it with the median so one outlier does not
+        # decide alone
+        return 0.5 * max(samples) + 0.5 * statistics.median(samples)
+    return statistics.median(samples)
+
+
+@dataclass
+class Trial:
+    """What the tuner measured of one candidate."""
+
+    decision: Decision
+    samples: list[float] = field(default_factory=list)  # seconds per element
+    pruned: str = ""  # why it was dropped, if it was
+
+
+@dataclass
+class Tuner:
+    """Explore-then-exploit decisions for one kernel and size class."""
+
+    candidates: list[Decision]
+    policy: str = "adaptive"
+    clock: Callable[[], float] = field(default=lambda: 0.0, repr=False)
+    trials: dict[Decision, Trial] = field(default_factory=dict)
+    choice: Decision | None = None
+    baseline: float = math.nan  # the winner's seconds per element
+    source: str = ""  # "explored", "tuning cache"
+    explorations: int = 0
+    decided_at: float = math.nan
+    version: int = 0  # bumped at every change of decision
+    _round: int = 0
+    _cold: set[Decision] = field(default_factory=set)
+    _alive: list[Decision] = field(default_factory=list)
+    _queue: list[Decision] = field(default_factory=list)
+    _drifting: int = 0
+
+    def __post_init__(self) -> None:
+        if self.choice is None:
+            self.restart()
+
+    def restart(self, reason: str = "") -> None:
+        """Forget the decision and explore the candidates again."""
+        self.trials = {d: Trial(d) for d in self.candidates}
+        self.choice = None
+        self._round = 0
+        # The first launch of each candidate is discarded: it pays for things later launches
+        # do not (first touch of fresh output pages, the thread pool's start, cold caches).
+        self._cold = set(self.candidates)
+        self._alive = list(self.candidates)
+        self._drifting = 0
+        self.explorations += 1
+        self.version += 1
+        if len(self._alive) == 1:  # nothing to compare
+            self.adopt(self._alive[0], math.nan, "only candidate")
+        else:
+            self._queue = self._schedule_round()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def exploring(self) -> bool:
+        return self.choice is None
+
+    def adopt(self, decision: Decision, seconds_per_element: float, source: str) -> None:
+        """Exploit a decision made elsewhere (the tuning cache) without exploring."""
+        self.choice = decision
+        self.baseline = seconds_per_element
+        self.source = source
+        self.decided_at = self.clock()
+        self._drifting = 0
+        self.version += 1
+
+    def prune(self, decision: Decision, reason: str) -> None:
+        """Drop a candidate before it runs (known to be pathological here)."""
+        if decision in self._alive and len(self._alive) > 1:
+            self._alive.remove(decision)
+            self.trials[decision].pruned = reason
+            self._queue = [d for d in self._queue if d != decision]
+            if not self._queue:
+                self._next_round()
+
+    # -- exploring ----------------------------------------------------------------------------
+    def _schedule_round(self) -> list[Decision]:
+        reps = ROUND_SAMPLES[min(self._round, len(ROUND_SAMPLES) - 1)]
+        return [d for _ in range(reps) for d in self._alive]
+
+    def next(self) -> Decision:
+        """The configuration to run next."""
+        if self.choice is not None:
+            return self.choice
+        return self._queue[0]
+
+    def observe(self, decision: Decision, seconds_per_element: float) -> None:
+        """Record one launch's time per element."""
+        if self.choice is not None:
+            return
+        if decision not in self.trials or not self._queue or self._queue[0] != decision:
+            return  # a launch that the tuner did not ask for (another thread's, say)
+        if decision in self._cold:
+            self._cold.discard(decision)
+            return  # a warm-up launch: run the same candidate again
+        self._queue.pop(0)
+        self.trials[decision].samples.append(seconds_per_element)
+        if not self._queue:
+            self._next_round()
+
+    def _next_round(self) -> None:
+        ranked = sorted(self._alive, key=lambda d: score(self.trials[d].samples, self.policy))
+        keep = max(1, len(ranked) // 2) if len(ranked) > 2 else 1
+        if len(ranked) == 2 and self._round == 0:
+            keep = 2  # two candidates: measure both once more before choosing
+        for d in ranked[keep:]:
+            self.trials[d].pruned = f"slower in round {self._round + 1}"
+        self._alive = ranked[:keep]
+        self._round += 1
+        if len(self._alive) == 1:
+            winner = self._alive[0]
+            self.adopt(winner, score(self.trials[winner].samples, self.policy), "explored")
+        else:
+            self._queue = self._schedule_round()
+
+    # -- exploiting ---------------------------------------------------------------------------
+    def review(self, recent: Sequence[float]) -> bool:
+        """Compare recent times per element with the baseline; True if it starts exploring."""
+        if self.choice is None or not recent or not math.isfinite(self.baseline):
+            return False
+        now = statistics.median(recent)
+        ratio = now / self.baseline if self.baseline > 0 else math.inf
+        if ratio > 1 + DRIFT or ratio < 1 / (1 + DRIFT):
+            self._drifting += 1
+        else:
+            self._drifting = 0
+        if self._drifting >= DRIFT_REVIEWS:
+            self.restart("drift")
+            return True
+        return False
+
+    def launches_to_explore(self) -> int:
+        """An upper bound on the launches a full exploration takes (the exploration budget)."""
+        n, r = len(self.candidates), 0
+        total = n  # one warm-up launch per candidate
+        while n > 1:
+            total += n * ROUND_SAMPLES[min(r, len(ROUND_SAMPLES) - 1)]
+            n = 2 if (n == 2 and r == 0) else max(1, n // 2)
+            r += 1
+            if r > 8:
+                break
+        return total

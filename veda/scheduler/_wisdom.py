@@ -1,0 +1,141 @@
+"""The tuning cache: decisions remembered across processes, like FFTW's wisdom.
+
+One JSON file per machine fingerprint (CPU model, core count, Numba worker threads, Numba and
+veda versions) under ``<cache_dir>/tuning/``.  Entries are keyed by the kernel's
+``module.qualname``, a digest of its source and the size class.  Writes merge with what is on
+disk under an exclusive ``flock`` and land atomically (a temporary file renamed over the old
+one), so processes tuning at the same time keep each other's entries.  A file that does not
+parse, or comes from another format version or machine, is ignored with one warning and
+rewritten on the next write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numba
+
+from veda._config import get_config, max_threads
+from veda._version import __version__
+
+FORMAT = 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "numba_threads": max_threads(),
+        "numba": numba.__version__,
+        "veda": __version__,
+    }
+
+
+def fingerprint_id(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a+") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: atomic rename still holds
+            pass
+        yield
+
+
+class TuningCache:
+    """Read and merge-write the tuning file of this machine."""
+
+    def __init__(self, cache_dir: str | None = None) -> None:
+        self.fp = fingerprint()
+        root = Path(cache_dir if cache_dir is not None else get_config().cache_dir)
+        self.path = root / "tuning" / f"{fingerprint_id(self.fp)}.json"
+        self._entries: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            self._warn(f"cannot read {self.path}: {exc}")
+            return {}
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}, expected {FORMAT}")
+            if doc.get("fingerprint") != self.fp:
+                raise ValueError("written for another machine or version")
+            entries = doc.get("entries")
+            if not isinstance(entries, dict):
+                raise ValueError("no entries")
+            return entries
+        except ValueError as exc:
+            self._warn(f"ignoring the tuning cache {self.path} ({exc}); it will be rebuilt")
+            return {}
+
+    def _warn(self, message: str) -> None:
+        if not self._warned:
+            warnings.warn(f"veda: {message}", RuntimeWarning, stacklevel=4)
+            self._warned = True
+
+    def entries(self) -> dict[str, Any]:
+        with self._lock:
+            if self._entries is None:
+                self._entries = self._read()
+            return self._entries
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        entry = self.entries().get(key)
+        return entry if isinstance(entry, dict) else None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        """Store one decision, merged with whatever other processes wrote meanwhile."""
+        try:
+            with self._lock, _locked(self.path):
+                entries = self._read()
+                entries[key] = value
+                doc = {"format": FORMAT, "fingerprint": self.fp, "entries": entries}
+                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tuning-", suffix=".json")
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(doc, fh, indent=1, sort_keys=True)
+                os.replace(tmp, self.path)
+                self._entries = entries
+        except OSError as exc:
+            self._warn(f"cannot write the tuning cache {self.path}: {exc}")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries = {}
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
