@@ -16,6 +16,7 @@ import argparse
 import math
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -75,6 +76,8 @@ def repeats_for(t: float) -> int:
 
 
 def main(quick: bool = False) -> dict:
+    # a fresh tuning cache, so that the dispatcher explores here rather than remembering
+    veda.set_config(cache_dir=tempfile.mkdtemp(prefix="veda-bench-"))
     rows = {}
     configs_all: list[tuple] = []
     for name, kernel, domain, args in workloads(quick):
@@ -101,8 +104,17 @@ def main(quick: bool = False) -> dict:
             if exp_rows:
                 break
         decision = exp_rows[0]["decision"] if exp_rows else None
-        adaptive = median_time(lambda: kernel[domain](*args), reps)
         oracle_cfg = min(fixed, key=fixed.__getitem__)
+        # adaptive against the oracle, interleaved launch by launch so drift hits both alike
+        pair: dict[str, list[float]] = {"adaptive": [], "oracle": []}
+        for _ in range(reps):
+            for label, fn in (("adaptive", lambda: kernel[domain](*args)),
+                              ("oracle", run[oracle_cfg])):
+                t0 = time.perf_counter()
+                fn()
+                pair[label].append(time.perf_counter() - t0)
+        adaptive = statistics.median(pair["adaptive"])
+        fixed[oracle_cfg] = statistics.median(pair["oracle"])
         rows[name] = {
             "size": size, "fixed": {"/".join(map(str, c)): t for c, t in fixed.items()},
             "oracle": "/".join(map(str, oracle_cfg)), "oracle_seconds": fixed[oracle_cfg],

@@ -48,12 +48,17 @@ def candidates(size: int, free_cores: int) -> list[Decision]:
         return out
     options = sorted({threads_max, max(2, threads_max // 2)}, reverse=True)
     for t in options:
+        # Static for even work; dynamic and guided, each at two granularities, for uneven work
+        # (bench/bench_dispatch.py: a triangular loop wants dynamic chunks of 1/256 of a share,
+        # a CSR product with power-law rows guided chunks down to 1/2048 of a share).
         dyn = default_chunk("dynamic", size, t)
+        guided = default_chunk("guided", size, t)
         out += [
             ("parallel", t, "static", 1),
             ("parallel", t, "dynamic", dyn),
             ("parallel", t, "dynamic", max(1, dyn // 8)),
-            ("parallel", t, "guided", default_chunk("guided", size, t)),
+            ("parallel", t, "guided", guided),
+            ("parallel", t, "guided", max(1, guided // 8)),
         ]
     return out
 

@@ -28,8 +28,10 @@ REVIEW_EVERY = 16
 DRIFT = 0.35
 #: Consecutive drifting reviews before the tuner explores again.
 DRIFT_REVIEWS = 2
-#: Samples per survivor in each halving round (round r runs each survivor ROUND_SAMPLES[r] times).
-ROUND_SAMPLES = (1, 2, 3, 3)
+#: Samples per survivor in each halving round (round r runs each survivor ROUND_SAMPLES[r]
+#: times).  Later rounds take more: the survivors are close, and on a shared machine the noise of
+#: a memory-bound launch is 10-15% (bench/bench_dispatch.py).
+ROUND_SAMPLES = (1, 3, 5, 5)
 
 from veda._config import POLICIES  # noqa: E402,F401  (one list, re-exported here)
 

@@ -1,0 +1,96 @@
+"""The dispatcher under load: another process busy on one core.
+
+Target (issue 4): with a busy process pinned to one core, the dispatcher moves to the better
+thread count and beats the fixed 2-thread configuration.
+
+The benchmark lets the dispatcher settle on an idle machine, starts a process that spins on
+core 0, keeps launching until the dispatcher has re-decided (it samples the load every 0.5 s),
+then times the adaptive launch against a fixed 2-thread static launch, both under the load.
+
+    python bench/bench_load.py
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import time
+
+import numpy as np
+
+import veda
+from veda.scheduler import Explanation
+from veda_kernels.blas1 import saxpy
+
+from _util import report
+
+
+def spin() -> None:  # pragma: no cover - runs in the child
+    os.sched_setaffinity(0, {0})
+    deadline = time.time() + 120
+    x = 0
+    while time.time() < deadline:
+        x += 1
+
+
+def median(fn, repeats=41):
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def decision():
+    rows = [r for r in veda.explain(saxpy).rows if r["decision"]]
+    return rows[0]["decision"] if rows else None
+
+
+def main(n: int = 4_000_000) -> dict:
+    if veda.max_threads() < 2 or not hasattr(os, "sched_setaffinity"):
+        print("needs two cores and CPU affinity")
+        return {}
+    x, y, out = np.random.rand(n), np.random.rand(n), np.empty(n)
+    adaptive = lambda: saxpy[n](2.0, x, y, out)
+    fixed2 = lambda: veda.launch(saxpy, n, 2.0, x, y, out, threads=2, schedule="static")
+    for _ in range(60):
+        adaptive()
+    idle_choice = decision()
+    idle = {"adaptive": median(adaptive), "fixed_2_threads": median(fixed2)}
+    busy = mp.get_context("spawn").Process(target=spin, daemon=True)
+    busy.start()
+    try:
+        time.sleep(1.5)  # let the load monitor see it
+        start = time.perf_counter()
+        while time.perf_counter() - start < 10:
+            adaptive()
+            if decision() not in (None, idle_choice):
+                break
+        moved_after = time.perf_counter() - start
+        loaded_choice = decision()
+        for _ in range(30):
+            adaptive()
+        loaded = {"adaptive": median(adaptive), "fixed_2_threads": median(fixed2)}
+    finally:
+        busy.terminate()
+        busy.join()
+    ratio = loaded["fixed_2_threads"] / loaded["adaptive"]
+    print(f"saxpy n={n:.0e}")
+    print(f"  idle:   adaptive {Explanation._label(idle_choice):<28} "
+          f"{idle['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
+          f"{idle['fixed_2_threads'] * 1e3:.2f} ms")
+    print(f"  loaded: adaptive {Explanation._label(loaded_choice):<28} "
+          f"{loaded['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
+          f"{loaded['fixed_2_threads'] * 1e3:.2f} ms; re-decided after {moved_after:.1f} s")
+    print(f"  fixed 2-thread / adaptive under load: {ratio:.2f} (target > 1)")
+    res = {"n": n, "idle": idle, "loaded": loaded, "idle_choice": idle_choice,
+           "loaded_choice": loaded_choice, "speedup_under_load": ratio,
+           "seconds_to_move": moved_after}
+    report("load", res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
