@@ -17,6 +17,13 @@ from veda.scheduler import _dispatch
 from veda.scheduler._tuner import DRIFT, REVIEW_EVERY, Tuner, score
 from veda.scheduler._wisdom import TuningCache
 
+
+@pytest.fixture(autouse=True)
+def _idle_machine(monkeypatch):
+    """Decisions in these tests must not depend on what else the machine runs meanwhile."""
+    monkeypatch.setattr(_dispatch.dispatcher.load, "free_cores", lambda: veda.max_threads())
+
+
 CPU = ("cpu", 1, "static", 1)
 STATIC = ("parallel", 2, "static", 1)
 DYNAMIC = ("parallel", 2, "dynamic", 64)
@@ -299,3 +306,56 @@ def test_explain_shows_candidates_times_and_decision():
                                                              "tuning cache")
     timed = [t for t in row["trials"] if t["samples"]]
     assert timed and all(math.isfinite(s) for t in timed for s in t["samples"])
+
+
+def test_imbalance_profile_steers_the_schedules():
+    from veda.scheduler._dispatch import Dispatcher, Entry
+
+    for imbalance, dropped, kept in ((1.5, "static", "dynamic"), (1.01, "dynamic", "static")):
+        tuner = Tuner(list(CANDIDATES))
+        entry = Entry("k", "k", tuner, 2)
+        d = Dispatcher()
+        drive_until = 0
+        while tuner.exploring and drive_until < 100:
+            c = tuner.next()
+            d.observe(entry, c, 1e-3, 1000, "/nonexistent", imbalance if c == STATIC else math.nan)
+            drive_until += 1
+        pruned = {t.decision[2] for t in tuner.trials.values() if "imbalance" in t.pruned}
+        assert dropped in pruned and kept not in pruned
+
+
+@veda.kernel
+def where(i, out):
+    out[i] = numba_thread_id()
+
+
+from numba import get_thread_id as numba_thread_id  # noqa: E402
+
+
+@pytest.mark.skipif(veda.max_threads() < 2, reason="needs two threads")
+def test_dispatcher_sized_launches_share_cores_with_launches_in_flight():
+    from veda.targets import cpu
+
+    out = np.full(4096, -1, np.int64)
+    decision = ("parallel", 2, "interleaved", 16)
+    options = (False, veda.get_config().cache)
+    alone = cpu.ParallelTarget().prepare(where, (4096,), 1, decision, options, None, shared=True)
+    alone((out,))
+    assert len(set(out.tolist())) == 2
+    cpu._in_flight.append(None)  # another dispatcher-sized launch is running
+    try:
+        alone((out,))
+        assert len(set(out.tolist())) == 1
+        explicit = cpu.ParallelTarget().prepare(where, (4096,), 1, decision, options, None)
+        explicit((out,))
+        assert len(set(out.tolist())) == 2  # an explicit threads= is never lowered
+    finally:
+        cpu._in_flight.pop()
+
+
+def test_snapshot_shows_the_decisions():
+    x = np.zeros(50)
+    tiny[50](x)
+    decisions = veda.metrics().kernel(f"{__name__}.tiny").decisions
+    assert decisions and decisions[0]["decision"] == CPU
+    json.loads(veda.metrics().to_json())  # serialisable

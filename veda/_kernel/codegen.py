@@ -43,6 +43,8 @@ REDUCE_BLOCK = 2048
 
 MODE_CODES = {"static": 0, "interleaved": 1, "dynamic": 2, "guided": 3}
 
+_LIBRARIES = frozenset({"numba", "numpy", "math", "cmath", "veda"})
+
 _PRELUDE = """\
 import numba as _veda_numba
 import numpy as _veda_np
@@ -105,7 +107,10 @@ def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str) ->
             out.lines.append(f"{name} = {lit}")
             continue
         is_jitted = isinstance(value, numba.core.dispatcher.Dispatcher)
-        if isinstance(value, types.FunctionType) and not is_jitted:
+        # Python functions of Numba, NumPy, math and veda may carry Numba implementations
+        # (numba.get_thread_id, veda.atomic_add); anyone else's must be compiled explicitly.
+        library = str(getattr(value, "__module__", "")).split(".")[0] in _LIBRARIES
+        if isinstance(value, types.FunctionType) and not is_jitted and not library:
             raise KernelDefinitionError(
                 f"{label} calls {name!r}, a plain Python function; decorate it with "
                 "@veda.func (or numba.njit) so that it can be compiled"

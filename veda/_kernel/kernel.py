@@ -10,6 +10,7 @@ Numba's compile hook, which runs only when a new combination of argument types a
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import threading
@@ -661,8 +662,12 @@ class Kernel(_Compiled):
         decision = tuner.next()
         self._bind(entry, decision, args)
         result = self._timed(entry, args)
+        imbalance = math.nan
+        series = entry.recorder.series if entry.recorder is not None else None
+        if entry.cfg.profile and series is not None and series.profiled:
+            imbalance = series.imbalance_sum / series.profiled
         scheduler.dispatcher.observe(tuning, decision, entry.last, entry.size,
-                                     entry.cfg.cache_dir)
+                                     entry.cfg.cache_dir, imbalance)
         return result
 
     def _review(self, entry: _Entry, args: tuple[Any, ...]) -> None:

@@ -29,6 +29,11 @@ PARALLEL_FLOOR = 1024
 #: took less than this: with two threads the best parallel launch costs at least the region
 #: entry plus half the serial time, which cannot win below about twice the entry cost.
 PARALLEL_WORTHWHILE = 10e-6
+#: Imbalance (max/mean worker busy time) of a profiled static launch from which static is
+#: dropped, and up to which the chunked schedules are: a triangular loop shows 1.5 under static
+#: and 1.01 under dynamic (tests/test_telemetry.py), a streaming kernel about 1.0.
+IMBALANCED = 1.25
+BALANCED = 1.05
 #: How often (seconds) the machine's load is sampled.
 LOAD_INTERVAL = 0.5
 
@@ -157,11 +162,14 @@ class Dispatcher:
         return entry
 
     def observe(self, entry: Entry, decision: Decision, seconds: float, size: int,
-                cache_dir: str) -> None:
+                cache_dir: str, imbalance: float = math.nan) -> None:
+        """One exploring launch's time; ``imbalance`` is its profile's max/mean busy time."""
         tuner = entry.tuner
         per_element = seconds / max(size, 1)
         was_exploring = tuner.exploring
         tuner.observe(decision, per_element)
+        if tuner.exploring and decision[2] == "static" and math.isfinite(imbalance):
+            self._steer(tuner, imbalance)
         if decision == CPU and tuner.exploring and seconds < PARALLEL_WORTHWHILE:
             for d in list(tuner.candidates):
                 if d[0] != "cpu":
@@ -174,6 +182,22 @@ class Dispatcher:
                 "policy": tuner.policy,
                 "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
             })
+
+    @staticmethod
+    def _steer(tuner: Tuner, imbalance: float) -> None:
+        """Let the load-imbalance profile of a static launch narrow the schedules to try.
+
+        Workers that finish far apart (max/mean busy time >= IMBALANCED) leave static no
+        chance; workers that finish together (<= BALANCED) leave nothing for dynamic or guided
+        chunks to fix, only their overhead.
+        """
+        for d in list(tuner.candidates):
+            if d[0] != "parallel":
+                continue
+            if imbalance >= IMBALANCED and d[2] == "static":
+                tuner.prune(d, f"static imbalance {imbalance:.2f}")
+            elif imbalance <= BALANCED and d[2] != "static":
+                tuner.prune(d, f"static is balanced (imbalance {imbalance:.2f})")
 
     def review(self, entry: Entry, recent: list[float], size: int) -> None:
         """Drift and load checks of an exploiting tuner, every few launches."""
@@ -189,9 +213,15 @@ class Dispatcher:
                 tuner.restart("load")
 
     def explain(self, kernel: Any) -> list[dict[str, Any]]:
+        return self.rows(kernel.module_name, kernel.name)
+
+    def rows(self, module: str, name: str) -> list[dict[str, Any]]:
+        """Per size class: the candidates tried, their times, the decision and its source."""
         rows = []
-        for k, entry in sorted(self.entries.items(), key=lambda kv: kv[0][3:6]):
-            if k[0] != kernel.module_name or k[1] != kernel.name:
+        with self.lock:
+            items = sorted(self.entries.items(), key=lambda kv: str(kv[0][3:]))
+        for k, entry in items:
+            if k[0] != module or k[1] != name:
                 continue
             t = entry.tuner
             rows.append({

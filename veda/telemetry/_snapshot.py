@@ -111,6 +111,8 @@ class KernelMetrics:
     compiles: int
     cache_hits: int
     compile_time: float
+    #: The dispatcher's decisions per size class, as :func:`veda.explain` gives them.
+    decisions: tuple[dict[str, Any], ...] = ()
 
     def __getattr__(self, name: str) -> Any:  # .launches, .p99, .gbps, .imbalance, ...
         if name == "figures":
@@ -123,6 +125,9 @@ class KernelMetrics:
             "compiles": self.compiles, "cache_hits": self.cache_hits,
             "compile_time": self.compile_time,
             "configs": [c.to_dict() for c in self.configs],
+            "decisions": [{**d, "decision": list(d["decision"]) if d["decision"] else None,
+                           "trials": [{**t, "decision": list(t["decision"])}
+                                      for t in d["trials"]]} for d in self.decisions],
         }
 
 
@@ -134,6 +139,8 @@ class Snapshot:
 
     @classmethod
     def take(cls, registry: Registry) -> Snapshot:
+        from veda.scheduler import dispatcher
+
         registry.fold_all()
         out = []
         with registry.lock:
@@ -148,6 +155,7 @@ class Snapshot:
             out.append(KernelMetrics(
                 rec.name, rec.module, _figures(copies), configs, rec.compiles,
                 rec.cache_hits, rec.compile_seconds,
+                tuple(dispatcher.rows(rec.module, rec.name)),
             ))
         return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))))
 
