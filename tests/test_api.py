@@ -15,7 +15,8 @@ EXPECTED = {
     "KernelIndexError", "LaunchError", "TargetUnavailableError", "UnknownKernelError",
     "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min", "cache_clear",
     "cache_info", "config", "explain", "func", "get_config", "kernel", "launch", "local_array",
-    "max_threads", "metrics", "set_config", "telemetry", "TelemetryError", "threading_layer",
+    "max_threads", "metrics", "random", "set_config", "telemetry", "TelemetryError",
+    "threading_layer",
 }
 
 

@@ -10,7 +10,7 @@
 3.0
 """
 
-from veda import telemetry
+from veda import random, telemetry
 from veda._config import Config, config, get_config, max_threads, set_config
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.kernel import Func, Kernel, func, kernel, launch
@@ -59,6 +59,7 @@ __all__ = [
     "local_array",
     "max_threads",
     "metrics",
+    "random",
     "set_config",
     "telemetry",
     "threading_layer",

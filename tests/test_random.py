@@ -1,0 +1,85 @@
+"""veda.random: Philox4x32-10 known answers, statistics, and the same draws on every target."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import veda
+from veda.random import philox4x32_10
+
+# Known-answer vectors published with Random123 (kat_vectors): counter[4], key[2] -> output[4].
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
+
+
+@pytest.mark.parametrize("ctr, key, expected", KAT)
+def test_philox_known_answers(ctr, key, expected):
+    assert tuple(int(w) for w in philox4x32_10(*ctr, *key)) == expected
+
+
+def test_documented_mapping_of_seed_and_counter():
+    seed, counter = 0x0123456789ABCDEF, 0xFEDCBA9876543210
+    x0, x1, _, _ = (int(w) for w in philox4x32_10(counter & 0xFFFFFFFF, counter >> 32, 0, 0,
+                                                   seed & 0xFFFFFFFF, seed >> 32))
+    assert veda.random.uniform(seed, counter) == ((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53
+
+
+@veda.kernel
+def draws(i, seed, u, z, k):
+    u[i] = veda.random.uniform(seed, i)
+    z[i] = veda.random.normal(seed, i)
+    k[i] = veda.random.integers(seed, i, -3, 7)
+
+
+def _draw(n, seed, **settings):
+    u, z, k = np.empty(n), np.empty(n), np.empty(n, np.int64)
+    veda.launch(draws, n, seed, u, z, k, **settings)
+    return u, z, k
+
+
+def test_identical_draws_on_every_target(settings):
+    u, z, k = _draw(3000, 12345, **settings)
+    assert u[17] == veda.random.uniform(12345, 17)
+    assert z[17] == veda.random.normal(12345, 17)
+    assert k[17] == veda.random.integers(12345, 17, -3, 7)
+    ref = _draw(3000, 12345, target="cpu")
+    for a, b in zip((u, z, k), ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_statistics_of_a_million_draws():
+    n = 1_000_000
+    u, z, k = _draw(n, 2026, target="parallel")
+    assert u.min() >= 0.0 and u.max() < 1.0
+    assert abs(u.mean() - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(u.var() - 1 / 12) < 0.002
+    counts = np.bincount((u * 100).astype(int), minlength=100)
+    chi2 = ((counts - n / 100) ** 2 / (n / 100)).sum()
+    assert chi2 < 160  # 99 degrees of freedom: p < 1e-4 beyond this
+    assert abs(z.mean()) < 5 / math.sqrt(n) and abs(z.var() - 1) < 0.01
+    assert k.min() == -3 and k.max() == 6
+    kc = np.bincount(k + 3, minlength=10)
+    assert ((kc - n / 10) ** 2 / (n / 10)).sum() < 40  # 9 degrees of freedom
+
+
+def test_different_seeds_differ_and_same_seed_repeats():
+    a = _draw(1000, 1, target="cpu")[0]
+    b = _draw(1000, 2, target="cpu")[0]
+    c = _draw(1000, 1, target="parallel")[0]
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_integers_range_is_checked():
+    with pytest.raises(ValueError, match="greater than low"):
+        veda.random.integers(1, 2, 5, 5)
