@@ -14,7 +14,8 @@ EXPECTED = {
     "Config", "ConfigError", "Func", "Kernel", "KernelDefinitionError", "KernelError",
     "KernelIndexError", "LaunchError", "TargetUnavailableError", "UnknownKernelError",
     "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min", "cache_clear",
-    "cache_info", "config", "explain", "func", "get_config", "kernel", "launch", "local_array",
+    "cache_info", "config", "deterministic", "explain", "func", "get_config", "kernel", "launch",
+    "local_array",
     "max_threads", "metrics", "random", "set_config", "telemetry", "TelemetryError",
     "threading_layer",
 }

@@ -11,7 +11,7 @@
 """
 
 from veda import random, telemetry
-from veda._config import Config, config, get_config, max_threads, set_config
+from veda._config import Config, config, deterministic, get_config, max_threads, set_config
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.kernel import Func, Kernel, func, kernel, launch
 from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
@@ -51,6 +51,7 @@ __all__ = [
     "cache_clear",
     "cache_info",
     "config",
+    "deterministic",
     "explain",
     "func",
     "get_config",

@@ -60,6 +60,12 @@ class Config:
     profile : bool
         Time every worker of ``"parallel"`` launches from inside the compiled loop, for the
         load-imbalance figure (a separately compiled loop: no cost when off).
+    deterministic : bool
+        Reductions give the same bits whatever the target, thread count, schedule and chunk
+        (fixed blocks, combined by a fixed pairwise tree); see :func:`deterministic`.
+    seed : int or None
+        The seed of deterministic mode, recorded with it (kernels draw from
+        :mod:`veda.random` with whatever seed they are given).
     policy : {"adaptive", "fixed", "latency", "throughput"}
         How the dispatcher decides what settings leave open: ``"adaptive"`` explores and
         exploits the fastest (median time), ``"throughput"`` the best mean, ``"latency"`` weighs
@@ -71,7 +77,8 @@ class Config:
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
-    ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_POLICY``, ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
+    ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
+    ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
     """
 
     target: str | None = None
@@ -81,6 +88,8 @@ class Config:
     boundscheck: bool = False
     telemetry: bool = True
     profile: bool = False
+    deterministic: bool = False
+    seed: int | None = None
     policy: str = "adaptive"
     cache: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
@@ -105,12 +114,12 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-_FLAGS = ("boundscheck", "telemetry", "profile", "cache")
+_FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
 
 
 def _parse_env(name: str, raw: str) -> Any:
     var = "VEDA_" + name.upper()
-    if name in ("threads", "chunk"):
+    if name in ("threads", "chunk", "seed"):
         try:
             return int(raw)
         except ValueError:
@@ -148,6 +157,10 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
     policy = values.get("policy")
     if policy is not None and policy not in POLICIES:
         raise error(f"{where}: unknown policy={policy!r}; expected one of {', '.join(POLICIES)}")
+    seed = values.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
+                             or seed >= 2**64):
+        raise error(f"{where}: seed must be an integer in [0, 2**64), not {seed!r}")
     chunk = values.get("chunk")
     if chunk is not None:
         if isinstance(chunk, bool) or not isinstance(chunk, int):
@@ -297,3 +310,28 @@ def validate_launch_overrides(values: Mapping[str, Any]) -> None:
     from veda.errors import LaunchError
 
     _validate(values, LaunchError, where="veda.launch")
+
+
+class deterministic(config):
+    """Bit-reproducible reductions in a block of code or a function (also a decorator).
+
+    Inside it every reduction gives identical bits whatever the thread count, schedule or
+    chunk, and ``"cpu"`` and ``"parallel"`` agree: partials are formed over fixed blocks of
+    2048 elements and combined by a fixed pairwise tree.  ``seed`` is recorded with the mode.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel(reduce="sum")
+    ... def total(i, x):
+    ...     return x[i]
+    >>> x = np.random.default_rng(0).random(100_000)
+    >>> with veda.deterministic(seed=7):
+    ...     a = veda.launch(total, x.size, x, target="cpu")
+    ...     b = veda.launch(total, x.size, x, target="parallel", schedule="dynamic", chunk=999)
+    >>> bool(a == b)
+    True
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(deterministic=True, seed=seed)

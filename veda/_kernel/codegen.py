@@ -371,32 +371,83 @@ def kernel_launchers(
         ret = "return _veda_np.full(1, _res), _err[0], _err[1]"
 
     record = "if _bad:\n    _err[0] = _lo\n    _err[1] = _hi\n    break\n"
-    # The profiled variant is a separate function, so profiling costs nothing when off: each
-    # worker adds up the cycles it spends in chunks (LLVM's readcyclecounter) and counts them.
-    variants = {
-        "_veda_parallel": ("", run_chunk, ret),
-        "_veda_parallel_profile": (
-            "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
-            "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
-            "_t0 = _veda_lang.cycles()\n" + run_chunk
-            + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
-            ret.replace("_err[1]", "_err[1], _busy, _nchunks"),
-        ),
-    }
-    for name, (profile_init, chunk_code, returns) in variants.items():
+    plain_head = f"_N = {size}\n_C = _veda_chunk_size\n"
+    variants = [
+        ("_veda_parallel", plain_head, acc_init, worker_acc, run_chunk, record, acc_store,
+         result, ret),
+        # The profiled variant is a separate function, so profiling costs nothing when off:
+        # each worker adds up the cycles it spends in chunks (readcyclecounter), counts them.
+        ("_veda_parallel_profile", plain_head,
+         acc_init + "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
+         "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
+         worker_acc,
+         "_t0 = _veda_lang.cycles()\n" + run_chunk
+         + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
+         record, acc_store, result, ret.replace("_err[1]", "_err[1], _busy, _nchunks")),
+    ]
+    if reduce is not None:
+        # Deterministic mode: the work items are fixed blocks of REDUCE_BLOCK elements (chunk
+        # counted in elements, rounded up to whole blocks); each block's partial lands in its
+        # own slot and the slots are combined by a fixed pairwise tree, so neither the thread
+        # count, the schedule nor the chunk can change a bit, and "cpu" gives the same bits.
+        B = REDUCE_BLOCK
+        fn("_veda_pairwise(_p, _n, _ident)",
+           "if _n == 0:\n    return _ident\n"
+           "while _n > 1:\n"
+           "    _h = _n // 2\n"
+           "    for _i in range(_h):\n"
+           "        _p[_i] = _veda_combine(_p[2 * _i], _p[2 * _i + 1])\n"
+           "    if _n % 2:\n"
+           "        _p[_h] = _p[_n - 1]\n"
+           "    _n = _h + _n % 2\n"
+           "return _p[0]\n")
+        det_blocks = (
+            "for _bi in range(_blk_lo, _blk_hi):\n"
+            f"    _blo = _bi * {B}\n"
+            f"    _bhi = min(_blo + {B}, _NE)\n"
+            f"{_indent(block, 4)}"
+            "    _p[_bi] = _b\n"
+        )
+        fn(
+            f"_veda_det_blocks(_p, _blk_lo, _blk_hi, {dims}{args})",
+            f"_z = _veda_np.int64(0)\n_ident = {ident}\n_NE = {size}\n"
+            f"try:\n{_indent(det_blocks, 4)}except Exception:\n    return True\n"
+            "return False\n",
+        )
+        fn(
+            f"_veda_det_cpu({dims}{args})",
+            f"_z = _veda_np.int64(0)\n_ident = {ident}\n_NE = {size}\n"
+            f"_nb = (_NE + {B - 1}) // {B}\n"
+            "_p = _veda_np.full(max(_nb, 1), _ident)\n_blk_lo = 0\n_blk_hi = _nb\n"
+            f"{det_blocks}"
+            "return _veda_np.full(1, _veda_pairwise(_p, _nb, _ident))\n",
+        )
+        variants.append((
+            "_veda_det_parallel",
+            f"_NE = {size}\n_N = (_NE + {B - 1}) // {B}\n"
+            f"_C = max(1, (_veda_chunk_size + {B - 1}) // {B})\n",
+            f"_z = _veda_np.int64(0)\n_ident = {ident}\n_p = _veda_np.full(max(_N, 1), _ident)\n",
+            "",
+            f"_bad = _veda_det_blocks(_p, _lo, _hi, {dims}{args})\n",
+            f"if _bad:\n    _err[0] = _lo * {B}\n    _err[1] = min(_hi * {B}, _NE)\n    break\n",
+            "",
+            "",
+            "return _veda_np.full(1, _veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
+        ))
+    for name, head, init, w_init, chunk_code, rec, store, combine, returns in variants:
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
-            f"_N = {size}\n"
+            f"{head}"
             "_err = _veda_np.full(2, -1, _veda_np.int64)\n"
             "_counter = _veda_np.zeros(1, _veda_np.int64)\n"
             "if _veda_mode == 3:\n"
-            "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _veda_chunk_size)\n"
+            "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _C)\n"
             "else:\n"
             "    _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
-            f"{acc_init}{profile_init}"
+            f"{init}"
             "for _w in _veda_numba.prange(_veda_T):\n"
             "    _k = 0\n"
-            f"{worker_acc}"
+            f"{w_init}"
             "    while True:\n"
             "        if _veda_mode == 0:\n"
             "            if _k > 0:\n"
@@ -404,11 +455,11 @@ def kernel_launchers(
             "            _lo = _N * _w // _veda_T\n"
             "            _hi = _N * (_w + 1) // _veda_T\n"
             "        elif _veda_mode == 1:\n"
-            "            _lo = (_w + _k * _veda_T) * _veda_chunk_size\n"
-            "            _hi = min(_lo + _veda_chunk_size, _N)\n"
+            "            _lo = (_w + _k * _veda_T) * _C\n"
+            "            _hi = min(_lo + _C, _N)\n"
             "        elif _veda_mode == 2:\n"
-            "            _lo = _veda_lang.fetch_add(_counter, 0, 1) * _veda_chunk_size\n"
-            "            _hi = min(_lo + _veda_chunk_size, _N)\n"
+            "            _lo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
+            "            _hi = min(_lo + _C, _N)\n"
             "        else:\n"
             "            _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
             "            if _c >= _bounds.shape[0] - 1:\n"
@@ -419,9 +470,9 @@ def kernel_launchers(
             "            break\n"
             "        _k += 1\n"
             f"{_indent(chunk_code, 8)}"
-            f"{_indent(record, 8)}"
-            f"{acc_store}"
-            f"{result}"
+            f"{_indent(rec, 8)}"
+            f"{store}"
+            f"{combine}"
             f"{returns}\n",
             pdec,
         )

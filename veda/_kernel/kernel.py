@@ -571,7 +571,8 @@ class Kernel(_Compiled):
                 recorder = _telemetry.registry.recorder(
                     self.module_name, self.name, decision, entry.size, entry.plan.nbytes)
             runner = targets.get(decision[0]).prepare(
-                self, entry.dims, entry.nargs, decision, (cfg.boundscheck, cfg.cache),
+                self, entry.dims, entry.nargs, decision,
+                (cfg.boundscheck, cfg.cache, cfg.deterministic),
                 recorder if cfg.profile else None, shared=entry.tuning is not None)
             got = entry.runners[decision] = (runner, recorder)
         runner, recorder = got

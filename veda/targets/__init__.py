@@ -52,17 +52,17 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool], profiler: Recorder | None,
+                options: tuple[bool, bool, bool], profiler: Recorder | None,
                 shared: bool = False) -> Runner:
         """A callable that runs ``kernel`` over ``dims`` with this decision.
 
         It takes the launch's argument tuple and returns the reduction result or None.  veda
         keeps it for later launches with the same domain, settings and argument count, so
         everything that does not depend on the arguments' values belongs here, not in it.
-        ``options`` is (boundscheck, cache).  With a ``profiler``, a target that has workers
-        reports each launch's per-worker busy time to it (``profiler.profile``).  ``shared``
-        says the dispatcher chose the thread count, so the target may lower it while other
-        launches share the cores; an explicit ``threads=`` is never lowered.
+        ``options`` is (boundscheck, cache, deterministic).  With a ``profiler``, a target that
+        has workers reports each launch's per-worker busy time to it (``profiler.profile``).
+        ``shared`` says the dispatcher chose the thread count, so the target may lower it while
+        other launches share the cores; an explicit ``threads=`` is never lowered.
         """
 
 

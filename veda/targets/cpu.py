@@ -128,11 +128,12 @@ class CPUTarget(Target):
     name = "cpu"
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool], profiler: Recorder | None,
+                options: tuple[bool, bool, bool], profiler: Recorder | None,
                 shared: bool = False) -> Runner:
         # One worker: nothing to balance, so a profiled launch runs the same loop.
-        fn = kernel.program(len(dims), nargs, options)._veda_cpu
+        module = kernel.program(len(dims), nargs, options[:2])
         reduce = kernel.reduce is not None
+        fn = module._veda_det_cpu if reduce and options[2] else module._veda_cpu
         name = kernel.name
 
         def run(args: tuple[Any, ...]) -> Any:
@@ -155,11 +156,15 @@ class ParallelTarget(Target):
     parallel = True
 
     def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool], profiler: Recorder | None,
+                options: tuple[bool, bool, bool], profiler: Recorder | None,
                 shared: bool = False) -> Runner:
         threading_layer()
-        module = kernel.program(len(dims), nargs, options)
-        fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
+        module = kernel.program(len(dims), nargs, options[:2])
+        if kernel.reduce is not None and options[2]:
+            fn = module._veda_det_parallel  # deterministic: no profiled variant, imbalance NaN
+            profiler = None
+        else:
+            fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
         tick = seconds_per_tick() if profiler is not None else 0.0
         _, wanted, schedule, chunk = decision
         mode = MODE_CODES[schedule]
