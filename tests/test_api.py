@@ -16,7 +16,7 @@ EXPECTED = {
     "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min", "cache_clear",
     "cache_info", "config", "deterministic", "explain", "func", "get_config", "kernel", "launch",
     "local_array",
-    "max_threads", "metrics", "random", "set_config", "telemetry", "TelemetryError",
+    "max_threads", "metrics", "random", "scan", "set_config", "telemetry", "TelemetryError",
     "threading_layer",
 }
 
