@@ -12,12 +12,11 @@ import veda
 
 EXPECTED = {
     "Config", "ConfigError", "Func", "Kernel", "KernelDefinitionError", "KernelError",
-    "KernelIndexError", "LaunchError", "TargetUnavailableError", "UnknownKernelError",
-    "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min", "cache_clear",
-    "cache_info", "config", "deterministic", "explain", "func", "get_config", "kernel", "launch",
-    "local_array",
-    "max_threads", "metrics", "random", "scan", "set_config", "telemetry", "TelemetryError",
-    "threading_layer",
+    "KernelIndexError", "LaunchError", "ReplayError", "TargetUnavailableError",
+    "UnknownKernelError", "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min",
+    "cache_clear", "cache_info", "config", "deterministic", "explain", "func", "get_config",
+    "kernel", "launch", "local_array", "max_threads", "metrics", "random", "record", "replay",
+    "scan", "set_config", "telemetry", "TelemetryError", "threading_layer",
 }
 
 

@@ -15,6 +15,7 @@ from veda._config import Config, config, deterministic, get_config, max_threads,
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.kernel import Func, Kernel, func, kernel, launch
 from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
+from veda._record import record, replay
 from veda._scan import scan
 from veda._version import __version__
 from veda.errors import (
@@ -23,6 +24,7 @@ from veda.errors import (
     KernelError,
     KernelIndexError,
     LaunchError,
+    ReplayError,
     TargetUnavailableError,
     TelemetryError,
     UnknownKernelError,
@@ -41,6 +43,7 @@ __all__ = [
     "KernelError",
     "KernelIndexError",
     "LaunchError",
+    "ReplayError",
     "TargetUnavailableError",
     "TelemetryError",
     "UnknownKernelError",
@@ -62,6 +65,8 @@ __all__ = [
     "max_threads",
     "metrics",
     "random",
+    "record",
+    "replay",
     "scan",
     "set_config",
     "telemetry",

@@ -14,6 +14,7 @@ __all__ = [
     "KernelError",
     "KernelIndexError",
     "LaunchError",
+    "ReplayError",
     "TargetUnavailableError",
     "TelemetryError",
     "UnknownKernelError",
@@ -39,6 +40,10 @@ class LaunchError(VedaError, ValueError):
 
 class TargetUnavailableError(VedaError, RuntimeError):
     """The requested target cannot run here (no GPU, no driver, extra not installed)."""
+
+
+class ReplayError(VedaError, RuntimeError):
+    """A replayed run diverged from its record, or the record cannot be read."""
 
 
 class TelemetryError(VedaError, RuntimeError):

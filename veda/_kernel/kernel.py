@@ -22,7 +22,7 @@ from typing import Any, overload
 import numpy as np
 from numba.core import errors as numba_errors
 
-from veda import scheduler, targets
+from veda import _record, scheduler, targets
 from veda._config import get_config, validate_launch_overrides
 from veda._kernel import cache as _cache
 from veda._kernel import codegen
@@ -584,9 +584,12 @@ class Kernel(_Compiled):
         if entry.times is not None and entry.tuning is not None:
             entry.review_at = len(entry.times) + scheduler.REVIEW_EVERY
 
-    def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+    def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+                raw: bool = False) -> Any:
         # The hot path: one dictionary look-up, the per-launch checks, the compiled call, two
         # clock reads and an append for telemetry.  Everything else takes a slower path.
+        if _record.active and not raw:
+            return self._launch_recorded(dims, args, overrides)
         cfg = get_config()
         entry = self._fast.get((dims, len(args), overrides))
         if entry is None or entry.cfg is not cfg:
@@ -615,6 +618,19 @@ class Kernel(_Compiled):
         if len(times) > entry.review_at:
             self._review(entry, args)
         return result
+
+    def _launch_recorded(self, dims: tuple[int, ...], args: tuple[Any, ...],
+                         overrides: Any) -> Any:
+        """A launch inside ``veda.record`` (note the decision) or ``veda.replay`` (force it)."""
+        scope = _record.current()
+        if isinstance(scope, _record.replay):
+            return self._launch(dims, args, scope.next(self, dims), raw=True)
+        try:
+            return self._launch(dims, args, overrides, raw=True)
+        finally:
+            entry = self._fast.get((dims, len(args), overrides))
+            if isinstance(scope, _record.record) and entry is not None:
+                scope.add(self, dims, entry.decision)
 
     def _timed(self, entry: _Entry, args: tuple[Any, ...]) -> Any:
         """One timed launch, with listener events; returns the result (time in entry.last)."""

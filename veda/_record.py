@@ -1,0 +1,176 @@
+"""Record and replay of dispatcher decisions (``veda.record``, ``veda.replay``).
+
+A record is versioned JSON: the deterministic mode and seed in force when recording began, and
+for each launch in the order launches started, the kernel (``module.qualname``), its domain and
+the decision it ran with (target, threads, schedule, chunk), with the mode and seed of that
+launch.  Replaying forces the same decisions, restores the mode and seed for its duration, and
+raises :class:`veda.ReplayError` at the first launch that differs (another kernel or domain,
+or a launch beyond the recorded ones) and, on exit, when fewer launches came than recorded.
+Replay is guaranteed for one launching thread (the scope is a :mod:`contextvars` scope).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import tempfile
+import threading
+from typing import Any
+
+from veda._config import config, get_config
+from veda.errors import ReplayError
+
+FORMAT = "veda-record"
+VERSION = 1
+
+_current: contextvars.ContextVar[Any] = contextvars.ContextVar("veda_record", default=None)
+_lock = threading.Lock()
+#: How many record/replay scopes are open in the process; the launch path reads only this.
+active = 0
+
+
+def _enter(scope: Any) -> contextvars.Token[Any]:
+    global active
+    with _lock:
+        active += 1
+    return _current.set(scope)
+
+
+def _exit(token: contextvars.Token[Any]) -> None:
+    global active
+    _current.reset(token)
+    with _lock:
+        active -= 1
+
+
+def current() -> Any:
+    return _current.get()
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    return f"kernel {entry['kernel']} over domain {tuple(entry['domain'])}"
+
+
+class record:
+    """Record each launch's kernel, domain and decision, with the mode and seed, to ``path``.
+
+    Examples
+    --------
+    >>> import os, tempfile, numpy as np, veda
+    >>> @veda.kernel
+    ... def inc(i, x):
+    ...     x[i] += 1
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.json")
+    >>> x = np.zeros(8)
+    >>> with veda.record(path):
+    ...     inc[8](x)
+    >>> with veda.replay(path):
+    ...     inc[8](x)
+    >>> x[0]
+    np.float64(2.0)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.launches: list[dict[str, Any]] = []
+        self._token: contextvars.Token[Any] | None = None
+        self._header: dict[str, Any] = {}
+
+    def __enter__(self) -> record:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.access(directory, os.W_OK):
+            raise ReplayError(f"cannot write the record to {self.path!r}: {directory} is not a "
+                              "writable directory")
+        cfg = get_config()
+        self._header = {"deterministic": cfg.deterministic, "seed": cfg.seed}
+        self._token = _enter(self)
+        return self
+
+    def add(self, kernel: Any, dims: tuple[int, ...], decision: tuple[Any, ...]) -> None:
+        cfg = get_config()
+        self.launches.append({
+            "kernel": f"{kernel.module_name}.{kernel.name}", "domain": list(dims),
+            "decision": list(decision), "deterministic": cfg.deterministic, "seed": cfg.seed,
+        })
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None
+        _exit(self._token)
+        doc = {"format": FORMAT, "version": VERSION, **self._header, "launches": self.launches}
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh, indent=1)
+        os.replace(tmp, self.path)
+
+
+class replay:
+    """Force the decisions recorded in ``path``; raise at the first launch that diverges."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                doc = json.load(fh)
+        except OSError as exc:
+            raise ReplayError(f"cannot read the record {self.path!r}: {exc}") from None
+        except ValueError as exc:
+            raise ReplayError(f"the record {self.path!r} is not valid JSON ({exc})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ReplayError(f"{self.path!r} is not a veda record")
+        version = doc.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise ReplayError(
+                f"the record {self.path!r} has format version {version!r}; this veda reads "
+                f"version {VERSION} and older (it was written by a newer veda)"
+            )
+        launches = doc.get("launches")
+        if not isinstance(launches, list) or not all(
+            isinstance(e, dict) and {"kernel", "domain", "decision"} <= set(e) for e in launches
+        ):
+            raise ReplayError(f"the record {self.path!r} is damaged: bad launch entries")
+        self.launches = launches
+        self.deterministic = bool(doc.get("deterministic", False))
+        self.seed = doc.get("seed")
+        self.position = 0
+        self._scope: Any = None
+        self._token: contextvars.Token[Any] | None = None
+
+    def __enter__(self) -> replay:
+        self._scope = config(deterministic=self.deterministic, seed=self.seed)
+        self._scope.__enter__()
+        self._token = _enter(self)
+        return self
+
+    def next(self, kernel: Any, dims: tuple[int, ...]) -> tuple[Any, ...]:
+        """The overrides that reproduce the next recorded launch, which must be this one."""
+        k = self.position
+        name = f"{kernel.module_name}.{kernel.name}"
+        if k >= len(self.launches):
+            raise ReplayError(
+                f"launch #{k + 1} ({name} over domain {dims}) diverges: the record holds only "
+                f"{len(self.launches)} launch(es)"
+            )
+        entry = self.launches[k]
+        if entry["kernel"] != name or tuple(entry["domain"]) != tuple(dims):
+            raise ReplayError(
+                f"launch #{k + 1} diverges: recorded {_describe(entry)}, got kernel {name} over "
+                f"domain {dims}"
+            )
+        self.position += 1
+        target, threads, schedule, chunk = entry["decision"]
+        if target == "cpu":
+            return ("cpu", None, None, None)
+        return (target, int(threads), schedule, int(chunk))
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        assert self._token is not None
+        _exit(self._token)
+        self._scope.__exit__(exc_type, *exc)
+        if exc_type is None and self.position < len(self.launches):
+            missing = self.launches[self.position]
+            raise ReplayError(
+                f"only {self.position} of {len(self.launches)} recorded launches came; the "
+                f"first missing is #{self.position + 1}: {_describe(missing)}"
+            )
