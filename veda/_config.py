@@ -281,8 +281,9 @@ class config:
 
     def __enter__(self) -> Config:
         scope = _Scope(self._overrides, _scope.get())
+        merged = scope.effective()  # may refuse the merge: before the scope is installed
         self._tokens.append(_scope.set(scope))
-        return scope.effective()
+        return merged
 
     def __exit__(self, *exc: object) -> None:
         _scope.reset(self._tokens.pop())

@@ -43,8 +43,9 @@ def _block_scan(x, out, lo, hi, offset, exclusive):  # type: ignore[no-untyped-d
     run = offset
     if exclusive:
         for i in range(lo, hi):
+            v = x[i]  # read before writing: out may be x
             out[i] = run
-            run += x[i]
+            run += v
     else:
         for i in range(lo, hi):
             run += x[i]
@@ -126,10 +127,20 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     parallel = (cfg.target != "cpu" and max_threads() > 1
                 and (cfg.target == "parallel" or x.shape[0] >= PARALLEL_SCAN_MIN))
     if parallel:
-        from veda.targets.cpu import threading_layer
+        from veda.targets import cpu
 
-        threading_layer()
-        _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
+        cpu.threading_layer()
+        threads = cfg.threads or max_threads()
+        previous = cpu._get_threads()
+        cpu._set_threads(threads)
+        try:
+            if cpu.serialises_parallel_regions():
+                with cpu._region_lock:
+                    _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
+            else:
+                _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
+        finally:
+            cpu._set_threads(previous)
     else:
         _scan_serial(src, out, exclusive, zero, SCAN_BLOCK)
     return out

@@ -242,7 +242,11 @@ class Func(_Compiled):
         """Positions of the parameters this helper writes (directly or through helpers)."""
         if self._written is None:
             self._written = set()  # breaks cycles between mutually recursive helpers
-            facts = analyse(self.source, self.params, [], _callee_writes)
+            try:
+                facts = analyse(self.source, self.params, [], _callee_writes)
+            except BaseException:
+                self._written = None
+                raise
             self._written = {self.params.index(p) for p in facts.written}
         return self._written
 
@@ -318,18 +322,18 @@ class _Plan:
         lines = ["def check(dims, args):"]
         for pos in written:
             lines.append(
-                f"    if args[{pos}].__class__ is ndarray and not args[{pos}].flags.writeable:"
+                f"    if isinstance(args[{pos}], ndarray) and not args[{pos}].flags.writeable:"
                 "\n        fail(dims, args)"
             )
         for pos, axis, dim, _, _ in direct:
             if axis == 0:
                 lines.append(
-                    f"    if args[{pos}].__class__ is ndarray and args[{pos}].ndim and "
+                    f"    if isinstance(args[{pos}], ndarray) and args[{pos}].ndim and "
                     f"len(args[{pos}]) < dims[{dim}]:\n        fail(dims, args)"
                 )
             else:
                 lines.append(
-                    f"    if args[{pos}].__class__ is ndarray and args[{pos}].ndim > {axis} and "
+                    f"    if isinstance(args[{pos}], ndarray) and args[{pos}].ndim > {axis} and "
                     f"args[{pos}].shape[{axis}] < dims[{dim}]:\n        fail(dims, args)"
                 )
         if len(lines) == 1:
@@ -419,18 +423,15 @@ class Kernel(_Compiled):
 
     # -- launching -------------------------------------------------------------------------
     def __getitem__(self, domain: Any) -> BoundLaunch:
-        try:
-            bound = self._bound.get(domain)
-        except TypeError:  # unhashable domain, e.g. a list
-            bound = None
+        # Only plain ints (and tuples of them) are cached: 4.0 and True hash like 4 and 1 but
+        # must be refused.
+        cacheable = domain.__class__ is int or (
+            domain.__class__ is tuple and all(d.__class__ is int for d in domain))
+        bound = self._bound.get(domain) if cacheable else None
         if bound is None:
-            dims = self._domain(domain)
-            bound = BoundLaunch(self, dims)
-            if len(self._bound) < 256:
-                try:
-                    self._bound[domain] = bound
-                except TypeError:
-                    pass
+            bound = BoundLaunch(self, self._domain(domain))
+            if cacheable and len(self._bound) < 256:
+                self._bound[domain] = bound
         return bound
 
     def _domain(self, domain: Any) -> tuple[int, ...]:
@@ -518,9 +519,12 @@ class Kernel(_Compiled):
         names = self._plan(ndim, nargs).names
         unit = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options)
         module = unit.module
-        install_compile_hook(module._veda_cpu, self, ndim, names)
-        install_compile_hook(module._veda_parallel, self, ndim + 3, names)
-        install_compile_hook(module._veda_at, self, ndim, names)
+        for name in ("_veda_cpu", "_veda_at", "_veda_det_cpu"):
+            if hasattr(module, name):
+                install_compile_hook(getattr(module, name), self, ndim, names)
+        for name in ("_veda_parallel", "_veda_parallel_profile", "_veda_det_parallel"):
+            if hasattr(module, name):
+                install_compile_hook(getattr(module, name), self, ndim + 3, names)
         return module
 
     def _prepare(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
@@ -629,7 +633,8 @@ class Kernel(_Compiled):
             return self._launch(dims, args, overrides, raw=True)
         finally:
             entry = self._fast.get((dims, len(args), overrides))
-            if isinstance(scope, _record.record) and entry is not None:
+            if (isinstance(scope, _record.record) and entry is not None
+                    and entry.cfg is get_config()):
                 scope.add(self, dims, entry.decision)
 
     def _timed(self, entry: _Entry, args: tuple[Any, ...]) -> Any:
@@ -671,6 +676,12 @@ class Kernel(_Compiled):
         """A launch while the dispatcher explores, or right after it changed its decision."""
         tuning = entry.tuning
         assert tuning is not None
+        if tuning.tuner.choice is None:
+            with entry.lock:  # one exploring launch of this entry at a time: bind, run, credit
+                return self._explore(entry, tuning, args)
+        return self._explore(entry, tuning, args)
+
+    def _explore(self, entry: _Entry, tuning: Any, args: tuple[Any, ...]) -> Any:
         tuner = tuning.tuner
         if tuner.choice is not None:  # decided (here or in another entry): bind and run
             self._bind(entry, tuner.choice, args)
@@ -700,15 +711,16 @@ class Kernel(_Compiled):
             typical = sorted(recent)[len(recent) // 2] if recent else 0.0
             step = min(_FOLD_AT, max(scheduler.REVIEW_EVERY, int(0.01 / max(typical, 1e-7))))
         if len(times) > _FOLD_AT:
-            entry.recorder.fold(args)
+            entry.recorder.fold(args, entry.plan.nbytes)
         entry.review_at = len(times) + step
 
 
 class _Entry:
     """A prepared launch: one kernel form, domain, argument count and settings object."""
 
-    __slots__ = ("cfg", "check", "decision", "dims", "last", "nargs", "plan", "recorder",
-                 "review_at", "runner", "runners", "size", "times", "tuning", "version")
+    __slots__ = ("cfg", "check", "decision", "dims", "last", "lock", "nargs", "plan",
+                 "recorder", "review_at", "runner", "runners", "size", "times", "tuning",
+                 "version")
 
     def __init__(self, cfg: Any, plan: _Plan, dims: tuple[int, ...], nargs: int,
                  size: int) -> None:
@@ -719,6 +731,7 @@ class _Entry:
         self.nargs = nargs
         self.size = size
         self.runners: dict[targets.Decision, tuple[Any, Any]] = {}
+        self.lock = threading.Lock()
         self.tuning: Any = None
         self.version = 0
         self.last = 0.0

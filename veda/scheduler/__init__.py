@@ -69,6 +69,8 @@ def pins(cfg: Config, overrides: Overrides | None) -> tuple[str | None, str | No
     target, threads, schedule, chunk = _merge(cfg, overrides)
     if threads is not None or chunk is not None or target not in (None, "parallel"):
         return None
+    if schedule is not None:
+        target = "parallel"  # a schedule implies parallel, as in decide()
     return target, schedule
 
 

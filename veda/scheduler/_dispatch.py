@@ -208,7 +208,7 @@ class Dispatcher:
         if free != entry.free_cores:
             entry.free_cores = free
             fresh = _pinned(candidates(max(size, 1), free), entry.pins)
-            if fresh:
+            if fresh and fresh != tuner.candidates:
                 tuner.candidates = fresh
                 tuner.restart("load")
 

@@ -131,7 +131,8 @@ class Tuner:
         """The configuration to run next."""
         if self.choice is not None:
             return self.choice
-        return self._queue[0]
+        queue = self._queue  # another thread may be between rounds: fall back to a survivor
+        return queue[0] if queue else self._alive[0]
 
     def observe(self, decision: Decision, seconds_per_element: float) -> None:
         """Record one launch's time per element."""

@@ -80,8 +80,9 @@ class Recorder:
         self.nbytes = nbytes  # callable(args) -> bytes of the array arguments
         self.per_launch = 0  # bytes per launch, as last read
 
-    def fold(self, args: tuple[Any, ...] | None = None) -> None:
-        """Move buffered launches into the series; with ``args``, re-read the bytes too."""
+    def fold(self, args: tuple[Any, ...] | None = None, nbytes: Any = None) -> None:
+        """Move buffered launches into the series; with ``args``, re-read the bytes too (with
+        ``nbytes``, the launching plan's reader, else the recorder's own)."""
         times = self.times
         with self.series.lock:
             n = len(times)
@@ -92,7 +93,7 @@ class Recorder:
                 del times[:n]
                 self.series.fold(t, n * self.per_launch, self.size)
             if args is not None:
-                self.per_launch = int(self.nbytes(args))
+                self.per_launch = int((nbytes or self.nbytes)(args))
 
     def error(self) -> None:
         take_pending_compile()  # a compile inside a failed launch is not run time either

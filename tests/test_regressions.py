@@ -1,0 +1,69 @@
+"""Fixes found in review, each pinned by a test that failed before it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import veda
+
+
+@veda.kernel
+def put(i, x):
+    x[i] = 1.0
+
+
+@veda.kernel(reduce="sum")
+def total(i, x):
+    return x[i]
+
+
+def test_a_refused_scope_leaves_no_scope_behind():
+    old = veda.get_config()
+    try:
+        veda.set_config(target="cpu")
+        with pytest.raises(veda.ConfigError):
+            with veda.config(threads=1):
+                pass
+        assert veda.get_config().threads is None  # the failed scope is not in force
+    finally:
+        veda.set_config(target=old.target)
+
+
+def test_float_domains_are_refused_even_after_an_int_one():
+    put[4](np.zeros(4))
+    for bad in (4.0, True, (4.0,)):
+        with pytest.raises(veda.LaunchError, match="domain"):
+            put[bad](np.zeros(4))
+
+
+def test_exclusive_scan_in_place():
+    x = np.arange(1, 200_001, dtype=np.int64)
+    expected = np.concatenate([[0], np.cumsum(x)[:-1]])
+    veda.scan(x, out=x, exclusive=True)
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_a_schedule_setting_implies_parallel_for_the_dispatcher():
+    veda.telemetry.reset()
+    x = np.zeros(200_000)
+    with veda.config(schedule="static"):
+        for _ in range(20):
+            put[x.size](x)
+    targets = {c.target for c in veda.metrics().kernel(f"{__name__}.put").configs}
+    assert targets == {"parallel"}
+
+
+@pytest.mark.parametrize("mode", [{"deterministic": True}, {"profile": True}])
+def test_special_launchers_check_arguments_too(mode):
+    with veda.config(**mode):
+        with pytest.raises(veda.LaunchError, match="'x'.*list"):
+            veda.launch(total, 3, [1.0, 2.0, 3.0], target="parallel")
+
+
+def test_read_only_array_subclasses_are_refused(tmp_path):
+    path = tmp_path / "data.bin"
+    np.zeros(16).tofile(path)
+    ro = np.memmap(path, dtype=np.float64, mode="r")
+    with pytest.raises(veda.LaunchError, match="read-only"):
+        put[16](ro)
