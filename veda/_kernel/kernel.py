@@ -423,6 +423,13 @@ class Kernel(_Compiled):
 
     # -- launching -------------------------------------------------------------------------
     def __getitem__(self, domain: Any) -> BoundLaunch:
+        if domain.__class__ is int:  # the common case, first
+            bound = self._bound.get(domain)
+            if bound is not None:
+                return bound
+        return self._bound_for(domain)
+
+    def _bound_for(self, domain: Any) -> BoundLaunch:
         # Only plain ints (and tuples of them) are cached: 4.0 and True hash like 4 and 1 but
         # must be refused.
         cacheable = domain.__class__ is int or (
