@@ -59,6 +59,16 @@ def compare(fns: dict[str, Callable[[], Any]], repeats: int = 15, warmup: int = 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of one function (no warm-up: the caller's job)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def per_call(fn: Callable[[], Any], calls: int) -> float:
     """Seconds per call of a fast function, timed over ``calls`` calls."""
     start = time.perf_counter()

@@ -25,7 +25,7 @@ import veda
 from veda.scheduler import Explanation, default_chunk
 from veda_kernels import blas1, loops, sparse
 
-from _util import report
+from _util import median_seconds, report
 
 
 def workloads(quick: bool):
@@ -62,15 +62,6 @@ def grid(size: int) -> list[tuple]:
     return out
 
 
-def median_time(fn, repeats: int) -> float:
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def repeats_for(t: float) -> int:
     return int(min(201, max(5, 0.3 / max(t, 1e-7))))
 
@@ -90,9 +81,9 @@ def main(quick: bool = False) -> dict:
         for fn in run.values():  # compile and warm up every configuration
             fn()
             fn()
-        probe = median_time(run[("cpu", 1, "static", 1)], 3)
+        probe = median_seconds(run[("cpu", 1, "static", 1)], 3)
         reps = repeats_for(probe)
-        fixed = {c: median_time(fn, reps) for c, fn in run.items()}
+        fixed = {c: median_seconds(fn, reps) for c, fn in run.items()}
         # adaptive: the first launches explore; their cost beyond steady state is reported
         explore_times = []
         for _ in range(200):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import statistics
 import time
 
 import numpy as np
@@ -23,7 +22,7 @@ import veda
 from veda.scheduler import Explanation
 from veda_kernels.blas1 import saxpy
 
-from _util import report
+from _util import median_seconds, report
 
 
 def spin() -> None:  # pragma: no cover - runs in the child
@@ -35,12 +34,7 @@ def spin() -> None:  # pragma: no cover - runs in the child
 
 
 def median(fn, repeats=41):
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return median_seconds(fn, repeats)
 
 
 def decision():
