@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numba
@@ -299,11 +298,6 @@ class config:
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._overrides.items())
         return f"veda.config({inner})"
-
-
-def cache_root() -> Path:
-    """The directory of veda's disk cache in force here."""
-    return Path(get_config().cache_dir)
 
 
 def validate_launch_overrides(values: Mapping[str, Any]) -> None:

@@ -146,7 +146,7 @@ class Dispatcher:
             cands = _pinned(candidates(size, free), pins)
             if not cands:
                 return None
-            tuner = Tuner(cands, policy=policy, clock=time.monotonic)
+            tuner = Tuner(cands, policy=policy)
             pin_text = "".join(f"|{p}" for p in pins if p)
             key = f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}{pin_text}"
             remembered = self.wisdom(cache_dir).get(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from veda.targets import Decision
@@ -64,13 +64,11 @@ class Tuner:
 
     candidates: list[Decision]
     policy: str = "adaptive"
-    clock: Callable[[], float] = field(default=lambda: 0.0, repr=False)
     trials: dict[Decision, Trial] = field(default_factory=dict)
     choice: Decision | None = None
     baseline: float = math.nan  # the winner's seconds per element
     source: str = ""  # "explored", "tuning cache"
     explorations: int = 0
-    decided_at: float = math.nan
     version: int = 0  # bumped at every change of decision
     _round: int = 0
     _cold: set[Decision] = field(default_factory=set)
@@ -109,7 +107,6 @@ class Tuner:
         self.choice = decision
         self.baseline = seconds_per_element
         self.source = source
-        self.decided_at = self.clock()
         self._drifting = 0
         self.version += 1
 
