@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -17,27 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numba
-import numpy as np
-import psutil
+from veda_kernels.suite import machine
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    import veda
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "logical_cpus": psutil.cpu_count(),
-        "numba_threads": veda.max_threads(),
-        "threading_layer": veda.threading_layer(),
-        "python": platform.python_version(),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "veda": veda.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def compare(fns: dict[str, Callable[[], Any]], repeats: int = 15, warmup: int = 2,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 import veda
-from veda_kernels import blas1, loops, sparse, stencils
+from veda_kernels import blas1, dense, finance, loops, montecarlo, physics, sparse, stencils
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,11 @@ class Case:
     """One gallery kernel with what is needed to run and check it.
 
     ``make(n, rng)`` returns ``(domain, args)`` for a problem of about ``n`` elements;
-    ``reference(args)`` computes the expected result with NumPy; ``result(args, value)`` picks
-    the launch's result (the reduction value, or the output array) for comparison.
+    ``reference(args)`` computes the expected result with NumPy (``reference(domain, args)``
+    when ``reference_takes_domain``); ``result(args, value)`` picks the launch's result (the
+    reduction value, or the output array) for comparison.  ``streaming`` marks kernels whose
+    speed is bounded by memory bandwidth (the benchmarks report them against the machine's
+    measured bandwidth).
     """
 
     name: str
@@ -31,11 +34,27 @@ class Case:
     exact: bool = False
     #: Positions of arguments the kernel adds into; zero them before each run.
     accumulates: tuple[int, ...] = ()
+    reference_takes_domain: bool = False
+    streaming: bool = False
+    #: Relative tolerance against the reference where results are not exact.
+    rtol: float = 1e-10
 
     def reset(self, args: tuple[Any, ...]) -> None:
         """Zero the arguments the kernel accumulates into, so a rerun starts afresh."""
         for pos in self.accumulates:
             args[pos][...] = 0
+
+    def expected(self, domain: Any, args: tuple[Any, ...]) -> Any:
+        """The NumPy reference's result for this launch."""
+        if self.reference_takes_domain:
+            return self.reference(domain, args)  # type: ignore[call-arg]
+        return self.reference(args)
+
+    def agrees(self, got: Any, expected: Any) -> bool:
+        """Whether a launch's result matches the reference (exactly, or to ``rtol``)."""
+        if self.exact:
+            return bool(np.array_equal(got, expected))
+        return bool(np.allclose(got, expected, rtol=self.rtol, atol=1e-12))
 
 
 def _vec(n, rng):
@@ -84,6 +103,43 @@ def _spmv(n, rng):
     return rows, (indptr, indices, data, rng.standard_normal(rows), np.empty(rows))
 
 
+def _norm(n, rng):
+    return n, (_vec(n, rng),)
+
+
+def _nbody(n, rng):
+    bodies = max(n, 2)
+    pos = rng.standard_normal((bodies, 3))
+    vel = 0.1 * rng.standard_normal((bodies, 3))
+    mass = rng.uniform(0.5, 1.5, bodies) / bodies
+    return bodies, (pos, vel, mass, 1e-3, 1e-4, np.empty((bodies, 3)))
+
+
+def _pi(n, rng):
+    return n, (int(rng.integers(1 << 62)),)
+
+
+def _black_scholes(n, rng):
+    spot = rng.uniform(10.0, 100.0, n)
+    strike = spot * rng.uniform(0.6, 1.4, n)
+    years = rng.uniform(0.1, 3.0, n)
+    return n, (spot, strike, years, 0.02, 0.3, np.empty(n), np.empty(n))
+
+
+def _softmax(n, rng):
+    cols = 256
+    rows = max(n // cols, 1)
+    return rows, (4.0 * rng.standard_normal((rows, cols)), np.empty((rows, cols)))
+
+
+def _matmul(n, rng):
+    # ``n`` counts multiply-adds: an s x s product does s**3 of them.
+    s = max(round(n ** (1 / 3)), 1)
+    a = rng.standard_normal((s, s))
+    b = rng.standard_normal((s, s))
+    return s, (a, b, np.empty((s, s)))
+
+
 def _out(pos: int) -> Callable[[tuple[Any, ...], Any], Any]:
     return lambda args, value: args[pos]
 
@@ -91,9 +147,16 @@ def _out(pos: int) -> Callable[[tuple[Any, ...], Any], Any]:
 GALLERY: dict[str, Case] = {
     c.name: c
     for c in [
-        Case("saxpy", blas1.saxpy, _saxpy, lambda a: a[0] * a[1] + a[2], _out(3), 1000, 10**7),
-        Case("triad", blas1.triad, _triad, lambda a: a[1] + a[2] * a[3], _out(0), 1000, 2 * 10**7),
-        Case("dot", blas1.dot, _dot, lambda a: np.dot(a[0], a[1]), lambda a, v: v, 1000, 10**7),
+        Case("saxpy", blas1.saxpy, _saxpy, lambda a: a[0] * a[1] + a[2], _out(3), 1000, 10**7,
+             streaming=True),
+        Case("triad", blas1.triad, _triad, lambda a: a[1] + a[2] * a[3], _out(0), 1000, 2 * 10**7,
+             streaming=True),
+        Case("dot", blas1.dot, _dot, lambda a: np.dot(a[0], a[1]), lambda a, v: v, 1000, 10**7,
+             streaming=True),
+        Case(
+            "norm", blas1.sum_squares, _norm, lambda a: np.linalg.norm(a[0]),
+            lambda a, v: np.sqrt(v), 1000, 2 * 10**7, streaming=True,
+        ),
         Case(
             "triangular", loops.triangular, _triangular,
             lambda a: loops.triangular_reference(a[0]), _out(1), 500, 20000,
@@ -119,6 +182,28 @@ GALLERY: dict[str, Case] = {
         Case(
             "spmv_csr", sparse.spmv_csr, _spmv,
             lambda a: sparse.spmv_reference(*a[:4]), _out(4), 16000, 16 * 10**6,
+        ),
+        Case(
+            "nbody", physics.nbody_step, _nbody,
+            lambda a: physics.nbody_reference(*a[:5]), _out(5), 200, 8000,
+        ),
+        Case(
+            "montecarlo_pi", montecarlo.pi_hits, _pi,
+            lambda d, a: montecarlo.pi_hits_reference(d, a[0]), lambda a, v: v,
+            4000, 2 * 10**7, exact=True, reference_takes_domain=True,
+        ),
+        Case(
+            "black_scholes", finance.black_scholes, _black_scholes,
+            lambda a: finance.black_scholes_reference(*a[:5]), lambda a, v: (a[5], a[6]),
+            1000, 10**7,
+        ),
+        Case(
+            "softmax", dense.softmax_rows, _softmax, lambda a: dense.softmax_reference(a[0]),
+            _out(1), 4096, 2**23,
+        ),
+        Case(
+            "matmul", dense.matmul, _matmul, lambda a: a[0] @ a[1], _out(2),
+            10**5, 2**30, rtol=1e-9,
         ),
     ]
 }

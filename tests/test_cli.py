@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import veda
 from veda import cli
 
 
@@ -18,13 +21,62 @@ def test_info(capsys):
 
 
 @pytest.mark.slow
-def test_demo_quick_runs_and_checks_results():
-    proc = subprocess.run([sys.executable, "-m", "veda.cli", "demo", "--quick"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    for name in ("saxpy", "dot", "mandelbrot", "jacobi2d", "histogram"):
+def test_demo_quick_writes_its_outputs(tmp_path):
+    out = tmp_path / "veda-demo"
+    env = {**os.environ, "VEDA_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "veda.cli", "demo", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from veda_kernels import GALLERY
+
+    for name in GALLERY:
         assert name in proc.stdout
-    assert "differs" not in proc.stderr
+    assert "DIFFERS" not in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert {r["kernel"] for r in results["rows"]} == set(GALLERY)
+    assert all(r["checked"] for r in results["rows"])
+    telemetry = json.loads((out / "telemetry.json").read_text())
+    assert {k["name"] for k in telemetry["kernels"]} >= {"saxpy", "dot", "mandelbrot"}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name for f in text_string_to_metric_families((out / "metrics.prom").read_text())}
+    assert "veda_launches" in families
+    trace = json.loads((out / "trace.json").read_text())["traceEvents"]
+    launched = {e["name"] for e in trace if e.get("cat") == "launch"}
+    assert launched == {case.kernel.name for case in GALLERY.values()}
+    import matplotlib.image
+
+    image = matplotlib.image.imread(out / "speedup.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.slow
+def test_bench_quick_then_compare(tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    with veda.config(cache_dir=str(tmp_path / "cache")):
+        for path in (a, b):
+            assert cli.main(["bench", "--quick", "--kernels", "saxpy", "dot",
+                             "--peers", "numpy", "numba", "--out", str(path)]) == 0
+    assert a.with_suffix(".png").stat().st_size > 0
+    report = json.loads(a.read_text())
+    assert [(r["kernel"], r["size"]) for r in report["rows"]] == [("saxpy", "small"),
+                                                                   ("dot", "small")]
+    assert set(report["rows"][0]["seconds"]) == {"veda", "numpy", "numba"}
+    capsys.readouterr()
+    assert cli.main(["bench", "--compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "saxpy" in out and "dot" in out and "geometric mean B / A" in out
+
+
+def test_bench_refuses_bad_input(tmp_path, capsys):
+    assert cli.main(["bench", "--kernels", "nope", "--out", str(tmp_path / "x.json")]) == 2
+    assert "no gallery kernel 'nope'" in capsys.readouterr().err
+    bogus = tmp_path / "bogus.json"
+    bogus.write_text('{"hello": 1}')
+    assert cli.main(["bench", "--compare", str(bogus), str(bogus)]) == 2
+    assert "not a veda bench report" in capsys.readouterr().err
+    assert cli.main(["bench", "--compare", str(tmp_path / "missing.json"), str(bogus)]) == 2
+    assert "cannot read benchmark report" in capsys.readouterr().err
 
 
 def test_version():
@@ -50,7 +102,6 @@ def make(size):
 def test_tune_a_user_kernel(tmp_path, monkeypatch, capsys):
     (tmp_path / "tunemod.py").write_text(TUNE_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    import veda
 
     with veda.config(cache_dir=str(tmp_path / "cache")):
         assert cli.main(["tune", "tunemod:make", "--sizes", "100", "2e5"]) == 0

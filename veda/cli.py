@@ -1,14 +1,15 @@
-"""The ``veda`` command: ``veda info``, ``veda demo``, ``veda tune``, ``veda cache info|clear``."""
+"""The ``veda`` command: ``veda info``, ``veda demo``, ``veda bench``, ``veda tune``,
+``veda cache info|clear``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -62,103 +63,113 @@ def _cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+DEMO_PEERS = ("numpy", "numba")
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 30
-    filled = width * done // total
-    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<24}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-def _fmt_time(t: float) -> str:
-    if t < 1e-3:
-        return f"{t * 1e6:7.1f} us"
-    if t < 1:
-        return f"{t * 1e3:7.2f} ms"
-    return f"{t:7.2f} s "
-
-
-DEMO_KERNELS = ("saxpy", "dot", "mandelbrot", "jacobi2d", "histogram", "spmv_csr")
+def _demo_size(case: Any, quick: bool) -> int:
+    return case.small if quick else max(case.small, case.large // 10)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from veda_kernels import GALLERY
+    from veda_kernels import GALLERY, suite
 
-    rng = np.random.default_rng(0)
-    names = [n for n in DEMO_KERNELS if n in GALLERY]
-    repeats = 3 if args.quick else 7
-    print(f"veda {veda.__version__} demo: {veda.max_threads()} threads, "
-          f"threading layer {_cpu.threading_layer()}; median of {repeats} runs after a warm-up")
-    header = (f"{'kernel':<12} {'size':>9} {'numpy':>10} {'cpu':>10} {'parallel':>10}  "
-              "best     vs numpy")
-    lines = [header, "-" * len(header)]
-    failures = 0
-    steps = len(names)
-    for step, name in enumerate(names, 1):
-        _progress(step - 1, steps, name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(GALLERY)
+    repeats, budget = (3, 0.05) if args.quick else (5, 0.5)
+    print(f"veda {veda.__version__} demo: {len(names)} gallery kernels through the adaptive "
+          f"dispatcher; {veda.max_threads()} threads, threading layer {_cpu.threading_layer()}; "
+          f"medians after a warm-up")
+    veda.telemetry.reset()
+    bar = suite.Progress(len(names) + 1)
+    rows = []
+    for name in names:
         case = GALLERY[name]
-        size = case.small * 10 if args.quick else int(case.large // 10)
-        domain, kargs = case.make(size, rng)
-        case.reset(kargs)
-        expected = case.reference(kargs)
-        def reference(c: Any = case, a: Any = kargs) -> Any:
-            return c.reference(a)
-
-        t_numpy = _median_time(reference, repeats)
-        times = {}
-        for target in ("cpu", "parallel"):
-            def run(c=case, d=domain, a=kargs, t=target):
-                c.reset(a)
-                return veda.launch(c.kernel, d, *a, target=t)
-
-            times[target] = _median_time(run, repeats)
-            got = case.result(kargs, run())
-            ok = np.array_equal(got, expected) if case.exact else np.allclose(got, expected)
-            if not ok:
-                failures += 1
-                print(f"  {name} on {target}: result differs from NumPy", file=sys.stderr)
-        best = min(times, key=times.__getitem__)
-        n_elems = int(np.prod(domain))
-        lines.append(
-            f"{name:<12} {n_elems:>9} {_fmt_time(t_numpy):>10} {_fmt_time(times['cpu']):>10} "
-            f"{_fmt_time(times['parallel']):>10}  {best:<8} {t_numpy / times[best]:6.1f}x"
-        )
-    _progress(steps, steps, "done")
+        bar.step(name)
+        report = suite.run([name], sizes=(str(_demo_size(case, args.quick)),),
+                           peers=DEMO_PEERS, repeats=repeats, budget=budget)
+        rows.extend(report["rows"])
+        bar.advance()
+    # The timings above run untraced (a trace listener costs microseconds per launch); the
+    # trace records a short pass over every kernel afterwards, one span per kernel.
+    bar.step("trace")
+    rng = np.random.default_rng(1)
+    with veda.telemetry.trace(out / "trace.json"), veda.telemetry.span("veda demo"):
+        for name in names:
+            case = GALLERY[name]
+            domain, kargs = case.make(_demo_size(case, args.quick), rng)
+            with veda.telemetry.span(name):
+                for _ in range(3):
+                    case.reset(kargs)
+                    case.kernel[domain](*kargs)
+    bar.close()
+    report["rows"] = rows
+    report["suite"] = "veda-bench"
+    header = (f"{'kernel':<14} {'size':>9}  {'veda chose':<30} {'time':>10} "
+              f"{'vs numpy':>9} {'vs numba':>9}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        t = r["seconds"]
+        lines.append(f"{r['kernel']:<14} {r['elements']:>9}  {r['decision']:<30} "
+                     f"{suite.format_seconds(t['veda']):>10} {t['numpy'] / t['veda']:8.1f}x "
+                     f"{t['numba'] / t['veda']:8.1f}x" + ("" if r["checked"] else "  DIFFERS"))
     print("\n".join(lines))
+    snapshot = veda.metrics()
+    (out / "telemetry.json").write_text(snapshot.to_json(indent=2))
+    (out / "metrics.prom").write_text(snapshot.to_prometheus())
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    written = ["results.json", "telemetry.json", "metrics.prom", "trace.json"]
+    try:
+        suite.plot(report, out / "speedup.png", size=rows[0]["size"] if rows else "large")
+        written.append("speedup.png")
+    except veda.TelemetryError as exc:  # matplotlib missing
+        print(f"no chart: {exc}", file=sys.stderr)
+    print(f"wrote {', '.join(written)} to {out}/ (open trace.json in https://ui.perfetto.dev)")
+    failures = [r["kernel"] for r in rows if not r["checked"]]
     if failures:
-        print(f"{failures} result(s) differed from NumPy", file=sys.stderr)
+        print(f"results differed from NumPy: {', '.join(failures)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _tune_one(kernel: Any, domain: Any, args: tuple[Any, ...], reset: Any) -> Any:
-    """Launch until the dispatcher has decided for this domain; returns its explanation row."""
-    size = int(np.prod(domain))
-    for _ in range(200):
-        if reset is not None:
-            reset(args)
-        kernel[domain](*args)
-        rows = [r for r in veda.explain(kernel).rows
-                if r["size_class"] == f"<= 2^{max(0, (size - 1).bit_length())}" and r["decision"]]
-        if rows:
-            return rows[0]
-    return None
+def _bench(args: argparse.Namespace) -> int:
+    from veda_kernels import suite
+
+    if args.compare:
+        try:
+            a, b = (suite.load(p) for p in args.compare)
+        except veda.VedaError as exc:
+            print(f"veda bench: {exc}", file=sys.stderr)
+            return 2
+        print(suite.compare(a, b))
+        return 0
+    sizes = tuple(args.sizes) if args.sizes else (("small",) if args.quick else suite.SIZES)
+    repeats, budget = (3, 0.05) if args.quick else (args.repeats, args.budget)
+    try:
+        report = suite.run(args.kernels, sizes=sizes, peers=tuple(args.peers),
+                           repeats=repeats, budget=budget, progress=True)
+    except (veda.VedaError, ValueError) as exc:
+        print(f"veda bench: {exc}", file=sys.stderr)
+        return 2
+    print(suite.table(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    written = [str(out)]
+    try:
+        chart = out.with_suffix(".png")
+        suite.plot(report, chart, size=sizes[-1])
+        written.append(str(chart))
+    except veda.TelemetryError as exc:
+        print(f"no chart: {exc}", file=sys.stderr)
+    print(f"wrote {' and '.join(written)}; compare two runs with "
+          f"veda bench --compare A.json B.json")
+    return 1 if any(not r["checked"] for r in report["rows"]) else 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from veda_kernels import suite
+
     jobs: list[tuple[str, Any, Any, tuple[Any, ...], Any]] = []
     rng = np.random.default_rng(0)
     if args.gallery:
@@ -183,12 +194,14 @@ def _tune(args: argparse.Namespace) -> int:
     else:
         print("veda tune: give MODULE:FUNCTION or --gallery", file=sys.stderr)
         return 2
-    for step, (name, kernel, domain, kargs, reset) in enumerate(jobs, 1):
-        _progress(step - 1, len(jobs), f"{name} {int(np.prod(domain))}")
-        row = _tune_one(kernel, domain, kargs, reset)
-        label = "undecided" if row is None else veda.scheduler.Explanation._label(row["decision"])
+    bar = suite.Progress(len(jobs))
+    for name, kernel, domain, kargs, reset in jobs:
+        bar.step(f"{name} {int(np.prod(domain))}")
+        decision = suite.settle(kernel, domain, kargs, reset)
+        label = "undecided" if decision is None else veda.scheduler.Explanation.label(decision)
         print(f"{name:<12} {int(np.prod(domain)):>10}  {label}")
-    _progress(len(jobs), len(jobs), "done")
+        bar.advance()
+    bar.close()
     print(f"decisions saved in {veda.get_config().cache_dir}/tuning")
     return 0
 
@@ -199,9 +212,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="cores, Numba and threading layer, GPU, cache")
     p.set_defaults(func=_info)
-    p = sub.add_parser("demo", help="run gallery kernels on each CPU target against NumPy")
+    p = sub.add_parser("demo", help="the gallery through the adaptive dispatcher, against NumPy "
+                       "and Numba, with telemetry, a trace and a chart written to --out")
     p.add_argument("--quick", action="store_true", help="small sizes, for a fast check")
+    p.add_argument("--out", default="veda-demo", help="folder for the outputs (default "
+                   "./veda-demo)")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("bench", help="veda against NumPy, Numba and numexpr on every gallery "
+                       "kernel; JSON and a chart; --compare A.json B.json")
+    p.add_argument("--kernels", nargs="+", metavar="NAME", help="gallery kernels (default all)")
+    p.add_argument("--sizes", nargs="+", metavar="SIZE",
+                   help="'small', 'large' or element counts (default small large)")
+    p.add_argument("--peers", nargs="+", default=["numpy", "numba", "numba_prange", "numexpr"],
+                   help="which peers to run (default all)")
+    p.add_argument("--repeats", type=int, default=7, help="most timed rounds per case")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="seconds of timing per implementation and case, after 3 rounds")
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats")
+    p.add_argument("--out", default="veda-bench.json", help="report path (the chart is saved "
+                   "beside it as .png)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                   help="print B's time over A's per case instead of running")
+    p.set_defaults(func=_bench)
     p = sub.add_parser("tune", help="let the dispatcher decide ahead of time, and remember it")
     p.add_argument("target", nargs="?", help="MODULE:FUNCTION; FUNCTION(size) returns "
                    "(kernel, domain, args)")

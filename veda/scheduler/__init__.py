@@ -105,8 +105,28 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "size_classes": self.rows}
 
+    def decision_for(self, size: int, ndim: int | None = None,
+                     policy: str | None = None) -> tuple[str, int, str, int] | None:
+        """The decision taken for launches of ``size`` elements, or None while exploring.
+
+        >>> import numpy as np, veda
+        >>> @veda.kernel
+        ... def twice(i, x):
+        ...     x[i] *= 2
+        >>> twice[10](np.ones(10))
+        >>> veda.explain(twice).decision_for(10)
+        ('cpu', 1, 'static', 1)
+        """
+        cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
+        for r in self.rows:
+            if (r["size_class"] == cls and (ndim is None or r["ndim"] == ndim)
+                    and (policy is None or r["policy"] == policy) and r["decision"]):
+                return tuple(r["decision"])  # type: ignore[return-value]
+        return None
+
     @staticmethod
-    def _label(d: Any) -> str:
+    def label(d: Any) -> str:
+        """A short text for a decision: ``"cpu"`` or ``"parallel 2t guided chunk 4096"``."""
         if d is None:
             return "(exploring)"
         target, threads, schedule, chunk = d
@@ -121,11 +141,11 @@ class Explanation:
         lines = [f"{self.kernel}:"]
         for r in self.rows:
             lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: "
-                         f"{self._label(r['decision'])} ({r['source']})")
+                         f"{self.label(r['decision'])} ({r['source']})")
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
                 note = f"  [{t['pruned']}]" if t["pruned"] else ""
-                lines.append(f"      {self._label(t['decision']):<34} ns/element: {times}{note}")
+                lines.append(f"      {self.label(t['decision']):<34} ns/element: {times}{note}")
         return "\n".join(lines)
 
     __repr__ = __str__
