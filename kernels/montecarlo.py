@@ -11,11 +11,11 @@ import veda
 def pi_hits(i, seed):
     """1 when the i-th point of the unit square lies inside the quarter circle, else 0.
 
-    Point i is ``(uniform(seed, 2 i), uniform(seed, 2 i + 1))``, so the count is the same on
-    every target, schedule and thread count; ``4 * hits / n`` estimates pi.
+    Point i is ``veda.random.uniform2(seed, i)`` (both coordinates from one generator block),
+    so the count is the same on every target, schedule and thread count; ``4 * hits / n``
+    estimates pi.
     """
-    x = veda.random.uniform(seed, 2 * i)
-    y = veda.random.uniform(seed, 2 * i + 1)
+    x, y = veda.random.uniform2(seed, i)
     return 1 if x * x + y * y < 1.0 else 0
 
 
@@ -31,8 +31,8 @@ def estimate_pi(n: int, seed: int = 0) -> float:
 _M32 = np.uint64(0xFFFFFFFF)
 
 
-def philox_uniform(seed: int, counters: np.ndarray) -> np.ndarray:
-    """``veda.random.uniform(seed, c)`` for every c in ``counters``, written in NumPy alone.
+def philox_uniform2(seed: int, counters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``veda.random.uniform2(seed, c)`` for every c in ``counters``, written in NumPy alone.
 
     An independent implementation of the mapping documented in :mod:`veda.random`, used as the
     reference for :data:`pi_hits`.
@@ -52,14 +52,15 @@ def philox_uniform(seed: int, counters: np.ndarray) -> np.ndarray:
         c0, c1, c2, c3 = (
             (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _M32, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _M32,
         )
-    hi = (c0 >> np.uint64(5)).astype(np.float64)
-    lo = (c1 >> np.uint64(6)).astype(np.float64)
-    return (hi * 67108864.0 + lo) / 9007199254740992.0
+    def unit(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        a = (hi >> np.uint64(5)).astype(np.float64)
+        b = (lo >> np.uint64(6)).astype(np.float64)
+        return (a * 67108864.0 + b) / 9007199254740992.0
+
+    return unit(c0, c1), unit(c2, c3)
 
 
 def pi_hits_reference(n: int, seed: int) -> np.int64:
     """The number of hits among the same n points, computed in NumPy."""
-    counters = np.arange(2 * n, dtype=np.uint64)
-    u = philox_uniform(seed, counters)
-    x, y = u[0::2], u[1::2]
+    x, y = philox_uniform2(seed, np.arange(n, dtype=np.uint64))
     return np.int64(np.count_nonzero(x * x + y * y < 1.0))

@@ -167,8 +167,7 @@ def _pi_hits(n, seed):
     # The same counter-based draws as the gallery kernel, so both do the same work.
     hits = 0
     for i in prange(n):
-        x = veda.random.uniform(seed, 2 * i)
-        y = veda.random.uniform(seed, 2 * i + 1)
+        x, y = veda.random.uniform2(seed, i)
         if x * x + y * y < 1.0:
             hits += 1
     return hits

@@ -29,37 +29,42 @@ def test_philox_known_answers(ctr, key, expected):
 
 def test_documented_mapping_of_seed_and_counter():
     seed, counter = 0x0123456789ABCDEF, 0xFEDCBA9876543210
-    x0, x1, _, _ = (int(w) for w in philox4x32_10(counter & 0xFFFFFFFF, counter >> 32, 0, 0,
-                                                   seed & 0xFFFFFFFF, seed >> 32))
+    x0, x1, x2, x3 = (int(w) for w in philox4x32_10(counter & 0xFFFFFFFF, counter >> 32, 0, 0,
+                                                     seed & 0xFFFFFFFF, seed >> 32))
     assert veda.random.uniform(seed, counter) == ((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53
+    assert veda.random.uniform2(seed, counter) == (((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53,
+                                                   ((x2 >> 5) * 2**26 + (x3 >> 6)) / 2**53)
 
 
 @veda.kernel
-def draws(i, seed, u, z, k):
+def draws(i, seed, u, z, k, pair):
     u[i] = veda.random.uniform(seed, i)
     z[i] = veda.random.normal(seed, i)
     k[i] = veda.random.integers(seed, i, -3, 7)
+    pair[i, 0], pair[i, 1] = veda.random.uniform2(seed, i)
 
 
 def _draw(n, seed, **settings):
-    u, z, k = np.empty(n), np.empty(n), np.empty(n, np.int64)
-    veda.launch(draws, n, seed, u, z, k, **settings)
-    return u, z, k
+    u, z, k, pair = np.empty(n), np.empty(n), np.empty(n, np.int64), np.empty((n, 2))
+    veda.launch(draws, n, seed, u, z, k, pair, **settings)
+    return u, z, k, pair
 
 
 def test_identical_draws_on_every_target(settings):
-    u, z, k = _draw(3000, 12345, **settings)
+    u, z, k, pair = _draw(3000, 12345, **settings)
     assert u[17] == veda.random.uniform(12345, 17)
     assert z[17] == veda.random.normal(12345, 17)
     assert k[17] == veda.random.integers(12345, 17, -3, 7)
+    assert tuple(pair[17]) == veda.random.uniform2(12345, 17)
+    np.testing.assert_array_equal(pair[:, 0], u)
     ref = _draw(3000, 12345, target="cpu")
-    for a, b in zip((u, z, k), ref):
+    for a, b in zip((u, z, k, pair), ref):
         np.testing.assert_array_equal(a, b)
 
 
 def test_statistics_of_a_million_draws():
     n = 1_000_000
-    u, z, k = _draw(n, 2026, target="parallel")
+    u, z, k, pair = _draw(n, 2026, target="parallel")
     assert u.min() >= 0.0 and u.max() < 1.0
     assert abs(u.mean() - 0.5) < 5 * math.sqrt(1 / 12 / n)
     assert abs(u.var() - 1 / 12) < 0.002
@@ -70,6 +75,9 @@ def test_statistics_of_a_million_draws():
     assert k.min() == -3 and k.max() == 6
     kc = np.bincount(k + 3, minlength=10)
     assert ((kc - n / 10) ** 2 / (n / 10)).sum() < 40  # 9 degrees of freedom
+    second = pair[:, 1]  # uniform2's other half: uniform, and uncorrelated with the first
+    assert abs(second.mean() - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(np.corrcoef(u, second)[0, 1]) < 5 / math.sqrt(n)
 
 
 def test_different_seeds_differ_and_same_seed_repeats():
