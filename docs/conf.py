@@ -43,7 +43,6 @@ nb_merge_streams = True
 # API reference: members in source order, signatures with their annotations as written.
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"
-autodoc_default_options = {"show-inheritance": True}
 autosummary_generate = False
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
