@@ -45,6 +45,7 @@ from veda_kernels.peers import PEER_KINDS, peers_for
 
 __all__ = [
     "Progress",
+    "best_peer",
     "compare",
     "format_seconds",
     "load",
