@@ -362,3 +362,20 @@ def test_snapshot_shows_the_decisions():
     decisions = veda.metrics().kernel(f"{__name__}.tiny").decisions
     assert decisions and decisions[0]["decision"] == CPU
     json.loads(veda.metrics().to_json())  # serialisable
+
+
+@pytest.mark.skipif(veda.max_threads() < 2, reason="needs parallel candidates")
+def test_explain_says_exploring_once_while_exploring(monkeypatch):
+    from veda.scheduler._dispatch import LoadMonitor
+
+    monkeypatch.setattr(LoadMonitor, "free_cores", lambda self: veda.max_threads())
+
+    @veda.kernel
+    def still_exploring(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(200_000)
+    still_exploring[x.size](x)
+    text = str(veda.explain(still_exploring))
+    assert "policy adaptive: exploring" in text and "(exploring) (exploring)" not in text
+    assert veda.explain(still_exploring).decision_for(x.size) is None

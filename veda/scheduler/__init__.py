@@ -140,8 +140,10 @@ class Explanation:
             return f"{self.kernel}: no adaptive decisions yet"
         lines = [f"{self.kernel}:"]
         for r in self.rows:
+            state = (f"{self.label(r['decision'])} ({r['source']})" if r["decision"]
+                     else "exploring")
             lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: "
-                         f"{self.label(r['decision'])} ({r['source']})")
+                         f"{state}")
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
                 note = f"  [{t['pruned']}]" if t["pruned"] else ""
