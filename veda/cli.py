@@ -207,7 +207,9 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="veda", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="veda", description="veda: adaptive parallel kernels. Commands: info, demo, bench, "
+        "tune, cache.")
     parser.add_argument("--version", action="version", version=f"veda {veda.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="cores, Numba and threading layer, GPU, cache")
