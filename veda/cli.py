@@ -18,9 +18,9 @@ import psutil
 import veda
 import veda.scheduler
 from veda._kernel.cache import cache_clear, cache_info
+from veda.cuda import gpu_driver_present
 from veda.targets import cpu as _cpu
 from veda.targets import get as _get_target
-from veda.targets.cuda_stub import gpu_driver_present
 
 
 def _info(args: argparse.Namespace) -> int:
