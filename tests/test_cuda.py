@@ -300,3 +300,11 @@ def test_a_bad_local_array_shape_names_the_construct(monkeypatch):
     assert isinstance(err, veda.KernelDefinitionError)
     text = str(err)
     assert "kernel 'scratch'" in text and "local_array" in text and "compile-time constant" in text
+
+
+def test_device_resident_arguments_pin_the_gpu_even_when_small(gpu, monkeypatch):
+    d = Dispatcher()
+    monkeypatch.setattr(d.load, "free_cores", lambda: 2)
+    entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", ("cuda", None), (0, 0))
+    assert entry is not None and entry.tuner.candidates == [CUDA]
+    assert entry.tuner.choice == CUDA

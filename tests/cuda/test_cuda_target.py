@@ -250,3 +250,24 @@ def test_the_simulator_runs_explicit_launches_but_is_never_picked():
     assert delta(before)["launches"] == 0
     for row in veda.explain(saxpy).rows:
         assert all(t["decision"][0] != "cuda" for t in row["trials"])
+
+
+@veda.kernel
+def scale(i, a, x, out):
+    out[i] = a * x[i]
+
+
+def test_an_adaptive_launch_with_device_arrays_goes_to_the_gpu(monkeypatch):
+    from veda.scheduler import _dispatch
+
+    # Pretend the simulator is a GPU for the dispatcher, with measured costs injected.
+    monkeypatch.setattr(_dispatch, "_gpu", True)
+    monkeypatch.setattr(_dispatch, "_gpu_cost", _dispatch.GPUCost(10e9, 10e9, 20e-6))
+    x = np.arange(40.0)
+    xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
+    before = veda.cuda.transfer_stats()
+    scale[40](2.0, xd, outd)
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(veda.to_host(outd), 2 * x)
+    (row,) = veda.explain(scale).rows
+    assert row["decision"][0] == "cuda" and row["source"] == "only candidate"

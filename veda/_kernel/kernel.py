@@ -608,6 +608,10 @@ class Kernel(_Compiled):
             transfer = _gpu_transfer(plan, args)
             if transfer == (0, 0) and _cuda.device_resident(args):
                 pins = ("cuda", None)  # the CPU targets cannot read device arrays
+            elif cfg.deterministic:
+                # GPU reductions repeat run to run but are not the CPU targets' bits: in
+                # deterministic mode the dispatcher does not switch between the two.
+                transfer = None
         if pins is not None and size > 0:
             tuner_entry = scheduler.dispatcher.entry(self, len(dims), size, cfg.policy,
                                                      cfg.cache_dir, pins, transfer)

@@ -210,7 +210,10 @@ class Dispatcher:
             if entry is not None:
                 return entry
             free = self.load.free_cores()
-            cands = _pinned(candidates(size, free, gpu), pins)
+            if pins[0] == "cuda":  # device-resident arguments: only the GPU can read them
+                cands = [CUDA]
+            else:
+                cands = _pinned(candidates(size, free, gpu), pins)
             if not cands:
                 return None
             tuner = Tuner(cands, policy=policy)

@@ -99,6 +99,17 @@ class DevicePool:
 pool = DevicePool()
 
 
+def _configure(kernel: Any, grid: int, block: int) -> Any:
+    """``kernel[grid, block]``, once per prepared launch.  veda sizes grids on purpose (one block
+    for the final pass of a reduction, few blocks for small domains), so Numba's low-occupancy
+    warning, which it gives when a launch is configured, would only be noise here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grid size")
+        return kernel[grid, block]
+
+
 def _is_compile_error(exc: BaseException) -> bool:
     return any(c.__name__ == "NumbaError" for c in type(exc).__mro__)
 
@@ -159,10 +170,14 @@ class _Launch:
             max_blocks = device.MULTIPROCESSOR_COUNT * BLOCKS_PER_SM
         self.grid = max(1, min(-(-self.size // block), max_blocks))
         self.reduce = kernel.reduce
-        self._modules: dict[Any, tuple[Any, Any]] = {}
+        self._modules: dict[Any, tuple[Any, Any, Any]] = {}
+        if self.options[2]:  # deterministic reductions: the grid follows the domain only
+            self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
+        else:
+            self.blocks, self.per_block = self.grid, 0
         if self.reduce is None:
             module = kernel.cuda_program(len(dims), nargs, options[:2], None, None, block)
-            self._kernel = module._veda_kernel[self.grid, block]
+            self._kernel = _configure(module._veda_kernel, self.grid, block)
 
     # -- arguments ---------------------------------------------------------------------------
     def _to_device(self, pos: int, value: Any, borrowed: list[Any],
@@ -195,7 +210,7 @@ class _Launch:
             vc._stats["device_to_host_copies"] += 1
 
     # -- reductions ----------------------------------------------------------------------------
-    def _reduction_module(self, args: tuple[Any, ...]) -> tuple[Any, Any]:
+    def _reduction_module(self, args: tuple[Any, ...]) -> tuple[Any, Any, Any]:
         key = tuple(_type_key(a) for a in args)
         got = self._modules.get(key)
         if got is None:
@@ -205,25 +220,25 @@ class _Launch:
             acc = ident.dtype
             module = self.kernel.cuda_program(ndim, self.nargs, self.options[:2], acc.name,
                                               _identity_source(ident), self.block)
-            got = self._modules[key] = (module, acc.type(ident))
+            got = self._modules[key] = (
+                _configure(module._veda_partials, self.blocks, self.block),
+                _configure(module._veda_final, 1, self.block),
+                acc.type(ident),
+            )
         return got
 
     def _reduce(self, dev_args: tuple[Any, ...], args: tuple[Any, ...],
                 borrowed: list[Any]) -> Any:
         from veda import cuda as vc
 
-        module, ident = self._reduction_module(args)
+        partials_kernel, final_kernel, ident = self._reduction_module(args)
         if self.size == 0:
             return ident
-        if self.options[2]:  # deterministic: the grid follows the domain only
-            blocks, per_block = -(-self.size // DET_PER_BLOCK), DET_PER_BLOCK
-        else:
-            blocks, per_block = self.grid, 0
-        partials = pool.take(self.cuda, (blocks,), ident.dtype)
+        partials = pool.take(self.cuda, (self.blocks,), ident.dtype)
         result = pool.take(self.cuda, (1,), ident.dtype)
         borrowed += [partials, result]
-        module._veda_partials[blocks, self.block](*self.dims, *dev_args, partials, per_block)
-        module._veda_final[1, self.block](partials, blocks, result)
+        partials_kernel(*self.dims, *dev_args, partials, self.per_block)
+        final_kernel(partials, self.blocks, result)
         value = result.copy_to_host()[0]
         vc._stats["device_to_host_bytes"] += ident.dtype.itemsize
         return value
