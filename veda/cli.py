@@ -28,7 +28,8 @@ def _info(args: argparse.Namespace) -> int:
     layer = _cpu.threading_layer()
     try:
         _get_target("cuda")
-        cuda = "available"
+        cuda = ("available" if veda.cuda.is_available()
+                else f"explicit launches only: {veda.cuda.unavailable_reason()}")
     except veda.VedaError as exc:
         cuda = str(exc)
     rows = [
