@@ -189,6 +189,25 @@ _stats: dict[str, int] = {
 }
 
 
+# Per kernel ("module.qualname"): [bytes host to device, bytes device to host].
+_per_kernel: dict[str, list[int]] = {}
+
+
+def count_transfer(kernel: str, to_device: int, to_host: int) -> None:
+    """Add one launch's copies to the per-kernel and process-wide counters."""
+    row = _per_kernel.get(kernel)
+    if row is None:
+        row = _per_kernel[kernel] = [0, 0]
+    row[0] += to_device
+    row[1] += to_host
+
+
+def kernel_transfers() -> dict[str, dict[str, int]]:
+    """Bytes veda copied for each kernel's CUDA launches, by direction."""
+    return {k: {"host_to_device_bytes": v[0], "device_to_host_bytes": v[1]}
+            for k, v in list(_per_kernel.items())}
+
+
 def transfer_stats() -> dict[str, int]:
     """Bytes and copies moved between host and device by veda in this process, and CUDA launches.
 

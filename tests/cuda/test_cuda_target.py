@@ -219,13 +219,20 @@ def test_an_exception_in_the_body_reaches_the_caller():
     assert "negative input" in str(err)
 
 
-def test_telemetry_counts_cuda_launches():
+def test_telemetry_counts_cuda_launches_and_their_transfers():
+    veda.telemetry.reset()
     x, y, out = np.arange(10.0), np.ones(10), np.zeros(10)
     for _ in range(2):
         on_cuda(saxpy, 10, 1.0, x, y, out)
-    m = veda.metrics().kernel(f"{__name__}.saxpy")
-    targets = {c.target: c.launches for c in m.configs}
-    assert targets.get("cuda", 0) >= 2
+    snap = veda.metrics()
+    m = snap.kernel(f"{__name__}.saxpy")
+    assert {c.target: c.launches for c in m.configs} == {"cuda": 2}
+    assert m.bytes == 2 * 3 * 80  # x, y, out at their nbytes
+    moved = snap.transfers[f"{__name__}.saxpy"]
+    assert moved == {"host_to_device_bytes": 2 * 3 * 80, "device_to_host_bytes": 2 * 80}
+    text = snap.to_prometheus()
+    assert (f'veda_transfer_bytes_total{{kernel="{__name__}.saxpy",direction="device_to_host"}}'
+            in text)
 
 
 def test_device_arrays_on_the_cpu_targets_are_refused():

@@ -170,6 +170,7 @@ class _Launch:
             max_blocks = device.MULTIPROCESSOR_COUNT * BLOCKS_PER_SM
         self.grid = max(1, min(-(-self.size // block), max_blocks))
         self.reduce = kernel.reduce
+        self.label = f"{kernel.module_name}.{kernel.name}"
         self._modules: dict[Any, tuple[Any, Any, Any]] = {}
         if self.options[2]:  # deterministic reductions: the grid follows the domain only
             self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
@@ -251,6 +252,7 @@ class _Launch:
         back: list[tuple[np.ndarray, Any]] = []
         try:
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
+            up = sum(b.nbytes for b in borrowed)
             if self.reduce is not None:
                 result = self._reduce(dev_args, args, borrowed)
             else:
@@ -260,6 +262,11 @@ class _Launch:
             self.cuda.synchronize()
             vc._stats["launches"] += 1
             self._copy_back(back)
+            down = sum(h.nbytes for h, _ in back)
+            if self.reduce is not None and self.size:
+                down += result.dtype.itemsize
+            if up or down:
+                vc.count_transfer(self.label, up, down)
             return result
         except VedaError:
             raise
