@@ -41,18 +41,22 @@ def test_importing_veda_and_a_cpu_launch_load_no_cuda_machinery():
         import sys
         import numpy as np
         import veda
+
+        def cuda_modules():
+            return [m for m in sys.modules if m.startswith(("numba.cuda", "numba_cuda", "cupy"))]
+
         @veda.kernel
         def inc(i, x):
             x[i] += 1
-        inc[10](np.zeros(10))
         veda.launch(inc, 10, np.zeros(10), target="cpu")
-        assert veda.cuda.is_available() in (True, False) or True
-        print([m for m in sys.modules if m.startswith(("numba.cuda", "numba_cuda", "cupy"))])
+        print(cuda_modules())
+        inc[10](np.zeros(10))  # the dispatcher asks for a GPU: a driver check first
+        print(cuda_modules() if not veda.cuda.gpu_driver_present() else [])
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert out.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
 
 
 @pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
