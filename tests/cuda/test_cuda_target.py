@@ -278,3 +278,18 @@ def test_an_adaptive_launch_with_device_arrays_goes_to_the_gpu(monkeypatch):
     np.testing.assert_array_equal(veda.to_host(outd), 2 * x)
     (row,) = veda.explain(scale).rows
     assert row["decision"][0] == "cuda" and row["source"] == "only candidate"
+
+
+def test_a_scoped_cuda_target_and_record_replay(tmp_path):
+    x, y = np.arange(16.0), np.ones(16)
+    out = np.zeros(16)
+    path = tmp_path / "launches.json"
+    with veda.config(target="cuda"), veda.record(path):
+        saxpy[16](2.0, x, y, out)
+    np.testing.assert_array_equal(out, 2 * x + 1)
+    out[:] = 0
+    before = veda.cuda.transfer_stats()
+    with veda.replay(path):
+        saxpy[16](2.0, x, y, out)  # no scope: the record sends it to the GPU
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(out, 2 * x + 1)
