@@ -20,7 +20,6 @@ True
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib.util
 import os
 import threading
@@ -46,9 +45,22 @@ _lock = threading.Lock()
 _probed: tuple[str | None, str | None] | None = None  # (reason explicit fails, reason not a GPU)
 
 
+#: Where NVIDIA's driver library usually lives (distribution packages, containers, WSL).
+_DRIVER_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
+                "/usr/lib", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/wsl/lib")
+
+
 def gpu_driver_present() -> bool:
-    """Whether an NVIDIA driver is visible, without importing any CUDA machinery."""
-    return os.path.exists("/proc/driver/nvidia/version") or bool(ctypes.util.find_library("cuda"))
+    """Whether an NVIDIA driver is visible, without importing any CUDA machinery.
+
+    File-system checks only (the kernel driver's /proc entry or device node, or libcuda in the
+    usual folders or on LD_LIBRARY_PATH): ``ctypes.util.find_library`` would start ``ldconfig``
+    or a compiler, at the first adaptive launch of every process.
+    """
+    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
+        return True
+    dirs = [*os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep), *_DRIVER_DIRS]
+    return any(d and os.path.exists(os.path.join(d, "libcuda.so.1")) for d in dirs)
 
 
 def simulator_enabled() -> bool:

@@ -606,7 +606,7 @@ class Kernel(_Compiled):
         transfer = None
         if pins is not None and size > 0 and scheduler.gpu_available():
             transfer = _gpu_transfer(plan, args)
-            if transfer == (0, 0) and _cuda.device_resident(args):
+            if _cuda.device_resident(args):
                 pins = ("cuda", None)  # the CPU targets cannot read device arrays
             elif cfg.deterministic:
                 # GPU reductions repeat run to run but are not the CPU targets' bits: in

@@ -200,7 +200,7 @@ class Dispatcher:
         digest = _digest(kernel)
         cls = size_class(size)
         gpu = transfer is not None
-        residency = "" if transfer is None else ("|device" if transfer == (0, 0) else "|host")
+        residency = "" if transfer is None else ("|device" if pins[0] == "cuda" else "|host")
         k = (kernel.module_name, kernel.name, digest, ndim, cls, policy, pins, residency)
         entry = self.entries.get(k)
         if entry is not None:
