@@ -293,3 +293,29 @@ def test_a_scoped_cuda_target_and_record_replay(tmp_path):
         saxpy[16](2.0, x, y, out)  # no scope: the record sends it to the GPU
     assert delta(before)["launches"] == 1
     np.testing.assert_array_equal(out, 2 * x + 1)
+
+
+def _cupy():
+    if SIM:
+        pytest.skip("CuPy needs a GPU (runs from bench/gpu_check.sh)")
+    return pytest.importorskip("cupy", reason="CuPy is not installed")
+
+
+def test_cupy_arrays_are_used_in_place():
+    cp = _cupy()
+    x = cp.arange(1000, dtype=cp.float64)
+    y = cp.ones(1000)
+    out = cp.zeros(1000)
+    before = veda.cuda.transfer_stats()
+    on_cuda(saxpy, 1000, 2.0, x, y, out)
+    assert delta(before)["host_to_device_bytes"] == 0
+    assert isinstance(out, cp.ndarray)
+    np.testing.assert_array_equal(veda.to_host(out), 2 * np.arange(1000.0) + 1)
+    assert veda.to_device(out) is out
+
+
+def test_reductions_over_cupy_arrays():
+    cp = _cupy()
+    x = cp.asarray(np.random.default_rng(0).standard_normal(5000).astype(np.float32))
+    np.testing.assert_allclose(on_cuda(r_sum, x.size, x), float(cp.sum(x)), rtol=1e-4)
+    assert on_cuda(r_max, x.size, x) == float(cp.max(x))
