@@ -29,8 +29,13 @@ def register() -> None:
     if getattr(numba.config, "ENABLE_CUDASIM", 0):
         return
     from numba import cuda
-    from numba.cuda.core.errors import TypingError
-    from numba.cuda.extending import overload
+
+    try:  # numba-cuda with its own typing core (0.2x and later)
+        from numba.cuda.core.errors import TypingError
+        from numba.cuda.extending import overload
+    except ImportError:  # older numba-cuda, typed by Numba's core with target="cuda"
+        from numba.core.errors import TypingError  # type: ignore[assignment]
+        from numba.core.extending import overload  # type: ignore[assignment]
 
     # Numba's CUDA atomics take the index of a 1-d array only as an integer, not a 1-tuple.
     def _one(index: Any) -> bool:
