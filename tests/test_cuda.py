@@ -315,3 +315,26 @@ def test_device_resident_arguments_pin_the_gpu_even_when_small(gpu, monkeypatch)
     entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", ("cuda", None), (0, 0))
     assert entry is not None and entry.tuner.candidates == [CUDA]
     assert entry.tuner.choice == CUDA
+
+
+@pytest.mark.slow
+def test_the_gpu_check_scripts_run_dry(tmp_path):
+    """bench/gpu_check.sh is ready for a GPU: its shell parses, and its benchmark runs end to end
+    on the simulator with tiny sizes (figures meaningless, JSON complete)."""
+    pytest.importorskip("numba_cuda", reason="the simulator comes with numba-cuda")
+    parsed = subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")],
+                            capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_gpu.py"), "--dry-run", "--out",
+         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    import json
+
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["dry_run"] is True and result["gpu_available"] is False
+    assert {"triad", "reduction", "choice", "checks", "device"} <= set(result)
+    assert [row["n"] for row in result["choice"]] == [1 << 10, 1 << 14]
+    assert len(result["checks"]) == 4
