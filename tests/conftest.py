@@ -14,7 +14,7 @@ import pytest
 import veda
 
 # The CUDA suite runs under Numba's CUDA simulator, which is global to a process and slow: it is
-# started in its own process by tests/test_cuda_sim.py (or on a GPU by bench/gpu_check.sh), with
+# started in its own process by tests/test_cuda.py (or on a GPU by bench/gpu_check.sh), with
 # VEDA_TEST_CUDA=1, and is not collected otherwise.
 collect_ignore = [] if os.environ.get("VEDA_TEST_CUDA") == "1" else ["cuda"]
 
