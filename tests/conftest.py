@@ -13,6 +13,11 @@ import pytest
 
 import veda
 
+# The CUDA suite runs under Numba's CUDA simulator, which is global to a process and slow: it is
+# started in its own process by tests/test_cuda.py (or on a GPU by bench/gpu_check.sh), with
+# VEDA_TEST_CUDA=1, and is not collected otherwise.
+collect_ignore = [] if os.environ.get("VEDA_TEST_CUDA") == "1" else ["cuda"]
+
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 
 # Every way a launch can run on the CPU: (id, launch settings).

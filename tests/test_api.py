@@ -16,7 +16,8 @@ EXPECTED = {
     "UnknownKernelError", "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min",
     "cache_clear", "cache_info", "config", "deterministic", "explain", "func", "get_config",
     "kernel", "launch", "local_array", "max_threads", "metrics", "random", "record", "replay",
-    "scan", "set_config", "telemetry", "TelemetryError", "threading_layer",
+    "scan", "set_config", "telemetry", "TelemetryError", "threading_layer", "to_device",
+    "to_host", "cuda",
 }
 
 

@@ -10,7 +10,7 @@
 3.0
 """
 
-from veda import random, telemetry
+from veda import cuda, random, telemetry
 from veda._config import Config, config, deterministic, get_config, max_threads, set_config
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.kernel import Func, Kernel, func, kernel, launch
@@ -18,6 +18,7 @@ from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_arra
 from veda._record import record, replay
 from veda._scan import scan
 from veda._version import __version__
+from veda.cuda import to_device, to_host
 from veda.errors import (
     ConfigError,
     KernelDefinitionError,
@@ -55,6 +56,7 @@ __all__ = [
     "cache_clear",
     "cache_info",
     "config",
+    "cuda",
     "deterministic",
     "explain",
     "func",
@@ -71,4 +73,6 @@ __all__ = [
     "set_config",
     "telemetry",
     "threading_layer",
+    "to_device",
+    "to_host",
 ]

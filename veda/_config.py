@@ -166,6 +166,13 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             raise error(f"{where}: chunk must be an integer, not {type(chunk).__name__}")
         if chunk < 1:
             raise error(f"{where}: chunk={chunk} must be at least 1")
+    if target == "cuda":
+        clash = [k for k in ("threads", "schedule", "chunk") if values.get(k) is not None]
+        if clash:
+            raise error(
+                f"{where}: target='cuda' chooses its own block and grid sizes, so "
+                f"{', '.join(clash)}= does not apply to it; drop {clash[0]}="
+            )
     if target == "cpu":
         clash = [k for k in ("threads", "schedule", "chunk") if values.get(k) is not None]
         if clash:

@@ -160,8 +160,8 @@ class replay:
             )
         self.position += 1
         target, threads, schedule, chunk = entry["decision"]
-        if target == "cpu":
-            return ("cpu", None, None, None)
+        if target in ("cpu", "cuda"):
+            return (target, None, None, None)
         return (target, int(threads), schedule, int(chunk))
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:

@@ -19,9 +19,9 @@ import psutil
 import veda
 import veda.scheduler
 from veda._kernel.cache import cache_clear, cache_info
+from veda.cuda import gpu_driver_present
 from veda.targets import cpu as _cpu
 from veda.targets import get as _get_target
-from veda.targets.cuda_stub import gpu_driver_present
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -29,7 +29,8 @@ def _info(args: argparse.Namespace) -> int:
     layer = _cpu.threading_layer()
     try:
         _get_target("cuda")
-        cuda = "available"
+        cuda = ("available" if veda.cuda.is_available()
+                else f"explicit launches only: {veda.cuda.unavailable_reason()}")
     except veda.VedaError as exc:
         cuda = str(exc)
     rows = [

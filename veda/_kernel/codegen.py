@@ -54,6 +54,11 @@ from veda._kernel.cache import get_module as _veda_get
 """
 
 
+_CUDA_PRELUDE = """\
+from numba import cuda as _veda_cuda
+"""
+
+
 @dataclass
 class Emitted:
     """The module-level lines a function needs, and objects that have no source form."""
@@ -63,8 +68,13 @@ class Emitted:
     notes: list[str]
 
 
-def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str) -> Emitted:
-    """Reproduce the globals and closure variables ``src`` uses in a generated module."""
+def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str,
+                    target: str = "cpu") -> Emitted:
+    """Reproduce the globals and closure variables ``src`` uses in a generated module.
+
+    ``target`` is "cpu" (the CPU targets) or "cuda": ``@veda.func`` helpers are taken from the
+    generated module of the same target.
+    """
     from veda._kernel.kernel import Func, Kernel  # circular at import time
 
     pyfunc = src.pyfunc
@@ -90,7 +100,7 @@ def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str) ->
                 "Decorate the shared code with @veda.func instead."
             )
         if isinstance(value, Func):
-            unit = value.unit(options)
+            unit = value.unit(options) if target == "cpu" else value.cuda_unit(options)
             if unit.on_disk:
                 out.lines.append(f"{name} = _veda_get({unit.module.__name__!r}).{value.name}")
             else:
@@ -155,9 +165,11 @@ def _assemble(
     functions: list[tuple[FunctionSource, Emitted, str]],
     tail: str,
     cache: bool,
+    target: str = "cpu",
 ) -> Unit:
     """Join prelude, references, user functions and launchers; load the result."""
-    lines = [header.rstrip("\n"), _PRELUDE.rstrip("\n")]
+    prelude = _PRELUDE if target == "cpu" else _PRELUDE + _CUDA_PRELUDE
+    lines = [header.rstrip("\n"), prelude.rstrip("\n")]
     inject: dict[str, Any] = {}
     maps: list[_cache.LineMap] = []
     for src, emitted, decorator in functions:
@@ -165,7 +177,12 @@ def _assemble(
         lines.extend(emitted.lines)
         inject.update(emitted.inject)
         if src.text is None:
-            inject[src.name] = numba.njit(**_njit_options(decorator))(src.pyfunc)
+            if target == "cpu":
+                inject[src.name] = numba.njit(**_njit_options(decorator))(src.pyfunc)
+            else:
+                from numba import cuda
+
+                inject[src.name] = cuda.jit(device=True)(src.pyfunc)
             continue
         lines.append("")
         fn_lines, offset = _function_text(src, decorator)
@@ -178,6 +195,8 @@ def _assemble(
     on_disk = cache and not inject
     if not on_disk:  # objects without a source form: Numba cannot cache this module
         text = text.replace("njit(cache=True", "njit(cache=False")
+        text = text.replace("jit(device=True, cache=True", "jit(device=True, cache=False")
+        text = text.replace("jit(cache=True", "jit(cache=False")
     name = _cache.module_name(stem, text)
     module = _cache.load_module(name, text, inject, maps, on_disk)
     return Unit(module, on_disk and name not in _cache._memory_modules)
@@ -332,6 +351,10 @@ def kernel_launchers(
     else:
         fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n")
         ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
+        # Typing only: the identity in the accumulator's type, which the CUDA target needs on
+        # the host to size its partials (the body is typed, never run).
+        fn(f"_veda_acc_probe({args[2:]})",
+           f"_z = _veda_np.int64(0)\nreturn _veda_np.full(1, {ident})\n")
         stmt = f"_b = _veda_combine(_b, _veda_lang.to_accumulator({call}, _b))"
         if ndim == 1:
             block = _unrolled_block(body, args)
@@ -502,3 +525,132 @@ def kernel_unit(
         tail,
         cache,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA
+
+
+def _cuda_decorator(cache: bool, boundscheck: bool, device: bool) -> str:
+    # Numba's CUDA target has no bounds checking; boundscheck=True compiles in debug mode
+    # instead, so that exceptions raised in a kernel body reach the host.
+    debug = ", debug=True, opt=False" if boundscheck else ""
+    dev = "device=True, " if device else ""
+    return f"@_veda_cuda.jit({dev}cache={cache}{debug})"
+
+
+def cuda_function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
+    """The generated module of a ``@veda.func`` helper as a CUDA device function."""
+    boundscheck, cache = options
+    emitted = emit_references(src, options, "helper", target="cuda")
+    header = f"# veda helper {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated, CUDA)"
+    dec = _cuda_decorator(cache, boundscheck, device=True)
+    return _assemble(src.name, header, [(src, emitted, dec)], "", cache, target="cuda")
+
+
+def _cuda_split(ndim: int, indent: int) -> str:
+    if ndim == 1:
+        code = "i0 = _f\n"
+    elif ndim == 2:
+        code = "i0 = _f // n1\ni1 = _f - i0 * n1\n"
+    else:
+        code = "i0 = _f // (n1 * n2)\n_r = _f - i0 * (n1 * n2)\ni1 = _r // n2\ni2 = _r - i1 * n2\n"
+    return _indent(code, indent)
+
+
+def _cuda_tree(indent: int) -> str:
+    code = (
+        "_sm[_t] = _acc\n"
+        "_veda_cuda.syncthreads()\n"
+        "_h = _VEDA_BLOCK // 2\n"
+        "while _h > 0:\n"
+        "    if _t < _h:\n"
+        "        _sm[_t] = _veda_combine(_sm[_t], _sm[_t + _h])\n"
+        "    _veda_cuda.syncthreads()\n"
+        "    _h //= 2\n"
+    )
+    return _indent(code, indent)
+
+
+def cuda_launchers(body: str, ndim: int, nargs: int, reduce: str | None, acc: str | None,
+                   identity: str | None, block: int, cache: bool, boundscheck: bool) -> str:
+    """Source of the CUDA kernels around ``body``: a grid-stride loop over the flat domain.
+
+    Reductions accumulate per thread in the grid-stride loop (or, with ``_per_block > 0``, over
+    a fixed run of ``_per_block`` elements per block), combine a block's threads by a tree in
+    shared memory, write one partial per block, and ``_veda_final`` (one block) combines the
+    partials the same way: no atomics, and a fixed order for a fixed grid.
+    """
+    dims = ", ".join(f"n{d}" for d in range(ndim))
+    idx = ", ".join(f"i{d}" for d in range(ndim))
+    args = "".join(f", a{k}" for k in range(nargs))
+    size = " * ".join(f"n{d}" for d in range(ndim))
+    kdec = _cuda_decorator(cache, boundscheck, device=False)
+    ddec = _cuda_decorator(cache, boundscheck, device=True)
+    if reduce is None:
+        return (
+            f"{kdec}\ndef _veda_kernel({dims}{args}):\n"
+            f"    _N = {size}\n"
+            "    _f = _veda_cuda.grid(1)\n"
+            "    _s = _veda_cuda.gridsize(1)\n"
+            "    while _f < _N:\n"
+            f"{_cuda_split(ndim, 8)}"
+            f"        {body}({idx}{args})\n"
+            "        _f += _s\n"
+        )
+    assert acc is not None and identity is not None
+    return (
+        f"_veda_acc = _veda_np.{acc}\n"
+        f"_veda_ident = {identity}\n"
+        f"_VEDA_BLOCK = {block}\n\n\n"
+        f"{ddec}\ndef _veda_combine(_a, _b):\n    {_COMBINE[reduce]}\n\n\n"
+        f"{kdec}\ndef _veda_partials({dims}{args}, _out, _per_block):\n"
+        "    _sm = _veda_cuda.shared.array(_VEDA_BLOCK, _veda_acc)\n"
+        "    _t = _veda_cuda.threadIdx.x\n"
+        f"    _N = {size}\n"
+        "    _acc = _veda_acc(_veda_ident)\n"
+        "    if _per_block == 0:\n"
+        "        _f = _veda_cuda.grid(1)\n"
+        "        _s = _veda_cuda.gridsize(1)\n"
+        "        _end = _N\n"
+        "    else:\n"
+        "        _f = _veda_cuda.blockIdx.x * _per_block + _t\n"
+        "        _s = _VEDA_BLOCK\n"
+        "        _end = min(_veda_cuda.blockIdx.x * _per_block + _per_block, _N)\n"
+        "    while _f < _end:\n"
+        f"{_cuda_split(ndim, 8)}"
+        f"        _acc = _veda_combine(_acc, _veda_acc({body}({idx}{args})))\n"
+        "        _f += _s\n"
+        f"{_cuda_tree(4)}"
+        "    if _t == 0:\n"
+        "        _out[_veda_cuda.blockIdx.x] = _sm[0]\n\n\n"
+        f"{kdec}\ndef _veda_final(_p, _n, _res):\n"
+        "    _sm = _veda_cuda.shared.array(_VEDA_BLOCK, _veda_acc)\n"
+        "    _t = _veda_cuda.threadIdx.x\n"
+        "    _acc = _veda_acc(_veda_ident)\n"
+        "    _k = _t\n"
+        "    while _k < _n:\n"
+        "        _acc = _veda_combine(_acc, _p[_k])\n"
+        "        _k += _VEDA_BLOCK\n"
+        f"{_cuda_tree(4)}"
+        "    if _t == 0:\n"
+        "        _res[0] = _sm[0]\n"
+    )
+
+
+def cuda_kernel_unit(src: FunctionSource, ndim: int, nargs: int, reduce: str | None,
+                     acc: str | None, identity: str | None, block: int,
+                     options: tuple[bool, bool]) -> Unit:
+    """The generated module holding a kernel's body as a device function and its CUDA kernels."""
+    boundscheck, cache = options
+    emitted = emit_references(src, options, "kernel", target="cuda")
+    header = (
+        f"# veda kernel {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated, CUDA)\n"
+        f"# {ndim}-d domain, {nargs} argument(s), reduce={reduce!r}, accumulator {acc}, "
+        f"block {block}"
+    )
+    tail = cuda_launchers(src.name, ndim, nargs, reduce, acc, identity, block, cache,
+                          boundscheck)
+    dec = _cuda_decorator(cache, boundscheck, device=True)
+    return _assemble(f"{src.name}_{ndim}d_cuda", header, [(src, emitted, dec)], tail, cache,
+                     target="cuda")

@@ -23,6 +23,7 @@ import numpy as np
 from numba.core import errors as numba_errors
 
 from veda import _record, scheduler, targets
+from veda import cuda as _cuda
 from veda._config import get_config, validate_launch_overrides
 from veda._kernel import cache as _cache
 from veda._kernel import codegen
@@ -76,12 +77,29 @@ def _arg_problem(value: Any) -> str | None:
         return None
     if isinstance(value, list):
         return "lists are not accepted; pass a NumPy array (np.asarray(...))"
-    if hasattr(value, "__cuda_array_interface__"):
-        return (
-            "GPU arrays are not accepted by the CPU targets; copy to the host with "
-            "veda.to_host / .get(), or launch with target='cuda'"
-        )
+    if _cuda.is_device_array(value):
+        return GPU_ARRAY_ON_CPU
     return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
+
+
+GPU_ARRAY_ON_CPU = (
+    "GPU arrays are not accepted by the CPU targets (they are not copied behind your back); "
+    "copy to the host with veda.to_host(...), or launch with target='cuda'"
+)
+
+
+def refuse_device_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...],
+                            target: str) -> None:
+    """Raise a clear error when a CPU launch failed because an argument lives on the GPU.
+
+    Called only after a CPU launch failed, so it costs nothing on the launch path.
+    """
+    for name, value in zip(names, args):
+        if _cuda.is_device_array(value):
+            raise LaunchError(
+                f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}, a GPU array, "
+                f"on target {target!r}; {GPU_ARRAY_ON_CPU}"
+            )
 
 
 def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...]) -> None:
@@ -236,6 +254,7 @@ class Func(_Compiled):
         self.name = pyfunc.__name__
         self.qualname = pyfunc.__qualname__
         self._units: dict[tuple[bool, bool], codegen.Unit] = {}
+        self._cuda_units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._written: set[int] | None = None
 
     def written_positions(self) -> set[int]:
@@ -259,6 +278,17 @@ class Func(_Compiled):
                     unit = codegen.function_unit(self.source, options)
                     install_compile_hook(getattr(unit.module, self.name), self, 0, self.params)
                     self._units[options] = unit
+        return unit
+
+    def cuda_unit(self, options: tuple[bool, bool]) -> codegen.Unit:
+        """The helper's generated module as a CUDA device function."""
+        unit = self._cuda_units.get(options)
+        if unit is None:
+            with self._lock:
+                unit = self._cuda_units.get(options)
+                if unit is None:
+                    unit = codegen.cuda_function_unit(self.source, options)
+                    self._cuda_units[options] = unit
         return unit
 
     def __call__(self, *args: Any) -> Any:
@@ -401,6 +431,7 @@ class Kernel(_Compiled):
         self.name = pyfunc.__qualname__
         self._plans: dict[tuple[int, int], _Plan] = {}
         self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
+        self._cuda_programs: dict[tuple[Any, ...], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
         self._fast: dict[tuple[Any, ...], _Entry] = {}
 
@@ -522,10 +553,27 @@ class Kernel(_Compiled):
                     self._programs[key] = module
         return module
 
+    def cuda_program(self, ndim: int, nargs: int, options: tuple[bool, bool], acc: str | None,
+                     identity: str | None, block: int) -> Any:
+        """The loaded generated CUDA module for this form, options, accumulator and block."""
+        key = (ndim, nargs, options, acc, block)
+        module = self._cuda_programs.get(key)
+        if module is None:
+            with self._lock:
+                module = self._cuda_programs.get(key)
+                if module is None:
+                    module = codegen.cuda_kernel_unit(
+                        self.source, ndim, nargs, self.reduce, acc, identity, block, options
+                    ).module
+                    self._cuda_programs[key] = module
+        return module
+
     def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
         names = self._plan(ndim, nargs).names
         unit = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options)
         module = unit.module
+        if hasattr(module, "_veda_acc_probe"):
+            install_compile_hook(module._veda_acc_probe, self, 0, names)
         for name in ("_veda_cpu", "_veda_at", "_veda_det_cpu"):
             if hasattr(module, name):
                 install_compile_hook(getattr(module, name), self, ndim, names)
@@ -555,9 +603,18 @@ class Kernel(_Compiled):
         entry = _Entry(cfg, plan, dims, nargs, size)
         pins = scheduler.pins(cfg, overrides)
         tuner_entry = None
+        transfer = None
+        if pins is not None and size > 0 and scheduler.gpu_available():
+            transfer = _gpu_transfer(plan, args)
+            if _cuda.device_resident(args):
+                pins = ("cuda", None)  # the CPU targets cannot read device arrays
+            elif cfg.deterministic:
+                # GPU reductions repeat run to run but are not the CPU targets' bits: in
+                # deterministic mode the dispatcher does not switch between the two.
+                transfer = None
         if pins is not None and size > 0:
             tuner_entry = scheduler.dispatcher.entry(self, len(dims), size, cfg.policy,
-                                                     cfg.cache_dir, pins)
+                                                     cfg.cache_dir, pins, transfer)
         if tuner_entry is not None and cfg.telemetry:
             entry.tuning = tuner_entry  # explores and learns from this entry's launches
             entry.version = -1  # bind at the first launch
@@ -720,6 +777,12 @@ class Kernel(_Compiled):
         if len(times) > _FOLD_AT:
             entry.recorder.fold(args, entry.plan.nbytes)
         entry.review_at = len(times) + step
+
+
+def _gpu_transfer(plan: _Plan, args: tuple[Any, ...]) -> tuple[int, int]:
+    """Host bytes a GPU launch with ``args`` copies to the device and back."""
+    host = [a.nbytes if isinstance(a, np.ndarray) else 0 for a in args]
+    return sum(host), sum(host[p] for p in plan.written)
 
 
 class _Entry:

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from veda._config import Config, max_threads
-from veda.scheduler._dispatch import dispatcher
+from veda.scheduler._dispatch import dispatcher, gpu_available
 from veda.scheduler._tuner import POLICIES, REVIEW_EVERY
 from veda.targets import Decision
 
 __all__ = ["PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "decide",
-           "default_chunk", "dispatcher", "explain", "pins"]
+           "default_chunk", "dispatcher", "explain", "gpu_available", "pins"]
 
 #: Domain size from which a launch with no settings goes to ``"parallel"``.  Measured with
 #: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
@@ -86,6 +86,10 @@ def decide(size: int, cfg: Config, overrides: Overrides | None) -> Decision:
             return ("cpu", 1, "static", 1)
     if target == "cpu":
         return ("cpu", 1, "static", 1)
+    if target == "cuda":
+        from veda.targets.cuda import default_block
+
+        return ("cuda", default_block(), "grid", 0)
     if threads is None:
         threads = max_threads()
     if schedule is None:

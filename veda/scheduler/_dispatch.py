@@ -38,13 +38,69 @@ BALANCED = 1.05
 LOAD_INTERVAL = 0.5
 
 
+#: Below this many elements the GPU is never a candidate.  A CUDA launch from Numba costs about
+#: 10-20 us of launch and synchronisation before any work (plus transfers), while the serial CPU
+#: loop of a saxpy runs 1e5 elements in about 30 us and 2 threads in about 20 us on the 2-core
+#: machine (bench/bench_threshold.py); bench/gpu_check.sh measures the crossover on a GPU.
+CUDA_MIN_SIZE = 1 << 17
+#: The GPU decision: (target, threads per block, schedule, grid) with the grid chosen at launch.
+CUDA: Decision = ("cuda", 256, "grid", 0)
+
+
+@dataclass
+class GPUCost:
+    """What the dispatcher knows of the GPU before running on it: host-device bandwidths and the
+    fixed cost of one launch, measured once, lazily (:func:`veda.targets.cuda.measure`), or
+    injected by tests."""
+
+    host_to_device: float = math.nan  # bytes per second
+    device_to_host: float = math.nan
+    latency: float = math.nan  # seconds per launch (launch + synchronise)
+
+    def transfer_seconds(self, bytes_in: int, bytes_out: int) -> float:
+        """Predicted seconds of one launch before any kernel work: transfers and latency."""
+        return bytes_in / self.host_to_device + bytes_out / self.device_to_host + self.latency
+
+
+_gpu_cost: GPUCost | None = None
+_gpu: bool | None = None
+
+
+def gpu_available() -> bool:
+    """Whether the dispatcher may consider the GPU (a real device: never the simulator)."""
+    global _gpu
+    if _gpu is None:
+        from veda import cuda
+
+        _gpu = cuda.is_available()
+    return _gpu
+
+
+def gpu_cost() -> GPUCost:
+    """The GPU's measured transfer and launch costs (measured at the first question)."""
+    global _gpu_cost
+    if _gpu_cost is None:
+        from veda.targets.cuda import measure
+
+        _gpu_cost = GPUCost(*measure())
+    return _gpu_cost
+
+
 def size_class(size: int) -> int:
     """Sizes within a power of two share decisions: 0 for 0 or 1 element, else ceil(log2)."""
     return 0 if size <= 1 else (size - 1).bit_length()
 
 
-def candidates(size: int, free_cores: int) -> list[Decision]:
-    """The configurations worth trying for a domain of ``size`` elements (serial first)."""
+def candidates(size: int, free_cores: int, gpu: bool = False) -> list[Decision]:
+    """The configurations worth trying for a domain of ``size`` elements (serial first, the GPU
+    last, and only with ``gpu`` and at least :data:`CUDA_MIN_SIZE` elements)."""
+    out = _cpu_candidates(size, free_cores)
+    if gpu and size >= CUDA_MIN_SIZE:
+        out.append(CUDA)
+    return out
+
+
+def _cpu_candidates(size: int, free_cores: int) -> list[Decision]:
     from veda.scheduler import default_chunk
 
     out = [CPU]
@@ -112,6 +168,9 @@ class Entry:
     tuner: Tuner
     free_cores: int
     pins: tuple[str | None, str | None] = (None, None)
+    #: Host bytes a GPU launch would copy in and out (device-resident arrays count zero).
+    transfer: tuple[int, int] = (0, 0)
+    gpu: bool = False
 
 
 class Dispatcher:
@@ -130,11 +189,19 @@ class Dispatcher:
         return w
 
     def entry(self, kernel: Any, ndim: int, size: int, policy: str, cache_dir: str,
-              pins: tuple[str | None, str | None] = (None, None)) -> Entry | None:
-        """The tuner for this launch, or None when the pins leave no candidate."""
+              pins: tuple[str | None, str | None] = (None, None),
+              transfer: tuple[int, int] | None = None) -> Entry | None:
+        """The tuner for this launch, or None when the pins leave no candidate.
+
+        ``transfer`` is (bytes in, bytes out) of a GPU launch with these arguments, or None when
+        the GPU is not a candidate; launches whose arrays already live on the device tune apart
+        from launches with host arrays.
+        """
         digest = _digest(kernel)
         cls = size_class(size)
-        k = (kernel.module_name, kernel.name, digest, ndim, cls, policy, pins)
+        gpu = transfer is not None
+        residency = "" if transfer is None else ("|device" if pins[0] == "cuda" else "|host")
+        k = (kernel.module_name, kernel.name, digest, ndim, cls, policy, pins, residency)
         entry = self.entries.get(k)
         if entry is not None:
             return entry
@@ -143,12 +210,16 @@ class Dispatcher:
             if entry is not None:
                 return entry
             free = self.load.free_cores()
-            cands = _pinned(candidates(size, free), pins)
+            if pins[0] == "cuda":  # device-resident arguments: only the GPU can read them
+                cands = [CUDA]
+            else:
+                cands = _pinned(candidates(size, free, gpu), pins)
             if not cands:
                 return None
             tuner = Tuner(cands, policy=policy)
             pin_text = "".join(f"|{p}" for p in pins if p)
-            key = f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}{pin_text}"
+            key = (f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
+                   f"{pin_text}{residency}")
             remembered = self.wisdom(cache_dir).get(key)
             if remembered is not None:
                 decision = tuple(remembered.get("decision", ()))
@@ -158,7 +229,8 @@ class Dispatcher:
                     and isinstance(spe, (int, float)) and math.isfinite(spe)
                 ):
                     tuner.adopt(decision, float(spe), "tuning cache")  # type: ignore[arg-type]
-            entry = self.entries[k] = Entry(kernel.name, key, tuner, free, pins)
+            entry = self.entries[k] = Entry(kernel.name, key, tuner, free, pins,
+                                            transfer or (0, 0), gpu)
         return entry
 
     def observe(self, entry: Entry, decision: Decision, seconds: float, size: int,
@@ -175,6 +247,8 @@ class Dispatcher:
                 if d[0] != "cpu":
                     tuner.prune(d, f"the serial launch took {seconds * 1e6:.1f} us, too short "
                                    "to pay for a parallel region")
+        if entry.gpu and tuner.exploring and decision[0] != "cuda":
+            self._weigh_gpu(entry, size)
         if was_exploring and not tuner.exploring:
             self.wisdom(cache_dir).put(entry.key, {
                 "decision": list(tuner.choice or CPU),
@@ -182,6 +256,22 @@ class Dispatcher:
                 "policy": tuner.policy,
                 "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
             })
+
+    @staticmethod
+    def _weigh_gpu(entry: Entry, size: int) -> None:
+        """Drop the GPU before it runs when its transfers and launch cost alone exceed the best
+        CPU time measured so far (the GPU's own kernel time is then measured, not guessed)."""
+        tuner = entry.tuner
+        cpu_best = min((min(t.samples) for d, t in tuner.trials.items()
+                        if d[0] != "cuda" and t.samples), default=math.inf) * max(size, 1)
+        if not math.isfinite(cpu_best):
+            return
+        fixed = gpu_cost().transfer_seconds(*entry.transfer)
+        if fixed > cpu_best:
+            for d in list(tuner.candidates):
+                if d[0] == "cuda":
+                    tuner.prune(d, f"transfers and launch would take {fixed * 1e6:.0f} us, the "
+                                   f"best CPU launch took {cpu_best * 1e6:.0f} us")
 
     @staticmethod
     def _steer(tuner: Tuner, imbalance: float) -> None:
@@ -207,7 +297,7 @@ class Dispatcher:
         free = self.load.free_cores()
         if free != entry.free_cores:
             entry.free_cores = free
-            fresh = _pinned(candidates(max(size, 1), free), entry.pins)
+            fresh = _pinned(candidates(max(size, 1), free, entry.gpu), entry.pins)
             if fresh and fresh != tuner.candidates:
                 tuner.candidates = fresh
                 tuner.restart("load")

@@ -2,8 +2,8 @@
 
 A target is a small plug-in: it says whether it can run here (and why not), and it runs one
 launch of a kernel with a decision (threads, schedule, chunk) the dispatcher made.  ``"cpu"`` and
-``"parallel"`` are registered here; the CUDA target registers itself from its own module, which
-is imported only when a GPU or the simulator is present.
+``"parallel"`` and ``"cuda"`` are registered here; the CUDA target's module imports Numba's CUDA
+machinery only when a launch runs on it.
 
 Examples
 --------
@@ -98,11 +98,11 @@ def names() -> list[str]:
 
 def _register_builtin() -> None:
     from veda.targets.cpu import CPUTarget, ParallelTarget
-    from veda.targets.cuda_stub import CUDAPlaceholder
+    from veda.targets.cuda import CUDATarget
 
     register(CPUTarget())
     register(ParallelTarget())
-    register(CUDAPlaceholder())
+    register(CUDATarget())
 
 
 _register_builtin()

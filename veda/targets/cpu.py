@@ -27,6 +27,15 @@ if TYPE_CHECKING:
     from veda._kernel.kernel import Kernel
     from veda.telemetry._registry import Recorder
 
+
+def refuse_device_arguments(name: str, names: list[str], args: tuple[Any, ...],
+                            target: str) -> None:
+    """Raise veda's error for GPU arrays given to a CPU target (after a launch failed)."""
+    from veda._kernel.kernel import refuse_device_arguments as refuse
+
+    refuse(name, names, args, target)
+
+
 _tick: float | None = None
 
 
@@ -142,6 +151,7 @@ class CPUTarget(Target):
             except VedaError:
                 raise
             except Exception as exc:
+                refuse_device_arguments(name, kernel._plan(len(dims), nargs).names, args, "cpu")
                 cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
                 raise cls(name, type(exc), str(exc), None, "cpu") from exc
             return result[0] if reduce else None
@@ -189,6 +199,12 @@ class ParallelTarget(Target):
                         out = fn(*dims, threads, mode, chunk, *args)
                 else:
                     out = fn(*dims, threads, mode, chunk, *args)
+            except VedaError:
+                raise
+            except Exception:
+                refuse_device_arguments(kernel.name, kernel._plan(len(dims), nargs).names, args,
+                                        "parallel")
+                raise
             finally:
                 if previous != threads:
                     set_threads(previous)

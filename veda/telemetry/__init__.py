@@ -59,5 +59,8 @@ def metrics() -> Snapshot:
 
 
 def reset() -> None:
-    """Zero all launch and compile figures (kernels keep their compiled code)."""
+    """Zero all launch, compile and per-kernel transfer figures (kernels keep their code)."""
+    from veda import cuda
+
     _REGISTRY.reset()
+    cuda._per_kernel.clear()

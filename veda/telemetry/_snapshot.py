@@ -134,8 +134,11 @@ class KernelMetrics:
 class Snapshot:
     """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`."""
 
-    def __init__(self, kernels: tuple[KernelMetrics, ...]) -> None:
+    def __init__(self, kernels: tuple[KernelMetrics, ...],
+                 transfers: dict[str, dict[str, int]] | None = None) -> None:
         self.kernels = kernels
+        #: Bytes copied between host and GPU for each kernel's CUDA launches, by direction.
+        self.transfers = transfers or {}
 
     @classmethod
     def take(cls, registry: Registry) -> Snapshot:
@@ -157,7 +160,9 @@ class Snapshot:
                 rec.cache_hits, rec.compile_seconds,
                 tuple(dispatcher.rows(rec.module, rec.name)),
             ))
-        return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))))
+        from veda.cuda import kernel_transfers
+
+        return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers())
 
     def kernel(self, name: str) -> KernelMetrics:
         """A kernel's metrics by ``__qualname__`` or ``module.qualname``.
@@ -191,7 +196,7 @@ class Snapshot:
         return len(self.kernels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kernels": [k.to_dict() for k in self.kernels]}
+        return {"kernels": [k.to_dict() for k in self.kernels], "transfers": self.transfers}
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON text of :meth:`to_dict` (NaN written as null)."""
@@ -249,6 +254,12 @@ class Snapshot:
         family("veda_imbalance", "gauge",
                "Mean max/mean worker busy time over profiled launches.",
                [("", labels(k, c), c.imbalance) for k, c in per_config if c.profiled_launches])
+        if self.transfers:
+            family("veda_transfer_bytes_total", "counter",
+                   "Bytes copied between host and GPU for CUDA launches.",
+                   [("", f'kernel="{_escape(name)}",direction="{d}"', float(t[f"{d}_bytes"]))
+                    for name, t in sorted(self.transfers.items())
+                    for d in ("host_to_device", "device_to_host")])
         family("veda_compiles_total", "counter", "Specialisations compiled from scratch.",
                [("", labels(k), k.compiles) for k in self.kernels])
         family("veda_cache_hits_total", "counter", "Specialisations loaded from the disk cache.",

@@ -1,0 +1,321 @@
+"""The "cuda" target: every gallery kernel, the reductions, the kernel language, arrays and errors.
+
+Runs under Numba's CUDA simulator in its own process (tests/test_cuda_sim.py starts it with
+NUMBA_ENABLE_CUDASIM=1 VEDA_TEST_CUDA=1), or on a real GPU from bench/gpu_check.sh.  Sizes are
+tiny: the simulator runs every GPU thread as a Python thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import veda
+from veda import scheduler
+from veda_kernels import GALLERY
+
+SIM = veda.cuda.simulator_enabled()
+pytestmark = pytest.mark.skipif(
+    veda.cuda.explicit_reason() is not None, reason=str(veda.cuda.explicit_reason())
+)
+
+
+def on_cuda(k, domain, *args):
+    return veda.launch(k, domain, *args, target="cuda")
+
+
+def delta(before: dict[str, int]) -> dict[str, int]:
+    after = veda.cuda.transfer_stats()
+    return {k: after[k] - before[k] for k in after}
+
+
+@pytest.mark.parametrize("name", sorted(GALLERY))
+def test_gallery_matches_numpy_on_cuda(name):
+    case = GALLERY[name]
+    domain, args = case.make(1024 if name == "spmv_csr" else 200, np.random.default_rng(42))
+    value = on_cuda(case.kernel, domain, *args)
+    got = case.result(args, value)
+    expected = case.reference(args)
+    if case.exact:
+        np.testing.assert_array_equal(got, expected)
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@veda.kernel(reduce="sum")
+def r_sum(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="prod")
+def r_prod(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="min")
+def r_min(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="max")
+def r_max(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="sum")
+def r_sum2(i, j, x):
+    return x[i, j]
+
+
+REDUCERS = {"sum": (r_sum, np.sum), "prod": (r_prod, np.prod), "min": (r_min, np.min),
+            "max": (r_max, np.max)}
+DTYPES = (np.float32, np.float64, np.int32, np.int64)
+
+
+def _values(op: str, dtype: type, n: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    if op == "prod":
+        x = np.ones(n, dtype)
+        x[::29] = 2
+        x[5] = -1
+        return x
+    return (rng.standard_normal(n) * 100).astype(dtype)
+
+
+@pytest.mark.parametrize("op", sorted(REDUCERS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_reductions_match_numpy(op, dtype):
+    k, ref = REDUCERS[op]
+    x = _values(op, dtype, 301)  # not a multiple of any block size
+    got = on_cuda(k, x.size, x)
+    expected = ref(x)
+    assert got.dtype == expected.dtype
+    if np.issubdtype(dtype, np.integer):
+        assert got == expected
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_reduction_over_a_2d_domain_and_the_empty_domain():
+    x = np.arange(17 * 23, dtype=np.float64).reshape(17, 23)
+    assert on_cuda(r_sum2, x.shape, x) == x.sum()
+    empty = on_cuda(r_sum, 0, np.zeros(0, np.int32))
+    assert empty == 0 and empty.dtype == np.int64
+
+
+def test_min_propagates_nan_like_numpy():
+    x = np.arange(100.0)
+    x[37] = np.nan
+    assert np.isnan(on_cuda(r_min, x.size, x))
+
+
+def test_deterministic_reductions_repeat_bit_for_bit():
+    x = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    with veda.deterministic(seed=1):
+        runs = {on_cuda(r_sum, x.size, x).tobytes() for _ in range(3)}
+    assert len(runs) == 1
+    np.testing.assert_allclose(np.frombuffer(runs.pop(), np.float32)[0], x.sum(), rtol=1e-4)
+
+
+@veda.kernel
+def saxpy(i, a, x, y, out):
+    out[i] = a * x[i] + y[i]
+
+
+def test_only_written_numpy_arrays_are_copied_back():
+    x, y, out = np.arange(100.0), np.ones(100), np.zeros(100)
+    before = veda.cuda.transfer_stats()
+    on_cuda(saxpy, 100, 2.0, x, y, out)
+    moved = delta(before)
+    np.testing.assert_array_equal(out, 2 * x + 1)
+    assert moved["host_to_device_copies"] == 3
+    assert moved["device_to_host_copies"] == 1
+    assert moved["device_to_host_bytes"] == out.nbytes
+    assert moved["launches"] == 1
+
+
+def test_non_contiguous_numpy_arrays_are_written_back():
+    x = np.arange(40.0)
+    out = np.zeros((20, 2))[:, 0]  # a strided view
+    on_cuda(saxpy, 20, 1.0, x[::2], x[:20], out)
+    np.testing.assert_array_equal(out, x[::2] + x[:20])
+
+
+def test_device_arrays_are_used_in_place_and_outputs_stay_on_the_device():
+    x, y = np.arange(64.0), np.ones(64)
+    xd, yd = veda.to_device(x), veda.to_device(y)
+    outd = veda.to_device(np.zeros(64))
+    before = veda.cuda.transfer_stats()
+    on_cuda(saxpy, 64, 3.0, xd, yd, outd)
+    moved = delta(before)
+    assert moved["host_to_device_bytes"] == 0 and moved["device_to_host_bytes"] == 0
+    assert veda.cuda.is_device_array(outd)
+    np.testing.assert_array_equal(veda.to_host(outd), 3 * x + 1)
+    assert veda.to_device(xd) is xd
+    assert veda.to_host(x) is x
+
+
+def test_the_device_pool_reuses_buffers():
+    from veda.targets.cuda import pool
+
+    x, y, out = np.arange(32.0), np.ones(32), np.zeros(32)
+    on_cuda(saxpy, 32, 1.0, x, y, out)
+    misses = pool.info()["misses"]
+    for _ in range(3):
+        on_cuda(saxpy, 32, 1.0, x, y, out)
+    assert pool.info()["misses"] == misses
+
+
+@veda.func
+def square(v):
+    return v * v
+
+
+@veda.kernel
+def language(i, seed, x, out, counts, lo, hi):
+    tmp = veda.local_array(3, np.float64)
+    for k in range(3):
+        tmp[k] = x[i] + k
+    z = complex(tmp[0], tmp[2])
+    out[i, 0] = square(abs(z))
+    out[i, 1] = veda.random.uniform(seed, i)
+    out[i, 2] = veda.random.integers(seed, i, 0, 10)
+    veda.atomic_add(counts, i % 4, 1)
+    veda.atomic_min(lo, 0, x[i])
+    veda.atomic_max(hi, 0, x[i])
+
+
+def test_the_kernel_language_on_cuda():
+    n = 64
+    x = np.random.default_rng(5).standard_normal(n)
+    out = np.zeros((n, 3))
+    counts = np.zeros(4, np.int64)
+    lo, hi = np.full(1, np.inf), np.full(1, -np.inf)
+    on_cuda(language, n, np.uint64(9), x, out, counts, lo, hi)
+    np.testing.assert_allclose(out[:, 0], x**2 + (x + 2) ** 2, rtol=1e-12)
+    np.testing.assert_array_equal(out[:, 1], [veda.random.uniform(9, i) for i in range(n)])
+    np.testing.assert_array_equal(out[:, 2], [veda.random.integers(9, i, 0, 10)
+                                              for i in range(n)])
+    np.testing.assert_array_equal(counts, [16, 16, 16, 16])
+    assert lo[0] == x.min() and hi[0] == x.max()
+
+
+@veda.kernel
+def checked(i, x):
+    if x[i] < 0:
+        raise ValueError("negative input")
+    x[i] = 2 * x[i]
+
+
+def test_an_exception_in_the_body_reaches_the_caller():
+    x = np.ones(50)
+    x[17] = -1
+    # On a GPU, exceptions are reported in debug mode, which boundscheck=True switches on.
+    with veda.config(boundscheck=True), pytest.raises(veda.KernelError) as info:
+        on_cuda(checked, x.size, x)
+    err = info.value
+    assert err.kernel == "checked" and err.target == "cuda"
+    assert "negative input" in str(err)
+
+
+def test_telemetry_counts_cuda_launches_and_their_transfers():
+    veda.telemetry.reset()
+    x, y, out = np.arange(10.0), np.ones(10), np.zeros(10)
+    for _ in range(2):
+        on_cuda(saxpy, 10, 1.0, x, y, out)
+    snap = veda.metrics()
+    m = snap.kernel(f"{__name__}.saxpy")
+    assert {c.target: c.launches for c in m.configs} == {"cuda": 2}
+    assert m.bytes == 2 * 3 * 80  # x, y, out at their nbytes
+    moved = snap.transfers[f"{__name__}.saxpy"]
+    assert moved == {"host_to_device_bytes": 2 * 3 * 80, "device_to_host_bytes": 2 * 80}
+    text = snap.to_prometheus()
+    assert (f'veda_transfer_bytes_total{{kernel="{__name__}.saxpy",direction="device_to_host"}}'
+            in text)
+
+
+def test_device_arrays_on_the_cpu_targets_are_refused():
+    xd = cuda.to_device(np.arange(8.0))
+    out = np.zeros(8)
+    for target in ("cpu", "parallel"):
+        with pytest.raises(veda.LaunchError, match="GPU array"):
+            veda.launch(saxpy, 8, 1.0, xd, np.ones(8), out, target=target)
+
+
+@pytest.mark.skipif(not SIM, reason="simulator contract")
+def test_the_simulator_runs_explicit_launches_but_is_never_picked():
+    assert not veda.cuda.is_available()
+    assert "simulator" in (veda.cuda.unavailable_reason() or "")
+    assert veda.cuda.explicit_reason() is None
+    assert not scheduler.gpu_available()
+    n = 1 << 18
+    x, y, out = np.ones(n), np.ones(n), np.zeros(n)
+    before = veda.cuda.transfer_stats()
+    for _ in range(30):
+        saxpy[n](1.0, x, y, out)
+    assert delta(before)["launches"] == 0
+    for row in veda.explain(saxpy).rows:
+        assert all(t["decision"][0] != "cuda" for t in row["trials"])
+
+
+@veda.kernel
+def scale(i, a, x, out):
+    out[i] = a * x[i]
+
+
+def test_an_adaptive_launch_with_device_arrays_goes_to_the_gpu(monkeypatch):
+    from veda.scheduler import _dispatch
+
+    # Pretend the simulator is a GPU for the dispatcher, with measured costs injected.
+    monkeypatch.setattr(_dispatch, "_gpu", True)
+    monkeypatch.setattr(_dispatch, "_gpu_cost", _dispatch.GPUCost(10e9, 10e9, 20e-6))
+    x = np.arange(40.0)
+    xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
+    before = veda.cuda.transfer_stats()
+    scale[40](2.0, xd, outd)
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(veda.to_host(outd), 2 * x)
+    (row,) = veda.explain(scale).rows
+    assert row["decision"][0] == "cuda" and row["source"] == "only candidate"
+
+
+def test_a_scoped_cuda_target_and_record_replay(tmp_path):
+    x, y = np.arange(16.0), np.ones(16)
+    out = np.zeros(16)
+    path = tmp_path / "launches.json"
+    with veda.config(target="cuda"), veda.record(path):
+        saxpy[16](2.0, x, y, out)
+    np.testing.assert_array_equal(out, 2 * x + 1)
+    out[:] = 0
+    before = veda.cuda.transfer_stats()
+    with veda.replay(path):
+        saxpy[16](2.0, x, y, out)  # no scope: the record sends it to the GPU
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(out, 2 * x + 1)
+
+
+def _cupy():
+    if SIM:
+        pytest.skip("CuPy needs a GPU (runs from bench/gpu_check.sh)")
+    return pytest.importorskip("cupy", reason="CuPy is not installed")
+
+
+def test_cupy_arrays_are_used_in_place():
+    cp = _cupy()
+    x = cp.arange(1000, dtype=cp.float64)
+    y = cp.ones(1000)
+    out = cp.zeros(1000)
+    before = veda.cuda.transfer_stats()
+    on_cuda(saxpy, 1000, 2.0, x, y, out)
+    assert delta(before)["host_to_device_bytes"] == 0
+    assert isinstance(out, cp.ndarray)
+    np.testing.assert_array_equal(veda.to_host(out), 2 * np.arange(1000.0) + 1)
+    assert veda.to_device(out) is out
+
+
+def test_reductions_over_cupy_arrays():
+    cp = _cupy()
+    x = cp.asarray(np.random.default_rng(0).standard_normal(5000).astype(np.float32))
+    np.testing.assert_allclose(on_cuda(r_sum, x.size, x), float(cp.sum(x)), rtol=1e-4)
+    assert on_cuda(r_max, x.size, x) == float(cp.max(x))

@@ -1,0 +1,340 @@
+"""The CUDA target without a GPU: the simulator suite in its own process, import hygiene, clear
+errors, the refusal of GPU arrays on the CPU targets, and the dispatcher's GPU cost model with
+injected measurements."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+import veda
+from veda.scheduler import _dispatch
+from veda.scheduler._dispatch import CUDA, CUDA_MIN_SIZE, Dispatcher, GPUCost, candidates
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_GPU = not veda.cuda.is_available()
+
+
+@pytest.mark.slow
+def test_the_cuda_suite_passes_on_the_simulator(tmp_path):
+    pytest.importorskip("numba_cuda", reason="the simulator comes with numba-cuda")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", VEDA_TEST_CUDA="1",
+               VEDA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-rs", "-p", "no:cacheprovider",
+         os.path.join("tests", "cuda")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
+    assert " passed" in out.stdout, out.stdout[-2000:]
+    # Only the CuPy tests may skip here: CuPy needs a GPU (bench/gpu_check.sh runs them).
+    skips = [ln for ln in out.stdout.splitlines() if ln.startswith("SKIPPED")]
+    assert all("CuPy" in ln for ln in skips), "\n".join(skips)
+
+
+def test_importing_veda_and_a_cpu_launch_load_no_cuda_machinery():
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import veda
+
+        def cuda_modules():
+            return [m for m in sys.modules if m.startswith(("numba.cuda", "numba_cuda", "cupy"))]
+
+        @veda.kernel
+        def inc(i, x):
+            x[i] += 1
+        veda.launch(inc, 10, np.zeros(10), target="cpu")
+        print(cuda_modules())
+        inc[10](np.zeros(10))  # the dispatcher asks for a GPU: a driver check first
+        print(cuda_modules() if not veda.cuda.gpu_driver_present() else [])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-2:] == ["[]", "[]"]
+
+
+@pytest.mark.skipif(not NO_GPU, reason="this machine has a GPU")
+def test_without_a_gpu_cuda_is_unavailable_with_a_reason():
+    reason = veda.cuda.unavailable_reason()
+    assert reason
+    assert not veda.scheduler.gpu_available()
+
+    @veda.kernel
+    def one(i, x):
+        x[i] = 1
+
+    if veda.cuda.explicit_reason() is None:
+        pytest.skip("the simulator is on in this process")
+    with pytest.raises(veda.TargetUnavailableError, match="cuda") as info:
+        veda.launch(one, 4, np.zeros(4), target="cuda")
+    assert veda.cuda.explicit_reason() in str(info.value)
+
+
+@pytest.mark.parametrize("missing, words", [
+    ("extra", "pip install 'veda[cuda]'"),
+    ("driver", "no NVIDIA driver"),
+])
+def test_the_reason_says_what_is_missing(monkeypatch, missing, words):
+    monkeypatch.setattr(veda.cuda, "_probed", None)
+    monkeypatch.setattr(veda.cuda, "simulator_enabled", lambda: False)
+    if missing == "extra":
+        monkeypatch.setattr(veda.cuda, "_extra_installed", lambda: False)
+    else:
+        monkeypatch.setattr(veda.cuda, "_extra_installed", lambda: True)
+        monkeypatch.setattr(veda.cuda, "gpu_driver_present", lambda: False)
+    try:
+        assert words in (veda.cuda.unavailable_reason() or "")
+        assert words in (veda.cuda.explicit_reason() or "")
+        assert not veda.cuda.is_available()
+    finally:
+        veda.cuda._reset_probe()
+
+
+def test_cuda_launch_settings_are_refused():
+    @veda.kernel
+    def one(i, x):
+        x[i] = 1
+
+    with pytest.raises(veda.LaunchError, match="block and grid"):
+        veda.launch(one, 4, np.zeros(4), target="cuda", threads=1)
+
+
+class FakeGPUArray:
+    """Stands for a CuPy array: it exposes __cuda_array_interface__ and nothing NumPy knows."""
+
+    shape = (8,)
+    dtype = np.dtype(np.float64)
+    nbytes = 64
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": (8,), "typestr": "<f8", "data": (0, False), "version": 3}
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_gpu_arrays_are_refused_by_the_cpu_targets(target):
+    @veda.kernel
+    def copy(i, x, out):
+        out[i] = x[i]
+
+    with pytest.raises(veda.LaunchError, match="argument 'x'.*GPU array") as info:
+        veda.launch(copy, 8, FakeGPUArray(), np.zeros(8), target=target)
+    assert "veda.to_host" in str(info.value)
+
+
+def test_to_host_and_to_device_check_their_input():
+    assert veda.to_host(np.ones(2)).sum() == 2
+    with pytest.raises(veda.LaunchError, match="device array"):
+        veda.to_host([1, 2])
+
+
+# --------------------------------------------------------------------------------------------
+# The dispatcher's GPU cost model, with injected measurements
+
+
+def test_the_gpu_is_a_candidate_only_when_present_and_the_launch_is_large():
+    assert CUDA not in candidates(1 << 22, 2, gpu=False)
+    assert CUDA not in candidates(CUDA_MIN_SIZE - 1, 2, gpu=True)
+    assert candidates(CUDA_MIN_SIZE, 2, gpu=True)[-1] == CUDA
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A machine with a GPU whose transfers run at 10 GB/s each way and launches cost 20 us."""
+    monkeypatch.setattr(_dispatch, "_gpu", True)
+    monkeypatch.setattr(_dispatch, "_gpu_cost", GPUCost(10e9, 10e9, 20e-6))
+    return _dispatch
+
+
+def _fake_kernel(name):
+    return types.SimpleNamespace(module_name="tests.gpu", name=name,
+                                 source=types.SimpleNamespace(text=name), py_func=None)
+
+
+def _explore(entry, dispatcher, size, seconds):
+    """Run the tuner to a decision with ``seconds(decision)`` as each launch's time."""
+    tuner = entry.tuner
+    for _ in range(200):
+        if not tuner.exploring:
+            break
+        d = tuner.next()
+        dispatcher.observe(entry, d, seconds(d), size, "/nonexistent-veda-test")
+    return tuner
+
+
+def _cost(cpu_s, gpu_kernel_s, cost, transfer):
+    def seconds(d):
+        if d[0] == "cuda":
+            return cost.transfer_seconds(*transfer) + gpu_kernel_s
+        return cpu_s if d[0] == "cpu" else cpu_s / 2
+    return seconds
+
+
+@pytest.mark.parametrize("resident, gpu_wins", [(False, False), (True, True)])
+def test_device_resident_arguments_make_the_gpu_cheaper(gpu, monkeypatch, resident, gpu_wins):
+    monkeypatch.setattr(Dispatcher, "wisdom", lambda self, d: types.SimpleNamespace(
+        get=lambda k: None, put=lambda k, v: None))
+    d = Dispatcher()
+    monkeypatch.setattr(d.load, "free_cores", lambda: 2)
+    size = 1 << 22  # 32 MiB of float64 per array: 3 arrays in, 1 out
+    transfer = (0, 0) if resident else (3 * size * 8, size * 8)
+    entry = d.entry(_fake_kernel(f"triad{resident}"), 1, size, "adaptive", "/x", (None, None),
+                    transfer)
+    assert entry is not None and CUDA in entry.tuner.candidates
+    # CPU: 4 ms; the GPU kernel alone: 0.3 ms; transfers of 128 MiB at 10 GB/s: 13 ms.
+    cost = _dispatch.gpu_cost()
+    tuner = _explore(entry, d, size, _cost(8e-3, 0.3e-3, cost, transfer))
+    assert (tuner.choice == CUDA) is gpu_wins
+    if not resident:  # dropped by the model before it ever ran
+        trial = tuner.trials[CUDA]
+        assert trial.samples == [] and "transfers" in trial.pruned
+
+
+def test_a_small_launch_never_goes_to_the_gpu(gpu, monkeypatch):
+    d = Dispatcher()
+    monkeypatch.setattr(d.load, "free_cores", lambda: 2)
+    entry = d.entry(_fake_kernel("small"), 1, 1000, "adaptive", "/x", (None, None), (0, 0))
+    assert entry is not None
+    assert all(c[0] != "cuda" for c in entry.tuner.candidates)
+
+
+def test_gpu_cost_predicts_transfers_and_latency():
+    cost = GPUCost(10e9, 5e9, 1e-5)
+    assert math.isclose(cost.transfer_seconds(10**9, 10**9), 0.1 + 0.2 + 1e-5)
+
+
+@veda.func
+def _square(v):
+    return v * v
+
+
+@veda.kernel
+def language(i, seed, x, out, counts):
+    tmp = veda.local_array((2, 2), np.float64)
+    tmp[0, 0] = veda.random.uniform(seed, i) + veda.random.normal(seed, i)
+    tmp[1, 1] = veda.random.integers(seed, i, 0, 10)
+    out[i, 0] = _square(abs(complex(x[i], tmp[0, 0])))
+    out[i, 1] = tmp[1, 1]
+    veda.atomic_add(counts, i % 4, 1)
+    veda.atomic_min(counts, (0,), -1)
+    veda.atomic_max(out, (i, 1), 0.0)
+
+
+def test_the_generated_cuda_code_compiles_to_ptx(monkeypatch, tmp_path):
+    """Type and lower every gallery kernel and the kernel language for a real GPU (no device
+    needed: NVVM only); skipped where the CUDA toolkit's NVVM and NVRTC are not installed."""
+    if veda.cuda.simulator_enabled():
+        pytest.skip("the simulator compiles nothing")
+    cuda = pytest.importorskip("numba.cuda")
+    import numba
+    import numba.cuda.dispatcher as cuda_dispatcher
+
+    def empty(x):
+        pass
+
+    try:
+        cuda.compile_ptx(empty, (numba.float64[::1],), cc=(8, 0))
+    except Exception as exc:
+        pytest.skip(f"no NVVM/NVRTC here: {type(exc).__name__}")
+    # Device functions ask the current device for its compute capability; there is none here.
+    monkeypatch.setattr(cuda_dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(8, 0)))
+    from veda._kernel import cuda_language
+    from veda.targets.cuda import _identity_source
+    from veda_kernels import GALLERY
+
+    cuda_language.register()
+    cases = [(case.kernel, *case.make(64, np.random.default_rng(0))) for case in GALLERY.values()]
+    cases.append((language, 16, (np.uint64(3), np.ones(16), np.zeros((16, 2)),
+                                 np.zeros(4, np.int64))))
+    for k, domain, args in cases:
+        dims = domain if isinstance(domain, tuple) else (domain,)
+        nd = len(dims)
+        argtys = (numba.int64,) * nd + tuple(numba.typeof(a) for a in args)
+        if k.reduce is None:
+            mod = k.cuda_program(nd, len(args), (False, False), None, None, 256)
+            cuda.compile_ptx(mod._veda_kernel.py_func, argtys, cc=(8, 0))
+        else:
+            ident = k.program(nd, len(args), (False, False))._veda_acc_probe(*args)[0]
+            mod = k.cuda_program(nd, len(args), (False, False), ident.dtype.name,
+                                 _identity_source(ident), 256)
+            acc = numba.from_dtype(ident.dtype)[::1]
+            cuda.compile_ptx(mod._veda_partials.py_func, (*argtys, acc, numba.int64), cc=(8, 0))
+            cuda.compile_ptx(mod._veda_final.py_func, (acc, numba.int64, acc), cc=(8, 0))
+
+
+def test_a_bad_local_array_shape_names_the_construct(monkeypatch):
+    if veda.cuda.simulator_enabled():
+        pytest.skip("the simulator compiles nothing")
+    cuda = pytest.importorskip("numba.cuda")
+    import numba
+    import numba.cuda.dispatcher as cuda_dispatcher
+
+    def empty(x):
+        pass
+
+    try:
+        cuda.compile_ptx(empty, (numba.float64[::1],), cc=(8, 0))
+    except Exception as exc:
+        pytest.skip(f"no NVVM/NVRTC here: {type(exc).__name__}")
+    monkeypatch.setattr(cuda_dispatcher, "get_current_device",
+                        lambda: types.SimpleNamespace(compute_capability=(8, 0)))
+    from veda._kernel import cuda_language
+    from veda._kernel.kernel import translate_compile_error
+
+    cuda_language.register()
+
+    @veda.kernel
+    def scratch(i, n, out):
+        tmp = veda.local_array(n, np.float64)
+        out[i] = tmp.shape[0]
+
+    mod = scratch.cuda_program(1, 2, (False, False), None, None, 256)
+    args = (3, np.zeros(4))
+    with pytest.raises(Exception) as info:
+        cuda.compile_ptx(mod._veda_kernel.py_func,
+                         (numba.int64, numba.int64, numba.float64[::1]), cc=(8, 0))
+    err = translate_compile_error(info.value, "scratch", ["n", "out"], args)
+    assert isinstance(err, veda.KernelDefinitionError)
+    text = str(err)
+    assert "kernel 'scratch'" in text and "local_array" in text and "compile-time constant" in text
+
+
+def test_device_resident_arguments_pin_the_gpu_even_when_small(gpu, monkeypatch):
+    d = Dispatcher()
+    monkeypatch.setattr(d.load, "free_cores", lambda: 2)
+    entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", ("cuda", None), (0, 0))
+    assert entry is not None and entry.tuner.candidates == [CUDA]
+    assert entry.tuner.choice == CUDA
+
+
+@pytest.mark.slow
+def test_the_gpu_check_scripts_run_dry(tmp_path):
+    """bench/gpu_check.sh is ready for a GPU: its shell parses, and its benchmark runs end to end
+    on the simulator with tiny sizes (figures meaningless, JSON complete)."""
+    pytest.importorskip("numba_cuda", reason="the simulator comes with numba-cuda")
+    parsed = subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")],
+                            capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stderr
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "bench_gpu.py"), "--dry-run", "--out",
+         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    import json
+
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert result["dry_run"] is True and result["gpu_available"] is False
+    assert {"triad", "reduction", "choice", "checks", "device"} <= set(result)
+    assert [row["n"] for row in result["choice"]] == [1 << 10, 1 << 14]
+    assert len(result["checks"]) == 4

@@ -1,0 +1,106 @@
+"""CUDA implementations of the kernel language: atomics, ``local_array`` and ``veda.random``.
+
+The public functions of :mod:`veda._kernel.language` and :mod:`veda.random` carry CPU
+implementations; importing this module registers CUDA ones for the same function objects, so one
+kernel body compiles for both.  It is imported by the CUDA target on its first launch, never by
+``import veda``.  Under the CUDA simulator nothing is registered: the simulator runs kernel bodies
+as Python, where the public functions are plain Python.
+"""
+
+from __future__ import annotations
+
+import types as pytypes
+from typing import Any
+
+from veda import random as _random
+from veda._kernel import language as _lang
+
+_registered = False
+
+
+def register() -> None:
+    """Register the CUDA implementations (once; a no-op under the simulator)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    import numba
+
+    if getattr(numba.config, "ENABLE_CUDASIM", 0):
+        return
+    from numba import cuda
+
+    try:  # numba-cuda with its own typing core (0.2x and later)
+        from numba.cuda.core.errors import TypingError
+        from numba.cuda.extending import overload
+    except ImportError:  # older numba-cuda, typed by Numba's core with target="cuda"
+        from numba.core.errors import TypingError  # type: ignore[assignment]
+        from numba.core.extending import overload  # type: ignore[assignment]
+
+    # Numba's CUDA atomics take the index of a 1-d array only as an integer, not a 1-tuple.
+    def _one(index: Any) -> bool:
+        return isinstance(index, numba.core.types.BaseTuple) and len(index) == 1
+
+    @overload(_lang.atomic_add, target="cuda")
+    def _ol_atomic_add(array, index, value):  # type: ignore[no-untyped-def]
+        if _one(index):
+            return lambda array, index, value: cuda.atomic.add(array, index[0], value)
+        return lambda array, index, value: cuda.atomic.add(array, index, value)
+
+    @overload(_lang.atomic_min, target="cuda")
+    def _ol_atomic_min(array, index, value):  # type: ignore[no-untyped-def]
+        if _one(index):
+            return lambda array, index, value: cuda.atomic.min(array, index[0], value)
+        return lambda array, index, value: cuda.atomic.min(array, index, value)
+
+    @overload(_lang.atomic_max, target="cuda")
+    def _ol_atomic_max(array, index, value):  # type: ignore[no-untyped-def]
+        if _one(index):
+            return lambda array, index, value: cuda.atomic.max(array, index[0], value)
+        return lambda array, index, value: cuda.atomic.max(array, index, value)
+
+    @overload(_lang.local_array, target="cuda", prefer_literal=True, inline="always")
+    def _ol_local_array(shape, dtype):  # type: ignore[no-untyped-def]
+        dims = _lang._literal_shape(shape)
+        if dims is None:
+            raise TypingError(
+                "local_array: the shape must be a compile-time constant integer or tuple of "
+                f"integers (a literal or a module-level constant), not {shape}"
+            )
+        elem = _lang._dtype_of(dtype)
+        if elem is None:
+            raise TypingError(
+                f"local_array: the dtype must be a NumPy scalar type, not {dtype}"
+            )
+        const_shape = dims[0] if len(dims) == 1 else dims
+        return lambda shape, dtype: cuda.local.array(const_shape, elem)
+
+    device = _random_device_functions(cuda)
+
+    @overload(_random.uniform, target="cuda")
+    def _ol_uniform(seed, counter):  # type: ignore[no-untyped-def]
+        fn = device["_uniform"]
+        return lambda seed, counter: fn(seed, counter)
+
+    @overload(_random.normal, target="cuda")
+    def _ol_normal(seed, counter):  # type: ignore[no-untyped-def]
+        fn = device["_normal"]
+        return lambda seed, counter: fn(seed, counter)
+
+    @overload(_random.integers, target="cuda")
+    def _ol_integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
+        fn = device["_integers"]
+        return lambda seed, counter, low, high: fn(seed, counter, low, high)
+
+
+def _random_device_functions(cuda: Any) -> dict[str, Any]:
+    """Device versions of veda.random's jitted helpers: the same Python code, re-bound to call
+    each other's device versions (the generator is plain integer arithmetic)."""
+    names = ["philox4x32_10", "_words", "_unit", "_uniform", "_normal", "_integers"]
+    glb = dict(vars(_random))
+    out: dict[str, Any] = {}
+    for name in names:  # callees first, so each function's globals hold device versions
+        py = getattr(_random, name).py_func
+        fn = pytypes.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
+        out[name] = glb[name] = cuda.jit(device=True)(fn)
+    return out
