@@ -148,6 +148,11 @@ def test_ambiguous_names_are_refused():
     with pytest.raises(veda.UnknownKernelError, match="several"):
         snap.kernel("bump")
     assert snap.kernel(f"{__name__}.bump").launches == 1
+    # The kernel object itself is never ambiguous.
+    assert snap.kernel(bump) is snap.kernel(f"{__name__}.bump")
+    assert snap.kernel(namespace["bump"]).module == "elsewhere"
+    with pytest.raises(veda.UnknownKernelError, match="expected a kernel"):
+        snap.kernel(3)
 
 
 def test_reduction_bytes_and_gbps():

@@ -82,6 +82,11 @@ def register() -> None:
         fn = device["_uniform"]
         return lambda seed, counter: fn(seed, counter)
 
+    @overload(_random.uniform2, target="cuda")
+    def _ol_uniform2(seed, counter):  # type: ignore[no-untyped-def]
+        fn = device["_uniform2"]
+        return lambda seed, counter: fn(seed, counter)
+
     @overload(_random.normal, target="cuda")
     def _ol_normal(seed, counter):  # type: ignore[no-untyped-def]
         fn = device["_normal"]
@@ -96,7 +101,7 @@ def register() -> None:
 def _random_device_functions(cuda: Any) -> dict[str, Any]:
     """Device versions of veda.random's jitted helpers: the same Python code, re-bound to call
     each other's device versions (the generator is plain integer arithmetic)."""
-    names = ["philox4x32_10", "_words", "_unit", "_uniform", "_normal", "_integers"]
+    names = ["philox4x32_10", "_words", "_unit", "_uniform", "_uniform2", "_normal", "_integers"]
     glb = dict(vars(_random))
     out: dict[str, Any] = {}
     for name in names:  # callees first, so each function's globals hold device versions

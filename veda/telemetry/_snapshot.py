@@ -164,12 +164,16 @@ class Snapshot:
 
         return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers())
 
-    def kernel(self, name: str) -> KernelMetrics:
-        """A kernel's metrics by ``__qualname__`` or ``module.qualname``.
+    def kernel(self, name: Any) -> KernelMetrics:
+        """A kernel's metrics by ``__qualname__``, ``module.qualname`` or the kernel itself.
 
         A bare function name (the last part of a qualname, e.g. for a kernel defined inside a
         function) is accepted too when exactly one kernel has it.
         """
+        if not isinstance(name, str):
+            if not hasattr(name, "__qualname__") or not hasattr(name, "__module__"):
+                raise UnknownKernelError(f"expected a kernel or its name, not {name!r}")
+            name = f"{name.__module__}.{name.__qualname__}"
         for k in self.kernels:
             if name == f"{k.module}.{k.name}":
                 return k
