@@ -20,6 +20,7 @@ is the fastest plain NumPy formulation instead (noted on each).
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -243,7 +244,20 @@ _LOOPS: dict[str, tuple[Callable[..., Any], Callable[[Any, tuple[Any, ...]], tup
 @cache
 def _compiled(name: str, parallel: bool) -> Callable[..., Any]:
     loop, _ = _LOOPS[name]
+    if parallel:
+        # Numba's disk cache keys compiled code by function and signature, not by compiler
+        # flags: the serial and the parallel build of one function would load each other's
+        # code.  A copy under its own name gets its own cache entry.
+        loop = _renamed(loop, "_prange")
     return numba.njit(parallel=parallel, cache=True, nogil=True)(loop)  # type: ignore[no-any-return]
+
+
+def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
+                              fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    return copy
 
 
 def _numba_peer(name: str, parallel: bool) -> Peer:

@@ -76,13 +76,14 @@ def machine() -> dict[str, Any]:
 
 
 class Progress:
-    """A one-line progress bar on stderr (drawn only on a terminal, or when ``force``)."""
+    """A one-line progress bar on stderr: drawn on a terminal when ``enabled`` is None,
+    always when True, never when False."""
 
-    def __init__(self, total: int, force: bool = False, width: int = 30) -> None:
+    def __init__(self, total: int, enabled: bool | None = None, width: int = 30) -> None:
         self.total = max(total, 1)
         self.done = 0
         self.width = width
-        self.enabled = force or sys.stderr.isatty()
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.start = time.perf_counter()
 
     def step(self, label: str) -> None:
@@ -126,7 +127,8 @@ def settle(kernel: veda.Kernel, domain: Any, args: tuple[Any, ...],
 
 def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], repeats: int,
                  budget: float) -> dict[str, float]:
-    """Median seconds per function over up to ``repeats`` interleaved rounds.
+    """Median seconds per function over up to ``repeats`` interleaved rounds, the order
+    rotated each round.
 
     A function stops being timed once it has 3 samples and has used ``budget`` seconds (or
     after one sample when a single call takes longer than the whole budget).
@@ -138,8 +140,15 @@ def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], re
         n = len(samples[k])
         return n >= repeats or (n >= 3 and spent[k] > budget) or (n >= 1 and spent[k] > budget * 3)
 
+    names = list(fns)
+    rounds = 0
     while not all(done(k) for k in fns):
-        for name, fn in fns.items():
+        # Rotate the order every round, so that no implementation always follows the same one
+        # (a thread pool left spinning by the previous call slows whichever call comes next).
+        order = names[rounds % len(names):] + names[:rounds % len(names)]
+        rounds += 1
+        for name in order:
+            fn = fns[name]
             if done(name):
                 continue
             setup()
@@ -192,11 +201,12 @@ def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budge
 
 def run(kernels: Iterable[str] | None = None, sizes: Sequence[str] = SIZES,
         peers: Sequence[str] = PEER_KINDS, repeats: int = 7, budget: float = 1.0,
-        progress: bool = False, seed: int = 0) -> dict[str, Any]:
+        progress: bool | None = False, seed: int = 0) -> dict[str, Any]:
     """Measure veda and its peers on gallery kernels; returns the report (see module doc).
 
     ``sizes`` holds ``"small"``, ``"large"`` or element counts; ``budget`` bounds the seconds
-    spent timing each implementation per case beyond the first three rounds.
+    spent timing each implementation per case beyond the first three rounds; ``progress``
+    draws a progress bar (None: when stderr is a terminal).
     """
     names = list(kernels) if kernels is not None else list(GALLERY)
     unknown = [n for n in names if n not in GALLERY]
@@ -209,7 +219,7 @@ def run(kernels: Iterable[str] | None = None, sizes: Sequence[str] = SIZES,
         raise ValueError(f"unknown peer {bad[0]!r}; expected some of {', '.join(PEER_KINDS)}")
     rng = np.random.default_rng(seed)
     jobs = [(n, s) for s in sizes for n in names]
-    bar = Progress(len(jobs), force=progress)
+    bar = Progress(len(jobs), enabled=progress)
     rows = []
     for name, label in jobs:
         bar.step(f"{name} ({label})")

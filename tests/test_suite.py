@@ -109,3 +109,13 @@ def test_run_refuses_unknown_names():
         suite.run(["nope"])
     with pytest.raises(ValueError, match="cupyx"):
         suite.run(["saxpy"], peers=("cupyx",))
+
+
+def test_serial_and_parallel_peers_are_cached_apart():
+    # Numba's disk cache ignores compiler flags: one function compiled both ways would load
+    # the other's code, and the "prange" peer would silently run serially.
+    from veda_kernels import peers
+
+    serial, parallel = peers._compiled("saxpy", False), peers._compiled("saxpy", True)
+    assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
+    assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")

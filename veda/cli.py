@@ -148,7 +148,7 @@ def _bench(args: argparse.Namespace) -> int:
     repeats, budget = (3, 0.05) if args.quick else (args.repeats, args.budget)
     try:
         report = suite.run(args.kernels, sizes=sizes, peers=tuple(args.peers),
-                           repeats=repeats, budget=budget, progress=True)
+                           repeats=repeats, budget=budget, progress=None)
     except (veda.VedaError, ValueError) as exc:
         print(f"veda bench: {exc}", file=sys.stderr)
         return 2
