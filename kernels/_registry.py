@@ -44,17 +44,32 @@ class Case:
         for pos in self.accumulates:
             args[pos][...] = 0
 
+    def outputs(self, args: tuple[Any, ...]) -> list[int]:
+        """Positions in ``args`` of the arrays the kernel writes."""
+        first = len(self.kernel.params) - len(args)
+        return [self.kernel.params.index(name) - first for name in self.kernel.written]
+
+    def poison(self, args: tuple[Any, ...]) -> None:
+        """Fill the outputs with values no correct run leaves behind (NaN, or the smallest
+        integer), then :meth:`reset` the accumulators: a run that skips part of its output
+        then fails the comparison with the reference."""
+        for pos in self.outputs(args):
+            out = args[pos]
+            out[...] = np.nan if out.dtype.kind in "fc" else np.iinfo(out.dtype).min
+        self.reset(args)
+
     def expected(self, domain: Any, args: tuple[Any, ...]) -> Any:
         """The NumPy reference's result for this launch."""
         if self.reference_takes_domain:
             return self.reference(domain, args)  # type: ignore[call-arg]
         return self.reference(args)
 
-    def agrees(self, got: Any, expected: Any) -> bool:
-        """Whether a launch's result matches the reference (exactly, or to ``rtol``)."""
+    def agrees(self, got: Any, expected: Any, atol: float = 1e-12) -> bool:
+        """Whether a launch's result matches the reference (exactly, or to ``rtol``/``atol``);
+        NaN never matches."""
         if self.exact:
             return bool(np.array_equal(got, expected))
-        return bool(np.allclose(got, expected, rtol=self.rtol, atol=1e-12))
+        return bool(np.allclose(got, expected, rtol=self.rtol, atol=atol))
 
 
 def _vec(n, rng):

@@ -121,7 +121,7 @@ def _demo(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(report, indent=2))
     written = ["results.json", "telemetry.json", "metrics.prom", "trace.json"]
     try:
-        suite.plot(report, out / "speedup.png", size=rows[0]["size"] if rows else "large")
+        suite.plot(report, out / "speedup.png", size=None)
         written.append("speedup.png")
     except veda.TelemetryError as exc:  # matplotlib missing
         print(f"no chart: {exc}", file=sys.stderr)
