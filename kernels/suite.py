@@ -53,6 +53,7 @@ __all__ = [
     "plot",
     "run",
     "settle",
+    "size_of",
     "speed_vs_best_peer",
     "table",
 ]
@@ -160,13 +161,17 @@ def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], re
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def _size_of(case: Case, label: str) -> int:
-    return {"small": case.small, "large": case.large}.get(label) or int(label)
+def size_of(case: Case, label: str) -> int:
+    """The problem size a label means for ``case``: ``"small"``, ``"medium"`` (a tenth of the
+    large size, what ``veda demo`` runs), ``"large"``, or a number of elements."""
+    sizes = {"small": case.small, "medium": max(case.small, case.large // 10),
+             "large": case.large}
+    return sizes[label] if label in sizes else int(label)
 
 
 def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budget: float,
              rng: np.random.Generator) -> dict[str, Any]:
-    domain, args = case.make(_size_of(case, label), rng)
+    domain, args = case.make(size_of(case, label), rng)
     case.reset(args)
     expected = case.expected(domain, args)
 
@@ -210,9 +215,9 @@ def run(kernels: Iterable[str] | None = None, sizes: Sequence[str] = SIZES,
         progress: bool | None = False, seed: int = 0) -> dict[str, Any]:
     """Measure veda and its peers on gallery kernels; returns the report (see module doc).
 
-    ``sizes`` holds ``"small"``, ``"large"`` or element counts; ``budget`` bounds the seconds
-    spent timing each implementation per case beyond the first three rounds; ``progress``
-    draws a progress bar (None: when stderr is a terminal).
+    ``sizes`` holds labels for :func:`size_of`; ``budget`` bounds the seconds spent timing each
+    implementation per case beyond the first three rounds; ``progress`` draws a progress bar
+    (None: when stderr is a terminal).
     """
     names = list(kernels) if kernels is not None else list(GALLERY)
     unknown = [n for n in names if n not in GALLERY]

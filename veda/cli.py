@@ -67,45 +67,30 @@ def _cache(args: argparse.Namespace) -> int:
 DEMO_PEERS = ("numpy", "numba")
 
 
-def _demo_size(case: Any, quick: bool) -> int:
-    return case.small if quick else max(case.small, case.large // 10)
-
-
 def _demo(args: argparse.Namespace) -> int:
     from veda_kernels import GALLERY, suite
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(GALLERY)
+    size = "small" if args.quick else "medium"
     repeats, budget = (3, 0.05) if args.quick else (5, 0.5)
-    print(f"veda {veda.__version__} demo: {len(names)} gallery kernels through the adaptive "
+    print(f"veda {veda.__version__} demo: {len(GALLERY)} gallery kernels through the adaptive "
           f"dispatcher; {veda.max_threads()} threads, threading layer {_cpu.threading_layer()}; "
           f"medians after a warm-up")
     veda.telemetry.reset()
-    bar = suite.Progress(len(names) + 1)
-    rows = []
-    for name in names:
-        case = GALLERY[name]
-        bar.step(name)
-        report = suite.run([name], sizes=(str(_demo_size(case, args.quick)),),
-                           peers=DEMO_PEERS, repeats=repeats, budget=budget)
-        rows.extend(report["rows"])
-        bar.advance()
+    report = suite.run(GALLERY, sizes=(size,), peers=DEMO_PEERS, repeats=repeats, budget=budget,
+                       progress=None)
+    rows = report["rows"]
     # The timings above run untraced (a trace listener costs microseconds per launch); the
     # trace records a short pass over every kernel afterwards, one span per kernel.
-    bar.step("trace")
     rng = np.random.default_rng(1)
     with veda.telemetry.trace(out / "trace.json"), veda.telemetry.span("veda demo"):
-        for name in names:
-            case = GALLERY[name]
-            domain, kargs = case.make(_demo_size(case, args.quick), rng)
+        for name, case in GALLERY.items():
+            domain, kargs = case.make(suite.size_of(case, size), rng)
             with veda.telemetry.span(name):
                 for _ in range(3):
                     case.reset(kargs)
                     case.kernel[domain](*kargs)
-    bar.close()
-    report["rows"] = rows
-    report["suite"] = "veda-bench"
     header = (f"{'kernel':<14} {'size':>9}  {'veda chose':<30} {'time':>10} "
               f"{'vs numpy':>9} {'vs numba':>9}")
     lines = [header, "-" * len(header)]
