@@ -256,6 +256,7 @@ class Func(_Compiled):
         self._units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._cuda_units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._written: set[int] | None = None
+        self._maybe_written: set[int] | None = None
 
     def written_positions(self) -> set[int]:
         """Positions of the parameters this helper writes (directly or through helpers)."""
@@ -268,6 +269,19 @@ class Func(_Compiled):
                 raise
             self._written = {self.params.index(p) for p in facts.written}
         return self._written
+
+    def maybe_written_positions(self) -> set[int]:
+        """Positions of the parameters this helper may write: all but those its analysis (and
+        its helpers') proves it only reads.  The GPU target copies these back."""
+        if self._maybe_written is None:
+            self._maybe_written = set(range(len(self.params)))  # a cycle: assume the worst
+            try:
+                facts = analyse(self.source, self.params, [], _callee_writes)
+            except BaseException:
+                self._maybe_written = None
+                raise
+            self._maybe_written = {self.params.index(p) for p in facts.maybe_written}
+        return self._maybe_written
 
     def unit(self, options: tuple[bool, bool]) -> codegen.Unit:
         unit = self._units.get(options)
@@ -341,13 +355,18 @@ class _Plan:
     :meth:`fail`, which says in words what is wrong.
     """
 
-    __slots__ = ("check", "direct", "kernel_name", "names", "nbytes", "written")
+    __slots__ = ("check", "direct", "kernel_name", "maybe_written", "names", "nbytes",
+                 "written")
 
     def __init__(self, kernel_name: str, names: list[str], written: list[int],
-                 direct: list[tuple[int, int, int, str, str]], arrays: list[int]) -> None:
+                 direct: list[tuple[int, int, int, str, str]], arrays: list[int],
+                 maybe_written: list[int] | None = None) -> None:
         self.kernel_name = kernel_name
         self.names = names
         self.written = written
+        #: Positions the kernel may write (a superset of ``written``): all but the arguments the
+        #: analysis proves are only read.  The GPU target copies these back to the host.
+        self.maybe_written = list(range(len(names))) if maybe_written is None else maybe_written
         self.direct = direct
         lines = ["def check(dims, args):"]
         for pos in written:
@@ -530,6 +549,7 @@ class Kernel(_Compiled):
                         "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
                     )
             written = [names.index(p) for p in names if p in facts.written]
+            maybe_written = [names.index(p) for p in names if p in facts.maybe_written]
             direct = [
                 (names.index(arr), axis, index_params.index(idx), arr, idx)
                 for arr, axis, idx in facts.direct_index
@@ -537,7 +557,7 @@ class Kernel(_Compiled):
             ]
             arrays = ([names.index(p) for p in names if p in facts.arrays]
                       if self.source.tree is not None else list(range(nargs)))
-            plan = _Plan(self.name, names, written, direct, arrays)
+            plan = _Plan(self.name, names, written, direct, arrays, maybe_written)
             self._plans[(ndim, nargs)] = plan
             return plan
 
@@ -782,7 +802,7 @@ class Kernel(_Compiled):
 def _gpu_transfer(plan: _Plan, args: tuple[Any, ...]) -> tuple[int, int]:
     """Host bytes a GPU launch with ``args`` copies to the device and back."""
     host = [a.nbytes if isinstance(a, np.ndarray) else 0 for a in args]
-    return sum(host), sum(host[p] for p in plan.written)
+    return sum(host), sum(host[p] for p in plan.maybe_written)
 
 
 class _Entry:
