@@ -146,3 +146,94 @@ def test_a_read_only_input_passed_twice_runs():
     out = np.zeros(8)
     on_cuda(add, 8, x, x, out)
     np.testing.assert_array_equal(out, 2 * x)
+
+
+# -- host and device arguments on the launch path -------------------------------------------------
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """Pretend the simulator is a GPU for the dispatcher, with its costs injected."""
+    from veda.scheduler import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_gpu", True)
+    monkeypatch.setattr(_dispatch, "_gpu_cost", _dispatch.GPUCost(10e9, 10e9, 20e-6))
+
+
+@veda.kernel
+def scale_a(i, a, x, out):
+    out[i] = a * x[i]
+
+
+@veda.kernel
+def scale_b(i, a, x, out):
+    out[i] = a * x[i]
+
+
+def test_host_then_device_arrays_take_their_own_prepared_launch(fake_gpu):
+    x = np.arange(40.0)
+    out = np.zeros(40)
+    before = veda.cuda.transfer_stats()
+    scale_a[40](2.0, x, out)  # small: the CPU
+    assert delta(before)["launches"] == 0
+    np.testing.assert_array_equal(out, 2 * x)
+    xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
+    scale_a[40](3.0, xd, outd)  # device arrays: the GPU, not "GPU array on target 'cpu'"
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(veda.to_host(outd), 3 * x)
+
+
+def test_device_then_host_arrays_do_not_pin_host_launches_to_the_gpu(fake_gpu):
+    x = np.arange(40.0)
+    xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
+    before = veda.cuda.transfer_stats()
+    scale_b[40](2.0, xd, outd)
+    assert delta(before)["launches"] == 1
+    out = np.zeros(40)
+    for _ in range(5):
+        scale_b[40](2.0, x, out)
+    assert delta(before)["launches"] == 1  # the host launches ran on the CPU
+    np.testing.assert_array_equal(out, 2 * x)
+
+
+@veda.kernel
+def scale_c(i, a, x, out):
+    out[i] = a * x[i]
+
+
+def test_device_arrays_under_the_fixed_policy_go_to_the_gpu(fake_gpu):
+    x = np.arange(40.0)
+    xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
+    before = veda.cuda.transfer_stats()
+    with veda.config(policy="fixed"):
+        scale_c[40](2.0, xd, outd)
+        out = np.zeros(40)
+        scale_c[40](2.0, x, out)  # host arrays under the fixed policy: the CPU
+    assert delta(before)["launches"] == 1
+    np.testing.assert_array_equal(veda.to_host(outd), 2 * x)
+    np.testing.assert_array_equal(out, 2 * x)
+    with veda.config(policy="fixed"), pytest.raises(veda.LaunchError, match="GPU array"):
+        veda.launch(scale_c, 40, 2.0, xd, outd, target="cpu")  # explicit: still refused
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad, words", [
+    ([1.0, 2.0, 3.0, 4.0], "lists are not accepted"),
+    (np.zeros(4, np.float16), "float16 arrays are not supported by Numba on the GPU"),
+    (np.array([None] * 4, dtype=object), "booleans or numbers, not object"),
+    ("text", "NumPy or GPU arrays"),
+])
+def test_bad_arguments_are_refused_naming_them(bad, words):
+    out = np.zeros(4)
+    with pytest.raises(veda.LaunchError, match=rf"argument 'x' is .*{words}"):
+        on_cuda(scale_a, 4, 2.0, bad, out)
+    on_cuda(scale_a, 4, 2.0, np.ones(4), out)  # good arguments still run after a refusal
+    np.testing.assert_array_equal(out, 2.0)
+
+
+def test_a_bad_gpu_array_is_refused_naming_it():
+    out = veda.to_device(np.zeros(4))
+    with pytest.raises(veda.LaunchError, match="argument 'x' .*float16"):
+        on_cuda(scale_a, 4, 2.0, veda.to_device(np.zeros(4, np.float16)), out)

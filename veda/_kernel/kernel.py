@@ -53,32 +53,45 @@ def _describe(value: Any) -> str:
     return f"a {name if mod == 'builtins' else mod + '.' + name}"
 
 
-def _arg_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a kernel argument, or None."""
+def _dtype_problem(dt: np.dtype, where: str) -> str | None:
+    if dt.kind not in "biufc":
+        return f"arrays must hold booleans or numbers, not {dt}"
+    supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
+    if supported is not None and dt.itemsize not in supported:
+        return f"{dt} arrays are not supported by Numba on {where}; use float32 or float64"
+    if not dt.isnative:
+        return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
+    return None
+
+
+def _arg_problem(value: Any, device: bool = False) -> str | None:
+    """Why ``value`` cannot be a kernel argument, or None; ``device``: on the GPU target,
+    which also takes GPU arrays."""
     if isinstance(value, np.ndarray):
-        dt = value.dtype
-        if dt.kind not in "biufc":
-            return f"arrays must hold booleans or numbers, not {dt}"
-        supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
-        if supported is not None and dt.itemsize not in supported:
-            return f"{dt} arrays are not supported by Numba on the CPU; use float32 or float64"
-        if not dt.isnative:
-            return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
-        return None
+        return _dtype_problem(value.dtype, "the GPU" if device else "the CPU")
     if isinstance(value, np.generic):
-        return _arg_problem(np.asarray(value))
+        return _arg_problem(np.asarray(value), device)
     if isinstance(value, _SCALAR_TYPES):
         return None
     if type(value) is tuple:
         for item in value:
-            problem = _arg_problem(item)
+            problem = _arg_problem(item, device)
             if problem is not None:
                 return f"tuples must hold scalars or arrays: {problem}"
         return None
     if isinstance(value, list):
         return "lists are not accepted; pass a NumPy array (np.asarray(...))"
     if _cuda.is_device_array(value):
-        return GPU_ARRAY_ON_CPU
+        if not device:
+            return GPU_ARRAY_ON_CPU
+        try:
+            dt = np.dtype(value.dtype)
+        except TypeError:
+            return f"GPU arrays must hold booleans or numbers, not {value.dtype}"
+        return _dtype_problem(dt, "the GPU")
+    if device:
+        return ("kernel arguments must be NumPy or GPU arrays, scalars (bool, int, float, "
+                "complex) or tuples")
     return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
 
 
@@ -102,9 +115,11 @@ def refuse_device_arguments(kernel_name: str, names: list[str], args: tuple[Any,
             )
 
 
-def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...]) -> None:
+def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...],
+                    device: bool = False) -> None:
+    """Refuse an argument no target can take, naming it; ``device``: for the GPU target."""
     for name, value in zip(names, args):
-        problem = _arg_problem(value)
+        problem = _arg_problem(value, device)
         if problem is not None:
             raise LaunchError(
                 f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}; {problem}"
@@ -453,6 +468,10 @@ class Kernel(_Compiled):
         self._cuda_programs: dict[tuple[Any, ...], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
         self._fast: dict[tuple[Any, ...], _Entry] = {}
+        #: Whether prepared launches are kept apart by where their arrays live (host or GPU):
+        #: set once a GPU is available or a device array arrives, so that a CPU-only process
+        #: keeps the plain key on its launch path.
+        self._by_residency = False
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -621,7 +640,25 @@ class Kernel(_Compiled):
                 "no identity (as with np.min / np.max of an empty array)"
             )
         entry = _Entry(cfg, plan, dims, nargs, size)
+        merged = scheduler._merge(cfg, overrides)
+        resident = _cuda.device_resident(args)
+        # Where the arrays live decides between the GPU and the CPU targets (device arrays) and
+        # what a GPU launch would copy: once that can matter, the launch key includes it.  An
+        # explicit target never depends on it, and asks for no GPU (a CPU launch loads no CUDA).
+        gpu = merged[0] is None and (scheduler.gpu_available() or resident)
+        if (gpu or resident) and not self._by_residency:
+            with self._lock:
+                self._by_residency = True
+                self._fast.clear()  # entries under the plain key would be found no more
         pins = scheduler.pins(cfg, overrides)
+        if (pins is None and resident and merged == (None, None, None, None)
+                and scheduler.gpu_available()):
+            # A fixed policy: device-resident arguments still go to the GPU, the only target
+            # that can read them (the rule comes before the policy).
+            decision = scheduler.decide(size, cfg, ("cuda", None, None, None))
+            self._bind(entry, decision, args)
+            self._store(dims, args, overrides, entry)
+            return entry
         tuner_entry = None
         transfer = None
         if pins is not None and size > 0 and scheduler.gpu_available():
@@ -644,10 +681,20 @@ class Kernel(_Compiled):
         else:
             decision = scheduler.decide(size, cfg, overrides)
         self._bind(entry, decision, args)
+        self._store(dims, args, overrides, entry)
+        return entry
+
+    def _key(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+        """The launch path's key of a prepared launch (see :meth:`_launch`)."""
+        if self._by_residency:
+            return (dims, len(args), overrides, _cuda.device_resident(args))
+        return (dims, len(args), overrides)
+
+    def _store(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+               entry: _Entry) -> None:
         if len(self._fast) >= 1024:
             self._fast.clear()
-        self._fast[(dims, nargs, overrides)] = entry
-        return entry
+        self._fast[self._key(dims, args, overrides)] = entry
 
     def _bind(self, entry: _Entry, decision: targets.Decision, args: tuple[Any, ...]) -> None:
         """Point an entry at the runner (and recorder) of one decision, preparing it once."""
@@ -679,7 +726,10 @@ class Kernel(_Compiled):
         if _record.active and not raw:
             return self._launch_recorded(dims, args, overrides)
         cfg = get_config()
-        entry = self._fast.get((dims, len(args), overrides))
+        if self._by_residency:  # a GPU here, or device arrays seen: host and device apart
+            entry = self._fast.get((dims, len(args), overrides, _cuda.device_resident(args)))
+        else:
+            entry = self._fast.get((dims, len(args), overrides))
         if entry is None or entry.cfg is not cfg:
             entry = self._prepare(dims, args, overrides, cfg)
         if entry.check is not None:
@@ -716,7 +766,7 @@ class Kernel(_Compiled):
         try:
             return self._launch(dims, args, overrides, raw=True)
         finally:
-            entry = self._fast.get((dims, len(args), overrides))
+            entry = self._fast.get(self._key(dims, args, overrides))
             if (isinstance(scope, _record.record) and entry is not None
                     and entry.cfg is get_config()):
                 scope.add(self, dims, entry.decision)

@@ -176,6 +176,7 @@ class _Launch:
         self.reduce = kernel.reduce
         self.label = f"{kernel.module_name}.{kernel.name}"
         self._modules: dict[Any, tuple[Any, Any, Any]] = {}
+        self._checked: set[Any] = set()  # argument-type keys whose arguments were checked
         if self.options[2]:  # deterministic reductions: the grid follows the domain only
             self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
         else:
@@ -288,6 +289,12 @@ class _Launch:
         borrowed: list[Any] = []
         back: list[tuple[np.ndarray, Any]] = []
         try:
+            key = tuple(_type_key(a) for a in args)
+            if key not in self._checked:  # once per argument types, as Numba compiles
+                from veda._kernel.kernel import check_arguments
+
+                check_arguments(self.kernel.name, self.names, args, device=True)
+                self._checked.add(key)
             self._refuse_shared_memory(args)
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
             up = sum(b.nbytes for b in borrowed)
