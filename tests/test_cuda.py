@@ -338,3 +338,89 @@ def test_the_gpu_check_scripts_run_dry(tmp_path):
     assert {"triad", "reduction", "choice", "checks", "device"} <= set(result)
     assert [row["n"] for row in result["choice"]] == [1 << 10, 1 << 14]
     assert len(result["checks"]) == 4
+
+
+@pytest.fixture
+def failing_gpu(monkeypatch):
+    """A machine with a GPU whose measurement fails (a CUDA error at the first question)."""
+    import veda.targets.cuda as cuda_target
+
+    def measure():
+        raise OSError("CUDA_ERROR_LAUNCH_FAILED")
+
+    monkeypatch.setattr(_dispatch, "_gpu", True)
+    monkeypatch.setattr(_dispatch, "_gpu_cost", None)
+    monkeypatch.setattr(_dispatch, "_gpu_cost_error", None)
+    monkeypatch.setattr(_dispatch, "_warned", set())
+    monkeypatch.setattr(cuda_target, "measure", measure)
+
+
+@veda.kernel
+def _triad(i, a, x, y, out):
+    out[i] = a * x[i] + y[i]
+
+
+def test_a_gpu_that_fails_to_measure_does_not_fail_the_cpu_launch(failing_gpu):
+    n = CUDA_MIN_SIZE
+    x, y, out = np.arange(n, dtype=np.float64), np.ones(n), np.zeros(n)
+    with pytest.warns(RuntimeWarning, match="no longer considers the GPU.*LAUNCH_FAILED"):
+        for _ in range(3):  # the serial CPU launch (the first compiles), then the GPU is weighed
+            _triad[n](2.0, x, y, out)
+    np.testing.assert_array_equal(out, 2 * x + 1)
+    (row,) = [r for r in veda.explain(_triad).rows if r["size_class"] == "<= 2^17"]
+    (trial,) = [t for t in row["trials"] if t["decision"][0] == "cuda"]
+    assert trial["samples"] == [] and "LAUNCH_FAILED" in trial["pruned"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the next tuner is pruned silently
+        d = Dispatcher()
+        entry = d.entry(_fake_kernel("after"), 1, n, "adaptive", "/nonexistent-veda-test",
+                        (None, None), (3 * n * 8, n * 8))
+        assert entry is not None
+        for _ in range(3):
+            d.observe(entry, entry.tuner.next(), 1e-3, n, "/nonexistent-veda-test")
+        assert entry.tuner.trials[CUDA].pruned and not entry.gpu
+
+
+def test_the_gpu_is_measured_once_by_one_thread(monkeypatch):
+    import threading
+    import time
+
+    import veda.targets.cuda as cuda_target
+
+    calls = []
+
+    def measure():
+        calls.append(threading.get_ident())
+        time.sleep(0.05)
+        return 10e9, 10e9, 20e-6
+
+    monkeypatch.setattr(_dispatch, "_gpu_cost", None)
+    monkeypatch.setattr(_dispatch, "_gpu_cost_error", None)
+    monkeypatch.setattr(cuda_target, "measure", measure)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_dispatch.gpu_cost()))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(got) == 4 and all(g is got[0] for g in got)
+
+
+def test_cuda_language_registration_is_flagged_only_after_it_succeeds(monkeypatch):
+    from veda._kernel import cuda_language
+
+    monkeypatch.setattr(cuda_language, "_registered", False)
+
+    def broken():
+        raise RuntimeError("half-way")
+
+    monkeypatch.setattr(cuda_language, "_register", broken)
+    with pytest.raises(RuntimeError, match="half-way"):
+        cuda_language.register()
+    assert cuda_language._registered is False  # another thread will try again, not skip
+    monkeypatch.setattr(cuda_language, "_register", lambda: None)
+    cuda_language.register()
+    assert cuda_language._registered is True
