@@ -430,3 +430,76 @@ def test_cuda_language_registration_is_flagged_only_after_it_succeeds(monkeypatc
     monkeypatch.setattr(cuda_language, "_register", lambda: None)
     cuda_language.register()
     assert cuda_language._registered is True
+
+
+# -- what the GPU copies back: the "maybe written" analysis ------------------------------------
+
+
+@veda.func
+def _reads(v, i):
+    return 2.0 * v[i]
+
+
+@veda.func
+def _writes_through_alias(o, i, v):
+    r = o
+    r[i] = v
+
+
+@veda.func
+def _row(a, i):
+    return a[i]  # a view of a 2-d array: the caller may write it
+
+
+def _maybe(pyfunc, nargs, ndim=1):
+    k = veda.kernel(pyfunc)
+    plan = k._plan(ndim, nargs)
+    return [plan.names[p] for p in plan.maybe_written]
+
+
+def test_the_copy_back_analysis_proves_reads_and_suspects_the_rest():
+    import math as m
+
+    from veda import atomic_max as hi_at
+
+    def reads(i, a, x, y, out):
+        out[i] = a * x[i] + m.sqrt(abs(y[i])) + len(x) + x.shape[0] + _reads(y, i) + np.sin(x[i])
+
+    def alias(i, x, out):
+        o = out
+        o[i] = x[i]
+
+    def view(i, x, out):
+        row = out[i]
+        row[0] = x[i]
+
+    def atomic(i, x, hi):
+        hi_at(hi, 0, x[i])
+
+    def helper(i, x, out):
+        _writes_through_alias(out, i, x[i])
+
+    def helper_view(i, x, out):
+        _row(out, i)[0] = x[i]
+
+    def method(i, x, out):
+        out[i] = x[i]
+        x.fill(0.0)
+
+    def unknown(i, x, out):
+        out[i] = x[i]
+        print(x)
+
+    assert _maybe(reads, 4) == ["out"]
+    assert _maybe(alias, 2) == ["out"]
+    assert _maybe(view, 2) == ["out"]
+    assert _maybe(atomic, 2) == ["hi"]
+    assert _maybe(helper, 2) == ["out"]
+    assert _maybe(helper_view, 2) == ["out"]
+    assert _maybe(method, 2) == ["x", "out"]
+    assert _maybe(unknown, 2) == ["out"]  # print only reads
+    assert _reads.maybe_written_positions() == set()
+    assert _writes_through_alias.maybe_written_positions() == {0}
+    assert _row.maybe_written_positions() == {0}
+    # the CPU's read-only refusal keeps its own, precise analysis
+    assert veda.kernel(alias).written == [] and veda.kernel(atomic).written == ["hi"]

@@ -55,7 +55,7 @@ def _reads_only(callee: Any, pos: int) -> bool:
     if maybe is not None:  # a @veda.func: its own analysis decides
         return pos not in maybe()
     if _is_atomic(callee):
-        return False
+        return pos != 0  # the array; the index and the value are read
     if isinstance(callee, np.ufunc):
         return pos < callee.nin  # positions from nin on are outputs
     name = getattr(callee, "__name__", None)
