@@ -70,16 +70,27 @@ def r_sum2(i, j, x):
 
 REDUCERS = {"sum": (r_sum, np.sum), "prod": (r_prod, np.prod), "min": (r_min, np.min),
             "max": (r_max, np.max)}
-DTYPES = (np.float32, np.float64, np.int32, np.int64)
+# NumPy's rules: booleans and signed integers accumulate in int64, unsigned ones in uint64.
+DTYPES = (np.float32, np.float64, np.int32, np.int64, np.bool_, np.uint8, np.uint32, np.uint64,
+          np.int8, np.int16)
 
 
 def _values(op: str, dtype: type, n: int) -> np.ndarray:
     rng = np.random.default_rng(7)
+    kind = np.dtype(dtype).kind
     if op == "prod":
         x = np.ones(n, dtype)
-        x[::29] = 2
-        x[5] = -1
+        if kind != "b":
+            x[::29] = 2
+        if kind in "if":
+            x[5] = -1
         return x
+    if kind == "b":
+        return rng.random(n) < 0.5
+    if kind == "u":
+        return rng.integers(0, 100, n).astype(dtype)
+    if kind == "i":
+        return rng.integers(-100, 100, n).astype(dtype)
     return (rng.standard_normal(n) * 100).astype(dtype)
 
 
@@ -91,7 +102,11 @@ def test_reductions_match_numpy(op, dtype):
     got = on_cuda(k, x.size, x)
     expected = ref(x)
     assert got.dtype == expected.dtype
-    if np.issubdtype(dtype, np.integer):
+    if op in ("sum", "prod") and np.dtype(dtype).kind in "bi":
+        assert got.dtype == np.int64
+    if op in ("sum", "prod") and np.dtype(dtype).kind == "u":
+        assert got.dtype == np.uint64
+    if not np.issubdtype(dtype, np.floating):
         assert got == expected
     else:
         np.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
@@ -116,6 +131,29 @@ def test_deterministic_reductions_repeat_bit_for_bit():
         runs = {on_cuda(r_sum, x.size, x).tobytes() for _ in range(3)}
     assert len(runs) == 1
     np.testing.assert_allclose(np.frombuffer(runs.pop(), np.float32)[0], x.sum(), rtol=1e-4)
+
+
+def _det_sum(i, x):
+    return x[i]
+
+
+@pytest.mark.skipif(not SIM, reason="sets the simulator's grid limit")
+def test_deterministic_reductions_do_not_depend_on_the_grid(monkeypatch):
+    """The grid of a deterministic reduction follows the domain: launches prepared under other
+    grid limits (at most 1, 4 or 16 blocks; 1 forces one block to loop over the whole domain
+    in the ordinary mode) give the same bits, where the ordinary reduction's grid follows them."""
+    import veda.targets.cuda as cuda_target
+
+    x = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    det, plain = set(), set()
+    for limit in (1, 4, 16):
+        monkeypatch.setattr(cuda_target, "SIM_MAX_BLOCKS", limit)
+        k = veda.kernel(reduce="sum")(_det_sum)  # a fresh kernel: prepared under this limit
+        with veda.deterministic(seed=1):
+            det.add(on_cuda(k, x.size, x).tobytes())
+        plain.add(on_cuda(veda.kernel(reduce="sum")(_det_sum), x.size, x).tobytes())
+    assert len(det) == 1
+    assert len(plain) > 1  # the ordinary grid does follow the limit: the check above has teeth
 
 
 @veda.kernel
@@ -161,9 +199,12 @@ def test_the_device_pool_reuses_buffers():
 
     x, y, out = np.arange(32.0), np.ones(32), np.zeros(32)
     on_cuda(saxpy, 32, 1.0, x, y, out)
+    np.testing.assert_array_equal(out, x + 1)
     misses = pool.info()["misses"]
-    for _ in range(3):
-        on_cuda(saxpy, 32, 1.0, x, y, out)
+    for a in (2.0, 3.0, 4.0):  # reused buffers hold the last launch's data: results must not
+        out[:] = -1
+        on_cuda(saxpy, 32, a, x, y, out)
+        np.testing.assert_array_equal(out, a * x + 1)
     assert pool.info()["misses"] == misses
 
 

@@ -9,6 +9,7 @@ as Python, where the public functions are plain Python.
 
 from __future__ import annotations
 
+import threading
 import types as pytypes
 from typing import Any
 
@@ -16,14 +17,26 @@ from veda import random as _random
 from veda._kernel import language as _lang
 
 _registered = False
+_lock = threading.Lock()
 
 
 def register() -> None:
-    """Register the CUDA implementations (once; a no-op under the simulator)."""
+    """Register the CUDA implementations (once; a no-op under the simulator).
+
+    Thread-safe: a thread that finds them being registered waits until they are, and the flag
+    is set only once they all are (a failure leaves it unset, to be tried again).
+    """
     global _registered
     if _registered:
         return
-    _registered = True
+    with _lock:
+        if _registered:
+            return
+        _register()
+        _registered = True
+
+
+def _register() -> None:
     import numba
 
     if getattr(numba.config, "ENABLE_CUDASIM", 0):

@@ -53,32 +53,45 @@ def _describe(value: Any) -> str:
     return f"a {name if mod == 'builtins' else mod + '.' + name}"
 
 
-def _arg_problem(value: Any) -> str | None:
-    """Why ``value`` cannot be a kernel argument, or None."""
+def _dtype_problem(dt: np.dtype, where: str) -> str | None:
+    if dt.kind not in "biufc":
+        return f"arrays must hold booleans or numbers, not {dt}"
+    supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
+    if supported is not None and dt.itemsize not in supported:
+        return f"{dt} arrays are not supported by Numba on {where}; use float32 or float64"
+    if not dt.isnative:
+        return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
+    return None
+
+
+def _arg_problem(value: Any, device: bool = False) -> str | None:
+    """Why ``value`` cannot be a kernel argument, or None; ``device``: on the GPU target,
+    which also takes GPU arrays."""
     if isinstance(value, np.ndarray):
-        dt = value.dtype
-        if dt.kind not in "biufc":
-            return f"arrays must hold booleans or numbers, not {dt}"
-        supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
-        if supported is not None and dt.itemsize not in supported:
-            return f"{dt} arrays are not supported by Numba on the CPU; use float32 or float64"
-        if not dt.isnative:
-            return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
-        return None
+        return _dtype_problem(value.dtype, "the GPU" if device else "the CPU")
     if isinstance(value, np.generic):
-        return _arg_problem(np.asarray(value))
+        return _arg_problem(np.asarray(value), device)
     if isinstance(value, _SCALAR_TYPES):
         return None
     if type(value) is tuple:
         for item in value:
-            problem = _arg_problem(item)
+            problem = _arg_problem(item, device)
             if problem is not None:
                 return f"tuples must hold scalars or arrays: {problem}"
         return None
     if isinstance(value, list):
         return "lists are not accepted; pass a NumPy array (np.asarray(...))"
     if _cuda.is_device_array(value):
-        return GPU_ARRAY_ON_CPU
+        if not device:
+            return GPU_ARRAY_ON_CPU
+        try:
+            dt = np.dtype(value.dtype)
+        except TypeError:
+            return f"GPU arrays must hold booleans or numbers, not {value.dtype}"
+        return _dtype_problem(dt, "the GPU")
+    if device:
+        return ("kernel arguments must be NumPy or GPU arrays, scalars (bool, int, float, "
+                "complex) or tuples")
     return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
 
 
@@ -102,9 +115,11 @@ def refuse_device_arguments(kernel_name: str, names: list[str], args: tuple[Any,
             )
 
 
-def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...]) -> None:
+def check_arguments(kernel_name: str, names: list[str], args: tuple[Any, ...],
+                    device: bool = False) -> None:
+    """Refuse an argument no target can take, naming it; ``device``: for the GPU target."""
     for name, value in zip(names, args):
-        problem = _arg_problem(value)
+        problem = _arg_problem(value, device)
         if problem is not None:
             raise LaunchError(
                 f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}; {problem}"
@@ -256,6 +271,7 @@ class Func(_Compiled):
         self._units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._cuda_units: dict[tuple[bool, bool], codegen.Unit] = {}
         self._written: set[int] | None = None
+        self._maybe_written: set[int] | None = None
 
     def written_positions(self) -> set[int]:
         """Positions of the parameters this helper writes (directly or through helpers)."""
@@ -268,6 +284,19 @@ class Func(_Compiled):
                 raise
             self._written = {self.params.index(p) for p in facts.written}
         return self._written
+
+    def maybe_written_positions(self) -> set[int]:
+        """Positions of the parameters this helper may write: all but those its analysis (and
+        its helpers') proves it only reads.  The GPU target copies these back."""
+        if self._maybe_written is None:
+            self._maybe_written = set(range(len(self.params)))  # a cycle: assume the worst
+            try:
+                facts = analyse(self.source, self.params, [], _callee_writes)
+            except BaseException:
+                self._maybe_written = None
+                raise
+            self._maybe_written = {self.params.index(p) for p in facts.maybe_written}
+        return self._maybe_written
 
     def unit(self, options: tuple[bool, bool]) -> codegen.Unit:
         unit = self._units.get(options)
@@ -341,13 +370,18 @@ class _Plan:
     :meth:`fail`, which says in words what is wrong.
     """
 
-    __slots__ = ("check", "direct", "kernel_name", "names", "nbytes", "written")
+    __slots__ = ("check", "direct", "kernel_name", "maybe_written", "names", "nbytes",
+                 "written")
 
     def __init__(self, kernel_name: str, names: list[str], written: list[int],
-                 direct: list[tuple[int, int, int, str, str]], arrays: list[int]) -> None:
+                 direct: list[tuple[int, int, int, str, str]], arrays: list[int],
+                 maybe_written: list[int] | None = None) -> None:
         self.kernel_name = kernel_name
         self.names = names
         self.written = written
+        #: Positions the kernel may write (a superset of ``written``): all but the arguments the
+        #: analysis proves are only read.  The GPU target copies these back to the host.
+        self.maybe_written = list(range(len(names))) if maybe_written is None else maybe_written
         self.direct = direct
         lines = ["def check(dims, args):"]
         for pos in written:
@@ -434,6 +468,10 @@ class Kernel(_Compiled):
         self._cuda_programs: dict[tuple[Any, ...], Any] = {}
         self._bound: dict[Any, BoundLaunch] = {}
         self._fast: dict[tuple[Any, ...], _Entry] = {}
+        #: Whether prepared launches are kept apart by where their arrays live (host or GPU):
+        #: set once a GPU is available or a device array arrives, so that a CPU-only process
+        #: keeps the plain key on its launch path.
+        self._by_residency = False
 
     # -- introspection ---------------------------------------------------------------------
     @property
@@ -530,6 +568,7 @@ class Kernel(_Compiled):
                         "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
                     )
             written = [names.index(p) for p in names if p in facts.written]
+            maybe_written = [names.index(p) for p in names if p in facts.maybe_written]
             direct = [
                 (names.index(arr), axis, index_params.index(idx), arr, idx)
                 for arr, axis, idx in facts.direct_index
@@ -537,7 +576,7 @@ class Kernel(_Compiled):
             ]
             arrays = ([names.index(p) for p in names if p in facts.arrays]
                       if self.source.tree is not None else list(range(nargs)))
-            plan = _Plan(self.name, names, written, direct, arrays)
+            plan = _Plan(self.name, names, written, direct, arrays, maybe_written)
             self._plans[(ndim, nargs)] = plan
             return plan
 
@@ -601,7 +640,25 @@ class Kernel(_Compiled):
                 "no identity (as with np.min / np.max of an empty array)"
             )
         entry = _Entry(cfg, plan, dims, nargs, size)
+        merged = scheduler._merge(cfg, overrides)
+        resident = _cuda.device_resident(args)
+        # Where the arrays live decides between the GPU and the CPU targets (device arrays) and
+        # what a GPU launch would copy: once that can matter, the launch key includes it.  An
+        # explicit target never depends on it, and asks for no GPU (a CPU launch loads no CUDA).
+        gpu = merged[0] is None and (scheduler.gpu_available() or resident)
+        if (gpu or resident) and not self._by_residency:
+            with self._lock:
+                self._by_residency = True
+                self._fast.clear()  # entries under the plain key would be found no more
         pins = scheduler.pins(cfg, overrides)
+        if (pins is None and resident and merged == (None, None, None, None)
+                and scheduler.gpu_available()):
+            # A fixed policy: device-resident arguments still go to the GPU, the only target
+            # that can read them (the rule comes before the policy).
+            decision = scheduler.decide(size, cfg, ("cuda", None, None, None))
+            self._bind(entry, decision, args)
+            self._store(dims, args, overrides, entry)
+            return entry
         tuner_entry = None
         transfer = None
         if pins is not None and size > 0 and scheduler.gpu_available():
@@ -624,10 +681,20 @@ class Kernel(_Compiled):
         else:
             decision = scheduler.decide(size, cfg, overrides)
         self._bind(entry, decision, args)
+        self._store(dims, args, overrides, entry)
+        return entry
+
+    def _key(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+        """The launch path's key of a prepared launch (see :meth:`_launch`)."""
+        if self._by_residency:
+            return (dims, len(args), overrides, _cuda.device_resident(args))
+        return (dims, len(args), overrides)
+
+    def _store(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+               entry: _Entry) -> None:
         if len(self._fast) >= 1024:
             self._fast.clear()
-        self._fast[(dims, nargs, overrides)] = entry
-        return entry
+        self._fast[self._key(dims, args, overrides)] = entry
 
     def _bind(self, entry: _Entry, decision: targets.Decision, args: tuple[Any, ...]) -> None:
         """Point an entry at the runner (and recorder) of one decision, preparing it once."""
@@ -659,7 +726,10 @@ class Kernel(_Compiled):
         if _record.active and not raw:
             return self._launch_recorded(dims, args, overrides)
         cfg = get_config()
-        entry = self._fast.get((dims, len(args), overrides))
+        if self._by_residency:  # a GPU here, or device arrays seen: host and device apart
+            entry = self._fast.get((dims, len(args), overrides, _cuda.device_resident(args)))
+        else:
+            entry = self._fast.get((dims, len(args), overrides))
         if entry is None or entry.cfg is not cfg:
             entry = self._prepare(dims, args, overrides, cfg)
         if entry.check is not None:
@@ -696,7 +766,7 @@ class Kernel(_Compiled):
         try:
             return self._launch(dims, args, overrides, raw=True)
         finally:
-            entry = self._fast.get((dims, len(args), overrides))
+            entry = self._fast.get(self._key(dims, args, overrides))
             if (isinstance(scope, _record.record) and entry is not None
                     and entry.cfg is get_config()):
                 scope.add(self, dims, entry.decision)
@@ -782,7 +852,7 @@ class Kernel(_Compiled):
 def _gpu_transfer(plan: _Plan, args: tuple[Any, ...]) -> tuple[int, int]:
     """Host bytes a GPU launch with ``args`` copies to the device and back."""
     host = [a.nbytes if isinstance(a, np.ndarray) else 0 for a in args]
-    return sum(host), sum(host[p] for p in plan.written)
+    return sum(host), sum(host[p] for p in plan.maybe_written)
 
 
 class _Entry:

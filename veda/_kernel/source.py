@@ -28,6 +28,47 @@ from veda.errors import KernelDefinitionError
 
 # Callables that write the array passed as their first argument.
 _WRITING_CALLS = {"atomic_add", "atomic_min", "atomic_max"}
+# Attributes of an array that read nothing of its data and give no view of it.
+_META_ATTRS = {"shape", "ndim", "size", "dtype", "itemsize", "nbytes"}
+# Builtins that only read their arguments.
+_READING_BUILTINS = {"len", "min", "max", "abs", "float", "int", "complex", "bool", "round",
+                     "range", "sum", "print", "divmod", "pow", "isinstance"}
+# NumPy functions Numba compiles that write an argument.
+_NUMPY_WRITERS = {"fill_diagonal", "copyto", "put", "place", "putmask", "shuffle", "permutation",
+                  "resize", "ndarray"}
+
+
+def _is_atomic(callee: Any) -> bool:
+    """Whether ``callee`` is one of veda's atomics, whatever name the body calls it by."""
+    if callee is None or not str(getattr(callee, "__module__", "")).startswith("veda"):
+        return False
+    return getattr(callee, "__name__", None) in _WRITING_CALLS
+
+
+def _reads_only(callee: Any, pos: int) -> bool:
+    """Whether a call of ``callee`` provably only reads its positional argument ``pos``."""
+    import builtins
+
+    if callee is None:
+        return False
+    maybe = getattr(callee, "maybe_written_positions", None)
+    if maybe is not None:  # a @veda.func: its own analysis decides
+        return pos not in maybe()
+    if _is_atomic(callee):
+        return pos != 0  # the array; the index and the value are read
+    if isinstance(callee, np.ufunc):
+        return pos < callee.nin  # positions from nin on are outputs
+    name = getattr(callee, "__name__", None)
+    if getattr(builtins, str(name), None) is callee:
+        return name in _READING_BUILTINS
+    module = str(getattr(callee, "__module__", None) or "")
+    if module in ("math", "cmath"):
+        return True
+    if module == "numpy" or module.startswith("numpy."):
+        return name not in _NUMPY_WRITERS and not isinstance(callee, type)
+    if module in ("veda.random", "veda._kernel.language"):
+        return name not in _WRITING_CALLS
+    return False
 
 
 @dataclass
@@ -112,6 +153,9 @@ class BodyFacts:
     assigned: set[str] = field(default_factory=set)
     # parameters used as arrays: indexed, asked for an attribute, or handed to a call
     arrays: set[str] = field(default_factory=set)
+    # parameters the body may write, for copying back from a GPU: every parameter except those
+    # the analysis proves are only read (a superset of ``written``)
+    maybe_written: set[str] = field(default_factory=set)
 
 
 def _root_name(node: ast.AST) -> str | None:
@@ -216,9 +260,7 @@ class _Analyzer(ast.NodeVisitor):
         if parts is not None:
             callee = resolve_dotted(self.src.pyfunc, parts)
             positions: set[int] = set()
-            if parts[-1] in _WRITING_CALLS and callee is not None and getattr(
-                callee, "__module__", ""
-            ).startswith("veda"):
+            if _is_atomic(callee):
                 positions = {0}
             else:
                 positions = self.callee_writes(callee)
@@ -275,16 +317,91 @@ class _Analyzer(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+def _maybe_written(src: FunctionSource, params: set[str], helper: bool) -> set[str]:
+    """The parameters the body may write: all but those whose every use provably only reads.
+
+    A use reads only when the parameter (or a subscript of it, read) is asked for
+    ``.shape``/``.ndim``/``.size``/``.dtype``, indexes something, takes part in arithmetic or a
+    comparison, is stored into an element, or is handed to a call that only reads it
+    (``len``, ``math``, NumPy functions that write nothing, ufunc inputs, a ``@veda.func`` whose
+    own analysis proves it).  Anything else (an alias ``o = out``, a view ``row = out[i]``, an
+    unknown call, an atomic under any name, a method call, iteration, a helper's return value)
+    counts as a possible write: the GPU copy-back errs on the side of copying.
+    """
+    assert src.tree is not None
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(src.tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    out: set[str] = set()
+    for node in ast.walk(src.tree):
+        if isinstance(node, ast.Name) and node.id in params and node.id not in out:
+            if not _only_read(src, node, parents, helper):
+                out.add(node.id)
+        elif isinstance(node, ast.arg) and node.arg in params:
+            owner = parents.get(parents.get(node))  # type: ignore[arg-type]
+            if owner is not src.tree:  # a nested function's parameter of the same name
+                out.add(node.arg)
+    return out
+
+
+def _only_read(src: FunctionSource, node: ast.AST, parents: dict[ast.AST, ast.AST],
+               helper: bool) -> bool:
+    if not isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
+        return False  # the parameter itself rebound or deleted
+    expr = node  # an expression whose value may be the array or a view of it
+    while True:
+        parent = parents.get(expr)
+        if isinstance(parent, ast.Attribute):
+            return parent.attr in _META_ATTRS
+        if isinstance(parent, ast.Subscript):
+            if parent.value is not expr:
+                return True  # used as an index
+            if not isinstance(parent.ctx, ast.Load):
+                return False  # an element stored or deleted
+            expr = parent  # an element, or a view: follow it
+            continue
+        if isinstance(parent, ast.Call):
+            if parent.func is expr or expr not in parent.args:
+                return False  # called, or a keyword argument
+            parts = _dotted(parent.func)
+            callee = resolve_dotted(src.pyfunc, parts) if parts is not None else None
+            return _reads_only(callee, parent.args.index(expr))
+        if isinstance(parent, (ast.BinOp, ast.UnaryOp, ast.Compare, ast.AugAssign, ast.Expr,
+                               ast.If, ast.While, ast.Assert)):
+            return True  # a value computed from it, or a test
+        if isinstance(parent, ast.IfExp):
+            if parent.test is expr:
+                return True
+            expr = parent
+            continue
+        if isinstance(parent, (ast.BoolOp, ast.Tuple, ast.List)) and isinstance(
+            getattr(parent, "ctx", ast.Load()), ast.Load
+        ):
+            expr = parent
+            continue
+        if isinstance(parent, (ast.Assign, ast.AnnAssign)):
+            targets = parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+            # stored into elements: a copy; bound to a name: an alias that may be written
+            return all(isinstance(t, ast.Subscript) for t in targets)
+        if isinstance(parent, ast.Return):
+            return not helper  # a kernel returns a value to reduce; a helper might return a view
+        return False
+
+
 def analyse(
     src: FunctionSource, params: list[str], index_params: list[str], callee_writes: Any
 ) -> BodyFacts:
     """Facts about a function body; ``index_params`` may be empty (helpers)."""
     if src.tree is None:
-        return BodyFacts()
+        facts = BodyFacts()
+        facts.maybe_written = set(params)  # nothing is proved
+        return facts
     an = _Analyzer(src, params, callee_writes)
     for stmt in src.tree.body:
         an.visit(stmt)
     facts = an.facts
+    facts.maybe_written = facts.written | _maybe_written(src, an.params, not index_params)
     stable_index = [p for p in index_params if p not in facts.assigned]
     for node, conditional in an.subscripts:
         if conditional:

@@ -64,6 +64,9 @@ class GPUCost:
 
 _gpu_cost: GPUCost | None = None
 _gpu: bool | None = None
+#: Why measuring the GPU failed (then the GPU is dropped from every tuner), or None.
+_gpu_cost_error: str | None = None
+_cost_lock = threading.Lock()
 
 
 def gpu_available() -> bool:
@@ -77,13 +80,27 @@ def gpu_available() -> bool:
 
 
 def gpu_cost() -> GPUCost:
-    """The GPU's measured transfer and launch costs (measured at the first question)."""
-    global _gpu_cost
-    if _gpu_cost is None:
-        from veda.targets.cuda import measure
+    """The GPU's measured transfer and launch costs (measured at the first question, by one
+    thread: the others wait for its figures rather than measuring at the same time).
 
-        _gpu_cost = GPUCost(*measure())
-    return _gpu_cost
+    Raises :class:`RuntimeError` when measuring failed (then and at every later question).
+    """
+    global _gpu_cost, _gpu_cost_error
+    cost = _gpu_cost
+    if cost is not None:
+        return cost
+    with _cost_lock:
+        if _gpu_cost is None:
+            if _gpu_cost_error is not None:
+                raise RuntimeError(_gpu_cost_error)
+            from veda.targets.cuda import measure
+
+            try:
+                _gpu_cost = GPUCost(*measure())
+            except Exception as exc:
+                _gpu_cost_error = f"measuring the GPU failed: {type(exc).__name__}: {exc}"
+                raise RuntimeError(_gpu_cost_error) from exc
+        return _gpu_cost
 
 
 def size_class(size: int) -> int:
@@ -266,7 +283,16 @@ class Dispatcher:
                         if d[0] != "cuda" and t.samples), default=math.inf) * max(size, 1)
         if not math.isfinite(cpu_best):
             return
-        fixed = gpu_cost().transfer_seconds(*entry.transfer)
+        try:
+            fixed = gpu_cost().transfer_seconds(*entry.transfer)
+        except RuntimeError as exc:
+            # Runs after a CPU launch that succeeded: a GPU that fails here must not fail it.
+            _warn_gpu_once(str(exc))
+            for d in list(tuner.candidates):
+                if d[0] == "cuda":
+                    tuner.prune(d, f"unavailable: {exc}")
+            entry.gpu = False
+            return
         if fixed > cpu_best:
             for d in list(tuner.candidates):
                 if d[0] == "cuda":
@@ -330,6 +356,21 @@ class Dispatcher:
         """Drop every in-process decision (the tuning cache on disk stays)."""
         with self.lock:
             self.entries.clear()
+
+
+_warned: set[str] = set()
+
+
+def _warn_gpu_once(reason: str) -> None:
+    """Say once per process that the dispatcher stopped considering the GPU, and why."""
+    with _cost_lock:
+        if reason in _warned:
+            return
+        _warned.add(reason)
+    import warnings
+
+    warnings.warn(f"veda: the dispatcher no longer considers the GPU: {reason}", RuntimeWarning,
+                  stacklevel=2)
 
 
 def _pinned(cands: list[Decision], pins: tuple[str | None, str | None]) -> list[Decision]:

@@ -6,8 +6,10 @@ Importing this module imports no CUDA machinery; the first :meth:`CUDATarget.pre
 A launch runs the kernel body as a device function inside a generated grid-stride kernel over the
 flattened domain (see :func:`veda._kernel.codegen.cuda_launchers`).  Arguments:
 
-* NumPy arrays are copied to device buffers taken from a pool (reused across launches), and only
-  the arrays the kernel writes (found from its body) are copied back;
+* NumPy arrays are copied to device buffers taken from a pool (reused across launches), and every
+  writeable one is copied back unless the analysis of the body (and its ``@veda.func`` helpers)
+  proves the kernel only reads it; NumPy arguments that share memory are refused when the kernel
+  may write one of them (each would get its own device buffer);
 * device arrays (CuPy, Numba, anything with ``__cuda_array_interface__``) are used in place, and
   what the kernel writes into them stays on the device;
 * scalars and tuples pass as they are.
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from veda.errors import KernelError, KernelIndexError, VedaError
+from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
 from veda.targets import Decision, Runner, Target
 
 if TYPE_CHECKING:
@@ -159,7 +161,9 @@ class _Launch:
         self.options = options
         plan = kernel._plan(len(dims), nargs)
         self.names = plan.names
-        self.written = frozenset(plan.written)
+        # Copied back: every argument the analysis cannot prove is only read (aliases, views
+        # and calls it cannot follow would otherwise lose their writes).
+        self.written = frozenset(plan.maybe_written)
         self.size = math.prod(dims)
         block = decision[1] if decision[1] >= 32 else default_block()
         self.block = block
@@ -172,6 +176,7 @@ class _Launch:
         self.reduce = kernel.reduce
         self.label = f"{kernel.module_name}.{kernel.name}"
         self._modules: dict[Any, tuple[Any, Any, Any]] = {}
+        self._checked: set[Any] = set()  # argument-type keys whose arguments were checked
         if self.options[2]:  # deterministic reductions: the grid follows the domain only
             self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
         else:
@@ -181,6 +186,39 @@ class _Launch:
             self._kernel = _configure(module._veda_kernel, self.grid, block)
 
     # -- arguments ---------------------------------------------------------------------------
+    def _refuse_shared_memory(self, args: tuple[Any, ...]) -> None:
+        """Refuse NumPy arguments that share memory when the kernel may write one of them.
+
+        Each host array gets its own device buffer: writes through one would not be seen
+        through the other, and the copy-backs would overwrite each other, where the CPU targets
+        see one memory.
+        """
+        hosts: list[tuple[int, np.ndarray]] = []
+        for pos, value in enumerate(args):
+            if isinstance(value, np.ndarray):
+                hosts.append((pos, value))
+            elif type(value) is tuple:
+                hosts += [(pos, v) for v in value if isinstance(v, np.ndarray)]
+        if len(hosts) < 2:
+            return
+        written = self.written
+        for k, (p, a) in enumerate(hosts):
+            a_written = p in written and a.flags.writeable
+            for q, b in hosts[k + 1:]:
+                if not (a_written or (q in written and b.flags.writeable)):
+                    continue
+                if np.may_share_memory(a, b) and np.shares_memory(a, b):
+                    first, second = self.names[p], self.names[q]
+                    what = (f"arguments {first!r} and {second!r} are" if p != q
+                            else f"argument {first!r} holds arrays that are")
+                    raise LaunchError(
+                        f"kernel {self.kernel.name!r}: {what} the same memory (the same array "
+                        "or overlapping views) and the kernel may write them; on target 'cuda' "
+                        "each array gets its own device buffer, so the writes would not be "
+                        f"seen through the other and the copies back would overwrite each "
+                        f"other; pass the array once, or pass a copy (e.g. {second}.copy())"
+                    )
+
     def _to_device(self, pos: int, value: Any, borrowed: list[Any],
                    back: list[tuple[np.ndarray, Any]]) -> Any:
         from veda import cuda as vc
@@ -192,7 +230,7 @@ class _Launch:
             borrowed.append(buf)
             vc._stats["host_to_device_bytes"] += host.nbytes
             vc._stats["host_to_device_copies"] += 1
-            if pos in self.written:
+            if pos in self.written and value.flags.writeable:
                 back.append((value, buf))
             return buf
         if type(value) is tuple:
@@ -251,6 +289,13 @@ class _Launch:
         borrowed: list[Any] = []
         back: list[tuple[np.ndarray, Any]] = []
         try:
+            key = tuple(_type_key(a) for a in args)
+            if key not in self._checked:  # once per argument types, as Numba compiles
+                from veda._kernel.kernel import check_arguments
+
+                check_arguments(self.kernel.name, self.names, args, device=True)
+                self._checked.add(key)
+            self._refuse_shared_memory(args)
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
             up = sum(b.nbytes for b in borrowed)
             if self.reduce is not None:
