@@ -6,7 +6,9 @@ expression; see :mod:`veda_kernels.peers`) on the same inputs.  Times are median
 after a warm-up, the implementations interleaved repeat by repeat so that a noisy machine slows
 all of them alike.  Before timing, veda is launched until its dispatcher has decided for the
 size (exploration is a cost of the first launches, reported by ``veda explain``, not a steady
-state), and every Numba and veda result is checked against the NumPy reference.
+state), and every result is checked against the NumPy reference.  NumPy is timed in a block
+of its own after the others, then the suite pauses: a BLAS thread pool left spinning after a
+NumPy call would otherwise slow the next parallel region (see ``SPIN_PAUSE``).
 
 The report is a plain dictionary (JSON-ready)::
 
@@ -126,10 +128,17 @@ def settle(kernel: veda.Kernel, domain: Any, args: tuple[Any, ...],
     return None
 
 
+#: NumPy may call a BLAS whose thread pool keeps spinning for a while after a call (OpenBLAS:
+#: about 0.1 s), slowing the next parallel region up to 3x.  NumPy is therefore timed in a
+#: block of its own, after the others, followed by this pause.
+SPIN_PAUSE = 0.25
+
+
 def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], repeats: int,
-                 budget: float) -> dict[str, float]:
+                 budget: float, alone: tuple[str, ...] = ("numpy",)) -> dict[str, float]:
     """Median seconds per function over up to ``repeats`` interleaved rounds, the order
-    rotated each round.
+    rotated each round; the functions named in ``alone`` are timed afterwards in a block of
+    their own, followed by a pause of SPIN_PAUSE seconds.
 
     A function stops being timed once it has 3 samples and has used ``budget`` seconds (or
     after one sample when a single call takes longer than the whole budget).
@@ -141,23 +150,28 @@ def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], re
         n = len(samples[k])
         return n >= repeats or (n >= 3 and spent[k] > budget) or (n >= 1 and spent[k] > budget * 3)
 
-    names = list(fns)
-    rounds = 0
-    while not all(done(k) for k in fns):
-        # Rotate the order every round, so that no implementation always follows the same one
-        # (a thread pool left spinning by the previous call slows whichever call comes next).
-        order = names[rounds % len(names):] + names[:rounds % len(names)]
-        rounds += 1
-        for name in order:
-            fn = fns[name]
-            if done(name):
-                continue
-            setup()
-            start = time.perf_counter()
-            fn()
-            t = time.perf_counter() - start
-            samples[name].append(t)
-            spent[name] += t
+    def time_rounds(names: list[str]) -> None:
+        rounds = 0
+        while not all(done(k) for k in names):
+            # Rotate the order every round, so that no implementation always follows the same
+            # one (whatever the previous call leaves behind hits whichever call comes next).
+            order = names[rounds % len(names):] + names[:rounds % len(names)]
+            rounds += 1
+            for name in order:
+                if done(name):
+                    continue
+                setup()
+                start = time.perf_counter()
+                fns[name]()
+                t = time.perf_counter() - start
+                samples[name].append(t)
+                spent[name] += t
+
+    time_rounds([k for k in fns if k not in alone])
+    separate = [k for k in fns if k in alone]
+    if separate:
+        time_rounds(separate)
+        time.sleep(SPIN_PAUSE)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -184,7 +198,9 @@ def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budge
     fns.update({k: (lambda p=p: p(domain, args)) for k, p in chosen.items()})
     checked = True
     unchecked = []
-    for name, fn in fns.items():  # warm-up (compiles the Numba peers), and check results
+    # Warm-up (compiles the Numba peers) and check results; NumPy last, then a pause for any
+    # BLAS threads it leaves spinning (see SPIN_PAUSE).
+    for name, fn in sorted(fns.items(), key=lambda item: item[0] == "numpy"):
         case.poison(args)
         value = fn()
         ok = (numpy_agrees(case, args, value, expected) if name == "numpy"
@@ -195,6 +211,7 @@ def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budge
             checked = False
             print(f"veda bench: {case.name} ({label}) via {name} differs from NumPy",
                   file=sys.stderr)
+    time.sleep(SPIN_PAUSE if "numpy" in fns else 0.0)
     seconds = _interleaved(fns, lambda: case.reset(args), repeats, budget)
     nbytes = sum(int(a.nbytes) for a in args if isinstance(a, np.ndarray))
     return {
