@@ -154,3 +154,14 @@ def test_serial_and_parallel_peers_are_cached_apart():
     serial, parallel = peers._compiled("saxpy", False), peers._compiled("saxpy", True)
     assert serial.py_func.__qualname__ != parallel.py_func.__qualname__
     assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel")
+
+
+def test_numpy_is_timed_in_a_block_of_its_own_after_the_others(monkeypatch):
+    monkeypatch.setattr(suite, "SPIN_PAUSE", 0.0)
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("veda", "numpy", "numba")}
+    seconds = suite._interleaved(fns, lambda: None, repeats=4, budget=1.0)
+    assert set(seconds) == set(fns)
+    assert calls[-4:] == ["numpy"] * 4 and "numpy" not in calls[:-4]
+    # The others alternate, their order rotated each round.
+    assert calls[:8] == ["veda", "numba", "numba", "veda", "veda", "numba", "numba", "veda"]
