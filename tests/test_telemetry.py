@@ -117,6 +117,27 @@ def test_compile_time_is_not_launch_time():
     assert m.max_time < m.compile_time
 
 
+def test_a_compile_outside_any_launch_is_not_taken_off_the_next_one():
+    import threading
+    import time
+
+    from veda.telemetry import _registry
+
+    @veda.kernel
+    def later(i, x):
+        x[i] = 3.0
+
+    x = np.zeros(10)
+    veda.launch(later, 10, x, target="cpu")  # compiled here
+    veda.telemetry.reset()
+    # A compile that ended before the launch below started (a direct call, a probe): its time
+    # must not be subtracted from that launch, which would then read as zero.
+    _registry.pending_compile[threading.get_ident()] = [(time.perf_counter() - 50.0, 10.0)]
+    veda.launch(later, 10, x, target="cpu")
+    assert veda.metrics().kernel(later).min_time > 0
+    assert threading.get_ident() not in _registry.pending_compile
+
+
 def test_telemetry_off_records_nothing():
     x = np.zeros(10)
     with veda.config(telemetry=False):

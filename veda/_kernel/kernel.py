@@ -224,9 +224,8 @@ def install_compile_hook(
         if get_config().telemetry:
             _telemetry.registry.compiled(owner.module_name, owner.name, end - start, hit)
             if isinstance(owner, Kernel):
-                tid = threading.get_ident()
-                pending = _telemetry.pending_compile
-                pending[tid] = pending.get(tid, 0.0) + end - start
+                _telemetry.pending_compile.setdefault(threading.get_ident(), []).append(
+                    (start, end - start))
             if _events.listeners:
                 _events.emit("on_compile", _events.CompileEvent(
                     owner.name, signature, hit, threading.get_ident(), start, end))
@@ -750,7 +749,7 @@ class Kernel(_Compiled):
             raise
         elapsed = perf_counter() - start
         if _pending:  # a launch compiled: count run time only
-            elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
+            elapsed = max(elapsed - _telemetry.take_pending_compile(start), 0.0)
         times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
         times.append(elapsed)
         if len(times) > entry.review_at:
@@ -795,7 +794,7 @@ class Kernel(_Compiled):
         end = perf_counter()
         elapsed = end - start
         if _pending:
-            elapsed = max(elapsed - _telemetry.take_pending_compile(), 0.0)
+            elapsed = max(elapsed - _telemetry.take_pending_compile(start), 0.0)
         entry.last = elapsed
         if recorder is not None:
             recorder.times.append(elapsed)

@@ -182,12 +182,16 @@ class Registry:
 registry = Registry()
 
 
-#: Compile time spent inside a launch and not yet discounted, per thread id.  A launch that meets
-#: new argument types compiles inside its timed call; the compile hook adds the duration here and
-#: the launch subtracts it, so latency figures hold run time only.  Empty almost always, so the
-#: launch path pays one truth test.
-pending_compile: dict[int, float] = {}
+#: Compiles not yet discounted, per thread id: (start, seconds) of each.  A launch that meets new
+#: argument types compiles inside its timed call; the compile hook records it here and the launch
+#: subtracts what started after the launch did, so latency figures hold run time only.  Compiles
+#: outside any launch (a direct call, a probe) are dropped by the next launch, not subtracted.
+#: Empty almost always, so the launch path pays one truth test.
+pending_compile: dict[int, list[tuple[float, float]]] = {}
 
 
-def take_pending_compile() -> float:
-    return pending_compile.pop(threading.get_ident(), 0.0)
+def take_pending_compile(since: float = float("-inf")) -> float:
+    """Clear this thread's pending compiles; the seconds of those that started at ``since`` or
+    later."""
+    pending = pending_compile.pop(threading.get_ident(), ())
+    return sum(seconds for start, seconds in pending if start >= since)
