@@ -64,6 +64,17 @@ class Case:
             return self.reference(domain, args)  # type: ignore[call-arg]
         return self.reference(args)
 
+    def check(self, domain: Any, args: tuple[Any, ...], value: Any) -> None:
+        """Assert that a launch's result (``value`` and the outputs in ``args``) matches the
+        reference, with NumPy's description of any difference."""
+        got = self.result(args, value)
+        expected = self.expected(domain, args)
+        if self.exact:
+            np.testing.assert_array_equal(got, expected)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=self.rtol, atol=1e-12)
+        assert self.agrees(got, expected)
+
     def agrees(self, got: Any, expected: Any, atol: float = 1e-12) -> bool:
         """Whether a launch's result matches the reference (exactly, or to ``rtol``/``atol``);
         NaN never matches."""

@@ -14,14 +14,8 @@ def test_gallery_matches_numpy(name, settings):
     case = GALLERY[name]
     rng = np.random.default_rng(42)
     domain, args = case.make(case.small, rng)
-    value = veda.launch(case.kernel, domain, *args, **settings)
-    got = case.result(args, value)
-    expected = case.expected(domain, args)
-    if case.exact:
-        np.testing.assert_array_equal(got, expected)
-    else:
-        np.testing.assert_allclose(got, expected, rtol=case.rtol, atol=1e-12)
-    assert case.agrees(got, expected)
+    case.poison(args)  # a launch that skips part of its output cannot pass
+    case.check(domain, args, veda.launch(case.kernel, domain, *args, **settings))
 
 
 def test_gallery_lookup():

@@ -34,13 +34,8 @@ def delta(before: dict[str, int]) -> dict[str, int]:
 def test_gallery_matches_numpy_on_cuda(name):
     case = GALLERY[name]
     domain, args = case.make(1024 if name == "spmv_csr" else 200, np.random.default_rng(42))
-    value = on_cuda(case.kernel, domain, *args)
-    got = case.result(args, value)
-    expected = case.expected(domain, args)
-    if case.exact:
-        np.testing.assert_array_equal(got, expected)
-    else:
-        np.testing.assert_allclose(got, expected, rtol=case.rtol, atol=1e-12)
+    case.poison(args)
+    case.check(domain, args, on_cuda(case.kernel, domain, *args))
 
 
 @veda.kernel(reduce="sum")
