@@ -14,41 +14,21 @@ dynamic schedules exist for; the target applies to it.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 import veda
 from veda_kernels import loops
+from veda_kernels.peers import peers_for
 
 from _util import compare, report
 
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 
 
-@numba.njit(parallel=True, cache=True)
-def triangular_prange(x, out):
-    for i in numba.prange(x.shape[0]):
-        acc = 0.0
-        xi = x[i]
-        for j in range(i + 1):
-            acc += x[j] * xi
-        out[i] = acc
-
-
-@numba.njit(parallel=True, cache=True)
-def mandelbrot_prange(xmin, ymin, dx, dy, out):
-    h, w = out.shape
-    for i in numba.prange(h):
-        for j in range(w):
-            cr = xmin + j * dx
-            ci = ymin + i * dy
-            zr = 0.0
-            zi = 0.0
-            k = 0
-            while k < loops.MAX_ITER and zr * zr + zi * zi <= 4.0:
-                zr, zi = zr * zr - zi * zi + cr, 2.0 * zr * zi + ci
-                k += 1
-            out[i, j] = k
+# The baselines are the gallery's hand-written Numba peers, compiled with parallel=True: Numba's
+# own static prange.
+triangular_prange = peers_for("triangular", ("numba_prange",))["numba_prange"]
+mandelbrot_prange = peers_for("mandelbrot", ("numba_prange",))["numba_prange"]
 
 
 def _run(name, baseline, kernel, domain, args, repeats):
@@ -71,16 +51,16 @@ def main(repeats: int = 9) -> dict:
     rng = np.random.default_rng(0)
     x = rng.random(20_000)
     out = np.empty_like(x)
-    tri = _run("triangular loop, n = 20000", lambda: triangular_prange(x, out),
+    tri = _run("triangular loop, n = 20000", lambda: triangular_prange(x.size, (x, out)),
                loops.triangular, 20_000, (x, out), repeats)
     h, w = 800, 1200
     img = np.empty((h, w), np.int64)
     margs = (-2.0, -0.25, 3.0 / w, 1.5 / h, img)
     man = _run("mandelbrot 1200 x 800, off-centre view y in [-0.25, 1.25]",
-               lambda: mandelbrot_prange(*margs), loops.mandelbrot, (h, w), margs, repeats)
+               lambda: mandelbrot_prange((h, w), margs), loops.mandelbrot, (h, w), margs, repeats)
     sym = (-2.0, -1.0, 3.0 / w, 2.0 / h, img)
     full = _run("mandelbrot 1200 x 800, full symmetric view (balanced for static; no target)",
-                lambda: mandelbrot_prange(*sym), loops.mandelbrot, (h, w), sym, repeats)
+                lambda: mandelbrot_prange((h, w), sym), loops.mandelbrot, (h, w), sym, repeats)
     out_ = {"triangular": tri, "mandelbrot": man, "mandelbrot_symmetric": full, "target": 1.35}
     report("schedules", out_)
     return out_

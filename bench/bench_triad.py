@@ -7,20 +7,16 @@ Target (issue 2): veda reaches >= 0.95x the bandwidth of the prange loop, on all
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 import veda
 from veda_kernels.blas1 import triad
+from veda_kernels.peers import peers_for
 
 from _util import compare, report
 
-
-@numba.njit(parallel=True, cache=True)
-def triad_prange(a, b, s, c):
-    for i in numba.prange(a.shape[0]):
-        a[i] = b[i] + s * c[i]
-
+# The baseline is the gallery's hand-written Numba peer compiled with parallel=True.
+triad_prange = peers_for("triad", ("numba_prange",))["numba_prange"]
 
 def main(n: int = 20_000_000, repeats: int = 21) -> dict:
     rng = np.random.default_rng(0)
@@ -29,7 +25,7 @@ def main(n: int = 20_000_000, repeats: int = 21) -> dict:
     c = rng.random(n)
     threads = veda.max_threads()
     fns = {
-        "numba_prange": lambda: triad_prange(a, b, 3.0, c),
+        "numba_prange": lambda: triad_prange(n, (a, b, 3.0, c)),
         "veda_parallel_static": lambda: veda.launch(triad, n, a, b, 3.0, c, target="parallel",
                                                     threads=threads, schedule="static"),
         "veda_parallel_dynamic": lambda: veda.launch(triad, n, a, b, 3.0, c,

@@ -235,9 +235,10 @@ def language(i, seed, x, out, counts):
     veda.atomic_max(out, (i, 1), 0.0)
 
 
-def test_the_generated_cuda_code_compiles_to_ptx(monkeypatch, tmp_path):
-    """Type and lower every gallery kernel and the kernel language for a real GPU (no device
-    needed: NVVM only); skipped where the CUDA toolkit's NVVM and NVRTC are not installed."""
+@pytest.fixture
+def ptx(monkeypatch):
+    """Numba's CUDA module, ready to compile to PTX for compute capability 8.0 without a device;
+    skips under the simulator and where the CUDA toolkit's NVVM and NVRTC are not installed."""
     if veda.cuda.simulator_enabled():
         pytest.skip("the simulator compiles nothing")
     cuda = pytest.importorskip("numba.cuda")
@@ -255,10 +256,20 @@ def test_the_generated_cuda_code_compiles_to_ptx(monkeypatch, tmp_path):
     monkeypatch.setattr(cuda_dispatcher, "get_current_device",
                         lambda: types.SimpleNamespace(compute_capability=(8, 0)))
     from veda._kernel import cuda_language
+
+    cuda_language.register()
+    return cuda
+
+
+def test_the_generated_cuda_code_compiles_to_ptx(ptx):
+    """Type and lower every gallery kernel and the kernel language for a real GPU (no device
+    needed: NVVM only)."""
+    import numba
+
+    cuda = ptx
     from veda.targets.cuda import _identity_source
     from veda_kernels import GALLERY
 
-    cuda_language.register()
     cases = [(case.kernel, *case.make(64, np.random.default_rng(0))) for case in GALLERY.values()]
     cases.append((language, 16, (np.uint64(3), np.ones(16), np.zeros((16, 2)),
                                  np.zeros(4, np.int64))))
@@ -278,26 +289,12 @@ def test_the_generated_cuda_code_compiles_to_ptx(monkeypatch, tmp_path):
             cuda.compile_ptx(mod._veda_final.py_func, (acc, numba.int64, acc), cc=(8, 0))
 
 
-def test_a_bad_local_array_shape_names_the_construct(monkeypatch):
-    if veda.cuda.simulator_enabled():
-        pytest.skip("the simulator compiles nothing")
-    cuda = pytest.importorskip("numba.cuda")
+def test_a_bad_local_array_shape_names_the_construct(ptx):
     import numba
-    import numba.cuda.dispatcher as cuda_dispatcher
 
-    def empty(x):
-        pass
-
-    try:
-        cuda.compile_ptx(empty, (numba.float64[::1],), cc=(8, 0))
-    except Exception as exc:
-        pytest.skip(f"no NVVM/NVRTC here: {type(exc).__name__}")
-    monkeypatch.setattr(cuda_dispatcher, "get_current_device",
-                        lambda: types.SimpleNamespace(compute_capability=(8, 0)))
-    from veda._kernel import cuda_language
     from veda._kernel.kernel import translate_compile_error
 
-    cuda_language.register()
+    cuda = ptx
 
     @veda.kernel
     def scratch(i, n, out):

@@ -1,6 +1,6 @@
 """The "cuda" target: every gallery kernel, the reductions, the kernel language, arrays and errors.
 
-Runs under Numba's CUDA simulator in its own process (tests/test_cuda_sim.py starts it with
+Runs under Numba's CUDA simulator in its own process (tests/test_cuda.py starts it with
 NUMBA_ENABLE_CUDASIM=1 VEDA_TEST_CUDA=1), or on a real GPU from bench/gpu_check.sh.  Sizes are
 tiny: the simulator runs every GPU thread as a Python thread.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cudahelpers import delta, on_cuda
 from numba import cuda
 
 import veda
@@ -19,15 +20,6 @@ SIM = veda.cuda.simulator_enabled()
 pytestmark = pytest.mark.skipif(
     veda.cuda.explicit_reason() is not None, reason=str(veda.cuda.explicit_reason())
 )
-
-
-def on_cuda(k, domain, *args):
-    return veda.launch(k, domain, *args, target="cuda")
-
-
-def delta(before: dict[str, int]) -> dict[str, int]:
-    after = veda.cuda.transfer_stats()
-    return {k: after[k] - before[k] for k in after}
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cudahelpers import delta, on_cuda
 
 import veda
 from veda import atomic_add as add_at
@@ -15,15 +16,6 @@ from veda import atomic_add as add_at
 pytestmark = pytest.mark.skipif(
     veda.cuda.explicit_reason() is not None, reason=str(veda.cuda.explicit_reason())
 )
-
-
-def on_cuda(k, domain, *args):
-    return veda.launch(k, domain, *args, target="cuda")
-
-
-def delta(before: dict[str, int]) -> dict[str, int]:
-    after = veda.cuda.transfer_stats()
-    return {k: after[k] - before[k] for k in after}
 
 
 # -- writes the "written" analysis cannot see ---------------------------------------------------
