@@ -16,8 +16,30 @@ EXPECTED = {
     "UnknownKernelError", "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min",
     "cache_clear", "cache_info", "config", "deterministic", "explain", "func", "get_config",
     "kernel", "launch", "local_array", "max_threads", "metrics", "random", "record", "replay",
-    "scan", "set_config", "telemetry", "TelemetryError", "threading_layer", "to_device",
-    "to_host", "cuda",
+    "scan", "scheduler", "set_config", "targets", "telemetry", "TelemetryError",
+    "threading_layer", "to_device", "to_host", "cuda",
+}
+
+# The public names of the subpackages, pinned as veda's own (a change must be deliberate).
+SUBPACKAGES = {
+    "targets": {
+        "CPUTarget", "CUDATarget", "Decision", "KernelForm", "LaunchOptions", "ParallelTarget",
+        "Profiler", "Runner", "Target", "get", "names", "register", "unregister",
+    },
+    "scheduler": {
+        "PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "Policy", "decide",
+        "default_chunk", "dispatcher", "explain", "get_policy", "gpu_available", "pins",
+        "policy_names", "register_policy", "unregister_policy",
+    },
+    "telemetry": {
+        "CompileEvent", "ConfigMetrics", "Figures", "KernelMetrics", "LaunchEvent", "Listener",
+        "MetricsServer", "Snapshot", "SpanEvent", "add_listener", "metrics", "remove_listener",
+        "reset", "serve", "span", "trace",
+    },
+    "cuda": {
+        "device_resident", "is_available", "is_device_array", "simulator_enabled", "to_device",
+        "to_host", "transfer_stats", "unavailable_reason",
+    },
 }
 
 
@@ -25,6 +47,14 @@ def test_public_names_are_pinned():
     assert set(veda.__all__) == EXPECTED
     for name in veda.__all__:
         assert hasattr(veda, name), name
+
+
+@pytest.mark.parametrize("package", sorted(SUBPACKAGES))
+def test_subpackage_names_are_pinned(package):
+    module = getattr(veda, package)
+    assert set(module.__all__) == SUBPACKAGES[package]
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"veda.{package}.{name}"
 
 
 def test_error_hierarchy():

@@ -99,7 +99,8 @@ for t in threads:
 for t in threads:
     t.join()
 assert all((x == 25).all() for x in arrays)
-print(veda.threading_layer(), veda.targets.cpu.serialises_parallel_regions())
+from veda._hardware.cpu import serialises_parallel_regions
+print(veda.threading_layer(), serialises_parallel_regions())
 """
 
 

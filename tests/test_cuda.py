@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 import veda
-from veda.scheduler import _dispatch
-from veda.scheduler._dispatch import CUDA, CUDA_MIN_SIZE, Dispatcher, GPUCost, candidates
+from veda._hardware import gpu as gpu_hw
+from veda._hardware.gpu import GPUCost
+from veda.scheduler._dispatch import Dispatcher, candidates
+from veda.targets.cuda import CUDA_MIN_SIZE, CUDATarget
+
+#: The GPU's decision on a real device (this process does not run the simulator).
+CUDA = CUDATarget().default_decision(CUDA_MIN_SIZE)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_GPU = not veda.cuda.is_available()
@@ -55,7 +60,8 @@ def test_importing_veda_and_a_cpu_launch_load_no_cuda_machinery():
         print(cuda_modules())
         inc[10](np.zeros(10))  # the dispatcher asks for a GPU: a driver check first
         print(cuda_modules())
-        print(veda.cuda.gpu_driver_present() and veda.cuda._extra_installed())
+        from veda._hardware import gpu
+        print(gpu.gpu_driver_present() and gpu._extra_installed())
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
@@ -90,19 +96,19 @@ def test_without_a_gpu_cuda_is_unavailable_with_a_reason():
     ("driver", "no NVIDIA driver"),
 ])
 def test_the_reason_says_what_is_missing(monkeypatch, missing, words):
-    monkeypatch.setattr(veda.cuda, "_probed", None)
-    monkeypatch.setattr(veda.cuda, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(gpu_hw, "_probed", None)
+    monkeypatch.setattr(gpu_hw, "simulator_enabled", lambda: False)
     if missing == "extra":
-        monkeypatch.setattr(veda.cuda, "_extra_installed", lambda: False)
+        monkeypatch.setattr(gpu_hw, "_extra_installed", lambda: False)
     else:
-        monkeypatch.setattr(veda.cuda, "_extra_installed", lambda: True)
-        monkeypatch.setattr(veda.cuda, "gpu_driver_present", lambda: False)
+        monkeypatch.setattr(gpu_hw, "_extra_installed", lambda: True)
+        monkeypatch.setattr(gpu_hw, "gpu_driver_present", lambda: False)
     try:
         assert words in (veda.cuda.unavailable_reason() or "")
         assert words in (veda.cuda.explicit_reason() or "")
         assert not veda.cuda.is_available()
     finally:
-        veda.cuda._reset_probe()
+        gpu_hw._reset_probe()
 
 
 def test_cuda_launch_settings_are_refused():
@@ -147,18 +153,28 @@ def test_to_host_and_to_device_check_their_input():
 # The dispatcher's GPU cost model, with injected measurements
 
 
-def test_the_gpu_is_a_candidate_only_when_present_and_the_launch_is_large():
-    assert CUDA not in candidates(1 << 22, 2, gpu=False)
-    assert CUDA not in candidates(CUDA_MIN_SIZE - 1, 2, gpu=True)
-    assert candidates(CUDA_MIN_SIZE, 2, gpu=True)[-1] == CUDA
+def _fake_gpu(monkeypatch, cost):
+    """Make this process believe it has a real GPU (the probe's answer) with ``cost``."""
+    monkeypatch.setattr(gpu_hw, "_probed", (None, None))
+    monkeypatch.setattr(gpu_hw, "_gpu_cost", cost)
+    monkeypatch.setattr(gpu_hw, "_gpu_cost_error", None)
+
+
+def test_the_gpu_is_a_candidate_only_when_present_and_the_launch_is_large(monkeypatch):
+    if NO_GPU:
+        assert CUDA not in candidates(1 << 22, 2)
+    _fake_gpu(monkeypatch, GPUCost(10e9, 10e9, 20e-6))
+    assert CUDA not in candidates(CUDA_MIN_SIZE - 1, 2)
+    assert candidates(CUDA_MIN_SIZE, 2)[-1] == CUDA
+    assert CUDA not in candidates(CUDA_MIN_SIZE, 2, deterministic=True)  # other bits
+    assert candidates(100, 2, residency="device") == [CUDA]  # only the GPU reads them
 
 
 @pytest.fixture
 def gpu(monkeypatch):
     """A machine with a GPU whose transfers run at 10 GB/s each way and launches cost 20 us."""
-    monkeypatch.setattr(_dispatch, "_gpu", True)
-    monkeypatch.setattr(_dispatch, "_gpu_cost", GPUCost(10e9, 10e9, 20e-6))
-    return _dispatch
+    _fake_gpu(monkeypatch, GPUCost(10e9, 10e9, 20e-6))
+    return gpu_hw
 
 
 def _fake_kernel(name):
@@ -195,9 +211,10 @@ def test_device_resident_arguments_make_the_gpu_cheaper(gpu, monkeypatch, reside
     transfer = (0, 0) if resident else (3 * size * 8, size * 8)
     entry = d.entry(_fake_kernel(f"triad{resident}"), 1, size, "adaptive", "/x", (None, None),
                     transfer)
+    # (device-resident arrays: no copies; the CPU candidates stay in this injected model)
     assert entry is not None and CUDA in entry.tuner.candidates
     # CPU: 4 ms; the GPU kernel alone: 0.3 ms; transfers of 128 MiB at 10 GB/s: 13 ms.
-    cost = _dispatch.gpu_cost()
+    cost = gpu_hw.gpu_cost()
     tuner = _explore(entry, d, size, _cost(8e-3, 0.3e-3, cost, transfer))
     assert (tuner.choice == CUDA) is gpu_wins
     if not resident:  # dropped by the model before it ever ran
@@ -292,7 +309,7 @@ def test_the_generated_cuda_code_compiles_to_ptx(ptx):
 def test_a_bad_local_array_shape_names_the_construct(ptx):
     import numba
 
-    from veda._kernel.kernel import translate_compile_error
+    from veda._kernel.checks import translate_compile_error
 
     cuda = ptx
 
@@ -315,7 +332,8 @@ def test_a_bad_local_array_shape_names_the_construct(ptx):
 def test_device_resident_arguments_pin_the_gpu_even_when_small(gpu, monkeypatch):
     d = Dispatcher()
     monkeypatch.setattr(d.load, "free_cores", lambda: 2)
-    entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", ("cuda", None), (0, 0))
+    entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", (None, None), (0, 0),
+                    residency="device")
     assert entry is not None and entry.tuner.candidates == [CUDA]
     assert entry.tuner.choice == CUDA
 
@@ -346,16 +364,14 @@ def test_the_gpu_check_scripts_run_dry(tmp_path):
 @pytest.fixture
 def failing_gpu(monkeypatch):
     """A machine with a GPU whose measurement fails (a CUDA error at the first question)."""
-    import veda.targets.cuda as cuda_target
+    from veda.scheduler import _dispatch
 
     def measure():
         raise OSError("CUDA_ERROR_LAUNCH_FAILED")
 
-    monkeypatch.setattr(_dispatch, "_gpu", True)
-    monkeypatch.setattr(_dispatch, "_gpu_cost", None)
-    monkeypatch.setattr(_dispatch, "_gpu_cost_error", None)
+    _fake_gpu(monkeypatch, None)
     monkeypatch.setattr(_dispatch, "_warned", set())
-    monkeypatch.setattr(cuda_target, "measure", measure)
+    monkeypatch.setattr(gpu_hw, "measure", measure)
 
 
 @veda.kernel
@@ -367,7 +383,7 @@ def test_a_gpu_that_fails_to_measure_does_not_fail_the_cpu_launch(failing_gpu):
     n = CUDA_MIN_SIZE
     x, y, out = np.arange(n, dtype=np.float64), np.ones(n), np.zeros(n)
     veda.launch(_triad, n, 2.0, x, y, out, target="cpu")  # compiled outside the tuner
-    with pytest.warns(RuntimeWarning, match="no longer considers the GPU.*LAUNCH_FAILED"):
+    with pytest.warns(RuntimeWarning, match="no longer considers target 'cuda'.*LAUNCH_FAILED"):
         for _ in range(3):  # the serial CPU launch (the first compiles), then the GPU is weighed
             _triad[n](2.0, x, y, out)
     np.testing.assert_array_equal(out, 2 * x + 1)
@@ -384,14 +400,12 @@ def test_a_gpu_that_fails_to_measure_does_not_fail_the_cpu_launch(failing_gpu):
         assert entry is not None
         for _ in range(3):
             d.observe(entry, entry.tuner.next(), 1e-3, n, "/nonexistent-veda-test")
-        assert entry.tuner.trials[CUDA].pruned and not entry.gpu
+        assert entry.tuner.trials[CUDA].pruned and not entry.priced
 
 
 def test_the_gpu_is_measured_once_by_one_thread(monkeypatch):
     import threading
     import time
-
-    import veda.targets.cuda as cuda_target
 
     calls = []
 
@@ -400,11 +414,11 @@ def test_the_gpu_is_measured_once_by_one_thread(monkeypatch):
         time.sleep(0.05)
         return 10e9, 10e9, 20e-6
 
-    monkeypatch.setattr(_dispatch, "_gpu_cost", None)
-    monkeypatch.setattr(_dispatch, "_gpu_cost_error", None)
-    monkeypatch.setattr(cuda_target, "measure", measure)
+    monkeypatch.setattr(gpu_hw, "_gpu_cost", None)
+    monkeypatch.setattr(gpu_hw, "_gpu_cost_error", None)
+    monkeypatch.setattr(gpu_hw, "measure", measure)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(_dispatch.gpu_cost()))
+    threads = [threading.Thread(target=lambda: got.append(gpu_hw.gpu_cost()))
                for _ in range(4)]
     for t in threads:
         t.start()
@@ -451,8 +465,8 @@ def _row(a, i):
 
 def _maybe(pyfunc, nargs, ndim=1):
     k = veda.kernel(pyfunc)
-    plan = k._plan(ndim, nargs)
-    return [plan.names[p] for p in plan.maybe_written]
+    form = k.form(ndim, nargs)
+    return [form.names[p] for p in form.maybe_written]
 
 
 def test_the_copy_back_analysis_proves_reads_and_suspects_the_rest():

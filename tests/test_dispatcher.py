@@ -16,6 +16,7 @@ import veda
 from veda.scheduler import _dispatch
 from veda.scheduler._tuner import DRIFT, REVIEW_EVERY, Tuner, score
 from veda.scheduler._wisdom import TuningCache
+from veda.targets import Decision
 
 
 @pytest.fixture(autouse=True)
@@ -24,10 +25,10 @@ def _idle_machine(monkeypatch):
     monkeypatch.setattr(_dispatch.dispatcher.load, "free_cores", lambda: veda.max_threads())
 
 
-CPU = ("cpu", 1, "static", 1)
-STATIC = ("parallel", 2, "static", 1)
-DYNAMIC = ("parallel", 2, "dynamic", 64)
-GUIDED = ("parallel", 2, "guided", 8)
+CPU = Decision("cpu")
+STATIC = Decision("parallel", 2, "static", 1)
+DYNAMIC = Decision("parallel", 2, "dynamic", 64)
+GUIDED = Decision("parallel", 2, "guided", 8)
 CANDIDATES = [CPU, STATIC, DYNAMIC, GUIDED]
 
 
@@ -65,7 +66,7 @@ def test_noisy_measurements_still_pick_the_best():
 
 
 def test_exploration_budget_is_bounded():
-    tuner = Tuner([*CANDIDATES, ("parallel", 2, "interleaved", 16)])
+    tuner = Tuner([*CANDIDATES, Decision("parallel", 2, "interleaved", 16)])
     budget = tuner.launches_to_explore()
     assert budget <= 4 * len(tuner.candidates)
     assert drive(tuner, lambda d, k: hash(d) % 7 + 1.0) <= budget
@@ -119,11 +120,30 @@ def test_policies_weigh_tails_differently(policy, winner):
     assert (score(spiky, policy) < score(steady, policy)) == (winner == "spiky")
 
 
-def test_policy_names_agree():
-    from veda._config import POLICIES as from_config
-    from veda.scheduler._tuner import POLICIES as from_tuner
-
-    assert from_config == from_tuner
+def test_policies_are_a_registry_the_configuration_and_the_tuner_share():
+    """A user's policy is a plug-in: veda.config accepts its name and the tuner ranks by it."""
+    # Rank by the slowest sample: the candidate with the best worst case wins.
+    policy = veda.scheduler.register_policy(veda.scheduler.Policy(
+        "worst-case", lambda m: max(m.samples) if m.samples else math.inf, "best worst case"))
+    try:
+        assert "worst-case" in veda.scheduler.POLICIES
+        with veda.config(policy="worst-case"):
+            assert veda.get_config().policy == "worst-case"
+        spiky, steady = [1.0, 1.0, 9.0], [2.0, 2.0, 2.0]
+        assert score(steady, "worst-case") < score(spiky, "worst-case")
+        assert score(spiky, "adaptive") < score(steady, "adaptive")
+        tuner = Tuner([STATIC, DYNAMIC], policy=policy.name)
+        costs = {STATIC: iter([1.0, 1.0, 1.0, 9.0] * 10), DYNAMIC: iter([2.0] * 40)}
+        drive(tuner, lambda d, k: next(costs[d]))
+        assert tuner.choice == DYNAMIC
+    finally:
+        veda.scheduler.unregister_policy("worst-case")
+    with pytest.raises(veda.ConfigError, match="worst-case"):
+        veda.config(policy="worst-case")
+    with pytest.raises(ValueError, match="built-in"):
+        veda.scheduler.unregister_policy("adaptive")
+    with pytest.raises(TypeError):
+        veda.scheduler.register_policy("fastest")
 
 
 def test_unknown_policy_lists_the_valid_ones():
@@ -136,7 +156,7 @@ def test_candidates_never_include_a_tiny_parallel_region():
     assert _dispatch.candidates(10**6, 1) == [CPU]  # one free core: parallel cannot help
     many = _dispatch.candidates(10**6, 2)
     if veda.max_threads() >= 2:
-        assert CPU in many and any(c[0] == "parallel" for c in many)
+        assert CPU in many and any(c.target == "parallel" for c in many)
 
 
 # --- the tuning cache ---------------------------------------------------------------------------
@@ -323,7 +343,7 @@ def test_imbalance_profile_steers_the_schedules():
             c = tuner.next()
             d.observe(entry, c, 1e-3, 1000, "/nonexistent", imbalance if c == STATIC else math.nan)
             drive_until += 1
-        pruned = {t.decision[2] for t in tuner.trials.values() if "imbalance" in t.pruned}
+        pruned = {t.decision.schedule for t in tuner.trials.values() if "imbalance" in t.pruned}
         assert dropped in pruned and kept not in pruned
 
 
@@ -337,23 +357,25 @@ from numba import get_thread_id as numba_thread_id  # noqa: E402
 
 @pytest.mark.skipif(veda.max_threads() < 2, reason="needs two threads")
 def test_dispatcher_sized_launches_share_cores_with_launches_in_flight():
-    from veda.targets import cpu
+    from veda._hardware import cpu as hw
+    from veda.targets import LaunchOptions, ParallelTarget
 
     out = np.full(4096, -1, np.int64)
-    decision = ("parallel", 2, "interleaved", 16)
-    options = (False, veda.get_config().cache)
-    alone = cpu.ParallelTarget().prepare(where, (4096,), 1, decision, options, None, shared=True)
+    decision = Decision("parallel", 2, "interleaved", 16)
+    options = LaunchOptions(cache=veda.get_config().cache)
+    form = where.form(1, 1)
+    alone = ParallelTarget().prepare(form, (4096,), decision, options, None, shared=True)
     alone((out,))
     assert len(set(out.tolist())) == 2
-    cpu._in_flight.append(None)  # another dispatcher-sized launch is running
+    hw.in_flight.append(None)  # another dispatcher-sized launch is running
     try:
         alone((out,))
         assert len(set(out.tolist())) == 1
-        explicit = cpu.ParallelTarget().prepare(where, (4096,), 1, decision, options, None)
+        explicit = ParallelTarget().prepare(form, (4096,), decision, options, None)
         explicit((out,))
         assert len(set(out.tolist())) == 2  # an explicit threads= is never lowered
     finally:
-        cpu._in_flight.pop()
+        hw.in_flight.pop()
 
 
 def test_snapshot_shows_the_decisions():

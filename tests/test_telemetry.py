@@ -118,11 +118,6 @@ def test_compile_time_is_not_launch_time():
 
 
 def test_a_compile_outside_any_launch_is_not_taken_off_the_next_one():
-    import threading
-    import time
-
-    from veda.telemetry import _registry
-
     @veda.kernel
     def later(i, x):
         x[i] = 3.0
@@ -130,12 +125,39 @@ def test_a_compile_outside_any_launch_is_not_taken_off_the_next_one():
     x = np.zeros(10)
     veda.launch(later, 10, x, target="cpu")  # compiled here
     veda.telemetry.reset()
-    # A compile that ended before the launch below started (a direct call, a probe): its time
-    # must not be subtracted from that launch, which would then read as zero.
-    _registry.pending_compile[threading.get_ident()] = [(time.perf_counter() - 50.0, 10.0)]
+    # A compile outside any launch (a direct call of the compiled loop, with new types): its
+    # time must not be taken off the launch below, which would then read as zero.
+    loop = later.program(1, 1, (False, veda.get_config().cache))._veda_cpu
+    loop(10, np.zeros(10, np.float32))
+    assert later.compile_stats.compiled + later.compile_stats.cache_hits >= 2
     veda.launch(later, 10, x, target="cpu")
     assert veda.metrics().kernel(later).min_time > 0
-    assert threading.get_ident() not in _registry.pending_compile
+
+
+def test_a_compile_on_the_launch_path_is_taken_off_that_launch_only():
+    """New argument types on a prepared launch compile inside the hot path's timed call: the
+    compile counts as compile time, the launch as its run time, the next launches untouched."""
+
+    @veda.kernel
+    def retyped(i, x):
+        if x[i] < 0:
+            raise ValueError("negative")
+        x[i] = 1.0
+
+    veda.launch(retyped, 100, np.zeros(100), target="cpu")  # prepares the launch, compiles
+    veda.telemetry.reset()
+    veda.launch(retyped, 100, np.zeros(100, np.float32), target="cpu")  # compiles in the launch
+    m = veda.metrics().kernel(retyped)
+    assert m.launches == 1 and m.compile_time > 0
+    assert 0 <= m.max_time < m.compile_time
+    # A launch that compiles and then fails appends no time: its compile must not be taken off
+    # the launch after it.
+    bad = np.full(100, -1, np.int32)
+    with pytest.raises(veda.KernelError, match="negative"):
+        veda.launch(retyped, 100, bad, target="cpu")
+    veda.telemetry.reset()
+    veda.launch(retyped, 100, np.zeros(100, np.int32), target="cpu")
+    assert veda.metrics().kernel(retyped).min_time > 0
 
 
 def test_telemetry_off_records_nothing():

@@ -10,11 +10,13 @@
 3.0
 """
 
-from veda import cuda, random, telemetry
+from veda import cuda, random, scheduler, targets, telemetry
 from veda._config import Config, config, deterministic, get_config, max_threads, set_config
+from veda._hardware.cpu import threading_layer
 from veda._kernel.cache import cache_clear, cache_info
-from veda._kernel.kernel import Func, Kernel, func, kernel, launch
+from veda._kernel.func import Func, func
 from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
+from veda._launch import Kernel, kernel, launch
 from veda._record import record, replay
 from veda._scan import scan
 from veda._version import __version__
@@ -32,7 +34,6 @@ from veda.errors import (
     VedaError,
 )
 from veda.scheduler import explain
-from veda.targets.cpu import threading_layer
 from veda.telemetry import metrics
 
 __all__ = [
@@ -70,7 +71,9 @@ __all__ = [
     "record",
     "replay",
     "scan",
+    "scheduler",
     "set_config",
+    "targets",
     "telemetry",
     "threading_layer",
     "to_device",

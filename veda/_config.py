@@ -14,23 +14,16 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-import numba
+from veda import _registry
+from veda._hardware.cpu import max_threads
+from veda.errors import ConfigError, LaunchError, VedaError
 
-from veda.errors import ConfigError, VedaError
+__all__ = ["SCHEDULES", "Config", "config", "get_config", "max_threads", "set_config"]
 
-__all__ = ["SCHEDULES", "TARGETS", "Config", "config", "get_config", "max_threads", "set_config"]
-
-TARGETS = ("cpu", "parallel", "cuda")
-# The dispatcher's policies (veda.scheduler._tuner keeps the same tuple; a test pins them equal).
-POLICIES = ("adaptive", "fixed", "latency", "throughput")
+#: The schedules of ``"parallel"`` launches (codegen has one loop for each).
 SCHEDULES = ("static", "interleaved", "dynamic", "guided")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def max_threads() -> int:
-    """The number of worker threads Numba starts (``NUMBA_NUM_THREADS``)."""
-    return int(numba.config.NUMBA_NUM_THREADS)
 
 
 def _default_cache_dir() -> str:
@@ -44,8 +37,9 @@ class Config:
 
     Parameters
     ----------
-    target : {"cpu", "parallel", "cuda"} or None
-        Where launches run.  ``None`` lets veda choose per launch.
+    target : str or None
+        Where launches run: ``"cpu"``, ``"parallel"``, ``"cuda"`` or another registered target
+        (:mod:`veda.targets`).  ``None`` lets veda choose per launch.
     threads : int or None
         Worker threads for ``"parallel"`` launches, 1 to :func:`max_threads`.
     schedule : {"static", "interleaved", "dynamic", "guided"} or None
@@ -65,10 +59,11 @@ class Config:
     seed : int or None
         The seed of deterministic mode, recorded with it (kernels draw from
         :mod:`veda.random` with whatever seed they are given).
-    policy : {"adaptive", "fixed", "latency", "throughput"}
+    policy : str
         How the dispatcher decides what settings leave open: ``"adaptive"`` explores and
         exploits the fastest (median time), ``"throughput"`` the best mean, ``"latency"`` weighs
-        the worst times in; ``"fixed"`` never explores and uses the size rule.
+        the worst times in; ``"fixed"`` never explores and uses the size rule.  Other policies
+        can be registered (:func:`veda.scheduler.register_policy`).
     cache : bool
         Keep compiled kernels on disk so that a new process reuses them.
     cache_dir : str
@@ -135,9 +130,6 @@ def _parse_env(name: str, raw: str) -> Any:
 
 def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> None:
     """Check one layer's values; ``error`` is raised with a message naming the argument."""
-    target = values.get("target")
-    if target is not None and target not in TARGETS:
-        raise error(f"{where}: unknown target={target!r}; expected one of {', '.join(TARGETS)}")
     schedule = values.get("schedule")
     if schedule is not None and schedule not in SCHEDULES:
         raise error(
@@ -154,8 +146,9 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
                 f"threads, so threads must be between 1 and {limit}"
             )
     policy = values.get("policy")
-    if policy is not None and policy not in POLICIES:
-        raise error(f"{where}: unknown policy={policy!r}; expected one of {', '.join(POLICIES)}")
+    if policy is not None and policy not in _registry.policy_names():
+        raise error(f"{where}: unknown policy={policy!r}; expected one of "
+                    f"{', '.join(_registry.policy_names())}")
     seed = values.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
                              or seed >= 2**64):
@@ -166,20 +159,8 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             raise error(f"{where}: chunk must be an integer, not {type(chunk).__name__}")
         if chunk < 1:
             raise error(f"{where}: chunk={chunk} must be at least 1")
-    if target == "cuda":
-        clash = [k for k in ("threads", "schedule", "chunk") if values.get(k) is not None]
-        if clash:
-            raise error(
-                f"{where}: target='cuda' chooses its own block and grid sizes, so "
-                f"{', '.join(clash)}= does not apply to it; drop {clash[0]}="
-            )
-    if target == "cpu":
-        clash = [k for k in ("threads", "schedule", "chunk") if values.get(k) is not None]
-        if clash:
-            raise error(
-                f"{where}: target='cpu' runs on one thread, so {', '.join(clash)}= "
-                "contradicts it; drop target= or use target='parallel'"
-            )
+    # The target's name and the settings it takes, as the registry knows them.
+    _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:
         if flag in values and not isinstance(values[flag], bool):
             raise error(f"{where}: {flag} must be True or False, not {values[flag]!r}")
@@ -309,9 +290,15 @@ class config:
 
 def validate_launch_overrides(values: Mapping[str, Any]) -> None:
     """Per-launch overrides follow the same rules; their errors are :class:`LaunchError`."""
-    from veda.errors import LaunchError
-
     _validate(values, LaunchError, where="veda.launch")
+
+
+def check_defaults() -> None:
+    """Check the process defaults' target against the registry, once the built-in targets are
+    registered (``VEDA_TARGET`` is read before they are)."""
+    _validate({"target": _defaults.target, "threads": _defaults.threads,
+               "schedule": _defaults.schedule, "chunk": _defaults.chunk}, ConfigError,
+              where="VEDA_TARGET / veda.Config")
 
 
 class deterministic(config):

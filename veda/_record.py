@@ -2,11 +2,17 @@
 
 A record is versioned JSON: the deterministic mode and seed in force when recording began, and
 for each launch in the order launches started, the kernel (``module.qualname``), its domain and
-the decision it ran with (target, threads, schedule, chunk), with the mode and seed of that
-launch.  Replaying forces the same decisions, restores the mode and seed for its duration, and
-raises :class:`veda.ReplayError` at the first launch that differs (another kernel or domain,
-or a launch beyond the recorded ones) and, on exit, when fewer launches came than recorded.
-Replay is guaranteed for one launching thread (the scope is a :mod:`contextvars` scope).
+the decision it ran with (an object with the fields of :class:`veda.targets.Decision`: target,
+threads, schedule, chunk and the GPU block size), with the mode and seed of that launch.
+Version 1 records (decisions as 4-item lists) are still read.
+
+Replaying forces the same decisions, restores the mode and seed for its duration, and raises
+:class:`veda.ReplayError` at the first launch that differs (another kernel or domain, or a
+launch beyond the recorded ones) and, on exit, when fewer launches came than recorded.  Replay
+is guaranteed for one launching thread (the scope is a :mod:`contextvars` scope).
+
+Both are interceptors of the launch core (:class:`veda._launch.Interceptor`): a record sees
+each launch start, a replay forces each launch's decision.
 """
 
 from __future__ import annotations
@@ -15,36 +21,32 @@ import contextvars
 import json
 import os
 import tempfile
-import threading
 from typing import Any
 
 from veda._config import config, get_config
+from veda._launch import Interceptor, LaunchInfo, add_interceptor, remove_interceptor
+from veda._types import Decision
 from veda.errors import ReplayError
 
 FORMAT = "veda-record"
-VERSION = 1
+VERSION = 2
 
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("veda_record", default=None)
-_lock = threading.Lock()
-#: How many record/replay scopes are open in the process; the launch path reads only this.
-active = 0
 
 
-def _enter(scope: Any) -> contextvars.Token[Any]:
-    global active
-    with _lock:
-        active += 1
-    return _current.set(scope)
+def _enter(scope: Interceptor) -> contextvars.Token[Any]:
+    token = _current.set(scope)
+    add_interceptor(scope)
+    return token
 
 
-def _exit(token: contextvars.Token[Any]) -> None:
-    global active
+def _exit(scope: Interceptor, token: contextvars.Token[Any]) -> None:
+    remove_interceptor(scope)
     _current.reset(token)
-    with _lock:
-        active -= 1
 
 
 def current() -> Any:
+    """The innermost record or replay scope of this thread or task, or None."""
     return _current.get()
 
 
@@ -52,7 +54,7 @@ def _describe(entry: dict[str, Any]) -> str:
     return f"kernel {entry['kernel']} over domain {tuple(entry['domain'])}"
 
 
-class record:
+class record(Interceptor):
     """Record each launch's kernel, domain and decision, with the mode and seed, to ``path``.
 
     Examples
@@ -87,16 +89,23 @@ class record:
         self._token = _enter(self)
         return self
 
-    def add(self, kernel: Any, dims: tuple[int, ...], decision: tuple[Any, ...]) -> None:
+    def active(self) -> bool:
+        return _current.get() is self
+
+    def start(self, launch: LaunchInfo) -> None:
+        self.add(launch.kernel, launch.dims, launch.decision)
+
+    def add(self, kernel: Any, dims: tuple[int, ...], decision: Decision) -> None:
         cfg = get_config()
         self.launches.append({
             "kernel": f"{kernel.module_name}.{kernel.name}", "domain": list(dims),
-            "decision": list(decision), "deterministic": cfg.deterministic, "seed": cfg.seed,
+            "decision": decision.to_json(), "deterministic": cfg.deterministic,
+            "seed": cfg.seed,
         })
 
     def __exit__(self, *exc: object) -> None:
         assert self._token is not None
-        _exit(self._token)
+        _exit(self, self._token)
         doc = {"format": FORMAT, "version": VERSION, **self._header, "launches": self.launches}
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
@@ -105,7 +114,7 @@ class record:
         os.replace(tmp, self.path)
 
 
-class replay:
+class replay(Interceptor):
     """Force the decisions recorded in ``path``; raise at the first launch that diverges."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -130,6 +139,10 @@ class replay:
             isinstance(e, dict) and {"kernel", "domain", "decision"} <= set(e) for e in launches
         ):
             raise ReplayError(f"the record {self.path!r} is damaged: bad launch entries")
+        try:
+            self.decisions = [_decision(e["decision"], version) for e in launches]
+        except (TypeError, ValueError) as exc:
+            raise ReplayError(f"the record {self.path!r} is damaged: {exc}") from None
         self.launches = launches
         self.deterministic = bool(doc.get("deterministic", False))
         self.seed = doc.get("seed")
@@ -143,8 +156,14 @@ class replay:
         self._token = _enter(self)
         return self
 
-    def next(self, kernel: Any, dims: tuple[int, ...]) -> tuple[Any, ...]:
-        """The overrides that reproduce the next recorded launch, which must be this one."""
+    def active(self) -> bool:
+        return _current.get() is self
+
+    def redirect(self, kernel: Any, dims: tuple[int, ...]) -> Decision:
+        return self.next(kernel, dims)
+
+    def next(self, kernel: Any, dims: tuple[int, ...]) -> Decision:
+        """The decision of the next recorded launch, which must be this one."""
         k = self.position
         name = f"{kernel.module_name}.{kernel.name}"
         if k >= len(self.launches):
@@ -159,14 +178,11 @@ class replay:
                 f"domain {dims}"
             )
         self.position += 1
-        target, threads, schedule, chunk = entry["decision"]
-        if target in ("cpu", "cuda"):
-            return (target, None, None, None)
-        return (target, int(threads), schedule, int(chunk))
+        return self.decisions[k]
 
     def __exit__(self, exc_type: Any, *exc: object) -> None:
         assert self._token is not None
-        _exit(self._token)
+        _exit(self, self._token)
         self._scope.__exit__(exc_type, *exc)
         if exc_type is None and self.position < len(self.launches):
             missing = self.launches[self.position]
@@ -174,3 +190,12 @@ class replay:
                 f"only {self.position} of {len(self.launches)} recorded launches came; the "
                 f"first missing is #{self.position + 1}: {_describe(missing)}"
             )
+
+
+def _decision(value: Any, version: int) -> Decision:
+    """A recorded decision; version 1 wrote (target, threads, schedule, chunk) lists, with the
+    GPU's block size in the threads field."""
+    decision = Decision.from_json(value)
+    if version < 2 and isinstance(value, list) and decision.target == "cuda":
+        decision = Decision("cuda", 1, decision.schedule, decision.chunk, decision.threads)
+    return decision

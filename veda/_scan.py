@@ -14,7 +14,9 @@ from typing import Any
 import numba
 import numpy as np
 
+from veda import _registry
 from veda._config import get_config, max_threads
+from veda._hardware import cpu as _hw
 from veda.errors import LaunchError
 
 #: Elements per block: large enough that the per-block overhead vanishes, small enough that two
@@ -124,23 +126,25 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     src = x.astype(acc) if x.dtype != acc else x
     zero = acc.type(0)
     cfg = get_config()
-    parallel = (cfg.target != "cpu" and max_threads() > 1
-                and (cfg.target == "parallel" or x.shape[0] >= PARALLEL_SCAN_MIN))
+    # A configured serial CPU target keeps the scan on one thread, a parallel one puts it on
+    # several; otherwise (none, or a target elsewhere) the size decides.
+    target = _registry.known(cfg.target) if cfg.target is not None else None
+    serial = target is not None and not target.parallel and not target.copies_host_arrays
+    parallel = max_threads() > 1 and not serial and (
+        (target is not None and target.parallel) or x.shape[0] >= PARALLEL_SCAN_MIN)
     if parallel:
-        from veda.targets import cpu
-
-        cpu.threading_layer()
+        _hw.threading_layer()
         threads = cfg.threads or max_threads()
-        previous = cpu._get_threads()
-        cpu._set_threads(threads)
+        previous = _hw.get_threads()
+        _hw.set_threads(threads)
         try:
-            if cpu.serialises_parallel_regions():
-                with cpu._region_lock:
+            if _hw.serialise:
+                with _hw.region_lock:
                     _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
             else:
                 _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
         finally:
-            cpu._set_threads(previous)
+            _hw.set_threads(previous)
     else:
         _scan_serial(src, out, exclusive, zero, SCAN_BLOCK)
     return out

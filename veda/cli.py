@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -18,9 +17,9 @@ import psutil
 
 import veda
 import veda.scheduler
+from veda._hardware import cpu as _cpu
 from veda._kernel.cache import cache_clear, cache_info
 from veda.cuda import gpu_driver_present
-from veda.targets import cpu as _cpu
 from veda.targets import get as _get_target
 
 
@@ -39,8 +38,7 @@ def _info(args: argparse.Namespace) -> int:
         ("numba / llvmlite / numpy", f"{numba.__version__} / {numba.version_info.full}"
          f" / {np.__version__}"),
         ("cpus (logical / physical)", f"{psutil.cpu_count()} / {psutil.cpu_count(logical=False)}"),
-        ("cpus this process may use", str(len(os.sched_getaffinity(0)))
-         if hasattr(os, "sched_getaffinity") else "?"),
+        ("cpus this process may use", str(_cpu.affinity() or "?")),
         ("numba worker threads", str(veda.max_threads())),
         ("threading layer", layer + ("" if not _cpu.serialises_parallel_regions()
                                      else " (not thread-safe: veda serialises parallel launches)")),

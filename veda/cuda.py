@@ -20,15 +20,21 @@ True
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import threading
-from typing import Any
+from veda._hardware.gpu import (
+    device_resident,
+    is_available,
+    is_device_array,
+    simulator_enabled,
+    to_device,
+    to_host,
+    transfer_stats,
+    unavailable_reason,
+)
 
-import numba
-import numpy as np
-
-from veda.errors import LaunchError, TargetUnavailableError
+# Documented and used by the CLI and the tests, though not in __all__.
+from veda._hardware.gpu import explicit_reason as explicit_reason
+from veda._hardware.gpu import gpu_driver_present as gpu_driver_present
+from veda._hardware.gpu import kernel_transfers as kernel_transfers
 
 __all__ = [
     "device_resident",
@@ -40,191 +46,3 @@ __all__ = [
     "transfer_stats",
     "unavailable_reason",
 ]
-
-_lock = threading.Lock()
-_probed: tuple[str | None, str | None] | None = None  # (reason explicit fails, reason not a GPU)
-
-
-#: Where NVIDIA's driver library usually lives (distribution packages, containers, WSL).
-_DRIVER_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-                "/usr/lib", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/wsl/lib")
-
-
-def gpu_driver_present() -> bool:
-    """Whether an NVIDIA driver is visible, without importing any CUDA machinery.
-
-    File-system checks only (the kernel driver's /proc entry or device node, or libcuda in the
-    usual folders or on LD_LIBRARY_PATH): ``ctypes.util.find_library`` would start ``ldconfig``
-    or a compiler, at the first adaptive launch of every process.
-    """
-    if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
-        return True
-    dirs = [*os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep), *_DRIVER_DIRS]
-    return any(d and os.path.exists(os.path.join(d, "libcuda.so.1")) for d in dirs)
-
-
-def simulator_enabled() -> bool:
-    """True when Numba's CUDA simulator is switched on (``NUMBA_ENABLE_CUDASIM=1``)."""
-    return bool(getattr(numba.config, "ENABLE_CUDASIM", 0))
-
-
-def _extra_installed() -> bool:
-    return importlib.util.find_spec("numba_cuda") is not None
-
-
-def _probe() -> tuple[str | None, str | None]:
-    """(why an explicit target='cuda' cannot run, why there is no real GPU), None for "it can"."""
-    global _probed
-    if _probed is not None:
-        return _probed
-    with _lock:
-        if _probed is not None:
-            return _probed
-        missing = (
-            "the 'cuda' extra is not installed: numba-cuda is missing "
-            "(pip install 'veda[cuda]')"
-        )
-        if not _extra_installed():
-            _probed = (missing, missing)
-        elif simulator_enabled():
-            _probed = (None, "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1): it runs "
-                             "explicit target='cuda' launches for tests, but it is not a GPU")
-        elif not gpu_driver_present():
-            reason = ("no NVIDIA driver found (no /proc/driver/nvidia/version and no libcuda "
-                      "on the loader path)")
-            _probed = (reason, reason)
-        else:
-            reason = None
-            try:
-                from numba import cuda
-
-                if not cuda.is_available():
-                    reason = "an NVIDIA driver is present but Numba finds no usable CUDA device"
-            except Exception as exc:  # a broken driver or toolkit: say what it said
-                reason = f"an NVIDIA driver is present but CUDA did not start: {exc}"
-            _probed = (reason, reason)
-    return _probed
-
-
-def is_available() -> bool:
-    """True when a real CUDA GPU can run veda kernels in this process (never the simulator)."""
-    return _probe()[1] is None
-
-
-def unavailable_reason() -> str | None:
-    """Why the dispatcher cannot use a GPU here (no driver, no device, extra not installed,
-    simulator), or None when it can."""
-    return _probe()[1]
-
-
-def explicit_reason() -> str | None:
-    """Why an explicit ``target="cuda"`` cannot run here, or None (a GPU or the simulator)."""
-    return _probe()[0]
-
-
-def _reset_probe() -> None:
-    """Forget the probe (tests that fake a machine)."""
-    global _probed
-    _probed = None
-
-
-def is_device_array(value: Any) -> bool:
-    """True for CuPy arrays, Numba device arrays and anything else exposing
-    ``__cuda_array_interface__`` (or the simulator's device arrays).
-
-    >>> import numpy as np
-    >>> is_device_array(np.zeros(3))
-    False
-    """
-    if isinstance(value, np.ndarray):
-        return False
-    return hasattr(value, "__cuda_array_interface__") or (
-        type(value).__name__ == "FakeCUDAArray"
-    )
-
-
-def device_resident(args: tuple[Any, ...]) -> bool:
-    """True when any argument already lives on the GPU."""
-    return any(is_device_array(a) for a in args)
-
-
-def _require() -> Any:
-    reason = explicit_reason()
-    if reason is not None:
-        raise TargetUnavailableError(f"target 'cuda' is not available: {reason}")
-    from numba import cuda
-
-    return cuda
-
-
-def to_device(array: Any) -> Any:
-    """Copy a NumPy array to the GPU (a Numba device array); device arrays come back as they are.
-
-    Device arrays passed to ``target="cuda"`` launches are used in place, and the kernel's
-    outputs stay on the device: transfers then happen only where you ask for them.
-    """
-    cuda = _require()
-    if is_device_array(array):
-        return array
-    if not isinstance(array, np.ndarray):
-        raise LaunchError(f"veda.to_device: expected a NumPy array, not {type(array).__name__}")
-    host = np.ascontiguousarray(array)
-    _stats["host_to_device_bytes"] += host.nbytes
-    _stats["host_to_device_copies"] += 1
-    return cuda.to_device(host)
-
-
-def to_host(array: Any) -> np.ndarray:
-    """Copy a device array (Numba or CuPy) back to a NumPy array; NumPy arrays pass through."""
-    if isinstance(array, np.ndarray):
-        return array
-    if not is_device_array(array):
-        raise LaunchError(f"veda.to_host: expected a device array, not {type(array).__name__}")
-    if hasattr(array, "copy_to_host"):
-        host = array.copy_to_host()
-    elif hasattr(array, "get"):  # CuPy
-        host = array.get()
-    else:
-        cuda = _require()
-        host = cuda.as_cuda_array(array).copy_to_host()
-    _stats["device_to_host_bytes"] += host.nbytes
-    _stats["device_to_host_copies"] += 1
-    return np.asarray(host)
-
-
-_stats: dict[str, int] = {
-    "host_to_device_bytes": 0,
-    "host_to_device_copies": 0,
-    "device_to_host_bytes": 0,
-    "device_to_host_copies": 0,
-    "launches": 0,
-}
-
-
-# Per kernel ("module.qualname"): [bytes host to device, bytes device to host].
-_per_kernel: dict[str, list[int]] = {}
-
-
-def count_transfer(kernel: str, to_device: int, to_host: int) -> None:
-    """Add one launch's copies to the per-kernel and process-wide counters."""
-    row = _per_kernel.get(kernel)
-    if row is None:
-        row = _per_kernel[kernel] = [0, 0]
-    row[0] += to_device
-    row[1] += to_host
-
-
-def kernel_transfers() -> dict[str, dict[str, int]]:
-    """Bytes veda copied for each kernel's CUDA launches, by direction."""
-    return {k: {"host_to_device_bytes": v[0], "device_to_host_bytes": v[1]}
-            for k, v in list(_per_kernel.items())}
-
-
-def transfer_stats() -> dict[str, int]:
-    """Bytes and copies moved between host and device by veda in this process, and CUDA launches.
-
-    >>> sorted(transfer_stats())  # doctest: +NORMALIZE_WHITESPACE
-    ['device_to_host_bytes', 'device_to_host_copies', 'host_to_device_bytes',
-     'host_to_device_copies', 'launches']
-    """
-    return dict(_stats)

@@ -16,3 +16,12 @@ def delta(before: dict[str, int]) -> dict[str, int]:
     """What veda.cuda.transfer_stats() counted since ``before``."""
     after = veda.cuda.transfer_stats()
     return {k: after[k] - before[k] for k in after}
+
+
+def fake_gpu_costs(monkeypatch: Any) -> None:
+    """Make the dispatcher take the simulator for a GPU (the probe's answer), with measured
+    host-device costs injected (10 GB/s each way, 20 us a launch)."""
+    from veda._hardware import gpu
+
+    monkeypatch.setattr(gpu, "_probed", (None, None))
+    monkeypatch.setattr(gpu, "_gpu_cost", gpu.GPUCost(10e9, 10e9, 20e-6))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cudahelpers import delta, on_cuda
+from cudahelpers import delta, fake_gpu_costs, on_cuda
 from numba import cuda
 
 import veda
@@ -293,11 +293,8 @@ def scale(i, a, x, out):
 
 
 def test_an_adaptive_launch_with_device_arrays_goes_to_the_gpu(monkeypatch):
-    from veda.scheduler import _dispatch
-
     # Pretend the simulator is a GPU for the dispatcher, with measured costs injected.
-    monkeypatch.setattr(_dispatch, "_gpu", True)
-    monkeypatch.setattr(_dispatch, "_gpu_cost", _dispatch.GPUCost(10e9, 10e9, 20e-6))
+    fake_gpu_costs(monkeypatch)
     x = np.arange(40.0)
     xd, outd = veda.to_device(x), veda.to_device(np.zeros(40))
     before = veda.cuda.transfer_stats()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cudahelpers import delta, on_cuda
+from cudahelpers import delta, fake_gpu_costs, on_cuda
 
 import veda
 from veda import atomic_add as add_at
@@ -92,7 +92,7 @@ def test_a_read_only_numpy_array_is_never_copied_back():
     x = np.arange(20.0)
     x.flags.writeable = False
     out = np.zeros(20)
-    assert binds_x._plan(1, 2).maybe_written == [0, 1]
+    assert binds_x.form(1, 2).maybe_written == [0, 1]
     before = veda.cuda.transfer_stats()
     on_cuda(binds_x, 20, x, out)
     np.testing.assert_array_equal(out, x)
@@ -146,10 +146,7 @@ def test_a_read_only_input_passed_twice_runs():
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """Pretend the simulator is a GPU for the dispatcher, with its costs injected."""
-    from veda.scheduler import _dispatch
-
-    monkeypatch.setattr(_dispatch, "_gpu", True)
-    monkeypatch.setattr(_dispatch, "_gpu_cost", _dispatch.GPUCost(10e9, 10e9, 20e-6))
+    fake_gpu_costs(monkeypatch)
 
 
 @veda.kernel

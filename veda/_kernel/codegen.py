@@ -28,6 +28,7 @@ from typing import Any
 import numba
 
 from veda._kernel import cache as _cache
+from veda._kernel.base import Helper, Launchable
 from veda._kernel.source import (
     FunctionSource,
     importable_path,
@@ -75,8 +76,6 @@ def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str,
     ``target`` is "cpu" (the CPU targets) or "cuda": ``@veda.func`` helpers are taken from the
     generated module of the same target.
     """
-    from veda._kernel.kernel import Func, Kernel  # circular at import time
-
     pyfunc = src.pyfunc
     code = pyfunc.__code__
     values: dict[str, Any] = {}
@@ -94,12 +93,12 @@ def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str,
     for name, value in values.items():
         if name.startswith("_veda_"):
             raise KernelDefinitionError(f"{label}: names starting with '_veda_' are reserved")
-        if isinstance(value, Kernel):
+        if isinstance(value, Launchable):
             raise KernelDefinitionError(
                 f"{label} calls kernel {name!r}; a kernel cannot launch another kernel. "
                 "Decorate the shared code with @veda.func instead."
             )
-        if isinstance(value, Func):
+        if isinstance(value, Helper):
             unit = value.unit(options) if target == "cpu" else value.cuda_unit(options)
             if unit.on_disk:
                 out.lines.append(f"{name} = _veda_get({unit.module.__name__!r}).{value.name}")

@@ -5,98 +5,115 @@ always win.  What they leave open, the adaptive dispatcher decides: per kernel a
 explores a bounded set of candidates, exploits the fastest, re-explores on drift or when other
 processes take cores, and remembers its decisions in the tuning cache
 (:mod:`veda.scheduler._dispatch`).  With ``policy="fixed"`` (or telemetry off before anything was
-learned) the rule :func:`decide` applies: below :data:`PARALLEL_MIN_SIZE` elements the
-single-thread ``"cpu"`` target, above it ``"parallel"`` with a static schedule on every thread.
+learned) the rule :func:`decide` applies: each target may declare a minimum size
+(:meth:`veda.targets.Target.rule_min_size`) and the one with the largest minimum at or below the
+launch's size runs it with its default decision: ``"cpu"`` below :data:`PARALLEL_MIN_SIZE`
+elements, above it ``"parallel"`` with a static schedule on every thread.
+
+How the dispatcher ranks what it measured is a policy, and policies are plug-ins too
+(:class:`Policy`, :func:`register_policy`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from veda._config import Config, max_threads
+from veda import _registry
+from veda._config import Config
+from veda._registry import Policy, get_policy, policy_names, register_policy, unregister_policy
+from veda._types import Decision, Overrides
+from veda.errors import LaunchError
 from veda.scheduler._dispatch import dispatcher, gpu_available
-from veda.scheduler._tuner import POLICIES, REVIEW_EVERY
-from veda.targets import Decision
+from veda.scheduler._tuner import REVIEW_EVERY
+from veda.targets.cpu import PARALLEL_MIN_SIZE, default_chunk
 
-__all__ = ["PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "decide",
-           "default_chunk", "dispatcher", "explain", "gpu_available", "pins"]
-
-#: Domain size from which a launch with no settings goes to ``"parallel"``.  Measured with
-#: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
-#: even with the serial loop between 32k (parallel/cpu 1.10) and 64k elements (0.89).
-PARALLEL_MIN_SIZE = 49152
-
-Overrides = tuple[str | None, int | None, str | None, int | None]
+__all__ = ["PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "Policy", "decide",
+           "default_chunk", "dispatcher", "explain", "get_policy", "gpu_available", "pins",
+           "policy_names", "register_policy", "unregister_policy"]
 
 
-def default_chunk(schedule: str, size: int, threads: int) -> int:
-    """Elements per chunk when none is given.
+def __getattr__(name: str) -> Any:
+    if name == "POLICIES":  # the registered policies, read when asked (a registry, not a list)
+        return tuple(policy_names())
+    raise AttributeError(f"module 'veda.scheduler' has no attribute {name!r}")
 
-    ``dynamic`` and ``interleaved`` deal 32 chunks per thread, small enough that the last chunk
-    of a skewed loop (cost rising with the index) holds a few percent of the work, large enough
-    that the atomic counter is touched rarely.  ``guided`` shrinks down to 1/256 of a share.
-    """
-    if schedule == "static":
-        return 1
-    per = 256 if schedule == "guided" else 32
-    return max(1, -(-size // (threads * per)))
+
+def _first_parallel() -> str:
+    """The target that ``threads=``, ``schedule=`` or ``chunk=`` without ``target=`` imply."""
+    for target in _registry.targets():
+        if target.parallel:
+            return target.name
+    raise LaunchError("no registered target takes threads=, schedule= or chunk=")
+
+
+def _takes_settings(target: str | None) -> bool:
+    return target is None or _registry.known(target).parallel
 
 
 def _merge(cfg: Config, overrides: Overrides | None) -> Overrides:
     """The settings in force for one launch: its own arguments over the configuration."""
     if overrides is None:
-        return cfg.target, cfg.threads, cfg.schedule, cfg.chunk
+        return Overrides(cfg.target, cfg.threads, cfg.schedule, cfg.chunk)
     target, threads, schedule, chunk = overrides
     if target is None and threads is None and schedule is None and chunk is None:
         target = cfg.target
     elif target is None:
-        target = "parallel"
-    if target != "cpu":
+        target = _first_parallel()
+    if _takes_settings(target):
         threads = threads if threads is not None else cfg.threads
         schedule = schedule if schedule is not None else cfg.schedule
         chunk = chunk if chunk is not None else cfg.chunk
-    return target, threads, schedule, chunk
+    return Overrides(target, threads, schedule, chunk)
 
 
 def pins(cfg: Config, overrides: Overrides | None) -> tuple[str | None, str | None] | None:
     """What the settings fix of an adaptive decision, or None when nothing is left to decide.
 
-    The dispatcher chooses when the policy adapts and neither ``threads`` nor ``chunk`` is set;
-    a set ``target="parallel"`` or ``schedule`` narrows its candidates.
+    The dispatcher chooses when the policy explores and neither ``threads`` nor ``chunk`` is
+    set; a set parallel target (``target="parallel"``) or ``schedule`` narrows its candidates.
     """
-    if cfg.policy == "fixed":
+    if not get_policy(cfg.policy).explores:
         return None
     target, threads, schedule, chunk = _merge(cfg, overrides)
-    if threads is not None or chunk is not None or target not in (None, "parallel"):
+    if threads is not None or chunk is not None or not _takes_settings(target):
         return None
     if schedule is not None:
-        target = "parallel"  # a schedule implies parallel, as in decide()
+        target = _first_parallel()  # a schedule implies a parallel target, as in decide()
     return target, schedule
 
 
-def decide(size: int, cfg: Config, overrides: Overrides | None) -> Decision:
-    """The rule: target, threads, schedule and chunk for a launch of ``size`` elements."""
+def _reads(target: _registry.Target, residency: str) -> bool:
+    return target.reads_device_arrays if residency == "device" else target.reads_host_arrays
+
+
+def rule_target(size: int, residency: str = "host") -> str:
+    """The target the fixed rule gives a launch of ``size`` elements with no target set: the
+    dispatchable target with the largest :meth:`~veda.targets.Target.rule_min_size` at or below
+    ``size``; with device-resident arguments, the first dispatchable target that reads them."""
+    best, floor = None, -1
+    for target in _registry.targets():
+        if not target.dispatchable() or not _reads(target, residency):
+            continue
+        if residency == "device":
+            return target.name
+        least = target.rule_min_size()
+        if least is not None and floor < least <= size:
+            best, floor = target, least
+    if best is None:  # nothing reads them: the host rule, whose target then says what is wrong
+        return rule_target(size) if residency == "device" else _registry.names()[0]
+    return best.name
+
+
+def decide(size: int, cfg: Config, overrides: Overrides | None,
+           residency: str = "host") -> Decision:
+    """The rule: the decision for a launch of ``size`` elements under these settings."""
     target, threads, schedule, chunk = _merge(cfg, overrides)
     if target is None:
         if threads is not None or schedule is not None or chunk is not None:
-            target = "parallel"
-        elif size >= PARALLEL_MIN_SIZE and max_threads() > 1:
-            target = "parallel"
+            target = _first_parallel()
         else:
-            return ("cpu", 1, "static", 1)
-    if target == "cpu":
-        return ("cpu", 1, "static", 1)
-    if target == "cuda":
-        from veda.targets.cuda import default_block
-
-        return ("cuda", default_block(), "grid", 0)
-    if threads is None:
-        threads = max_threads()
-    if schedule is None:
-        schedule = "dynamic" if chunk is not None else "static"
-    if chunk is None:
-        chunk = default_chunk(schedule, size, threads)
-    return (target, threads, schedule, chunk)
+            target = rule_target(size, residency)
+    return _registry.known(target).default_decision(size, threads, schedule, chunk)
 
 
 class Explanation:
@@ -110,7 +127,7 @@ class Explanation:
         return {"kernel": self.kernel, "size_classes": self.rows}
 
     def decision_for(self, size: int, ndim: int | None = None,
-                     policy: str | None = None) -> tuple[str, int, str, int] | None:
+                     policy: str | None = None) -> Decision | None:
         """The decision taken for launches of ``size`` elements, or None while exploring.
 
         >>> import numpy as np, veda
@@ -119,25 +136,27 @@ class Explanation:
         ...     x[i] *= 2
         >>> twice[10](np.ones(10))
         >>> veda.explain(twice).decision_for(10)
-        ('cpu', 1, 'static', 1)
+        Decision(target='cpu', threads=1, schedule='static', chunk=1, block=0)
         """
         cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
         for r in self.rows:
             if (r["size_class"] == cls and (ndim is None or r["ndim"] == ndim)
                     and (policy is None or r["policy"] == policy) and r["decision"]):
-                return tuple(r["decision"])  # type: ignore[return-value]
+                return Decision(*r["decision"])
         return None
 
     @staticmethod
     def label(d: Any) -> str:
-        """A short text for a decision: ``"cpu"`` or ``"parallel 2t guided chunk 4096"``."""
-        if d is None:
-            return "(exploring)"
-        target, threads, schedule, chunk = d
-        if target == "cpu":
-            return "cpu"
-        extra = f" chunk {chunk}" if schedule != "static" else ""
-        return f"{target} {threads}t {schedule}{extra}"
+        """A short text for a decision: ``"cpu"`` or ``"parallel 2t guided chunk 4096"`` (the
+        decision's target describes it).  Takes a :class:`~veda.targets.Decision`, its JSON
+        object (records, the tuning cache) or None (exploring).
+
+        >>> from veda.scheduler import Explanation
+        >>> Explanation.label({"target": "parallel", "threads": 2, "schedule": "dynamic",
+        ...                    "chunk": 64})
+        'parallel 2t dynamic chunk 64'
+        """
+        return _registry.describe(None if d is None else Decision.from_json(d))
 
     def __str__(self) -> str:
         if not self.rows:

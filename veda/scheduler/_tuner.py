@@ -19,7 +19,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from veda.targets import Decision
+from veda._registry import Measured, get_policy
+from veda._types import Decision
 
 #: A review in exploit mode compares the median of this many launches with the winner's figure.
 REVIEW_EVERY = 16
@@ -33,20 +34,25 @@ DRIFT_REVIEWS = 2
 #: a memory-bound launch is 10-15% (bench/bench_dispatch.py).
 ROUND_SAMPLES = (1, 3, 5, 5)
 
-from veda._config import POLICIES  # noqa: E402,F401  (one list, re-exported here)
+
+class _Samples:
+    __slots__ = ("decision", "samples")
+
+    def __init__(self, samples: Sequence[float]) -> None:
+        self.decision = Decision("")
+        self.samples = samples
 
 
-def score(samples: Sequence[float], policy: str) -> float:
-    """One number per candidate: lower is better."""
-    if not samples:
-        return math.inf
-    if policy == "throughput":
-        return statistics.fmean(samples)
-    if policy == "latency":
-        # p99 of few samples is their maximum; weigh it with the median so one outlier does not
-        # decide alone
-        return 0.5 * max(samples) + 0.5 * statistics.median(samples)
-    return statistics.median(samples)
+def score(measured: Measured | Sequence[float], policy: str) -> float:
+    """One number per candidate under ``policy`` (a registered policy's scoring function):
+    lower is better.  ``measured`` is a :class:`Trial` or a list of seconds per element."""
+    rank = get_policy(policy).score
+    if rank is None:  # "fixed" never explores; rank as the default would
+        rank = get_policy("adaptive").score
+        assert rank is not None
+    if isinstance(measured, Sequence):
+        measured = _Samples(measured)
+    return rank(measured)
 
 
 @dataclass
@@ -146,7 +152,7 @@ class Tuner:
             self._next_round()
 
     def _next_round(self) -> None:
-        ranked = sorted(self._alive, key=lambda d: score(self.trials[d].samples, self.policy))
+        ranked = sorted(self._alive, key=lambda d: score(self.trials[d], self.policy))
         keep = max(1, len(ranked) // 2) if len(ranked) > 2 else 1
         if len(ranked) == 2 and self._round == 0:
             keep = 2  # two candidates: measure both once more before choosing
@@ -156,7 +162,7 @@ class Tuner:
         self._round += 1
         if len(self._alive) == 1:
             winner = self._alive[0]
-            self.adopt(winner, score(self.trials[winner].samples, self.policy), "explored")
+            self.adopt(winner, score(self.trials[winner], self.policy), "explored")
         else:
             self._queue = self._schedule_round()
 

@@ -12,10 +12,8 @@ rewritten on the next write.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import platform
 import tempfile
 import threading
 import warnings
@@ -23,37 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numba
-
-from veda._config import get_config, max_threads
+from veda._config import get_config
+from veda._hardware import cpu as _cpu
+from veda._hardware.cpu import fingerprint_id
 from veda._version import __version__
 
 FORMAT = 1
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def fingerprint() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "numba_threads": max_threads(),
-        "numba": numba.__version__,
-        "veda": __version__,
-    }
-
-
-def fingerprint_id(fp: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    """This machine's identity for the tuning cache (:func:`veda._hardware.cpu.fingerprint`)."""
+    return _cpu.fingerprint(__version__)
 
 
 @contextlib.contextmanager

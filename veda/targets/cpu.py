@@ -1,98 +1,49 @@
 """The two CPU targets: ``"cpu"`` (one thread) and ``"parallel"`` (veda's chunk schedules).
 
-Both run launchers from one generated module per kernel specialisation (see
-:mod:`veda._kernel.codegen`), so the body is compiled once for both.
-
-Threading layers
-----------------
-Numba picks a threading layer the first time a parallel region runs: TBB if it loads, else
-OpenMP, else its own "workqueue" layer.  OpenMP and TBB accept parallel regions from several
-Python threads at once; workqueue aborts the process when two threads enter one together, so on
-that layer veda serialises entry into parallel regions with a lock.  OpenMP does not survive
-``fork()``: use the ``spawn`` start method for process pools on that layer.
+Both run launchers from one generated module per kernel form (see
+:mod:`veda._kernel.codegen`), so the body is compiled once for both.  Threading-layer facts
+(which layer, whether parallel regions must be serialised) live in :mod:`veda._hardware.cpu`.
 """
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numba
-
+from veda._hardware import cpu as hw
 from veda._kernel.codegen import MODE_CODES
+from veda._kernel.runtime import read_cycles
+from veda._registry import Profiler, Target
+from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, VedaError
-from veda.targets import Decision, Runner, Target
 
-if TYPE_CHECKING:
-    from veda._kernel.kernel import Kernel
-    from veda.telemetry._registry import Recorder
+__all__ = ["PARALLEL_FLOOR", "PARALLEL_MIN_SIZE", "CPUTarget", "ParallelTarget", "default_chunk",
+           "recover_exception"]
 
-
-def refuse_device_arguments(name: str, names: list[str], args: tuple[Any, ...],
-                            target: str) -> None:
-    """Raise veda's error for GPU arrays given to a CPU target (after a launch failed)."""
-    from veda._kernel.kernel import refuse_device_arguments as refuse
-
-    refuse(name, names, args, target)
-
-
-_tick: float | None = None
-
-
-def seconds_per_tick() -> float:
-    """Seconds per tick of the cycle counter profiled launches read (measured once, 20 ms)."""
-    global _tick
-    if _tick is None:
-        import time
-
-        from veda._kernel.runtime import read_cycles
-
-        read_cycles()
-        c0, t0 = read_cycles(), time.perf_counter()
-        time.sleep(0.02)
-        c1, t1 = read_cycles(), time.perf_counter()
-        _tick = (t1 - t0) / max(c1 - c0, 1)
-    return _tick
-
-_layer_lock = threading.Lock()
-_layer: str | None = None
-_region_lock = threading.Lock()
-_serialise = False
-# One item per parallel launch in flight whose thread count the dispatcher chose (list.append
-# and list.pop are atomic under the GIL).
-_in_flight: list[None] = []
-
-THREAD_SAFE_LAYERS = ("tbb", "omp")
+#: Domain size from which a launch under the fixed policy goes to ``"parallel"``.  Measured with
+#: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
+#: even with the serial loop between 32k (parallel/cpu 1.10) and 64k elements (0.89).
+PARALLEL_MIN_SIZE = 49152
+#: Below this many elements no parallel configuration is a candidate: entering a parallel
+#: region costs about 4 us here (bench/bench_threshold.py: a 1000-element saxpy takes 2.0 us on
+#: "cpu" and 6.0 us on "parallel"), more than the whole serial loop of a small domain.
+PARALLEL_FLOOR = 1024
+#: Seconds a parallel region costs before any work.  With two threads the best parallel launch
+#: costs at least this plus half the serial time, so it cannot win when the serial launch took
+#: less than twice this (10 us): the dispatcher then drops the parallel candidates.
+REGION_ENTRY = 5e-6
 
 
-# Numba's thread count is per Python thread and its public setter validates at some cost
-# (about 1.9 us per call here); once the pool is up, veda uses the unchecked getter and setter
-# it wraps, with the values veda has already validated.
-_get_threads: Any = numba.get_num_threads
-_set_threads: Any = numba.set_num_threads
+def default_chunk(schedule: str, size: int, threads: int) -> int:
+    """Elements per chunk when none is given.
 
-
-def threading_layer() -> str:
-    """The Numba threading layer veda's parallel launches use, starting Numba's pool if needed."""
-    global _layer, _serialise, _get_threads, _set_threads
-    if _layer is None:
-        with _layer_lock:
-            if _layer is None:
-                from numba.np.ufunc import parallel
-
-                parallel._launch_threads()
-                _get_threads = getattr(parallel, "_get_num_threads", numba.get_num_threads)
-                _set_threads = getattr(parallel, "_set_num_threads", numba.set_num_threads)
-                layer = str(numba.threading_layer())
-                _serialise = layer not in THREAD_SAFE_LAYERS
-                _layer = layer
-    return _layer
-
-
-def serialises_parallel_regions() -> bool:
-    """True when veda must let one Python thread at a time into a parallel region."""
-    threading_layer()
-    return _serialise
+    ``dynamic`` and ``interleaved`` deal 32 chunks per thread, small enough that the last chunk
+    of a skewed loop (cost rising with the index) holds a few percent of the work, large enough
+    that the atomic counter is touched rarely.  ``guided`` shrinks down to 1/256 of a share.
+    """
+    if schedule == "static":
+        return 1
+    per = 256 if schedule == "guided" else 32
+    return max(1, -(-size // (threads * per)))
 
 
 def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -104,10 +55,8 @@ def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
-def recover_exception(
-    kernel: Kernel, module: Any, lo: int, hi: int, dims: tuple[int, ...],
-    args: tuple[Any, ...], target: str,
-) -> KernelError:
+def recover_exception(form: KernelForm, module: Any, lo: int, hi: int, dims: tuple[int, ...],
+                      args: tuple[Any, ...], target: str) -> KernelError:
     """Find the failing index of chunk [lo, hi) and re-run it to recover the body's exception.
 
     Indices of that chunk before the failing one run a second time on the way: after an
@@ -120,9 +69,9 @@ def recover_exception(
             module._veda_at(*index, *args)
         except Exception as exc:  # the body's own exception, whatever its type
             cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-            return cls(kernel.name, type(exc), str(exc), index, target)
+            return cls(form.name, type(exc), str(exc), index, target)
     return KernelError(
-        kernel.name,
+        form.name,
         RuntimeError,
         f"an exception was raised in the chunk of flat indices [{lo}, {hi}), but it did not "
         "recur when they were re-run on one thread, so its type and message are unknown",
@@ -135,15 +84,22 @@ class CPUTarget(Target):
     """One thread: the kernel body in a plain loop, compiled with ``@njit``."""
 
     name = "cpu"
+    refuses_settings_because = "runs on one thread"
 
-    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool, bool], profiler: Recorder | None,
+    def candidates(self, size: int, free_cores: int) -> list[Decision]:
+        return [Decision(self.name)]
+
+    def rule_min_size(self) -> int | None:
+        return 0
+
+    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
+                options: LaunchOptions, profiler: Profiler | None = None,
                 shared: bool = False) -> Runner:
         # One worker: nothing to balance, so a profiled launch runs the same loop.
-        module = kernel.program(len(dims), nargs, options[:2])
-        reduce = kernel.reduce is not None
-        fn = module._veda_det_cpu if reduce and options[2] else module._veda_cpu
-        name = kernel.name
+        module = form.program(options.compile)
+        reduce = form.reduce is not None
+        fn = module._veda_det_cpu if reduce and options.deterministic else module._veda_cpu
+        name = form.name
 
         def run(args: tuple[Any, ...]) -> Any:
             try:
@@ -151,7 +107,7 @@ class CPUTarget(Target):
             except VedaError:
                 raise
             except Exception as exc:
-                refuse_device_arguments(name, kernel._plan(len(dims), nargs).names, args, "cpu")
+                form.refuse_device_arguments(args, "cpu")
                 cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
                 raise cls(name, type(exc), str(exc), None, "cpu") from exc
             return result[0] if reduce else None
@@ -164,30 +120,66 @@ class ParallelTarget(Target):
 
     name = "parallel"
     parallel = True
+    settings = ("threads", "schedule", "chunk")
+    launch_overhead = REGION_ENTRY
 
-    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool, bool], profiler: Recorder | None,
+    def candidates(self, size: int, free_cores: int) -> list[Decision]:
+        threads_max = min(hw.max_threads(), max(1, free_cores))
+        if threads_max < 2 or size < PARALLEL_FLOOR:
+            return []
+        out = []
+        for t in sorted({threads_max, max(2, threads_max // 2)}, reverse=True):
+            # Static for even work; dynamic and guided, each at two granularities, for uneven
+            # work (bench/bench_dispatch.py: a triangular loop wants dynamic chunks of 1/256 of
+            # a share, a CSR product with power-law rows guided chunks down to 1/2048 of one).
+            dyn = default_chunk("dynamic", size, t)
+            guided = default_chunk("guided", size, t)
+            out += [
+                Decision(self.name, t, "static", 1),
+                Decision(self.name, t, "dynamic", dyn),
+                Decision(self.name, t, "dynamic", max(1, dyn // 8)),
+                Decision(self.name, t, "guided", guided),
+                Decision(self.name, t, "guided", max(1, guided // 8)),
+            ]
+        return out
+
+    def default_decision(self, size: int, threads: int | None = None,
+                         schedule: str | None = None, chunk: int | None = None) -> Decision:
+        if threads is None:
+            threads = hw.max_threads()
+        if schedule is None:
+            schedule = "dynamic" if chunk is not None else "static"
+        if chunk is None:
+            chunk = default_chunk(schedule, size, threads)
+        return Decision(self.name, threads, schedule, chunk)
+
+    def rule_min_size(self) -> int | None:
+        return PARALLEL_MIN_SIZE if hw.max_threads() > 1 else None
+
+    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
+                options: LaunchOptions, profiler: Profiler | None = None,
                 shared: bool = False) -> Runner:
-        threading_layer()
-        module = kernel.program(len(dims), nargs, options[:2])
-        if kernel.reduce is not None and options[2]:
+        hw.threading_layer()
+        module = form.program(options.compile)
+        if form.reduce is not None and options.deterministic:
             fn = module._veda_det_parallel  # deterministic: no profiled variant, imbalance NaN
             profiler = None
         else:
             fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
-        tick = seconds_per_tick() if profiler is not None else 0.0
-        _, wanted, schedule, chunk = decision
-        mode = MODE_CODES[schedule]
-        reduce = kernel.reduce is not None
-        get_threads, set_threads, serialise = _get_threads, _set_threads, _serialise
+        tick = hw.seconds_per_tick(read_cycles) if profiler is not None else 0.0
+        wanted, chunk = decision.threads, decision.chunk
+        mode = MODE_CODES[decision.schedule]
+        reduce = form.reduce is not None
+        get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise
+        in_flight, region_lock = hw.in_flight, hw.region_lock
 
         def run(args: tuple[Any, ...]) -> Any:
             threads = wanted
             if shared:
                 # Launches the dispatcher sized share the cores with the other veda parallel
                 # launches in flight instead of oversubscribing them.
-                _in_flight.append(None)
-                threads = max(1, wanted // len(_in_flight))
+                in_flight.append(None)
+                threads = max(1, wanted // len(in_flight))
             # The region runs on as many workers as this Python thread's Numba thread count:
             # set it for the launch (also right in a newly started thread), then restore it.
             previous = get_threads()
@@ -195,28 +187,27 @@ class ParallelTarget(Target):
                 set_threads(threads)
             try:
                 if serialise:
-                    with _region_lock:
+                    with region_lock:
                         out = fn(*dims, threads, mode, chunk, *args)
                 else:
                     out = fn(*dims, threads, mode, chunk, *args)
             except VedaError:
                 raise
             except Exception:
-                refuse_device_arguments(kernel.name, kernel._plan(len(dims), nargs).names, args,
-                                        "parallel")
+                form.refuse_device_arguments(args, "parallel")
                 raise
             finally:
                 if previous != threads:
                     set_threads(previous)
                 if shared:
-                    _in_flight.pop()
+                    in_flight.pop()
             if profiler is not None:
                 result, lo, hi, busy, chunks = out
                 profiler.profile(busy, chunks, tick)
             else:
                 result, lo, hi = out
             if lo >= 0:
-                raise recover_exception(kernel, module, lo, hi, dims, args, "parallel")
+                raise recover_exception(form, module, lo, hi, dims, args, "parallel")
             return result[0] if reduce else None
 
         return run

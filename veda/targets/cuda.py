@@ -21,17 +21,18 @@ kernel, and an exception raised in the body reaches the caller at the launch.
 from __future__ import annotations
 
 import math
-import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from veda._hardware import gpu as hw
+from veda._hardware.gpu import pool
+from veda._kernel.checks import check_arguments, translate_compile_error
+from veda._registry import Profiler, Target
+from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
-from veda.targets import Decision, Runner, Target
 
-if TYPE_CHECKING:
-    from veda._kernel.kernel import Kernel
-    from veda.telemetry._registry import Recorder
+__all__ = ["CUDA_BLOCK", "CUDA_MIN_SIZE", "CUDATarget", "default_block", "pool"]
 
 #: Threads per block on a GPU: a multiple of the 32-thread warp that keeps 8 blocks of an SM
 #: busy on every architecture since Kepler; the usual choice for memory-bound grid-stride loops.
@@ -48,57 +49,16 @@ SIM_MAX_BLOCKS = 4
 DET_PER_BLOCK = 2048
 
 
+#: Below this many elements the GPU is never a candidate.  A CUDA launch from Numba costs about
+#: 10-20 us of launch and synchronisation before any work (plus transfers), while the serial CPU
+#: loop of a saxpy runs 1e5 elements in about 30 us and 2 threads in about 20 us on the 2-core
+#: machine (bench/bench_threshold.py); bench/gpu_check.sh measures the crossover on a GPU.
+CUDA_MIN_SIZE = 1 << 17
+
+
 def default_block() -> int:
-    """Threads per block when the decision names none."""
-    from veda import cuda as vc
-
-    return SIM_BLOCK if vc.simulator_enabled() else CUDA_BLOCK
-
-
-class DevicePool:
-    """Device buffers kept between launches, by shape and dtype, so that a kernel launched again
-    with NumPy arrays of the same shapes allocates nothing on the device."""
-
-    def __init__(self, limit_bytes: int = 1 << 30) -> None:
-        self.limit_bytes = limit_bytes
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._free: dict[tuple[tuple[int, ...], str], list[Any]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, cuda: Any, shape: tuple[int, ...], dtype: np.dtype) -> Any:
-        key = (shape, dtype.str)
-        with self._lock:
-            free = self._free.get(key)
-            if free:
-                self.hits += 1
-                buf = free.pop()
-                self.bytes -= buf.nbytes
-                return buf
-            self.misses += 1
-        return cuda.device_array(shape, dtype)
-
-    def give(self, buffers: list[Any]) -> None:
-        with self._lock:
-            for buf in buffers:
-                if self.bytes + buf.nbytes > self.limit_bytes:
-                    continue  # dropped: the driver frees it
-                self._free.setdefault((tuple(buf.shape), buf.dtype.str), []).append(buf)
-                self.bytes += buf.nbytes
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-            self.bytes = 0
-
-    def info(self) -> dict[str, int]:
-        with self._lock:
-            return {"cached_bytes": self.bytes, "hits": self.hits, "misses": self.misses,
-                    "buffers": sum(len(v) for v in self._free.values())}
-
-
-pool = DevicePool()
+    """Threads per block of a GPU launch (the only place it is chosen)."""
+    return SIM_BLOCK if hw.simulator_enabled() else CUDA_BLOCK
 
 
 def _configure(kernel: Any, grid: int, block: int) -> Any:
@@ -125,9 +85,7 @@ def _identity_source(value: Any) -> str:
 
 def _placeholder(value: Any, ndim: int) -> Any:
     """A host stand-in with the type of ``value``, for typing the body on the CPU."""
-    from veda import cuda as vc
-
-    if vc.is_device_array(value):
+    if hw.is_device_array(value):
         return np.empty((1,) * len(value.shape), dtype=np.dtype(value.dtype))
     if type(value) is tuple:
         return tuple(_placeholder(v, ndim) for v in value)
@@ -144,45 +102,42 @@ def _type_key(value: Any) -> Any:
 
 
 class _Launch:
-    """Everything one (kernel, domain, decision, options) form needs across launches."""
+    """Everything one (kernel form, domain, decision, options) launch needs across launches."""
 
-    def __init__(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                 options: tuple[bool, bool, bool]) -> None:
+    def __init__(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
+                 options: LaunchOptions) -> None:
         from numba import cuda
 
-        from veda import cuda as vc
         from veda._kernel import cuda_language
 
         cuda_language.register()
         self.cuda = cuda
-        self.kernel = kernel
+        self.form = form
         self.dims = dims
-        self.nargs = nargs
         self.options = options
-        plan = kernel._plan(len(dims), nargs)
-        self.names = plan.names
+        self.names = form.names
         # Copied back: every argument the analysis cannot prove is only read (aliases, views
         # and calls it cannot follow would otherwise lose their writes).
-        self.written = frozenset(plan.maybe_written)
+        self.written = frozenset(form.maybe_written)
         self.size = math.prod(dims)
-        block = decision[1] if decision[1] >= 32 else default_block()
+        block = decision.block if decision.block >= 32 else default_block()
         self.block = block
-        if vc.simulator_enabled():
+        if hw.simulator_enabled():
             max_blocks = SIM_MAX_BLOCKS
         else:
             device = cuda.get_current_device()
             max_blocks = device.MULTIPROCESSOR_COUNT * BLOCKS_PER_SM
         self.grid = max(1, min(-(-self.size // block), max_blocks))
-        self.reduce = kernel.reduce
-        self.label = f"{kernel.module_name}.{kernel.name}"
+        self.reduce = form.reduce
+        self.label = form.label
         self._modules: dict[Any, tuple[Any, Any, Any]] = {}
         self._checked: set[Any] = set()  # argument-type keys whose arguments were checked
-        if self.options[2]:  # deterministic reductions: the grid follows the domain only
+        if options.deterministic:  # deterministic reductions: the grid follows the domain only
             self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
         else:
             self.blocks, self.per_block = self.grid, 0
         if self.reduce is None:
-            module = kernel.cuda_program(len(dims), nargs, options[:2], None, None, block)
+            module = form.cuda_program(options.compile, None, None, block)
             self._kernel = _configure(module._veda_kernel, self.grid, block)
 
     # -- arguments ---------------------------------------------------------------------------
@@ -212,7 +167,7 @@ class _Launch:
                     what = (f"arguments {first!r} and {second!r} are" if p != q
                             else f"argument {first!r} holds arrays that are")
                     raise LaunchError(
-                        f"kernel {self.kernel.name!r}: {what} the same memory (the same array "
+                        f"kernel {self.form.name!r}: {what} the same memory (the same array "
                         "or overlapping views) and the kernel may write them; on target 'cuda' "
                         "each array gets its own device buffer, so the writes would not be "
                         f"seen through the other and the copies back would overwrite each "
@@ -221,15 +176,13 @@ class _Launch:
 
     def _to_device(self, pos: int, value: Any, borrowed: list[Any],
                    back: list[tuple[np.ndarray, Any]]) -> Any:
-        from veda import cuda as vc
-
         if isinstance(value, np.ndarray):
             host = value if value.flags.c_contiguous else np.ascontiguousarray(value)
             buf = pool.take(self.cuda, host.shape, host.dtype)
             buf.copy_to_device(host)
             borrowed.append(buf)
-            vc._stats["host_to_device_bytes"] += host.nbytes
-            vc._stats["host_to_device_copies"] += 1
+            hw._stats["host_to_device_bytes"] += host.nbytes
+            hw._stats["host_to_device_copies"] += 1
             if pos in self.written and value.flags.writeable:
                 back.append((value, buf))
             return buf
@@ -238,15 +191,13 @@ class _Launch:
         return value  # scalars; device arrays are used in place
 
     def _copy_back(self, back: list[tuple[np.ndarray, Any]]) -> None:
-        from veda import cuda as vc
-
         for host, buf in back:
             if host.flags.c_contiguous:
                 buf.copy_to_host(host)
             else:
                 host[...] = buf.copy_to_host()
-            vc._stats["device_to_host_bytes"] += host.nbytes
-            vc._stats["device_to_host_copies"] += 1
+            hw._stats["device_to_host_bytes"] += host.nbytes
+            hw._stats["device_to_host_copies"] += 1
 
     # -- reductions ----------------------------------------------------------------------------
     def _reduction_module(self, args: tuple[Any, ...]) -> tuple[Any, Any, Any]:
@@ -254,11 +205,11 @@ class _Launch:
         got = self._modules.get(key)
         if got is None:
             ndim = len(self.dims)
-            cpu = self.kernel.program(ndim, self.nargs, self.options[:2])
+            cpu = self.form.program(self.options.compile)
             ident = cpu._veda_acc_probe(*(_placeholder(a, ndim) for a in args))[0]
             acc = ident.dtype
-            module = self.kernel.cuda_program(ndim, self.nargs, self.options[:2], acc.name,
-                                              _identity_source(ident), self.block)
+            module = self.form.cuda_program(self.options.compile, acc.name,
+                                            _identity_source(ident), self.block)
             got = self._modules[key] = (
                 _configure(module._veda_partials, self.blocks, self.block),
                 _configure(module._veda_final, 1, self.block),
@@ -268,8 +219,6 @@ class _Launch:
 
     def _reduce(self, dev_args: tuple[Any, ...], args: tuple[Any, ...],
                 borrowed: list[Any]) -> Any:
-        from veda import cuda as vc
-
         partials_kernel, final_kernel, ident = self._reduction_module(args)
         if self.size == 0:
             return ident
@@ -279,21 +228,17 @@ class _Launch:
         partials_kernel(*self.dims, *dev_args, partials, self.per_block)
         final_kernel(partials, self.blocks, result)
         value = result.copy_to_host()[0]
-        vc._stats["device_to_host_bytes"] += ident.dtype.itemsize
+        hw._stats["device_to_host_bytes"] += ident.dtype.itemsize
         return value
 
     # -- one launch ----------------------------------------------------------------------------
     def run(self, args: tuple[Any, ...]) -> Any:
-        from veda import cuda as vc
-
         borrowed: list[Any] = []
         back: list[tuple[np.ndarray, Any]] = []
         try:
             key = tuple(_type_key(a) for a in args)
             if key not in self._checked:  # once per argument types, as Numba compiles
-                from veda._kernel.kernel import check_arguments
-
-                check_arguments(self.kernel.name, self.names, args, device=True)
+                check_arguments(self.form.name, self.names, args, device=True)
                 self._checked.add(key)
             self._refuse_shared_memory(args)
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
@@ -305,23 +250,21 @@ class _Launch:
                 if self.size:
                     self._kernel(*self.dims, *dev_args)
             self.cuda.synchronize()
-            vc._stats["launches"] += 1
+            hw._stats["launches"] += 1
             self._copy_back(back)
             down = sum(h.nbytes for h, _ in back)
             if self.reduce is not None and self.size:
                 down += result.dtype.itemsize
             if up or down:
-                vc.count_transfer(self.label, up, down)
+                hw.count_transfer(self.label, up, down)
             return result
         except VedaError:
             raise
         except Exception as exc:
             if _is_compile_error(exc):
-                from veda._kernel.kernel import translate_compile_error
-
-                raise translate_compile_error(exc, self.kernel.name, self.names, args) from None
+                raise translate_compile_error(exc, self.form.name, self.names, args) from None
             cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-            raise cls(self.kernel.name, type(exc), str(exc), None, "cuda") from exc
+            raise cls(self.form.name, type(exc), str(exc), None, "cuda") from exc
         finally:
             pool.give(borrowed)
 
@@ -330,47 +273,33 @@ class CUDATarget(Target):
     """An NVIDIA GPU through Numba's CUDA target (or the simulator, for explicit launches)."""
 
     name = "cuda"
+    refuses_settings_because = "chooses its own block and grid sizes"
+    #: GPU reductions repeat run to run, but are not the CPU targets' bits (fused multiply-add,
+    #: another combine tree): in deterministic mode the dispatcher does not switch to the GPU.
+    numerics = "cuda"
+    reads_device_arrays = True
+    copies_host_arrays = True
 
     def unavailable_reason(self) -> str | None:
-        from veda import cuda as vc
+        return hw.explicit_reason()
 
-        return vc.explicit_reason()
+    def dispatchable(self) -> bool:
+        return hw.is_available()  # a real device: never the simulator
 
-    def prepare(self, kernel: Kernel, dims: tuple[int, ...], nargs: int, decision: Decision,
-                options: tuple[bool, bool, bool], profiler: Recorder | None,
+    def candidates(self, size: int, free_cores: int) -> list[Decision]:
+        return [self.default_decision(size)] if size >= CUDA_MIN_SIZE else []
+
+    def default_decision(self, size: int, threads: int | None = None,
+                         schedule: str | None = None, chunk: int | None = None) -> Decision:
+        return Decision(self.name, 1, "grid", 0, default_block())
+
+    def fixed_seconds(self, bytes_in: int, bytes_out: int) -> float:
+        return hw.gpu_cost().transfer_seconds(bytes_in, bytes_out)
+
+    def describe(self, decision: Decision) -> str:
+        return f"cuda block {decision.block}"
+
+    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
+                options: LaunchOptions, profiler: Profiler | None = None,
                 shared: bool = False) -> Runner:
-        return _Launch(kernel, dims, nargs, decision, options).run
-
-
-def measure(nbytes: int = 32 << 20, repeats: int = 3) -> tuple[float, float, float]:
-    """Host-to-device and device-to-host bandwidth (bytes/s) of pageable NumPy memory, and the
-    seconds one empty launch with a synchronisation takes; best of ``repeats``.
-
-    The dispatcher calls this once, the first time it weighs the GPU (about 0.1 s).
-    """
-    import time
-
-    from numba import cuda
-
-    host = np.ones(nbytes // 8)
-    dev = cuda.device_array_like(host)
-    up = down = launch = math.inf
-
-    @cuda.jit
-    def _empty(x):  # type: ignore[no-untyped-def]
-        pass
-
-    _empty[1, 32](dev)  # compile
-    cuda.synchronize()
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dev.copy_to_device(host)
-        cuda.synchronize()
-        t1 = time.perf_counter()
-        dev.copy_to_host(host)
-        t2 = time.perf_counter()
-        _empty[1, 32](dev)
-        cuda.synchronize()
-        t3 = time.perf_counter()
-        up, down, launch = min(up, t1 - t0), min(down, t2 - t1), min(launch, t3 - t2)
-    return host.nbytes / up, host.nbytes / down, launch
+        return _Launch(form, dims, decision, options).run

@@ -21,9 +21,17 @@ Examples
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+from veda._config import get_config
+from veda._hardware import gpu as _gpu
+from veda._kernel import checks as _checks
+from veda.telemetry import _events
 from veda.telemetry._events import (
     CompileEvent,
     LaunchEvent,
+    Listener,
     SpanEvent,
     add_listener,
     remove_listener,
@@ -40,6 +48,7 @@ __all__ = [
     "Figures",
     "KernelMetrics",
     "LaunchEvent",
+    "Listener",
     "MetricsServer",
     "Snapshot",
     "SpanEvent",
@@ -60,7 +69,19 @@ def metrics() -> Snapshot:
 
 def reset() -> None:
     """Zero all launch, compile and per-kernel transfer figures (kernels keep their code)."""
-    from veda import cuda
-
     _REGISTRY.reset()
-    cuda._per_kernel.clear()
+    _gpu._per_kernel.clear()
+
+
+def _compiled(owner: Any, seconds: float, hit: bool, signature: str, start: float,
+              end: float) -> None:
+    """Count a compile (or a load from the disk cache) and tell the listeners."""
+    if not get_config().telemetry:
+        return
+    _REGISTRY.compiled(owner.module_name, owner.name, seconds, hit)
+    if _events.listeners:
+        _events.emit("on_compile", CompileEvent(owner.name, signature, hit,
+                                                threading.get_ident(), start, end))
+
+
+_checks.compile_listeners.append(_compiled)

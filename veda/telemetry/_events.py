@@ -1,9 +1,10 @@
 """Listeners, spans and Chrome/Perfetto traces.
 
-Nothing here costs a launch anything until a listener is added: the launch path checks one
-list.  A listener is any object with some of the methods ``on_launch_start(event)``,
-``on_launch_end(event)``, ``on_compile(event)`` and ``on_span(event)``.  A listener that raises is
-reported once with a warning and detached; the launch goes on.
+Nothing here costs a launch anything until a listener is added: the launch path then takes its
+watched path (its one interceptor check).  A listener is any object with some of the methods
+``on_launch_start(event)``, ``on_launch_end(event)``, ``on_compile(event)`` and
+``on_span(event)``; :class:`Listener` is a base class with all four as no-ops.  A listener that
+raises is reported once with a warning and detached; the launch goes on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,10 @@ from veda.errors import TelemetryError
 _lock = threading.Lock()
 #: The listeners in force; replaced (never mutated) so the launch path can read it without a lock.
 listeners: tuple[Any, ...] = ()
+#: Called with no arguments whenever a listener is added or removed (the launch core watches).
+on_change: list[Callable[[], None]] = []
+
+_HOOKS = ("on_launch_start", "on_launch_end", "on_compile", "on_span")
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class LaunchEvent:
     start: float
     end: float | None = None
     error: str | None = None
+    #: Threads per block of a GPU launch (0 on the CPU targets).
+    block: int = 0
 
     @property
     def seconds(self) -> float | None:
@@ -66,6 +74,44 @@ class SpanEvent:
     end: float
 
 
+class Listener:
+    """A base class for listeners: every hook is a no-op, override the ones you need.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> class Slowest(veda.telemetry.Listener):
+    ...     worst = 0.0
+    ...     def on_launch_end(self, event):
+    ...         self.worst = max(self.worst, event.seconds)
+    >>> watch = veda.telemetry.add_listener(Slowest())
+    >>> @veda.kernel
+    ... def fill(i, x):
+    ...     x[i] = 1.0
+    >>> fill[10](np.zeros(10))
+    >>> watch.worst > 0
+    True
+    >>> veda.telemetry.remove_listener(watch)
+    """
+
+    def on_launch_start(self, event: LaunchEvent) -> None:
+        """A launch is about to run."""
+
+    def on_launch_end(self, event: LaunchEvent) -> None:
+        """A launch ended (``event.error`` says how, if it failed)."""
+
+    def on_compile(self, event: CompileEvent) -> None:
+        """A kernel specialisation was compiled or loaded from the disk cache."""
+
+    def on_span(self, event: SpanEvent) -> None:
+        """A :class:`span` ended."""
+
+
+def _changed() -> None:
+    for callback in on_change:
+        callback()
+
+
 def add_listener(listener: Any) -> Any:
     """Call ``listener``'s hooks on every launch start/end, compile and span; returns it.
 
@@ -86,14 +132,14 @@ def add_listener(listener: Any) -> Any:
     >>> veda.telemetry.remove_listener(counter)
     """
     global listeners
-    hooks = ("on_launch_start", "on_launch_end", "on_compile", "on_span")
-    if not any(callable(getattr(listener, h, None)) for h in hooks):
+    if not any(callable(getattr(listener, h, None)) for h in _HOOKS):
         raise TelemetryError(
-            f"a listener needs at least one of the methods {', '.join(hooks)}; "
+            f"a listener needs at least one of the methods {', '.join(_HOOKS)}; "
             f"{type(listener).__name__} has none"
         )
     with _lock:
         listeners = (*listeners, listener)
+    _changed()
     return listener
 
 
@@ -101,7 +147,11 @@ def remove_listener(listener: Any) -> None:
     """Stop calling ``listener`` (no error if it was not added)."""
     global listeners
     with _lock:
-        listeners = tuple(x for x in listeners if x is not listener)
+        kept = tuple(x for x in listeners if x is not listener)
+        changed = len(kept) != len(listeners)
+        listeners = kept
+    if changed:
+        _changed()
 
 
 def emit(hook: str, event: Any) -> None:

@@ -24,12 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from veda._types import Decision
 from veda.telemetry._histogram import LogHistogram
 
 #: Launches buffered per recorder before they are folded into the series.
 FOLD_AT = 4096
 
-ConfigKey = tuple[str, int, str, int]  # target, threads, schedule, chunk
+#: A configuration is the decision its launches ran with.
+ConfigKey = Decision
 
 
 @dataclass
@@ -96,7 +98,6 @@ class Recorder:
                 self.per_launch = int((nbytes or self.nbytes)(args))
 
     def error(self) -> None:
-        take_pending_compile()  # a compile inside a failed launch is not run time either
         with self.series.lock:
             self.series.errors += 1
 
@@ -180,18 +181,3 @@ class Registry:
 
 
 registry = Registry()
-
-
-#: Compiles not yet discounted, per thread id: (start, seconds) of each.  A launch that meets new
-#: argument types compiles inside its timed call; the compile hook records it here and the launch
-#: subtracts what started after the launch did, so latency figures hold run time only.  Compiles
-#: outside any launch (a direct call, a probe) are dropped by the next launch, not subtracted.
-#: Empty almost always, so the launch path pays one truth test.
-pending_compile: dict[int, list[tuple[float, float]]] = {}
-
-
-def take_pending_compile(since: float = float("-inf")) -> float:
-    """Clear this thread's pending compiles; the seconds of those that started at ``since`` or
-    later."""
-    pending = pending_compile.pop(threading.get_ident(), ())
-    return sum(seconds for start, seconds in pending if start >= since)

@@ -48,12 +48,14 @@ def serve(port: int = 0) -> MetricsServer:
         raise TelemetryError(
             "veda.telemetry.serve needs prometheus-client: pip install prometheus-client"
         ) from exc
-    from veda.telemetry import metrics
+    from veda.telemetry._registry import registry as veda_registry
+    from veda.telemetry._snapshot import Snapshot
 
     class _Collector:
         def collect(self) -> Any:
             # One source of truth: the exposition text veda writes itself.
-            yield from text_string_to_metric_families(metrics().to_prometheus())
+            yield from text_string_to_metric_families(
+                Snapshot.take(veda_registry).to_prometheus())
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())

@@ -8,7 +8,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from veda._hardware.gpu import kernel_transfers
+from veda._registry import describe
+from veda._types import Decision
 from veda.errors import UnknownKernelError
+from veda.scheduler import dispatcher
 from veda.telemetry._histogram import LogHistogram
 from veda.telemetry._registry import Registry, Series
 
@@ -82,12 +86,13 @@ def _figures(series: list[Series]) -> Figures:
 
 @dataclass(frozen=True)
 class ConfigMetrics:
-    """One kernel's figures in one configuration (target, threads, schedule, chunk)."""
+    """One kernel's figures in one configuration (a :class:`veda.targets.Decision`'s fields)."""
 
     target: str
     threads: int
     schedule: str
     chunk: int
+    block: int
     figures: Figures
 
     def __getattr__(self, name: str) -> Any:  # .p50, .launches, ... from the figures
@@ -97,7 +102,11 @@ class ConfigMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "threads": self.threads, "schedule": self.schedule,
-                "chunk": self.chunk, **self.figures.to_dict()}
+                "chunk": self.chunk, "block": self.block, **self.figures.to_dict()}
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(self.target, self.threads, self.schedule, self.chunk, self.block)
 
 
 @dataclass(frozen=True)
@@ -125,8 +134,8 @@ class KernelMetrics:
             "compiles": self.compiles, "cache_hits": self.cache_hits,
             "compile_time": self.compile_time,
             "configs": [c.to_dict() for c in self.configs],
-            "decisions": [{**d, "decision": list(d["decision"]) if d["decision"] else None,
-                           "trials": [{**t, "decision": list(t["decision"])}
+            "decisions": [{**d, "decision": d["decision"].to_json() if d["decision"] else None,
+                           "trials": [{**t, "decision": t["decision"].to_json()}
                                       for t in d["trials"]]} for d in self.decisions],
         }
 
@@ -142,8 +151,6 @@ class Snapshot:
 
     @classmethod
     def take(cls, registry: Registry) -> Snapshot:
-        from veda.scheduler import dispatcher
-
         registry.fold_all()
         out = []
         with registry.lock:
@@ -160,8 +167,6 @@ class Snapshot:
                 rec.cache_hits, rec.compile_seconds,
                 tuple(dispatcher.rows(rec.module, rec.name)),
             ))
-        from veda.cuda import kernel_transfers
-
         return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers())
 
     def kernel(self, name: Any) -> KernelMetrics:
@@ -285,8 +290,7 @@ class Snapshot:
                 f"<td>{k.compiles}</td><td>{k.cache_hits}</td></tr>"
             )
             for c in k.configs:
-                label = f"{c.target}" + (f" {c.threads}t {c.schedule} chunk {c.chunk}"
-                                         if c.target == "parallel" else "")
+                label = describe(c.decision)
                 rows.append(
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{html.escape(label)}</td>"
                     f"<td>{c.launches}</td><td>{c.errors}</td><td>{_t(c.p50)}</td>"

@@ -1,0 +1,122 @@
+"""The CPUs: worker threads, affinity, the Numba threading layer, the machine's fingerprint.
+
+Threading layers
+----------------
+Numba picks a threading layer the first time a parallel region runs: TBB if it loads, else
+OpenMP, else its own "workqueue" layer.  OpenMP and TBB accept parallel regions from several
+Python threads at once; workqueue aborts the process when two threads enter one together, so on
+that layer veda serialises entry into parallel regions with :data:`region_lock`.  OpenMP does not
+survive ``fork()``: use the ``spawn`` start method for process pools on that layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import threading
+import time
+from typing import Any
+
+import numba
+
+__all__ = ["affinity", "cpu_model", "fingerprint", "fingerprint_id", "max_threads",
+           "seconds_per_tick", "serialises_parallel_regions", "threading_layer"]
+
+#: Threading layers that take parallel regions from several Python threads at once.
+THREAD_SAFE_LAYERS = ("tbb", "omp")
+
+
+def max_threads() -> int:
+    """The number of worker threads Numba starts (``NUMBA_NUM_THREADS``)."""
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def affinity() -> int | None:
+    """How many CPUs this process may run on, or None where the platform does not say."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return None
+
+
+def cpu_model() -> str:
+    """The processor's model name."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(version: str) -> dict[str, Any]:
+    """What identifies this machine for remembered tuning decisions (with veda's ``version``)."""
+    return {
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "numba_threads": max_threads(),
+        "numba": numba.__version__,
+        "veda": version,
+    }
+
+
+def fingerprint_id(fp: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_layer_lock = threading.Lock()
+_layer: str | None = None
+#: Held around parallel regions on a layer that is not thread-safe.
+region_lock = threading.Lock()
+#: Whether parallel regions must hold :data:`region_lock` (set with the layer).
+serialise = False
+#: One item per parallel launch in flight whose thread count the dispatcher chose (list.append
+#: and list.pop are atomic under the GIL): such launches share the cores.
+in_flight: list[None] = []
+
+# Numba's thread count is per Python thread and its public setter validates at some cost
+# (about 1.9 us per call here); once the pool is up, veda uses the unchecked getter and setter
+# it wraps, with the values veda has already validated.
+get_threads: Any = numba.get_num_threads
+set_threads: Any = numba.set_num_threads
+
+
+def threading_layer() -> str:
+    """The Numba threading layer veda's parallel launches use, starting Numba's pool if needed."""
+    global _layer, serialise, get_threads, set_threads
+    if _layer is None:
+        with _layer_lock:
+            if _layer is None:
+                from numba.np.ufunc import parallel
+
+                parallel._launch_threads()
+                get_threads = getattr(parallel, "_get_num_threads", numba.get_num_threads)
+                set_threads = getattr(parallel, "_set_num_threads", numba.set_num_threads)
+                layer = str(numba.threading_layer())
+                serialise = layer not in THREAD_SAFE_LAYERS
+                _layer = layer
+    return _layer
+
+
+def serialises_parallel_regions() -> bool:
+    """True when veda must let one Python thread at a time into a parallel region."""
+    threading_layer()
+    return serialise
+
+
+_tick: float | None = None
+
+
+def seconds_per_tick(read_cycles: Any) -> float:
+    """Seconds per tick of the cycle counter ``read_cycles()`` reads (measured once, 20 ms)."""
+    global _tick
+    if _tick is None:
+        read_cycles()
+        c0, t0 = read_cycles(), time.perf_counter()
+        time.sleep(0.02)
+        c1, t1 = read_cycles(), time.perf_counter()
+        _tick = (t1 - t0) / max(c1 - c0, 1)
+    return _tick

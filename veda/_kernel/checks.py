@@ -1,0 +1,291 @@
+"""Argument checks and compile-error translation, at the one point Numba meets new types.
+
+None of this runs on the launch path of a kernel already compiled for its argument types: the
+checks run in a hook on Numba's compile step (:func:`install_compile_hook`), where a launch with
+new argument types goes anyway, and turn what Numba would say into a veda error that names the
+argument, the kernel and the user's line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+from numba.core import errors as numba_errors
+
+from veda._hardware.gpu import is_device_array
+from veda._kernel import cache as _cache
+from veda.errors import KernelDefinitionError, LaunchError, VedaError
+
+_SCALAR_TYPES = (bool, int, float, complex, np.bool_, np.number)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"a {value.ndim}-d {value.dtype} array"
+    mod = type(value).__module__
+    name = type(value).__qualname__
+    return f"a {name if mod == 'builtins' else mod + '.' + name}"
+
+
+def _dtype_problem(dt: np.dtype[Any], where: str) -> str | None:
+    if dt.kind not in "biufc":
+        return f"arrays must hold booleans or numbers, not {dt}"
+    supported = {"f": (4, 8), "c": (8, 16)}.get(dt.kind)
+    if supported is not None and dt.itemsize not in supported:
+        return f"{dt} arrays are not supported by Numba on {where}; use float32 or float64"
+    if not dt.isnative:
+        return f"arrays must be in native byte order, not {dt.str}; use .astype({dt.name!r})"
+    return None
+
+
+def _arg_problem(value: Any, device: bool = False) -> str | None:
+    """Why ``value`` cannot be a kernel argument, or None; ``device``: on the GPU target,
+    which also takes GPU arrays."""
+    if isinstance(value, np.ndarray):
+        return _dtype_problem(value.dtype, "the GPU" if device else "the CPU")
+    if isinstance(value, np.generic):
+        return _arg_problem(np.asarray(value), device)
+    if isinstance(value, _SCALAR_TYPES):
+        return None
+    if type(value) is tuple:
+        for item in value:
+            problem = _arg_problem(item, device)
+            if problem is not None:
+                return f"tuples must hold scalars or arrays: {problem}"
+        return None
+    if isinstance(value, list):
+        return "lists are not accepted; pass a NumPy array (np.asarray(...))"
+    if is_device_array(value):
+        if not device:
+            return GPU_ARRAY_ON_CPU
+        try:
+            dt = np.dtype(value.dtype)
+        except TypeError:
+            return f"GPU arrays must hold booleans or numbers, not {value.dtype}"
+        return _dtype_problem(dt, "the GPU")
+    if device:
+        return ("kernel arguments must be NumPy or GPU arrays, scalars (bool, int, float, "
+                "complex) or tuples")
+    return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
+
+
+GPU_ARRAY_ON_CPU = (
+    "GPU arrays are not accepted by the CPU targets (they are not copied behind your back); "
+    "copy to the host with veda.to_host(...), or launch with target='cuda'"
+)
+
+
+def refuse_device_arguments(kernel_name: str, names: Sequence[str], args: Sequence[Any],
+                            target: str) -> None:
+    """Raise a clear error when a CPU launch failed because an argument lives on the GPU.
+
+    Called only after a CPU launch failed, so it costs nothing on the launch path.
+    """
+    for name, value in zip(names, args):
+        if is_device_array(value):
+            raise LaunchError(
+                f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}, a GPU array, "
+                f"on target {target!r}; {GPU_ARRAY_ON_CPU}"
+            )
+
+
+def check_arguments(kernel_name: str, names: Sequence[str], args: Sequence[Any],
+                    device: bool = False) -> None:
+    """Refuse an argument no target can take, naming it; ``device``: for the GPU target."""
+    for name, value in zip(names, args):
+        problem = _arg_problem(value, device)
+        if problem is not None:
+            raise LaunchError(
+                f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}; {problem}"
+            )
+
+
+# Numba names source lines as 'File "path", line N' and 'at path (N)', sometimes with relative
+# paths; generated file names are unique, so their base names identify them.
+_FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)|at (\S+\.py) \((\d+)\)')
+# Errors raised by veda's own kernel-language typing, buried in Numba's candidate list.
+_VEDA_TYPING = re.compile(
+    r"TypingError: ((?:atomic_\w+|local_array|a reduce=|reduce=)[^\n]*)"
+)
+
+
+def _summary(message: str) -> str:
+    """The few lines of a Numba error message that say what went wrong."""
+    kept: list[str] = []
+    for line in message.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("Failed in ") or stripped.startswith(">>>"):
+            if stripped.startswith(">>>"):
+                kept.append(stripped)
+            continue
+        if stripped.startswith("File ") or stripped.startswith("During:"):
+            break
+        if stripped.startswith("There are") or stripped.startswith("- Of which"):
+            break
+        kept.append(stripped)
+        if len(kept) >= 4:
+            break
+    kept.extend(dict.fromkeys(_VEDA_TYPING.findall(message)))
+    return "\n  ".join(kept) if kept else message.strip().splitlines()[0]
+
+
+def _user_location(message: str) -> str:
+    for f1, l1, f2, l2 in _FILE_LINE.findall(message):
+        fname, line = (f1, l1) if f1 else (f2, l2)
+        for m in _cache.line_maps.get(os.path.basename(fname), ()):
+            offset = int(line) - m.gen_start
+            if 0 <= offset < m.length:
+                ufile, uline, text = m.source.user_line(offset)
+                return f"\n  at {ufile}:{uline}: {text}"
+    return ""
+
+
+def translate_compile_error(
+    exc: Exception, kernel_name: str, names: Sequence[str], args: Sequence[Any]
+) -> VedaError:
+    message = str(exc)
+    readonly = [
+        n for n, a in zip(names, args) if isinstance(a, np.ndarray) and not a.flags.writeable
+    ]
+    if "readonly" in message and readonly:
+        return LaunchError(
+            f"kernel {kernel_name!r} writes argument {readonly[0]!r}, which is a read-only "
+            f"array; pass a writeable array (e.g. {readonly[0]}.copy()){_user_location(message)}"
+        )
+    types = []
+    for n, a in zip(names, args):
+        try:
+            types.append(f"{n}: {numba.typeof(a)}")
+        except Exception:
+            types.append(f"{n}: {type(a).__name__}")
+    err = KernelDefinitionError(
+        f"kernel {kernel_name!r} cannot be compiled for argument types ({', '.join(types)}):\n  "
+        f"{_summary(message)}{_user_location(message)}"
+    )
+    err.numba_message = message  # type: ignore[attr-defined]
+    return err
+
+
+#: Code objects of the launch path's calls (filled by the launch core), each saying whether it
+#: times what it calls.  A launcher that compiles looks for the nearest of them on its stack.
+TIMED_CODE: dict[types.CodeType, bool] = {}
+
+#: Told ``(frame, seconds)`` when a launcher compiled inside a timed launch (the frame is the
+#: launch path's), so that the launch core takes the compile off that launch's time.  Set by the
+#: launch core; a callback, so this layer knows nothing of launches.
+on_launch_compile: Callable[[types.FrameType, float], None] | None = None
+
+#: Callbacks told of every compile: ``(owner, seconds, cache_hit, signature, start, end)``.
+#: Telemetry listens here; kept as a list so that this layer imports no telemetry.
+compile_listeners: list[Callable[..., None]] = []
+
+
+def _timed_frame() -> types.FrameType | None:
+    """The launch path's frame that times the current call of a launcher, if there is one."""
+    frame: types.FrameType | None = sys._getframe(2)
+    for _ in range(64):
+        if frame is None:
+            return None
+        timed = TIMED_CODE.get(frame.f_code)
+        if timed is not None:
+            return frame if timed else None
+        frame = frame.f_back
+    return None
+
+
+def hookable(dispatcher: Any) -> bool:
+    """Whether this Numba dispatcher has the private compile step veda hooks into.
+
+    ``Dispatcher._compile_for_args`` is private to Numba; pyproject.toml bounds the Numba range
+    to releases that have it, and :func:`install_compile_hook` falls back to a Python wrapper
+    where it is missing.
+    """
+    return callable(getattr(dispatcher, "_compile_for_args", None))
+
+
+def _record_compile(owner: Any, dispatcher: Any, offset: int, start: float, end: float,
+                    hit: bool) -> None:
+    signature = (", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
+                 if dispatcher.signatures else "")
+    with owner._lock:
+        stats = owner.compile_stats
+        if hit:
+            stats.cache_hits += 1
+        else:
+            stats.compiled += 1
+        stats.compile_seconds += end - start
+        stats.signatures.append(signature)
+    for listener in compile_listeners:
+        listener(owner, end - start, hit, signature, start, end)
+
+
+def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names: Sequence[str],
+                         launcher: bool = False) -> None:
+    """Check, count and translate at the one point Numba meets new argument types.
+
+    ``module.attr`` is a Numba dispatcher whose first ``offset`` parameters are veda's own (the
+    domain, the thread count, ...) and whose others are the kernel's arguments, named ``names``.
+    A ``launcher`` is called by targets inside timed launches: when it compiles there, the launch
+    core is told (:data:`on_launch_compile`) and takes the compile off that launch's time.
+
+    Where Numba lacks the private compile step (:func:`hookable`), ``module.attr`` is replaced by
+    a Python wrapper that translates compile errors after the fact and counts new signatures; its
+    compile times then include the first run (launchers are never called from compiled code, so
+    the wrapper is only ever called from Python).
+    """
+    dispatcher = getattr(module, attr)
+    if not hookable(dispatcher):
+        setattr(module, attr, _fallback(dispatcher, owner, offset, names))
+        return
+    original = dispatcher._compile_for_args
+
+    def _compile_for_args(*args: Any, **kws: Any) -> Any:
+        user_args = args[offset:]
+        check_arguments(owner.name, names, user_args)
+        hits = sum(dispatcher.stats.cache_hits.values())
+        start = time.perf_counter()
+        try:
+            result = original(*args, **kws)
+        except numba_errors.NumbaError as exc:
+            raise translate_compile_error(exc, owner.name, names, user_args) from None
+        end = time.perf_counter()
+        _record_compile(owner, dispatcher, offset, start, end,
+                        sum(dispatcher.stats.cache_hits.values()) > hits)
+        if launcher and on_launch_compile is not None:
+            frame = _timed_frame()
+            if frame is not None:
+                on_launch_compile(frame, end - start)
+        return result
+
+    dispatcher._compile_for_args = _compile_for_args
+
+
+def _fallback(dispatcher: Any, owner: Any, offset: int, names: Sequence[str]) -> Any:
+    lock = threading.Lock()
+
+    def call(*args: Any) -> Any:
+        known = len(dispatcher.signatures)
+        start = time.perf_counter()
+        try:
+            result = dispatcher(*args)
+        except numba_errors.NumbaError as exc:
+            user_args = args[offset:]
+            check_arguments(owner.name, names, user_args)
+            raise translate_compile_error(exc, owner.name, names, user_args) from None
+        if len(dispatcher.signatures) > known:
+            with lock:
+                _record_compile(owner, dispatcher, offset, start, time.perf_counter(), False)
+        return result
+
+    call.py_func = dispatcher.py_func  # type: ignore[attr-defined]
+    call.dispatcher = dispatcher  # type: ignore[attr-defined]
+    return call

@@ -1,0 +1,292 @@
+"""A kernel's definition: its parameters, its forms, and the generated code of each form.
+
+A *form* is one (domain rank, argument count) shape of a kernel's launches.  Everything that can
+be worked out once per form (which arguments it writes, which it indexes by which launch index,
+the per-launch checks, the generated modules) is worked out once and kept in a :class:`Form`,
+which is also all a target sees of the kernel (:class:`veda._types.KernelForm`).  Launching is
+the launch core's business (:mod:`veda._launch`), not this module's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from veda._kernel import codegen
+from veda._kernel.base import Launchable
+from veda._kernel.checks import install_compile_hook, refuse_device_arguments
+from veda._kernel.func import callee_writes
+from veda._kernel.language import REDUCE_OPS
+from veda._kernel.source import analyse, plain_parameters
+from veda.errors import KernelDefinitionError, LaunchError
+
+__all__ = ["Form", "KernelDefinition"]
+
+_INT_TYPES = (int, np.integer)
+
+#: The CPU launchers of a generated module and how many of their leading parameters are veda's
+#: own beyond the domain (the parallel ones take the thread count, the schedule and the chunk).
+_LAUNCHERS = {"_veda_cpu": 0, "_veda_det_cpu": 0, "_veda_parallel": 3,
+              "_veda_parallel_profile": 3, "_veda_det_parallel": 3}
+
+
+class Form:
+    """One (domain rank, argument count) form of a kernel: what its launches check, and the
+    code built for it.
+
+    ``check(dims, args)`` is generated source with the positions written in, because it runs at
+    every launch: about 0.1 us per check instead of a loop over a table.  A failed check calls
+    :meth:`fail`, which says in words what is wrong.
+    """
+
+    __slots__ = ("arrays", "check", "definition", "direct", "label", "maybe_written", "name",
+                 "names", "nargs", "nbytes", "ndim", "reduce", "written")
+
+    def __init__(self, definition: KernelDefinition, ndim: int, names: list[str],
+                 written: list[int], direct: list[tuple[int, int, int, str, str]],
+                 arrays: list[int], maybe_written: list[int] | None = None) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.label = f"{definition.module_name}.{definition.name}"
+        self.reduce = definition.reduce
+        self.ndim = ndim
+        self.nargs = len(names)
+        self.names = names
+        self.written = written
+        #: Positions the kernel may write (a superset of ``written``): all but the arguments the
+        #: analysis proves are only read.  The GPU target copies these back to the host.
+        self.maybe_written = list(range(len(names))) if maybe_written is None else maybe_written
+        self.direct = direct
+        self.arrays = arrays
+        lines = ["def check(dims, args):"]
+        for pos in written:
+            lines.append(
+                f"    if isinstance(args[{pos}], ndarray) and not args[{pos}].flags.writeable:"
+                "\n        fail(dims, args)"
+            )
+        for pos, axis, dim, _, _ in direct:
+            if axis == 0:
+                lines.append(
+                    f"    if isinstance(args[{pos}], ndarray) and args[{pos}].ndim and "
+                    f"len(args[{pos}]) < dims[{dim}]:\n        fail(dims, args)"
+                )
+            else:
+                lines.append(
+                    f"    if isinstance(args[{pos}], ndarray) and args[{pos}].ndim > {axis} and "
+                    f"args[{pos}].shape[{axis}] < dims[{dim}]:\n        fail(dims, args)"
+                )
+        if len(lines) == 1:
+            lines = []  # nothing to check
+        # Bytes of the array arguments, for telemetry: each array once, at its nbytes.  The
+        # direct attribute reads are the fast path; a tuple (no nbytes) takes the careful one.
+        fast = " + ".join(f"args[{p}].nbytes" for p in arrays) or "0"
+        careful = " + ".join(f"getattr(args[{p}], 'nbytes', 0)" for p in arrays) or "0"
+        lines.append(
+            f"def nbytes(args):\n    try:\n        return {fast}\n"
+            f"    except AttributeError:\n        return {careful}"
+        )
+        namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail}
+        exec("\n".join(lines), namespace)
+        self.check: Callable[..., None] | None = namespace.get("check")
+        self.nbytes: Callable[[tuple[Any, ...]], int] = namespace["nbytes"]
+
+    def fail(self, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
+        for pos in self.written:
+            a = args[pos]
+            if isinstance(a, np.ndarray) and not a.flags.writeable:
+                raise LaunchError(
+                    f"kernel {self.name!r} writes argument {self.names[pos]!r}, which is "
+                    f"a read-only array; pass a writeable array (e.g. {self.names[pos]}.copy())"
+                )
+        for pos, axis, dim, arr, idx in self.direct:
+            shape = getattr(args[pos], "shape", None)
+            if shape is not None and axis < len(shape) and shape[axis] < dims[dim]:
+                raise LaunchError(
+                    f"kernel {self.name!r}: argument {arr!r} has {shape[axis]} element(s) "
+                    f"along axis {axis}, but it is indexed there by {idx!r}, which runs over "
+                    f"range({dims[dim]}) (domain {dims}); the domain does not match the arrays"
+                )
+
+    # -- what targets use ---------------------------------------------------------------------
+    def program(self, options: tuple[bool, bool]) -> Any:
+        """The loaded generated module of the CPU family for (boundscheck, cache)."""
+        return self.definition.program(self.ndim, self.nargs, options)
+
+    def cuda_program(self, options: tuple[bool, bool], acc: str | None, identity: str | None,
+                     block: int) -> Any:
+        """The loaded generated CUDA module for these options, accumulator and block size."""
+        return self.definition.cuda_program(self.ndim, self.nargs, options, acc, identity, block)
+
+    def refuse_device_arguments(self, args: Sequence[Any], target: str) -> None:
+        """Raise veda's error when an argument is a GPU array on a CPU target (called after a
+        CPU launch failed, so it costs nothing on the launch path)."""
+        refuse_device_arguments(self.name, self.names, args, target)
+
+    def __repr__(self) -> str:
+        return f"<veda form {self.label} {self.ndim}-d, {self.nargs} argument(s)>"
+
+
+class KernelDefinition(Launchable):
+    """A kernel's definition: see :func:`veda.kernel`."""
+
+    def __init__(self, pyfunc: Callable[..., Any], reduce: str | None = None,
+                 ndim: int | None = None) -> None:
+        if reduce is not None and reduce not in REDUCE_OPS:
+            raise KernelDefinitionError(
+                f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
+                f"expected one of {', '.join(REDUCE_OPS)}"
+            )
+        if ndim is not None and ndim not in (1, 2, 3):
+            raise KernelDefinitionError(f"ndim={ndim!r}: kernels take 1, 2 or 3 index parameters")
+        self.params = plain_parameters(pyfunc, "kernel")
+        if ndim is not None and len(self.params) < ndim:
+            raise KernelDefinitionError(
+                f"kernel {pyfunc.__qualname__!r} declares ndim={ndim} but has only "
+                f"{len(self.params)} parameter(s)"
+            )
+        if not self.params:
+            raise KernelDefinitionError(
+                f"kernel {pyfunc.__qualname__!r} needs at least one index parameter"
+            )
+        super().__init__(pyfunc)
+        self.reduce = reduce
+        self.ndim = ndim
+        self.name = pyfunc.__qualname__
+        self._forms: dict[tuple[int, int], Form] = {}
+        self._programs: dict[tuple[int, int, tuple[bool, bool]], Any] = {}
+        self._cuda_programs: dict[tuple[Any, ...], Any] = {}
+
+    # -- introspection ---------------------------------------------------------------------
+    @property
+    def written(self) -> list[str]:
+        """Names of the parameters the kernel writes, as veda's analysis finds them."""
+        facts = analyse(self.source, self.params, [], callee_writes)
+        return [p for p in self.params if p in facts.written]
+
+    def __repr__(self) -> str:
+        red = f", reduce={self.reduce!r}" if self.reduce else ""
+        return f"<veda.kernel {self.name}{red}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise LaunchError(
+            f"kernel {self.name!r} needs a domain: launch it as {self.py_func.__name__}[n](...) "
+            f"or veda.launch({self.py_func.__name__}, n, ...)"
+        )
+
+    # -- forms ---------------------------------------------------------------------------------
+    def domain(self, domain: Any) -> tuple[int, ...]:
+        """The domain as a tuple of sizes; raises :class:`veda.LaunchError` naming the axis."""
+        items = tuple(domain) if isinstance(domain, (tuple, list)) else (domain,)
+        if not 1 <= len(items) <= 3:
+            raise LaunchError(
+                f"kernel {self.name!r}: domain must have 1, 2 or 3 dimensions, got {domain!r}"
+            )
+        dims = []
+        for axis, n in enumerate(items):
+            if isinstance(n, bool) or not isinstance(n, _INT_TYPES):
+                raise LaunchError(
+                    f"kernel {self.name!r}: domain axis {axis} must be a non-negative integer, "
+                    f"not {n!r}"
+                )
+            if n < 0:
+                raise LaunchError(
+                    f"kernel {self.name!r}: domain axis {axis} is {n}; sizes must be >= 0"
+                )
+            dims.append(int(n))
+        if self.ndim is not None and len(dims) != self.ndim:
+            raise LaunchError(
+                f"kernel {self.name!r} is declared with ndim={self.ndim}, but the domain "
+                f"{tuple(dims)} has {len(dims)} dimension(s)"
+            )
+        return tuple(dims)
+
+    def form(self, ndim: int, nargs: int) -> Form:
+        """The form of launches over an ``ndim``-d domain with ``nargs`` arguments."""
+        form = self._forms.get((ndim, nargs))
+        if form is not None:
+            return form
+        with self._lock:
+            form = self._forms.get((ndim, nargs))
+            if form is not None:
+                return form
+            expected = len(self.params) - ndim
+            if nargs != expected:
+                index = ", ".join(self.params[:ndim])
+                rest = ", ".join(self.params[ndim:]) or "none"
+                if expected < 0:
+                    raise LaunchError(
+                        f"kernel {self.name!r} has {len(self.params)} parameter(s), too few for a "
+                        f"{ndim}-d domain"
+                    )
+                raise LaunchError(
+                    f"kernel {self.name!r} takes {expected} argument(s) after its {ndim} index "
+                    f"parameter(s) ({index}): {rest}; got {nargs}"
+                )
+            index_params = self.params[:ndim]
+            names = self.params[ndim:]
+            facts = analyse(self.source, self.params, index_params, callee_writes)
+            if self.source.tree is not None:
+                if self.reduce is not None and not facts.returns_value:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r} has reduce={self.reduce!r} but returns no value; "
+                        "return one value per index"
+                    )
+                if self.reduce is None and facts.returns_value:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r} returns a value but has no reduce=; use "
+                        "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
+                    )
+            written = [names.index(p) for p in names if p in facts.written]
+            maybe_written = [names.index(p) for p in names if p in facts.maybe_written]
+            direct = [
+                (names.index(arr), axis, index_params.index(idx), arr, idx)
+                for arr, axis, idx in facts.direct_index
+                if arr in names
+            ]
+            arrays = ([names.index(p) for p in names if p in facts.arrays]
+                      if self.source.tree is not None else list(range(nargs)))
+            form = Form(self, ndim, names, written, direct, arrays, maybe_written)
+            self._forms[(ndim, nargs)] = form
+            return form
+
+    # -- generated code ------------------------------------------------------------------------
+    def program(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
+        """The loaded generated module for this form and options (CPU family)."""
+        key = (ndim, nargs, options)
+        module = self._programs.get(key)
+        if module is None:
+            with self._lock:
+                module = self._programs.get(key)
+                if module is None:
+                    module = self._build(ndim, nargs, options)
+                    self._programs[key] = module
+        return module
+
+    def cuda_program(self, ndim: int, nargs: int, options: tuple[bool, bool], acc: str | None,
+                     identity: str | None, block: int) -> Any:
+        """The loaded generated CUDA module for this form, options, accumulator and block."""
+        key = (ndim, nargs, options, acc, block)
+        module = self._cuda_programs.get(key)
+        if module is None:
+            with self._lock:
+                module = self._cuda_programs.get(key)
+                if module is None:
+                    module = codegen.cuda_kernel_unit(
+                        self.source, ndim, nargs, self.reduce, acc, identity, block, options
+                    ).module
+                    self._cuda_programs[key] = module
+        return module
+
+    def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
+        names = self.form(ndim, nargs).names
+        module = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options).module
+        if hasattr(module, "_veda_acc_probe"):
+            install_compile_hook(module, "_veda_acc_probe", self, 0, names)
+        if hasattr(module, "_veda_at"):
+            install_compile_hook(module, "_veda_at", self, ndim, names)
+        for attr, extra in _LAUNCHERS.items():
+            if hasattr(module, attr):
+                install_compile_hook(module, attr, self, ndim + extra, names, launcher=True)
+        return module

@@ -1,0 +1,618 @@
+"""The launch core: prepare, bind, run.  Every launch enters here.
+
+The launch path is hot: a launch of a 100-element kernel must cost a couple of microseconds more
+than calling the compiled loop directly.  A launch looks up its prepared :class:`Entry` (one per
+kernel form, domain, argument count and settings object), runs the form's per-launch checks,
+calls the runner its target prepared, and appends the time to its telemetry recorder.
+Everything else takes a slower path:
+
+* the first launch of an entry, or one under another configuration, prepares it
+  (:meth:`Kernel._prepare`): checks the overrides, asks the dispatcher (or the fixed rule) for a
+  decision and the target for a runner;
+* while the dispatcher explores, or right after it changed its decision, the launch goes
+  through :meth:`Kernel._adaptive_launch`;
+* when anything watches or redirects launches (record, replay, listeners; later graph capture,
+  task accounting, energy sampling), the launch takes the watched path.  They all enter through
+  one slot, :data:`_watched`, so with none active the hot path pays one check
+  (:class:`Interceptor`, :func:`add_interceptor`);
+* a launch that meets new argument types compiles inside its runner; the compile hook then
+  notes the compile's seconds on the launch's entry and brings its next review forward, where
+  they are taken off the launch's time: a compile is never timed as run time, and the hot path
+  checks nothing for it (:func:`_compiled_in_launch`).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any, overload
+
+import numpy as np
+
+from veda import _registry, scheduler
+from veda._config import Config, get_config, validate_launch_overrides
+from veda._hardware import gpu as _gpu
+from veda._kernel import checks as _checks
+from veda._kernel.definition import Form, KernelDefinition
+from veda._types import Decision, LaunchOptions, Overrides
+from veda.errors import LaunchError
+from veda.telemetry import _events
+from veda.telemetry import _registry as _telemetry
+
+__all__ = ["BoundLaunch", "Interceptor", "Kernel", "LaunchInfo", "add_interceptor", "kernel",
+           "launch", "remove_interceptor"]
+
+_FOLD_AT = _telemetry.FOLD_AT
+
+
+# --------------------------------------------------------------------------------------------
+# The interceptor slot
+
+
+class LaunchInfo:
+    """One watched launch, as interceptors see it; times are ``time.perf_counter()`` seconds."""
+
+    __slots__ = ("args", "decision", "dims", "end", "error", "kernel", "start", "thread_id")
+
+    def __init__(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
+                 decision: Decision) -> None:
+        self.kernel = kernel
+        self.dims = dims
+        self.args = args
+        self.decision = decision
+        self.thread_id = threading.get_ident()
+        self.start = perf_counter()
+        self.end: float | None = None
+        #: ``"Type: message"`` of the exception a failed launch raised.
+        self.error: str | None = None
+
+
+class Interceptor:
+    """Something that watches or redirects launches.  Every hook is a no-op; override some.
+
+    Interceptors are installed with :func:`add_interceptor`.  A launch asks each installed one
+    whether it is :meth:`active` (a scoped interceptor, such as ``veda.record``, answers for its
+    own thread or asyncio task), lets the active ones :meth:`redirect` it, and calls
+    :meth:`start` and :meth:`end` around the run with the decision it ran with.
+    """
+
+    def active(self) -> bool:
+        """Whether this interceptor applies to launches made here, now."""
+        return True
+
+    def redirect(self, kernel: Kernel, dims: tuple[int, ...]) -> Decision | None:
+        """A decision to force on this launch, or None (the dispatcher decides)."""
+        return None
+
+    def start(self, launch: LaunchInfo) -> None:
+        """The launch is about to run with ``launch.decision``."""
+
+    def end(self, launch: LaunchInfo) -> None:
+        """The launch ended (``launch.error`` says how, if it failed)."""
+
+
+_interceptors: tuple[Interceptor, ...] = ()
+#: The one check of the hot path: the interceptors installed, and the listener bridge while
+#: telemetry listeners exist.  Replaced, never mutated, so a launch reads it without a lock.
+_watched: tuple[Interceptor, ...] = ()
+_slot_lock = threading.Lock()
+
+
+class _Listeners(Interceptor):
+    """Telemetry listeners' launch events (``on_launch_start`` / ``on_launch_end``)."""
+
+    def active(self) -> bool:
+        return bool(_events.listeners) and get_config().telemetry
+
+    def start(self, launch: LaunchInfo) -> None:
+        _events.emit("on_launch_start", self._event(launch))
+
+    def end(self, launch: LaunchInfo) -> None:
+        _events.emit("on_launch_end", self._event(launch))
+
+    @staticmethod
+    def _event(launch: LaunchInfo) -> _events.LaunchEvent:
+        d = launch.decision
+        return _events.LaunchEvent(launch.kernel.name, launch.dims, d.target, d.threads,
+                                   d.schedule, d.chunk, launch.thread_id, launch.start,
+                                   launch.end, launch.error, d.block)
+
+
+_listeners = _Listeners()
+
+
+def _refresh() -> None:
+    global _watched
+    with _slot_lock:
+        _watched = _interceptors + ((_listeners,) if _events.listeners else ())
+
+
+def add_interceptor(interceptor: Interceptor) -> Interceptor:
+    """Install an interceptor for every launch in the process (it says where it applies)."""
+    global _interceptors
+    if not isinstance(interceptor, Interceptor):
+        raise TypeError(f"expected a veda Interceptor, not {interceptor!r}")
+    with _slot_lock:
+        _interceptors = (*_interceptors, interceptor)
+    _refresh()
+    return interceptor
+
+
+def remove_interceptor(interceptor: Interceptor) -> None:
+    """Uninstall an interceptor (no error if it was not installed)."""
+    global _interceptors
+    with _slot_lock:
+        _interceptors = tuple(i for i in _interceptors if i is not interceptor)
+    _refresh()
+
+
+_events.on_change.append(_refresh)
+
+
+# --------------------------------------------------------------------------------------------
+# Prepared launches
+
+
+class Entry:
+    """A prepared launch: one kernel form, domain, argument count and settings object."""
+
+    __slots__ = ("cfg", "check", "debt", "decision", "dims", "form", "last", "lock", "recorder",
+                 "review_at", "runner", "runners", "size", "times", "tuning", "version")
+
+    def __init__(self, cfg: Config, form: Form, dims: tuple[int, ...], size: int) -> None:
+        self.cfg = cfg
+        self.form = form
+        self.check = form.check
+        self.dims = dims
+        self.size = size
+        self.runners: dict[Decision, tuple[Any, Any]] = {}
+        self.lock = threading.Lock()
+        #: The dispatcher's tuner entry while the dispatcher decides for this launch.
+        self.tuning: Any = None
+        self.version = 0
+        self.last = 0.0
+        self.review_at = _FOLD_AT
+        self.runner: Any = None
+        self.recorder: Any = None
+        self.times: list[float] | None = None
+        self.decision = Decision("cpu")
+        #: (index in ``times``, seconds) of a compile inside a launch, taken off at the review.
+        self.debt: tuple[int, float] | None = None
+
+
+def _transfer(form: Form, args: tuple[Any, ...]) -> tuple[int, int]:
+    """Host bytes a launch with ``args`` copies in and back on a target that copies host arrays."""
+    host = [a.nbytes if isinstance(a, np.ndarray) else 0 for a in args]
+    return sum(host), sum(host[p] for p in form.maybe_written)
+
+
+def _copying_targets() -> bool:
+    """Whether a dispatchable target copies host arrays or reads device arrays here: then where
+    the arrays live is part of a prepared launch's key."""
+    return any((t.copies_host_arrays or t.reads_device_arrays) and t.dispatchable()
+               for t in _registry.targets())
+
+
+def _check_forced(decision: Decision) -> None:
+    """A decision forced by replay must run here: a known, available target, and settings it
+    takes within this machine's range."""
+    target = _registry.get(decision.target)
+    if target.parallel:
+        validate_launch_overrides({"target": decision.target, "threads": decision.threads,
+                                   "schedule": decision.schedule, "chunk": decision.chunk})
+
+
+class Kernel(KernelDefinition):
+    """A compiled-on-demand parallel kernel; see :func:`kernel`.
+
+    Launch it with ``k[n](*args)`` (a 1-d domain), ``k[(n, m)](*args)`` or
+    ``k[(n, m, p)](*args)``, or with :func:`launch` for explicit settings.
+    """
+
+    def __init__(self, pyfunc: Callable[..., Any], reduce: str | None = None,
+                 ndim: int | None = None) -> None:
+        super().__init__(pyfunc, reduce=reduce, ndim=ndim)
+        self._bound: dict[Any, BoundLaunch] = {}
+        self._fast: dict[tuple[Any, ...], Entry] = {}
+        #: Whether prepared launches are kept apart by where their arrays live (host or device):
+        #: set once a target that copies or reads device arrays can be chosen, or a device array
+        #: arrives, so that a CPU-only process keeps the plain key on its launch path.
+        self._by_residency = False
+        _kernels.add(self)
+
+    # -- domains -------------------------------------------------------------------------------
+    def __getitem__(self, domain: Any) -> BoundLaunch:
+        if domain.__class__ is int:  # the common case, first
+            bound = self._bound.get(domain)
+            if bound is not None:
+                return bound
+        return self._bound_for(domain)
+
+    def _bound_for(self, domain: Any) -> BoundLaunch:
+        # Only plain ints (and tuples of them) are cached: 4.0 and True hash like 4 and 1 but
+        # must be refused.
+        cacheable = domain.__class__ is int or (
+            domain.__class__ is tuple and all(d.__class__ is int for d in domain))
+        bound = self._bound.get(domain) if cacheable else None
+        if bound is None:
+            bound = BoundLaunch(self, self.domain(domain))
+            if cacheable and len(self._bound) < 256:
+                self._bound[domain] = bound
+        return bound
+
+    # -- the hot path --------------------------------------------------------------------------
+    def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+        # One check for everything that watches launches, one dictionary look-up, the
+        # per-launch checks, the compiled call, two clock reads and an append for telemetry.
+        if _watched:
+            return self._launch_watched(dims, args, overrides)
+        cfg = get_config()
+        if self._by_residency:  # a GPU here, or device arrays seen: host and device apart
+            entry = self._fast.get((dims, len(args), overrides, _gpu.device_resident(args)))
+        else:
+            entry = self._fast.get((dims, len(args), overrides))
+        if entry is None or entry.cfg is not cfg:
+            entry = self._prepare(dims, args, overrides, cfg)
+        if entry.check is not None:
+            entry.check(dims, args)
+        tuning = entry.tuning
+        if tuning is not None and tuning.tuner.version != entry.version:
+            return self._adaptive_launch(entry, args, ())  # exploring, or the decision changed
+        recorder = entry.recorder
+        if recorder is None:  # telemetry=False
+            return entry.runner(args)
+        start = perf_counter()
+        try:
+            result = entry.runner(args)
+        except BaseException:
+            recorder.error()
+            entry.debt = None  # a failed launch appends no time
+            raise
+        elapsed = perf_counter() - start
+        times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
+        times.append(elapsed)
+        if len(times) > entry.review_at:
+            self._review(entry, args)
+        return result
+
+    def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...],
+                        overrides: Any) -> Any:
+        """A launch while interceptors are installed: those active here may force a decision
+        (replay) and see the launch start and end."""
+        watchers = tuple(w for w in _watched if w.active())
+        for w in watchers:
+            forced = w.redirect(self, dims)
+            if forced is not None:
+                overrides = forced
+        cfg = get_config()
+        entry = self._fast.get(self._key(dims, args, overrides))
+        if entry is None or entry.cfg is not cfg:
+            entry = self._prepare(dims, args, overrides, cfg)
+        if entry.check is not None:
+            entry.check(dims, args)
+        tuning = entry.tuning
+        if tuning is not None and tuning.tuner.version != entry.version:
+            return self._adaptive_launch(entry, args, watchers)
+        return self._timed(entry, args, watchers)
+
+    def _timed(self, entry: Entry, args: tuple[Any, ...],
+               watchers: tuple[Interceptor, ...]) -> Any:
+        """One timed launch, seen by ``watchers``; returns the result (time in entry.last)."""
+        recorder = entry.recorder
+        info = None
+        if watchers:
+            info = LaunchInfo(self, entry.dims, args, entry.decision)
+            for w in watchers:
+                w.start(info)
+        start = perf_counter()
+        try:
+            result = entry.runner(args)
+        except BaseException as exc:
+            if recorder is not None:
+                recorder.error()
+                entry.debt = None  # a failed launch appends no time
+            if info is not None:
+                info.end = perf_counter()
+                info.error = f"{type(exc).__name__}: {exc}"
+                for w in watchers:
+                    w.end(info)
+            raise
+        end = perf_counter()
+        entry.last = end - start
+        if recorder is not None:
+            recorder.times.append(entry.last)
+            if len(recorder.times) > entry.review_at:
+                self._review(entry, args)
+        if info is not None:
+            info.start, info.end = start, end
+            for w in watchers:
+                w.end(info)
+        return result
+
+    # -- preparing -----------------------------------------------------------------------------
+    def _key(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
+        """The launch path's key of a prepared launch (see :meth:`_launch`)."""
+        if self._by_residency:
+            return (dims, len(args), overrides, _gpu.device_resident(args))
+        return (dims, len(args), overrides)
+
+    def _prepare(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+                 cfg: Config) -> Entry:
+        """Everything a launch needs that its argument values do not change."""
+        forced = overrides if type(overrides) is Decision else None
+        if overrides is not None and forced is None:
+            validate_launch_overrides(overrides._asdict())
+        form = self.form(len(dims), len(args))
+        size = math.prod(dims)
+        if size == 0 and self.reduce in ("min", "max"):
+            raise LaunchError(
+                f"kernel {self.name!r}: reduce={self.reduce!r} over an empty domain {dims} has "
+                "no identity (as with np.min / np.max of an empty array)"
+            )
+        entry = Entry(cfg, form, dims, size)
+        if forced is not None:  # replay: exactly the recorded decision
+            _check_forced(forced)
+            self._bind(entry, forced, args)
+            self._store(dims, args, overrides, entry)
+            return entry
+        merged = scheduler._merge(cfg, overrides)
+        resident = _gpu.device_resident(args)
+        residency = "device" if resident else "host"
+        # Where the arrays live decides which targets can read them, and what a copying target
+        # would copy: once that can matter, the launch key includes it.  An explicit target
+        # never depends on it, and asks for no GPU (a CPU launch loads no CUDA).
+        copying = merged.target is None and (resident or _copying_targets())
+        if (copying or resident) and not self._by_residency:
+            with self._lock:
+                self._by_residency = True
+                self._fast.clear()  # entries under the plain key would be found no more
+        pins = scheduler.pins(cfg, overrides)
+        tuner_entry = None
+        if pins is not None and size > 0:
+            transfer = _transfer(form, args) if copying else None
+            tuner_entry = scheduler.dispatcher.entry(
+                self, len(dims), size, cfg.policy, cfg.cache_dir, pins, transfer, residency,
+                cfg.deterministic)
+        if tuner_entry is not None and cfg.telemetry:
+            entry.tuning = tuner_entry  # explores and learns from this entry's launches
+            entry.version = -1  # bind at the first launch
+            decision = tuner_entry.tuner.next()
+        elif tuner_entry is not None and tuner_entry.tuner.choice is not None:
+            decision = tuner_entry.tuner.choice  # telemetry off: keep the last decision
+        else:
+            decision = scheduler.decide(size, cfg, overrides, residency)
+        self._bind(entry, decision, args)
+        self._store(dims, args, overrides, entry)
+        return entry
+
+    def _store(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
+               entry: Entry) -> None:
+        if len(self._fast) >= 1024:
+            self._fast.clear()
+        self._fast[self._key(dims, args, overrides)] = entry
+
+    def _bind(self, entry: Entry, decision: Decision, args: tuple[Any, ...]) -> None:
+        """Point an entry at the runner (and recorder) of one decision, preparing it once."""
+        got = entry.runners.get(decision)
+        cfg = entry.cfg
+        if got is None:
+            recorder = None
+            if cfg.telemetry:
+                recorder = _telemetry.registry.recorder(
+                    self.module_name, self.name, decision, entry.size, entry.form.nbytes)
+            runner = _registry.get(decision.target).prepare(
+                entry.form, entry.dims, decision,
+                LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
+                recorder if cfg.profile else None, shared=entry.tuning is not None)
+            got = entry.runners[decision] = (runner, recorder)
+        runner, recorder = got
+        if recorder is not None:
+            recorder.per_launch = int(entry.form.nbytes(args))
+        entry.runner, entry.recorder, entry.decision = runner, recorder, decision
+        entry.times = None if recorder is None else recorder.times
+        entry.review_at = _FOLD_AT
+        if entry.times is not None and entry.tuning is not None:
+            entry.review_at = len(entry.times) + scheduler.REVIEW_EVERY
+
+    # -- the dispatcher's launches -------------------------------------------------------------
+    def _adaptive_launch(self, entry: Entry, args: tuple[Any, ...],
+                         watchers: tuple[Interceptor, ...]) -> Any:
+        """A launch while the dispatcher explores, or right after it changed its decision."""
+        tuning = entry.tuning
+        if tuning.tuner.choice is None:
+            with entry.lock:  # one exploring launch of this entry at a time: bind, run, credit
+                return self._explore(entry, tuning, args, watchers)
+        return self._explore(entry, tuning, args, watchers)
+
+    def _explore(self, entry: Entry, tuning: Any, args: tuple[Any, ...],
+                 watchers: tuple[Interceptor, ...]) -> Any:
+        tuner = tuning.tuner
+        if tuner.choice is not None:  # decided (here or in another entry): bind and run
+            self._bind(entry, tuner.choice, args)
+            entry.version = tuner.version
+            return self._timed(entry, args, watchers)
+        decision = tuner.next()
+        self._bind(entry, decision, args)
+        result = self._timed(entry, args, watchers)
+        imbalance = math.nan
+        series = entry.recorder.series if entry.recorder is not None else None
+        if entry.cfg.profile and series is not None and series.profiled:
+            imbalance = series.imbalance_sum / series.profiled
+        scheduler.dispatcher.observe(tuning, decision, entry.last, entry.size,
+                                     entry.cfg.cache_dir, imbalance)
+        return result
+
+    def _review(self, entry: Entry, args: tuple[Any, ...]) -> None:
+        """Every few launches: the dispatcher's drift and load checks; folding telemetry."""
+        times = entry.times
+        assert times is not None and entry.recorder is not None
+        if entry.debt is not None:  # a compile inside a launch: count its run time only
+            index, seconds = entry.debt
+            entry.debt = None
+            if index < len(times):
+                times[index] = max(times[index] - seconds, 0.0)
+                if index == len(times) - 1:
+                    entry.last = times[index]
+        step = _FOLD_AT
+        if entry.tuning is not None and entry.tuning.tuner.choice is not None:
+            recent = times[-scheduler.REVIEW_EVERY:]
+            scheduler.dispatcher.review(entry.tuning, recent, entry.size)
+            # Review every REVIEW_EVERY launches, but not more often than every ~10 ms of
+            # launches: short kernels would otherwise pay for reviews on the launch path.
+            typical = sorted(recent)[len(recent) // 2] if recent else 0.0
+            step = min(_FOLD_AT, max(scheduler.REVIEW_EVERY, int(0.01 / max(typical, 1e-7))))
+        if len(times) > _FOLD_AT:
+            entry.recorder.fold(args, entry.form.nbytes)
+        entry.review_at = len(times) + step
+
+    def forget(self) -> None:
+        """Drop the prepared launches (a target was registered or removed)."""
+        with self._lock:
+            self._fast.clear()
+
+
+def _compiled_in_launch(frame: Any, seconds: float) -> None:
+    """A launcher compiled inside the timed launch running in ``frame``: note the compile on the
+    launch's entry, to be taken off the time the launch is about to append, at a review brought
+    forward to that launch (a failed launch appends nothing and drops the note)."""
+    entry = frame.f_locals.get("entry")
+    if isinstance(entry, Entry) and entry.times is not None:
+        entry.debt = (len(entry.times), seconds)
+        entry.review_at = -1
+
+
+#: Where a launcher that compiles asks whether it runs inside a timed launch: the launch path's
+#: timed calls say yes (their local ``entry`` is the launch's), preparing says no (a target may
+#: warm up its code there).
+_checks.TIMED_CODE.update({
+    Kernel._launch.__code__: True,
+    Kernel._timed.__code__: True,
+    Kernel._bind.__code__: False,
+})
+_checks.on_launch_compile = _compiled_in_launch
+
+_kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
+
+
+def _forget_prepared() -> None:
+    for k in list(_kernels):
+        k.forget()
+
+
+_registry.on_change(_forget_prepared)
+
+
+class BoundLaunch:
+    """A kernel with its domain, ready to be called with the kernel's arguments."""
+
+    __slots__ = ("dims", "kernel")
+
+    def __init__(self, kernel: Kernel, dims: tuple[int, ...]) -> None:
+        self.kernel = kernel
+        self.dims = dims
+
+    def __call__(self, *args: Any) -> Any:
+        return self.kernel._launch(self.dims, args, None)
+
+    def __repr__(self) -> str:
+        return f"<veda launch {self.kernel.name}[{', '.join(map(str, self.dims))}]>"
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry points
+
+
+@overload
+def kernel(pyfunc: Callable[..., Any], /) -> Kernel: ...
+@overload
+def kernel(
+    *, reduce: str | None = None, ndim: int | None = None
+) -> Callable[[Callable[..., Any]], Kernel]: ...
+
+
+def kernel(
+    pyfunc: Callable[..., Any] | None = None,
+    /,
+    *,
+    reduce: str | None = None,
+    ndim: int | None = None,
+) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
+    """Turn a loop body into a parallel kernel.
+
+    The function's first D parameters receive the launch indices of a D-dimensional domain
+    (D = 1, 2 or 3); the rest receive the launch's arguments: NumPy arrays of numbers or
+    booleans, or scalars.  The body may use whatever Numba compiles (``math``, the NumPy functions
+    Numba supports, complex numbers, tuples), module-level constants, ``@veda.func`` helpers,
+    :func:`veda.atomic_add` and friends, and :func:`veda.local_array`.
+
+    Parameters
+    ----------
+    reduce : {"sum", "prod", "min", "max"}, optional
+        Make a reduction: the body returns one value per index and the launch returns their
+        combination as a NumPy scalar, with the dtype NumPy's reduction would give.
+    ndim : {1, 2, 3}, optional
+        Declare the number of index parameters; launches over another rank are refused.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def saxpy(i, a, x, y, out):
+    ...     out[i] = a * x[i] + y[i]
+    >>> x = np.arange(4.0); y = np.ones(4); out = np.empty(4)
+    >>> saxpy[4](2.0, x, y, out)
+    >>> out
+    array([1., 3., 5., 7.])
+    >>> @veda.kernel(reduce="sum")
+    ... def dot(i, x, y):
+    ...     return x[i] * y[i]
+    >>> dot[4](x, y)
+    np.float64(6.0)
+    """
+
+    def wrap(f: Callable[..., Any]) -> Kernel:
+        return Kernel(f, reduce=reduce, ndim=ndim)
+
+    if pyfunc is not None:
+        return wrap(pyfunc)
+    return wrap
+
+
+def launch(
+    k: Kernel,
+    domain: Any,
+    *args: Any,
+    target: str | None = None,
+    threads: int | None = None,
+    schedule: str | None = None,
+    chunk: int | None = None,
+) -> Any:
+    """Launch ``k`` over ``domain`` with explicit settings (``None``: veda decides).
+
+    ``target`` is any registered target's name (:func:`veda.targets.names`).  ``threads``,
+    ``schedule`` or ``chunk`` without ``target`` imply ``target="parallel"``; together with a
+    target that does not take them (``"cpu"``, ``"cuda"``) they are refused.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def fill(i, out, v):
+    ...     out[i] = v
+    >>> out = np.zeros(10)
+    >>> veda.launch(fill, 10, out, 3.0, target="parallel", threads=1, schedule="dynamic",
+    ...             chunk=4)
+    >>> out.sum()
+    np.float64(30.0)
+    """
+    if not isinstance(k, Kernel):
+        raise LaunchError(f"veda.launch: the first argument must be a @veda.kernel, not {k!r}")
+    overrides = None
+    if target is not None or threads is not None or schedule is not None or chunk is not None:
+        overrides = Overrides(target, threads, schedule, chunk)  # validated in Kernel._prepare
+    bound = k._bound.get(domain) if domain.__class__ is int else None
+    dims = bound.dims if bound is not None else k[domain].dims
+    return k._launch(dims, args, overrides)
