@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 import veda
-from veda.scheduler import Explanation, default_chunk
+from veda.scheduler import default_chunk
 from veda_kernels import blas1, loops, sparse
 
 from _util import median_seconds, report
@@ -116,9 +116,9 @@ def main(quick: bool = False) -> dict:
                                              - len(explore_times) * adaptive),
         }
         configs_all = list(fixed) if not configs_all else configs_all
-        print(f"{name:<28} oracle {Explanation._label(oracle_cfg):<32} "
+        print(f"{name:<28} oracle {veda.scheduler.Explanation.label(oracle_cfg):<32} "
               f"{fixed[oracle_cfg] * 1e6:10.1f} us | adaptive "
-              f"{Explanation._label(decision):<32} {adaptive * 1e6:10.1f} us | "
+              f"{veda.scheduler.Explanation.label(decision):<32} {adaptive * 1e6:10.1f} us | "
               f"ratio {adaptive / fixed[oracle_cfg]:.3f} | explored in {len(explore_times)} "
               f"launches (+{rows[name]['exploration_extra_seconds'] * 1e3:.1f} ms)",
               flush=True)

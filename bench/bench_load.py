@@ -19,7 +19,6 @@ import time
 import numpy as np
 
 import veda
-from veda.scheduler import Explanation
 from veda_kernels.blas1 import saxpy
 
 from _util import median_seconds, report
@@ -72,10 +71,10 @@ def main(n: int = 4_000_000) -> dict:
         busy.join()
     ratio = loaded["fixed_2_threads"] / loaded["adaptive"]
     print(f"saxpy n={n:.0e}")
-    print(f"  idle:   adaptive {Explanation._label(idle_choice):<28} "
+    print(f"  idle:   adaptive {veda.scheduler.Explanation.label(idle_choice):<28} "
           f"{idle['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
           f"{idle['fixed_2_threads'] * 1e3:.2f} ms")
-    print(f"  loaded: adaptive {Explanation._label(loaded_choice):<28} "
+    print(f"  loaded: adaptive {veda.scheduler.Explanation.label(loaded_choice):<28} "
           f"{loaded['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
           f"{loaded['fixed_2_threads'] * 1e3:.2f} ms; re-decided after {moved_after:.1f} s")
     print(f"  fixed 2-thread / adaptive under load: {ratio:.2f} (target > 1)")
