@@ -3,10 +3,17 @@
 Benchmarks compare within one process run, as ratios against a baseline measured in the same
 run, with the compared functions interleaved repeat by repeat so that drift on a shared machine
 hits both sides alike.
+
+Every script takes ``--quick`` (:func:`parser`): tiny sizes and few repeats, a few seconds in
+all, its results checked against NumPy (:func:`check_each`), a non-zero exit status when one is
+wrong.  Its figures mean nothing; :func:`report` writes them to ``bench/results/quick/``
+(git-ignored), never over a full run's results.  ``VEDA_BENCH_RESULTS`` names another folder for
+the JSON of every run, quick or not.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -19,6 +26,46 @@ from typing import Any
 from veda_kernels.suite import machine
 
 RESULTS = Path(__file__).parent / "results"
+#: Where quick runs write their JSON (git-ignored).
+QUICK_RESULTS = RESULTS / "quick"
+
+
+def results_dir(quick: bool = False) -> Path:
+    """The folder for a run's JSON: ``$VEDA_BENCH_RESULTS`` if set, else ``bench/results/``,
+    or ``bench/results/quick/`` for a quick run."""
+    env = os.environ.get("VEDA_BENCH_RESULTS")
+    if env:
+        return Path(env)
+    return QUICK_RESULTS if quick else RESULTS
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser for a benchmark script (its docstring as help) with ``--quick``."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes and few repeats: checks the results in a few seconds; the "
+                   "figures mean nothing (JSON to bench/results/quick/)")
+    return p
+
+
+def check_each(fns: dict[str, Callable[[], Any]], check: Callable[[Any], None],
+               setup: Callable[[], Any] | None = None) -> None:
+    """Call each function once more, after ``setup`` (which should poison the outputs), and
+    pass what it returns to ``check``, which raises AssertionError when the result is wrong.
+
+    Raises AssertionError naming every function whose result was wrong.
+    """
+    failures = []
+    for name, fn in fns.items():
+        if setup:
+            setup()
+        try:
+            check(fn())
+        except AssertionError as exc:
+            failures.append(f"{name}: {str(exc).strip()}")
+    if failures:
+        raise AssertionError("wrong results:\n" + "\n".join(failures))
 
 
 def compare(fns: dict[str, Callable[[], Any]], repeats: int = 15, warmup: int = 2,
@@ -58,9 +105,12 @@ def per_call(fn: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def report(name: str, results: dict[str, Any]) -> None:
-    results = {"benchmark": name, "machine": machine(), **results}
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def report(name: str, results: dict[str, Any], quick: bool = False) -> None:
+    """Write ``results`` with the machine's description to ``<results_dir(quick)>/name.json``."""
+    results = {"benchmark": name, **({"quick": True} if quick else {}), "machine": machine(),
+               **results}
+    folder = results_dir(quick)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
     path.write_text(json.dumps(results, indent=2))
     print(f"results written to {os.path.relpath(path)}", file=sys.stderr)

@@ -7,12 +7,14 @@ Targets (issue 4), medians in one process on the 2-core machine:
   configuration, the one grid point that is best over the whole sweep) is <= 0.9;
 - the exploration cost (extra time of the first launches of a size class) is reported.
 
-    python bench/bench_dispatch.py [--quick]
+    python bench/bench_dispatch.py [--reduced | --quick]
+
+``--reduced`` leaves out the largest sizes; ``--quick`` runs a few tiny workloads in seconds,
+checking every configuration's result against NumPy (its figures mean nothing).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -22,29 +24,57 @@ import time
 import numpy as np
 
 import veda
-from veda.scheduler import Explanation, default_chunk
+from veda.scheduler import default_chunk
 from veda_kernels import blas1, loops, sparse
 
-from _util import median_seconds, report
+from _util import check_each, median_seconds, parser, report
 
 
-def workloads(quick: bool):
+def workloads(sweep: str):
+    """``(name, kernel, domain, args, out, expected)`` per workload: the launch writes ``out``,
+    which must then equal ``expected()`` (NumPy's result).  ``sweep`` is "full", "reduced"
+    (without the largest sizes) or "quick" (a 1-d and a 2-d kernel at tiny sizes)."""
     rng = np.random.default_rng(0)
-    sizes = [10**2, 10**3, 10**4, 10**5, 10**6] + ([] if quick else [10**7])
+    tiny = sweep == "quick"
+    sizes = {"full": [10**2, 10**3, 10**4, 10**5, 10**6, 10**7],
+             "reduced": [10**2, 10**3, 10**4, 10**5, 10**6], "quick": [10**3, 10**5]}[sweep]
     for n in sizes:
         x, y, out = rng.random(n), rng.random(n), np.empty(n)
-        yield f"saxpy {n:.0e}", blas1.saxpy, n, (2.0, x, y, out)
-    n = 2 * 10**6 if quick else 2 * 10**7
-    yield f"triad {n:.0e}", blas1.triad, n, (np.empty(n), rng.random(n), 3.0, rng.random(n))
-    x = rng.random(20_000)
-    yield "triangular 2e4", loops.triangular, 20_000, (x, np.empty_like(x))
-    h, w = (400, 600) if quick else (800, 1200)
-    yield (f"mandelbrot {w}x{h}", loops.mandelbrot, (h, w),
-           (-2.0, -0.25, 3.0 / w, 1.5 / h, np.empty((h, w), np.int64)))
-    rows = 100_000 if quick else 1_000_000
-    indptr, indices, data = sparse.power_law_csr(rows, seed=1)
-    yield (f"spmv power-law {rows:.0e} rows", sparse.spmv_csr, rows,
-           (indptr, indices, data, rng.random(rows), np.empty(rows)))
+        yield (f"saxpy {n:.0e}", blas1.saxpy, n, (2.0, x, y, out), out,
+               lambda x=x, y=y: 2.0 * x + y)
+    if not tiny:  # (each kernel costs a quick run seconds of compiling)
+        n = 2 * 10**6 if sweep == "reduced" else 2 * 10**7
+        a, b, c = np.empty(n), rng.random(n), rng.random(n)
+        yield f"triad {n:.0e}", blas1.triad, n, (a, b, 3.0, c), a, lambda: b + 3.0 * c
+        x = rng.random(20_000)
+        out = np.empty_like(x)
+        yield ("triangular 2e4", loops.triangular, 20_000, (x, out), out,
+               lambda: loops.triangular_reference(x))
+    h, w = (40, 60) if tiny else (400, 600) if sweep == "reduced" else (800, 1200)
+    img = np.empty((h, w), np.int64)
+    margs = (-2.0, -0.25, 3.0 / w, 1.5 / h, img)
+    yield (f"mandelbrot {w}x{h}", loops.mandelbrot, (h, w), margs, img,
+           lambda margs=margs: loops.mandelbrot_reference(*margs[:4], np.empty_like(img)))
+    if not tiny:
+        rows = 100_000 if sweep == "reduced" else 1_000_000
+        indptr, indices, data = sparse.power_law_csr(rows, seed=1)
+        v, res = rng.random(rows), np.empty(rows)
+        yield (f"spmv power-law {rows:.0e} rows", sparse.spmv_csr, rows,
+               (indptr, indices, data, v, res), res,
+               lambda: sparse.spmv_reference(indptr, indices, data, v))
+
+
+def check(name: str, fns: dict, out: np.ndarray, expected: np.ndarray) -> None:
+    """Every configuration's launch, poisoned output first, against NumPy's result."""
+    if out.dtype.kind == "f":
+        poison, same = np.nan, lambda _: np.testing.assert_allclose(out, expected, rtol=1e-10)
+    else:
+        poison, same = np.iinfo(out.dtype).min, lambda _: np.testing.assert_array_equal(
+            out, expected)
+    try:
+        check_each(fns, same, setup=lambda: out.fill(poison))
+    except AssertionError as exc:
+        raise AssertionError(f"{name}: {exc}") from None
 
 
 def grid(size: int) -> list[tuple]:
@@ -66,12 +96,13 @@ def repeats_for(t: float) -> int:
     return int(min(201, max(5, 0.3 / max(t, 1e-7))))
 
 
-def main(quick: bool = False) -> dict:
+def main(sweep: str = "full") -> dict:
+    quick = sweep == "quick"
     # a fresh tuning cache, so that the dispatcher explores here rather than remembering
     veda.set_config(cache_dir=tempfile.mkdtemp(prefix="veda-bench-"))
     rows = {}
     configs_all: list[tuple] = []
-    for name, kernel, domain, args in workloads(quick):
+    for name, kernel, domain, args, result, expected in workloads(sweep):
         size = int(np.prod(domain))
         run = {c: (lambda c=c: veda.launch(kernel, domain, *args, target=c[0],
                                            **({} if c[0] == "cpu" else
@@ -82,7 +113,7 @@ def main(quick: bool = False) -> dict:
             fn()
             fn()
         probe = median_seconds(run[("cpu", 1, "static", 1)], 3)
-        reps = repeats_for(probe)
+        reps = 3 if quick else repeats_for(probe)
         fixed = {c: median_seconds(fn, reps) for c, fn in run.items()}
         # adaptive: the first launches explore; their cost beyond steady state is reported
         explore_times = []
@@ -104,6 +135,8 @@ def main(quick: bool = False) -> dict:
                 t0 = time.perf_counter()
                 fn()
                 pair[label].append(time.perf_counter() - t0)
+        check(name, {"/".join(map(str, c)): fn for c, fn in run.items()}
+              | {"adaptive": lambda: kernel[domain](*args)}, result, expected())
         adaptive = statistics.median(pair["adaptive"])
         fixed[oracle_cfg] = statistics.median(pair["oracle"])
         rows[name] = {
@@ -116,9 +149,9 @@ def main(quick: bool = False) -> dict:
                                              - len(explore_times) * adaptive),
         }
         configs_all = list(fixed) if not configs_all else configs_all
-        print(f"{name:<28} oracle {Explanation._label(oracle_cfg):<32} "
+        print(f"{name:<28} oracle {veda.scheduler.Explanation.label(oracle_cfg):<32} "
               f"{fixed[oracle_cfg] * 1e6:10.1f} us | adaptive "
-              f"{Explanation._label(decision):<32} {adaptive * 1e6:10.1f} us | "
+              f"{veda.scheduler.Explanation.label(decision):<32} {adaptive * 1e6:10.1f} us | "
               f"ratio {adaptive / fixed[oracle_cfg]:.3f} | explored in {len(explore_times)} "
               f"launches (+{rows[name]['exploration_extra_seconds'] * 1e3:.1f} ms)",
               flush=True)
@@ -148,11 +181,14 @@ def main(quick: bool = False) -> dict:
           "target <= 1.10)")
     out = {"workloads": rows, "best_single": single, "geomean_vs_single": geomean,
            "worst_ratio_to_oracle": rows[worst]["ratio_to_oracle"]}
-    report("dispatch" + ("_quick" if quick else ""), out)
+    report("dispatch" + ("" if sweep == "full" else f"_{sweep}"), out, quick=quick)
     return out
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    sys.exit(0 if main(p.parse_args().quick) else 1)
+    p = parser(__doc__)
+    p.add_argument("--reduced", action="store_true",
+                   help="the sweep without its largest sizes (a few minutes; JSON to "
+                   "bench/results/dispatch_reduced.json)")
+    a = p.parse_args()
+    sys.exit(0 if main("quick" if a.quick else "reduced" if a.reduced else "full") else 1)

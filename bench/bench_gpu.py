@@ -10,8 +10,11 @@ Targets (issue 5):
 
     python bench/bench_gpu.py --out DIR            # on a GPU (bench/gpu_check.sh runs it)
     python bench/bench_gpu.py --dry-run --out DIR  # anywhere: the simulator, tiny sizes, no CuPy
+    python bench/bench_gpu.py --quick              # the same dry run, JSON to bench/results/quick
 
-The dry run checks the script's logic only; its figures mean nothing.
+The dry run checks the script's logic and veda's results against NumPy's; its figures mean
+nothing.  Without ``--out`` it writes gpu.json to bench/results/quick/ (or $VEDA_BENCH_RESULTS),
+a run on a GPU to the current folder.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from typing import Any
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", action="store_true",
-                   help="run on the CUDA simulator with tiny sizes (checks the logic only)")
-    p.add_argument("--out", default=".", help="folder for gpu.json")
+    p.add_argument("--dry-run", "--quick", action="store_true",
+                   help="run on the CUDA simulator with tiny sizes (checks the logic and the "
+                   "results only)")
+    p.add_argument("--out", help="folder for gpu.json (default: the current folder; for a dry "
+                   "run bench/results/quick/, or $VEDA_BENCH_RESULTS)")
     p.add_argument("--repeats", type=int, default=0, help="timed repeats (default 20, dry 3)")
     return p.parse_args()
 
 
-ARGS = _args() if __name__ == "__main__" else argparse.Namespace(dry_run=True, out=".",
+ARGS = _args() if __name__ == "__main__" else argparse.Namespace(dry_run=True, out=None,
                                                                   repeats=0)
 if ARGS.dry_run:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before Numba starts
@@ -44,6 +49,8 @@ from numba import cuda  # noqa: E402
 
 import veda  # noqa: E402
 from veda_kernels.blas1 import saxpy, triad  # noqa: E402
+
+from _util import results_dir  # noqa: E402
 
 try:
     import cupy
@@ -150,11 +157,19 @@ def bench_choice(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         }
         if veda.cuda.explicit_reason() is None:
             explicit["cuda"] = {"target": "cuda"}
-        times = {name: timed(lambda s=s: veda.launch(saxpy, n, 2.0, x, y, res, **s), repeats)
-                 for name, s in explicit.items()}
+        runs: dict[str, Callable[[], Any]] = {
+            name: (lambda s=s: veda.launch(saxpy, n, 2.0, x, y, res, **s))
+            for name, s in explicit.items()}
+        times = {name: timed(run, repeats) for name, run in runs.items()}
+        runs["auto"] = lambda: saxpy[n](2.0, x, y, res)
         for _ in range(80):  # let the dispatcher explore and settle
-            saxpy[n](2.0, x, y, res)
-        auto = timed(lambda: saxpy[n](2.0, x, y, res), repeats)
+            runs["auto"]()
+        auto = timed(runs["auto"], repeats)
+        for name, run in runs.items():
+            res.fill(np.nan)
+            run()
+            np.testing.assert_allclose(res, 2.0 * x + y, rtol=1e-12,
+                                       err_msg=f"saxpy n={n} via {name}")
         decisions = [r["decision"] for r in veda.explain(saxpy).rows
                      if r["size_class"] == f"<= 2^{max(n - 1, 1).bit_length()}"
                      and not r["pinned"]]
@@ -204,8 +219,9 @@ def main() -> int:
               f"chose {row['auto_decision']}")
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
-    os.makedirs(ARGS.out, exist_ok=True)
-    with open(os.path.join(ARGS.out, "gpu.json"), "w") as f:
+    out = ARGS.out or (str(results_dir(quick=True)) if dry else ".")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "gpu.json"), "w") as f:
         json.dump(result, f, indent=2, default=str)
     return 0 if dry or all(checks.values()) else 1
 

@@ -4,7 +4,7 @@ Targets: ``veda.launch(k, 100, ..., target="cpu")`` costs at most 2 us more than
 function it calls (issue 2); an adaptive ``k[100](...)`` takes at most 2 us all in, aiming at
 1.5 us (issue 4).  NumPy's whole ``a * x + y`` at n = 100 is shown for scale.
 
-    python bench/bench_launch.py
+    python bench/bench_launch.py [--quick]
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import numpy as np
 import veda
 from veda_kernels.blas1 import saxpy
 
-from _util import per_call, report
+from _util import check_each, parser, per_call, report
 
 
-def main(n: int = 100, calls: int = 20_000, rounds: int = 15) -> dict:
-    x = np.ones(n)
-    y = np.ones(n)
+def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.random(n)
+    y = rng.random(n)
     out = np.empty(n)
     veda.launch(saxpy, n, 2.0, x, y, out, target="cpu")
     compiled = saxpy.program(1, 4, (False, veda.get_config().cache))._veda_cpu
@@ -36,6 +37,10 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15) -> dict:
         for k, fn in fns.items():
             samples[k].append(per_call(fn, calls))
     t = {k: statistics.median(v) for k, v in samples.items()}
+    expected = 2.0 * x + y
+    check_each(fns, lambda got: np.testing.assert_allclose(out if got is None else got,
+                                                           expected, rtol=1e-12),
+               setup=lambda: out.fill(np.nan))
     # Paired: the overhead of each round against the direct call of the same round, then the
     # median, so that the machine's drift between rounds cancels.
     overhead = statistics.median(
@@ -50,9 +55,12 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15) -> dict:
           "aim 1.5 us)")
     res = {"n": n, "seconds": t, "overhead_seconds": overhead, "target_seconds": 2e-6,
            "index_launch_seconds": index_all_in}
-    report("launch", res)
+    report("launch", res, quick=quick)
     return res
 
 
 if __name__ == "__main__":
-    main()
+    if parser(__doc__).parse_args().quick:
+        main(calls=1000, rounds=3, quick=True)
+    else:
+        main()

@@ -2,7 +2,7 @@
 
 Target (issue 2): veda reaches >= 0.95x the bandwidth of the prange loop, on all threads.
 
-    python bench/bench_triad.py
+    python bench/bench_triad.py [--quick]
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import veda
 from veda_kernels.blas1 import triad
 from veda_kernels.peers import peers_for
 
-from _util import compare, report
+from _util import check_each, compare, parser, report
 
 # The baseline is the gallery's hand-written Numba peer compiled with parallel=True.
 triad_prange = peers_for("triad", ("numba_prange",))["numba_prange"]
 
-def main(n: int = 20_000_000, repeats: int = 21) -> dict:
+
+def main(n: int = 20_000_000, repeats: int = 21, quick: bool = False) -> dict:
     rng = np.random.default_rng(0)
     a = np.empty(n)
     b = rng.random(n)
@@ -34,6 +35,9 @@ def main(n: int = 20_000_000, repeats: int = 21) -> dict:
         "numpy": lambda: np.add(b, 3.0 * c, out=a),
     }
     t = compare(fns, repeats=repeats)
+    expected = b + 3.0 * c
+    check_each(fns, lambda _: np.testing.assert_allclose(a, expected, rtol=1e-12),
+               setup=lambda: a.fill(np.nan))
     bytes_moved = 3 * 8 * n  # two reads and one write per element (write-allocate not counted)
     gbps = {k: bytes_moved / v / 1e9 for k, v in t.items()}
     ratio = gbps["veda_parallel_static"] / gbps["numba_prange"]
@@ -42,9 +46,13 @@ def main(n: int = 20_000_000, repeats: int = 21) -> dict:
         print(f"  {k:<24} {t[k] * 1e3:8.2f} ms  {gbps[k]:6.1f} GB/s")
     print(f"veda parallel (static) / numba prange bandwidth: {ratio:.3f}  (target >= 0.95)")
     out = {"n": n, "seconds": t, "gbps": gbps, "ratio_vs_prange": ratio, "target": 0.95}
-    report("triad", out)
+    report("triad", out, quick=quick)
     return out
 
 
 if __name__ == "__main__":
-    main()
+    args = parser(__doc__).parse_args()
+    if args.quick:
+        main(n=100_000, repeats=3, quick=True)
+    else:
+        main()

@@ -1,0 +1,50 @@
+"""Every benchmark script runs in its ``--quick`` mode: tiny sizes, its results checked against
+NumPy, a non-zero exit status when one is wrong.  The scripts are found by name, so a new
+``bench/bench_*.py`` without ``--quick`` fails here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+SCRIPTS = sorted(p.name for p in BENCH.glob("bench_*.py"))
+
+
+def _results() -> dict[str, int]:
+    """The full runs' results in bench/results/, with their modification times."""
+    return {p.name: p.stat().st_mtime_ns for p in (BENCH / "results").glob("*") if p.is_file()}
+
+
+def _text(data: str | bytes | None) -> str:
+    """Captured output: TimeoutExpired holds bytes even for a text run."""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+
+
+def test_the_scripts_are_found():
+    assert "bench_triad.py" in SCRIPTS and "bench_gpu.py" in SCRIPTS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_quick_run(script, tmp_path):
+    if script == "bench_gpu.py":
+        pytest.importorskip("numba_cuda", reason="the dry run uses numba-cuda's simulator")
+    # The session's kernel cache (tests/conftest.py) is inherited; the JSON goes to tmp_path.
+    env = dict(os.environ, VEDA_BENCH_RESULTS=str(tmp_path), PYTHONUNBUFFERED="1")
+    before = _results()
+    try:
+        out = subprocess.run([sys.executable, str(BENCH / script), "--quick"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} --quick took over {exc.timeout} s\n--- stdout\n"
+                    f"{_text(exc.stdout)[-5000:]}\n--- stderr\n{_text(exc.stderr)[-5000:]}")
+    assert out.returncode == 0, (
+        f"{script} --quick exited with {out.returncode}\n--- stdout\n{out.stdout[-5000:]}\n"
+        f"--- stderr\n{out.stderr[-5000:]}")
+    assert _results() == before, "a quick run wrote into bench/results/"
