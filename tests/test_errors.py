@@ -256,3 +256,27 @@ def test_kernel_error_pickles():
     err = veda.KernelError("k", ValueError, "boom", (3,), "parallel")
     again = pickle.loads(pickle.dumps(err))
     assert str(again) == str(err) and again.index == (3,)
+
+
+def test_without_numbas_private_compile_step_errors_are_still_veda_errors(monkeypatch):
+    """veda hooks Numba's private Dispatcher._compile_for_args; where a Numba release lacks it,
+    a Python wrapper translates compile errors and counts compiles instead."""
+    from veda._kernel import checks
+
+    monkeypatch.setattr(checks, "hookable", lambda dispatcher: False)
+
+    @veda.kernel
+    def unhooked(i, x, out):
+        out[i] = x[i] + 1
+
+    module = unhooked.program(1, 2, (False, veda.get_config().cache))
+    assert not hasattr(module._veda_cpu, "_compile_for_args")  # the wrapper, not the dispatcher
+    for target in ("cpu", "parallel"):
+        out = np.zeros(4)
+        veda.launch(unhooked, 4, np.arange(4.0), out, target=target)
+        np.testing.assert_array_equal(out, np.arange(4.0) + 1)
+        with pytest.raises(veda.LaunchError, match="argument 'x'.*list"):
+            veda.launch(unhooked, 4, [1.0, 2.0, 3.0, 4.0], out, target=target)
+        with pytest.raises(veda.KernelDefinitionError, match="cannot be compiled.*x: array"):
+            veda.launch(unhooked, 4, np.ones((4, 2)), out, target=target)  # a row into out[i]
+    assert unhooked.compile_stats.compiled + unhooked.compile_stats.cache_hits >= 2

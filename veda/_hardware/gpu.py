@@ -291,7 +291,7 @@ def measure(nbytes: int = 32 << 20, repeats: int = 3) -> tuple[float, float, flo
     dev = cuda.device_array_like(host)
     up = down = launch = math.inf
 
-    @cuda.jit  # type: ignore[untyped-decorator]
+    @cuda.jit
     def _empty(x):  # type: ignore[no-untyped-def]
         pass
 

@@ -47,8 +47,8 @@ def _register() -> None:
         from numba.cuda.core.errors import TypingError
         from numba.cuda.extending import overload
     except ImportError:  # older numba-cuda, typed by Numba's core with target="cuda"
-        from numba.core.errors import TypingError  # type: ignore[assignment]
-        from numba.core.extending import overload  # type: ignore[assignment]
+        from numba.core.errors import TypingError
+        from numba.core.extending import overload
 
     # Numba's CUDA atomics take the index of a 1-d array only as an integer, not a 1-tuple.
     def _one(index: Any) -> bool:

@@ -279,7 +279,7 @@ def _is_counter(array: types.Type) -> bool:
     return isinstance(array, types.Array) and array.dtype == types.int64
 
 
-def _element_pointer(context, builder, sig, args):  # type: ignore[no-untyped-def]
+def _element_pointer(context: Any, builder: Any, sig: Any, args: Any) -> Any:
     aryty = sig.args[0]
     ary = make_array(aryty)(context, builder, args[0])
     idx = context.cast(builder, args[1], sig.args[1], types.intp)

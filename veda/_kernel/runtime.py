@@ -8,7 +8,7 @@ import numpy as np
 from veda._kernel.language import cycles
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
 def guided_bounds(n: int, threads: int, min_chunk: int) -> np.ndarray:
     """Chunk boundaries for the guided schedule over ``range(n)``.
 
@@ -31,7 +31,7 @@ def guided_bounds(n: int, threads: int, min_chunk: int) -> np.ndarray:
     return bounds[: count + 1]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
 def read_cycles() -> int:
     """The cycle counter, read from Python (to calibrate it against ``time.perf_counter``)."""
-    return cycles()
+    return int(cycles())

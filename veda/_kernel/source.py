@@ -465,7 +465,7 @@ def literal(value: Any) -> str | None:
         items = [literal(v) for v in value]
         if any(i is None for i in items):
             return None
-        return "(" + "".join(f"{i}, " for i in items) + ")"  # type: ignore[str-bytes-safe]
+        return "(" + "".join(f"{i}, " for i in items) + ")"
     return None
 
 

@@ -42,7 +42,8 @@ class LogHistogram:
     @staticmethod
     def _keys(values: np.ndarray) -> np.ndarray:
         clipped = np.maximum(values, _FLOOR)
-        return np.ceil(np.log(clipped) / _LOG_GAMMA).astype(np.int64)
+        keys: np.ndarray = np.ceil(np.log(clipped) / _LOG_GAMMA).astype(np.int64)
+        return keys
 
     def add_many(self, values: Iterable[float] | np.ndarray) -> None:
         arr = np.asarray(values, dtype=np.float64)
