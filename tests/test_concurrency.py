@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+import pytest
 
 import veda
 
@@ -131,3 +133,57 @@ def test_repeated_scopes_reuse_prepared_launches(monkeypatch):
         with veda.config(target="cpu", chunk=None):
             affine[10](1.0, 1.0, x, x)
     assert len(prepared) <= 1
+
+
+FORK = """
+import os, sys
+import numpy as np
+import veda
+
+@veda.kernel
+def twice(i, x, out):
+    out[i] = 2.0 * x[i]
+
+n = 2_000_000
+x, out = np.arange(n, dtype=np.float64), np.zeros(n)
+for _ in range(30):  # the parent explores and starts the parallel threads
+    twice[n](x, out)
+veda.launch(twice, n, x, out, target="parallel")
+layer = veda.threading_layer()
+pid = os.fork()
+if pid == 0:  # the child
+    out[:] = 0
+    for _ in range(3):
+        twice[n](x, out)  # adaptive: must not enter a parallel region the layer cannot run
+    ok = bool((out == 2 * x).all())
+    try:
+        veda.launch(twice, n, x, out, target="parallel")
+        explicit = "ran"
+    except veda.TargetUnavailableError as exc:
+        explicit = "refused: " + str(exc)
+    print("child", layer, ok, explicit, flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("status", status)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_never_enters_a_parallel_region_its_layer_cannot_run(tmp_path):
+    """OpenMP does not survive fork(): in a child of a process that started its threads, the
+    dispatcher keeps to one thread and an explicit "parallel" launch says why it cannot run."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, VEDA_CACHE_DIR=str(tmp_path)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert "status 0" in lines, out.stdout + out.stderr[-2000:]
+    (child,) = [line for line in lines if line.startswith("child")]
+    _, layer, ok, explicit = child.split(" ", 3)
+    assert ok == "True"
+    if layer == "omp":
+        assert explicit.startswith("refused") and "fork" in explicit and "spawn" in explicit
+    else:  # a layer that survives fork runs it
+        assert explicit == "ran"

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -140,10 +141,36 @@ def test_policies_are_a_registry_the_configuration_and_the_tuner_share():
         veda.scheduler.unregister_policy("worst-case")
     with pytest.raises(veda.ConfigError, match="worst-case"):
         veda.config(policy="worst-case")
-    with pytest.raises(ValueError, match="built-in"):
+    with pytest.raises(veda.ConfigError, match="built-in"):
         veda.scheduler.unregister_policy("adaptive")
-    with pytest.raises(TypeError):
-        veda.scheduler.register_policy("fastest")
+    for bad, word in (("fastest", "Policy"), (veda.scheduler.Policy("x", 42), "score must be"),
+                      (veda.scheduler.Policy(123, None), "name must be"),
+                      (veda.scheduler.Policy("adaptive", None), "cannot be replaced")):
+        with pytest.raises(veda.ConfigError, match=word):
+            veda.scheduler.register_policy(bad)
+
+
+@pytest.mark.parametrize("score, warns", [
+    (lambda m: 1 / 0, True), (lambda m: None, True), (lambda m: "fast", True),
+    (lambda m: float("nan"), False),
+])
+def test_a_policy_whose_score_fails_still_decides(score, warns):
+    """A score that raises or is not a number ranks the candidate last, with a warning naming
+    the policy once; the tuner still decides (a policy's bug cannot stop exploring)."""
+    from veda.scheduler import _tuner
+
+    veda.scheduler.register_policy(veda.scheduler.Policy("faulty", score))
+    _tuner._warned.discard("faulty")
+    try:
+        tuner = Tuner(list(CANDIDATES), policy="faulty")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            drive(tuner, lambda d, k: 1.0)
+        assert tuner.choice in CANDIDATES
+        named = [w for w in seen if "policy 'faulty'" in str(w.message)]
+        assert len(named) == (1 if warns else 0)
+    finally:
+        veda.scheduler.unregister_policy("faulty")
 
 
 def test_unknown_policy_lists_the_valid_ones():
@@ -401,3 +428,52 @@ def test_explain_says_exploring_once_while_exploring(monkeypatch):
     text = str(veda.explain(still_exploring))
     assert "policy adaptive: exploring" in text and "(exploring) (exploring)" not in text
     assert veda.explain(still_exploring).decision_for(x.size) is None
+
+
+def test_a_pinned_parallel_target_is_not_pruned_by_its_own_first_launch():
+    """The parallel candidates are dropped after the *serial* launch took too little time to pay
+    for a region, never after one of their own launches (target="parallel" pins them)."""
+    cands = [c for c in _dispatch.candidates(4096, 2) if c.target == "parallel"]
+    if len(cands) < 2:
+        pytest.skip("needs parallel candidates")
+    tuner = Tuner(list(cands))
+    entry = _dispatch.Entry("k", "k", tuner, 2, ("parallel", None))
+    d = _dispatch.Dispatcher()
+    first = tuner.next()
+    d.observe(entry, first, 8e-6, 4096, "/nonexistent-veda-test")  # the warm-up launch
+    d.observe(entry, first, 8e-6, 4096, "/nonexistent-veda-test")
+    assert not any(t.pruned for t in tuner.trials.values())
+    serial = Tuner([CPU, *cands])
+    entry = _dispatch.Entry("k", "k", serial, 2)
+    for _ in range(2):
+        d.observe(entry, CPU, 8e-6, 4096, "/nonexistent-veda-test")
+    assert all("too short" in serial.trials[c].pruned for c in cands[1:])
+
+
+def test_a_schedule_keeps_an_explicit_third_party_parallel_target():
+    class Mine(veda.targets.ParallelTarget):
+        name = "mine"
+
+    veda.targets.register(Mine())
+    try:
+        cfg = veda.get_config()
+        assert veda.scheduler.pins(cfg, ("mine", None, "dynamic", None)) == ("mine", "dynamic")
+        assert veda.scheduler.pins(cfg, (None, None, "dynamic", None)) == ("parallel", "dynamic")
+    finally:
+        veda.targets.unregister("mine")
+
+
+def test_deterministic_mode_tunes_apart_on_disk(tmp_path):
+    d = _dispatch.Dispatcher()
+    kernel = veda.kernel(lambda i, x: None)
+    keys = {d.entry(kernel, 1, 10_000, "adaptive", str(tmp_path), deterministic=det).key
+            for det in (False, True)}
+    assert len(keys) == 2
+
+
+def test_a_policy_unregistered_meanwhile_does_not_break_a_tuner_using_it():
+    veda.scheduler.register_policy(veda.scheduler.Policy("gone", lambda m: min(m.samples)))
+    tuner = Tuner(list(CANDIDATES), policy="gone")
+    veda.scheduler.unregister_policy("gone")
+    drive(tuner, lambda d, k: 1.0 if d == GUIDED else 2.0)
+    assert tuner.choice == GUIDED

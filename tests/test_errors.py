@@ -85,7 +85,7 @@ def test_domain_that_does_not_match_the_arrays():
     [({"target": "gpu"}, "target"), ({"schedule": "fastest"}, "schedule"),
      ({"threads": 0}, "threads"), ({"threads": 100000}, "threads"), ({"chunk": 0}, "chunk"),
      ({"target": "cpu", "chunk": 8}, "chunk"), ({"target": "cpu", "schedule": "dynamic"},
-                                                "schedule")],
+                                                "schedule"), ({"chunk": 2**64}, "chunk")],
 )
 def test_bad_launch_settings_name_the_argument(kwargs, word):
     x, y, out = _arrays()
@@ -265,9 +265,13 @@ def test_without_numbas_private_compile_step_errors_are_still_veda_errors(monkey
 
     monkeypatch.setattr(checks, "hookable", lambda dispatcher: False)
 
+    @veda.func
+    def plus_one(v):
+        return v + 1
+
     @veda.kernel
     def unhooked(i, x, out):
-        out[i] = x[i] + 1
+        out[i] = plus_one(x[i])  # a helper: called from compiled code, never wrapped
 
     module = unhooked.program(1, 2, (False, veda.get_config().cache))
     assert not hasattr(module._veda_cpu, "_compile_for_args")  # the wrapper, not the dispatcher
@@ -280,3 +284,18 @@ def test_without_numbas_private_compile_step_errors_are_still_veda_errors(monkey
         with pytest.raises(veda.KernelDefinitionError, match="cannot be compiled.*x: array"):
             veda.launch(unhooked, 4, np.ones((4, 2)), out, target=target)  # a row into out[i]
     assert unhooked.compile_stats.compiled + unhooked.compile_stats.cache_hits >= 2
+
+
+@pytest.mark.parametrize("schedule", ["static", "interleaved", "dynamic", "guided"])
+@pytest.mark.parametrize("chunk", [2**40, 2**62, 2**63 - 1])
+def test_a_chunk_larger_than_the_domain_is_the_whole_domain(schedule, chunk):
+    """Chunk arithmetic in the generated loop (chunk index x chunk) must not overflow: a chunk
+    beyond the domain counts as the whole domain."""
+
+    @veda.kernel(reduce="sum")
+    def count(i, x):
+        return x[i]
+
+    x = np.ones(5000)
+    assert veda.launch(count, 5000, x, target="parallel", threads=veda.max_threads(),
+                       schedule=schedule, chunk=chunk) == 5000.0

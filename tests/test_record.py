@@ -125,17 +125,67 @@ def test_version_1_records_still_replay(tmp_path):
         == 128
 
 
+GOOD = {"target": "cpu", "threads": 1, "schedule": "static", "chunk": 1, "block": 0}
+
+
 @pytest.mark.parametrize(
-    "decision, word",
-    [(["parallel", "two", "static", 1], "damaged"), ({"threads": 2}, "damaged"),
-     ("cpu", "damaged")],
+    "change, word",
+    [({"decision": ["parallel", "two", "static", 1]}, "not a decision"),
+     ({"decision": {"threads": 2}}, "needs a target"), ({"decision": "cpu"}, "not a decision"),
+     ({"decision": {**GOOD, "threads": -9}}, "at least 1"), ({"domain": 50}, "domain is 50"),
+     ({"domain": None}, "domain"), ({"domain": [4, -1]}, "domain"), ({"kernel": 7}, "kernel")],
 )
-def test_damaged_decisions_are_refused_when_read(tmp_path, decision, word):
+def test_damaged_launches_are_refused_when_read(tmp_path, change, word):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"format": "veda-record", "version": 2, "launches": [
-        {"kernel": "m.k", "domain": [4], "decision": decision}]}))
+        {"kernel": "m.k", "domain": [4], "decision": GOOD, **change}]}))
+    with pytest.raises(veda.ReplayError, match=f"damaged.*{word}"):
+        veda.replay(path)
+
+
+@pytest.mark.parametrize("header, word", [
+    ({"version": 0}, "version is 0"), ({"version": "2"}, "version is '2'"),
+    ({"version": True}, "version is True"), ({}, "version is None"),
+    ({"version": 2, "deterministic": "no"}, "'deterministic' is 'no'"),
+    ({"version": 2, "seed": -1}, "'seed' is -1"),
+])
+def test_damaged_headers_are_refused_when_read(tmp_path, header, word):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"format": "veda-record", **header, "launches": []}))
     with pytest.raises(veda.ReplayError, match=word):
         veda.replay(path)
+
+
+def test_paths_that_cannot_hold_a_record_are_refused(tmp_path):
+    with pytest.raises(veda.ReplayError, match="is a directory"):
+        with veda.record(tmp_path):
+            pass
+    with pytest.raises(veda.ReplayError, match="path must be a str"):
+        veda.record(123)
+    with pytest.raises(veda.ReplayError, match="path must be a str"):
+        veda.replay(None)
+    scope = veda.record(tmp_path / "twice.json")
+    with scope:
+        with pytest.raises(veda.ReplayError, match="open already"):
+            with scope:
+                pass
+
+
+def test_nested_record_and_replay_both_work(tmp_path):
+    """A record inside a replay notes the forced launches; a replay inside a record forces
+    them and the record notes them."""
+    x = np.zeros(1000)
+    first, inner, outer = tmp_path / "first.json", tmp_path / "inner.json", tmp_path / "outer.json"
+    with veda.record(first):
+        veda.launch(inc, 1000, x, target="parallel", threads=1, schedule="interleaved", chunk=7)
+    recorded = json.loads(first.read_text())["launches"]
+    with veda.replay(first), veda.record(inner):
+        inc[1000](x)
+    with veda.record(outer), veda.replay(first):
+        inc[1000](x)
+    for path in (inner, outer):
+        assert [e["decision"] for e in json.loads(path.read_text())["launches"]] == \
+            [e["decision"] for e in recorded]
 
 
 def test_a_decision_this_machine_cannot_run_is_a_clear_error(tmp_path):
@@ -153,3 +203,37 @@ def test_a_decision_this_machine_cannot_run_is_a_clear_error(tmp_path):
         with pytest.raises(veda.LaunchError, match=word):
             with veda.replay(path):
                 inc[1000](x)
+
+
+def test_a_launch_refused_by_its_checks_is_neither_recorded_nor_replayed(tmp_path):
+    """Both sides count a launch when it starts running: one refused before (a read-only
+    output) takes no place in the record, and none in the replay."""
+    path = tmp_path / "run.json"
+    readonly = np.zeros(1000)
+    readonly.flags.writeable = False
+    x = np.zeros(1000)
+    for scope in (veda.record, veda.replay):
+        with scope(path):
+            with pytest.raises(veda.LaunchError, match="read-only"):
+                inc[1000](readonly)
+            inc[1000](x)
+    assert len(json.loads(path.read_text())["launches"]) == 1
+    np.testing.assert_array_equal(x, 2.0)
+
+
+def test_an_interceptor_that_forces_what_is_not_a_decision_is_refused():
+    from veda._launch import Interceptor, add_interceptor, remove_interceptor
+
+    class Bad(Interceptor):
+        def redirect(self, kernel, dims):
+            return "cpu"
+
+    bad = add_interceptor(Bad())
+    try:
+        with pytest.raises(veda.LaunchError, match="redirect.*'cpu', not a veda.targets.Decision"):
+            inc[10](np.zeros(10))
+    finally:
+        remove_interceptor(bad)
+    x = np.zeros(10)
+    inc[10](x)  # uninstalled: launches as before
+    assert x.sum() == 10

@@ -143,15 +143,82 @@ def test_a_parallel_third_party_target_takes_the_parallel_settings():
         veda.targets.unregister("mine")
 
 
-@pytest.mark.parametrize("bad, error, word", [
-    ("cpu", TypeError, "Target"),
-    (type("Nameless", (Counting,), {"name": ""})(), ValueError, "name"),
-    (type("Odd", (Counting,), {"name": "odd", "settings": ("speed",)})(), ValueError, "speed"),
+@pytest.mark.parametrize("bad, word", [
+    ("cpu", "Target"),
+    (type("Nameless", (Counting,), {"name": ""})(), "name"),
+    (type("Numbered", (Counting,), {"name": 123})(), "name must be a non-empty string"),
+    (type("Odd", (Counting,), {"name": "odd", "settings": ("speed",)})(), "speed"),
+    (type("Odd", (Counting,), {"name": "odd", "settings": "threads"})(), "tuple of names"),
+    (type("Odd", (Counting,), {"name": "odd", "parallel": True})(), "takes threads="),
 ])
-def test_register_refuses_what_is_not_a_target(bad, error, word):
-    with pytest.raises(error, match=word):
+def test_register_refuses_what_is_not_a_target(bad, word):
+    with pytest.raises(veda.ConfigError, match=word):
         veda.targets.register(bad)
     assert "odd" not in veda.targets.names()
+
+
+class Broken(Counting):
+    """A plug-in with a bug in one hook at a time."""
+
+    name = "broken"
+    bug = "candidates"
+
+    def candidates(self, size, free_cores):
+        if self.bug == "candidates":
+            raise RuntimeError("oops in candidates")
+        if self.bug == "not decisions":
+            return ["broken"]
+        if self.bug == "other target":
+            return [Decision("cpu")]
+        return [Decision("parallel", 2, "dynamic", 0)]  # chunk 0: it would compute nothing
+
+    def prepare(self, form, dims, decision, options, profiler=None, shared=False):
+        if self.bug == "prepare raises":
+            raise RuntimeError("oops in prepare")
+        return None if self.bug == "prepare returns None" else super().prepare(
+            form, dims, decision, options, profiler, shared)
+
+
+@pytest.mark.parametrize("bug", ["candidates", "not decisions", "other target", "bad settings"])
+def test_a_plug_in_with_bad_candidates_is_left_out_with_a_warning(bug):
+    """One plug-in's bug must not break every adaptive launch of every kernel: the dispatcher
+    leaves that target out and says so once, naming it."""
+    from veda.scheduler import _dispatch
+
+    target = Broken()
+    target.bug = bug
+    veda.targets.register(target)
+    try:
+        @veda.kernel(reduce="sum")
+        def total(i, x):
+            return x[i]
+
+        x = np.ones(400_000)
+        _dispatch._warned.clear()
+        with pytest.warns(RuntimeWarning, match="target 'broken'.*candidates cannot be used"):
+            for _ in range(40):
+                assert total[x.size](x) == x.size
+        trials = {t["decision"].target for r in veda.explain(total).rows for t in r["trials"]}
+        assert "broken" not in trials
+    finally:
+        veda.targets.unregister("broken")
+
+
+@pytest.mark.parametrize("bug, word", [("prepare raises", "could not prepare.*oops"),
+                                       ("prepare returns None", "returned None, not a callable")])
+def test_a_target_that_cannot_prepare_says_so_by_name(bug, word):
+    target = Broken()
+    target.bug = bug
+    veda.targets.register(target)
+    try:
+        @veda.kernel
+        def ones(i, x):
+            x[i] = 1.0
+
+        with pytest.raises(veda.LaunchError, match=f"target 'broken'.*{word}"):
+            veda.launch(ones, 8, np.zeros(8), target="broken")
+    finally:
+        veda.targets.unregister("broken")
 
 
 def test_the_registry_orders_candidates_and_describes_decisions():

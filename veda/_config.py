@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from veda import _registry
 from veda._hardware.cpu import max_threads
+from veda._types import Decision
 from veda.errors import ConfigError, LaunchError, VedaError
 
 __all__ = ["SCHEDULES", "Config", "config", "get_config", "max_threads", "set_config"]
@@ -159,6 +160,9 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             raise error(f"{where}: chunk must be an integer, not {type(chunk).__name__}")
         if chunk < 1:
             raise error(f"{where}: chunk={chunk} must be at least 1")
+        if chunk >= 2**63:
+            raise error(f"{where}: chunk={chunk} is too large: chunks are counted in 64-bit "
+                        "integers (a chunk larger than the domain is the whole domain)")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:
@@ -293,12 +297,25 @@ def validate_launch_overrides(values: Mapping[str, Any]) -> None:
     _validate(values, LaunchError, where="veda.launch")
 
 
+def check_decision(decision: Any, error: type[VedaError], where: str) -> None:
+    """Refuse a decision that cannot run here: not a Decision, an unknown or unavailable target,
+    or (on a parallel target) settings out of this machine's range."""
+    if not isinstance(decision, Decision):
+        raise error(f"{where}: {decision!r} is not a veda.targets.Decision")
+    target = _registry.get(decision.target)
+    if target.parallel:
+        _validate({"target": decision.target, "threads": decision.threads,
+                   "schedule": decision.schedule, "chunk": decision.chunk}, error, where)
+
+
 def check_defaults() -> None:
     """Check the process defaults' target against the registry, once the built-in targets are
-    registered (``VEDA_TARGET`` is read before they are)."""
+    registered (``VEDA_TARGET`` is read before they are, and before any plug-in could be: it
+    names a built-in target; a plug-in is set with ``veda.set_config(target=...)``)."""
     _validate({"target": _defaults.target, "threads": _defaults.threads,
                "schedule": _defaults.schedule, "chunk": _defaults.chunk}, ConfigError,
-              where="VEDA_TARGET / veda.Config")
+              where="VEDA_TARGET (read at import, so a built-in target; set a registered "
+                    "plug-in with veda.set_config(target=...))")
 
 
 class deterministic(config):

@@ -24,6 +24,7 @@ Everything else takes a slower path:
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -32,13 +33,14 @@ from typing import Any, overload
 
 import numpy as np
 
-from veda import _registry, scheduler
+from veda import _config, _registry, scheduler
 from veda._config import Config, get_config, validate_launch_overrides
+from veda._hardware import cpu as _hw_cpu
 from veda._hardware import gpu as _gpu
 from veda._kernel import checks as _checks
 from veda._kernel.definition import Form, KernelDefinition
 from veda._types import Decision, LaunchOptions, Overrides
-from veda.errors import LaunchError
+from veda.errors import LaunchError, VedaError
 from veda.telemetry import _events
 from veda.telemetry import _registry as _telemetry
 
@@ -159,8 +161,9 @@ _events.on_change.append(_refresh)
 class Entry:
     """A prepared launch: one kernel form, domain, argument count and settings object."""
 
-    __slots__ = ("cfg", "check", "debt", "decision", "dims", "form", "last", "lock", "recorder",
-                 "review_at", "runner", "runners", "size", "times", "tuning", "version")
+    __slots__ = ("cfg", "check", "debts", "decision", "dims", "form", "last", "lock", "recorder",
+                 "resume_review_at", "review_at", "runner", "runners", "size", "times", "tuning",
+                 "version")
 
     def __init__(self, cfg: Config, form: Form, dims: tuple[int, ...], size: int) -> None:
         self.cfg = cfg
@@ -179,8 +182,10 @@ class Entry:
         self.recorder: Any = None
         self.times: list[float] | None = None
         self.decision = Decision("cpu")
-        #: (index in ``times``, seconds) of a compile inside a launch, taken off at the review.
-        self.debt: tuple[int, float] | None = None
+        #: Seconds of compiles inside launches not yet taken off their times, per thread id,
+        #: and the review they brought forward (see :func:`_compiled_in_launch`).
+        self.debts: dict[int, float] | None = None
+        self.resume_review_at = _FOLD_AT
 
 
 def _transfer(form: Form, args: tuple[Any, ...]) -> tuple[int, int]:
@@ -194,15 +199,6 @@ def _copying_targets() -> bool:
     the arrays live is part of a prepared launch's key."""
     return any((t.copies_host_arrays or t.reads_device_arrays) and t.dispatchable()
                for t in _registry.targets())
-
-
-def _check_forced(decision: Decision) -> None:
-    """A decision forced by replay must run here: a known, available target, and settings it
-    takes within this machine's range."""
-    target = _registry.get(decision.target)
-    if target.parallel:
-        validate_launch_overrides({"target": decision.target, "threads": decision.threads,
-                                   "schedule": decision.schedule, "chunk": decision.chunk})
 
 
 class Kernel(KernelDefinition):
@@ -269,13 +265,14 @@ class Kernel(KernelDefinition):
             result = entry.runner(args)
         except BaseException:
             recorder.error()
-            entry.debt = None  # a failed launch appends no time
+            if entry.debts is not None:  # a failed launch appends no time to take it off
+                _settle(entry, None)
             raise
         elapsed = perf_counter() - start
         times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
         times.append(elapsed)
         if len(times) > entry.review_at:
-            self._review(entry, args)
+            self._review(entry, args, elapsed)
         return result
 
     def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...],
@@ -286,6 +283,9 @@ class Kernel(KernelDefinition):
         for w in watchers:
             forced = w.redirect(self, dims)
             if forced is not None:
+                if type(forced) is not Decision:
+                    raise LaunchError(f"interceptor {w!r}: redirect() returned {forced!r}, not "
+                                      "a veda.targets.Decision or None")
                 overrides = forced
         cfg = get_config()
         entry = self._fast.get(self._key(dims, args, overrides))
@@ -313,7 +313,8 @@ class Kernel(KernelDefinition):
         except BaseException as exc:
             if recorder is not None:
                 recorder.error()
-                entry.debt = None  # a failed launch appends no time
+                if entry.debts is not None:  # a failed launch appends no time to take it off
+                    _settle(entry, None)
             if info is not None:
                 info.end = perf_counter()
                 info.error = f"{type(exc).__name__}: {exc}"
@@ -321,11 +322,11 @@ class Kernel(KernelDefinition):
                     w.end(info)
             raise
         end = perf_counter()
-        entry.last = end - start
+        elapsed = entry.last = end - start
         if recorder is not None:
-            recorder.times.append(entry.last)
+            recorder.times.append(elapsed)
             if len(recorder.times) > entry.review_at:
-                self._review(entry, args)
+                self._review(entry, args, elapsed)
         if info is not None:
             info.start, info.end = start, end
             for w in watchers:
@@ -354,7 +355,7 @@ class Kernel(KernelDefinition):
             )
         entry = Entry(cfg, form, dims, size)
         if forced is not None:  # replay: exactly the recorded decision
-            _check_forced(forced)
+            _config.check_decision(forced, LaunchError, f"the forced decision {forced}")
             self._bind(entry, forced, args)
             self._store(dims, args, overrides, entry)
             return entry
@@ -403,10 +404,20 @@ class Kernel(KernelDefinition):
             if cfg.telemetry:
                 recorder = _telemetry.registry.recorder(
                     self.module_name, self.name, decision, entry.size, entry.form.nbytes)
-            runner = _registry.get(decision.target).prepare(
-                entry.form, entry.dims, decision,
-                LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
-                recorder if cfg.profile else None, shared=entry.tuning is not None)
+            target = _registry.get(decision.target)
+            try:
+                runner = target.prepare(
+                    entry.form, entry.dims, decision,
+                    LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
+                    recorder if cfg.profile else None, shared=entry.tuning is not None)
+            except VedaError:
+                raise
+            except Exception as exc:
+                raise LaunchError(f"target {target.name!r} could not prepare a launch of kernel "
+                                  f"{self.name!r}: {type(exc).__name__}: {exc}") from exc
+            if not callable(runner):
+                raise LaunchError(f"target {target.name!r}: prepare() returned {runner!r}, not "
+                                  "a callable that runs a launch")
             got = entry.runners[decision] = (runner, recorder)
         runner, recorder = got
         if recorder is not None:
@@ -445,17 +456,13 @@ class Kernel(KernelDefinition):
                                      entry.cfg.cache_dir, imbalance)
         return result
 
-    def _review(self, entry: Entry, args: tuple[Any, ...]) -> None:
-        """Every few launches: the dispatcher's drift and load checks; folding telemetry."""
+    def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
+        """Every few launches: the dispatcher's drift and load checks; folding telemetry.  Also
+        brought forward to a launch that compiled, whose time ``elapsed`` it corrects first."""
         times = entry.times
         assert times is not None and entry.recorder is not None
-        if entry.debt is not None:  # a compile inside a launch: count its run time only
-            index, seconds = entry.debt
-            entry.debt = None
-            if index < len(times):
-                times[index] = max(times[index] - seconds, 0.0)
-                if index == len(times) - 1:
-                    entry.last = times[index]
+        if entry.debts is not None and _settle(entry, elapsed):
+            return  # brought forward for the compile only: the real review is not due
         step = _FOLD_AT
         if entry.tuning is not None and entry.tuning.tuner.choice is not None:
             recent = times[-scheduler.REVIEW_EVERY:]
@@ -466,7 +473,12 @@ class Kernel(KernelDefinition):
             step = min(_FOLD_AT, max(scheduler.REVIEW_EVERY, int(0.01 / max(typical, 1e-7))))
         if len(times) > _FOLD_AT:
             entry.recorder.fold(args, entry.form.nbytes)
-        entry.review_at = len(times) + step
+        following = len(times) + step
+        with _debt_lock:  # another thread's compile keeps reviews brought forward to it
+            if entry.debts is None:
+                entry.review_at = following
+            else:
+                entry.resume_review_at = following
 
     def forget(self) -> None:
         """Drop the prepared launches (a target was registered or removed)."""
@@ -474,14 +486,47 @@ class Kernel(KernelDefinition):
             self._fast.clear()
 
 
+_debt_lock = threading.Lock()
+
+
 def _compiled_in_launch(frame: Any, seconds: float) -> None:
-    """A launcher compiled inside the timed launch running in ``frame``: note the compile on the
-    launch's entry, to be taken off the time the launch is about to append, at a review brought
-    forward to that launch (a failed launch appends nothing and drops the note)."""
+    """A launcher compiled inside the timed launch running in ``frame``: note the compile's
+    seconds on the launch's entry, for this thread, and bring the entry's review forward, so
+    that the launch takes them off the time it is about to append (:func:`_settle`)."""
     entry = frame.f_locals.get("entry")
     if isinstance(entry, Entry) and entry.times is not None:
-        entry.debt = (len(entry.times), seconds)
-        entry.review_at = -1
+        tid = threading.get_ident()
+        with _debt_lock:
+            if entry.debts is None:
+                entry.debts = {}
+                entry.resume_review_at = entry.review_at
+            entry.debts[tid] = entry.debts.get(tid, 0.0) + seconds
+            entry.review_at = -1
+
+
+def _settle(entry: Entry, elapsed: float | None) -> bool:
+    """Take this thread's compile seconds off the time it just appended, ``elapsed`` (None: the
+    launch failed and appended nothing); True when the entry's real review is not due yet.
+
+    The time is found by identity from the end of the list: other threads may have appended
+    after it; if a fold took it away meanwhile, the figure stays as it was.
+    """
+    times = entry.times
+    with _debt_lock:
+        debts = entry.debts
+        seconds = debts.pop(threading.get_ident(), None) if debts is not None else None
+        if not debts:  # no other thread's compile pending: resume the schedule of reviews
+            entry.debts = None
+            entry.review_at = entry.resume_review_at
+        due = times is not None and len(times) > entry.resume_review_at
+    if seconds is not None and elapsed is not None and times is not None:
+        for k in range(len(times) - 1, max(len(times) - 256, 0) - 1, -1):
+            if times[k] is elapsed:
+                times[k] = max(elapsed - seconds, 0.0)
+                if entry.last is elapsed:
+                    entry.last = times[k]
+                break
+    return not due
 
 
 #: Where a launcher that compiles asks whether it runs inside a timed launch: the launch path's
@@ -503,6 +548,17 @@ def _forget_prepared() -> None:
 
 
 _registry.on_change(_forget_prepared)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child may have lost its parallel target (OpenMP): prepare every launch again."""
+    if _hw_cpu.parallel_unavailable_reason() is not None:
+        _forget_prepared()
+        scheduler.dispatcher.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class BoundLaunch:

@@ -31,23 +31,39 @@ from veda.errors import ReplayError
 FORMAT = "veda-record"
 VERSION = 2
 
-_current: contextvars.ContextVar[Any] = contextvars.ContextVar("veda_record", default=None)
+#: The record and replay scopes open in this thread or task, outermost first.  Every record in
+#: it notes the launches; the innermost replay forces them.
+_scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("veda_record",
+                                                                          default=())
 
 
-def _enter(scope: Interceptor) -> contextvars.Token[Any]:
-    token = _current.set(scope)
+def _enter(scope: Interceptor) -> contextvars.Token[tuple[Any, ...]]:
+    if scope in _scopes.get():
+        raise ReplayError(f"{scope!r} is open already; use a new veda.record/veda.replay")
+    token = _scopes.set((*_scopes.get(), scope))
     add_interceptor(scope)
     return token
 
 
-def _exit(scope: Interceptor, token: contextvars.Token[Any]) -> None:
+def _exit(scope: Interceptor, token: contextvars.Token[tuple[Any, ...]] | None) -> None:
+    if token is None:
+        raise ReplayError(f"{scope!r} was not entered, or was exited already")
     remove_interceptor(scope)
-    _current.reset(token)
+    _scopes.reset(token)
 
 
 def current() -> Any:
     """The innermost record or replay scope of this thread or task, or None."""
-    return _current.get()
+    scopes = _scopes.get()
+    return scopes[-1] if scopes else None
+
+
+def _path(path: Any, what: str) -> str:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise ReplayError(f"veda.{what}: the path must be a str or os.PathLike, not "
+                          f"{type(path).__name__}") from None
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -74,13 +90,18 @@ class record(Interceptor):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = _path(path, "record")
         self.launches: list[dict[str, Any]] = []
-        self._token: contextvars.Token[Any] | None = None
+        self._token: contextvars.Token[tuple[Any, ...]] | None = None
         self._header: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"veda.record({self.path!r})"
 
     def __enter__(self) -> record:
         directory = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path):
+            raise ReplayError(f"cannot write the record to {self.path!r}: it is a directory")
         if not os.access(directory, os.W_OK):
             raise ReplayError(f"cannot write the record to {self.path!r}: {directory} is not a "
                               "writable directory")
@@ -90,22 +111,20 @@ class record(Interceptor):
         return self
 
     def active(self) -> bool:
-        return _current.get() is self
+        return self in _scopes.get()
 
     def start(self, launch: LaunchInfo) -> None:
-        self.add(launch.kernel, launch.dims, launch.decision)
-
-    def add(self, kernel: Any, dims: tuple[int, ...], decision: Decision) -> None:
+        """A launch starts running (it passed its checks): note it."""
         cfg = get_config()
         self.launches.append({
-            "kernel": f"{kernel.module_name}.{kernel.name}", "domain": list(dims),
-            "decision": decision.to_json(), "deterministic": cfg.deterministic,
-            "seed": cfg.seed,
+            "kernel": f"{launch.kernel.module_name}.{launch.kernel.name}",
+            "domain": list(launch.dims), "decision": launch.decision.to_json(),
+            "deterministic": cfg.deterministic, "seed": cfg.seed,
         })
 
     def __exit__(self, *exc: object) -> None:
-        assert self._token is not None
         _exit(self, self._token)
+        self._token = None
         doc = {"format": FORMAT, "version": VERSION, **self._header, "launches": self.launches}
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
@@ -118,7 +137,7 @@ class replay(Interceptor):
     """Force the decisions recorded in ``path``; raise at the first launch that diverges."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
+        self.path = _path(path, "replay")
         try:
             with open(self.path, encoding="utf-8") as fh:
                 doc = json.load(fh)
@@ -129,11 +148,14 @@ class replay(Interceptor):
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ReplayError(f"{self.path!r} is not a veda record")
         version = doc.get("version")
-        if not isinstance(version, int) or version > VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
             raise ReplayError(
                 f"the record {self.path!r} has format version {version!r}; this veda reads "
                 f"version {VERSION} and older (it was written by a newer veda)"
             )
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ReplayError(f"the record {self.path!r} is damaged: its format version is "
+                              f"{version!r}, not a whole number from 1 to {VERSION}")
         launches = doc.get("launches")
         if not isinstance(launches, list) or not all(
             isinstance(e, dict) and {"kernel", "domain", "decision"} <= set(e) for e in launches
@@ -141,29 +163,45 @@ class replay(Interceptor):
             raise ReplayError(f"the record {self.path!r} is damaged: bad launch entries")
         try:
             self.decisions = [_decision(e["decision"], version) for e in launches]
+            for k, e in enumerate(launches):
+                _check_entry(e, k)
         except (TypeError, ValueError) as exc:
             raise ReplayError(f"the record {self.path!r} is damaged: {exc}") from None
         self.launches = launches
-        self.deterministic = bool(doc.get("deterministic", False))
+        self.deterministic = doc.get("deterministic", False)
         self.seed = doc.get("seed")
+        if not isinstance(self.deterministic, bool):
+            raise ReplayError(f"the record {self.path!r} is damaged: 'deterministic' is "
+                              f"{self.deterministic!r}, not true or false")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise ReplayError(f"the record {self.path!r} is damaged: 'seed' is {self.seed!r}, "
+                              "not null or an integer in [0, 2**64)")
         self.position = 0
         self._scope: Any = None
-        self._token: contextvars.Token[Any] | None = None
+        self._token: contextvars.Token[tuple[Any, ...]] | None = None
+
+    def __repr__(self) -> str:
+        return f"veda.replay({self.path!r})"
 
     def __enter__(self) -> replay:
         self._scope = config(deterministic=self.deterministic, seed=self.seed)
         self._scope.__enter__()
-        self._token = _enter(self)
+        try:
+            self._token = _enter(self)
+        except BaseException:
+            self._scope.__exit__(None, None, None)
+            raise
         return self
 
     def active(self) -> bool:
-        return _current.get() is self
+        innermost = next((s for s in reversed(_scopes.get()) if isinstance(s, replay)), None)
+        return innermost is self
 
     def redirect(self, kernel: Any, dims: tuple[int, ...]) -> Decision:
-        return self.next(kernel, dims)
-
-    def next(self, kernel: Any, dims: tuple[int, ...]) -> Decision:
-        """The decision of the next recorded launch, which must be this one."""
+        """The decision of the next recorded launch, which must be this one.  The record moves
+        on when the launch starts running (:meth:`start`): a launch refused by its checks was
+        not recorded either."""
         k = self.position
         name = f"{kernel.module_name}.{kernel.name}"
         if k >= len(self.launches):
@@ -177,12 +215,14 @@ class replay(Interceptor):
                 f"launch #{k + 1} diverges: recorded {_describe(entry)}, got kernel {name} over "
                 f"domain {dims}"
             )
-        self.position += 1
         return self.decisions[k]
 
+    def start(self, launch: LaunchInfo) -> None:
+        self.position += 1
+
     def __exit__(self, exc_type: Any, *exc: object) -> None:
-        assert self._token is not None
         _exit(self, self._token)
+        self._token = None
         self._scope.__exit__(exc_type, *exc)
         if exc_type is None and self.position < len(self.launches):
             missing = self.launches[self.position]
@@ -199,3 +239,15 @@ def _decision(value: Any, version: int) -> Decision:
     if version < 2 and isinstance(value, list) and decision.target == "cuda":
         decision = Decision("cuda", 1, decision.schedule, decision.chunk, decision.threads)
     return decision
+
+
+def _check_entry(entry: dict[str, Any], k: int) -> None:
+    """A recorded launch's kernel name and domain (its decision is read by :func:`_decision`)."""
+    domain = entry["domain"]
+    if not isinstance(entry["kernel"], str):
+        raise ValueError(f"launch #{k + 1}: the kernel is {entry['kernel']!r}, not a name")
+    if (not isinstance(domain, list) or not 1 <= len(domain) <= 3
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in domain)):
+        raise ValueError(f"launch #{k + 1}: the domain is {domain!r}, not a list of 1 to 3 "
+                         "sizes")

@@ -100,9 +100,10 @@ class Target(abc.ABC):
     parallel: bool = False
     #: Which of ``threads``, ``schedule`` and ``chunk`` it takes (all three when parallel).
     settings: tuple[str, ...] = ()
-    #: Completes "target='<name>' ..., so threads= does not apply to it" in the error refusing
-    #: a setting it does not take.
+    #: Completes "target='<name>' ..., so threads= does not apply to it; drop threads=" in the
+    #: error refusing a setting it does not take; :attr:`settings_hint` may add what to do instead.
     refuses_settings_because: str = "takes no threads, schedule or chunk"
+    settings_hint: str = ""
     #: Targets with the same numerics give the same bits in deterministic mode: there the
     #: dispatcher chooses only among targets of the first candidate's numerics.
     numerics: str = "cpu"
@@ -194,15 +195,29 @@ def _changed() -> None:
 
 
 def register(target: Target) -> Target:
-    """Add (or replace) a target under ``target.name``; returns it."""
+    """Add (or replace) a target under ``target.name``; returns it.
+
+    Replacing a built-in target (``"cpu"``, ...) is allowed, and changes every launch that runs
+    on it.  Raises :class:`veda.ConfigError` for anything that is not a usable target.
+    """
+    where = "veda.targets.register"
     if not isinstance(target, Target):
-        raise TypeError(f"veda.targets.register: expected a veda.targets.Target, not {target!r}")
-    if not target.name or not isinstance(target.name, str):
-        raise ValueError("veda.targets.register: a target needs a name")
-    unknown = set(target.settings) - set(SETTINGS)
+        raise ConfigError(f"{where}: expected an instance of a veda.targets.Target subclass, "
+                          f"not {target!r}")
+    if not isinstance(target.name, str) or not target.name:
+        raise ConfigError(f"{where}: a target's name must be a non-empty string, not "
+                          f"{target.name!r}")
+    settings = target.settings
+    if not isinstance(settings, tuple) or not all(isinstance(s, str) for s in settings):
+        raise ConfigError(f"{where}: target {target.name!r}: settings must be a tuple of "
+                          f"names, not {settings!r}")
+    unknown = set(settings) - set(SETTINGS)
     if unknown:
-        raise ValueError(f"target {target.name!r}: unknown settings {sorted(unknown)}; "
-                         f"expected some of {', '.join(SETTINGS)}")
+        raise ConfigError(f"{where}: target {target.name!r}: unknown settings "
+                          f"{sorted(unknown)}; expected some of {', '.join(SETTINGS)}")
+    if target.parallel and "threads" not in settings:
+        raise ConfigError(f"{where}: target {target.name!r} is parallel, so it takes threads=: "
+                          "add 'threads' to its settings")
     with _lock:
         _targets[target.name] = target
     _changed()
@@ -237,6 +252,12 @@ def known(name: str) -> Target:
         ) from None
 
 
+def lookup(name: str) -> Target | None:
+    """The target called ``name``, or None (for code that must not fail on a target removed
+    meanwhile, such as the dispatcher's bookkeeping after a launch ran)."""
+    return _targets.get(name)
+
+
 def get(name: str) -> Target:
     """The target called ``name``; raises when unknown or unavailable here."""
     target = known(name)
@@ -253,7 +274,10 @@ def describe(decision: Decision | None) -> str:
     target = _targets.get(decision.target)
     if target is None:
         return decision.target
-    return target.describe(decision)
+    try:
+        return str(target.describe(decision))
+    except Exception:  # a plug-in's bug must not break explain
+        return str(decision.target)
 
 
 def check_settings(values: dict[str, Any], error: type[Exception], where: str) -> None:
@@ -272,7 +296,7 @@ def check_settings(values: dict[str, Any], error: type[Exception], where: str) -
     if clash:
         raise error(
             f"{where}: target={name!r} {target.refuses_settings_because}, so "
-            f"{', '.join(clash)}= does not apply to it; drop {clash[0]}="
+            f"{', '.join(clash)}= does not apply to it; drop {clash[0]}={target.settings_hint}"
         )
 
 
@@ -356,11 +380,22 @@ _policies: dict[str, Policy] = {
 
 
 def register_policy(policy: Policy) -> Policy:
-    """Add (or replace) a dispatcher policy under ``policy.name``; returns it."""
-    if not isinstance(policy, Policy) or not policy.name:
-        raise TypeError(f"register_policy: expected a named veda.scheduler.Policy, not {policy!r}")
-    if policy.name == "fixed" and policy.score is not None:
-        raise ValueError("the 'fixed' policy never explores; register another name")
+    """Add (or replace) a dispatcher policy under ``policy.name``; returns it.
+
+    Raises :class:`veda.ConfigError` for anything that is not a usable policy.
+    """
+    where = "veda.scheduler.register_policy"
+    if not isinstance(policy, Policy):
+        raise ConfigError(f"{where}: expected a veda.scheduler.Policy, not {policy!r}")
+    if not isinstance(policy.name, str) or not policy.name:
+        raise ConfigError(f"{where}: a policy's name must be a non-empty string, not "
+                          f"{policy.name!r}")
+    if policy.score is not None and not callable(policy.score):
+        raise ConfigError(f"{where}: policy {policy.name!r}: score must be a function of one "
+                          f"candidate's measurements, or None; not {policy.score!r}")
+    if policy.name in ("adaptive", "fixed"):
+        raise ConfigError(f"{where}: the built-in policy {policy.name!r} cannot be replaced; "
+                          "register another name")
     with _lock:
         _policies[policy.name] = policy
     return policy
@@ -369,7 +404,8 @@ def register_policy(policy: Policy) -> Policy:
 def unregister_policy(name: str) -> None:
     """Remove a policy (the built-in ``"adaptive"`` and ``"fixed"`` stay)."""
     if name in ("adaptive", "fixed"):
-        raise ValueError(f"the built-in policy {name!r} cannot be removed")
+        raise ConfigError(f"veda.scheduler.unregister_policy: the built-in policy {name!r} "
+                          "cannot be removed")
     with _lock:
         _policies.pop(name, None)
 

@@ -130,7 +130,7 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     # several; otherwise (none, or a target elsewhere) the size decides.
     target = _registry.known(cfg.target) if cfg.target is not None else None
     serial = target is not None and not target.parallel and not target.copies_host_arrays
-    parallel = max_threads() > 1 and not serial and (
+    parallel = max_threads() > 1 and not serial and _hw.parallel_unavailable_reason() is None and (
         (target is not None and target.parallel) or x.shape[0] >= PARALLEL_SCAN_MIN)
     if parallel:
         _hw.threading_layer()

@@ -69,6 +69,9 @@ class Decision(NamedTuple):
         if (not isinstance(decision.target, str) or not isinstance(decision.schedule, str)
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)):
             raise ValueError(f"not a decision: {value!r}")
+        if decision.threads < 1 or decision.chunk < 0 or decision.block < 0:
+            raise ValueError(f"not a decision: {value!r} (threads must be at least 1, chunk and "
+                             "block at least 0)")
         return decision
 
 

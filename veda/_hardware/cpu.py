@@ -107,6 +107,33 @@ def serialises_parallel_regions() -> bool:
     return serialise
 
 
+#: Layers whose worker threads do not survive ``fork()``: a child that enters a parallel region
+#: is terminated by the runtime ("fork() called from a process already using GNU OpenMP").
+FORK_UNSAFE_LAYERS = ("omp",)
+_forked_with: str | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _forked_with
+    if _layer in FORK_UNSAFE_LAYERS:
+        _forked_with = _layer
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def parallel_unavailable_reason() -> str | None:
+    """Why this process cannot enter a parallel region, or None: it was forked from a process
+    whose OpenMP worker threads had started."""
+    if _forked_with is None:
+        return None
+    return (f"this process was forked after Numba's {_forked_with!r} threading layer had started "
+            "its threads, and that layer does not survive fork(); start processes with the "
+            "'spawn' method (multiprocessing.get_context('spawn')), or use "
+            "NUMBA_THREADING_LAYER=tbb")
+
+
 _tick: float | None = None
 
 

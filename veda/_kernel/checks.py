@@ -212,10 +212,7 @@ def hookable(dispatcher: Any) -> bool:
     return callable(getattr(dispatcher, "_compile_for_args", None))
 
 
-def _record_compile(owner: Any, dispatcher: Any, offset: int, start: float, end: float,
-                    hit: bool) -> None:
-    signature = (", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
-                 if dispatcher.signatures else "")
+def _record_compile(owner: Any, signature: str, start: float, end: float, hit: bool) -> None:
     with owner._lock:
         stats = owner.compile_stats
         if hit:
@@ -229,7 +226,7 @@ def _record_compile(owner: Any, dispatcher: Any, offset: int, start: float, end:
 
 
 def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names: Sequence[str],
-                         launcher: bool = False) -> None:
+                         launcher: bool = False, from_python: bool = True) -> None:
     """Check, count and translate at the one point Numba meets new argument types.
 
     ``module.attr`` is a Numba dispatcher whose first ``offset`` parameters are veda's own (the
@@ -241,13 +238,20 @@ def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names:
     a Python wrapper that checks the arguments at every call, translates compile errors after the
     fact and counts new signatures; its compile times then include the first run, and a compile
     inside a launch is timed with it (launchers are never called from compiled code, so the
-    wrapper is only ever called from Python).
+    wrapper is only ever called from Python).  A function compiled code calls (``from_python``
+    False: a ``@veda.func`` helper) keeps its dispatcher there; its errors surface through the
+    launcher that calls it.
     """
     dispatcher = getattr(module, attr)
     if not hookable(dispatcher):
-        setattr(module, attr, _fallback(dispatcher, owner, offset, names))
+        if from_python:
+            setattr(module, attr, _fallback(dispatcher, owner, offset, names))
         return
     original = dispatcher._compile_for_args
+    # Threads that meet the same new types at once all pass here, but Numba compiles once and
+    # the others wait on its lock: only the first to finish counts a compile.
+    seen: set[tuple[Any, ...]] = set()
+    lock = threading.Lock()
 
     def _compile_for_args(*args: Any, **kws: Any) -> Any:
         user_args = args[offset:]
@@ -259,9 +263,14 @@ def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names:
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, owner.name, names, user_args) from None
         end = time.perf_counter()
-        _record_compile(owner, dispatcher, offset, start, end,
-                        sum(dispatcher.stats.cache_hits.values()) > hits)
-        if launcher and on_launch_compile is not None:
+        types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
+        with lock:
+            first = types_ not in seen
+            seen.add(types_)
+        if first:
+            _record_compile(owner, ", ".join(str(t) for t in types_[offset:]), start, end,
+                            sum(dispatcher.stats.cache_hits.values()) > hits)
+        if launcher and on_launch_compile is not None:  # a wait on the compile is not run time
             frame = _timed_frame()
             if frame is not None:
                 on_launch_compile(frame, end - start)
@@ -285,8 +294,9 @@ def _fallback(dispatcher: Any, owner: Any, offset: int, names: Sequence[str]) ->
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, owner.name, names, user_args) from None
         if len(dispatcher.signatures) > known:
+            signature = ", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
             with lock:
-                _record_compile(owner, dispatcher, offset, start, time.perf_counter(), False)
+                _record_compile(owner, signature, start, time.perf_counter(), False)
         return result
 
     call.py_func = dispatcher.py_func  # type: ignore[attr-defined]

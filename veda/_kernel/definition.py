@@ -282,8 +282,8 @@ class KernelDefinition(Launchable):
     def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
         names = self.form(ndim, nargs).names
         module = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options).module
-        if hasattr(module, "_veda_acc_probe"):
-            install_compile_hook(module, "_veda_acc_probe", self, 0, names)
+        if hasattr(module, "_veda_acc_probe"):  # typed inside a CUDA reduction's first launch
+            install_compile_hook(module, "_veda_acc_probe", self, 0, names, launcher=True)
         if hasattr(module, "_veda_at"):
             install_compile_hook(module, "_veda_at", self, ndim, names)
         for attr, extra in _LAUNCHERS.items():

@@ -77,7 +77,7 @@ def pins(cfg: Config, overrides: Overrides | None) -> tuple[str | None, str | No
     target, threads, schedule, chunk = _merge(cfg, overrides)
     if threads is not None or chunk is not None or not _takes_settings(target):
         return None
-    if schedule is not None:
+    if schedule is not None and target is None:
         target = _first_parallel()  # a schedule implies a parallel target, as in decide()
     return target, schedule
 
@@ -92,15 +92,22 @@ def rule_target(size: int, residency: str = "host") -> str:
     ``size``; with device-resident arguments, the first dispatchable target that reads them."""
     best, floor = None, -1
     for target in _registry.targets():
-        if not target.dispatchable() or not _reads(target, residency):
+        try:
+            if not target.dispatchable() or not _reads(target, residency):
+                continue
+            if residency == "device":
+                return target.name
+            least = target.rule_min_size()
+            if least is not None and floor < least <= size:
+                best, floor = target, least
+        except Exception:  # a plug-in's bug keeps it out of the rule (the dispatcher says so)
             continue
-        if residency == "device":
-            return target.name
-        least = target.rule_min_size()
-        if least is not None and floor < least <= size:
-            best, floor = target, least
     if best is None:  # nothing reads them: the host rule, whose target then says what is wrong
-        return rule_target(size) if residency == "device" else _registry.names()[0]
+        if residency == "device":
+            return rule_target(size)
+        if not _registry.names():
+            raise LaunchError("no target is registered (veda.targets.register one)")
+        return _registry.names()[0]
     return best.name
 
 

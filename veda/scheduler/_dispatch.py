@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from veda import _registry
+from veda._config import check_decision
 from veda._hardware import gpu as _gpu
 from veda._hardware.load import LoadMonitor
 from veda._types import Decision
+from veda.errors import LaunchError
 from veda.scheduler._tuner import Tuner
 from veda.scheduler._wisdom import TuningCache
 
@@ -62,16 +64,28 @@ def candidates(size: int, free_cores: int, residency: str = "host",
     out: list[Decision] = []
     numerics = None
     for target in _registry.targets():
-        reads = target.reads_device_arrays if residency == "device" else target.reads_host_arrays
-        if not reads or not target.dispatchable():
-            continue
-        if deterministic:
-            numerics = numerics or target.numerics
-            if target.numerics != numerics:
+        try:
+            reads = (target.reads_device_arrays if residency == "device"
+                     else target.reads_host_arrays)
+            if not reads or not target.dispatchable():
                 continue
-        found = target.candidates(size, free_cores)
-        if residency == "device" and not found:
-            found = [target.default_decision(size)]
+            if deterministic:
+                numerics = numerics or target.numerics
+                if target.numerics != numerics:
+                    continue
+            found = list(target.candidates(size, free_cores))
+            if residency == "device" and not found:
+                found = [target.default_decision(size)]
+            for d in found:
+                if not isinstance(d, Decision) or d.target != target.name:
+                    raise LaunchError(f"{d!r} is not a Decision of target {target.name!r}")
+                check_decision(d, LaunchError, f"candidate {d}")
+        except Exception as exc:
+            # A plug-in's bug keeps that target out of the dispatcher's choices (said once); it
+            # must not break every adaptive launch of every kernel.
+            _warn_once(target.name, f"its candidates cannot be used: {type(exc).__name__}: "
+                                    f"{exc}")
+            continue
         out += found
     return out
 
@@ -135,8 +149,9 @@ class Dispatcher:
             tuner = Tuner(cands, policy=policy)
             pin_text = "".join(f"|{p}" for p in pins if p)
             where = "" if residency == "host" else f"|{residency}"
+            det = "|deterministic" if deterministic else ""  # other candidates: kept apart
             key = (f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
-                   f"{pin_text}{where}")
+                   f"{pin_text}{where}{det}")
             remembered = self.wisdom(cache_dir).get(key)
             if remembered is not None:
                 try:
@@ -148,7 +163,7 @@ class Dispatcher:
                         and math.isfinite(spe)):
                     assert decision is not None
                     tuner.adopt(decision, float(spe), "tuning cache")
-            priced = any(_registry.known(d.target).copies_host_arrays for d in cands)
+            priced = any(_copies(d.target) for d in cands)
             entry = self.entries[k] = Entry(kernel.name, key, tuner, free, pins,
                                             transfer or (0, 0), priced, residency,
                                             deterministic)
@@ -163,8 +178,8 @@ class Dispatcher:
         tuner.observe(decision, per_element)
         if tuner.exploring and decision.schedule == "static" and math.isfinite(imbalance):
             self._steer(tuner, imbalance)
-        if tuner.exploring and decision == tuner.candidates[0]:
-            self._too_short(tuner, seconds)
+        if tuner.exploring and _overhead(decision.target) == 0.0:
+            self._too_short(tuner, decision, seconds)
         if entry.priced and tuner.exploring:
             self._price(entry, size)
         if was_exploring and not tuner.exploring:
@@ -176,12 +191,12 @@ class Dispatcher:
             })
 
     @staticmethod
-    def _too_short(tuner: Tuner, seconds: float) -> None:
-        """After the first (serial) candidate ran: drop the candidates of targets whose launch
-        overhead alone is more than half its time (they cannot win)."""
+    def _too_short(tuner: Tuner, measured: Decision, seconds: float) -> None:
+        """After a candidate with no launch overhead (the serial loop) ran: drop the candidates
+        of targets whose launch overhead alone is more than half its time (they cannot win)."""
         for d in list(tuner.candidates):
-            overhead = _registry.known(d.target).launch_overhead
-            if overhead > 0 and seconds < 2 * overhead:
+            overhead = _overhead(d.target)
+            if d.target != measured.target and overhead > 0 and seconds < 2 * overhead:
                 tuner.prune(d, f"the serial launch took {seconds * 1e6:.1f} us, too short to "
                                f"pay for the {overhead * 1e6:.0f} us a {d.target} launch costs")
 
@@ -191,16 +206,16 @@ class Dispatcher:
         cost alone exceed the best time measured so far of a target that copies nothing (their
         own kernel time is then measured, not guessed)."""
         tuner = entry.tuner
-        copies = {d: _registry.known(d.target) for d in tuner.candidates}
-        copies = {d: t for d, t in copies.items() if t.copies_host_arrays}
+        targets = {d: _registry.lookup(d.target) for d in tuner.candidates}
+        copies = {d: t for d, t in targets.items() if t is not None and t.copies_host_arrays}
         best = min((min(t.samples) for d, t in tuner.trials.items()
                     if d not in copies and t.samples), default=math.inf) * max(size, 1)
         if not math.isfinite(best):
             return
         for d, target in copies.items():
             try:
-                fixed = target.fixed_seconds(*entry.transfer)
-            except RuntimeError as exc:
+                fixed = float(target.fixed_seconds(*entry.transfer))
+            except Exception as exc:
                 # Runs after a launch that succeeded: a target that fails here must not fail it.
                 _warn_once(target.name, str(exc))
                 tuner.prune(d, f"unavailable: {exc}")
@@ -219,7 +234,8 @@ class Dispatcher:
         chunks to fix, only their overhead.
         """
         for d in list(tuner.candidates):
-            if not _registry.known(d.target).parallel:
+            target = _registry.lookup(d.target)
+            if target is None or not target.parallel:
                 continue
             if imbalance >= IMBALANCED and d.schedule == "static":
                 tuner.prune(d, f"static imbalance {imbalance:.2f}")
@@ -237,7 +253,7 @@ class Dispatcher:
             fresh = _pinned(candidates(max(size, 1), free, entry.residency, entry.deterministic),
                             entry.pins)
             if not entry.priced:  # a target that failed its pricing stays out
-                fresh = [d for d in fresh if not _registry.known(d.target).copies_host_arrays]
+                fresh = [d for d in fresh if not _copies(d.target)]
             if fresh and fresh != tuner.candidates:
                 tuner.candidates = fresh
                 tuner.restart("load")
@@ -285,6 +301,20 @@ def _warn_once(target: str, reason: str) -> None:
         _warned.add((target, reason))
     warnings.warn(f"veda: the dispatcher no longer considers target {target!r}: {reason}",
                   RuntimeWarning, stacklevel=2)
+
+
+def _overhead(name: str) -> float:
+    """A target's declared launch overhead (0 for one no longer registered, or not a number)."""
+    target = _registry.lookup(name)
+    try:
+        return 0.0 if target is None else max(float(target.launch_overhead), 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _copies(name: str) -> bool:
+    target = _registry.lookup(name)
+    return target is not None and target.copies_host_arrays
 
 
 def _pinned(cands: list[Decision], pins: Pins) -> list[Decision]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from veda._registry import Measured, get_policy
 from veda._types import Decision
@@ -43,16 +45,41 @@ class _Samples:
         self.samples = samples
 
 
+def ranking(policy: str) -> Callable[[Measured], float]:
+    """The scoring function of a registered policy ("fixed" ranks as "adaptive" would), guarded:
+    a score that raises, or is not a real number, ranks the candidate last (NaN too), with a
+    warning once per policy, so that a policy's bug cannot stop the tuner."""
+    rank = get_policy(policy).score or get_policy("adaptive").score
+    assert rank is not None
+
+    def guarded(measured: Measured) -> float:
+        try:
+            value = float(rank(measured))
+        except Exception as exc:
+            _warn_policy(policy, f"{type(exc).__name__}: {exc}")
+            return math.inf
+        return math.inf if math.isnan(value) else value
+
+    return guarded
+
+
+_warned: set[str] = set()
+
+
+def _warn_policy(policy: str, problem: str) -> None:
+    if policy in _warned:
+        return
+    _warned.add(policy)
+    warnings.warn(f"veda: policy {policy!r} could not score a candidate ({problem}); such "
+                  "candidates rank last", RuntimeWarning, stacklevel=3)
+
+
 def score(measured: Measured | Sequence[float], policy: str) -> float:
     """One number per candidate under ``policy`` (a registered policy's scoring function):
     lower is better.  ``measured`` is a :class:`Trial` or a list of seconds per element."""
-    rank = get_policy(policy).score
-    if rank is None:  # "fixed" never explores; rank as the default would
-        rank = get_policy("adaptive").score
-        assert rank is not None
     if isinstance(measured, Sequence):
         measured = _Samples(measured)
-    return rank(measured)
+    return ranking(policy)(measured)
 
 
 @dataclass
@@ -81,8 +108,12 @@ class Tuner:
     _alive: list[Decision] = field(default_factory=list)
     _queue: list[Decision] = field(default_factory=list)
     _drifting: int = 0
+    #: The policy's scoring function, resolved once: a policy unregistered meanwhile does not
+    #: break a tuner that is exploring with it.
+    _rank: Any = None
 
     def __post_init__(self) -> None:
+        self._rank = ranking(self.policy)
         if self.choice is None:
             self.restart()
 
@@ -152,7 +183,7 @@ class Tuner:
             self._next_round()
 
     def _next_round(self) -> None:
-        ranked = sorted(self._alive, key=lambda d: score(self.trials[d], self.policy))
+        ranked = sorted(self._alive, key=lambda d: self._rank(self.trials[d]))
         keep = max(1, len(ranked) // 2) if len(ranked) > 2 else 1
         if len(ranked) == 2 and self._round == 0:
             keep = 2  # two candidates: measure both once more before choosing
@@ -162,7 +193,7 @@ class Tuner:
         self._round += 1
         if len(self._alive) == 1:
             winner = self._alive[0]
-            self.adopt(winner, score(self.trials[winner], self.policy), "explored")
+            self.adopt(winner, self._rank(self.trials[winner]), "explored")
         else:
             self._queue = self._schedule_round()
 

@@ -7,6 +7,7 @@ Both run launchers from one generated module per kernel form (see
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from veda._hardware import cpu as hw
@@ -85,6 +86,7 @@ class CPUTarget(Target):
 
     name = "cpu"
     refuses_settings_because = "runs on one thread"
+    settings_hint = ", or drop target= (or use target='parallel') to run on several threads"
 
     def candidates(self, size: int, free_cores: int) -> list[Decision]:
         return [Decision(self.name)]
@@ -122,6 +124,9 @@ class ParallelTarget(Target):
     parallel = True
     settings = ("threads", "schedule", "chunk")
     launch_overhead = REGION_ENTRY
+
+    def unavailable_reason(self) -> str | None:
+        return hw.parallel_unavailable_reason()
 
     def candidates(self, size: int, free_cores: int) -> list[Decision]:
         threads_max = min(hw.max_threads(), max(1, free_cores))
@@ -167,7 +172,9 @@ class ParallelTarget(Target):
         else:
             fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
         tick = hw.seconds_per_tick(read_cycles) if profiler is not None else 0.0
-        wanted, chunk = decision.threads, decision.chunk
+        # A chunk beyond the domain is the whole domain; clamped, chunk arithmetic in the loop
+        # (chunk index x chunk) cannot overflow 64 bits.
+        wanted, chunk = decision.threads, max(1, min(decision.chunk, math.prod(dims)))
         mode = MODE_CODES[decision.schedule]
         reduce = form.reduce is not None
         get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise

@@ -239,7 +239,7 @@ class Snapshot:
             items = {"kernel": f"{k.module}.{k.name}"}
             if c is not None:
                 items.update(target=c.target, threads=str(c.threads), schedule=c.schedule,
-                             chunk=str(c.chunk))
+                             chunk=str(c.chunk), block=str(c.block))
             items.update({key: str(v) for key, v in extra.items()})
             return ",".join(f'{key}="{_escape(v)}"' for key, v in items.items())
 
