@@ -60,7 +60,7 @@ def current() -> Any:
 
 def _path(path: Any, what: str) -> str:
     try:
-        return str(os.fspath(path))
+        return os.fsdecode(path)
     except TypeError:
         raise ReplayError(f"veda.{what}: the path must be a str or os.PathLike, not "
                           f"{type(path).__name__}") from None
