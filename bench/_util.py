@@ -41,16 +41,23 @@ def results_dir(quick: bool = False) -> Path:
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """An argument parser for a benchmark script (its docstring as help) with ``--quick``."""
-    p = argparse.ArgumentParser(description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes and few repeats: checks the results in a few seconds; the "
-                   "figures mean nothing (JSON to bench/results/quick/)")
+    p = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few repeats: checks the results in a few seconds; the "
+        "figures mean nothing (JSON to bench/results/quick/)",
+    )
     return p
 
 
-def check_each(fns: dict[str, Callable[[], Any]], check: Callable[[Any], None],
-               setup: Callable[[], Any] | None = None) -> None:
+def check_each(
+    fns: dict[str, Callable[[], Any]],
+    check: Callable[[Any], None],
+    setup: Callable[[], Any] | None = None,
+) -> None:
     """Call each function once more, after ``setup`` (which should poison the outputs), and
     pass what it returns to ``check``, which raises AssertionError when the result is wrong.
 
@@ -68,8 +75,12 @@ def check_each(fns: dict[str, Callable[[], Any]], check: Callable[[Any], None],
         raise AssertionError("wrong results:\n" + "\n".join(failures))
 
 
-def compare(fns: dict[str, Callable[[], Any]], repeats: int = 15, warmup: int = 2,
-            setup: Callable[[], Any] | None = None) -> dict[str, float]:
+def compare(
+    fns: dict[str, Callable[[], Any]],
+    repeats: int = 15,
+    warmup: int = 2,
+    setup: Callable[[], Any] | None = None,
+) -> dict[str, float]:
     """Median seconds of each function, interleaved repeat by repeat."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -107,8 +118,12 @@ def per_call(fn: Callable[[], Any], calls: int) -> float:
 
 def report(name: str, results: dict[str, Any], quick: bool = False) -> None:
     """Write ``results`` with the machine's description to ``<results_dir(quick)>/name.json``."""
-    results = {"benchmark": name, **({"quick": True} if quick else {}), "machine": machine(),
-               **results}
+    results = {
+        "benchmark": name,
+        **({"quick": True} if quick else {}),
+        "machine": machine(),
+        **results,
+    }
     folder = results_dir(quick)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"

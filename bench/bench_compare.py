@@ -37,8 +37,9 @@ def _export(ref: str, into: Path) -> Path:
     into.mkdir(parents=True)
     archive = into / "tree.tar"
     with archive.open("wb") as fh:
-        subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", ref], stdout=fh,
-                       check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref], stdout=fh, check=True
+        )
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     archive.unlink()
@@ -65,62 +66,98 @@ def _leaf(doc: Any, path: str) -> float | None:
 def _run(tree: Path, packages: Path, script: str, args: list[str], work: Path) -> dict[str, Any]:
     results = work / "results"
     results.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(packages), VEDA_BENCH_RESULTS=str(results),
-               VEDA_CACHE_DIR=str(work.parent.parent / f"cache-{tree.name}"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(packages),
+        VEDA_BENCH_RESULTS=str(results),
+        VEDA_CACHE_DIR=str(work.parent.parent / f"cache-{tree.name}"),
+    )
     started = time.time()
-    out = subprocess.run([sys.executable, str(tree / "bench" / script), *args], env=env,
-                         cwd=str(tree), capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(
+        [sys.executable, str(tree / "bench" / script), *args],
+        env=env,
+        cwd=str(tree),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{script} failed on {tree}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     # A base from before VEDA_BENCH_RESULTS writes into its own bench/results.
     found = list(results.glob("*.json")) or [
-        p for p in (tree / "bench" / "results").glob("*.json") if p.stat().st_mtime >= started]
+        p for p in (tree / "bench" / "results").glob("*.json") if p.stat().st_mtime >= started
+    ]
     if not found:
         raise SystemExit(f"{script} on {tree} wrote no JSON results")
     return json.loads(max(found, key=lambda p: p.stat().st_mtime).read_text())
 
 
-def compare(base: str, script: str, args: list[str], metrics: list[str],
-            rounds: int) -> dict[str, Any]:
+def compare(
+    base: str, script: str, args: list[str], metrics: list[str], rounds: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="veda-compare-") as tmp:
         work = Path(tmp)
         trees = {"base": _export(base, work / "base"), "head": ROOT}
-        packages = {side: _packages(tree, work / f"packages-{side}")
-                    for side, tree in trees.items()}
+        packages = {
+            side: _packages(tree, work / f"packages-{side}") for side, tree in trees.items()
+        }
         runs: dict[str, list[dict[str, Any]]] = {"base": [], "head": []}
         for r in range(rounds):
             order = ("base", "head") if r % 2 == 0 else ("head", "base")
             for side in order:
-                runs[side].append(_run(trees[side], packages[side], script, args,
-                                       work / "runs" / f"{side}-{r}"))
+                runs[side].append(
+                    _run(trees[side], packages[side], script, args, work / "runs" / f"{side}-{r}")
+                )
                 print(f"round {r + 1}/{rounds}: {side} done", file=sys.stderr)
-    names = metrics or [k for k, v in runs["head"][0].items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    names = metrics or [
+        k
+        for k, v in runs["head"][0].items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
     rows = {}
     for name in names:
-        values = {side: [v for v in (_leaf(doc, name) for doc in docs) if v is not None]
-                  for side, docs in runs.items()}
+        values = {
+            side: [v for v in (_leaf(doc, name) for doc in docs) if v is not None]
+            for side, docs in runs.items()
+        }
         if not values["base"] or not values["head"]:
             print(f"  {name}: missing on one side", file=sys.stderr)
             continue
         b, h = statistics.median(values["base"]), statistics.median(values["head"])
-        rows[name] = {"base": b, "head": h, "ratio": h / b if b else float("nan"),
-                      "base_rounds": values["base"], "head_rounds": values["head"]}
-    print(f"{script} {' '.join(args)}: working tree against {base}, median of {rounds} "
-          "round(s) per side")
+        rows[name] = {
+            "base": b,
+            "head": h,
+            "ratio": h / b if b else float("nan"),
+            "base_rounds": values["base"],
+            "head_rounds": values["head"],
+        }
+    print(
+        f"{script} {' '.join(args)}: working tree against {base}, median of {rounds} "
+        "round(s) per side"
+    )
     for name, row in rows.items():
-        print(f"  {name:<32} base {row['base']:.4g}  head {row['head']:.4g}  "
-              f"head/base {row['ratio']:.3f}")
+        print(
+            f"  {name:<32} base {row['base']:.4g}  head {row['head']:.4g}  "
+            f"head/base {row['ratio']:.3f}"
+        )
     return {"base": base, "script": script, "args": args, "rounds": rounds, "metrics": rows}
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("script", nargs="?", default="bench_launch.py",
-                   help="a script in bench/ (default: bench_launch.py)")
+    p.add_argument(
+        "script",
+        nargs="?",
+        default="bench_launch.py",
+        help="a script in bench/ (default: bench_launch.py)",
+    )
     p.add_argument("--base", default="HEAD", help="the commit to compare against (default HEAD)")
-    p.add_argument("--metric", action="append", default=[],
-                   help="a dotted path into the script's JSON (repeatable)")
+    p.add_argument(
+        "--metric",
+        action="append",
+        default=[],
+        help="a dotted path into the script's JSON (repeatable)",
+    )
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--args", default="", help="arguments for the script, in one string")
     opts = p.parse_args()

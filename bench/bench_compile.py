@@ -50,8 +50,9 @@ CHILD = textwrap.dedent(
 
 def _child(cache_dir: str) -> dict:
     env = dict(os.environ, VEDA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600
+    )
     if out.returncode != 0:
         raise RuntimeError(f"the child process failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -65,18 +66,22 @@ def main(rounds: int = 3, quick: bool = False) -> dict:
             warm.append(_child(d))
     res = {}
     for label, runs in (("cold", cold), ("warm", warm)):
-        res[label] = {k: statistics.median(r[k] for r in runs)
-                      for k in ("import", "numba_startup", "first_cpu", "first_parallel")}
+        res[label] = {
+            k: statistics.median(r[k] for r in runs)
+            for k in ("import", "numba_startup", "first_cpu", "first_parallel")
+        }
         res[label]["compiled"] = runs[-1]["stats"]["compiled"]
         res[label]["cache_hits"] = runs[-1]["stats"]["cache_hits"]
     print(f"first launches of saxpy (1000 elements), median of {rounds} fresh processes")
     for label in ("cold", "warm"):
         r = res[label]
-        print(f"  {label:<5} cache: import veda {r['import'] * 1e3:6.1f} ms, numba start-up "
-              f"{r['numba_startup'] * 1e3:6.1f} ms, first 'cpu' launch "
-              f"{r['first_cpu'] * 1e3:7.1f} ms, first 'parallel' launch "
-              f"{r['first_parallel'] * 1e3:7.1f} ms  (compiled {r['compiled']}, "
-              f"cache hits {r['cache_hits']})")
+        print(
+            f"  {label:<5} cache: import veda {r['import'] * 1e3:6.1f} ms, numba start-up "
+            f"{r['numba_startup'] * 1e3:6.1f} ms, first 'cpu' launch "
+            f"{r['first_cpu'] * 1e3:7.1f} ms, first 'parallel' launch "
+            f"{r['first_parallel'] * 1e3:7.1f} ms  (compiled {r['compiled']}, "
+            f"cache hits {r['cache_hits']})"
+        )
     # A fresh process with the disk cache filled compiles nothing: both programs load from it.
     assert res["warm"]["compiled"] == 0 and res["warm"]["cache_hits"] >= 2, res["warm"]
     assert res["cold"]["compiled"] >= 2, res["cold"]

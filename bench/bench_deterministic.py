@@ -40,11 +40,14 @@ def main(n: int = 20_000_000, repeats: int = 21, quick: bool = False) -> dict:
     # Deterministic mode: the same bits on any target, thread count and schedule.
     with veda.deterministic():
         bits = veda.launch(total, n, x, target="cpu")
-        check_each({"deterministic_parallel": det,
-                    "deterministic_1_thread": lambda: veda.launch(total, n, x, threads=1),
-                    "deterministic_dynamic": lambda: veda.launch(total, n, x,
-                                                                 schedule="dynamic")},
-                   lambda got: np.testing.assert_array_equal(got, bits))
+        check_each(
+            {
+                "deterministic_parallel": det,
+                "deterministic_1_thread": lambda: veda.launch(total, n, x, threads=1),
+                "deterministic_dynamic": lambda: veda.launch(total, n, x, schedule="dynamic"),
+            },
+            lambda got: np.testing.assert_array_equal(got, bits),
+        )
     ratio = t["parallel"] / t["deterministic_parallel"]
     for k, v in t.items():
         print(f"  {k:<24} {v * 1e3:7.2f} ms  {8 * n / v / 1e9:6.1f} GB/s")

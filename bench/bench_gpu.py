@@ -30,17 +30,22 @@ from typing import Any
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dry-run", "--quick", action="store_true",
-                   help="run on the CUDA simulator with tiny sizes (checks the logic and the "
-                   "results only)")
-    p.add_argument("--out", help="folder for gpu.json (default: the current folder; for a dry "
-                   "run bench/results/quick/, or $VEDA_BENCH_RESULTS)")
+    p.add_argument(
+        "--dry-run",
+        "--quick",
+        action="store_true",
+        help="run on the CUDA simulator with tiny sizes (checks the logic and the results only)",
+    )
+    p.add_argument(
+        "--out",
+        help="folder for gpu.json (default: the current folder; for a dry "
+        "run bench/results/quick/, or $VEDA_BENCH_RESULTS)",
+    )
     p.add_argument("--repeats", type=int, default=0, help="timed repeats (default 20, dry 3)")
     return p.parse_args()
 
 
-ARGS = _args() if __name__ == "__main__" else argparse.Namespace(dry_run=True, out=None,
-                                                                  repeats=0)
+ARGS = _args() if __name__ == "__main__" else argparse.Namespace(dry_run=True, out=None, repeats=0)
 if ARGS.dry_run:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # before Numba starts
 
@@ -86,8 +91,11 @@ def device_info() -> dict[str, Any]:
         return {"name": "CUDA simulator (dry run)"}
     dev = cuda.get_current_device()
     name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    return {"name": name, "multiprocessors": dev.MULTIPROCESSOR_COUNT,
-            "compute_capability": list(dev.compute_capability)}
+    return {
+        "name": name,
+        "multiprocessors": dev.MULTIPROCESSOR_COUNT,
+        "compute_capability": list(dev.compute_capability),
+    }
 
 
 def bench_triad(n: int, repeats: int) -> dict[str, Any]:
@@ -109,8 +117,9 @@ def bench_triad(n: int, repeats: int) -> dict[str, Any]:
     out["copy_gbps"] = 2 * 8 * n / copy_s / 1e9
     out["ratio_vs_copy"] = out["veda_gbps"] / out["copy_gbps"]
     if cupy is not None:
-        kern = cupy.ElementwiseKernel("float64 b, float64 s, float64 c", "float64 a",
-                                      "a = b + s * c", "veda_triad_ref")
+        kern = cupy.ElementwiseKernel(
+            "float64 b, float64 s, float64 c", "float64 a", "a = b + s * c", "veda_triad_ref"
+        )
         ca, cb, cc = cupy.empty(n), cupy.asarray(b), cupy.asarray(c)
 
         def cupy_triad() -> None:
@@ -152,14 +161,14 @@ def bench_choice(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         # Fully explicit settings: nothing left for the dispatcher to explore.
         explicit: dict[str, dict[str, Any]] = {
             "cpu": {"target": "cpu"},
-            "parallel": {"target": "parallel", "threads": veda.max_threads(),
-                         "schedule": "static"},
+            "parallel": {"target": "parallel", "threads": veda.max_threads(), "schedule": "static"},
         }
         if veda.cuda.explicit_reason() is None:
             explicit["cuda"] = {"target": "cuda"}
         runs: dict[str, Callable[[], Any]] = {
             name: (lambda s=s: veda.launch(saxpy, n, 2.0, x, y, res, **s))
-            for name, s in explicit.items()}
+            for name, s in explicit.items()
+        }
         times = {name: timed(run, repeats) for name, run in runs.items()}
         runs["auto"] = lambda: saxpy[n](2.0, x, y, res)
         for _ in range(80):  # let the dispatcher explore and settle
@@ -168,15 +177,25 @@ def bench_choice(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         for name, run in runs.items():
             res.fill(np.nan)
             run()
-            np.testing.assert_allclose(res, 2.0 * x + y, rtol=1e-12,
-                                       err_msg=f"saxpy n={n} via {name}")
-        decisions = [r["decision"] for r in veda.explain(saxpy).rows
-                     if r["size_class"] == f"<= 2^{max(n - 1, 1).bit_length()}"
-                     and not r["pinned"]]
+            np.testing.assert_allclose(
+                res, 2.0 * x + y, rtol=1e-12, err_msg=f"saxpy n={n} via {name}"
+            )
+        decisions = [
+            r["decision"]
+            for r in veda.explain(saxpy).rows
+            if r["size_class"] == f"<= 2^{max(n - 1, 1).bit_length()}" and not r["pinned"]
+        ]
         best = min(times, key=times.__getitem__)
-        rows.append({"n": n, "seconds": times, "auto_seconds": auto,
-                     "auto_decision": decisions[0] if decisions else None, "oracle": best,
-                     "auto_over_best": auto / times[best]})
+        rows.append(
+            {
+                "n": n,
+                "seconds": times,
+                "auto_seconds": auto,
+                "auto_decision": decisions[0] if decisions else None,
+                "oracle": best,
+                "auto_over_best": auto / times[best],
+            }
+        )
     return rows
 
 
@@ -188,35 +207,45 @@ def main() -> int:
         return 2
     n_stream = 4096 if dry else 1 << 27  # 1 GiB per array: launch overheads stay small
     sizes = [1 << 10, 1 << 14] if dry else [1 << k for k in range(10, 27, 2)]
-    result: dict[str, Any] = {"device": device_info(), "dry_run": dry, "repeats": repeats,
-                              "cupy": getattr(cupy, "__version__", None),
-                              "gpu_available": veda.cuda.is_available()}
+    result: dict[str, Any] = {
+        "device": device_info(),
+        "dry_run": dry,
+        "repeats": repeats,
+        "cupy": getattr(cupy, "__version__", None),
+        "gpu_available": veda.cuda.is_available(),
+    }
     result["triad"] = bench_triad(n_stream, repeats)
     result["reduction"] = bench_reduction(n_stream, repeats)
     result["choice"] = bench_choice(sizes, repeats)
     checks = {
         "triad >= 0.9x cupy": result["triad"].get("ratio_vs_cupy", float("nan")) >= 0.9,
         "triad >= 0.8x copy": result["triad"]["ratio_vs_copy"] >= 0.8,
-        "reduction >= 0.8x cupy.sum": result["reduction"].get("ratio_vs_cupy",
-                                                               float("nan")) >= 0.8,
-        "auto <= 1.1x best at every size": all(r["auto_over_best"] <= 1.10
-                                               for r in result["choice"]),
+        "reduction >= 0.8x cupy.sum": result["reduction"].get("ratio_vs_cupy", float("nan")) >= 0.8,
+        "auto <= 1.1x best at every size": all(
+            r["auto_over_best"] <= 1.10 for r in result["choice"]
+        ),
     }
     result["checks"] = checks
     t, r = result["triad"], result["reduction"]
     print(f"device: {result['device']['name']}  (dry run: {dry})")
-    print(f"triad n={t['n']}: veda {t['veda_gbps']:.1f} GB/s, copy {t['copy_gbps']:.1f} GB/s "
-          f"(x{t['ratio_vs_copy']:.2f}), cupy {t.get('cupy_gbps', float('nan')):.1f} GB/s "
-          f"(x{t.get('ratio_vs_cupy', float('nan')):.2f})")
-    print(f"sum n={r['n']}: veda {r['veda_seconds'] * 1e6:.1f} us, cupy.sum "
-          f"{r.get('cupy_seconds', float('nan')) * 1e6:.1f} us "
-          f"(veda speed x{r.get('ratio_vs_cupy', float('nan')):.2f})")
+    print(
+        f"triad n={t['n']}: veda {t['veda_gbps']:.1f} GB/s, copy {t['copy_gbps']:.1f} GB/s "
+        f"(x{t['ratio_vs_copy']:.2f}), cupy {t.get('cupy_gbps', float('nan')):.1f} GB/s "
+        f"(x{t.get('ratio_vs_cupy', float('nan')):.2f})"
+    )
+    print(
+        f"sum n={r['n']}: veda {r['veda_seconds'] * 1e6:.1f} us, cupy.sum "
+        f"{r.get('cupy_seconds', float('nan')) * 1e6:.1f} us "
+        f"(veda speed x{r.get('ratio_vs_cupy', float('nan')):.2f})"
+    )
     for row in result["choice"]:
         parts = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in row["seconds"].items())
-        print(f"saxpy n=2^{row['n'].bit_length() - 1}: {parts}; "
-              f"auto {row['auto_seconds'] * 1e6:.1f} us = x{row['auto_over_best']:.2f} of best "
-              f"({row['oracle']}), "
-              f"chose {row['auto_decision']}")
+        print(
+            f"saxpy n=2^{row['n'].bit_length() - 1}: {parts}; "
+            f"auto {row['auto_seconds'] * 1e6:.1f} us = x{row['auto_over_best']:.2f} of best "
+            f"({row['oracle']}), "
+            f"chose {row['auto_decision']}"
+        )
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}  {name}")
     out = ARGS.out or (str(results_dir(quick=True)) if dry else ".")

@@ -38,23 +38,34 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
             samples[k].append(per_call(fn, calls))
     t = {k: statistics.median(v) for k, v in samples.items()}
     expected = 2.0 * x + y
-    check_each(fns, lambda got: np.testing.assert_allclose(out if got is None else got,
-                                                           expected, rtol=1e-12),
-               setup=lambda: out.fill(np.nan))
+    check_each(
+        fns,
+        lambda got: np.testing.assert_allclose(out if got is None else got, expected, rtol=1e-12),
+        setup=lambda: out.fill(np.nan),
+    )
     # Paired: the overhead of each round against the direct call of the same round, then the
     # median, so that the machine's drift between rounds cancels.
     overhead = statistics.median(
-        a - b for a, b in zip(samples["veda_launch_cpu"], samples["compiled_direct"]))
+        a - b for a, b in zip(samples["veda_launch_cpu"], samples["compiled_direct"])
+    )
     index_all_in = t["veda_index_launch"]
     print(f"launch of a {n}-element saxpy, median of {rounds} rounds of {calls} calls")
     for k, v in t.items():
         print(f"  {k:<20} {v * 1e6:7.3f} us")
-    print(f"veda.launch(target='cpu') overhead over the compiled call: {overhead * 1e6:.3f} us "
-          "(target <= 2 us)")
-    print(f"adaptive saxpy[{n}](...) all in: {index_all_in * 1e6:.3f} us (target <= 2 us, "
-          "aim 1.5 us)")
-    res = {"n": n, "seconds": t, "overhead_seconds": overhead, "target_seconds": 2e-6,
-           "index_launch_seconds": index_all_in}
+    print(
+        f"veda.launch(target='cpu') overhead over the compiled call: {overhead * 1e6:.3f} us "
+        "(target <= 2 us)"
+    )
+    print(
+        f"adaptive saxpy[{n}](...) all in: {index_all_in * 1e6:.3f} us (target <= 2 us, aim 1.5 us)"
+    )
+    res = {
+        "n": n,
+        "seconds": t,
+        "overhead_seconds": overhead,
+        "target_seconds": 2e-6,
+        "index_launch_seconds": index_all_in,
+    }
     report("launch", res, quick=quick)
     return res
 

@@ -37,8 +37,14 @@ def decision():
     return rows[0]["decision"] if rows else None
 
 
-def main(n: int = 4_000_000, repeats: int = 41, warmup: int = 60, settle: float = 1.5,
-         wait: float = 10, quick: bool = False) -> dict:
+def main(
+    n: int = 4_000_000,
+    repeats: int = 41,
+    warmup: int = 60,
+    settle: float = 1.5,
+    wait: float = 10,
+    quick: bool = False,
+) -> dict:
     if veda.max_threads() < 2 or not hasattr(os, "sched_setaffinity"):
         print("needs two cores and CPU affinity")
         return {}
@@ -49,8 +55,11 @@ def main(n: int = 4_000_000, repeats: int = 41, warmup: int = 60, settle: float 
     expected = 2.0 * x + y
 
     def check() -> None:
-        check_each(fns, lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
-                   setup=lambda: out.fill(np.nan))
+        check_each(
+            fns,
+            lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
+            setup=lambda: out.fill(np.nan),
+        )
 
     def median(fn):
         return median_seconds(fn, repeats)
@@ -80,16 +89,26 @@ def main(n: int = 4_000_000, repeats: int = 41, warmup: int = 60, settle: float 
         busy.join()
     ratio = loaded["fixed_2_threads"] / loaded["adaptive"]
     print(f"saxpy n={n:.0e}")
-    print(f"  idle:   adaptive {veda.scheduler.Explanation.label(idle_choice):<28} "
-          f"{idle['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
-          f"{idle['fixed_2_threads'] * 1e3:.2f} ms")
-    print(f"  loaded: adaptive {veda.scheduler.Explanation.label(loaded_choice):<28} "
-          f"{loaded['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
-          f"{loaded['fixed_2_threads'] * 1e3:.2f} ms; re-decided after {moved_after:.1f} s")
+    print(
+        f"  idle:   adaptive {veda.scheduler.Explanation.label(idle_choice):<28} "
+        f"{idle['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
+        f"{idle['fixed_2_threads'] * 1e3:.2f} ms"
+    )
+    print(
+        f"  loaded: adaptive {veda.scheduler.Explanation.label(loaded_choice):<28} "
+        f"{loaded['adaptive'] * 1e3:.2f} ms, fixed 2 threads "
+        f"{loaded['fixed_2_threads'] * 1e3:.2f} ms; re-decided after {moved_after:.1f} s"
+    )
     print(f"  fixed 2-thread / adaptive under load: {ratio:.2f} (target > 1)")
-    res = {"n": n, "idle": idle, "loaded": loaded, "idle_choice": idle_choice,
-           "loaded_choice": loaded_choice, "speedup_under_load": ratio,
-           "seconds_to_move": moved_after}
+    res = {
+        "n": n,
+        "idle": idle,
+        "loaded": loaded,
+        "idle_choice": idle_choice,
+        "loaded_choice": loaded_choice,
+        "speedup_under_load": ratio,
+        "seconds_to_move": moved_after,
+    }
     report("load", res, quick=quick)
     return res
 

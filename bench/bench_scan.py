@@ -24,17 +24,24 @@ def main(n: int = 20_000_000, repeats: int = 15, quick: bool = False) -> dict:
     expected = np.cumsum(x)
     with veda.config(threads=1):
         one_thread = veda.scan(x)
-    check_each(fns, lambda _: np.testing.assert_allclose(out, expected, rtol=1e-10),
-               setup=lambda: out.fill(np.nan))
-    check_each({"veda_scan": fns["veda_scan"]},
-               lambda _: np.testing.assert_array_equal(out, one_thread),
-               setup=lambda: out.fill(np.nan))
+    check_each(
+        fns,
+        lambda _: np.testing.assert_allclose(out, expected, rtol=1e-10),
+        setup=lambda: out.fill(np.nan),
+    )
+    check_each(
+        {"veda_scan": fns["veda_scan"]},
+        lambda _: np.testing.assert_array_equal(out, one_thread),
+        setup=lambda: out.fill(np.nan),
+    )
     ratio = t["np_cumsum"] / t["veda_scan"]
     target = 0.5 * veda.max_threads()
     for k, v in t.items():
         print(f"  {k:<10} {v * 1e3:7.2f} ms")
-    print(f"veda.scan / np.cumsum throughput: {ratio:.2f} (target >= {target:.1f} = 0.5 x "
-          f"{veda.max_threads()} threads)")
+    print(
+        f"veda.scan / np.cumsum throughput: {ratio:.2f} (target >= {target:.1f} = 0.5 x "
+        f"{veda.max_threads()} threads)"
+    )
     out_ = {"n": n, "seconds": t, "throughput_ratio": ratio, "target": target}
     report("scan", out_, quick=quick)
     return out_

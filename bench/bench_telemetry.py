@@ -39,9 +39,11 @@ def _launch_cost(n: int, calls: int, rounds: int) -> dict[str, float]:
     expected = 2.0 * x + y
     for state in ("on", "off"):
         with veda.config(telemetry=state == "on"):
-            check_each({f"saxpy n={n}, telemetry {state}": launch},
-                       lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
-                       setup=lambda: out.fill(np.nan))
+            check_each(
+                {f"saxpy n={n}, telemetry {state}": launch},
+                lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
+                setup=lambda: out.fill(np.nan),
+            )
     return {k: statistics.median(v[1:]) for k, v in samples.items()}  # first round: warm-up
 
 
@@ -52,10 +54,14 @@ def main(quick: bool = False) -> dict:
     medium = _launch_cost(medium_n, 50 if quick else 2_000, rounds)
     added_small = small["on"] - small["off"]
     ratio_medium = medium["on"] / medium["off"]
-    print(f"1 us kernel (saxpy n=100, 'cpu'): off {small['off'] * 1e6:.3f} us, on "
-          f"{small['on'] * 1e6:.3f} us, added {added_small * 1e6:.3f} us (target <= 0.5 us)")
-    print(f"10 us kernel (saxpy n={medium_n}, 'cpu'): off {medium['off'] * 1e6:.2f} us, on "
-          f"{medium['on'] * 1e6:.2f} us, on/off {ratio_medium:.3f} (target <= 1.05)")
+    print(
+        f"1 us kernel (saxpy n=100, 'cpu'): off {small['off'] * 1e6:.3f} us, on "
+        f"{small['on'] * 1e6:.3f} us, added {added_small * 1e6:.3f} us (target <= 0.5 us)"
+    )
+    print(
+        f"10 us kernel (saxpy n={medium_n}, 'cpu'): off {medium['off'] * 1e6:.2f} us, on "
+        f"{medium['on'] * 1e6:.2f} us, on/off {ratio_medium:.3f} (target <= 1.05)"
+    )
 
     x = np.random.default_rng(0).random(4_000 if quick else 20_000)
     res = np.empty_like(x)
@@ -69,15 +75,23 @@ def main(quick: bool = False) -> dict:
 
     fns = {"plain": plain, "profiled": profiled}
     t = compare(fns, repeats=3 if quick else 15)
-    check_each(fns, lambda _: np.testing.assert_allclose(res, loops.triangular_reference(x),
-                                                         rtol=1e-10),
-               setup=lambda: res.fill(np.nan))
+    check_each(
+        fns,
+        lambda _: np.testing.assert_allclose(res, loops.triangular_reference(x), rtol=1e-10),
+        setup=lambda: res.fill(np.nan),
+    )
     ratio_profile = t["profiled"] / t["plain"]
-    print(f"triangular loop n={x.size}, dynamic: plain {t['plain'] * 1e3:.2f} ms, profile=True "
-          f"{t['profiled'] * 1e3:.2f} ms, ratio {ratio_profile:.3f} (target <= 1.05)")
+    print(
+        f"triangular loop n={x.size}, dynamic: plain {t['plain'] * 1e3:.2f} ms, profile=True "
+        f"{t['profiled'] * 1e3:.2f} ms, ratio {ratio_profile:.3f} (target <= 1.05)"
+    )
     out = {
-        "small_seconds": small, "medium_seconds": medium, "added_small": added_small,
-        "ratio_medium": ratio_medium, "profile_seconds": t, "ratio_profile": ratio_profile,
+        "small_seconds": small,
+        "medium_seconds": medium,
+        "added_small": added_small,
+        "ratio_medium": ratio_medium,
+        "profile_seconds": t,
+        "ratio_profile": ratio_profile,
     }
     report("telemetry", out, quick=quick)
     return out

@@ -1,6 +1,6 @@
 """Where "parallel" starts to beat "cpu" for a saxpy: the basis of PARALLEL_MIN_SIZE.
 
-    python bench/bench_threshold.py [--quick]
+python bench/bench_threshold.py [--quick]
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ SIZES = (1000, 4000, 16000, 32000, 64000, 256000, 1000000)
 
 def main(sizes: tuple[int, ...] = SIZES, quick: bool = False) -> dict:
     rows = {}
-    print(f"saxpy, 'cpu' vs 'parallel' ({veda.max_threads()} threads, static); current "
-          f"threshold {PARALLEL_MIN_SIZE}")
+    print(
+        f"saxpy, 'cpu' vs 'parallel' ({veda.max_threads()} threads, static); current "
+        f"threshold {PARALLEL_MIN_SIZE}"
+    )
     rng = np.random.default_rng(0)
     for n in sizes:
         x = rng.random(n)
@@ -31,11 +33,16 @@ def main(sizes: tuple[int, ...] = SIZES, quick: bool = False) -> dict:
         }
         t = compare(fns, repeats=5 if quick else 201 if n < 100000 else 41)
         expected = 2.0 * x + y
-        check_each(fns, lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
-                   setup=lambda: out.fill(np.nan))
+        check_each(
+            fns,
+            lambda _: np.testing.assert_allclose(out, expected, rtol=1e-12),
+            setup=lambda: out.fill(np.nan),
+        )
         rows[n] = t
-        print(f"  n = {n:>8}: cpu {t['cpu'] * 1e6:8.1f} us, parallel {t['parallel'] * 1e6:8.1f} "
-              f"us, parallel/cpu {t['parallel'] / t['cpu']:.2f}")
+        print(
+            f"  n = {n:>8}: cpu {t['cpu'] * 1e6:8.1f} us, parallel {t['parallel'] * 1e6:8.1f} "
+            f"us, parallel/cpu {t['parallel'] / t['cpu']:.2f}"
+        )
     report("threshold", {"seconds": rows, "threshold": PARALLEL_MIN_SIZE}, quick=quick)
     return rows
 

@@ -27,17 +27,22 @@ def main(n: int = 20_000_000, repeats: int = 21, quick: bool = False) -> dict:
     threads = veda.max_threads()
     fns = {
         "numba_prange": lambda: triad_prange(n, (a, b, 3.0, c)),
-        "veda_parallel_static": lambda: veda.launch(triad, n, a, b, 3.0, c, target="parallel",
-                                                    threads=threads, schedule="static"),
-        "veda_parallel_dynamic": lambda: veda.launch(triad, n, a, b, 3.0, c,
-                                                     target="parallel", schedule="dynamic"),
+        "veda_parallel_static": lambda: veda.launch(
+            triad, n, a, b, 3.0, c, target="parallel", threads=threads, schedule="static"
+        ),
+        "veda_parallel_dynamic": lambda: veda.launch(
+            triad, n, a, b, 3.0, c, target="parallel", schedule="dynamic"
+        ),
         "veda_cpu": lambda: veda.launch(triad, n, a, b, 3.0, c, target="cpu"),
         "numpy": lambda: np.add(b, 3.0 * c, out=a),
     }
     t = compare(fns, repeats=repeats)
     expected = b + 3.0 * c
-    check_each(fns, lambda _: np.testing.assert_allclose(a, expected, rtol=1e-12),
-               setup=lambda: a.fill(np.nan))
+    check_each(
+        fns,
+        lambda _: np.testing.assert_allclose(a, expected, rtol=1e-12),
+        setup=lambda: a.fill(np.nan),
+    )
     bytes_moved = 3 * 8 * n  # two reads and one write per element (write-allocate not counted)
     gbps = {k: bytes_moved / v / 1e9 for k, v in t.items()}
     ratio = gbps["veda_parallel_static"] / gbps["numba_prange"]

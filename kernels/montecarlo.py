@@ -50,8 +50,12 @@ def philox_uniform2(seed: int, counters: np.ndarray) -> tuple[np.ndarray, np.nda
         p0 = np.uint64(0xD2511F53) * c0
         p1 = np.uint64(0xCD9E8D57) * c2
         c0, c1, c2, c3 = (
-            (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _M32, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _M32,
+            (p1 >> np.uint64(32)) ^ c1 ^ k0,
+            p1 & _M32,
+            (p0 >> np.uint64(32)) ^ c3 ^ k1,
+            p0 & _M32,
         )
+
     def unit(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         a = (hi >> np.uint64(5)).astype(np.float64)
         b = (lo >> np.uint64(6)).astype(np.float64)

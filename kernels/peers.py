@@ -109,8 +109,13 @@ def _heat3d(alpha, u, out):
             for k in range(p):
                 if 0 < i < n - 1 and 0 < j < m - 1 and 0 < k < p - 1:
                     lap = (
-                        u[i - 1, j, k] + u[i + 1, j, k] + u[i, j - 1, k] + u[i, j + 1, k]
-                        + u[i, j, k - 1] + u[i, j, k + 1] - 6.0 * u[i, j, k]
+                        u[i - 1, j, k]
+                        + u[i + 1, j, k]
+                        + u[i, j - 1, k]
+                        + u[i, j + 1, k]
+                        + u[i, j, k - 1]
+                        + u[i, j, k + 1]
+                        - 6.0 * u[i, j, k]
                     )
                     out[i, j, k] = u[i, j, k] + alpha * lap
                 else:
@@ -186,10 +191,8 @@ def _black_scholes(spot, strike, years, rate, vol, call, put):
         d1 = (math.log(s / k) + (rate + 0.5 * vol * vol) * t) / (vol * root_t)
         d2 = d1 - vol * root_t
         discounted = k * math.exp(-rate * t)
-        call[i] = s * 0.5 * math.erfc(-d1 * _SQRT1_2) - discounted * 0.5 * math.erfc(
-            -d2 * _SQRT1_2)
-        put[i] = discounted * 0.5 * math.erfc(d2 * _SQRT1_2) - s * 0.5 * math.erfc(
-            d1 * _SQRT1_2)
+        call[i] = s * 0.5 * math.erfc(-d1 * _SQRT1_2) - discounted * 0.5 * math.erfc(-d2 * _SQRT1_2)
+        put[i] = discounted * 0.5 * math.erfc(d2 * _SQRT1_2) - s * 0.5 * math.erfc(d1 * _SQRT1_2)
 
 
 def _softmax(x, out):
@@ -253,8 +256,9 @@ def _compiled(name: str, parallel: bool) -> Callable[..., Any]:
 
 
 def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
-    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
-                              fn.__defaults__, fn.__closure__)
+    copy = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
+    )
     copy.__qualname__ = fn.__qualname__ + suffix
     copy.__module__ = fn.__module__
     return copy
@@ -361,22 +365,39 @@ def _numexpr_peers() -> dict[str, Peer]:
     def jacobi(d: Any, a: tuple[Any, ...]) -> None:
         u, out = a
         out[0], out[-1], out[:, 0], out[:, -1] = u[0], u[-1], u[:, 0], u[:, -1]
-        ne.evaluate("0.25 * (n + s + w + e)", local_dict={
-            "n": u[:-2, 1:-1], "s": u[2:, 1:-1], "w": u[1:-1, :-2], "e": u[1:-1, 2:]},
-            out=out[1:-1, 1:-1])
+        ne.evaluate(
+            "0.25 * (n + s + w + e)",
+            local_dict={"n": u[:-2, 1:-1], "s": u[2:, 1:-1], "w": u[1:-1, :-2], "e": u[1:-1, 2:]},
+            out=out[1:-1, 1:-1],
+        )
 
     def heat(d: Any, a: tuple[Any, ...]) -> None:
         alpha, u, out = a
         out[...] = u
         c = u[1:-1, 1:-1, 1:-1]
-        ne.evaluate("c + alpha * (xm + xp + ym + yp + zm + zp - 6.0 * c)", local_dict={
-            "c": c, "alpha": alpha,
-            "xm": u[:-2, 1:-1, 1:-1], "xp": u[2:, 1:-1, 1:-1],
-            "ym": u[1:-1, :-2, 1:-1], "yp": u[1:-1, 2:, 1:-1],
-            "zm": u[1:-1, 1:-1, :-2], "zp": u[1:-1, 1:-1, 2:]}, out=out[1:-1, 1:-1, 1:-1])
+        ne.evaluate(
+            "c + alpha * (xm + xp + ym + yp + zm + zp - 6.0 * c)",
+            local_dict={
+                "c": c,
+                "alpha": alpha,
+                "xm": u[:-2, 1:-1, 1:-1],
+                "xp": u[2:, 1:-1, 1:-1],
+                "ym": u[1:-1, :-2, 1:-1],
+                "yp": u[1:-1, 2:, 1:-1],
+                "zm": u[1:-1, 1:-1, :-2],
+                "zp": u[1:-1, 1:-1, 2:],
+            },
+            out=out[1:-1, 1:-1, 1:-1],
+        )
 
-    return {"saxpy": saxpy, "triad": triad, "dot": dot, "norm": norm, "jacobi2d": jacobi,
-            "heat3d": heat}
+    return {
+        "saxpy": saxpy,
+        "triad": triad,
+        "dot": dot,
+        "norm": norm,
+        "jacobi2d": jacobi,
+        "heat3d": heat,
+    }
 
 
 @cache

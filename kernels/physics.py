@@ -41,8 +41,8 @@ def nbody_reference(pos, vel, mass, dt, eps2, rows=256):
     """The same kick in NumPy, broadcasting over blocks of ``rows`` bodies to bound memory."""
     out = np.empty_like(vel)
     for start in range(0, pos.shape[0], rows):
-        d = pos[None, :, :] - pos[start:start + rows, None, :]
+        d = pos[None, :, :] - pos[start : start + rows, None, :]
         r2 = np.einsum("ijk,ijk->ij", d, d) + eps2
         s = mass[None, :] / (r2 * np.sqrt(r2))
-        out[start:start + rows] = vel[start:start + rows] + dt * np.einsum("ij,ijk->ik", s, d)
+        out[start : start + rows] = vel[start : start + rows] + dt * np.einsum("ij,ijk->ik", s, d)
     return out

@@ -29,8 +29,13 @@ def heat3d(i, j, k, alpha, u, out):
     n, m, p = u.shape
     if 0 < i < n - 1 and 0 < j < m - 1 and 0 < k < p - 1:
         lap = (
-            u[i - 1, j, k] + u[i + 1, j, k] + u[i, j - 1, k] + u[i, j + 1, k]
-            + u[i, j, k - 1] + u[i, j, k + 1] - 6.0 * u[i, j, k]
+            u[i - 1, j, k]
+            + u[i + 1, j, k]
+            + u[i, j - 1, k]
+            + u[i, j + 1, k]
+            + u[i, j, k - 1]
+            + u[i, j, k + 1]
+            - 6.0 * u[i, j, k]
         )
         out[i, j, k] = u[i, j, k] + alpha * lap
     else:
@@ -41,8 +46,13 @@ def heat3d_reference(alpha: float, u: np.ndarray) -> np.ndarray:
     out = u.copy()
     c = u[1:-1, 1:-1, 1:-1]
     lap = (
-        u[:-2, 1:-1, 1:-1] + u[2:, 1:-1, 1:-1] + u[1:-1, :-2, 1:-1] + u[1:-1, 2:, 1:-1]
-        + u[1:-1, 1:-1, :-2] + u[1:-1, 1:-1, 2:] - 6.0 * c
+        u[:-2, 1:-1, 1:-1]
+        + u[2:, 1:-1, 1:-1]
+        + u[1:-1, :-2, 1:-1]
+        + u[1:-1, 2:, 1:-1]
+        + u[1:-1, 1:-1, :-2]
+        + u[1:-1, 1:-1, 2:]
+        - 6.0 * c
     )
     out[1:-1, 1:-1, 1:-1] = c + alpha * lap
     return out

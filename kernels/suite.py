@@ -95,8 +95,10 @@ class Progress:
             return
         filled = self.width * self.done // self.total
         elapsed = time.perf_counter() - self.start
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
-                         f"{self.done}/{self.total} {elapsed:5.0f}s  {label:<28.28}")
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
+            f"{self.done}/{self.total} {elapsed:5.0f}s  {label:<28.28}"
+        )
         sys.stderr.flush()
 
     def advance(self) -> None:
@@ -109,9 +111,13 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def settle(kernel: veda.Kernel, domain: Any, args: tuple[Any, ...],
-           reset: Callable[[tuple[Any, ...]], None] | None = None,
-           max_launches: int = 200) -> tuple[str, int, str, int] | None:
+def settle(
+    kernel: veda.Kernel,
+    domain: Any,
+    args: tuple[Any, ...],
+    reset: Callable[[tuple[Any, ...]], None] | None = None,
+    max_launches: int = 200,
+) -> tuple[str, int, str, int] | None:
     """Launch ``kernel`` adaptively until the dispatcher has decided for this domain.
 
     Returns the decision, or None when it is still exploring after ``max_launches``.
@@ -134,8 +140,13 @@ def settle(kernel: veda.Kernel, domain: Any, args: tuple[Any, ...],
 SPIN_PAUSE = 0.25
 
 
-def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], repeats: int,
-                 budget: float, alone: tuple[str, ...] = ("numpy",)) -> dict[str, float]:
+def _interleaved(
+    fns: dict[str, Callable[[], Any]],
+    setup: Callable[[], Any],
+    repeats: int,
+    budget: float,
+    alone: tuple[str, ...] = ("numpy",),
+) -> dict[str, float]:
     """Median seconds per function over up to ``repeats`` interleaved rounds, the order
     rotated each round; the functions named in ``alone`` are timed afterwards in a block of
     their own, followed by a pause of SPIN_PAUSE seconds.
@@ -155,7 +166,7 @@ def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], re
         while not all(done(k) for k in names):
             # Rotate the order every round, so that no implementation always follows the same
             # one (whatever the previous call leaves behind hits whichever call comes next).
-            order = names[rounds % len(names):] + names[:rounds % len(names)]
+            order = names[rounds % len(names) :] + names[: rounds % len(names)]
             rounds += 1
             for name in order:
                 if done(name):
@@ -178,13 +189,18 @@ def _interleaved(fns: dict[str, Callable[[], Any]], setup: Callable[[], Any], re
 def size_of(case: Case, label: str) -> int:
     """The problem size a label means for ``case``: ``"small"``, ``"medium"`` (a tenth of the
     large size, what ``veda demo`` runs), ``"large"``, or a number of elements."""
-    sizes = {"small": case.small, "medium": max(case.small, case.large // 10),
-             "large": case.large}
+    sizes = {"small": case.small, "medium": max(case.small, case.large // 10), "large": case.large}
     return sizes[label] if label in sizes else int(label)
 
 
-def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budget: float,
-             rng: np.random.Generator) -> dict[str, Any]:
+def _measure(
+    case: Case,
+    label: str,
+    peers: tuple[str, ...],
+    repeats: int,
+    budget: float,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     domain, args = case.make(size_of(case, label), rng)
     case.reset(args)
     expected = case.expected(domain, args)
@@ -203,14 +219,18 @@ def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budge
     for name, fn in sorted(fns.items(), key=lambda item: item[0] == "numpy"):
         case.poison(args)
         value = fn()
-        ok = (numpy_agrees(case, args, value, expected) if name == "numpy"
-              else case.agrees(case.result(args, value), expected))
+        ok = (
+            numpy_agrees(case, args, value, expected)
+            if name == "numpy"
+            else case.agrees(case.result(args, value), expected)
+        )
         if ok is None:
             unchecked.append(name)
         elif not ok:
             checked = False
-            print(f"veda bench: {case.name} ({label}) via {name} differs from NumPy",
-                  file=sys.stderr)
+            print(
+                f"veda bench: {case.name} ({label}) via {name} differs from NumPy", file=sys.stderr
+            )
     time.sleep(SPIN_PAUSE if "numpy" in fns else 0.0)
     seconds = _interleaved(fns, lambda: case.reset(args), repeats, budget)
     nbytes = sum(int(a.nbytes) for a in args if isinstance(a, np.ndarray))
@@ -227,9 +247,15 @@ def _measure(case: Case, label: str, peers: tuple[str, ...], repeats: int, budge
     }
 
 
-def run(kernels: Iterable[str] | None = None, sizes: Sequence[str] = SIZES,
-        peers: Sequence[str] = PEER_KINDS, repeats: int = 7, budget: float = 1.0,
-        progress: bool | None = False, seed: int = 0) -> dict[str, Any]:
+def run(
+    kernels: Iterable[str] | None = None,
+    sizes: Sequence[str] = SIZES,
+    peers: Sequence[str] = PEER_KINDS,
+    repeats: int = 7,
+    budget: float = 1.0,
+    progress: bool | None = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Measure veda and its peers on gallery kernels; returns the report (see module doc).
 
     ``sizes`` holds labels for :func:`size_of`; ``budget`` bounds the seconds spent timing each
@@ -241,7 +267,8 @@ def run(kernels: Iterable[str] | None = None, sizes: Sequence[str] = SIZES,
     if unknown:
         raise veda.UnknownKernelError(
             f"no gallery kernel {', '.join(map(repr, unknown))}; the gallery has "
-            f"{', '.join(sorted(GALLERY))}")
+            f"{', '.join(sorted(GALLERY))}"
+        )
     bad = [p for p in peers if p not in PEER_KINDS]
     if bad:
         raise ValueError(f"unknown peer {bad[0]!r}; expected some of {', '.join(PEER_KINDS)}")
@@ -306,22 +333,30 @@ def table(report: dict[str, Any], size: str | None = None) -> str:
     rows = [r for r in report["rows"] if size is None or r["size"] == size]
     impls = ["veda", *[k for k in PEER_KINDS if any(k in r["seconds"] for r in rows)]]
     ceiling = report.get("ceiling_gbps")
-    head = (f"{'kernel':<14}{'size':>10} " + "".join(f"{k:>13}" for k in impls)
-            + f"  {'best peer':<13}{'vs best':>8}{'GB/s':>7}{'of peak':>8}  veda chose")
+    head = (
+        f"{'kernel':<14}{'size':>10} "
+        + "".join(f"{k:>13}" for k in impls)
+        + f"  {'best peer':<13}{'vs best':>8}{'GB/s':>7}{'of peak':>8}  veda chose"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        cells = "".join(f"{format_seconds(r['seconds'][k]) if k in r['seconds'] else '-':>13}"
-                        for k in impls)
+        cells = "".join(
+            f"{format_seconds(r['seconds'][k]) if k in r['seconds'] else '-':>13}" for k in impls
+        )
         bw = peak = ""
         if r["streaming"]:
             bw = f"{_gbps(r, 'veda'):.1f}"
             peak = f"{_gbps(r, 'veda') / ceiling:.0%}" if ceiling else ""
         flag = "" if r["checked"] else "  RESULT DIFFERS"
-        lines.append(f"{r['kernel']:<14}{r['elements']:>10} {cells}  {best_peer(r) or '-':<13}"
-                     f"{speed_vs_best_peer(r):>7.2f}x{bw:>7}{peak:>8}  {r['decision']}{flag}")
+        lines.append(
+            f"{r['kernel']:<14}{r['elements']:>10} {cells}  {best_peer(r) or '-':<13}"
+            f"{speed_vs_best_peer(r):>7.2f}x{bw:>7}{peak:>8}  {r['decision']}{flag}"
+        )
     if ceiling:
-        lines.append(f"bandwidth ceiling (best triad): {ceiling:.1f} GB/s; 'vs best' is the best "
-                     "peer's time over veda's (above 1: veda is faster)")
+        lines.append(
+            f"bandwidth ceiling (best triad): {ceiling:.1f} GB/s; 'vs best' is the best "
+            "peer's time over veda's (above 1: veda is faster)"
+        )
     return "\n".join(lines)
 
 
@@ -352,22 +387,23 @@ def compare(a: dict[str, Any], b: dict[str, Any], threshold: float = 0.05) -> st
         ta, tb = ra["seconds"]["veda"], rb["seconds"]["veda"]
         ratio = tb / ta
         ratios.append(ratio)
-        note = ("  slower" if ratio > 1 + threshold else
-                "  faster" if ratio < 1 - threshold else "")
-        lines.append(f"{key[0]:<14}{key[1]:>7} {format_seconds(ta):>11} "
-                     f"{format_seconds(tb):>11} {ratio:7.3f}{note}")
+        note = "  slower" if ratio > 1 + threshold else "  faster" if ratio < 1 - threshold else ""
+        lines.append(
+            f"{key[0]:<14}{key[1]:>7} {format_seconds(ta):>11} "
+            f"{format_seconds(tb):>11} {ratio:7.3f}{note}"
+        )
     if ratios:
         geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
         lines.append(f"geometric mean B / A: {geo:.3f} over {len(ratios)} cases")
     for side, rep in (("A", a), ("B", b)):
         m = rep.get("machine", {})
-        lines.append(f"{side}: veda {m.get('veda')} on {m.get('logical_cpus')} cpus, "
-                     f"{m.get('date')}")
+        lines.append(
+            f"{side}: veda {m.get('veda')} on {m.get('logical_cpus')} cpus, {m.get('date')}"
+        )
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: str | Path | None = None,
-         size: str | None = "large") -> Any:
+def plot(report: dict[str, Any], path: str | Path | None = None, size: str | None = "large") -> Any:
     """A bar chart of each implementation's speed-up over NumPy per kernel (log scale), for
     the rows of one size label (every row with ``size=None``).
 
@@ -382,8 +418,10 @@ def plot(report: dict[str, Any], path: str | Path | None = None,
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise veda.TelemetryError("plotting needs matplotlib: pip install matplotlib") from exc
     rows = [r for r in report["rows"] if size is None or r["size"] == size] or report["rows"]
-    impls = ["veda", *[k for k in PEER_KINDS if k != "numpy"
-                       and any(k in r["seconds"] for r in rows)]]
+    impls = [
+        "veda",
+        *[k for k in PEER_KINDS if k != "numpy" and any(k in r["seconds"] for r in rows)],
+    ]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(rows) + 2), 4))
     width = 0.8 / len(impls)
     for n, impl in enumerate(impls):
@@ -399,8 +437,7 @@ def plot(report: dict[str, Any], path: str | Path | None = None,
     ax.set_ylabel("speed-up over NumPy")
     m = report.get("machine", {})
     sizes = "" if size is None else f", {size} sizes"
-    ax.set_title(f"veda {m.get('veda', '')} gallery{sizes}, "
-                 f"{m.get('numba_threads', '?')} threads")
+    ax.set_title(f"veda {m.get('veda', '')} gallery{sizes}, {m.get('numba_threads', '?')} threads")
     ax.legend(fontsize="small")
     fig.tight_layout()
     if path is not None:

@@ -11,34 +11,110 @@ import pytest
 import veda
 
 EXPECTED = {
-    "Config", "ConfigError", "Func", "Kernel", "KernelDefinitionError", "KernelError",
-    "KernelIndexError", "LaunchError", "ReplayError", "TargetUnavailableError",
-    "UnknownKernelError", "VedaError", "__version__", "atomic_add", "atomic_max", "atomic_min",
-    "cache_clear", "cache_info", "config", "deterministic", "explain", "func", "get_config",
-    "kernel", "launch", "local_array", "max_threads", "metrics", "random", "record", "replay",
-    "scan", "scheduler", "set_config", "targets", "telemetry", "TelemetryError",
-    "threading_layer", "to_device", "to_host", "cuda",
+    "Config",
+    "ConfigError",
+    "Func",
+    "Kernel",
+    "KernelDefinitionError",
+    "KernelError",
+    "KernelIndexError",
+    "LaunchError",
+    "ReplayError",
+    "TargetUnavailableError",
+    "UnknownKernelError",
+    "VedaError",
+    "__version__",
+    "atomic_add",
+    "atomic_max",
+    "atomic_min",
+    "cache_clear",
+    "cache_info",
+    "config",
+    "deterministic",
+    "explain",
+    "func",
+    "get_config",
+    "kernel",
+    "launch",
+    "local_array",
+    "max_threads",
+    "metrics",
+    "random",
+    "record",
+    "replay",
+    "scan",
+    "scheduler",
+    "set_config",
+    "targets",
+    "telemetry",
+    "TelemetryError",
+    "threading_layer",
+    "to_device",
+    "to_host",
+    "cuda",
 }
 
 # The public names of the subpackages, pinned as veda's own (a change must be deliberate).
 SUBPACKAGES = {
     "targets": {
-        "CPUTarget", "CUDATarget", "Decision", "KernelForm", "LaunchOptions", "ParallelTarget",
-        "Profiler", "Runner", "Target", "get", "names", "register", "unregister",
+        "CPUTarget",
+        "CUDATarget",
+        "Decision",
+        "KernelForm",
+        "LaunchOptions",
+        "ParallelTarget",
+        "Profiler",
+        "Runner",
+        "Target",
+        "get",
+        "names",
+        "register",
+        "unregister",
     },
     "scheduler": {
-        "PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "Policy", "decide",
-        "default_chunk", "dispatcher", "explain", "get_policy", "gpu_available", "pins",
-        "policy_names", "register_policy", "unregister_policy",
+        "PARALLEL_MIN_SIZE",
+        "POLICIES",
+        "REVIEW_EVERY",
+        "Explanation",
+        "Policy",
+        "decide",
+        "default_chunk",
+        "dispatcher",
+        "explain",
+        "get_policy",
+        "gpu_available",
+        "pins",
+        "policy_names",
+        "register_policy",
+        "unregister_policy",
     },
     "telemetry": {
-        "CompileEvent", "ConfigMetrics", "Figures", "KernelMetrics", "LaunchEvent", "Listener",
-        "MetricsServer", "Snapshot", "SpanEvent", "add_listener", "metrics", "remove_listener",
-        "reset", "serve", "span", "trace",
+        "CompileEvent",
+        "ConfigMetrics",
+        "Figures",
+        "KernelMetrics",
+        "LaunchEvent",
+        "Listener",
+        "MetricsServer",
+        "Snapshot",
+        "SpanEvent",
+        "add_listener",
+        "metrics",
+        "remove_listener",
+        "reset",
+        "serve",
+        "span",
+        "trace",
     },
     "cuda": {
-        "device_resident", "is_available", "is_device_array", "simulator_enabled", "to_device",
-        "to_host", "transfer_stats", "unavailable_reason",
+        "device_resident",
+        "is_available",
+        "is_device_array",
+        "simulator_enabled",
+        "to_device",
+        "to_host",
+        "transfer_stats",
+        "unavailable_reason",
     },
 }
 
@@ -64,8 +140,13 @@ def test_error_hierarchy():
     assert issubclass(veda.ConfigError, ValueError)
     assert issubclass(veda.KernelDefinitionError, TypeError)
     assert issubclass(veda.UnknownKernelError, KeyError)
-    for cls in (veda.LaunchError, veda.KernelError, veda.ConfigError,
-                veda.TargetUnavailableError, veda.KernelDefinitionError):
+    for cls in (
+        veda.LaunchError,
+        veda.KernelError,
+        veda.ConfigError,
+        veda.TargetUnavailableError,
+        veda.KernelDefinitionError,
+    ):
         assert issubclass(cls, veda.VedaError)
 
 
@@ -134,16 +215,30 @@ def test_set_config_changes_defaults_below_scopes():
 
 
 def test_config_from_env():
-    cfg = veda.Config.from_env({"VEDA_TARGET": "parallel", "VEDA_THREADS": "1",
-                                "VEDA_BOUNDSCHECK": "yes", "VEDA_CACHE_DIR": "/tmp/x"})
+    cfg = veda.Config.from_env(
+        {
+            "VEDA_TARGET": "parallel",
+            "VEDA_THREADS": "1",
+            "VEDA_BOUNDSCHECK": "yes",
+            "VEDA_CACHE_DIR": "/tmp/x",
+        }
+    )
     assert (cfg.target, cfg.threads, cfg.boundscheck, cfg.cache_dir) == (
-        "parallel", 1, True, "/tmp/x")
+        "parallel",
+        1,
+        True,
+        "/tmp/x",
+    )
 
 
 @pytest.mark.parametrize(
     "env, word",
-    [({"VEDA_THREADS": "two"}, "VEDA_THREADS"), ({"VEDA_TARGET": "gpu"}, "target"),
-     ({"VEDA_BOUNDSCHECK": "maybe"}, "VEDA_BOUNDSCHECK"), ({"VEDA_CHUNK": "0"}, "chunk")],
+    [
+        ({"VEDA_THREADS": "two"}, "VEDA_THREADS"),
+        ({"VEDA_TARGET": "gpu"}, "target"),
+        ({"VEDA_BOUNDSCHECK": "maybe"}, "VEDA_BOUNDSCHECK"),
+        ({"VEDA_CHUNK": "0"}, "chunk"),
+    ],
 )
 def test_bad_env_is_a_config_error(env, word):
     with pytest.raises(veda.ConfigError, match=word):
@@ -152,10 +247,16 @@ def test_bad_env_is_a_config_error(env, word):
 
 @pytest.mark.parametrize(
     "kwargs, word",
-    [({"target": "gpu"}, "target"), ({"schedule": "fastest"}, "schedule"),
-     ({"threads": 0}, "threads"), ({"threads": 10**6}, "threads"), ({"chunk": -1}, "chunk"),
-     ({"target": "cpu", "threads": 2}, "threads"), ({"speed": 11}, "speed"),
-     ({"threads": 1.5}, "threads")],
+    [
+        ({"target": "gpu"}, "target"),
+        ({"schedule": "fastest"}, "schedule"),
+        ({"threads": 0}, "threads"),
+        ({"threads": 10**6}, "threads"),
+        ({"chunk": -1}, "chunk"),
+        ({"target": "cpu", "threads": 2}, "threads"),
+        ({"speed": 11}, "speed"),
+        ({"threads": 1.5}, "threads"),
+    ],
 )
 def test_bad_config_names_the_setting(kwargs, word):
     with pytest.raises(veda.ConfigError, match=word):

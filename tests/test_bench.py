@@ -39,12 +39,21 @@ def test_quick_run(script, tmp_path):
     env = dict(os.environ, VEDA_BENCH_RESULTS=str(tmp_path), PYTHONUNBUFFERED="1")
     before = _results()
     try:
-        out = subprocess.run([sys.executable, str(BENCH / script), "--quick"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, str(BENCH / script), "--quick"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{script} --quick took over {exc.timeout} s\n--- stdout\n"
-                    f"{_text(exc.stdout)[-5000:]}\n--- stderr\n{_text(exc.stderr)[-5000:]}")
+        pytest.fail(
+            f"{script} --quick took over {exc.timeout} s\n--- stdout\n"
+            f"{_text(exc.stdout)[-5000:]}\n--- stderr\n{_text(exc.stderr)[-5000:]}"
+        )
     assert out.returncode == 0, (
         f"{script} --quick exited with {out.returncode}\n--- stdout\n{out.stdout[-5000:]}\n"
-        f"--- stderr\n{out.stderr[-5000:]}")
+        f"--- stderr\n{out.stderr[-5000:]}"
+    )
     assert _results() == before, "a quick run wrote into bench/results/"

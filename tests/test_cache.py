@@ -42,8 +42,9 @@ def _run(tmp_path, cache_dir, scale="2.0"):
     script = tmp_path / "job.py"
     script.write_text(f"SCALE = {scale}\n" + SCRIPT)
     env = dict(os.environ, VEDA_CACHE_DIR=str(cache_dir))
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -69,8 +70,16 @@ def test_two_processes_compiling_at_once(tmp_path):
     script = tmp_path / "job.py"
     script.write_text("SCALE = 5.0\n" + SCRIPT)
     env = dict(os.environ, VEDA_CACHE_DIR=str(cache_dir))
-    procs = [subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -87,6 +96,7 @@ def test_cache_info_and_clear(tmp_path, capsys):
     import numpy as np
 
     with veda.config(cache_dir=cache_dir):
+
         @veda.kernel
         def inc(i, x):
             x[i] += 1
@@ -116,6 +126,7 @@ def test_cache_off_still_runs(tmp_path):
     import numpy as np
 
     with veda.config(cache=False, cache_dir=str(tmp_path)):
+
         @veda.kernel
         def dec(i, x):
             x[i] -= 1

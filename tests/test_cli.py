@@ -24,8 +24,13 @@ def test_info(capsys):
 def test_demo_quick_writes_its_outputs(tmp_path):
     out = tmp_path / "veda-demo"
     env = {**os.environ, "VEDA_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "veda.cli", "demo", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "veda.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     from veda_kernels import GALLERY
 
@@ -55,12 +60,29 @@ def test_bench_quick_then_compare(tmp_path, capsys):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     with veda.config(cache_dir=str(tmp_path / "cache")):
         for path in (a, b):
-            assert cli.main(["bench", "--quick", "--kernels", "saxpy", "dot",
-                             "--peers", "numpy", "numba", "--out", str(path)]) == 0
+            assert (
+                cli.main(
+                    [
+                        "bench",
+                        "--quick",
+                        "--kernels",
+                        "saxpy",
+                        "dot",
+                        "--peers",
+                        "numpy",
+                        "numba",
+                        "--out",
+                        str(path),
+                    ]
+                )
+                == 0
+            )
     assert a.with_suffix(".png").stat().st_size > 0
     report = json.loads(a.read_text())
-    assert [(r["kernel"], r["size"]) for r in report["rows"]] == [("saxpy", "small"),
-                                                                   ("dot", "small")]
+    assert [(r["kernel"], r["size"]) for r in report["rows"]] == [
+        ("saxpy", "small"),
+        ("dot", "small"),
+    ]
     assert set(report["rows"][0]["seconds"]) == {"veda", "numpy", "numba"}
     capsys.readouterr()
     assert cli.main(["bench", "--compare", str(a), str(b)]) == 0
@@ -85,7 +107,7 @@ def test_version():
     assert info.value.code == 0
 
 
-TUNE_MODULE = '''
+TUNE_MODULE = """
 import numpy as np
 import veda
 
@@ -96,7 +118,7 @@ def tuned(i, x, out):
 def make(size):
     x = np.ones(size)
     return tuned, size, (x, np.empty(size))
-'''
+"""
 
 
 def test_tune_a_user_kernel(tmp_path, monkeypatch, capsys):

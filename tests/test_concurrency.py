@@ -38,8 +38,17 @@ def test_eight_threads_hundred_launches_each():
         bad = 0
         for r in range(100):
             a, b = float(t + 1), float(r)
-            veda.launch(affine, n, a, b, x, out, target="parallel",
-                        schedule=schedules[(t + r) % 4], chunk=257)
+            veda.launch(
+                affine,
+                n,
+                a,
+                b,
+                x,
+                out,
+                target="parallel",
+                schedule=schedules[(t + r) % 4],
+                chunk=257,
+            )
             if not np.array_equal(out, a * x + b):
                 bad += 1
             if veda.launch(total, n, out, target="parallel", schedule="dynamic") != np.sum(
@@ -113,8 +122,13 @@ def test_workqueue_layer_is_serialised_not_aborted(tmp_path):
     import sys
 
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
-    proc = subprocess.run([sys.executable, "-c", WORKQUEUE_SCRIPT], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKQUEUE_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["workqueue", "True"]
 
@@ -175,8 +189,13 @@ def test_a_forked_child_never_enters_a_parallel_region_its_layer_cannot_run(tmp_
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, VEDA_CACHE_DIR=str(tmp_path)))
+    out = subprocess.run(
+        [sys.executable, "-c", FORK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, VEDA_CACHE_DIR=str(tmp_path)),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert "status 0" in lines, out.stdout + out.stderr[-2000:]

@@ -30,12 +30,29 @@ NO_GPU = not veda.cuda.is_available()
 @pytest.mark.slow
 def test_the_cuda_suite_passes_on_the_simulator(tmp_path):
     pytest.importorskip("numba_cuda", reason="the simulator comes with numba-cuda")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", VEDA_TEST_CUDA="1",
-               VEDA_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(
+        os.environ,
+        NUMBA_ENABLE_CUDASIM="1",
+        VEDA_TEST_CUDA="1",
+        VEDA_CACHE_DIR=str(tmp_path / "cache"),
+    )
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-rs", "-p", "no:cacheprovider",
-         os.path.join("tests", "cuda")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            os.path.join("tests", "cuda"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, f"{out.stdout[-6000:]}\n{out.stderr[-3000:]}"
     assert " passed" in out.stdout, out.stdout[-2000:]
@@ -63,8 +80,13 @@ def test_importing_veda_and_a_cpu_launch_load_no_cuda_machinery():
         from veda._hardware import gpu
         print(gpu.gpu_driver_present() and gpu._extra_installed())
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, NUMBA_ENABLE_CUDASIM="0"),
+    )
     assert out.returncode == 0, out.stderr
     after_cpu, after_adaptive, can_ask = out.stdout.strip().splitlines()[-3:]
     assert after_cpu == "[]"  # an explicit CPU launch asks nothing of CUDA
@@ -91,10 +113,13 @@ def test_without_a_gpu_cuda_is_unavailable_with_a_reason():
     assert veda.cuda.explicit_reason() in str(info.value)
 
 
-@pytest.mark.parametrize("missing, words", [
-    ("extra", "pip install 'veda[cuda]'"),
-    ("driver", "no NVIDIA driver"),
-])
+@pytest.mark.parametrize(
+    "missing, words",
+    [
+        ("extra", "pip install 'veda[cuda]'"),
+        ("driver", "no NVIDIA driver"),
+    ],
+)
 def test_the_reason_says_what_is_missing(monkeypatch, missing, words):
     monkeypatch.setattr(gpu_hw, "_probed", None)
     monkeypatch.setattr(gpu_hw, "simulator_enabled", lambda: False)
@@ -178,8 +203,9 @@ def gpu(monkeypatch):
 
 
 def _fake_kernel(name):
-    return types.SimpleNamespace(module_name="tests.gpu", name=name,
-                                 source=types.SimpleNamespace(text=name), py_func=None)
+    return types.SimpleNamespace(
+        module_name="tests.gpu", name=name, source=types.SimpleNamespace(text=name), py_func=None
+    )
 
 
 def _explore(entry, dispatcher, size, seconds):
@@ -198,19 +224,24 @@ def _cost(cpu_s, gpu_kernel_s, cost, transfer):
         if d[0] == "cuda":
             return cost.transfer_seconds(*transfer) + gpu_kernel_s
         return cpu_s if d[0] == "cpu" else cpu_s / 2
+
     return seconds
 
 
 @pytest.mark.parametrize("resident, gpu_wins", [(False, False), (True, True)])
 def test_device_resident_arguments_make_the_gpu_cheaper(gpu, monkeypatch, resident, gpu_wins):
-    monkeypatch.setattr(Dispatcher, "wisdom", lambda self, d: types.SimpleNamespace(
-        get=lambda k: None, put=lambda k, v: None))
+    monkeypatch.setattr(
+        Dispatcher,
+        "wisdom",
+        lambda self, d: types.SimpleNamespace(get=lambda k: None, put=lambda k, v: None),
+    )
     d = Dispatcher()
     monkeypatch.setattr(d.load, "free_cores", lambda: 2)
     size = 1 << 22  # 32 MiB of float64 per array: 3 arrays in, 1 out
     transfer = (0, 0) if resident else (3 * size * 8, size * 8)
-    entry = d.entry(_fake_kernel(f"triad{resident}"), 1, size, "adaptive", "/x", (None, None),
-                    transfer)
+    entry = d.entry(
+        _fake_kernel(f"triad{resident}"), 1, size, "adaptive", "/x", (None, None), transfer
+    )
     # (device-resident arrays: no copies; the CPU candidates stay in this injected model)
     assert entry is not None and CUDA in entry.tuner.candidates
     # CPU: 4 ms; the GPU kernel alone: 0.3 ms; transfers of 128 MiB at 10 GB/s: 13 ms.
@@ -270,8 +301,11 @@ def ptx(monkeypatch):
     except Exception as exc:
         pytest.skip(f"no NVVM/NVRTC here: {type(exc).__name__}")
     # Device functions ask the current device for its compute capability; there is none here.
-    monkeypatch.setattr(cuda_dispatcher, "get_current_device",
-                        lambda: types.SimpleNamespace(compute_capability=(8, 0)))
+    monkeypatch.setattr(
+        cuda_dispatcher,
+        "get_current_device",
+        lambda: types.SimpleNamespace(compute_capability=(8, 0)),
+    )
     from veda._kernel import cuda_language
 
     cuda_language.register()
@@ -288,8 +322,9 @@ def test_the_generated_cuda_code_compiles_to_ptx(ptx):
     from veda_kernels import GALLERY
 
     cases = [(case.kernel, *case.make(64, np.random.default_rng(0))) for case in GALLERY.values()]
-    cases.append((language, 16, (np.uint64(3), np.ones(16), np.zeros((16, 2)),
-                                 np.zeros(4, np.int64))))
+    cases.append(
+        (language, 16, (np.uint64(3), np.ones(16), np.zeros((16, 2)), np.zeros(4, np.int64)))
+    )
     for k, domain, args in cases:
         dims = domain if isinstance(domain, tuple) else (domain,)
         nd = len(dims)
@@ -299,8 +334,9 @@ def test_the_generated_cuda_code_compiles_to_ptx(ptx):
             cuda.compile_ptx(mod._veda_kernel.py_func, argtys, cc=(8, 0))
         else:
             ident = k.program(nd, len(args), (False, False))._veda_acc_probe(*args)[0]
-            mod = k.cuda_program(nd, len(args), (False, False), ident.dtype.name,
-                                 _identity_source(ident), 256)
+            mod = k.cuda_program(
+                nd, len(args), (False, False), ident.dtype.name, _identity_source(ident), 256
+            )
             acc = numba.from_dtype(ident.dtype)[::1]
             cuda.compile_ptx(mod._veda_partials.py_func, (*argtys, acc, numba.int64), cc=(8, 0))
             cuda.compile_ptx(mod._veda_final.py_func, (acc, numba.int64, acc), cc=(8, 0))
@@ -321,8 +357,9 @@ def test_a_bad_local_array_shape_names_the_construct(ptx):
     mod = scratch.cuda_program(1, 2, (False, False), None, None, 256)
     args = (3, np.zeros(4))
     with pytest.raises(Exception) as info:
-        cuda.compile_ptx(mod._veda_kernel.py_func,
-                         (numba.int64, numba.int64, numba.float64[::1]), cc=(8, 0))
+        cuda.compile_ptx(
+            mod._veda_kernel.py_func, (numba.int64, numba.int64, numba.float64[::1]), cc=(8, 0)
+        )
     err = translate_compile_error(info.value, "scratch", ["n", "out"], args)
     assert isinstance(err, veda.KernelDefinitionError)
     text = str(err)
@@ -332,8 +369,9 @@ def test_a_bad_local_array_shape_names_the_construct(ptx):
 def test_device_resident_arguments_pin_the_gpu_even_when_small(gpu, monkeypatch):
     d = Dispatcher()
     monkeypatch.setattr(d.load, "free_cores", lambda: 2)
-    entry = d.entry(_fake_kernel("resident"), 1, 100, "adaptive", "/x", (None, None), (0, 0),
-                    residency="device")
+    entry = d.entry(
+        _fake_kernel("resident"), 1, 100, "adaptive", "/x", (None, None), (0, 0), residency="device"
+    )
     assert entry is not None and entry.tuner.candidates == [CUDA]
     assert entry.tuner.choice == CUDA
 
@@ -343,13 +381,24 @@ def test_the_gpu_check_scripts_run_dry(tmp_path):
     """bench/gpu_check.sh is ready for a GPU: its shell parses, and its benchmark runs end to end
     on the simulator with tiny sizes (figures meaningless, JSON complete)."""
     pytest.importorskip("numba_cuda", reason="the simulator comes with numba-cuda")
-    parsed = subprocess.run(["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")],
-                            capture_output=True, text=True)
+    parsed = subprocess.run(
+        ["bash", "-n", os.path.join(ROOT, "bench", "gpu_check.sh")], capture_output=True, text=True
+    )
     assert parsed.returncode == 0, parsed.stderr
     env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bench", "bench_gpu.py"), "--dry-run", "--out",
-         str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            os.path.join(ROOT, "bench", "bench_gpu.py"),
+            "--dry-run",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     import json
@@ -395,8 +444,15 @@ def test_a_gpu_that_fails_to_measure_does_not_fail_the_cpu_launch(failing_gpu):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once: the next tuner is pruned silently
         d = Dispatcher()
-        entry = d.entry(_fake_kernel("after"), 1, n, "adaptive", "/nonexistent-veda-test",
-                        (None, None), (3 * n * 8, n * 8))
+        entry = d.entry(
+            _fake_kernel("after"),
+            1,
+            n,
+            "adaptive",
+            "/nonexistent-veda-test",
+            (None, None),
+            (3 * n * 8, n * 8),
+        )
         assert entry is not None
         for _ in range(3):
             d.observe(entry, entry.tuner.next(), 1e-3, n, "/nonexistent-veda-test")
@@ -418,8 +474,7 @@ def test_the_gpu_is_measured_once_by_one_thread(monkeypatch):
     monkeypatch.setattr(gpu_hw, "_gpu_cost_error", None)
     monkeypatch.setattr(gpu_hw, "measure", measure)
     got = []
-    threads = [threading.Thread(target=lambda: got.append(gpu_hw.gpu_cost()))
-               for _ in range(4)]
+    threads = [threading.Thread(target=lambda: got.append(gpu_hw.gpu_cost())) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -39,8 +39,12 @@ def _all_settings():
     for threads in sorted({1, veda.max_threads()}):
         for schedule in SCHEDULES:
             for chunk in (1, 777, 4096, 250_000):
-                yield {"target": "parallel", "threads": threads, "schedule": schedule,
-                       "chunk": chunk}
+                yield {
+                    "target": "parallel",
+                    "threads": threads,
+                    "schedule": schedule,
+                    "chunk": chunk,
+                }
 
 
 CASES = {
@@ -74,8 +78,11 @@ def test_deterministic_results_are_accurate():
 def test_outside_the_mode_bits_may_differ():
     """Documents the difference: without the mode, partials follow the schedule."""
     x = np.random.default_rng(2).random(1_000_003).astype(np.float32)
-    results = {veda.launch(total, x.size, x, threads=t, schedule=s, chunk=777).tobytes()
-               for t in sorted({1, veda.max_threads()}) for s in SCHEDULES}
+    results = {
+        veda.launch(total, x.size, x, threads=t, schedule=s, chunk=777).tobytes()
+        for t in sorted({1, veda.max_threads()})
+        for s in SCHEDULES
+    }
     # May or may not differ here; every result is still a correct sum.
     for r in results:
         assert np.frombuffer(r, np.float32)[0] == pytest.approx(np.sum(x), rel=1e-4)

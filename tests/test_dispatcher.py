@@ -124,8 +124,11 @@ def test_policies_weigh_tails_differently(policy, winner):
 def test_policies_are_a_registry_the_configuration_and_the_tuner_share():
     """A user's policy is a plug-in: veda.config accepts its name and the tuner ranks by it."""
     # Rank by the slowest sample: the candidate with the best worst case wins.
-    policy = veda.scheduler.register_policy(veda.scheduler.Policy(
-        "worst-case", lambda m: max(m.samples) if m.samples else math.inf, "best worst case"))
+    policy = veda.scheduler.register_policy(
+        veda.scheduler.Policy(
+            "worst-case", lambda m: max(m.samples) if m.samples else math.inf, "best worst case"
+        )
+    )
     try:
         assert "worst-case" in veda.scheduler.POLICIES
         with veda.config(policy="worst-case"):
@@ -143,17 +146,25 @@ def test_policies_are_a_registry_the_configuration_and_the_tuner_share():
         veda.config(policy="worst-case")
     with pytest.raises(veda.ConfigError, match="built-in"):
         veda.scheduler.unregister_policy("adaptive")
-    for bad, word in (("fastest", "Policy"), (veda.scheduler.Policy("x", 42), "score must be"),
-                      (veda.scheduler.Policy(123, None), "name must be"),
-                      (veda.scheduler.Policy("adaptive", None), "cannot be replaced")):
+    for bad, word in (
+        ("fastest", "Policy"),
+        (veda.scheduler.Policy("x", 42), "score must be"),
+        (veda.scheduler.Policy(123, None), "name must be"),
+        (veda.scheduler.Policy("adaptive", None), "cannot be replaced"),
+    ):
         with pytest.raises(veda.ConfigError, match=word):
             veda.scheduler.register_policy(bad)
 
 
-@pytest.mark.parametrize("score, warns", [
-    (lambda m: 1 / 0, True), (lambda m: None, True), (lambda m: "fast", True),
-    (lambda m: float("nan"), False),
-])
+@pytest.mark.parametrize(
+    "score, warns",
+    [
+        (lambda m: 1 / 0, True),
+        (lambda m: None, True),
+        (lambda m: "fast", True),
+        (lambda m: float("nan"), False),
+    ],
+)
 def test_a_policy_whose_score_fails_still_decides(score, warns):
     """A score that raises or is not a number ranks the candidate last, with a warning naming
     the policy once; the tuner still decides (a policy's bug cannot stop exploring)."""
@@ -232,8 +243,7 @@ WRITER = textwrap.dedent(
 
 def test_two_processes_writing_at_once_keep_every_entry(tmp_path):
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name])
-        for name in ("a", "b")
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name]) for name in ("a", "b")
     ]
     for p in procs:
         assert p.wait(timeout=120) == 0
@@ -330,8 +340,13 @@ def test_a_new_process_starts_with_the_learned_choice(tmp_path):
     env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path))
 
     def run(launches):
-        out = subprocess.run([sys.executable, "-c", NEW_PROCESS, str(launches)], env=env,
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [sys.executable, "-c", NEW_PROCESS, str(launches)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -352,8 +367,11 @@ def test_explain_shows_candidates_times_and_decision():
     text = str(veda.explain(triangular))
     assert "ns/element" in text and "cpu" in text
     row = next(r for r in veda.explain(triangular).rows if r["size_class"] == "<= 2^15")
-    assert row["decision"] is not None and row["source"] in ("explored", "only candidate",
-                                                             "tuning cache")
+    assert row["decision"] is not None and row["source"] in (
+        "explored",
+        "only candidate",
+        "tuning cache",
+    )
     timed = [t for t in row["trials"] if t["samples"]]
     assert timed and all(math.isfinite(s) for t in timed for s in t["samples"])
 
@@ -466,8 +484,10 @@ def test_a_schedule_keeps_an_explicit_third_party_parallel_target():
 def test_deterministic_mode_tunes_apart_on_disk(tmp_path):
     d = _dispatch.Dispatcher()
     kernel = veda.kernel(lambda i, x: None)
-    keys = {d.entry(kernel, 1, 10_000, "adaptive", str(tmp_path), deterministic=det).key
-            for det in (False, True)}
+    keys = {
+        d.entry(kernel, 1, 10_000, "adaptive", str(tmp_path), deterministic=det).key
+        for det in (False, True)
+    }
     assert len(keys) == 2
 
 

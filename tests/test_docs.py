@@ -20,12 +20,28 @@ def test_docs_build_without_warnings(tmp_path):
     env.pop("VEDA_DOCS_EXECUTE", None)  # always execute the notebooks here
     out = tmp_path / "html"
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         str(ROOT / "docs"), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            str(ROOT / "docs"),
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
-        pytest.fail(f"sphinx-build failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
-                    pytrace=False)
+        pytest.fail(
+            f"sphinx-build failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
+            pytrace=False,
+        )
     for page in ("index", "api/index", "notebooks/quickstart", "dispatcher"):
         assert (out / f"{page}.html").is_file(), page

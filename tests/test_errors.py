@@ -82,10 +82,16 @@ def test_domain_that_does_not_match_the_arrays():
 
 @pytest.mark.parametrize(
     "kwargs, word",
-    [({"target": "gpu"}, "target"), ({"schedule": "fastest"}, "schedule"),
-     ({"threads": 0}, "threads"), ({"threads": 100000}, "threads"), ({"chunk": 0}, "chunk"),
-     ({"target": "cpu", "chunk": 8}, "chunk"), ({"target": "cpu", "schedule": "dynamic"},
-                                                "schedule"), ({"chunk": 2**64}, "chunk")],
+    [
+        ({"target": "gpu"}, "target"),
+        ({"schedule": "fastest"}, "schedule"),
+        ({"threads": 0}, "threads"),
+        ({"threads": 100000}, "threads"),
+        ({"chunk": 0}, "chunk"),
+        ({"target": "cpu", "chunk": 8}, "chunk"),
+        ({"target": "cpu", "schedule": "dynamic"}, "schedule"),
+        ({"chunk": 2**64}, "chunk"),
+    ],
 )
 def test_bad_launch_settings_name_the_argument(kwargs, word):
     x, y, out = _arrays()
@@ -101,9 +107,15 @@ def test_cuda_without_gpu_is_unavailable_not_unknown():
 
 @pytest.mark.parametrize(
     "bad, word",
-    [([1.0] * 10, "list"), (np.array(["a"] * 10), "numbers"),
-     (np.ones(10, np.float16), "float16"), (None, "NoneType"), ("x", "str"),
-     (np.ones(10, dtype=">f8"), "byte order"), (np.array([object()] * 10), "numbers")],
+    [
+        ([1.0] * 10, "list"),
+        (np.array(["a"] * 10), "numbers"),
+        (np.ones(10, np.float16), "float16"),
+        (None, "NoneType"),
+        ("x", "str"),
+        (np.ones(10, dtype=">f8"), "byte order"),
+        (np.array([object()] * 10), "numbers"),
+    ],
 )
 def test_bad_argument_types_name_the_argument(bad, word):
     _, y, out = _arrays()
@@ -297,5 +309,15 @@ def test_a_chunk_larger_than_the_domain_is_the_whole_domain(schedule, chunk):
         return x[i]
 
     x = np.ones(5000)
-    assert veda.launch(count, 5000, x, target="parallel", threads=veda.max_threads(),
-                       schedule=schedule, chunk=chunk) == 5000.0
+    assert (
+        veda.launch(
+            count,
+            5000,
+            x,
+            target="parallel",
+            threads=veda.max_threads(),
+            schedule=schedule,
+            chunk=chunk,
+        )
+        == 5000.0
+    )

@@ -24,8 +24,10 @@ def test_gallery_lookup():
         get("nope")
 
 
-@pytest.mark.parametrize("module", ["veda_kernels", "veda_kernels.montecarlo",
-                                    "veda_kernels.peers", "veda_kernels.suite"])
+@pytest.mark.parametrize(
+    "module",
+    ["veda_kernels", "veda_kernels.montecarlo", "veda_kernels.peers", "veda_kernels.suite"],
+)
 def test_gallery_docstring_examples(module):
     # pytest's --doctest-modules covers veda/; the gallery installs under another name.
     import doctest

@@ -114,7 +114,7 @@ def test_no_import_cycle():
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                cycles.append([*path[path.index(dep):], dep])
+                cycles.append([*path[path.index(dep) :], dep])
             elif dep not in state:
                 visit(dep, [*path, dep])
         state[node] = 2
@@ -125,16 +125,25 @@ def test_no_import_cycle():
     assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("name, source, expected", [
-    ("veda._kernel.probe", "from veda._launch import Kernel", {"veda._launch"}),
-    ("veda._kernel.probe", "from veda import targets", {"veda.targets"}),
-    ("veda._kernel.probe", "def f():\n    import veda.targets.cpu",
-     {"veda.targets", "veda.targets.cpu"}),
-    ("veda._kernel.probe", "if TYPE_CHECKING:\n    from veda.scheduler import _tuner",
-     {"veda.scheduler", "veda.scheduler._tuner"}),
-    ("veda.targets", "from .cpu import CPUTarget", {"veda.targets.cpu"}),
-    ("veda._kernel.probe", "import numpy", set()),
-])
+@pytest.mark.parametrize(
+    "name, source, expected",
+    [
+        ("veda._kernel.probe", "from veda._launch import Kernel", {"veda._launch"}),
+        ("veda._kernel.probe", "from veda import targets", {"veda.targets"}),
+        (
+            "veda._kernel.probe",
+            "def f():\n    import veda.targets.cpu",
+            {"veda.targets", "veda.targets.cpu"},
+        ),
+        (
+            "veda._kernel.probe",
+            "if TYPE_CHECKING:\n    from veda.scheduler import _tuner",
+            {"veda.scheduler", "veda.scheduler._tuner"},
+        ),
+        ("veda.targets", "from .cpu import CPUTarget", {"veda.targets.cpu"}),
+        ("veda._kernel.probe", "import numpy", set()),
+    ],
+)
 def test_the_import_reader_sees_every_kind_of_import(tmp_path, name, source, expected):
     """The checks above can fail: the reader finds imports in each form they take."""
     path = tmp_path / ("__init__.py" if name == "veda.targets" else "probe.py")

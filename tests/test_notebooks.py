@@ -49,8 +49,9 @@ def test_notebook_runs(path):
 
 
 def test_every_notebook_is_in_the_docs():
-    listed = set(re.findall(r"^notebooks/(\S+)$", (ROOT / "docs" / "notebooks.md").read_text(),
-                            re.MULTILINE))
+    listed = set(
+        re.findall(r"^notebooks/(\S+)$", (ROOT / "docs" / "notebooks.md").read_text(), re.MULTILINE)
+    )
     missing = [p.stem for p in NOTEBOOKS if p.stem not in listed]
     assert not missing, f"add notebooks/{missing[0]} to the toctree in docs/notebooks.md"
 

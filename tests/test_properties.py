@@ -9,10 +9,8 @@ from hypothesis import strategies as st
 
 import veda
 
-SIZES = st.one_of(st.sampled_from([0, 1, 2, 3, 7, 31, 97, 1009, 65537]),
-                  st.integers(0, 5000))
-DTYPES = ["int8", "int32", "int64", "uint16", "uint64", "float32", "float64", "complex128",
-          "bool"]
+SIZES = st.one_of(st.sampled_from([0, 1, 2, 3, 7, 31, 97, 1009, 65537]), st.integers(0, 5000))
+DTYPES = ["int8", "int32", "int64", "uint16", "uint64", "float32", "float64", "complex128", "bool"]
 LAUNCH = st.one_of(
     st.just({"target": "cpu"}),
     st.fixed_dictionaries(
@@ -24,8 +22,7 @@ LAUNCH = st.one_of(
         }
     ),
 )
-PROPERTY = settings(max_examples=60, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @veda.kernel
@@ -77,8 +74,13 @@ def _launch(k, n, *args, **kw):
 
 
 @PROPERTY
-@given(n=SIZES, dtype=st.sampled_from(["int32", "int64", "float32", "float64", "complex128"]),
-       step=st.sampled_from([1, 2]), launch=LAUNCH, seed=st.integers(0, 2**32 - 1))
+@given(
+    n=SIZES,
+    dtype=st.sampled_from(["int32", "int64", "float32", "float64", "complex128"]),
+    step=st.sampled_from([1, 2]),
+    launch=LAUNCH,
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_elementwise_matches_numpy(n, dtype, step, launch, seed):
     rng = np.random.default_rng(seed)
     x = _array(rng, dtype, n, step)
@@ -92,8 +94,13 @@ def test_elementwise_matches_numpy(n, dtype, step, launch, seed):
 
 
 @PROPERTY
-@given(n=SIZES, dtype=st.sampled_from(DTYPES), step=st.sampled_from([1, 3]), launch=LAUNCH,
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    n=SIZES,
+    dtype=st.sampled_from(DTYPES),
+    step=st.sampled_from([1, 3]),
+    launch=LAUNCH,
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_sum_matches_numpy(n, dtype, step, launch, seed):
     rng = np.random.default_rng(seed)
     x = _array(rng, dtype, n, step)
@@ -109,8 +116,12 @@ def test_sum_matches_numpy(n, dtype, step, launch, seed):
 
 
 @PROPERTY
-@given(n=SIZES, dtype=st.sampled_from(["int8", "int64", "uint64", "float32", "float64", "bool"]),
-       launch=LAUNCH, seed=st.integers(0, 2**32 - 1))
+@given(
+    n=SIZES,
+    dtype=st.sampled_from(["int8", "int64", "uint64", "float32", "float64", "bool"]),
+    launch=LAUNCH,
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_min_max_match_numpy(n, dtype, launch, seed):
     rng = np.random.default_rng(seed)
     x = _values(rng, dtype, n)
@@ -126,8 +137,12 @@ def test_min_max_match_numpy(n, dtype, launch, seed):
 
 
 @PROPERTY
-@given(n=st.integers(0, 300), dtype=st.sampled_from(["int64", "uint64", "float64"]),
-       launch=LAUNCH, seed=st.integers(0, 2**32 - 1))
+@given(
+    n=st.integers(0, 300),
+    dtype=st.sampled_from(["int64", "uint64", "float64"]),
+    launch=LAUNCH,
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_prod_matches_numpy(n, dtype, launch, seed):
     rng = np.random.default_rng(seed)
     if np.dtype(dtype).kind == "f":

@@ -29,11 +29,17 @@ def test_philox_known_answers(ctr, key, expected):
 
 def test_documented_mapping_of_seed_and_counter():
     seed, counter = 0x0123456789ABCDEF, 0xFEDCBA9876543210
-    x0, x1, x2, x3 = (int(w) for w in philox4x32_10(counter & 0xFFFFFFFF, counter >> 32, 0, 0,
-                                                     seed & 0xFFFFFFFF, seed >> 32))
+    x0, x1, x2, x3 = (
+        int(w)
+        for w in philox4x32_10(
+            counter & 0xFFFFFFFF, counter >> 32, 0, 0, seed & 0xFFFFFFFF, seed >> 32
+        )
+    )
     assert veda.random.uniform(seed, counter) == ((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53
-    assert veda.random.uniform2(seed, counter) == (((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53,
-                                                   ((x2 >> 5) * 2**26 + (x3 >> 6)) / 2**53)
+    assert veda.random.uniform2(seed, counter) == (
+        ((x0 >> 5) * 2**26 + (x1 >> 6)) / 2**53,
+        ((x2 >> 5) * 2**26 + (x3 >> 6)) / 2**53,
+    )
 
 
 @veda.kernel

@@ -36,8 +36,12 @@ def test_record_then_replay_forces_the_same_decisions(tmp_path):
     assert doc["version"] == 2 and doc["deterministic"] is True and doc["seed"] == 9
     assert [e["kernel"].rsplit(".", 1)[-1] for e in doc["launches"]] == ["inc", "inc", "total"]
     assert doc["launches"][1]["decision"] == {
-        "target": "parallel", "threads": veda.max_threads(), "schedule": "dynamic", "chunk": 97,
-        "block": 0}
+        "target": "parallel",
+        "threads": veda.max_threads(),
+        "schedule": "dynamic",
+        "chunk": 97,
+        "block": 0,
+    }
     # replay restores the mode and seed for its duration and forces each decision
     seen = []
 
@@ -78,9 +82,12 @@ def test_divergence_names_the_first_launch_that_differs(tmp_path):
 
 @pytest.mark.parametrize(
     "content, word",
-    [("{broken", "not valid JSON"), ('{"format": "other"}', "not a veda record"),
-     ('{"format": "veda-record", "version": 99, "launches": []}', "newer veda"),
-     ('{"format": "veda-record", "version": 1, "launches": [{"kernel": 1}]}', "damaged")],
+    [
+        ("{broken", "not valid JSON"),
+        ('{"format": "other"}', "not a veda record"),
+        ('{"format": "veda-record", "version": 99, "launches": []}', "newer veda"),
+        ('{"format": "veda-record", "version": 1, "launches": [{"kernel": 1}]}', "damaged"),
+    ],
 )
 def test_bad_record_files_are_refused(tmp_path, content, word):
     path = tmp_path / "bad.json"
@@ -102,10 +109,23 @@ def test_version_1_records_still_replay(tmp_path):
 
     path = tmp_path / "v1.json"
     x = np.zeros(1000)
-    path.write_text(json.dumps({
-        "format": "veda-record", "version": 1, "deterministic": False, "seed": None,
-        "launches": [{"kernel": f"{__name__}.inc", "domain": [1000],
-                      "decision": ["parallel", 1, "interleaved", 7]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "veda-record",
+                "version": 1,
+                "deterministic": False,
+                "seed": None,
+                "launches": [
+                    {
+                        "kernel": f"{__name__}.inc",
+                        "domain": [1000],
+                        "decision": ["parallel", 1, "interleaved", 7],
+                    }
+                ],
+            }
+        )
+    )
     seen = []
 
     class Watch(veda.telemetry.Listener):
@@ -120,9 +140,11 @@ def test_version_1_records_still_replay(tmp_path):
         veda.telemetry.remove_listener(watch)
     assert seen == [("parallel", 1, "interleaved", 7)]
     assert _decision(["cuda", 256, "grid", 0], 1) == veda.targets.Decision(
-        "cuda", 1, "grid", 0, block=256)
-    assert _decision({"target": "cuda", "block": 128, "schedule": "grid", "chunk": 0}, 2).block \
-        == 128
+        "cuda", 1, "grid", 0, block=256
+    )
+    assert (
+        _decision({"target": "cuda", "block": 128, "schedule": "grid", "chunk": 0}, 2).block == 128
+    )
 
 
 GOOD = {"target": "cpu", "threads": 1, "schedule": "static", "chunk": 1, "block": 0}
@@ -130,25 +152,43 @@ GOOD = {"target": "cpu", "threads": 1, "schedule": "static", "chunk": 1, "block"
 
 @pytest.mark.parametrize(
     "change, word",
-    [({"decision": ["parallel", "two", "static", 1]}, "not a decision"),
-     ({"decision": {"threads": 2}}, "needs a target"), ({"decision": "cpu"}, "not a decision"),
-     ({"decision": {**GOOD, "threads": -9}}, "at least 1"), ({"domain": 50}, "domain is 50"),
-     ({"domain": None}, "domain"), ({"domain": [4, -1]}, "domain"), ({"kernel": 7}, "kernel")],
+    [
+        ({"decision": ["parallel", "two", "static", 1]}, "not a decision"),
+        ({"decision": {"threads": 2}}, "needs a target"),
+        ({"decision": "cpu"}, "not a decision"),
+        ({"decision": {**GOOD, "threads": -9}}, "at least 1"),
+        ({"domain": 50}, "domain is 50"),
+        ({"domain": None}, "domain"),
+        ({"domain": [4, -1]}, "domain"),
+        ({"kernel": 7}, "kernel"),
+    ],
 )
 def test_damaged_launches_are_refused_when_read(tmp_path, change, word):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({"format": "veda-record", "version": 2, "launches": [
-        {"kernel": "m.k", "domain": [4], "decision": GOOD, **change}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "veda-record",
+                "version": 2,
+                "launches": [{"kernel": "m.k", "domain": [4], "decision": GOOD, **change}],
+            }
+        )
+    )
     with pytest.raises(veda.ReplayError, match=f"damaged.*{word}"):
         veda.replay(path)
 
 
-@pytest.mark.parametrize("header, word", [
-    ({"version": 0}, "version is 0"), ({"version": "2"}, "version is '2'"),
-    ({"version": True}, "version is True"), ({}, "version is None"),
-    ({"version": 2, "deterministic": "no"}, "'deterministic' is 'no'"),
-    ({"version": 2, "seed": -1}, "'seed' is -1"),
-])
+@pytest.mark.parametrize(
+    "header, word",
+    [
+        ({"version": 0}, "version is 0"),
+        ({"version": "2"}, "version is '2'"),
+        ({"version": True}, "version is True"),
+        ({}, "version is None"),
+        ({"version": 2, "deterministic": "no"}, "'deterministic' is 'no'"),
+        ({"version": 2, "seed": -1}, "'seed' is -1"),
+    ],
+)
 def test_damaged_headers_are_refused_when_read(tmp_path, header, word):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"format": "veda-record", **header, "launches": []}))
@@ -184,22 +224,40 @@ def test_nested_record_and_replay_both_work(tmp_path):
     with veda.record(outer), veda.replay(first):
         inc[1000](x)
     for path in (inner, outer):
-        assert [e["decision"] for e in json.loads(path.read_text())["launches"]] == \
-            [e["decision"] for e in recorded]
+        assert [e["decision"] for e in json.loads(path.read_text())["launches"]] == [
+            e["decision"] for e in recorded
+        ]
 
 
 def test_a_decision_this_machine_cannot_run_is_a_clear_error(tmp_path):
     path = tmp_path / "far.json"
     x = np.zeros(1000)
-    launches = [{"kernel": f"{__name__}.inc", "domain": [1000],
-                 "decision": {"target": "parallel", "threads": veda.max_threads() + 1,
-                              "schedule": "static", "chunk": 1, "block": 0}},
-                {"kernel": f"{__name__}.inc", "domain": [1000],
-                 "decision": {"target": "tpu", "threads": 1, "schedule": "static", "chunk": 1,
-                              "block": 0}}]
+    launches = [
+        {
+            "kernel": f"{__name__}.inc",
+            "domain": [1000],
+            "decision": {
+                "target": "parallel",
+                "threads": veda.max_threads() + 1,
+                "schedule": "static",
+                "chunk": 1,
+                "block": 0,
+            },
+        },
+        {
+            "kernel": f"{__name__}.inc",
+            "domain": [1000],
+            "decision": {
+                "target": "tpu",
+                "threads": 1,
+                "schedule": "static",
+                "chunk": 1,
+                "block": 0,
+            },
+        },
+    ]
     for entry, word in zip(launches, ("threads", "unknown target='tpu'")):
-        path.write_text(json.dumps({"format": "veda-record", "version": 2,
-                                    "launches": [entry]}))
+        path.write_text(json.dumps({"format": "veda-record", "version": 2, "launches": [entry]}))
         with pytest.raises(veda.LaunchError, match=word):
             with veda.replay(path):
                 inc[1000](x)

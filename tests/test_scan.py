@@ -9,8 +9,9 @@ import veda
 from veda._scan import SCAN_BLOCK
 
 
-@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool", "float32", "float64",
-                                   "complex128"])
+@pytest.mark.parametrize(
+    "dtype", ["int32", "int64", "uint8", "bool", "float32", "float64", "complex128"]
+)
 @pytest.mark.parametrize("n", [0, 1, 7, SCAN_BLOCK, SCAN_BLOCK + 1, 3 * SCAN_BLOCK + 5])
 def test_matches_cumsum(dtype, n):
     rng = np.random.default_rng(n)

@@ -56,8 +56,9 @@ def test_the_suite_flags_an_implementation_that_differs(monkeypatch, capsys):
         return found
 
     monkeypatch.setattr(suite, "peers_for", with_a_broken_peer)
-    report = suite.run(["triad"], sizes=("small",), peers=("numpy", "numba"), repeats=3,
-                       budget=0.01)
+    report = suite.run(
+        ["triad"], sizes=("small",), peers=("numpy", "numba"), repeats=3, budget=0.01
+    )
     assert report["rows"][0]["checked"] is False
     assert "triad (small) via numba differs" in capsys.readouterr().err
 
@@ -82,25 +83,56 @@ def test_numpy_philox_matches_veda_random():
 
 
 def test_the_gallery_has_every_kernel_the_product_promises():
-    assert {"saxpy", "dot", "norm", "triad", "jacobi2d", "heat3d", "mandelbrot", "nbody",
-            "histogram", "spmv_csr", "montecarlo_pi", "black_scholes", "softmax",
-            "matmul"} <= set(GALLERY)
+    assert {
+        "saxpy",
+        "dot",
+        "norm",
+        "triad",
+        "jacobi2d",
+        "heat3d",
+        "mandelbrot",
+        "nbody",
+        "histogram",
+        "spmv_csr",
+        "montecarlo_pi",
+        "black_scholes",
+        "softmax",
+        "matmul",
+    } <= set(GALLERY)
     assert len(GALLERY) >= 12
 
 
 def _report(times: dict[tuple[str, str], dict[str, float]], streaming=(), nbytes=240_000_000):
-    rows = [{"kernel": k, "size": s, "elements": 10**7, "bytes": nbytes, "decision": "cpu",
-             "seconds": t, "streaming": k in streaming, "checked": True}
-            for (k, s), t in times.items()]
-    return {"suite": "veda-bench", "version": 1, "machine": {"veda": "x"}, "rows": rows,
-            "ceiling_gbps": suite._ceiling(rows)}
+    rows = [
+        {
+            "kernel": k,
+            "size": s,
+            "elements": 10**7,
+            "bytes": nbytes,
+            "decision": "cpu",
+            "seconds": t,
+            "streaming": k in streaming,
+            "checked": True,
+        }
+        for (k, s), t in times.items()
+    ]
+    return {
+        "suite": "veda-bench",
+        "version": 1,
+        "machine": {"veda": "x"},
+        "rows": rows,
+        "ceiling_gbps": suite._ceiling(rows),
+    }
 
 
 def test_speed_against_the_best_peer_and_the_ceiling():
-    report = _report({
-        ("triad", "large"): {"veda": 2e-6, "numpy": 4e-6, "numba": 1e-6},
-        ("dot", "large"): {"veda": 3e-6, "numpy": 6e-6},
-    }, streaming=("triad", "dot"))
+    report = _report(
+        {
+            ("triad", "large"): {"veda": 2e-6, "numpy": 4e-6, "numba": 1e-6},
+            ("dot", "large"): {"veda": 3e-6, "numpy": 6e-6},
+        },
+        streaming=("triad", "dot"),
+    )
     triad, dot = report["rows"]
     assert suite.best_peer(triad) == "numba"
     assert suite.speed_vs_best_peer(triad) == pytest.approx(0.5)
@@ -117,8 +149,12 @@ def test_speed_against_the_best_peer_and_the_ceiling():
 
 def test_the_chart_shows_every_row_when_asked():
     pytest.importorskip("matplotlib")
-    report = _report({("saxpy", "1000"): {"veda": 1.0, "numpy": 2.0},
-                      ("dot", "4000"): {"veda": 1.0, "numpy": 3.0}})
+    report = _report(
+        {
+            ("saxpy", "1000"): {"veda": 1.0, "numpy": 2.0},
+            ("dot", "4000"): {"veda": 1.0, "numpy": 3.0},
+        }
+    )
     fig = suite.plot(report, size=None)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["saxpy", "dot"]
     fig = suite.plot(report, size="1000")
@@ -126,10 +162,20 @@ def test_the_chart_shows_every_row_when_asked():
 
 
 def test_compare_flags_changes_beyond_the_threshold():
-    a = _report({("saxpy", "large"): {"veda": 1.0}, ("dot", "large"): {"veda": 1.0},
-                 ("gone", "small"): {"veda": 1.0}})
-    b = _report({("saxpy", "large"): {"veda": 2.0}, ("dot", "large"): {"veda": 0.98},
-                 ("new", "small"): {"veda": 1.0}})
+    a = _report(
+        {
+            ("saxpy", "large"): {"veda": 1.0},
+            ("dot", "large"): {"veda": 1.0},
+            ("gone", "small"): {"veda": 1.0},
+        }
+    )
+    b = _report(
+        {
+            ("saxpy", "large"): {"veda": 2.0},
+            ("dot", "large"): {"veda": 0.98},
+            ("new", "small"): {"veda": 1.0},
+        }
+    )
     text = suite.compare(a, b)
     saxpy = next(line for line in text.splitlines() if line.startswith("saxpy"))
     dot = next(line for line in text.splitlines() if line.startswith("dot"))

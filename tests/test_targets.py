@@ -71,22 +71,23 @@ def test_the_gallery_runs_on_a_registered_target_by_name(counting, name):
 @pytest.fixture
 def prefer_counting():
     """A policy that ranks the counting target first: the dispatcher must then choose it."""
-    policy = veda.scheduler.register_policy(veda.scheduler.Policy(
-        "prefer-counting", lambda m: 0.0 if m.decision.target == "counting" else 1.0))
+    policy = veda.scheduler.register_policy(
+        veda.scheduler.Policy(
+            "prefer-counting", lambda m: 0.0 if m.decision.target == "counting" else 1.0
+        )
+    )
     yield policy
     veda.scheduler.unregister_policy(policy.name)
 
 
 @pytest.mark.parametrize("name", sorted(GALLERY))
-def test_the_dispatcher_takes_a_registered_target_as_a_candidate(counting, prefer_counting,
-                                                                   name):
+def test_the_dispatcher_takes_a_registered_target_as_a_candidate(counting, prefer_counting, name):
     case = GALLERY[name]
     with veda.config(policy="prefer-counting"):
         for _ in range(80):  # every launch right, while exploring and after
             domain, args = _prepared(case)
             case.check(domain, args, case.kernel[domain](*args))
-            (row,) = [r for r in veda.explain(case.kernel).rows
-                      if r["policy"] == "prefer-counting"]
+            (row,) = [r for r in veda.explain(case.kernel).rows if r["policy"] == "prefer-counting"]
             if row["decision"] is not None:
                 break
     assert row["decision"] == Decision("counting") and row["source"] == "explored"
@@ -131,6 +132,7 @@ def test_a_parallel_third_party_target_takes_the_parallel_settings():
 
     veda.targets.register(Mine())
     try:
+
         @veda.kernel
         def twice(i, x):
             x[i] = 2.0 * i
@@ -143,14 +145,17 @@ def test_a_parallel_third_party_target_takes_the_parallel_settings():
         veda.targets.unregister("mine")
 
 
-@pytest.mark.parametrize("bad, word", [
-    ("cpu", "Target"),
-    (type("Nameless", (Counting,), {"name": ""})(), "name"),
-    (type("Numbered", (Counting,), {"name": 123})(), "name must be a non-empty string"),
-    (type("Odd", (Counting,), {"name": "odd", "settings": ("speed",)})(), "speed"),
-    (type("Odd", (Counting,), {"name": "odd", "settings": "threads"})(), "tuple of names"),
-    (type("Odd", (Counting,), {"name": "odd", "parallel": True})(), "takes threads="),
-])
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        ("cpu", "Target"),
+        (type("Nameless", (Counting,), {"name": ""})(), "name"),
+        (type("Numbered", (Counting,), {"name": 123})(), "name must be a non-empty string"),
+        (type("Odd", (Counting,), {"name": "odd", "settings": ("speed",)})(), "speed"),
+        (type("Odd", (Counting,), {"name": "odd", "settings": "threads"})(), "tuple of names"),
+        (type("Odd", (Counting,), {"name": "odd", "parallel": True})(), "takes threads="),
+    ],
+)
 def test_register_refuses_what_is_not_a_target(bad, word):
     with pytest.raises(veda.ConfigError, match=word):
         veda.targets.register(bad)
@@ -175,8 +180,11 @@ class Broken(Counting):
     def prepare(self, form, dims, decision, options, profiler=None, shared=False):
         if self.bug == "prepare raises":
             raise RuntimeError("oops in prepare")
-        return None if self.bug == "prepare returns None" else super().prepare(
-            form, dims, decision, options, profiler, shared)
+        return (
+            None
+            if self.bug == "prepare returns None"
+            else super().prepare(form, dims, decision, options, profiler, shared)
+        )
 
 
 @pytest.mark.parametrize("bug", ["candidates", "not decisions", "other target", "bad settings"])
@@ -189,6 +197,7 @@ def test_a_plug_in_with_bad_candidates_is_left_out_with_a_warning(bug):
     target.bug = bug
     veda.targets.register(target)
     try:
+
         @veda.kernel(reduce="sum")
         def total(i, x):
             return x[i]
@@ -204,13 +213,19 @@ def test_a_plug_in_with_bad_candidates_is_left_out_with_a_warning(bug):
         veda.targets.unregister("broken")
 
 
-@pytest.mark.parametrize("bug, word", [("prepare raises", "could not prepare.*oops"),
-                                       ("prepare returns None", "returned None, not a callable")])
+@pytest.mark.parametrize(
+    "bug, word",
+    [
+        ("prepare raises", "could not prepare.*oops"),
+        ("prepare returns None", "returned None, not a callable"),
+    ],
+)
 def test_a_target_that_cannot_prepare_says_so_by_name(bug, word):
     target = Broken()
     target.bug = bug
     veda.targets.register(target)
     try:
+
         @veda.kernel
         def ones(i, x):
             x[i] = 1.0

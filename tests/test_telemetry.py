@@ -216,8 +216,16 @@ def test_imbalance_static_vs_dynamic_on_a_triangular_loop():
     with veda.config(profile=True):
         for schedule in ("static", "dynamic"):
             for _ in range(3):
-                veda.launch(loops.triangular, x.size, x, out, target="parallel", threads=2,
-                            schedule=schedule, chunk=64)
+                veda.launch(
+                    loops.triangular,
+                    x.size,
+                    x,
+                    out,
+                    target="parallel",
+                    threads=2,
+                    schedule=schedule,
+                    chunk=64,
+                )
     m = veda.metrics().kernel("triangular")
     by = {c.schedule: c for c in m.configs}
     assert by["static"].imbalance >= 1.3
@@ -262,8 +270,9 @@ def test_prometheus_text_parses():
     text = veda.metrics().to_prometheus()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert {"veda_launches", "veda_launch_seconds", "veda_bytes", "veda_compiles"} <= set(families)
-    launches = [s for s in families["veda_launches"].samples
-                if s.labels["kernel"].endswith(".bump")]
+    launches = [
+        s for s in families["veda_launches"].samples if s.labels["kernel"].endswith(".bump")
+    ]
     assert sum(s.value for s in launches) == 4
     quantiles = {s.labels.get("quantile") for s in families["veda_launch_seconds"].samples}
     assert {"0.5", "0.99"} <= quantiles
@@ -315,7 +324,12 @@ def test_listener_hooks():
     assert kinds.index("start") < kinds.index("end") < kinds.index("span")
     end = next(e for k, e in rec.events if k == "end")
     assert (end.kernel, end.domain, end.target, end.threads, end.chunk) == (
-        "bump", (16,), "parallel", 1, 4)
+        "bump",
+        (16,),
+        "parallel",
+        1,
+        4,
+    )
     assert end.seconds >= 0
     bump[16](np.zeros(16))  # removed: not called again
     assert len([k for k, _ in rec.events if k == "end"]) == 1
@@ -324,6 +338,7 @@ def test_listener_hooks():
 def test_compile_events_reach_listeners():
     rec = veda.telemetry.add_listener(Recorder())
     try:
+
         @veda.kernel
         def new_kernel(i, x):
             x[i] = 3.0
@@ -378,8 +393,7 @@ def test_trace_file_structure_and_nesting(tmp_path):
     complete = [e for e in events if e["ph"] == "X"]
     for e in complete:
         assert {"name", "ts", "dur", "pid", "tid"} <= set(e) and e["dur"] >= 0
-    launch = next(e for e in complete if e["cat"] == "launch" and
-                  e["args"]["schedule"] == "guided")
+    launch = next(e for e in complete if e["cat"] == "launch" and e["args"]["schedule"] == "guided")
     assert set(launch["args"]) >= {"kernel", "size", "target", "threads", "schedule", "chunk"}
     assert launch["args"]["size"] == 32 and launch["args"]["target"] == "parallel"
     step = next(e for e in complete if e["name"] == "step")

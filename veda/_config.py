@@ -148,11 +148,14 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             )
     policy = values.get("policy")
     if policy is not None and policy not in _registry.policy_names():
-        raise error(f"{where}: unknown policy={policy!r}; expected one of "
-                    f"{', '.join(_registry.policy_names())}")
+        raise error(
+            f"{where}: unknown policy={policy!r}; expected one of "
+            f"{', '.join(_registry.policy_names())}"
+        )
     seed = values.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
-                             or seed >= 2**64):
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed >= 2**64
+    ):
         raise error(f"{where}: seed must be an integer in [0, 2**64), not {seed!r}")
     chunk = values.get("chunk")
     if chunk is not None:
@@ -161,8 +164,10 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
         if chunk < 1:
             raise error(f"{where}: chunk={chunk} must be at least 1")
         if chunk >= 2**63:
-            raise error(f"{where}: chunk={chunk} is too large: chunks are counted in 64-bit "
-                        "integers (a chunk larger than the domain is the whole domain)")
+            raise error(
+                f"{where}: chunk={chunk} is too large: chunks are counted in 64-bit "
+                "integers (a chunk larger than the domain is the whole domain)"
+            )
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:
@@ -304,18 +309,33 @@ def check_decision(decision: Any, error: type[VedaError], where: str) -> None:
         raise error(f"{where}: {decision!r} is not a veda.targets.Decision")
     target = _registry.get(decision.target)
     if target.parallel:
-        _validate({"target": decision.target, "threads": decision.threads,
-                   "schedule": decision.schedule, "chunk": decision.chunk}, error, where)
+        _validate(
+            {
+                "target": decision.target,
+                "threads": decision.threads,
+                "schedule": decision.schedule,
+                "chunk": decision.chunk,
+            },
+            error,
+            where,
+        )
 
 
 def check_defaults() -> None:
     """Check the process defaults' target against the registry, once the built-in targets are
     registered (``VEDA_TARGET`` is read before they are, and before any plug-in could be: it
     names a built-in target; a plug-in is set with ``veda.set_config(target=...)``)."""
-    _validate({"target": _defaults.target, "threads": _defaults.threads,
-               "schedule": _defaults.schedule, "chunk": _defaults.chunk}, ConfigError,
-              where="VEDA_TARGET (read at import, so a built-in target; set a registered "
-                    "plug-in with veda.set_config(target=...))")
+    _validate(
+        {
+            "target": _defaults.target,
+            "threads": _defaults.threads,
+            "schedule": _defaults.schedule,
+            "chunk": _defaults.chunk,
+        },
+        ConfigError,
+        where="VEDA_TARGET (read at import, so a built-in target; set a registered "
+        "plug-in with veda.set_config(target=...))",
+    )
 
 
 class deterministic(config):

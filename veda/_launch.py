@@ -44,8 +44,16 @@ from veda.errors import LaunchError, VedaError
 from veda.telemetry import _events
 from veda.telemetry import _registry as _telemetry
 
-__all__ = ["BoundLaunch", "Interceptor", "Kernel", "LaunchInfo", "add_interceptor", "kernel",
-           "launch", "remove_interceptor"]
+__all__ = [
+    "BoundLaunch",
+    "Interceptor",
+    "Kernel",
+    "LaunchInfo",
+    "add_interceptor",
+    "kernel",
+    "launch",
+    "remove_interceptor",
+]
 
 _FOLD_AT = _telemetry.FOLD_AT
 
@@ -59,8 +67,9 @@ class LaunchInfo:
 
     __slots__ = ("args", "decision", "dims", "end", "error", "kernel", "start", "thread_id")
 
-    def __init__(self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...],
-                 decision: Decision) -> None:
+    def __init__(
+        self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...], decision: Decision
+    ) -> None:
         self.kernel = kernel
         self.dims = dims
         self.args = args
@@ -118,9 +127,19 @@ class _Listeners(Interceptor):
     @staticmethod
     def _event(launch: LaunchInfo) -> _events.LaunchEvent:
         d = launch.decision
-        return _events.LaunchEvent(launch.kernel.name, launch.dims, d.target, d.threads,
-                                   d.schedule, d.chunk, launch.thread_id, launch.start,
-                                   launch.end, launch.error, d.block)
+        return _events.LaunchEvent(
+            launch.kernel.name,
+            launch.dims,
+            d.target,
+            d.threads,
+            d.schedule,
+            d.chunk,
+            launch.thread_id,
+            launch.start,
+            launch.end,
+            launch.error,
+            d.block,
+        )
 
 
 _listeners = _Listeners()
@@ -161,9 +180,25 @@ _events.on_change.append(_refresh)
 class Entry:
     """A prepared launch: one kernel form, domain, argument count and settings object."""
 
-    __slots__ = ("cfg", "check", "debts", "decision", "dims", "form", "last", "lock", "recorder",
-                 "resume_review_at", "review_at", "runner", "runners", "size", "times", "tuning",
-                 "version")
+    __slots__ = (
+        "cfg",
+        "check",
+        "debts",
+        "decision",
+        "dims",
+        "form",
+        "last",
+        "lock",
+        "recorder",
+        "resume_review_at",
+        "review_at",
+        "runner",
+        "runners",
+        "size",
+        "times",
+        "tuning",
+        "version",
+    )
 
     def __init__(self, cfg: Config, form: Form, dims: tuple[int, ...], size: int) -> None:
         self.cfg = cfg
@@ -197,8 +232,10 @@ def _transfer(form: Form, args: tuple[Any, ...]) -> tuple[int, int]:
 def _copying_targets() -> bool:
     """Whether a dispatchable target copies host arrays or reads device arrays here: then where
     the arrays live is part of a prepared launch's key."""
-    return any((t.copies_host_arrays or t.reads_device_arrays) and t.dispatchable()
-               for t in _registry.targets())
+    return any(
+        (t.copies_host_arrays or t.reads_device_arrays) and t.dispatchable()
+        for t in _registry.targets()
+    )
 
 
 class Kernel(KernelDefinition):
@@ -208,8 +245,9 @@ class Kernel(KernelDefinition):
     ``k[(n, m, p)](*args)``, or with :func:`launch` for explicit settings.
     """
 
-    def __init__(self, pyfunc: Callable[..., Any], reduce: str | None = None,
-                 ndim: int | None = None) -> None:
+    def __init__(
+        self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
+    ) -> None:
         super().__init__(pyfunc, reduce=reduce, ndim=ndim)
         self._bound: dict[Any, BoundLaunch] = {}
         self._fast: dict[tuple[Any, ...], Entry] = {}
@@ -231,7 +269,8 @@ class Kernel(KernelDefinition):
         # Only plain ints (and tuples of them) are cached: 4.0 and True hash like 4 and 1 but
         # must be refused.
         cacheable = domain.__class__ is int or (
-            domain.__class__ is tuple and all(d.__class__ is int for d in domain))
+            domain.__class__ is tuple and all(d.__class__ is int for d in domain)
+        )
         bound = self._bound.get(domain) if cacheable else None
         if bound is None:
             bound = BoundLaunch(self, self.domain(domain))
@@ -275,8 +314,7 @@ class Kernel(KernelDefinition):
             self._review(entry, args, elapsed)
         return result
 
-    def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...],
-                        overrides: Any) -> Any:
+    def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
         """A launch while interceptors are installed: those active here may force a decision
         (replay) and see the launch start and end."""
         watchers = tuple(w for w in _watched if w.active())
@@ -284,8 +322,10 @@ class Kernel(KernelDefinition):
             forced = w.redirect(self, dims)
             if forced is not None:
                 if type(forced) is not Decision:
-                    raise LaunchError(f"interceptor {w!r}: redirect() returned {forced!r}, not "
-                                      "a veda.targets.Decision or None")
+                    raise LaunchError(
+                        f"interceptor {w!r}: redirect() returned {forced!r}, not "
+                        "a veda.targets.Decision or None"
+                    )
                 overrides = forced
         cfg = get_config()
         entry = self._fast.get(self._key(dims, args, overrides))
@@ -298,8 +338,7 @@ class Kernel(KernelDefinition):
             return self._adaptive_launch(entry, args, watchers)
         return self._timed(entry, args, watchers)
 
-    def _timed(self, entry: Entry, args: tuple[Any, ...],
-               watchers: tuple[Interceptor, ...]) -> Any:
+    def _timed(self, entry: Entry, args: tuple[Any, ...], watchers: tuple[Interceptor, ...]) -> Any:
         """One timed launch, seen by ``watchers``; returns the result (time in entry.last)."""
         recorder = entry.recorder
         info = None
@@ -340,8 +379,9 @@ class Kernel(KernelDefinition):
             return (dims, len(args), overrides, _gpu.device_resident(args))
         return (dims, len(args), overrides)
 
-    def _prepare(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
-                 cfg: Config) -> Entry:
+    def _prepare(
+        self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any, cfg: Config
+    ) -> Entry:
         """Everything a launch needs that its argument values do not change."""
         forced = overrides if type(overrides) is Decision else None
         if overrides is not None and forced is None:
@@ -375,8 +415,16 @@ class Kernel(KernelDefinition):
         if pins is not None and size > 0:
             transfer = _transfer(form, args) if copying else None
             tuner_entry = scheduler.dispatcher.entry(
-                self, len(dims), size, cfg.policy, cfg.cache_dir, pins, transfer, residency,
-                cfg.deterministic)
+                self,
+                len(dims),
+                size,
+                cfg.policy,
+                cfg.cache_dir,
+                pins,
+                transfer,
+                residency,
+                cfg.deterministic,
+            )
         if tuner_entry is not None and cfg.telemetry:
             entry.tuning = tuner_entry  # explores and learns from this entry's launches
             entry.version = -1  # bind at the first launch
@@ -389,8 +437,9 @@ class Kernel(KernelDefinition):
         self._store(dims, args, overrides, entry)
         return entry
 
-    def _store(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any,
-               entry: Entry) -> None:
+    def _store(
+        self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any, entry: Entry
+    ) -> None:
         if len(self._fast) >= 1024:
             self._fast.clear()
         self._fast[self._key(dims, args, overrides)] = entry
@@ -403,21 +452,30 @@ class Kernel(KernelDefinition):
             recorder = None
             if cfg.telemetry:
                 recorder = _telemetry.registry.recorder(
-                    self.module_name, self.name, decision, entry.size, entry.form.nbytes)
+                    self.module_name, self.name, decision, entry.size, entry.form.nbytes
+                )
             target = _registry.get(decision.target)
             try:
                 runner = target.prepare(
-                    entry.form, entry.dims, decision,
+                    entry.form,
+                    entry.dims,
+                    decision,
                     LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
-                    recorder if cfg.profile else None, shared=entry.tuning is not None)
+                    recorder if cfg.profile else None,
+                    shared=entry.tuning is not None,
+                )
             except VedaError:
                 raise
             except Exception as exc:
-                raise LaunchError(f"target {target.name!r} could not prepare a launch of kernel "
-                                  f"{self.name!r}: {type(exc).__name__}: {exc}") from exc
+                raise LaunchError(
+                    f"target {target.name!r} could not prepare a launch of kernel "
+                    f"{self.name!r}: {type(exc).__name__}: {exc}"
+                ) from exc
             if not callable(runner):
-                raise LaunchError(f"target {target.name!r}: prepare() returned {runner!r}, not "
-                                  "a callable that runs a launch")
+                raise LaunchError(
+                    f"target {target.name!r}: prepare() returned {runner!r}, not "
+                    "a callable that runs a launch"
+                )
             got = entry.runners[decision] = (runner, recorder)
         runner, recorder = got
         if recorder is not None:
@@ -429,8 +487,9 @@ class Kernel(KernelDefinition):
             entry.review_at = len(entry.times) + scheduler.REVIEW_EVERY
 
     # -- the dispatcher's launches -------------------------------------------------------------
-    def _adaptive_launch(self, entry: Entry, args: tuple[Any, ...],
-                         watchers: tuple[Interceptor, ...]) -> Any:
+    def _adaptive_launch(
+        self, entry: Entry, args: tuple[Any, ...], watchers: tuple[Interceptor, ...]
+    ) -> Any:
         """A launch while the dispatcher explores, or right after it changed its decision."""
         tuning = entry.tuning
         if tuning.tuner.choice is None:
@@ -438,8 +497,9 @@ class Kernel(KernelDefinition):
                 return self._explore(entry, tuning, args, watchers)
         return self._explore(entry, tuning, args, watchers)
 
-    def _explore(self, entry: Entry, tuning: Any, args: tuple[Any, ...],
-                 watchers: tuple[Interceptor, ...]) -> Any:
+    def _explore(
+        self, entry: Entry, tuning: Any, args: tuple[Any, ...], watchers: tuple[Interceptor, ...]
+    ) -> Any:
         tuner = tuning.tuner
         if tuner.choice is not None:  # decided (here or in another entry): bind and run
             self._bind(entry, tuner.choice, args)
@@ -452,8 +512,9 @@ class Kernel(KernelDefinition):
         series = entry.recorder.series if entry.recorder is not None else None
         if entry.cfg.profile and series is not None and series.profiled:
             imbalance = series.imbalance_sum / series.profiled
-        scheduler.dispatcher.observe(tuning, decision, entry.last, entry.size,
-                                     entry.cfg.cache_dir, imbalance)
+        scheduler.dispatcher.observe(
+            tuning, decision, entry.last, entry.size, entry.cfg.cache_dir, imbalance
+        )
         return result
 
     def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
@@ -465,7 +526,7 @@ class Kernel(KernelDefinition):
             return  # brought forward for the compile only: the real review is not due
         step = _FOLD_AT
         if entry.tuning is not None and entry.tuning.tuner.choice is not None:
-            recent = times[-scheduler.REVIEW_EVERY:]
+            recent = times[-scheduler.REVIEW_EVERY :]
             scheduler.dispatcher.review(entry.tuning, recent, entry.size)
             # Review every REVIEW_EVERY launches, but not more often than every ~10 ms of
             # launches: short kernels would otherwise pay for reviews on the launch path.
@@ -532,11 +593,13 @@ def _settle(entry: Entry, elapsed: float | None) -> bool:
 #: Where a launcher that compiles asks whether it runs inside a timed launch: the launch path's
 #: timed calls say yes (their local ``entry`` is the launch's), preparing says no (a target may
 #: warm up its code there).
-_checks.TIMED_CODE.update({
-    Kernel._launch.__code__: True,
-    Kernel._timed.__code__: True,
-    Kernel._bind.__code__: False,
-})
+_checks.TIMED_CODE.update(
+    {
+        Kernel._launch.__code__: True,
+        Kernel._timed.__code__: True,
+        Kernel._bind.__code__: False,
+    }
+)
 _checks.on_launch_compile = _compiled_in_launch
 
 _kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()

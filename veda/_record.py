@@ -33,8 +33,7 @@ VERSION = 2
 
 #: The record and replay scopes open in this thread or task, outermost first.  Every record in
 #: it notes the launches; the innermost replay forces them.
-_scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("veda_record",
-                                                                          default=())
+_scopes: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar("veda_record", default=())
 
 
 def _enter(scope: Interceptor) -> contextvars.Token[tuple[Any, ...]]:
@@ -62,8 +61,9 @@ def _path(path: Any, what: str) -> str:
     try:
         return os.fsdecode(path)
     except TypeError:
-        raise ReplayError(f"veda.{what}: the path must be a str or os.PathLike, not "
-                          f"{type(path).__name__}") from None
+        raise ReplayError(
+            f"veda.{what}: the path must be a str or os.PathLike, not {type(path).__name__}"
+        ) from None
 
 
 def _describe(entry: dict[str, Any]) -> str:
@@ -103,8 +103,9 @@ class record(Interceptor):
         if os.path.isdir(self.path):
             raise ReplayError(f"cannot write the record to {self.path!r}: it is a directory")
         if not os.access(directory, os.W_OK):
-            raise ReplayError(f"cannot write the record to {self.path!r}: {directory} is not a "
-                              "writable directory")
+            raise ReplayError(
+                f"cannot write the record to {self.path!r}: {directory} is not a writable directory"
+            )
         cfg = get_config()
         self._header = {"deterministic": cfg.deterministic, "seed": cfg.seed}
         self._token = _enter(self)
@@ -116,11 +117,15 @@ class record(Interceptor):
     def start(self, launch: LaunchInfo) -> None:
         """A launch starts running (it passed its checks): note it."""
         cfg = get_config()
-        self.launches.append({
-            "kernel": f"{launch.kernel.module_name}.{launch.kernel.name}",
-            "domain": list(launch.dims), "decision": launch.decision.to_json(),
-            "deterministic": cfg.deterministic, "seed": cfg.seed,
-        })
+        self.launches.append(
+            {
+                "kernel": f"{launch.kernel.module_name}.{launch.kernel.name}",
+                "domain": list(launch.dims),
+                "decision": launch.decision.to_json(),
+                "deterministic": cfg.deterministic,
+                "seed": cfg.seed,
+            }
+        )
 
     def __exit__(self, *exc: object) -> None:
         _exit(self, self._token)
@@ -154,8 +159,10 @@ class replay(Interceptor):
                 f"version {VERSION} and older (it was written by a newer veda)"
             )
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ReplayError(f"the record {self.path!r} is damaged: its format version is "
-                              f"{version!r}, not a whole number from 1 to {VERSION}")
+            raise ReplayError(
+                f"the record {self.path!r} is damaged: its format version is "
+                f"{version!r}, not a whole number from 1 to {VERSION}"
+            )
         launches = doc.get("launches")
         if not isinstance(launches, list) or not all(
             isinstance(e, dict) and {"kernel", "domain", "decision"} <= set(e) for e in launches
@@ -171,12 +178,19 @@ class replay(Interceptor):
         self.deterministic = doc.get("deterministic", False)
         self.seed = doc.get("seed")
         if not isinstance(self.deterministic, bool):
-            raise ReplayError(f"the record {self.path!r} is damaged: 'deterministic' is "
-                              f"{self.deterministic!r}, not true or false")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2**64):
-            raise ReplayError(f"the record {self.path!r} is damaged: 'seed' is {self.seed!r}, "
-                              "not null or an integer in [0, 2**64)")
+            raise ReplayError(
+                f"the record {self.path!r} is damaged: 'deterministic' is "
+                f"{self.deterministic!r}, not true or false"
+            )
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**64
+        ):
+            raise ReplayError(
+                f"the record {self.path!r} is damaged: 'seed' is {self.seed!r}, "
+                "not null or an integer in [0, 2**64)"
+            )
         self.position = 0
         self._scope: Any = None
         self._token: contextvars.Token[tuple[Any, ...]] | None = None
@@ -246,8 +260,9 @@ def _check_entry(entry: dict[str, Any], k: int) -> None:
     domain = entry["domain"]
     if not isinstance(entry["kernel"], str):
         raise ValueError(f"launch #{k + 1}: the kernel is {entry['kernel']!r}, not a name")
-    if (not isinstance(domain, list) or not 1 <= len(domain) <= 3
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                       for n in domain)):
-        raise ValueError(f"launch #{k + 1}: the domain is {domain!r}, not a list of 1 to 3 "
-                         "sizes")
+    if (
+        not isinstance(domain, list)
+        or not 1 <= len(domain) <= 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in domain)
+    ):
+        raise ValueError(f"launch #{k + 1}: the domain is {domain!r}, not a list of 1 to 3 sizes")

@@ -135,8 +135,13 @@ class Target(abc.ABC):
         ``free_cores`` cores are free; none by default (the target runs when asked for)."""
         return []
 
-    def default_decision(self, size: int, threads: int | None = None,
-                         schedule: str | None = None, chunk: int | None = None) -> Decision:
+    def default_decision(
+        self,
+        size: int,
+        threads: int | None = None,
+        schedule: str | None = None,
+        chunk: int | None = None,
+    ) -> Decision:
         """The decision of a launch that names this target, with the settings it gave."""
         return Decision(self.name)
 
@@ -159,9 +164,15 @@ class Target(abc.ABC):
         return f"{decision.target} {decision.threads}t {decision.schedule}{extra}"
 
     @abc.abstractmethod
-    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
-                options: LaunchOptions, profiler: Profiler | None = None,
-                shared: bool = False) -> Runner:
+    def prepare(
+        self,
+        form: KernelForm,
+        dims: tuple[int, ...],
+        decision: Decision,
+        options: LaunchOptions,
+        profiler: Profiler | None = None,
+        shared: bool = False,
+    ) -> Runner:
         """A callable that runs ``form`` over ``dims`` with this decision.
 
         It takes the launch's argument tuple and returns the reduction result (a NumPy scalar)
@@ -202,22 +213,29 @@ def register(target: Target) -> Target:
     """
     where = "veda.targets.register"
     if not isinstance(target, Target):
-        raise ConfigError(f"{where}: expected an instance of a veda.targets.Target subclass, "
-                          f"not {target!r}")
+        raise ConfigError(
+            f"{where}: expected an instance of a veda.targets.Target subclass, not {target!r}"
+        )
     if not isinstance(target.name, str) or not target.name:
-        raise ConfigError(f"{where}: a target's name must be a non-empty string, not "
-                          f"{target.name!r}")
+        raise ConfigError(
+            f"{where}: a target's name must be a non-empty string, not {target.name!r}"
+        )
     settings = target.settings
     if not isinstance(settings, tuple) or not all(isinstance(s, str) for s in settings):
-        raise ConfigError(f"{where}: target {target.name!r}: settings must be a tuple of "
-                          f"names, not {settings!r}")
+        raise ConfigError(
+            f"{where}: target {target.name!r}: settings must be a tuple of names, not {settings!r}"
+        )
     unknown = set(settings) - set(SETTINGS)
     if unknown:
-        raise ConfigError(f"{where}: target {target.name!r}: unknown settings "
-                          f"{sorted(unknown)}; expected some of {', '.join(SETTINGS)}")
+        raise ConfigError(
+            f"{where}: target {target.name!r}: unknown settings "
+            f"{sorted(unknown)}; expected some of {', '.join(SETTINGS)}"
+        )
     if target.parallel and "threads" not in settings:
-        raise ConfigError(f"{where}: target {target.name!r} is parallel, so it takes threads=: "
-                          "add 'threads' to its settings")
+        raise ConfigError(
+            f"{where}: target {target.name!r} is parallel, so it takes threads=: "
+            "add 'threads' to its settings"
+        )
     with _lock:
         _targets[target.name] = target
     _changed()
@@ -370,7 +388,8 @@ def _tail(m: Measured) -> float:
 
 
 _policies: dict[str, Policy] = {
-    p.name: p for p in (
+    p.name: p
+    for p in (
         Policy("adaptive", _median, "explore, then exploit the fastest (median time)"),
         Policy("fixed", None, "never explore: the size rule decides"),
         Policy("latency", _tail, "explore, weighing the slowest launches in"),
@@ -388,14 +407,19 @@ def register_policy(policy: Policy) -> Policy:
     if not isinstance(policy, Policy):
         raise ConfigError(f"{where}: expected a veda.scheduler.Policy, not {policy!r}")
     if not isinstance(policy.name, str) or not policy.name:
-        raise ConfigError(f"{where}: a policy's name must be a non-empty string, not "
-                          f"{policy.name!r}")
+        raise ConfigError(
+            f"{where}: a policy's name must be a non-empty string, not {policy.name!r}"
+        )
     if policy.score is not None and not callable(policy.score):
-        raise ConfigError(f"{where}: policy {policy.name!r}: score must be a function of one "
-                          f"candidate's measurements, or None; not {policy.score!r}")
+        raise ConfigError(
+            f"{where}: policy {policy.name!r}: score must be a function of one "
+            f"candidate's measurements, or None; not {policy.score!r}"
+        )
     if policy.name in ("adaptive", "fixed"):
-        raise ConfigError(f"{where}: the built-in policy {policy.name!r} cannot be replaced; "
-                          "register another name")
+        raise ConfigError(
+            f"{where}: the built-in policy {policy.name!r} cannot be replaced; "
+            "register another name"
+        )
     with _lock:
         _policies[policy.name] = policy
     return policy
@@ -404,8 +428,9 @@ def register_policy(policy: Policy) -> Policy:
 def unregister_policy(name: str) -> None:
     """Remove a policy (the built-in ``"adaptive"`` and ``"fixed"`` stay)."""
     if name in ("adaptive", "fixed"):
-        raise ConfigError(f"veda.scheduler.unregister_policy: the built-in policy {name!r} "
-                          "cannot be removed")
+        raise ConfigError(
+            f"veda.scheduler.unregister_policy: the built-in policy {name!r} cannot be removed"
+        )
     with _lock:
         _policies.pop(name, None)
 

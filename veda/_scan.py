@@ -111,11 +111,14 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     array([0, 1, 3, 6])
     """
     if not isinstance(x, np.ndarray) or x.ndim != 1:
-        raise LaunchError(f"veda.scan: x must be a 1-d NumPy array, not {type(x).__name__}"
-                          + (f" of {x.ndim} dimensions" if isinstance(x, np.ndarray) else ""))
+        raise LaunchError(
+            f"veda.scan: x must be a 1-d NumPy array, not {type(x).__name__}"
+            + (f" of {x.ndim} dimensions" if isinstance(x, np.ndarray) else "")
+        )
     if x.dtype.kind not in "biufc" or (x.dtype.itemsize == 2 and x.dtype.kind == "f"):
-        raise LaunchError(f"veda.scan: x must hold booleans or numbers Numba supports, not "
-                          f"{x.dtype}")
+        raise LaunchError(
+            f"veda.scan: x must hold booleans or numbers Numba supports, not {x.dtype}"
+        )
     acc = _accumulator_dtype(x.dtype)
     if out is None:
         out = np.empty(x.shape[0], acc)
@@ -130,8 +133,12 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     # several; otherwise (none, or a target elsewhere) the size decides.
     target = _registry.known(cfg.target) if cfg.target is not None else None
     serial = target is not None and not target.parallel and not target.copies_host_arrays
-    parallel = max_threads() > 1 and not serial and _hw.parallel_unavailable_reason() is None and (
-        (target is not None and target.parallel) or x.shape[0] >= PARALLEL_SCAN_MIN)
+    parallel = (
+        max_threads() > 1
+        and not serial
+        and _hw.parallel_unavailable_reason() is None
+        and ((target is not None and target.parallel) or x.shape[0] >= PARALLEL_SCAN_MIN)
+    )
     if parallel:
         _hw.threading_layer()
         threads = cfg.threads or max_threads()

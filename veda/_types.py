@@ -66,12 +66,17 @@ class Decision(NamedTuple):
         else:
             raise ValueError(f"not a decision: {value!r}")
         ints = (decision.threads, decision.chunk, decision.block)
-        if (not isinstance(decision.target, str) or not isinstance(decision.schedule, str)
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)):
+        if (
+            not isinstance(decision.target, str)
+            or not isinstance(decision.schedule, str)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+        ):
             raise ValueError(f"not a decision: {value!r}")
         if decision.threads < 1 or decision.chunk < 0 or decision.block < 0:
-            raise ValueError(f"not a decision: {value!r} (threads must be at least 1, chunk and "
-                             "block at least 0)")
+            raise ValueError(
+                f"not a decision: {value!r} (threads must be at least 1, chunk and "
+                "block at least 0)"
+            )
         return decision
 
 
@@ -123,8 +128,9 @@ class KernelForm(Protocol):
         """The loaded generated module of the CPU family (``_veda_cpu``, ``_veda_parallel``, ...)
         for (boundscheck, cache)."""
 
-    def cuda_program(self, options: tuple[bool, bool], acc: str | None, identity: str | None,
-                     block: int) -> Any:
+    def cuda_program(
+        self, options: tuple[bool, bool], acc: str | None, identity: str | None, block: int
+    ) -> Any:
         """The loaded generated CUDA module for these options, accumulator and block size."""
 
     def refuse_device_arguments(self, args: Sequence[Any], target: str) -> None:

@@ -55,11 +55,25 @@ def r_sum2(i, j, x):
     return x[i, j]
 
 
-REDUCERS = {"sum": (r_sum, np.sum), "prod": (r_prod, np.prod), "min": (r_min, np.min),
-            "max": (r_max, np.max)}
+REDUCERS = {
+    "sum": (r_sum, np.sum),
+    "prod": (r_prod, np.prod),
+    "min": (r_min, np.min),
+    "max": (r_max, np.max),
+}
 # NumPy's rules: booleans and signed integers accumulate in int64, unsigned ones in uint64.
-DTYPES = (np.float32, np.float64, np.int32, np.int64, np.bool_, np.uint8, np.uint32, np.uint64,
-          np.int8, np.int16)
+DTYPES = (
+    np.float32,
+    np.float64,
+    np.int32,
+    np.int64,
+    np.bool_,
+    np.uint8,
+    np.uint32,
+    np.uint64,
+    np.int8,
+    np.int16,
+)
 
 
 def _values(op: str, dtype: type, n: int) -> np.ndarray:
@@ -223,8 +237,7 @@ def test_the_kernel_language_on_cuda():
     on_cuda(language, n, np.uint64(9), x, out, counts, lo, hi)
     np.testing.assert_allclose(out[:, 0], x**2 + (x + 2) ** 2, rtol=1e-12)
     np.testing.assert_array_equal(out[:, 1], [veda.random.uniform(9, i) for i in range(n)])
-    np.testing.assert_array_equal(out[:, 2], [veda.random.integers(9, i, 0, 10)
-                                              for i in range(n)])
+    np.testing.assert_array_equal(out[:, 2], [veda.random.integers(9, i, 0, 10) for i in range(n)])
     np.testing.assert_array_equal(counts, [16, 16, 16, 16])
     assert lo[0] == x.min() and hi[0] == x.max()
 
@@ -259,8 +272,9 @@ def test_telemetry_counts_cuda_launches_and_their_transfers():
     moved = snap.transfers[f"{__name__}.saxpy"]
     assert moved == {"host_to_device_bytes": 2 * 3 * 80, "device_to_host_bytes": 2 * 80}
     text = snap.to_prometheus()
-    assert (f'veda_transfer_bytes_total{{kernel="{__name__}.saxpy",direction="device_to_host"}}'
-            in text)
+    assert (
+        f'veda_transfer_bytes_total{{kernel="{__name__}.saxpy",direction="device_to_host"}}' in text
+    )
 
 
 def test_device_arrays_on_the_cpu_targets_are_refused():

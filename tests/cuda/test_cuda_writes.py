@@ -208,12 +208,15 @@ def test_device_arrays_under_the_fixed_policy_go_to_the_gpu(fake_gpu):
 # -- argument checks ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, words", [
-    ([1.0, 2.0, 3.0, 4.0], "lists are not accepted"),
-    (np.zeros(4, np.float16), "float16 arrays are not supported by Numba on the GPU"),
-    (np.array([None] * 4, dtype=object), "booleans or numbers, not object"),
-    ("text", "NumPy or GPU arrays"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        ([1.0, 2.0, 3.0, 4.0], "lists are not accepted"),
+        (np.zeros(4, np.float16), "float16 arrays are not supported by Numba on the GPU"),
+        (np.array([None] * 4, dtype=object), "booleans or numbers, not object"),
+        ("text", "NumPy or GPU arrays"),
+    ],
+)
 def test_bad_arguments_are_refused_naming_them(bad, words):
     out = np.zeros(4)
     with pytest.raises(veda.LaunchError, match=rf"argument 'x' is .*{words}"):

@@ -21,8 +21,16 @@ from typing import Any
 
 import numba
 
-__all__ = ["affinity", "cpu_model", "fingerprint", "fingerprint_id", "max_threads",
-           "seconds_per_tick", "serialises_parallel_regions", "threading_layer"]
+__all__ = [
+    "affinity",
+    "cpu_model",
+    "fingerprint",
+    "fingerprint_id",
+    "max_threads",
+    "seconds_per_tick",
+    "serialises_parallel_regions",
+    "threading_layer",
+]
 
 #: Threading layers that take parallel regions from several Python threads at once.
 THREAD_SAFE_LAYERS = ("tbb", "omp")
@@ -128,10 +136,12 @@ def parallel_unavailable_reason() -> str | None:
     whose OpenMP worker threads had started."""
     if _forked_with is None:
         return None
-    return (f"this process was forked after Numba's {_forked_with!r} threading layer had started "
-            "its threads, and that layer does not survive fork(); start processes with the "
-            "'spawn' method (multiprocessing.get_context('spawn')), or use "
-            "NUMBA_THREADING_LAYER=tbb")
+    return (
+        f"this process was forked after Numba's {_forked_with!r} threading layer had started "
+        "its threads, and that layer does not survive fork(); start processes with the "
+        "'spawn' method (multiprocessing.get_context('spawn')), or use "
+        "NUMBA_THREADING_LAYER=tbb"
+    )
 
 
 _tick: float | None = None

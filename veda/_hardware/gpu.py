@@ -47,8 +47,15 @@ _probed: tuple[str | None, str | None] | None = None  # (reason explicit fails, 
 
 
 #: Where NVIDIA's driver library usually lives (distribution packages, containers, WSL).
-_DRIVER_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-                "/usr/lib", "/usr/local/nvidia/lib64", "/usr/local/nvidia/lib", "/usr/lib/wsl/lib")
+_DRIVER_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/nvidia/lib64",
+    "/usr/local/nvidia/lib",
+    "/usr/lib/wsl/lib",
+)
 
 
 def gpu_driver_present() -> bool:
@@ -82,17 +89,21 @@ def _probe() -> tuple[str | None, str | None]:
         if _probed is not None:
             return _probed
         missing = (
-            "the 'cuda' extra is not installed: numba-cuda is missing "
-            "(pip install 'veda[cuda]')"
+            "the 'cuda' extra is not installed: numba-cuda is missing (pip install 'veda[cuda]')"
         )
         if not _extra_installed():
             _probed = (missing, missing)
         elif simulator_enabled():
-            _probed = (None, "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1): it runs "
-                             "explicit target='cuda' launches for tests, but it is not a GPU")
+            _probed = (
+                None,
+                "the CUDA simulator is enabled (NUMBA_ENABLE_CUDASIM=1): it runs "
+                "explicit target='cuda' launches for tests, but it is not a GPU",
+            )
         elif not gpu_driver_present():
-            reason = ("no NVIDIA driver found (no /proc/driver/nvidia/version and no libcuda "
-                      "on the loader path)")
+            reason = (
+                "no NVIDIA driver found (no /proc/driver/nvidia/version and no libcuda "
+                "on the loader path)"
+            )
             _probed = (reason, reason)
         else:
             reason = None
@@ -139,9 +150,7 @@ def is_device_array(value: Any) -> bool:
     """
     if isinstance(value, np.ndarray):
         return False
-    return hasattr(value, "__cuda_array_interface__") or (
-        type(value).__name__ == "FakeCUDAArray"
-    )
+    return hasattr(value, "__cuda_array_interface__") or (type(value).__name__ == "FakeCUDAArray")
 
 
 def device_resident(args: tuple[Any, ...]) -> bool:
@@ -217,8 +226,10 @@ def count_transfer(kernel: str, to_device: int, to_host: int) -> None:
 
 def kernel_transfers() -> dict[str, dict[str, int]]:
     """Bytes veda copied for each kernel's CUDA launches, by direction."""
-    return {k: {"host_to_device_bytes": v[0], "device_to_host_bytes": v[1]}
-            for k, v in list(_per_kernel.items())}
+    return {
+        k: {"host_to_device_bytes": v[0], "device_to_host_bytes": v[1]}
+        for k, v in list(_per_kernel.items())
+    }
 
 
 def transfer_stats() -> dict[str, int]:
@@ -354,8 +365,12 @@ class DevicePool:
 
     def info(self) -> dict[str, int]:
         with self._lock:
-            return {"cached_bytes": self.bytes, "hits": self.hits, "misses": self.misses,
-                    "buffers": sum(len(v) for v in self._free.values())}
+            return {
+                "cached_bytes": self.bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "buffers": sum(len(v) for v in self._free.values()),
+            }
 
 
 #: The process's device buffers.

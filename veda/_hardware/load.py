@@ -44,8 +44,7 @@ class LoadMonitor:
             with self._lock:
                 if self._pid != os.getpid():
                     self._pid = os.getpid()
-                    threading.Thread(target=self._run, name="veda-load-monitor",
-                                     daemon=True).start()
+                    threading.Thread(
+                        target=self._run, name="veda-load-monitor", daemon=True
+                    ).start()
         return self._free
-
-

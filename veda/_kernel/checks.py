@@ -73,8 +73,10 @@ def _arg_problem(value: Any, device: bool = False) -> str | None:
             return f"GPU arrays must hold booleans or numbers, not {value.dtype}"
         return _dtype_problem(dt, "the GPU")
     if device:
-        return ("kernel arguments must be NumPy or GPU arrays, scalars (bool, int, float, "
-                "complex) or tuples")
+        return (
+            "kernel arguments must be NumPy or GPU arrays, scalars (bool, int, float, "
+            "complex) or tuples"
+        )
     return "kernel arguments must be NumPy arrays, scalars (bool, int, float, complex) or tuples"
 
 
@@ -84,8 +86,9 @@ GPU_ARRAY_ON_CPU = (
 )
 
 
-def refuse_device_arguments(kernel_name: str, names: Sequence[str], args: Sequence[Any],
-                            target: str) -> None:
+def refuse_device_arguments(
+    kernel_name: str, names: Sequence[str], args: Sequence[Any], target: str
+) -> None:
     """Raise a clear error when a CPU launch failed because an argument lives on the GPU.
 
     Called only after a CPU launch failed, so it costs nothing on the launch path.
@@ -98,8 +101,9 @@ def refuse_device_arguments(kernel_name: str, names: Sequence[str], args: Sequen
             )
 
 
-def check_arguments(kernel_name: str, names: Sequence[str], args: Sequence[Any],
-                    device: bool = False) -> None:
+def check_arguments(
+    kernel_name: str, names: Sequence[str], args: Sequence[Any], device: bool = False
+) -> None:
     """Refuse an argument no target can take, naming it; ``device``: for the GPU target."""
     for name, value in zip(names, args):
         problem = _arg_problem(value, device)
@@ -113,9 +117,7 @@ def check_arguments(kernel_name: str, names: Sequence[str], args: Sequence[Any],
 # paths; generated file names are unique, so their base names identify them.
 _FILE_LINE = re.compile(r'File "([^"]+)", line (\d+)|at (\S+\.py) \((\d+)\)')
 # Errors raised by veda's own kernel-language typing, buried in Numba's candidate list.
-_VEDA_TYPING = re.compile(
-    r"TypingError: ((?:atomic_\w+|local_array|a reduce=|reduce=)[^\n]*)"
-)
+_VEDA_TYPING = re.compile(r"TypingError: ((?:atomic_\w+|local_array|a reduce=|reduce=)[^\n]*)")
 
 
 def _summary(message: str) -> str:
@@ -225,8 +227,15 @@ def _record_compile(owner: Any, signature: str, start: float, end: float, hit: b
         listener(owner, end - start, hit, signature, start, end)
 
 
-def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names: Sequence[str],
-                         launcher: bool = False, from_python: bool = True) -> None:
+def install_compile_hook(
+    module: Any,
+    attr: str,
+    owner: Any,
+    offset: int,
+    names: Sequence[str],
+    launcher: bool = False,
+    from_python: bool = True,
+) -> None:
     """Check, count and translate at the one point Numba meets new argument types.
 
     ``module.attr`` is a Numba dispatcher whose first ``offset`` parameters are veda's own (the
@@ -268,8 +277,13 @@ def install_compile_hook(module: Any, attr: str, owner: Any, offset: int, names:
             first = types_ not in seen
             seen.add(types_)
         if first:
-            _record_compile(owner, ", ".join(str(t) for t in types_[offset:]), start, end,
-                            sum(dispatcher.stats.cache_hits.values()) > hits)
+            _record_compile(
+                owner,
+                ", ".join(str(t) for t in types_[offset:]),
+                start,
+                end,
+                sum(dispatcher.stats.cache_hits.values()) > hits,
+            )
         if launcher and on_launch_compile is not None:  # a wait on the compile is not run time
             frame = _timed_frame()
             if frame is not None:

@@ -69,8 +69,9 @@ class Emitted:
     notes: list[str]
 
 
-def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str,
-                    target: str = "cpu") -> Emitted:
+def emit_references(
+    src: FunctionSource, options: tuple[Any, ...], what: str, target: str = "cpu"
+) -> Emitted:
     """Reproduce the globals and closure variables ``src`` uses in a generated module.
 
     ``target`` is "cpu" (the CPU targets) or "cuda": ``@veda.func`` helpers are taken from the
@@ -139,9 +140,7 @@ def emit_references(src: FunctionSource, options: tuple[Any, ...], what: str,
 
 def _decorator(cache: bool, boundscheck: bool, parallel: bool = False) -> str:
     extra = ", parallel=True" if parallel else ""
-    return (
-        f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra})"
-    )
+    return f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra})"
 
 
 def _function_text(src: FunctionSource, decorator: str) -> tuple[list[str], int]:
@@ -352,8 +351,10 @@ def kernel_launchers(
         ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
         # Typing only: the identity in the accumulator's type, which the CUDA target needs on
         # the host to size its partials (the body is typed, never run).
-        fn(f"_veda_acc_probe({args[2:]})",
-           f"_z = _veda_np.int64(0)\nreturn _veda_np.full(1, {ident})\n")
+        fn(
+            f"_veda_acc_probe({args[2:]})",
+            f"_z = _veda_np.int64(0)\nreturn _veda_np.full(1, {ident})\n",
+        )
         stmt = f"_b = _veda_combine(_b, _veda_lang.to_accumulator({call}, _b))"
         if ndim == 1:
             block = _unrolled_block(body, args)
@@ -395,17 +396,33 @@ def kernel_launchers(
     record = "if _bad:\n    _err[0] = _lo\n    _err[1] = _hi\n    break\n"
     plain_head = f"_N = {size}\n_C = _veda_chunk_size\n"
     variants = [
-        ("_veda_parallel", plain_head, acc_init, worker_acc, run_chunk, record, acc_store,
-         result, ret),
+        (
+            "_veda_parallel",
+            plain_head,
+            acc_init,
+            worker_acc,
+            run_chunk,
+            record,
+            acc_store,
+            result,
+            ret,
+        ),
         # The profiled variant is a separate function, so profiling costs nothing when off:
         # each worker adds up the cycles it spends in chunks (readcyclecounter), counts them.
-        ("_veda_parallel_profile", plain_head,
-         acc_init + "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
-         "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
-         worker_acc,
-         "_t0 = _veda_lang.cycles()\n" + run_chunk
-         + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
-         record, acc_store, result, ret.replace("_err[1]", "_err[1], _busy, _nchunks")),
+        (
+            "_veda_parallel_profile",
+            plain_head,
+            acc_init + "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
+            "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
+            worker_acc,
+            "_t0 = _veda_lang.cycles()\n"
+            + run_chunk
+            + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
+            record,
+            acc_store,
+            result,
+            ret.replace("_err[1]", "_err[1], _busy, _nchunks"),
+        ),
     ]
     if reduce is not None:
         # Deterministic mode: the work items are fixed blocks of REDUCE_BLOCK elements (chunk
@@ -413,16 +430,18 @@ def kernel_launchers(
         # own slot and the slots are combined by a fixed pairwise tree, so neither the thread
         # count, the schedule nor the chunk can change a bit, and "cpu" gives the same bits.
         B = REDUCE_BLOCK
-        fn("_veda_pairwise(_p, _n, _ident)",
-           "if _n == 0:\n    return _ident\n"
-           "while _n > 1:\n"
-           "    _h = _n // 2\n"
-           "    for _i in range(_h):\n"
-           "        _p[_i] = _veda_combine(_p[2 * _i], _p[2 * _i + 1])\n"
-           "    if _n % 2:\n"
-           "        _p[_h] = _p[_n - 1]\n"
-           "    _n = _h + _n % 2\n"
-           "return _p[0]\n")
+        fn(
+            "_veda_pairwise(_p, _n, _ident)",
+            "if _n == 0:\n    return _ident\n"
+            "while _n > 1:\n"
+            "    _h = _n // 2\n"
+            "    for _i in range(_h):\n"
+            "        _p[_i] = _veda_combine(_p[2 * _i], _p[2 * _i + 1])\n"
+            "    if _n % 2:\n"
+            "        _p[_h] = _p[_n - 1]\n"
+            "    _n = _h + _n % 2\n"
+            "return _p[0]\n",
+        )
         det_blocks = (
             "for _bi in range(_blk_lo, _blk_hi):\n"
             f"    _blo = _bi * {B}\n"
@@ -444,18 +463,22 @@ def kernel_launchers(
             f"{det_blocks}"
             "return _veda_np.full(1, _veda_pairwise(_p, _nb, _ident))\n",
         )
-        variants.append((
-            "_veda_det_parallel",
-            f"_NE = {size}\n_N = (_NE + {B - 1}) // {B}\n"
-            f"_C = max(1, (_veda_chunk_size + {B - 1}) // {B})\n",
-            f"_z = _veda_np.int64(0)\n_ident = {ident}\n_p = _veda_np.full(max(_N, 1), _ident)\n",
-            "",
-            f"_bad = _veda_det_blocks(_p, _lo, _hi, {dims}{args})\n",
-            f"if _bad:\n    _err[0] = _lo * {B}\n    _err[1] = min(_hi * {B}, _NE)\n    break\n",
-            "",
-            "",
-            "return _veda_np.full(1, _veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
-        ))
+        variants.append(
+            (
+                "_veda_det_parallel",
+                f"_NE = {size}\n_N = (_NE + {B - 1}) // {B}\n"
+                f"_C = max(1, (_veda_chunk_size + {B - 1}) // {B})\n",
+                f"_z = _veda_np.int64(0)\n_ident = {ident}\n"
+                "_p = _veda_np.full(max(_N, 1), _ident)\n",
+                "",
+                f"_bad = _veda_det_blocks(_p, _lo, _hi, {dims}{args})\n",
+                f"if _bad:\n    _err[0] = _lo * {B}\n"
+                f"    _err[1] = min(_hi * {B}, _NE)\n    break\n",
+                "",
+                "",
+                "return _veda_np.full(1, _veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
+            )
+        )
     for name, head, init, w_init, chunk_code, rec, store, combine, returns in variants:
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
@@ -571,8 +594,17 @@ def _cuda_tree(indent: int) -> str:
     return _indent(code, indent)
 
 
-def cuda_launchers(body: str, ndim: int, nargs: int, reduce: str | None, acc: str | None,
-                   identity: str | None, block: int, cache: bool, boundscheck: bool) -> str:
+def cuda_launchers(
+    body: str,
+    ndim: int,
+    nargs: int,
+    reduce: str | None,
+    acc: str | None,
+    identity: str | None,
+    block: int,
+    cache: bool,
+    boundscheck: bool,
+) -> str:
     """Source of the CUDA kernels around ``body``: a grid-stride loop over the flat domain.
 
     Reductions accumulate per thread in the grid-stride loop (or, with ``_per_block > 0``, over
@@ -637,9 +669,16 @@ def cuda_launchers(body: str, ndim: int, nargs: int, reduce: str | None, acc: st
     )
 
 
-def cuda_kernel_unit(src: FunctionSource, ndim: int, nargs: int, reduce: str | None,
-                     acc: str | None, identity: str | None, block: int,
-                     options: tuple[bool, bool]) -> Unit:
+def cuda_kernel_unit(
+    src: FunctionSource,
+    ndim: int,
+    nargs: int,
+    reduce: str | None,
+    acc: str | None,
+    identity: str | None,
+    block: int,
+    options: tuple[bool, bool],
+) -> Unit:
     """The generated module holding a kernel's body as a device function and its CUDA kernels."""
     boundscheck, cache = options
     emitted = emit_references(src, options, "kernel", target="cuda")
@@ -648,8 +687,8 @@ def cuda_kernel_unit(src: FunctionSource, ndim: int, nargs: int, reduce: str | N
         f"# {ndim}-d domain, {nargs} argument(s), reduce={reduce!r}, accumulator {acc}, "
         f"block {block}"
     )
-    tail = cuda_launchers(src.name, ndim, nargs, reduce, acc, identity, block, cache,
-                          boundscheck)
+    tail = cuda_launchers(src.name, ndim, nargs, reduce, acc, identity, block, cache, boundscheck)
     dec = _cuda_decorator(cache, boundscheck, device=True)
-    return _assemble(f"{src.name}_{ndim}d_cuda", header, [(src, emitted, dec)], tail, cache,
-                     target="cuda")
+    return _assemble(
+        f"{src.name}_{ndim}d_cuda", header, [(src, emitted, dec)], tail, cache, target="cuda"
+    )

@@ -82,9 +82,7 @@ def _register() -> None:
             )
         elem = _lang._dtype_of(dtype)
         if elem is None:
-            raise TypingError(
-                f"local_array: the dtype must be a NumPy scalar type, not {dtype}"
-            )
+            raise TypingError(f"local_array: the dtype must be a NumPy scalar type, not {dtype}")
         const_shape = dims[0] if len(dims) == 1 else dims
         return lambda shape, dtype: cuda.local.array(const_shape, elem)
 

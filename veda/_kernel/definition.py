@@ -28,8 +28,13 @@ _INT_TYPES = (int, np.integer)
 
 #: The CPU launchers of a generated module and how many of their leading parameters are veda's
 #: own beyond the domain (the parallel ones take the thread count, the schedule and the chunk).
-_LAUNCHERS = {"_veda_cpu": 0, "_veda_det_cpu": 0, "_veda_parallel": 3,
-              "_veda_parallel_profile": 3, "_veda_det_parallel": 3}
+_LAUNCHERS = {
+    "_veda_cpu": 0,
+    "_veda_det_cpu": 0,
+    "_veda_parallel": 3,
+    "_veda_parallel_profile": 3,
+    "_veda_det_parallel": 3,
+}
 
 
 class Form:
@@ -41,12 +46,32 @@ class Form:
     :meth:`fail`, which says in words what is wrong.
     """
 
-    __slots__ = ("arrays", "check", "definition", "direct", "label", "maybe_written", "name",
-                 "names", "nargs", "nbytes", "ndim", "reduce", "written")
+    __slots__ = (
+        "arrays",
+        "check",
+        "definition",
+        "direct",
+        "label",
+        "maybe_written",
+        "name",
+        "names",
+        "nargs",
+        "nbytes",
+        "ndim",
+        "reduce",
+        "written",
+    )
 
-    def __init__(self, definition: KernelDefinition, ndim: int, names: list[str],
-                 written: list[int], direct: list[tuple[int, int, int, str, str]],
-                 arrays: list[int], maybe_written: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        definition: KernelDefinition,
+        ndim: int,
+        names: list[str],
+        written: list[int],
+        direct: list[tuple[int, int, int, str, str]],
+        arrays: list[int],
+        maybe_written: list[int] | None = None,
+    ) -> None:
         self.definition = definition
         self.name = definition.name
         self.label = f"{definition.module_name}.{definition.name}"
@@ -114,8 +139,9 @@ class Form:
         """The loaded generated module of the CPU family for (boundscheck, cache)."""
         return self.definition.program(self.ndim, self.nargs, options)
 
-    def cuda_program(self, options: tuple[bool, bool], acc: str | None, identity: str | None,
-                     block: int) -> Any:
+    def cuda_program(
+        self, options: tuple[bool, bool], acc: str | None, identity: str | None, block: int
+    ) -> Any:
         """The loaded generated CUDA module for these options, accumulator and block size."""
         return self.definition.cuda_program(self.ndim, self.nargs, options, acc, identity, block)
 
@@ -131,8 +157,9 @@ class Form:
 class KernelDefinition(Launchable):
     """A kernel's definition: see :func:`veda.kernel`."""
 
-    def __init__(self, pyfunc: Callable[..., Any], reduce: str | None = None,
-                 ndim: int | None = None) -> None:
+    def __init__(
+        self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
+    ) -> None:
         if reduce is not None and reduce not in REDUCE_OPS:
             raise KernelDefinitionError(
                 f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
@@ -245,8 +272,11 @@ class KernelDefinition(Launchable):
                 for arr, axis, idx in facts.direct_index
                 if arr in names
             ]
-            arrays = ([names.index(p) for p in names if p in facts.arrays]
-                      if self.source.tree is not None else list(range(nargs)))
+            arrays = (
+                [names.index(p) for p in names if p in facts.arrays]
+                if self.source.tree is not None
+                else list(range(nargs))
+            )
             form = Form(self, ndim, names, written, direct, arrays, maybe_written)
             self._forms[(ndim, nargs)] = form
             return form
@@ -264,8 +294,15 @@ class KernelDefinition(Launchable):
                     self._programs[key] = module
         return module
 
-    def cuda_program(self, ndim: int, nargs: int, options: tuple[bool, bool], acc: str | None,
-                     identity: str | None, block: int) -> Any:
+    def cuda_program(
+        self,
+        ndim: int,
+        nargs: int,
+        options: tuple[bool, bool],
+        acc: str | None,
+        identity: str | None,
+        block: int,
+    ) -> Any:
         """The loaded generated CUDA module for this form, options, accumulator and block."""
         key = (ndim, nargs, options, acc, block)
         module = self._cuda_programs.get(key)

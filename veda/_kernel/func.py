@@ -59,8 +59,9 @@ class Func(Helper):
                 unit = self._units.get(options)
                 if unit is None:
                     unit = codegen.function_unit(self.source, options)
-                    install_compile_hook(unit.module, self.name, self, 0, self.params,
-                                         from_python=False)
+                    install_compile_hook(
+                        unit.module, self.name, self, 0, self.params, from_python=False
+                    )
                     self._units[options] = unit
         return unit
 

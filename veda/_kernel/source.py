@@ -31,11 +31,35 @@ _WRITING_CALLS = {"atomic_add", "atomic_min", "atomic_max"}
 # Attributes of an array that read nothing of its data and give no view of it.
 _META_ATTRS = {"shape", "ndim", "size", "dtype", "itemsize", "nbytes"}
 # Builtins that only read their arguments.
-_READING_BUILTINS = {"len", "min", "max", "abs", "float", "int", "complex", "bool", "round",
-                     "range", "sum", "print", "divmod", "pow", "isinstance"}
+_READING_BUILTINS = {
+    "len",
+    "min",
+    "max",
+    "abs",
+    "float",
+    "int",
+    "complex",
+    "bool",
+    "round",
+    "range",
+    "sum",
+    "print",
+    "divmod",
+    "pow",
+    "isinstance",
+}
 # NumPy functions Numba compiles that write an argument.
-_NUMPY_WRITERS = {"fill_diagonal", "copyto", "put", "place", "putmask", "shuffle", "permutation",
-                  "resize", "ndarray"}
+_NUMPY_WRITERS = {
+    "fill_diagonal",
+    "copyto",
+    "put",
+    "place",
+    "putmask",
+    "shuffle",
+    "permutation",
+    "resize",
+    "ndarray",
+}
 
 
 def _is_atomic(callee: Any) -> bool:
@@ -345,8 +369,9 @@ def _maybe_written(src: FunctionSource, params: set[str], helper: bool) -> set[s
     return out
 
 
-def _only_read(src: FunctionSource, node: ast.AST, parents: dict[ast.AST, ast.AST],
-               helper: bool) -> bool:
+def _only_read(
+    src: FunctionSource, node: ast.AST, parents: dict[ast.AST, ast.AST], helper: bool
+) -> bool:
     if not isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
         return False  # the parameter itself rebound or deleted
     expr = node  # an expression whose value may be the array or a view of it
@@ -367,8 +392,19 @@ def _only_read(src: FunctionSource, node: ast.AST, parents: dict[ast.AST, ast.AS
             parts = _dotted(parent.func)
             callee = resolve_dotted(src.pyfunc, parts) if parts is not None else None
             return _reads_only(callee, parent.args.index(expr))
-        if isinstance(parent, (ast.BinOp, ast.UnaryOp, ast.Compare, ast.AugAssign, ast.Expr,
-                               ast.If, ast.While, ast.Assert)):
+        if isinstance(
+            parent,
+            (
+                ast.BinOp,
+                ast.UnaryOp,
+                ast.Compare,
+                ast.AugAssign,
+                ast.Expr,
+                ast.If,
+                ast.While,
+                ast.Assert,
+            ),
+        ):
             return True  # a value computed from it, or a test
         if isinstance(parent, ast.IfExp):
             if parent.test is expr:

@@ -27,9 +27,23 @@ from veda.scheduler._dispatch import dispatcher, gpu_available
 from veda.scheduler._tuner import REVIEW_EVERY
 from veda.targets.cpu import PARALLEL_MIN_SIZE, default_chunk
 
-__all__ = ["PARALLEL_MIN_SIZE", "POLICIES", "REVIEW_EVERY", "Explanation", "Policy", "decide",
-           "default_chunk", "dispatcher", "explain", "get_policy", "gpu_available", "pins",
-           "policy_names", "register_policy", "unregister_policy"]
+__all__ = [
+    "PARALLEL_MIN_SIZE",
+    "POLICIES",
+    "REVIEW_EVERY",
+    "Explanation",
+    "Policy",
+    "decide",
+    "default_chunk",
+    "dispatcher",
+    "explain",
+    "get_policy",
+    "gpu_available",
+    "pins",
+    "policy_names",
+    "register_policy",
+    "unregister_policy",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -111,8 +125,9 @@ def rule_target(size: int, residency: str = "host") -> str:
     return best.name
 
 
-def decide(size: int, cfg: Config, overrides: Overrides | None,
-           residency: str = "host") -> Decision:
+def decide(
+    size: int, cfg: Config, overrides: Overrides | None, residency: str = "host"
+) -> Decision:
     """The rule: the decision for a launch of ``size`` elements under these settings."""
     target, threads, schedule, chunk = _merge(cfg, overrides)
     if target is None:
@@ -133,8 +148,9 @@ class Explanation:
     def to_dict(self) -> dict[str, Any]:
         return {"kernel": self.kernel, "size_classes": self.rows}
 
-    def decision_for(self, size: int, ndim: int | None = None,
-                     policy: str | None = None) -> Decision | None:
+    def decision_for(
+        self, size: int, ndim: int | None = None, policy: str | None = None
+    ) -> Decision | None:
         """The decision taken for launches of ``size`` elements, or None while exploring.
 
         >>> import numpy as np, veda
@@ -147,8 +163,12 @@ class Explanation:
         """
         cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
         for r in self.rows:
-            if (r["size_class"] == cls and (ndim is None or r["ndim"] == ndim)
-                    and (policy is None or r["policy"] == policy) and r["decision"]):
+            if (
+                r["size_class"] == cls
+                and (ndim is None or r["ndim"] == ndim)
+                and (policy is None or r["policy"] == policy)
+                and r["decision"]
+            ):
                 return Decision(*r["decision"])
         return None
 
@@ -170,10 +190,8 @@ class Explanation:
             return f"{self.kernel}: no adaptive decisions yet"
         lines = [f"{self.kernel}:"]
         for r in self.rows:
-            state = (f"{self.label(r['decision'])} ({r['source']})" if r["decision"]
-                     else "exploring")
-            lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: "
-                         f"{state}")
+            state = f"{self.label(r['decision'])} ({r['source']})" if r["decision"] else "exploring"
+            lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: {state}")
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
                 note = f"  [{t['pruned']}]" if t["pruned"] else ""

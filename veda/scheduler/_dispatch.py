@@ -52,8 +52,9 @@ def size_class(size: int) -> int:
     return 0 if size <= 1 else (size - 1).bit_length()
 
 
-def candidates(size: int, free_cores: int, residency: str = "host",
-               deterministic: bool = False) -> list[Decision]:
+def candidates(
+    size: int, free_cores: int, residency: str = "host", deterministic: bool = False
+) -> list[Decision]:
     """The configurations worth trying for a domain of ``size`` elements: every dispatchable
     target's candidates, in registration order (the serial loop first).
 
@@ -65,8 +66,9 @@ def candidates(size: int, free_cores: int, residency: str = "host",
     numerics = None
     for target in _registry.targets():
         try:
-            reads = (target.reads_device_arrays if residency == "device"
-                     else target.reads_host_arrays)
+            reads = (
+                target.reads_device_arrays if residency == "device" else target.reads_host_arrays
+            )
             if not reads or not target.dispatchable():
                 continue
             if deterministic:
@@ -83,8 +85,7 @@ def candidates(size: int, free_cores: int, residency: str = "host",
         except Exception as exc:
             # A plug-in's bug keeps that target out of the dispatcher's choices (said once); it
             # must not break every adaptive launch of every kernel.
-            _warn_once(target.name, f"its candidates cannot be used: {type(exc).__name__}: "
-                                    f"{exc}")
+            _warn_once(target.name, f"its candidates cannot be used: {type(exc).__name__}: {exc}")
             continue
         out += found
     return out
@@ -122,9 +123,18 @@ class Dispatcher:
             w = self._wisdom[cache_dir] = TuningCache(cache_dir)
         return w
 
-    def entry(self, kernel: Any, ndim: int, size: int, policy: str, cache_dir: str,
-              pins: Pins = (None, None), transfer: tuple[int, int] | None = None,
-              residency: str = "host", deterministic: bool = False) -> Entry | None:
+    def entry(
+        self,
+        kernel: Any,
+        ndim: int,
+        size: int,
+        policy: str,
+        cache_dir: str,
+        pins: Pins = (None, None),
+        transfer: tuple[int, int] | None = None,
+        residency: str = "host",
+        deterministic: bool = False,
+    ) -> Entry | None:
         """The tuner for this launch, or None when the pins leave no candidate.
 
         ``transfer`` is (bytes in, bytes out) a launch with these arguments copies on a target
@@ -133,8 +143,17 @@ class Dispatcher:
         """
         digest = _digest(kernel)
         cls = size_class(size)
-        k = (kernel.module_name, kernel.name, digest, ndim, cls, policy, pins, residency,
-             deterministic)
+        k = (
+            kernel.module_name,
+            kernel.name,
+            digest,
+            ndim,
+            cls,
+            policy,
+            pins,
+            residency,
+            deterministic,
+        )
         entry = self.entries.get(k)
         if entry is not None:
             return entry
@@ -150,8 +169,10 @@ class Dispatcher:
             pin_text = "".join(f"|{p}" for p in pins if p)
             where = "" if residency == "host" else f"|{residency}"
             det = "|deterministic" if deterministic else ""  # other candidates: kept apart
-            key = (f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
-                   f"{pin_text}{where}{det}")
+            key = (
+                f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
+                f"{pin_text}{where}{det}"
+            )
             remembered = self.wisdom(cache_dir).get(key)
             if remembered is not None:
                 try:
@@ -159,18 +180,36 @@ class Dispatcher:
                 except (TypeError, ValueError):
                     decision = None
                 spe = remembered.get("seconds_per_element")
-                if (decision in tuner.candidates and isinstance(spe, (int, float))
-                        and math.isfinite(spe)):
+                if (
+                    decision in tuner.candidates
+                    and isinstance(spe, (int, float))
+                    and math.isfinite(spe)
+                ):
                     assert decision is not None
                     tuner.adopt(decision, float(spe), "tuning cache")
             priced = any(_copies(d.target) for d in cands)
-            entry = self.entries[k] = Entry(kernel.name, key, tuner, free, pins,
-                                            transfer or (0, 0), priced, residency,
-                                            deterministic)
+            entry = self.entries[k] = Entry(
+                kernel.name,
+                key,
+                tuner,
+                free,
+                pins,
+                transfer or (0, 0),
+                priced,
+                residency,
+                deterministic,
+            )
         return entry
 
-    def observe(self, entry: Entry, decision: Decision, seconds: float, size: int,
-                cache_dir: str, imbalance: float = math.nan) -> None:
+    def observe(
+        self,
+        entry: Entry,
+        decision: Decision,
+        seconds: float,
+        size: int,
+        cache_dir: str,
+        imbalance: float = math.nan,
+    ) -> None:
         """One exploring launch's time; ``imbalance`` is its profile's max/mean busy time."""
         tuner = entry.tuner
         per_element = seconds / max(size, 1)
@@ -183,12 +222,15 @@ class Dispatcher:
         if entry.priced and tuner.exploring:
             self._price(entry, size)
         if was_exploring and not tuner.exploring:
-            self.wisdom(cache_dir).put(entry.key, {
-                "decision": (tuner.choice or tuner.candidates[0]).to_json(),
-                "seconds_per_element": tuner.baseline,
-                "policy": tuner.policy,
-                "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
-            })
+            self.wisdom(cache_dir).put(
+                entry.key,
+                {
+                    "decision": (tuner.choice or tuner.candidates[0]).to_json(),
+                    "seconds_per_element": tuner.baseline,
+                    "policy": tuner.policy,
+                    "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
+                },
+            )
 
     @staticmethod
     def _too_short(tuner: Tuner, measured: Decision, seconds: float) -> None:
@@ -197,8 +239,11 @@ class Dispatcher:
         for d in list(tuner.candidates):
             overhead = _overhead(d.target)
             if d.target != measured.target and overhead > 0 and seconds < 2 * overhead:
-                tuner.prune(d, f"the serial launch took {seconds * 1e6:.1f} us, too short to "
-                               f"pay for the {overhead * 1e6:.0f} us a {d.target} launch costs")
+                tuner.prune(
+                    d,
+                    f"the serial launch took {seconds * 1e6:.1f} us, too short to "
+                    f"pay for the {overhead * 1e6:.0f} us a {d.target} launch costs",
+                )
 
     @staticmethod
     def _price(entry: Entry, size: int) -> None:
@@ -208,8 +253,10 @@ class Dispatcher:
         tuner = entry.tuner
         targets = {d: _registry.lookup(d.target) for d in tuner.candidates}
         copies = {d: t for d, t in targets.items() if t is not None and t.copies_host_arrays}
-        best = min((min(t.samples) for d, t in tuner.trials.items()
-                    if d not in copies and t.samples), default=math.inf) * max(size, 1)
+        best = min(
+            (min(t.samples) for d, t in tuner.trials.items() if d not in copies and t.samples),
+            default=math.inf,
+        ) * max(size, 1)
         if not math.isfinite(best):
             return
         for d, target in copies.items():
@@ -222,8 +269,11 @@ class Dispatcher:
                 entry.priced = False
                 continue
             if fixed > best:
-                tuner.prune(d, f"transfers and launch would take {fixed * 1e6:.0f} us, the best "
-                               f"launch that copies nothing took {best * 1e6:.0f} us")
+                tuner.prune(
+                    d,
+                    f"transfers and launch would take {fixed * 1e6:.0f} us, the best "
+                    f"launch that copies nothing took {best * 1e6:.0f} us",
+                )
 
     @staticmethod
     def _steer(tuner: Tuner, imbalance: float) -> None:
@@ -250,8 +300,9 @@ class Dispatcher:
         free = self.load.free_cores()
         if free != entry.free_cores:
             entry.free_cores = free
-            fresh = _pinned(candidates(max(size, 1), free, entry.residency, entry.deterministic),
-                            entry.pins)
+            fresh = _pinned(
+                candidates(max(size, 1), free, entry.residency, entry.deterministic), entry.pins
+            )
             if not entry.priced:  # a target that failed its pricing stays out
                 fresh = [d for d in fresh if not _copies(d.target)]
             if fresh and fresh != tuner.candidates:
@@ -270,17 +321,23 @@ class Dispatcher:
             if k[0] != module or k[1] != name:
                 continue
             t = entry.tuner
-            rows.append({
-                "ndim": k[3], "size_class": f"<= 2^{k[4]}", "policy": k[5],
-                "pinned": {n: v for n, v in zip(("target", "schedule"), k[6]) if v},
-                "residency": entry.residency,
-                "decision": t.choice, "source": t.source if t.choice else "exploring",
-                "explorations": t.explorations, "seconds_per_element": t.baseline,
-                "trials": [
-                    {"decision": d, "samples": list(tr.samples), "pruned": tr.pruned}
-                    for d, tr in t.trials.items()
-                ],
-            })
+            rows.append(
+                {
+                    "ndim": k[3],
+                    "size_class": f"<= 2^{k[4]}",
+                    "policy": k[5],
+                    "pinned": {n: v for n, v in zip(("target", "schedule"), k[6]) if v},
+                    "residency": entry.residency,
+                    "decision": t.choice,
+                    "source": t.source if t.choice else "exploring",
+                    "explorations": t.explorations,
+                    "seconds_per_element": t.baseline,
+                    "trials": [
+                        {"decision": d, "samples": list(tr.samples), "pruned": tr.pruned}
+                        for d, tr in t.trials.items()
+                    ],
+                }
+            )
         return rows
 
     def forget(self) -> None:
@@ -299,8 +356,11 @@ def _warn_once(target: str, reason: str) -> None:
         if (target, reason) in _warned:
             return
         _warned.add((target, reason))
-    warnings.warn(f"veda: the dispatcher no longer considers target {target!r}: {reason}",
-                  RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"veda: the dispatcher no longer considers target {target!r}: {reason}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 def _overhead(name: str) -> float:
@@ -319,9 +379,11 @@ def _copies(name: str) -> bool:
 
 def _pinned(cands: list[Decision], pins: Pins) -> list[Decision]:
     target, schedule = pins
-    return [c for c in cands
-            if (target is None or c.target == target)
-            and (schedule is None or c.schedule == schedule)]
+    return [
+        c
+        for c in cands
+        if (target is None or c.target == target) and (schedule is None or c.schedule == schedule)
+    ]
 
 
 def _digest(kernel: Any) -> str:

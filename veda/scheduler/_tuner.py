@@ -70,8 +70,12 @@ def _warn_policy(policy: str, problem: str) -> None:
     if policy in _warned:
         return
     _warned.add(policy)
-    warnings.warn(f"veda: policy {policy!r} could not score a candidate ({problem}); such "
-                  "candidates rank last", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"veda: policy {policy!r} could not score a candidate ({problem}); such "
+        "candidates rank last",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def score(measured: Measured | Sequence[float], policy: str) -> float:

@@ -17,8 +17,14 @@ from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, VedaError
 
-__all__ = ["PARALLEL_FLOOR", "PARALLEL_MIN_SIZE", "CPUTarget", "ParallelTarget", "default_chunk",
-           "recover_exception"]
+__all__ = [
+    "PARALLEL_FLOOR",
+    "PARALLEL_MIN_SIZE",
+    "CPUTarget",
+    "ParallelTarget",
+    "default_chunk",
+    "recover_exception",
+]
 
 #: Domain size from which a launch under the fixed policy goes to ``"parallel"``.  Measured with
 #: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
@@ -56,8 +62,15 @@ def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
-def recover_exception(form: KernelForm, module: Any, lo: int, hi: int, dims: tuple[int, ...],
-                      args: tuple[Any, ...], target: str) -> KernelError:
+def recover_exception(
+    form: KernelForm,
+    module: Any,
+    lo: int,
+    hi: int,
+    dims: tuple[int, ...],
+    args: tuple[Any, ...],
+    target: str,
+) -> KernelError:
     """Find the failing index of chunk [lo, hi) and re-run it to recover the body's exception.
 
     Indices of that chunk before the failing one run a second time on the way: after an
@@ -94,9 +107,15 @@ class CPUTarget(Target):
     def rule_min_size(self) -> int | None:
         return 0
 
-    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
-                options: LaunchOptions, profiler: Profiler | None = None,
-                shared: bool = False) -> Runner:
+    def prepare(
+        self,
+        form: KernelForm,
+        dims: tuple[int, ...],
+        decision: Decision,
+        options: LaunchOptions,
+        profiler: Profiler | None = None,
+        shared: bool = False,
+    ) -> Runner:
         # One worker: nothing to balance, so a profiled launch runs the same loop.
         module = form.program(options.compile)
         reduce = form.reduce is not None
@@ -148,8 +167,13 @@ class ParallelTarget(Target):
             ]
         return out
 
-    def default_decision(self, size: int, threads: int | None = None,
-                         schedule: str | None = None, chunk: int | None = None) -> Decision:
+    def default_decision(
+        self,
+        size: int,
+        threads: int | None = None,
+        schedule: str | None = None,
+        chunk: int | None = None,
+    ) -> Decision:
         if threads is None:
             threads = hw.max_threads()
         if schedule is None:
@@ -161,9 +185,15 @@ class ParallelTarget(Target):
     def rule_min_size(self) -> int | None:
         return PARALLEL_MIN_SIZE if hw.max_threads() > 1 else None
 
-    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
-                options: LaunchOptions, profiler: Profiler | None = None,
-                shared: bool = False) -> Runner:
+    def prepare(
+        self,
+        form: KernelForm,
+        dims: tuple[int, ...],
+        decision: Decision,
+        options: LaunchOptions,
+        profiler: Profiler | None = None,
+        shared: bool = False,
+    ) -> Runner:
         hw.threading_layer()
         module = form.program(options.compile)
         if form.reduce is not None and options.deterministic:

@@ -104,8 +104,9 @@ def _type_key(value: Any) -> Any:
 class _Launch:
     """Everything one (kernel form, domain, decision, options) launch needs across launches."""
 
-    def __init__(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
-                 options: LaunchOptions) -> None:
+    def __init__(
+        self, form: KernelForm, dims: tuple[int, ...], decision: Decision, options: LaunchOptions
+    ) -> None:
         from numba import cuda
 
         from veda._kernel import cuda_language
@@ -159,13 +160,16 @@ class _Launch:
         written = self.written
         for k, (p, a) in enumerate(hosts):
             a_written = p in written and a.flags.writeable
-            for q, b in hosts[k + 1:]:
+            for q, b in hosts[k + 1 :]:
                 if not (a_written or (q in written and b.flags.writeable)):
                     continue
                 if np.may_share_memory(a, b) and np.shares_memory(a, b):
                     first, second = self.names[p], self.names[q]
-                    what = (f"arguments {first!r} and {second!r} are" if p != q
-                            else f"argument {first!r} holds arrays that are")
+                    what = (
+                        f"arguments {first!r} and {second!r} are"
+                        if p != q
+                        else f"argument {first!r} holds arrays that are"
+                    )
                     raise LaunchError(
                         f"kernel {self.form.name!r}: {what} the same memory (the same array "
                         "or overlapping views) and the kernel may write them; on target 'cuda' "
@@ -174,8 +178,9 @@ class _Launch:
                         f"other; pass the array once, or pass a copy (e.g. {second}.copy())"
                     )
 
-    def _to_device(self, pos: int, value: Any, borrowed: list[Any],
-                   back: list[tuple[np.ndarray, Any]]) -> Any:
+    def _to_device(
+        self, pos: int, value: Any, borrowed: list[Any], back: list[tuple[np.ndarray, Any]]
+    ) -> Any:
         if isinstance(value, np.ndarray):
             host = value if value.flags.c_contiguous else np.ascontiguousarray(value)
             buf = pool.take(self.cuda, host.shape, host.dtype)
@@ -208,8 +213,9 @@ class _Launch:
             cpu = self.form.program(self.options.compile)
             ident = cpu._veda_acc_probe(*(_placeholder(a, ndim) for a in args))[0]
             acc = ident.dtype
-            module = self.form.cuda_program(self.options.compile, acc.name,
-                                            _identity_source(ident), self.block)
+            module = self.form.cuda_program(
+                self.options.compile, acc.name, _identity_source(ident), self.block
+            )
             got = self._modules[key] = (
                 _configure(module._veda_partials, self.blocks, self.block),
                 _configure(module._veda_final, 1, self.block),
@@ -217,8 +223,7 @@ class _Launch:
             )
         return got
 
-    def _reduce(self, dev_args: tuple[Any, ...], args: tuple[Any, ...],
-                borrowed: list[Any]) -> Any:
+    def _reduce(self, dev_args: tuple[Any, ...], args: tuple[Any, ...], borrowed: list[Any]) -> Any:
         partials_kernel, final_kernel, ident = self._reduction_module(args)
         if self.size == 0:
             return ident
@@ -289,8 +294,13 @@ class CUDATarget(Target):
     def candidates(self, size: int, free_cores: int) -> list[Decision]:
         return [self.default_decision(size)] if size >= CUDA_MIN_SIZE else []
 
-    def default_decision(self, size: int, threads: int | None = None,
-                         schedule: str | None = None, chunk: int | None = None) -> Decision:
+    def default_decision(
+        self,
+        size: int,
+        threads: int | None = None,
+        schedule: str | None = None,
+        chunk: int | None = None,
+    ) -> Decision:
         return Decision(self.name, 1, "grid", 0, default_block())
 
     def fixed_seconds(self, bytes_in: int, bytes_out: int) -> float:
@@ -299,7 +309,13 @@ class CUDATarget(Target):
     def describe(self, decision: Decision) -> str:
         return f"cuda block {decision.block}"
 
-    def prepare(self, form: KernelForm, dims: tuple[int, ...], decision: Decision,
-                options: LaunchOptions, profiler: Profiler | None = None,
-                shared: bool = False) -> Runner:
+    def prepare(
+        self,
+        form: KernelForm,
+        dims: tuple[int, ...],
+        decision: Decision,
+        options: LaunchOptions,
+        profiler: Profiler | None = None,
+        shared: bool = False,
+    ) -> Runner:
         return _Launch(form, dims, decision, options).run

@@ -73,15 +73,18 @@ def reset() -> None:
     _gpu._per_kernel.clear()
 
 
-def _compiled(owner: Any, seconds: float, hit: bool, signature: str, start: float,
-              end: float) -> None:
+def _compiled(
+    owner: Any, seconds: float, hit: bool, signature: str, start: float, end: float
+) -> None:
     """Count a compile (or a load from the disk cache) and tell the listeners."""
     if not get_config().telemetry:
         return
     _REGISTRY.compiled(owner.module_name, owner.name, seconds, hit)
     if _events.listeners:
-        _events.emit("on_compile", CompileEvent(owner.name, signature, hit,
-                                                threading.get_ident(), start, end))
+        _events.emit(
+            "on_compile",
+            CompileEvent(owner.name, signature, hit, threading.get_ident(), start, end),
+        )
 
 
 _checks.compile_listeners.append(_compiled)

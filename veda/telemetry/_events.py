@@ -205,8 +205,9 @@ class span:
         stack = _span_stack.names
         stack.pop()
         if listeners:
-            emit("on_span", SpanEvent(self.name, len(stack), threading.get_ident(),
-                                      self.start, end))
+            emit(
+                "on_span", SpanEvent(self.name, len(stack), threading.get_ident(), self.start, end)
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +267,9 @@ class trace:
             {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}}
             for tid, name in self._threads.items()
         ]
-        meta.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
-                     "args": {"name": "veda"}})
+        meta.append(
+            {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": "veda"}}
+        )
         with self._file as fh:
             json.dump({"traceEvents": meta + self.events, "displayTimeUnit": "ns"}, fh)
 
@@ -277,28 +279,53 @@ class trace:
         for n in e.domain:
             size *= n
         args = {
-            "kernel": e.kernel, "domain": list(e.domain), "size": size, "target": e.target,
-            "threads": e.threads, "schedule": e.schedule, "chunk": e.chunk,
+            "kernel": e.kernel,
+            "domain": list(e.domain),
+            "size": size,
+            "target": e.target,
+            "threads": e.threads,
+            "schedule": e.schedule,
+            "chunk": e.chunk,
         }
         if e.error:
             args["error"] = e.error
-        self.events.append({
-            "name": e.kernel, "cat": "launch", "ph": "X", "pid": os.getpid(),
-            "tid": self._thread(e.thread_id), "ts": self._us(e.start),
-            "dur": self._us(e.end or e.start) - self._us(e.start), "args": args,
-        })
+        self.events.append(
+            {
+                "name": e.kernel,
+                "cat": "launch",
+                "ph": "X",
+                "pid": os.getpid(),
+                "tid": self._thread(e.thread_id),
+                "ts": self._us(e.start),
+                "dur": self._us(e.end or e.start) - self._us(e.start),
+                "args": args,
+            }
+        )
 
     def on_compile(self, e: CompileEvent) -> None:
-        self.events.append({
-            "name": f"compile {e.kernel}", "cat": "compile", "ph": "X", "pid": os.getpid(),
-            "tid": self._thread(e.thread_id), "ts": self._us(e.start),
-            "dur": self._us(e.end) - self._us(e.start),
-            "args": {"kernel": e.kernel, "signature": e.signature, "cache_hit": e.cache_hit},
-        })
+        self.events.append(
+            {
+                "name": f"compile {e.kernel}",
+                "cat": "compile",
+                "ph": "X",
+                "pid": os.getpid(),
+                "tid": self._thread(e.thread_id),
+                "ts": self._us(e.start),
+                "dur": self._us(e.end) - self._us(e.start),
+                "args": {"kernel": e.kernel, "signature": e.signature, "cache_hit": e.cache_hit},
+            }
+        )
 
     def on_span(self, e: SpanEvent) -> None:
-        self.events.append({
-            "name": e.name, "cat": "span", "ph": "X", "pid": os.getpid(),
-            "tid": self._thread(e.thread_id), "ts": self._us(e.start),
-            "dur": self._us(e.end) - self._us(e.start), "args": {"depth": e.depth},
-        })
+        self.events.append(
+            {
+                "name": e.name,
+                "cat": "span",
+                "ph": "X",
+                "pid": os.getpid(),
+                "tid": self._thread(e.thread_id),
+                "ts": self._us(e.start),
+                "dur": self._us(e.end) - self._us(e.start),
+                "args": {"depth": e.depth},
+            }
+        )

@@ -139,8 +139,9 @@ class Registry:
                 rec = self.kernels.setdefault(key, KernelRecord(name, module))
         return rec
 
-    def recorder(self, module: str, name: str, config: ConfigKey, size: int,
-                 nbytes: Any) -> Recorder:
+    def recorder(
+        self, module: str, name: str, config: ConfigKey, size: int, nbytes: Any
+    ) -> Recorder:
         rec = self.record(module, name)
         with self.lock:
             recorder = rec.recorders.get((config, size))

@@ -54,8 +54,7 @@ def serve(port: int = 0) -> MetricsServer:
     class _Collector:
         def collect(self) -> Any:
             # One source of truth: the exposition text veda writes itself.
-            yield from text_string_to_metric_families(
-                Snapshot.take(veda_registry).to_prometheus())
+            yield from text_string_to_metric_families(Snapshot.take(veda_registry).to_prometheus())
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector())

@@ -77,10 +77,17 @@ def _figures(series: list[Series]) -> Figures:
         imb += s.imbalance_sum
     q = {name: hist.quantile(p) for name, p in QUANTILES}
     return Figures(
-        launches=launches, errors=errors, total_time=total,
-        min_time=lo if launches else math.nan, max_time=hi if launches else math.nan,
-        elements=elements, bytes=nbytes, imbalance=imb / profiled if profiled else math.nan,
-        profiled_launches=profiled, histogram=tuple(hist.buckets()), **q,
+        launches=launches,
+        errors=errors,
+        total_time=total,
+        min_time=lo if launches else math.nan,
+        max_time=hi if launches else math.nan,
+        elements=elements,
+        bytes=nbytes,
+        imbalance=imb / profiled if profiled else math.nan,
+        profiled_launches=profiled,
+        histogram=tuple(hist.buckets()),
+        **q,
     )
 
 
@@ -101,8 +108,14 @@ class ConfigMetrics:
         return getattr(self.figures, name)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "threads": self.threads, "schedule": self.schedule,
-                "chunk": self.chunk, "block": self.block, **self.figures.to_dict()}
+        return {
+            "target": self.target,
+            "threads": self.threads,
+            "schedule": self.schedule,
+            "chunk": self.chunk,
+            "block": self.block,
+            **self.figures.to_dict(),
+        }
 
     @property
     def decision(self) -> Decision:
@@ -130,21 +143,30 @@ class KernelMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "module": self.module, **self.figures.to_dict(),
-            "compiles": self.compiles, "cache_hits": self.cache_hits,
+            "name": self.name,
+            "module": self.module,
+            **self.figures.to_dict(),
+            "compiles": self.compiles,
+            "cache_hits": self.cache_hits,
             "compile_time": self.compile_time,
             "configs": [c.to_dict() for c in self.configs],
-            "decisions": [{**d, "decision": d["decision"].to_json() if d["decision"] else None,
-                           "trials": [{**t, "decision": t["decision"].to_json()}
-                                      for t in d["trials"]]} for d in self.decisions],
+            "decisions": [
+                {
+                    **d,
+                    "decision": d["decision"].to_json() if d["decision"] else None,
+                    "trials": [{**t, "decision": t["decision"].to_json()} for t in d["trials"]],
+                }
+                for d in self.decisions
+            ],
         }
 
 
 class Snapshot:
     """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`."""
 
-    def __init__(self, kernels: tuple[KernelMetrics, ...],
-                 transfers: dict[str, dict[str, int]] | None = None) -> None:
+    def __init__(
+        self, kernels: tuple[KernelMetrics, ...], transfers: dict[str, dict[str, int]] | None = None
+    ) -> None:
         self.kernels = kernels
         #: Bytes copied between host and GPU for each kernel's CUDA launches, by direction.
         self.transfers = transfers or {}
@@ -162,11 +184,18 @@ class Snapshot:
                     if s.launches or s.errors or s.profiled:
                         copies.append(s.copy())
             configs = tuple(ConfigMetrics(*c.config, _figures([c])) for c in copies)
-            out.append(KernelMetrics(
-                rec.name, rec.module, _figures(copies), configs, rec.compiles,
-                rec.cache_hits, rec.compile_seconds,
-                tuple(dispatcher.rows(rec.module, rec.name)),
-            ))
+            out.append(
+                KernelMetrics(
+                    rec.name,
+                    rec.module,
+                    _figures(copies),
+                    configs,
+                    rec.compiles,
+                    rec.cache_hits,
+                    rec.compile_seconds,
+                    tuple(dispatcher.rows(rec.module, rec.name)),
+                )
+            )
         return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers())
 
     def kernel(self, name: Any) -> KernelMetrics:
@@ -238,16 +267,29 @@ class Snapshot:
         def labels(k: KernelMetrics, c: ConfigMetrics | None = None, **extra: Any) -> str:
             items = {"kernel": f"{k.module}.{k.name}"}
             if c is not None:
-                items.update(target=c.target, threads=str(c.threads), schedule=c.schedule,
-                             chunk=str(c.chunk), block=str(c.block))
+                items.update(
+                    target=c.target,
+                    threads=str(c.threads),
+                    schedule=c.schedule,
+                    chunk=str(c.chunk),
+                    block=str(c.block),
+                )
             items.update({key: str(v) for key, v in extra.items()})
             return ",".join(f'{key}="{_escape(v)}"' for key, v in items.items())
 
         per_config = [(k, c) for k in self.kernels for c in k.configs]
-        family("veda_launches_total", "counter", "Kernel launches.",
-               [("", labels(k, c), c.launches) for k, c in per_config])
-        family("veda_launch_errors_total", "counter", "Launches that raised.",
-               [("", labels(k, c), c.errors) for k, c in per_config])
+        family(
+            "veda_launches_total",
+            "counter",
+            "Kernel launches.",
+            [("", labels(k, c), c.launches) for k, c in per_config],
+        )
+        family(
+            "veda_launch_errors_total",
+            "counter",
+            "Launches that raised.",
+            [("", labels(k, c), c.errors) for k, c in per_config],
+        )
         summary: list[tuple[str, str, float]] = []
         for k, c in per_config:
             for qname, q in QUANTILES:
@@ -255,32 +297,61 @@ class Snapshot:
             summary.append(("_sum", labels(k, c), c.total_time))
             summary.append(("_count", labels(k, c), c.launches))
         family("veda_launch_seconds", "summary", "Launch latency in seconds.", summary)
-        family("veda_elements_total", "counter", "Domain elements processed.",
-               [("", labels(k, c), c.elements) for k, c in per_config])
-        family("veda_bytes_total", "counter",
-               "Bytes of the array arguments (each counted once at its nbytes; an estimate).",
-               [("", labels(k, c), c.bytes) for k, c in per_config])
-        family("veda_imbalance", "gauge",
-               "Mean max/mean worker busy time over profiled launches.",
-               [("", labels(k, c), c.imbalance) for k, c in per_config if c.profiled_launches])
+        family(
+            "veda_elements_total",
+            "counter",
+            "Domain elements processed.",
+            [("", labels(k, c), c.elements) for k, c in per_config],
+        )
+        family(
+            "veda_bytes_total",
+            "counter",
+            "Bytes of the array arguments (each counted once at its nbytes; an estimate).",
+            [("", labels(k, c), c.bytes) for k, c in per_config],
+        )
+        family(
+            "veda_imbalance",
+            "gauge",
+            "Mean max/mean worker busy time over profiled launches.",
+            [("", labels(k, c), c.imbalance) for k, c in per_config if c.profiled_launches],
+        )
         if self.transfers:
-            family("veda_transfer_bytes_total", "counter",
-                   "Bytes copied between host and GPU for CUDA launches.",
-                   [("", f'kernel="{_escape(name)}",direction="{d}"', float(t[f"{d}_bytes"]))
+            family(
+                "veda_transfer_bytes_total",
+                "counter",
+                "Bytes copied between host and GPU for CUDA launches.",
+                [
+                    ("", f'kernel="{_escape(name)}",direction="{d}"', float(t[f"{d}_bytes"]))
                     for name, t in sorted(self.transfers.items())
-                    for d in ("host_to_device", "device_to_host")])
-        family("veda_compiles_total", "counter", "Specialisations compiled from scratch.",
-               [("", labels(k), k.compiles) for k in self.kernels])
-        family("veda_cache_hits_total", "counter", "Specialisations loaded from the disk cache.",
-               [("", labels(k), k.cache_hits) for k in self.kernels])
-        family("veda_compile_seconds_total", "counter", "Time spent compiling or loading.",
-               [("", labels(k), k.compile_time) for k in self.kernels])
+                    for d in ("host_to_device", "device_to_host")
+                ],
+            )
+        family(
+            "veda_compiles_total",
+            "counter",
+            "Specialisations compiled from scratch.",
+            [("", labels(k), k.compiles) for k in self.kernels],
+        )
+        family(
+            "veda_cache_hits_total",
+            "counter",
+            "Specialisations loaded from the disk cache.",
+            [("", labels(k), k.cache_hits) for k in self.kernels],
+        )
+        family(
+            "veda_compile_seconds_total",
+            "counter",
+            "Time spent compiling or loading.",
+            [("", labels(k), k.compile_time) for k in self.kernels],
+        )
         return "\n".join(lines) + "\n"
 
     def _repr_html_(self) -> str:
-        head = ("<tr><th>kernel</th><th>launches</th><th>errors</th><th>p50</th><th>p99</th>"
-                "<th>mean</th><th>GB/s</th><th>imbalance</th><th>compiles</th>"
-                "<th>cache hits</th></tr>")
+        head = (
+            "<tr><th>kernel</th><th>launches</th><th>errors</th><th>p50</th><th>p99</th>"
+            "<th>mean</th><th>GB/s</th><th>imbalance</th><th>compiles</th>"
+            "<th>cache hits</th></tr>"
+        )
         rows = []
         for k in self.kernels:
             rows.append(
@@ -297,8 +368,10 @@ class Snapshot:
                     f"<td>{_t(c.p99)}</td><td>{_t(c.mean_time)}</td><td>{_f(c.gbps)}</td>"
                     f"<td>{_f(c.imbalance)}</td><td></td><td></td></tr>"
                 )
-        return (f"<table><caption>veda telemetry ({len(self.kernels)} kernels)</caption>"
-                f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>")
+        return (
+            f"<table><caption>veda telemetry ({len(self.kernels)} kernels)</caption>"
+            f"<thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+        )
 
     def __repr__(self) -> str:
         parts = [f"{k.name}: {k.launches} launches, p50 {_t(k.p50)}" for k in self.kernels]
