@@ -41,6 +41,7 @@ from veda._kernel import checks as _checks
 from veda._kernel.definition import Form, KernelDefinition
 from veda._types import Decision, LaunchOptions, Overrides
 from veda.errors import LaunchError, VedaError
+from veda.scheduler._rules import merge
 from veda.telemetry import _events
 from veda.telemetry import _registry as _telemetry
 
@@ -399,7 +400,7 @@ class Kernel(KernelDefinition):
             self._bind(entry, forced, args)
             self._store(dims, args, overrides, entry)
             return entry
-        merged = scheduler._merge(cfg, overrides)
+        merged = merge(cfg, overrides)
         resident = _gpu.device_resident(args)
         residency = "device" if resident else "host"
         # Where the arrays live decides which targets can read them, and what a copying target

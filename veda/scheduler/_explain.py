@@ -1,0 +1,98 @@
+"""``veda.explain``: the dispatcher's decisions for a kernel, in words and as data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from veda import _registry
+from veda._types import Decision
+from veda.scheduler._dispatch import dispatcher
+
+__all__ = ["Explanation", "explain"]
+
+
+class Explanation:
+    """Why veda chose what it chose for one kernel: see :func:`explain`."""
+
+    def __init__(self, kernel: str, rows: list[dict[str, Any]]) -> None:
+        self.kernel = kernel
+        self.rows = rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "size_classes": self.rows}
+
+    def decision_for(
+        self, size: int, ndim: int | None = None, policy: str | None = None
+    ) -> Decision | None:
+        """The decision taken for launches of ``size`` elements, or None while exploring.
+
+        >>> import numpy as np, veda
+        >>> @veda.kernel
+        ... def twice(i, x):
+        ...     x[i] *= 2
+        >>> twice[10](np.ones(10))
+        >>> veda.explain(twice).decision_for(10)
+        Decision(target='cpu', threads=1, schedule='static', chunk=1, block=0)
+        """
+        cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
+        for r in self.rows:
+            if (
+                r["size_class"] == cls
+                and (ndim is None or r["ndim"] == ndim)
+                and (policy is None or r["policy"] == policy)
+                and r["decision"]
+            ):
+                return Decision(*r["decision"])
+        return None
+
+    @staticmethod
+    def label(d: Any) -> str:
+        """A short text for a decision: ``"cpu"`` or ``"parallel 2t guided chunk 4096"`` (the
+        decision's target describes it).  Takes a :class:`~veda.targets.Decision`, its JSON
+        object (records, the tuning cache) or None (exploring).
+
+        >>> from veda.scheduler import Explanation
+        >>> Explanation.label({"target": "parallel", "threads": 2, "schedule": "dynamic",
+        ...                    "chunk": 64})
+        'parallel 2t dynamic chunk 64'
+        """
+        return _registry.describe(None if d is None else Decision.from_json(d))
+
+    def __str__(self) -> str:
+        if not self.rows:
+            return f"{self.kernel}: no adaptive decisions yet"
+        lines = [f"{self.kernel}:"]
+        for r in self.rows:
+            state = f"{self.label(r['decision'])} ({r['source']})" if r["decision"] else "exploring"
+            lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: {state}")
+            for t in r["trials"]:
+                times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
+                note = f"  [{t['pruned']}]" if t["pruned"] else ""
+                lines.append(f"      {self.label(t['decision']):<34} ns/element: {times}{note}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+def explain(kernel: Any) -> Explanation:
+    """The dispatcher's decisions for ``kernel``: per size class, the candidates it tried, their
+    measured times per element, what it chose and why (explored, tuning cache, only candidate).
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def add_one(i, x):
+    ...     x[i] += 1
+    >>> add_one[10](np.zeros(10))
+    >>> print(veda.explain(add_one))  # doctest: +ELLIPSIS
+    add_one:
+      1-d, size <= 2^4, policy adaptive: cpu (only candidate)
+    ...
+    """
+    return Explanation(kernel.name, dispatcher.explain(kernel))
