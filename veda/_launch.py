@@ -178,6 +178,10 @@ _events.on_change.append(_refresh)
 # Prepared launches
 
 
+#: The decision of an entry not bound yet (no target has this name).
+_UNBOUND = Decision("(unbound)")
+
+
 class Entry:
     """A prepared launch: one kernel form, domain, argument count and settings object."""
 
@@ -217,7 +221,7 @@ class Entry:
         self.runner: Any = None
         self.recorder: Any = None
         self.times: list[float] | None = None
-        self.decision = Decision("cpu")
+        self.decision = _UNBOUND  # until _bind, before the first run
         #: Seconds of compiles inside launches not yet taken off their times, per thread id,
         #: and the review they brought forward (see :func:`_compiled_in_launch`).
         self.debts: dict[int, float] | None = None

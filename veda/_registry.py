@@ -40,7 +40,6 @@ __all__ = [
     "get_policy",
     "names",
     "on_change",
-    "policies",
     "policy_names",
     "register",
     "register_policy",
@@ -438,10 +437,6 @@ def unregister_policy(name: str) -> None:
 def policy_names() -> list[str]:
     """Every registered policy's name."""
     return list(_policies)
-
-
-def policies() -> list[Policy]:
-    return list(_policies.values())
 
 
 def get_policy(name: str) -> Policy:
