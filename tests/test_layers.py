@@ -16,7 +16,10 @@ ROOT = Path(veda.__file__).parent
 #: From the bottom up; a module belongs to the first layer one of whose prefixes it starts with.
 #: Modules of one layer may import each other (without a cycle), never a higher layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("leaf types and errors", ("veda._version", "veda.errors", "veda._types")),
+    (
+        "leaf types, errors, private files",
+        ("veda._version", "veda.errors", "veda._types", "veda._files"),
+    ),
     ("hardware facts", ("veda._hardware",)),
     ("registries of targets and policies", ("veda._registry",)),
     ("configuration", ("veda._config",)),

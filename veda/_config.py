@@ -11,6 +11,7 @@ import contextvars
 import dataclasses
 import functools
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,7 +29,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        if home == "~":  # no home folder: a per-user folder under the temporary one
+            uid = os.getuid() if hasattr(os, "getuid") else "user"
+            return os.path.join(tempfile.gettempdir(), f"veda-{uid}")
+        base = os.path.join(home, ".cache")
     return os.path.join(base, "veda")
 
 
@@ -91,6 +98,9 @@ class Config:
 
     def __post_init__(self) -> None:
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
+        # One spelling per folder: absolute, so a later chdir does not move the cache.
+        folder = os.path.abspath(os.path.expanduser(os.fsdecode(self.cache_dir)))
+        object.__setattr__(self, "cache_dir", folder)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -168,6 +178,15 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
                 f"{where}: chunk={chunk} is too large: chunks are counted in 64-bit "
                 "integers (a chunk larger than the domain is the whole domain)"
             )
+    if "cache_dir" in values:
+        folder = values["cache_dir"]
+        if not isinstance(folder, (str, os.PathLike)):
+            raise error(
+                f"{where}: cache_dir must be a path (str or os.PathLike), "
+                f"not {type(folder).__name__}"
+            )
+        if os.fsdecode(folder).strip() == "":
+            raise error(f"{where}: cache_dir must name a folder, not an empty path")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:

@@ -17,6 +17,7 @@ import numpy as np
 from veda import _registry
 from veda._config import get_config, max_threads
 from veda._hardware import cpu as _hw
+from veda._kernel.cache import own_njit
 from veda.errors import LaunchError
 
 #: Elements per block: large enough that the per-block overhead vanishes, small enough that two
@@ -26,7 +27,7 @@ SCAN_BLOCK = 65536
 PARALLEL_SCAN_MIN = 1 << 18
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _block_sum(x, lo, hi, acc):  # type: ignore[no-untyped-def]
     a0 = acc
     a1 = acc - acc
@@ -40,7 +41,7 @@ def _block_sum(x, lo, hi, acc):  # type: ignore[no-untyped-def]
     return a0 + a1
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _block_scan(x, out, lo, hi, offset, exclusive):  # type: ignore[no-untyped-def]
     run = offset
     if exclusive:
@@ -54,7 +55,7 @@ def _block_scan(x, out, lo, hi, offset, exclusive):  # type: ignore[no-untyped-d
             out[i] = run
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _offsets(sums, zero):  # type: ignore[no-untyped-def]
     offs = np.empty_like(sums)
     run = zero
@@ -64,7 +65,7 @@ def _offsets(sums, zero):  # type: ignore[no-untyped-def]
     return offs
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _scan_serial(x, out, exclusive, zero, block):  # type: ignore[no-untyped-def]
     n = x.shape[0]
     nb = (n + block - 1) // block
@@ -76,7 +77,7 @@ def _scan_serial(x, out, exclusive, zero, block):  # type: ignore[no-untyped-def
         _block_scan(x, out, b * block, min(n, (b + 1) * block), offs[b], exclusive)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@own_njit(nogil=True, parallel=True)
 def _scan_parallel(x, out, exclusive, zero, block):  # type: ignore[no-untyped-def]
     n = x.shape[0]
     nb = (n + block - 1) // block

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 from numba.extending import overload
+
+from veda._kernel.cache import own_njit
 
 __all__ = ["integers", "normal", "philox4x32_10", "uniform", "uniform2"]
 
@@ -48,7 +49,7 @@ _WEYL1 = np.uint64(0xBB67AE85)
 _S32 = np.uint64(32)
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def philox4x32_10(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
     """The Philox4x32-10 block function: four counter words and two key words (each below
     2**32) to four output words."""
@@ -72,7 +73,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
     return c0, c1, c2, c3
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _words(seed, counter):  # type: ignore[no-untyped-def]
     s = np.uint64(seed)
     c = np.uint64(counter)
@@ -83,24 +84,24 @@ _TWO26 = 67108864.0
 _TWO53 = 9007199254740992.0
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _unit(a, b):  # type: ignore[no-untyped-def]
     return (float(a >> np.uint64(5)) * _TWO26 + float(b >> np.uint64(6))) / _TWO53
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _uniform(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, _, _ = _words(seed, counter)
     return _unit(x0, x1)
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _uniform2(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, x2, x3 = _words(seed, counter)
     return _unit(x0, x1), _unit(x2, x3)
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _normal(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, x2, x3 = _words(seed, counter)
     u1 = _unit(x0, x1)
@@ -108,7 +109,7 @@ def _normal(seed, counter):  # type: ignore[no-untyped-def]
     return math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@numba.njit(cache=True, nogil=True)
+@own_njit(nogil=True)
 def _integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
     if high <= low:
         raise ValueError("veda.random.integers: high must be greater than low")

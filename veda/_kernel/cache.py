@@ -12,31 +12,32 @@ and never changes the stamp Numba's index was built against.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import linecache
 import os
+import pickle
 import shutil
 import sys
-import tempfile
 import threading
 import types
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numba
 
+from veda import _files
 from veda._config import get_config
 from veda._version import __version__
 
-# Bumped whenever generated code changes shape, so old files are never imported by mistake.
-CODEGEN_VERSION = 1
+# Bumped whenever generated code or the cache's file format changes shape, so old files are
+# never imported by mistake.
+CODEGEN_VERSION = 2
 
 _lock = threading.RLock()
 _memory_modules: dict[str, types.ModuleType] = {}
-_unwritable_warned = False
 
 
 @dataclass
@@ -65,57 +66,85 @@ def module_name(stem: str, text: str) -> str:
     return f"veda_gen_{safe}_{digest}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+def _kernels_dir() -> Path | None:
+    """The kernel cache folder to use (:func:`veda._files.usable_dir`); ``None``: in memory."""
+    return _files.usable_dir(
+        kernels_dir(),
+        "kernel cache",
+        inside=("__pycache__",),  # Numba's compiled code goes beside the modules
+        otherwise="compiling in memory: kernels will not be reused by other processes",
+    )
+
+
+def _uncached(text: str) -> str:
+    """The same module with Numba's disk cache turned off."""
+    text = text.replace("njit(cache=True", "njit(cache=False")
+    text = text.replace("jit(device=True, cache=True", "jit(device=True, cache=False")
+    return text.replace("jit(cache=True", "jit(cache=False")
+
+
+def _ensure_text(path: Path, text: str) -> None:
+    """Make ``path`` hold exactly ``text``: write it if missing, rebuild it if it differs."""
+    data = text.encode("utf-8")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        reason = _files.untrusted(path)
+        if reason is None:
+            with open(path, "rb") as fh:
+                current: bytes | None = fh.read()
+            if current != data:
+                reason = "its contents do not match the kernel's source"
+    except FileNotFoundError:
+        _files.write_atomic(path, data)
+        return
+    if reason is not None:
+        _files.warn_once(f"module:{path}", f"rebuilt the generated module {path} ({reason})")
+        _files.write_atomic(path, data)
+
+
+def _import_file(name: str, path: Path) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        del sys.modules[name]
         raise
+    harden(mod)
+    return mod
 
 
 def load_module(
     name: str, text: str, inject: dict[str, Any] | None, maps: list[LineMap], on_disk: bool
 ) -> types.ModuleType:
-    """Import generated ``text`` as module ``name`` (from the disk cache when ``on_disk``)."""
-    global _unwritable_warned
+    """Import generated ``text`` as module ``name`` (from the disk cache when ``on_disk``).
+
+    On disk, the file is compared with ``text`` before it is imported: a damaged or altered file
+    is rebuilt from ``text`` with one warning, so a cache entry never runs code veda did not
+    generate.  Where no private cache folder can be had, the module is compiled in memory.
+    """
     with _lock:
         mod = sys.modules.get(name) or _memory_modules.get(name)
         if mod is not None:
             return mod
         if on_disk and not inject:
-            path = kernels_dir() / f"{name}.py"
-            try:
-                if not path.exists():
-                    _write_atomic(path, text)
-            except OSError as exc:
-                if not _unwritable_warned:
-                    warnings.warn(
-                        f"veda: cannot write to the kernel cache {path.parent} ({exc}); "
-                        "compiled kernels will not be reused by other processes",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
-                    _unwritable_warned = True
-            else:
-                line_maps[path.name] = maps
-                spec = importlib.util.spec_from_file_location(name, path)
-                assert spec is not None and spec.loader is not None
-                mod = importlib.util.module_from_spec(spec)
-                sys.modules[name] = mod
+            directory = _kernels_dir()
+            if directory is not None:
+                path = directory / f"{name}.py"
                 try:
-                    spec.loader.exec_module(mod)
-                except BaseException:
-                    del sys.modules[name]
-                    raise
-                return mod
+                    _ensure_text(path, text)
+                except OSError as exc:
+                    _files.warn_once(
+                        f"write:{directory}",
+                        f"cannot write to the kernel cache {directory} ({exc}); compiling in "
+                        "memory: kernels will not be reused by other processes",
+                    )
+                else:
+                    line_maps[path.name] = maps
+                    return _import_file(name, path)
         # In memory: the same text, with objects that have no source form injected.
+        text = _uncached(text)
         filename = f"<veda-generated {name}>"
         linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
         line_maps[filename] = maps
@@ -130,16 +159,176 @@ def load_module(
 
 def get_module(name: str) -> types.ModuleType:
     """A generated module already loaded in this process (used by generated code)."""
-    mod = sys.modules.get(name) or _memory_modules.get(name)
-    if mod is None:
-        path = kernels_dir() / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None or not path.exists():
+    with _lock:
+        mod = sys.modules.get(name) or _memory_modules.get(name)
+        if mod is not None:
+            return mod
+        directory = _kernels_dir()
+        path = (directory or kernels_dir()) / f"{name}.py"
+        if directory is None or not path.exists() or _files.untrusted(path) is not None:
             raise ImportError(f"veda: generated module {name} is missing from {path.parent}")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return mod
+        return _import_file(name, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba's cache, checked
+#
+# Numba keeps an index (a pickle) and compiled code (pickles) per function.  A damaged file makes
+# its loader raise, and a pickle written by someone else runs their code when it is read.  veda's
+# dispatchers therefore use a cache whose files carry a SHA-256 of their payload and are read
+# only when this user owns them and nobody else can write to them; anything else is discarded
+# with one warning and compiled afresh.  This leans on Numba's ``Cache`` and
+# ``IndexDataCacheFile`` classes (stable since Numba 0.49); where they are missing, dispatchers
+# keep Numba's own cache.
+
+_MAGIC = b"veda-nbcache-1\n"
+_DIGEST = 32
+
+
+class _Damaged(Exception):
+    """A cache file that must not be read: ``(path, reason)``."""
+
+
+try:
+    from numba.core import caching as _nc
+
+    _HAVE_CACHE_API = all(
+        hasattr(_nc, n)
+        for n in ("FunctionCache", "IndexDataCacheFile", "CompileResultCacheImpl", "_CacheLocator")
+    ) and hasattr(_nc, "_SourceFileBackedLocatorMixin")
+except ImportError:  # pragma: no cover - every supported Numba has it
+    _HAVE_CACHE_API = False
+
+if _HAVE_CACHE_API:
+
+    class _CheckedFile(_nc.IndexDataCacheFile):  # type: ignore[misc]
+        """Index and data files with a checksum, read only when they are ours."""
+
+        def _read(self, path: str) -> bytes:
+            reason = _files.untrusted(Path(path))
+            if reason is not None:
+                raise _Damaged(path, reason)
+            with open(path, "rb") as fh:
+                raw = fh.read()
+            head = len(_MAGIC)
+            payload = raw[head + _DIGEST :]
+            if (
+                raw[:head] != _MAGIC
+                or hashlib.sha256(payload).digest() != raw[head : head + _DIGEST]
+            ):
+                raise _Damaged(path, "damaged: its checksum does not match")
+            return payload
+
+        def _write(self, path: str, payload: bytes) -> None:
+            digest = hashlib.sha256(payload).digest()
+            _files.write_atomic(Path(path), _MAGIC + digest + payload)
+
+        def _load_index(self) -> dict[Any, Any]:
+            try:
+                payload = self._read(self._index_path)
+            except FileNotFoundError:
+                return {}
+            version, stamp, overloads = pickle.loads(payload)
+            if version != self._version or stamp != self._source_stamp:
+                return {}
+            return dict(overloads)
+
+        def _save_index(self, overloads: dict[Any, Any]) -> None:
+            self._write(
+                self._index_path, self._dump((self._version, self._source_stamp, overloads))
+            )
+
+        def _load_data(self, name: str) -> Any:
+            return pickle.loads(self._read(self._data_path(name)))
+
+        def _save_data(self, name: str, data: Any) -> None:
+            self._write(self._data_path(name), self._dump(data))
+
+    class _CheckedCache(_nc.FunctionCache):  # type: ignore[misc]
+        """Numba's function cache over :class:`_CheckedFile`, healing what it cannot read."""
+
+        def load_overload(self, sig: Any, target_context: Any) -> Any:
+            try:
+                return super().load_overload(sig, target_context)
+            except Exception as exc:  # any unreadable entry: discard it and compile afresh
+                index = self._cache_file._index_path
+                path, why = exc.args if isinstance(exc, _Damaged) else (index, repr(exc))
+                _files.warn_once(
+                    f"nb:{path}", f"discarded the compiled-code cache file {path} ({why})"
+                )
+                with contextlib.suppress(OSError):
+                    os.unlink(index)
+                return None
+
+    class _OwnImpl(_nc.CompileResultCacheImpl):  # type: ignore[misc]
+        """veda's own compiled functions, cached under veda's cache folder."""
+
+        _locator_classes: ClassVar[list[type]] = []
+
+    class _OwnLocator(_nc._SourceFileBackedLocatorMixin, _nc._CacheLocator):  # type: ignore[misc]
+        root: Path | None = None
+
+        def __init__(self, py_func: Any, py_file: str) -> None:
+            assert self.root is not None
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(self.root / self.get_suitable_cache_subpath(py_file))
+
+        def get_cache_path(self) -> str:
+            return self._cache_path
+
+        def ensure_cache_path(self) -> None:
+            reason = _files.private_dir(Path(self._cache_path))
+            if reason is not None:
+                raise OSError(f"{self._cache_path}: {reason}")
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str) -> Any:
+            if cls.root is None:
+                return None
+            return super().from_function(py_func, py_file)
+
+    _OwnImpl._locator_classes = [_OwnLocator]
+
+    class _OwnCache(_CheckedCache):
+        _impl_class = _OwnImpl
+
+
+def harden(module: types.ModuleType) -> None:
+    """Give the dispatchers of a generated module the checked cache."""
+    if not _HAVE_CACHE_API:
+        return
+    for value in list(vars(module).values()):
+        cache: Any = getattr(value, "_cache", None)
+        if type(cache) is _nc.FunctionCache:
+            cache.__class__ = _CheckedCache
+            cache._cache_file.__class__ = _CheckedFile
+
+
+def own_njit(**options: Any) -> Any:
+    """``numba.njit`` for veda's own functions, cached under ``<cache_dir>/numba``.
+
+    Where no private folder can be had (no writable home, a read-only installation), the
+    functions are compiled per process instead: importing veda never fails for want of a cache.
+    """
+
+    def wrap(fn: Any) -> Any:
+        dispatcher = numba.njit(**options)(fn)
+        if _HAVE_CACHE_API and not os.environ.get("NUMBA_DISABLE_CACHE"):
+            if _OwnLocator.root is None:
+                want = Path(get_config().cache_dir) / "numba"
+                if _files.private_dir(want) is None:
+                    _OwnLocator.root = want
+            if _OwnLocator.root is not None:
+                try:
+                    cache = _OwnCache(fn)
+                    cache._cache_file.__class__ = _CheckedFile
+                    dispatcher._cache = cache
+                except Exception:  # no usable locator: compiled per process
+                    pass
+        return dispatcher
+
+    return wrap
 
 
 # --------------------------------------------------------------------------------------------

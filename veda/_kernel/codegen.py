@@ -192,9 +192,7 @@ def _assemble(
     text = "\n".join(lines) + "\n"
     on_disk = cache and not inject
     if not on_disk:  # objects without a source form: Numba cannot cache this module
-        text = text.replace("njit(cache=True", "njit(cache=False")
-        text = text.replace("jit(device=True, cache=True", "jit(device=True, cache=False")
-        text = text.replace("jit(cache=True", "jit(cache=False")
+        text = _cache._uncached(text)
     name = _cache.module_name(stem, text)
     module = _cache.load_module(name, text, inject, maps, on_disk)
     return Unit(module, on_disk and name not in _cache._memory_modules)

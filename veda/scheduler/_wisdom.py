@@ -14,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from veda import _files
 from veda._config import get_config
 from veda._hardware import cpu as _cpu
 from veda._hardware.cpu import fingerprint_id
@@ -36,8 +35,8 @@ def fingerprint() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "a+") as lock:
+    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    with open(fd, "a+") as lock:
         try:
             import fcntl
 
@@ -53,21 +52,32 @@ class TuningCache:
     def __init__(self, cache_dir: str | None = None) -> None:
         self.fp = fingerprint()
         root = Path(cache_dir if cache_dir is not None else get_config().cache_dir)
-        self.path = root / "tuning" / f"{fingerprint_id(self.fp)}.json"
+        want = root / "tuning"
+        folder = _files.usable_dir(
+            want, "tuning cache", otherwise="decisions are kept in memory for this process"
+        )
+        #: ``None`` when no private folder could be had: decisions then live in memory only
+        self.folder = folder
+        self.path = (folder or want) / f"{fingerprint_id(self.fp)}.json"
         self._entries: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._warned = False
 
     def _read(self) -> dict[str, Any]:
+        if self.folder is None:
+            return dict(self._entries or {})
         try:
-            text = self.path.read_text(encoding="utf-8")
+            reason = _files.untrusted(self.path)
+            if reason is not None:
+                self._warn(f"ignoring the tuning cache {self.path} ({reason}); it will be rebuilt")
+                return {}
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
             self._warn(f"cannot read {self.path}: {exc}")
             return {}
         try:
-            doc = json.loads(text)
+            doc = json.loads(data.decode("utf-8"))
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             if doc.get("format") != FORMAT:
@@ -78,14 +88,12 @@ class TuningCache:
             if not isinstance(entries, dict):
                 raise ValueError("no entries")
             return entries
-        except ValueError as exc:
+        except ValueError as exc:  # also UnicodeDecodeError and JSONDecodeError
             self._warn(f"ignoring the tuning cache {self.path} ({exc}); it will be rebuilt")
             return {}
 
     def _warn(self, message: str) -> None:
-        if not self._warned:
-            warnings.warn(f"veda: {message}", RuntimeWarning, stacklevel=4)
-            self._warned = True
+        _files.warn_once(f"tuning:{self.path}", message)
 
     def entries(self) -> dict[str, Any]:
         with self._lock:
@@ -99,15 +107,17 @@ class TuningCache:
 
     def put(self, key: str, value: dict[str, Any]) -> None:
         """Store one decision, merged with whatever other processes wrote meanwhile."""
+        if self.folder is None:
+            with self._lock:
+                self._entries = {**(self._entries or {}), key: value}
+            return
         try:
             with self._lock, _locked(self.path):
                 entries = self._read()
                 entries[key] = value
                 doc = {"format": FORMAT, "fingerprint": self.fp, "entries": entries}
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tuning-", suffix=".json")
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(doc, fh, indent=1, sort_keys=True)
-                os.replace(tmp, self.path)
+                text = json.dumps(doc, indent=1, sort_keys=True)
+                _files.write_atomic(self.path, text.encode("utf-8"))
                 self._entries = entries
         except OSError as exc:
             self._warn(f"cannot write the tuning cache {self.path}: {exc}")

@@ -1,0 +1,280 @@
+"""Caches that heal and cannot run someone else's code.
+
+Every case runs in fresh processes: one fills a cache, the test damages one file of it (or the
+folder), the next process must give the right answers with one warning naming what it
+discarded, and the process after that must see a healed cache (no warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import veda
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import numpy as np
+        import veda
+
+        @veda.kernel
+        def axpb(i, x, out):
+            out[i] = 3.0 * x[i] + 1.0
+
+        @veda.kernel(reduce="max")
+        def biggest(i, x):
+            return x[i]
+
+        n = 1 << 16
+        x = np.arange(n, dtype=np.float64)
+        out = np.empty_like(x)
+        veda.launch(axpb, n, x, out, target="cpu")
+        ok = bool(np.array_equal(out, 3.0 * x + 1.0))
+        out[:] = 0.0
+        veda.launch(axpb, n, x, out, target="parallel", schedule="dynamic")
+        ok = ok and bool(np.array_equal(out, 3.0 * x + 1.0))
+        for _ in range(20):  # adaptive launches read the tuning cache
+            axpb[n](x, out)
+        ok = ok and bool(np.array_equal(out, 3.0 * x + 1.0))
+        # Whether the dispatcher has decided by now depends on the machine's load; one entry
+        # written through the tuning cache makes sure its file exists.
+        from veda.scheduler._wisdom import TuningCache
+        TuningCache().put("test/entry", {"decision": {"target": "cpu"}})
+        ok = ok and float(veda.launch(biggest, n, x, target="cpu")) == n - 1
+        ok = ok and veda.random.uniform(7, 3) == veda.random.uniform(7, 3)
+    mine = [str(w.message) for w in caught if str(w.message).startswith("veda:")]
+    stats = axpb.compile_stats.as_dict()
+    print(json.dumps({"ok": ok, "warnings": mine, "compiled": stats["compiled"],
+                      "cache_hits": stats["cache_hits"], "cache_dir": veda.get_config().cache_dir}))
+    """
+)
+
+MARKER = "VEDA_TEST_MARKER"
+
+
+def _run(cache: Path, env: dict[str, str] | None = None, prelude: str = "") -> dict:
+    full = {**os.environ, "VEDA_CACHE_DIR": str(cache), **(env or {})}
+    full.pop("NUMBA_CACHE_DIR", None)
+    # A file, not ``-c``: Numba caches only functions whose source it can read.
+    script = Path(tempfile.mkdtemp(prefix="veda-test-script-")) / "script.py"
+    script.write_text(prelude + SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache filled by one process (compiled modules, Numba's files, a tuning file)."""
+    root = tmp_path_factory.mktemp("filled") / "cache"
+    first = _run(root)
+    assert first["ok"] and first["warnings"] == [], first
+    assert list((root / "tuning").glob("*.json")), "no tuning file was written"
+    return root
+
+
+@pytest.fixture
+def cache(filled: Path, tmp_path: Path) -> Path:
+    """A private copy of the filled cache, to damage."""
+    copy = tmp_path / "cache"
+    shutil.copytree(filled, copy)
+    return copy
+
+
+def _module(cache: Path) -> Path:
+    return sorted((cache / "kernels").glob("veda_gen_axpb_*.py"))[0]
+
+
+def _numba_file(cache: Path, suffix: str) -> Path:
+    return sorted((cache / "kernels" / "__pycache__").glob(f"*_veda_cpu*{suffix}"))[0]
+
+
+def _tuning(cache: Path) -> Path:
+    return sorted((cache / "tuning").glob("*.json"))[0]
+
+
+class _Payload:
+    """A pickle that, when loaded, creates the marker file: code run by reading a cache."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.path, "w"))
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(os.urandom(256))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+DAMAGE = {
+    "module-garbage": (_module, _garbage),
+    "module-truncated": (_module, _truncate),
+    "module-empty": (_module, _empty),
+    "module-syntax-error": (_module, lambda p: p.write_text("def broken(:\n")),
+    "module-appended-code": (
+        _module,
+        lambda p: p.write_text(
+            p.read_text() + f"\nopen({str(p.parent.parent / MARKER)!r}, 'w').close()\n"
+        ),
+    ),
+    "index-garbage": (lambda c: _numba_file(c, ".nbi"), _garbage),
+    "index-truncated": (lambda c: _numba_file(c, ".nbi"), _truncate),
+    "index-foreign-pickle": (
+        lambda c: _numba_file(c, ".nbi"),
+        lambda p: p.write_bytes(pickle.dumps(_Payload(str(p.parent.parent.parent / MARKER)))),
+    ),
+    "code-garbage": (lambda c: _numba_file(c, ".nbc"), _garbage),
+    "code-truncated": (lambda c: _numba_file(c, ".nbc"), _truncate),
+    "tuning-not-utf8": (_tuning, lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
+    "tuning-not-json": (_tuning, lambda p: p.write_text("{not json")),
+    "tuning-wrong-shape": (_tuning, lambda p: p.write_text("[1, 2, 3]")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_file_is_discarded_with_one_warning_and_rebuilt(cache: Path, case: str) -> None:
+    where, damage = DAMAGE[case]
+    victim = where(cache)
+    damage(victim)
+    second = _run(cache)
+    assert second["ok"], second
+    assert len(second["warnings"]) == 1, second["warnings"]
+    assert victim.name in second["warnings"][0]
+    assert not (cache / MARKER).exists(), "code from the damaged cache ran"
+    third = _run(cache)
+    assert third["ok"] and third["warnings"] == [], third
+    if case.startswith(("module", "index", "code")):
+        assert third["compiled"] == 0, third  # healed: the rebuilt entry serves the next process
+
+
+def test_a_healthy_cache_is_reused_without_warnings(cache: Path) -> None:
+    again = _run(cache)
+    assert again["ok"] and again["warnings"] == [] and again["compiled"] == 0, again
+
+
+def test_cache_folders_are_private_and_files_owner_only(cache: Path) -> None:
+    if not hasattr(os, "getuid"):
+        pytest.skip("POSIX permissions")
+    _run(cache)
+    for path in [cache, *cache.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        expected = 0o700 if path.is_dir() else 0o600
+        assert mode == expected, f"{path} has mode {mode:04o}, expected {expected:04o}"
+
+
+def test_veda_own_functions_are_cached_under_the_veda_cache(cache: Path) -> None:
+    assert list((cache / "numba").rglob("random.*.nbi")), "veda.random is not cached there"
+    package_cache = Path(veda.__file__).parent / "__pycache__"
+    before = set(package_cache.glob("*.nbi")) if package_cache.exists() else set()
+    shutil.rmtree(cache / "numba")
+    _run(cache)
+    after = set(package_cache.glob("*.nbi")) if package_cache.exists() else set()
+    assert after == before
+    assert list((cache / "numba").rglob("random.*.nbi"))
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+def test_a_cache_folder_others_can_write_to_is_refused(cache: Path, mode: int) -> None:
+    if not hasattr(os, "getuid"):
+        pytest.skip("POSIX permissions")
+    (cache / MARKER).write_text("")  # left alone: nothing from this folder is read
+    os.chmod(cache / "kernels", mode)
+    result = _run(cache)
+    assert result["ok"], result
+    assert len(result["warnings"]) == 1, result["warnings"]
+    assert "others can write to it" in result["warnings"][0]
+    assert "private temporary kernel cache" in result["warnings"][0]
+    assert result["compiled"] > 0  # nothing was loaded from the refused folder
+
+
+def test_a_cache_folder_of_another_user_is_refused(cache: Path) -> None:
+    if not hasattr(os, "getuid"):
+        pytest.skip("POSIX permissions")
+    # This process pretends to be someone else: every existing folder then belongs to another
+    # user, and so does the temporary fallback, so the process compiles in memory.
+    prelude = "import os\n_uid = os.getuid()\nos.getuid = lambda: _uid + 1\n"
+    result = _run(cache, prelude=prelude)
+    assert result["ok"], result
+    assert any("belongs to another user" in w for w in result["warnings"]), result
+    assert result["compiled"] > 0
+
+
+def test_a_cache_dir_that_is_a_file_falls_back(tmp_path: Path) -> None:
+    plain = tmp_path / "a-file"
+    plain.write_text("not a folder")
+    result = _run(plain)
+    assert result["ok"], result
+    assert any(str(plain) in w and "temporary" in w for w in result["warnings"]), result
+
+
+def test_no_writable_folder_at_all(tmp_path: Path) -> None:
+    """No home, a cache_dir that cannot exist, no temporary folder: import and launch work."""
+    plain = tmp_path / "a-file"
+    plain.write_text("")
+    env = {"HOME": str(plain / "home"), "XDG_CACHE_HOME": ""}
+    # Running as root, a writable temporary folder can always be found: take it away.
+    prelude = (
+        "import tempfile\n"
+        "def _no_folder(*a, **k):\n"
+        "    raise PermissionError('no writable folder')\n"
+        "tempfile.mkdtemp = _no_folder\n"
+    )
+    result = _run(plain / "cache", env=env, prelude=prelude)
+    assert result["ok"], result
+    assert any("compiling in memory" in w for w in result["warnings"]), result
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "getuid") or os.getuid() == 0, reason="root can write to any folder"
+)
+def test_an_unwritable_cache_folder_falls_back(cache: Path) -> None:
+    os.chmod(cache / "kernels", 0o500)
+    try:
+        result = _run(cache)
+    finally:
+        os.chmod(cache / "kernels", 0o700)
+    assert result["ok"], result
+    assert any("not writable" in w for w in result["warnings"]), result
+
+
+@pytest.mark.parametrize("value", [123, "", b"/tmp/cache", 1.5])
+def test_cache_dir_must_be_a_path(value: object) -> None:
+    with pytest.raises(veda.ConfigError, match="cache_dir"):
+        with veda.config(cache_dir=value):
+            pass
+
+
+def test_cache_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with veda.config(cache_dir="relative"):
+        assert veda.get_config().cache_dir == str(tmp_path / "relative")

@@ -1,0 +1,198 @@
+"""Private folders and files for veda's caches.
+
+Everything veda keeps on disk is either run (generated modules, Numba's pickled index and compiled
+code) or steers what runs (tuning decisions), so a cache folder is used only when this user owns
+it and nobody else can write to it.  Folders veda creates are ``0700`` and files ``0600``; a
+folder of ours that is merely readable by others (older veda releases made them ``0755``) is
+tightened, and one that another user owns or others can write to is refused: the caller then
+falls back to :func:`fallback_dir`, a private temporary folder for this process.
+
+Files are written whole or not at all (a temporary file in the same folder renamed over the
+target), so a racing process never reads half a file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import stat
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import numba
+
+__all__ = [
+    "fallback_dir",
+    "private_dir",
+    "untrusted",
+    "usable_dir",
+    "warn_once",
+    "write_atomic",
+]
+
+_lock = threading.RLock()
+_fallback: Path | None = None
+_warned: set[str] = set()
+# folder asked for -> the folder used (itself or a private temporary one); None: keep in memory
+_usable: dict[str, Path | None] = {}
+_fallback_failed = False
+
+
+def _owner_checks() -> bool:
+    return hasattr(os, "getuid")  # POSIX; Windows folders are private to the user by default
+
+
+def untrusted(path: Path, st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` (a file or folder) must not be trusted, or ``None`` if it may be.
+
+    Trusted means: owned by this user and writable by nobody else.
+    """
+    if not _owner_checks():
+        return None
+    if st is None:
+        st = os.stat(path)
+    if st.st_uid != os.getuid():
+        return f"it belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"others can write to it (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def private_dir(path: Path) -> str | None:
+    """Make ``path`` a folder only this user can use; the reason it cannot be, or ``None``.
+
+    A missing folder is created ``0700`` (its missing parents too).  An existing one must be a
+    folder this user owns that nobody else can write to; if others can read it, it is tightened
+    to ``0700``.
+    """
+    try:
+        if not path.exists():
+            missing = []
+            p = path
+            while not p.exists() and p != p.parent:
+                missing.append(p)
+                p = p.parent
+            for q in reversed(missing):
+                try:
+                    q.mkdir(mode=0o700)
+                except FileExistsError:
+                    pass
+        st = os.stat(path)
+    except OSError as exc:
+        return f"it cannot be created ({exc.strerror or exc})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a folder"
+    reason = untrusted(path, st)
+    if reason is not None:
+        return reason
+    if _owner_checks() and stat.S_IMODE(st.st_mode) & 0o077:
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:  # pragma: no cover - we own it, so chmod succeeds
+            return f"it cannot be made private ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
+
+
+def fallback_dir() -> Path | None:
+    """This process's private temporary cache folder (made on first use), or ``None``.
+
+    It is removed when the process that made it exits (a forked child leaves it alone).
+    ``None`` when no temporary folder can be made either: the caller then keeps things in memory.
+    """
+    global _fallback, _fallback_failed
+    with _lock:
+        if _fallback is None and not _fallback_failed:
+            try:
+                made = Path(tempfile.mkdtemp(prefix="veda-cache-"))
+            except OSError:
+                _fallback_failed = True
+            else:
+                _fallback = made
+                owner = os.getpid()
+                atexit.register(_remove_fallback, made, owner)
+        return _fallback
+
+
+def _remove_fallback(path: Path, owner: int) -> None:
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode ``0600``) so that readers see the old file or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def warn_once(key: str, message: str) -> None:
+    """One ``RuntimeWarning`` per ``key`` in this process."""
+    with _lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(f"veda: {message}", RuntimeWarning, stacklevel=_caller_level())
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(numba.__file__))
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside veda and Numba (the user's line)."""
+    frame = sys._getframe(2)  # the caller of warn_once
+    level = 2
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def usable_dir(
+    want: Path, what: str, *, inside: tuple[str, ...] = (), otherwise: str = "kept in memory"
+) -> Path | None:
+    """``want`` if it is a private folder of ours; else a private temporary one, or ``None``.
+
+    ``inside`` names subfolders that must be private too (created if missing).  A refused folder
+    is named in one warning per process, saying what happens instead (``otherwise`` when no
+    temporary folder can be made either).  The answer is remembered while the folder exists.
+    """
+    key = str(want)
+    with _lock:
+        got = _usable.get(key, want)
+        if key in _usable and (got is None or got.is_dir()):
+            return got
+        reason = private_dir(want)
+        for sub in inside:
+            if reason is None and (why := private_dir(want / sub)) is not None:
+                reason = f"its {sub} cannot be used: {why}"
+        if reason is None:
+            got = want
+        else:
+            fallback = fallback_dir()
+            got = None
+            if fallback is not None:
+                got = fallback / want.name
+                if any(private_dir(p) for p in (got, *(got / sub for sub in inside))):
+                    got = None
+            instead = (
+                f"using a private temporary {what} in {got} for this process"
+                if got is not None
+                else otherwise
+            )
+            warn_once(f"dir:{key}", f"not using the {what} {want}: {reason}; {instead}")
+        _usable[key] = got
+        return got
