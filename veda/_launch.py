@@ -33,7 +33,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from veda import _config, _registry, scheduler
+from veda import _config, _files, _registry, scheduler
 from veda._config import Config, get_config, validate_launch_overrides
 from veda._hardware import cpu as _hw_cpu
 from veda._hardware import gpu as _gpu
@@ -451,6 +451,15 @@ class Kernel(KernelDefinition):
 
     def _bind(self, entry: Entry, decision: Decision, args: tuple[Any, ...]) -> None:
         """Point an entry at the runner (and recorder) of one decision, preparing it once."""
+        if decision.target == "parallel":
+            forked = _hw_cpu.parallel_unavailable_reason()
+            if forked is not None:  # a fork child of OpenMP: one thread, same loop body
+                _files.warn_once(
+                    "fork:parallel",
+                    f"{forked}. Until then, 'parallel' launches in this process run on one "
+                    "thread (target 'cpu'; telemetry records them under 'cpu')",
+                )
+                decision = Decision("cpu")
         got = entry.runners.get(decision)
         cfg = entry.cfg
         if got is None:
