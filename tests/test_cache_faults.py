@@ -136,6 +136,25 @@ def _empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
+def _fifo(path: Path) -> None:
+    """A FIFO blocks whoever opens it for reading: a reader would hang."""
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _folder(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _link(path: Path) -> None:
+    """A link to a copy of the right contents: still not read, it could point anywhere."""
+    copy = path.with_name(path.name + ".copy")
+    shutil.copy(path, copy)
+    path.unlink()
+    path.symlink_to(copy)
+
+
 DAMAGE = {
     "module-garbage": (_module, _garbage),
     "module-truncated": (_module, _truncate),
@@ -147,7 +166,12 @@ DAMAGE = {
             p.read_text() + f"\nopen({str(p.parent.parent / MARKER)!r}, 'w').close()\n"
         ),
     ),
+    "module-fifo": (_module, _fifo),
+    "module-folder": (_module, _folder),
+    "module-link": (_module, _link),
     "index-garbage": (lambda c: _numba_file(c, ".nbi"), _garbage),
+    "index-link": (lambda c: _numba_file(c, ".nbi"), _link),
+    "tuning-folder": (_tuning, _folder),
     "index-truncated": (lambda c: _numba_file(c, ".nbi"), _truncate),
     "index-foreign-pickle": (
         lambda c: _numba_file(c, ".nbi"),

@@ -26,6 +26,7 @@ from pathlib import Path
 import numba
 
 __all__ = [
+    "clear_entry",
     "fallback_dir",
     "private_dir",
     "untrusted",
@@ -47,14 +48,19 @@ def _owner_checks() -> bool:
 
 
 def untrusted(path: Path, st: os.stat_result | None = None) -> str | None:
-    """Why ``path`` (a file or folder) must not be trusted, or ``None`` if it may be.
+    """Why the file ``path`` must not be read, or ``None`` if it may be.
 
-    Trusted means: owned by this user and writable by nobody else.
+    Trusted means: a regular file (not a link, a FIFO or a device, which could point elsewhere
+    or block a reader), owned by this user and writable by nobody else.  With ``st`` (a folder's
+    ``os.stat``), only ownership and write permissions are checked.  Raises
+    ``FileNotFoundError`` when there is no such file.
     """
+    if st is None:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return "it is not a regular file"
     if not _owner_checks():
         return None
-    if st is None:
-        st = os.stat(path)
     if st.st_uid != os.getuid():
         return f"it belongs to another user (uid {st.st_uid})"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
@@ -124,8 +130,21 @@ def _remove_fallback(path: Path, owner: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def clear_entry(path: Path) -> None:
+    """Remove ``path`` if it is a folder (not a link to one), so a file can take its place."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode ``0600``) so that readers see the old file or the new."""
+    """Write ``data`` to ``path`` (mode ``0600``) so that readers see the old file or the new.
+
+    Whatever ``path`` was (a file, a link, a FIFO, a folder) is replaced, not written through.
+    """
+    clear_entry(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -35,7 +35,9 @@ def fingerprint() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    lock_path = Path(str(path) + ".lock")
+    _files.clear_entry(lock_path)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with open(fd, "a+") as lock:
         try:
             import fcntl
