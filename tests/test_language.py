@@ -214,3 +214,47 @@ def test_scalar_argument_types():
     np.testing.assert_array_equal(out, 3.5)
     combine[2](np.bool_(False), np.int16(2), np.float32(0.5), np.complex64(1), out)
     np.testing.assert_array_equal(out, 0.0)
+
+
+# The GPU's atomics take 32- and 64-bit operands, so 8- and 16-bit atomics on "cuda" are a
+# compare-and-swap loop on the containing 32-bit word.  The loop is plain LLVM IR, so it is
+# checked here on the CPU, under contention from every worker, against NumPy.
+_SUBWORD = {}
+
+
+def _subword_kernels():
+    if not _SUBWORD:
+        import numba
+
+        from veda._kernel import language as lang
+
+        for op in ("add", "min", "max"):
+            rmw = lang._make_atomic_intrinsic(op, subword=True)
+
+            @numba.njit(parallel=True)
+            def run(target, index, values, rmw=rmw):
+                for k in numba.prange(values.size):
+                    rmw(target, index[k], values[k])
+
+            _SUBWORD[op] = run
+    return _SUBWORD
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16])
+@pytest.mark.parametrize("op", ["add", "min", "max"])
+def test_subword_atomics_as_a_cas_loop_match_numpy(op, dtype):
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    # 7 elements: odd, so words straddle both ends; offset views put elements at every byte.
+    base = rng.integers(info.min, info.max, size=9, endpoint=True).astype(dtype)
+    target = base[1:8]
+    index = rng.integers(0, target.size, size=20_000)
+    values = rng.integers(info.min, info.max, size=index.size, endpoint=True).astype(dtype)
+    expected = base.copy()
+    view = expected[1:8]
+    if op == "add":
+        np.add.at(view, index, values)
+    else:
+        getattr(np, f"{'minimum' if op == 'min' else 'maximum'}").at(view, index, values)
+    _subword_kernels()[op](target, index, values)
+    assert np.array_equal(base, expected)  # the neighbours base[0] and base[8] are untouched

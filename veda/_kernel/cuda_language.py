@@ -50,27 +50,51 @@ def _register() -> None:
         from numba.core.errors import TypingError
         from numba.core.extending import overload
 
-    # Numba's CUDA atomics take the index of a 1-d array only as an integer, not a 1-tuple.
     def _one(index: Any) -> bool:
         return isinstance(index, numba.core.types.BaseTuple) and len(index) == 1
 
-    @overload(_lang.atomic_add, target="cuda")
-    def _ol_atomic_add(array, index, value):  # type: ignore[no-untyped-def]
-        if _one(index):
-            return lambda array, index, value: cuda.atomic.add(array, index[0], value)
-        return lambda array, index, value: cuda.atomic.add(array, index, value)
+    # Numba's CUDA atomics take 32- and 64-bit elements; 8- and 16-bit integers go through a
+    # compare-and-swap loop on their 32-bit word (veda._kernel.language._subword_rmw).
+    try:
+        from numba.cuda import cgutils as cuda_cgutils
+        from numba.cuda.extending import intrinsic as cuda_intrinsic
+        from numba.cuda.np.arrayobj import make_array as cuda_make_array
+    except ImportError:  # older numba-cuda, built on Numba's core
+        from numba.core import cgutils as cuda_cgutils
+        from numba.core.extending import intrinsic as cuda_intrinsic
+        from numba.np.arrayobj import make_array as cuda_make_array
 
-    @overload(_lang.atomic_min, target="cuda")
-    def _ol_atomic_min(array, index, value):  # type: ignore[no-untyped-def]
-        if _one(index):
-            return lambda array, index, value: cuda.atomic.min(array, index[0], value)
-        return lambda array, index, value: cuda.atomic.min(array, index, value)
+    def _narrow(array: Any) -> bool:
+        dtype = getattr(array, "dtype", None)
+        return isinstance(dtype, numba.core.types.Integer) and dtype.bitwidth < 32
 
-    @overload(_lang.atomic_max, target="cuda")
-    def _ol_atomic_max(array, index, value):  # type: ignore[no-untyped-def]
-        if _one(index):
-            return lambda array, index, value: cuda.atomic.max(array, index[0], value)
-        return lambda array, index, value: cuda.atomic.max(array, index, value)
+    def _atomic(name: str, native: Any, native_one: Any) -> None:
+        subword = _lang._make_atomic_intrinsic(
+            name, cuda_intrinsic, cuda_make_array, cuda_cgutils, subword=True
+        )
+
+        @overload(getattr(_lang, f"atomic_{name}"), target="cuda")
+        def _ol(array, index, value):  # type: ignore[no-untyped-def]
+            if _narrow(array):
+                return lambda array, index, value: subword(array, index, value)
+            return native_one if _one(index) else native
+
+    # Numba's CUDA atomics take the index of a 1-d array only as an integer, not a 1-tuple.
+    _atomic(
+        "add",
+        lambda array, index, value: cuda.atomic.add(array, index, value),
+        lambda array, index, value: cuda.atomic.add(array, index[0], value),
+    )
+    _atomic(
+        "min",
+        lambda array, index, value: cuda.atomic.min(array, index, value),
+        lambda array, index, value: cuda.atomic.min(array, index[0], value),
+    )
+    _atomic(
+        "max",
+        lambda array, index, value: cuda.atomic.max(array, index, value),
+        lambda array, index, value: cuda.atomic.max(array, index[0], value),
+    )
 
     @overload(_lang.local_array, target="cuda", prefer_literal=True, inline="always")
     def _ol_local_array(shape, dtype):  # type: ignore[no-untyped-def]

@@ -117,10 +117,63 @@ _RMW_OPS = {
 }
 
 
-def _make_atomic_intrinsic(opname: str) -> Any:
+def _subword_rmw(builder: Any, ptr: Any, val: Any, opname: str, signed: bool, bits: int) -> Any:
+    """An atomic read-modify-write of an 8- or 16-bit integer as a compare-and-swap loop on the
+    aligned 32-bit word that holds it; returns the old value.
+
+    For targets whose atomics take 32- and 64-bit operands only (CUDA).  The other bytes of the
+    word are written back unchanged in the same swap, so neighbouring elements (of this array or
+    another) are never disturbed.  Assumes little-endian byte order, as on every CUDA device.
+    """
+    i32, i64, narrow = ir.IntType(32), ir.IntType(64), ir.IntType(bits)
+    addr = builder.ptrtoint(ptr, i64)
+    word_ptr = builder.inttoptr(builder.and_(addr, ir.Constant(i64, ~3)), i32.as_pointer())
+    offset = builder.shl(builder.and_(addr, ir.Constant(i64, 3)), ir.Constant(i64, 3))
+    shift = builder.trunc(offset, i32)
+    keep = builder.not_(builder.shl(ir.Constant(i32, (1 << bits) - 1), shift))
+    first = builder.load(word_ptr)
+    before = builder.block
+    loop = builder.append_basic_block("veda.subword.loop")
+    done = builder.append_basic_block("veda.subword.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    word = builder.phi(i32)
+    word.add_incoming(first, before)
+    old = builder.trunc(builder.lshr(word, shift), narrow)
+    if opname == "add":
+        new = builder.add(old, val)
+    else:
+        less = (
+            builder.icmp_signed("<", val, old) if signed else builder.icmp_unsigned("<", val, old)
+        )
+        smaller, larger = builder.select(less, val, old), builder.select(less, old, val)
+        new = smaller if opname == "min" else larger
+    placed = builder.shl(builder.zext(new, i32), shift)
+    swapped = builder.cmpxchg(
+        word_ptr, word, builder.or_(builder.and_(word, keep), placed), "monotonic", "monotonic"
+    )
+    word.add_incoming(builder.extract_value(swapped, 0), builder.block)
+    builder.cbranch(builder.extract_value(swapped, 1), done, loop)
+    builder.position_at_end(done)
+    return old
+
+
+def _make_atomic_intrinsic(
+    opname: str,
+    intrinsic_: Any = intrinsic,
+    make_array_: Any = make_array,
+    cgutils_: Any = cgutils,
+    subword: bool = False,
+) -> Any:
+    """The intrinsic of ``atomic_<opname>``: an LLVM ``atomicrmw`` on the element.
+
+    The CUDA target builds it again from its own extension API (``intrinsic_``, ``make_array_``,
+    ``cgutils_``) with ``subword=True``: 8- and 16-bit integers then go through
+    :func:`_subword_rmw`, since the GPU's atomics take 32- and 64-bit operands only.
+    """
     signed_op, unsigned_op, float_op = _RMW_OPS[opname]
 
-    @intrinsic
+    @intrinsic_
     def _rmw(typingctx, array, index, value):  # type: ignore[no-untyped-def]
         if not isinstance(array, types.Array):
             raise TypingError(f"atomic_{opname}: the first argument must be an array, not {array}")
@@ -142,16 +195,17 @@ def _make_atomic_intrinsic(opname: str) -> Any:
             llop = float_op
         else:
             llop = signed_op if dtype.signed else unsigned_op
+        narrow = subword and isinstance(dtype, types.Integer) and dtype.bitwidth < 32
 
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
             aryty, idxty, valty = sig.args
-            ary = make_array(aryty)(context, builder, args[0])
+            ary = make_array_(aryty)(context, builder, args[0])
             if isinstance(idxty, types.Integer):
                 raw_idx = [args[1]]
             else:
-                raw_idx = cgutils.unpack_tuple(builder, args[1], len(idxty))
+                raw_idx = cgutils_.unpack_tuple(builder, args[1], len(idxty))
             idx = [context.cast(builder, v, t, types.intp) for v, t in zip(raw_idx, idx_types)]
-            ptr = cgutils.get_item_pointer(
+            ptr = cgutils_.get_item_pointer(
                 context,
                 builder,
                 aryty,
@@ -161,6 +215,8 @@ def _make_atomic_intrinsic(opname: str) -> Any:
                 boundscheck=context.enable_boundscheck,
             )
             val = context.cast(builder, args[2], valty, aryty.dtype)
+            if narrow:
+                return _subword_rmw(builder, ptr, val, opname, dtype.signed, dtype.bitwidth)
             return builder.atomic_rmw(llop, ptr, val, "monotonic")
 
         return dtype(array, index, value), codegen
