@@ -229,3 +229,23 @@ def test_a_bad_gpu_array_is_refused_naming_it():
     out = veda.to_device(np.zeros(4))
     with pytest.raises(veda.LaunchError, match="argument 'x' .*float16"):
         on_cuda(scale_a, 4, 2.0, veda.to_device(np.zeros(4, np.float16)), out)
+
+
+@veda.kernel
+def writes_through_a_view(i, x, out):
+    row = x[i:]
+    row[0] = 1.0
+    out[i] = x[i]
+
+
+def test_a_read_only_array_the_kernel_writes_is_refused_as_on_the_cpu():
+    x = np.arange(20.0)
+    x.flags.writeable = False
+    out = np.zeros(20)
+    messages = []
+    for target in ("cpu", "cuda"):
+        with pytest.raises(veda.LaunchError, match="read-only") as info:
+            veda.launch(writes_through_a_view, 20, x, out, target=target)
+        messages.append(str(info.value))
+    assert all("'x'" in m for m in messages)
+    assert not out.any()  # refused before anything ran

@@ -178,6 +178,38 @@ class _Launch:
                         f"other; pass the array once, or pass a copy (e.g. {second}.copy())"
                     )
 
+    def _refuse_read_only(self, args: tuple[Any, ...], key: Any) -> None:
+        """Refuse a read-only NumPy array the kernel writes, as the CPU targets do.
+
+        On the CPU, Numba types a read-only array as immutable and refuses any write to it; a
+        device copy would be writable and its writes lost.  Where the analysis says a read-only
+        argument may be written (an element bound to a name counts, though it is only read),
+        the CPU loop is typed for these arguments, once per argument types, and its refusal is
+        raised here.
+        """
+        read_only = tuple(
+            pos
+            for pos in self.written
+            if pos < len(args)
+            and any(
+                isinstance(a, np.ndarray) and not a.flags.writeable
+                for a in (args[pos] if type(args[pos]) is tuple else (args[pos],))
+            )
+        )
+        if not read_only or (key, read_only) in self._checked:
+            return
+        import numba
+
+        cpu = self.form.program(self.options.compile)._veda_cpu
+        types = (numba.int64,) * len(self.dims) + tuple(numba.typeof(a) for a in args)
+        try:
+            cpu.compile(types)
+        except Exception as exc:
+            err = translate_compile_error(exc, self.form.name, self.names, args)
+            if "read-only" in str(err):
+                raise err from None
+        self._checked.add((key, read_only))
+
     def _to_device(
         self, pos: int, value: Any, borrowed: list[Any], back: list[tuple[np.ndarray, Any]]
     ) -> Any:
@@ -245,6 +277,7 @@ class _Launch:
             if key not in self._checked:  # once per argument types, as Numba compiles
                 check_arguments(self.form.name, self.names, args, device=True)
                 self._checked.add(key)
+            self._refuse_read_only(args, key)
             self._refuse_shared_memory(args)
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
             up = sum(b.nbytes for b in borrowed)
