@@ -258,3 +258,41 @@ def test_subword_atomics_as_a_cas_loop_match_numpy(op, dtype):
         getattr(np, f"{'minimum' if op == 'min' else 'maximum'}").at(view, index, values)
     _subword_kernels()[op](target, index, values)
     assert np.array_equal(base, expected)  # the neighbours base[0] and base[8] are untouched
+
+
+@veda.kernel
+def _nan_min(i, v, out):
+    veda.atomic_min(out, i % 2, v[i])
+
+
+@veda.kernel
+def _nan_max(i, v, out):
+    veda.atomic_max(out, i % 2, v[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_atomic_min_max_keep_a_stored_nan_and_ignore_a_nan_value(settings, dtype):
+    """One NaN rule on every target: ``value if value < old else old`` (as the pure-Python
+    fallback the CUDA simulator runs, and as on the GPU)."""
+    v = np.array([1.0, np.nan, 3.0, 2.0], dtype)
+    for kernel, expected in ((_nan_min, 2.0), (_nan_max, 5.0)):
+        out = np.array([np.nan, 5.0], dtype)
+        veda.launch(kernel, 4, v, out, **settings)
+        assert np.isnan(out[0]) and out[1] == expected
+        ref = np.array([np.nan, 5.0], dtype)
+        python = veda.atomic_min if kernel is _nan_min else veda.atomic_max
+        for i in range(4):  # the pure-Python fallback, run as plain Python
+            python(ref, i % 2, v[i])
+        np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_atomic_min_max_under_contention_match_numpy(dtype):
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal(50_000).astype(dtype)
+    for kernel, ufunc in ((_nan_min, np.minimum), (_nan_max, np.maximum)):
+        out = np.zeros(2, dtype)
+        veda.launch(kernel, v.size, v, out, target="parallel", schedule="dynamic", chunk=64)
+        ref = np.zeros(2, dtype)
+        ufunc.at(ref, np.arange(v.size) % 2, v)
+        np.testing.assert_array_equal(out, ref)

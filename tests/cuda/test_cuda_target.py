@@ -358,3 +358,20 @@ def test_reductions_over_cupy_arrays():
     x = cp.asarray(np.random.default_rng(0).standard_normal(5000).astype(np.float32))
     np.testing.assert_allclose(on_cuda(r_sum, x.size, x), float(cp.sum(x)), rtol=1e-4)
     assert on_cuda(r_max, x.size, x) == float(cp.max(x))
+
+
+@pytest.mark.parametrize("block", [32, 48, 96, 160])
+@pytest.mark.parametrize("kernel", [r_sum, r_min, r_max], ids=["sum", "min", "max"])
+def test_reductions_combine_right_with_any_block_size(kernel, block):
+    """The shared-memory tree works for blocks that are not a power of two (a decision from a
+    record or tuning file may carry one)."""
+    from veda import _registry
+    from veda._types import Decision, LaunchOptions
+
+    x = np.random.default_rng(block).permutation(np.arange(1, 1001, dtype=np.int64))
+    form = kernel.form(1, 1)
+    run = _registry.get("cuda").prepare(
+        form, (x.size,), Decision("cuda", block=block), LaunchOptions(False, False, False)
+    )
+    expected = {r_sum: x.sum(), r_min: x.min(), r_max: x.max()}[kernel]
+    assert run((x,)) == expected

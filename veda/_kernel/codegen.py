@@ -579,12 +579,20 @@ def _cuda_split(ndim: int, indent: int) -> str:
 
 
 def _cuda_tree(indent: int) -> str:
+    """Combine a block's values in shared memory by halving strides.
+
+    The first stride is the largest power of two below the block size, and a thread combines
+    only with a partner inside the block, so any block size works (a power of two combines in
+    the same order as a plain halving tree).
+    """
     code = (
         "_sm[_t] = _acc\n"
         "_veda_cuda.syncthreads()\n"
-        "_h = _VEDA_BLOCK // 2\n"
+        "_h = 1\n"
+        "while _h * 2 < _VEDA_BLOCK:\n"
+        "    _h *= 2\n"
         "while _h > 0:\n"
-        "    if _t < _h:\n"
+        "    if _t < _h and _t + _h < _VEDA_BLOCK:\n"
         "        _sm[_t] = _veda_combine(_sm[_t], _sm[_t + _h])\n"
         "    _veda_cuda.syncthreads()\n"
         "    _h //= 2\n"

@@ -54,7 +54,8 @@ def _register() -> None:
         return isinstance(index, numba.core.types.BaseTuple) and len(index) == 1
 
     # Numba's CUDA atomics take 32- and 64-bit elements; 8- and 16-bit integers go through a
-    # compare-and-swap loop on their 32-bit word (veda._kernel.language._subword_rmw).
+    # compare-and-swap loop on their 32-bit word (veda._kernel.language._subword_rmw), and
+    # float min/max through veda's own loop, for the NaN rule of the CPU targets.
     try:
         from numba.cuda import cgutils as cuda_cgutils
         from numba.cuda.extending import intrinsic as cuda_intrinsic
@@ -64,8 +65,11 @@ def _register() -> None:
         from numba.core.extending import intrinsic as cuda_intrinsic
         from numba.np.arrayobj import make_array as cuda_make_array
 
-    def _narrow(array: Any) -> bool:
+    def _own_loop(array: Any, name: str) -> bool:
+        """8- and 16-bit integers, and float min/max (one NaN rule on every target)."""
         dtype = getattr(array, "dtype", None)
+        if isinstance(dtype, numba.core.types.Float):
+            return name != "add"
         return isinstance(dtype, numba.core.types.Integer) and dtype.bitwidth < 32
 
     def _atomic(name: str, native: Any, native_one: Any) -> None:
@@ -75,7 +79,7 @@ def _register() -> None:
 
         @overload(getattr(_lang, f"atomic_{name}"), target="cuda")
         def _ol(array, index, value):  # type: ignore[no-untyped-def]
-            if _narrow(array):
+            if _own_loop(array, name):
                 return lambda array, index, value: subword(array, index, value)
             return native_one if _one(index) else native
 

@@ -58,7 +58,8 @@ def atomic_add(array: np.ndarray, index: Any, value: Any) -> Any:
 def atomic_min(array: np.ndarray, index: Any, value: Any) -> Any:
     """Atomically set ``array[index]`` to ``min(array[index], value)``; return the old value.
 
-    For floats a NaN ``value`` leaves the element unchanged (LLVM's ``minnum`` rule).
+    For floats a NaN ``value`` leaves the element unchanged and a stored NaN stays, on every
+    target (the rule is ``value if value < old else old``).
     """
     return _py_rmw(array, index, value, lambda a, b: b if b < a else a)
 
@@ -66,7 +67,8 @@ def atomic_min(array: np.ndarray, index: Any, value: Any) -> Any:
 def atomic_max(array: np.ndarray, index: Any, value: Any) -> Any:
     """Atomically set ``array[index]`` to ``max(array[index], value)``; return the old value.
 
-    For floats a NaN ``value`` leaves the element unchanged (LLVM's ``maxnum`` rule).
+    For floats a NaN ``value`` leaves the element unchanged and a stored NaN stays, on every
+    target (the rule is ``value if value > old else old``).
     """
     return _py_rmw(array, index, value, lambda a, b: b if b > a else a)
 
@@ -158,6 +160,37 @@ def _subword_rmw(builder: Any, ptr: Any, val: Any, opname: str, signed: bool, bi
     return old
 
 
+def _float_minmax_rmw(builder: Any, ptr: Any, val: Any, opname: str) -> Any:
+    """Atomic min/max of a float as a compare-and-swap loop on its bits; returns the old value.
+
+    The rule is ``value if value < old else old`` (``>`` for max), an ordered comparison: a NaN
+    ``value`` leaves the element unchanged and a stored NaN stays.  LLVM's ``atomicrmw fmin``
+    would replace a stored NaN (its ``minnum`` rule) and CUDA's keeps it, so veda spells the rule
+    out the same way on every target.  No store happens when the element does not change.
+    """
+    fty = val.type
+    ity = ir.IntType(64 if isinstance(fty, ir.DoubleType) else 32)
+    iptr = builder.bitcast(ptr, ity.as_pointer())
+    first = builder.load(iptr)
+    before = builder.block
+    loop = builder.append_basic_block("veda.fminmax.loop")
+    swap = builder.append_basic_block("veda.fminmax.swap")
+    done = builder.append_basic_block("veda.fminmax.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    word = builder.phi(ity)
+    word.add_incoming(first, before)
+    old = builder.bitcast(word, fty)
+    better = builder.fcmp_ordered("<" if opname == "min" else ">", val, old)
+    builder.cbranch(better, swap, done)
+    builder.position_at_end(swap)
+    swapped = builder.cmpxchg(iptr, word, builder.bitcast(val, ity), "monotonic", "monotonic")
+    word.add_incoming(builder.extract_value(swapped, 0), swap)
+    builder.cbranch(builder.extract_value(swapped, 1), done, loop)
+    builder.position_at_end(done)
+    return old
+
+
 def _make_atomic_intrinsic(
     opname: str,
     intrinsic_: Any = intrinsic,
@@ -169,7 +202,8 @@ def _make_atomic_intrinsic(
 
     The CUDA target builds it again from its own extension API (``intrinsic_``, ``make_array_``,
     ``cgutils_``) with ``subword=True``: 8- and 16-bit integers then go through
-    :func:`_subword_rmw`, since the GPU's atomics take 32- and 64-bit operands only.
+    :func:`_subword_rmw`, since the GPU's atomics take 32- and 64-bit operands only.  Float
+    min/max go through :func:`_float_minmax_rmw` on every target, for one NaN rule.
     """
     signed_op, unsigned_op, float_op = _RMW_OPS[opname]
 
@@ -217,6 +251,8 @@ def _make_atomic_intrinsic(
             val = context.cast(builder, args[2], valty, aryty.dtype)
             if narrow:
                 return _subword_rmw(builder, ptr, val, opname, dtype.signed, dtype.bitwidth)
+            if isinstance(dtype, types.Float) and opname != "add":
+                return _float_minmax_rmw(builder, ptr, val, opname)
             return builder.atomic_rmw(llop, ptr, val, "monotonic")
 
         return dtype(array, index, value), codegen
