@@ -171,7 +171,9 @@ DAMAGE = {
     "module-link": (_module, _link),
     "index-garbage": (lambda c: _numba_file(c, ".nbi"), _garbage),
     "index-link": (lambda c: _numba_file(c, ".nbi"), _link),
+    "index-folder": (lambda c: _numba_file(c, ".nbi"), _folder),
     "tuning-folder": (_tuning, _folder),
+    "tuning-deeply-nested": (_tuning, lambda p: p.write_text("[" * 100_000 + "]" * 100_000)),
     "index-truncated": (lambda c: _numba_file(c, ".nbi"), _truncate),
     "index-foreign-pickle": (
         lambda c: _numba_file(c, ".nbi"),
@@ -291,7 +293,74 @@ def test_an_unwritable_cache_folder_falls_back(cache: Path) -> None:
     assert any("not writable" in w for w in result["warnings"]), result
 
 
-@pytest.mark.parametrize("value", [123, "", b"/tmp/cache", 1.5])
+def _forge_pyc(cache: Path) -> None:
+    """A bytecode file that matches the module's size and time but runs extra code."""
+    import importlib.util
+    import py_compile
+
+    module = _module(cache)
+    real = module.read_bytes()
+    st = module.stat()
+    evil = f"open({str(cache / MARKER)!r}, 'w').close()\n".encode()
+    module.write_bytes(evil + b"#" * (len(real) - len(evil) - 1) + b"\n")
+    os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+    py_compile.compile(str(module), cfile=importlib.util.cache_from_source(str(module)))
+    module.write_bytes(real)
+    os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_forged_bytecode_file_is_never_run(cache: Path) -> None:
+    _forge_pyc(cache)
+    result = _run(cache, env={"PYTHONDONTWRITEBYTECODE": ""})
+    assert result["ok"], result
+    assert not (cache / MARKER).exists(), "a .pyc veda never checked ran"
+
+
+def test_a_lock_file_that_is_a_link_is_replaced(cache: Path) -> None:
+    lock = Path(str(_tuning(cache)) + ".lock")
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(cache / "nowhere")
+    result = _run(cache)
+    assert result["ok"] and result["warnings"] == [], result
+    assert lock.is_file() and not lock.is_symlink()
+
+
+def test_tuning_entries_with_absurd_figures_are_ignored(cache: Path) -> None:
+    """A well-formed tuning file whose figures are absurd (a 400-digit integer, a negative or
+    zero time, a string) is not an error: those entries are not adopted."""
+    path = _tuning(cache)
+    doc = json.loads(path.read_text())
+    absurd = [10**400, -1.0, 0.0, "fast", None]
+    for k, key in enumerate(sorted(doc["entries"])):
+        entry = doc["entries"][key]
+        if isinstance(entry, dict):
+            entry["seconds_per_element"] = absurd[k % len(absurd)]
+    path.write_text(json.dumps(doc))
+    result = _run(cache)
+    assert result["ok"] and result["warnings"] == [], result
+
+
+def test_a_full_disk_keeps_compiled_code_in_memory(cache: Path) -> None:
+    """Saving compiled code fails (ENOSPC): the launch succeeds, with one warning."""
+    shutil.rmtree(cache / "kernels" / "__pycache__")
+    prelude = textwrap.dedent(
+        """
+        import errno, veda._files as _f
+        _write = _f.write_atomic
+        def _full(path, data):
+            if "__pycache__" in str(path):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            return _write(path, data)
+        _f.write_atomic = _full
+        """
+    )
+    result = _run(cache, prelude=prelude)
+    assert result["ok"], result
+    saves = [w for w in result["warnings"] if "cannot save compiled code" in w]
+    assert len(saves) == 1 and "No space left" in saves[0], result["warnings"]
+
+
+@pytest.mark.parametrize("value", [123, "", b"/tmp/cache", 1.5, "/tmp/a\0b"])
 def test_cache_dir_must_be_a_path(value: object) -> None:
     with pytest.raises(veda.ConfigError, match="cache_dir"):
         with veda.config(cache_dir=value):

@@ -218,3 +218,41 @@ def test_a_forked_child_never_enters_a_parallel_region_its_layer_cannot_run(tmp_
     else:  # a layer that survives fork runs them in parallel
         assert warned == "0"
     assert "pool [0, 1, 4, 9]" in lines, out.stdout + out.stderr[-2000:]
+
+
+EXTERNAL_OPENMP_FORK = """
+import os
+import numba
+import numpy as np
+import veda
+
+numba.get_num_threads()  # the user starts Numba's pool, veda has launched nothing yet
+
+@veda.kernel
+def twice(i, x, out):
+    out[i] = 2.0 * x[i]
+
+pid = os.fork()
+if pid == 0:
+    x, out = np.arange(1000.0), np.zeros(1000)
+    veda.launch(twice, 1000, x, out, target="parallel")
+    print("child", bool((out == 2 * x).all()), flush=True)
+    os._exit(0)
+print("status", os.waitpid(pid, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_fork_after_someone_else_started_the_pool_is_noticed(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", EXTERNAL_OPENMP_FORK],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, VEDA_CACHE_DIR=str(tmp_path)),
+    )
+    assert "status 0" in out.stdout.splitlines(), out.stdout + out.stderr[-2000:]
+    assert "child True" in out.stdout.splitlines()

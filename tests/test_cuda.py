@@ -358,7 +358,7 @@ def _ptx_cases():
     for dtype in ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]:
         cases.append((_atomics, 16, (np.arange(16), np.zeros(4, dtype))))
     for dtype in ["float32", "float64"]:
-        cases.append((_atomics, 16, (np.arange(16.0).astype(dtype), np.zeros(4, dtype))))
+        cases.append((_atomics, 16, (np.arange(16), np.zeros(4, dtype))))
     for k in (_rsum, _rprod, _rmin, _rmax):
         for dtype in _REDUCE_DTYPES:
             if dtype == "complex128" and k in (_rmin, _rmax):

@@ -187,6 +187,8 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             )
         if os.fsdecode(folder).strip() == "":
             raise error(f"{where}: cache_dir must name a folder, not an empty path")
+        if "\0" in os.fsdecode(folder):
+            raise error(f"{where}: cache_dir must not contain a NUL character")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:

@@ -26,9 +26,11 @@ from pathlib import Path
 import numba
 
 __all__ = [
+    "Untrusted",
     "clear_entry",
     "fallback_dir",
     "private_dir",
+    "read_private",
     "untrusted",
     "usable_dir",
     "warn_once",
@@ -39,7 +41,7 @@ _lock = threading.RLock()
 _fallback: Path | None = None
 _warned: set[str] = set()
 # folder asked for -> the folder used (itself or a private temporary one); None: keep in memory
-_usable: dict[str, Path | None] = {}
+_usable: dict[str, tuple[Path | None, tuple[int, ...] | None]] = {}
 _fallback_failed = False
 
 
@@ -66,6 +68,44 @@ def untrusted(path: Path, st: os.stat_result | None = None) -> str | None:
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"others can write to it (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
+
+
+class Untrusted(Exception):
+    """A cache file veda will not read; ``str(exc)`` says why."""
+
+
+def read_private(path: Path) -> bytes:
+    """The bytes of the file ``path``, read only if it may be trusted.
+
+    The file is opened without following a link and without blocking (a FIFO), and checked on
+    the open descriptor, so it cannot be swapped between the check and the read: it must be a
+    regular file of this user that nobody else can write to, in a folder nobody else can write
+    to.  Raises :class:`Untrusted` (with the reason) or ``FileNotFoundError``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a link (ELOOP), a folder (EISDIR), no permission
+        raise Untrusted(f"it cannot be opened as a regular file ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Untrusted("it is not a regular file")
+        reason = untrusted(path, st)
+        if reason is None:
+            reason = untrusted(path.parent, os.stat(path.parent))
+            if reason is not None:
+                reason = f"its folder {path.parent}: {reason}"
+        if reason is not None:
+            raise Untrusted(reason)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def private_dir(path: Path) -> str | None:
@@ -95,6 +135,15 @@ def private_dir(path: Path) -> str | None:
     reason = untrusted(path, st)
     if reason is not None:
         return reason
+    if _owner_checks():  # whoever may write to a parent may rename the folder away
+        for parent in path.resolve().parents:
+            try:
+                pst = os.stat(parent)
+            except OSError:
+                continue
+            writable = pst.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            if writable and not pst.st_mode & stat.S_ISVTX and pst.st_uid != os.getuid():
+                return f"others can write to its parent folder {parent}, and could replace it"
     if _owner_checks() and stat.S_IMODE(st.st_mode) & 0o077:
         try:
             os.chmod(path, 0o700)
@@ -131,10 +180,14 @@ def _remove_fallback(path: Path, owner: int) -> None:
 
 
 def clear_entry(path: Path) -> None:
-    """Remove ``path`` if it is a folder (not a link to one), so a file can take its place."""
+    """Remove ``path`` unless it is a regular file (a folder, a link, a FIFO), so that a file
+    can take its place."""
     try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
+        mode = os.lstat(path).st_mode
+        if stat.S_ISDIR(mode):
             shutil.rmtree(path)
+        elif not stat.S_ISREG(mode):
+            os.unlink(path)
     except FileNotFoundError:
         pass
 
@@ -187,13 +240,15 @@ def usable_dir(
 
     ``inside`` names subfolders that must be private too (created if missing).  A refused folder
     is named in one warning per process, saying what happens instead (``otherwise`` when no
-    temporary folder can be made either).  The answer is remembered while the folder exists.
+    temporary folder can be made either).  The answer is remembered while the folder is the
+    same (device, inode, owner and mode): a folder swapped or loosened meanwhile is checked again.
     """
     key = str(want)
     with _lock:
-        got = _usable.get(key, want)
-        if key in _usable and (got is None or got.is_dir()):
-            return got
+        if key in _usable:
+            got, seen = _usable[key]
+            if got is None or _signature(got) == seen:  # the same folder, still private
+                return got
         reason = private_dir(want)
         for sub in inside:
             if reason is None and (why := private_dir(want / sub)) is not None:
@@ -213,5 +268,14 @@ def usable_dir(
                 else otherwise
             )
             warn_once(f"dir:{key}", f"not using the {what} {want}: {reason}; {instead}")
-        _usable[key] = got
+        _usable[key] = (got, None if got is None else _signature(got))
         return got
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    """What identifies a folder and its permissions (a swapped or loosened one differs)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_uid, st.st_mode)

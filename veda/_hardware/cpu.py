@@ -123,8 +123,17 @@ _forked_with: str | None = None
 
 def _after_fork_in_child() -> None:
     global _forked_with
-    if _layer in FORK_UNSAFE_LAYERS:
-        _forked_with = _layer
+    layer = _layer
+    if layer is None:  # the pool may have been started outside veda (a user's own prange)
+        try:
+            from numba.np.ufunc import parallel
+
+            if getattr(parallel, "_is_initialized", False):
+                layer = str(numba.threading_layer())
+        except Exception:  # no layer could be named: assume none was started
+            layer = None
+    if layer in FORK_UNSAFE_LAYERS:
+        _forked_with = layer
 
 
 if hasattr(os, "register_at_fork"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import linecache
 import os
 import pickle
@@ -87,27 +86,32 @@ def _ensure_text(path: Path, text: str) -> None:
     """Make ``path`` hold exactly ``text``: write it if missing, rebuild it if it differs."""
     data = text.encode("utf-8")
     try:
-        reason = _files.untrusted(path)
-        if reason is None:
-            with open(path, "rb") as fh:
-                current: bytes | None = fh.read()
-            if current != data:
-                reason = "its contents do not match the kernel's source"
+        current = _files.read_private(path)
     except FileNotFoundError:
         _files.write_atomic(path, data)
         return
-    if reason is not None:
-        _files.warn_once(f"module:{path}", f"rebuilt the generated module {path} ({reason})")
-        _files.write_atomic(path, data)
+    except _files.Untrusted as exc:
+        reason = str(exc)
+    else:
+        if current == data:
+            return
+        reason = "its contents do not match the kernel's source"
+    _files.warn_once(f"module:{path}", f"rebuilt the generated module {path} ({reason})")
+    _files.write_atomic(path, data)
 
 
-def _import_file(name: str, path: Path) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
+def _exec_module(name: str, path: Path, text: str) -> types.ModuleType:
+    """Run ``text`` (already checked against ``path``) as the module of that file.
+
+    The text is compiled here rather than imported, so no ``.pyc`` is read or written (one
+    could hold code the check never saw) and the file is not read a second time.  Numba's
+    caches are attached afterwards (:func:`harden`): the text runs with them off.
+    """
+    mod = types.ModuleType(name)
+    mod.__file__ = str(path)
     sys.modules[name] = mod
     try:
-        spec.loader.exec_module(mod)
+        exec(compile(_uncached(text), str(path), "exec"), mod.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
@@ -142,7 +146,7 @@ def load_module(
                     )
                 else:
                     line_maps[path.name] = maps
-                    return _import_file(name, path)
+                    return _exec_module(name, path, text)
         # In memory: the same text, with objects that have no source form injected.
         text = _uncached(text)
         filename = f"<veda-generated {name}>"
@@ -158,16 +162,26 @@ def load_module(
 
 
 def get_module(name: str) -> types.ModuleType:
-    """A generated module already loaded in this process (used by generated code)."""
+    """A generated module (used by generated code): loaded already, or from the kernel cache
+    if its file is trusted and its text matches the hash in its name."""
     with _lock:
         mod = sys.modules.get(name) or _memory_modules.get(name)
         if mod is not None:
             return mod
         directory = _kernels_dir()
         path = (directory or kernels_dir()) / f"{name}.py"
-        if directory is None or not path.exists() or _files.untrusted(path) is not None:
-            raise ImportError(f"veda: generated module {name} is missing from {path.parent}")
-        return _import_file(name, path)
+        try:
+            if directory is None:
+                raise FileNotFoundError(path)
+            text = _files.read_private(path).decode("utf-8")
+        except (OSError, ValueError, _files.Untrusted) as exc:
+            raise ImportError(
+                f"veda: generated module {name} is missing from {path.parent}"
+            ) from exc
+        stem = name[len("veda_gen_") :].rsplit("_", 1)[0]
+        if module_name(stem, text) != name:
+            raise ImportError(f"veda: generated module {path} does not match its name")
+        return _exec_module(name, path, text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,11 +219,10 @@ if _HAVE_CACHE_API:
         """Index and data files with a checksum, read only when they are ours."""
 
         def _read(self, path: str) -> bytes:
-            reason = _files.untrusted(Path(path))
-            if reason is not None:
-                raise _Damaged(path, reason)
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            try:
+                raw = _files.read_private(Path(path))
+            except _files.Untrusted as exc:
+                raise _Damaged(path, str(exc)) from None
             head = len(_MAGIC)
             payload = raw[head + _DIGEST :]
             if (
@@ -224,14 +237,21 @@ if _HAVE_CACHE_API:
             _files.write_atomic(Path(path), _MAGIC + digest + payload)
 
         def _load_index(self) -> dict[Any, Any]:
+            """The index, or ``{}`` when there is none or it cannot be used (then, with one
+            warning, it is discarded: the next save writes a new one)."""
             try:
                 payload = self._read(self._index_path)
+                version, stamp, overloads = pickle.loads(payload)
+                overloads = dict(overloads)
             except FileNotFoundError:
                 return {}
-            version, stamp, overloads = pickle.loads(payload)
+            except Exception as exc:
+                path, why = exc.args if isinstance(exc, _Damaged) else (self._index_path, repr(exc))
+                _discard(path, why)
+                return {}
             if version != self._version or stamp != self._source_stamp:
                 return {}
-            return dict(overloads)
+            return overloads
 
         def _save_index(self, overloads: dict[Any, Any]) -> None:
             self._write(
@@ -245,20 +265,37 @@ if _HAVE_CACHE_API:
             self._write(self._data_path(name), self._dump(data))
 
     class _CheckedCache(_nc.FunctionCache):  # type: ignore[misc]
-        """Numba's function cache over :class:`_CheckedFile`, healing what it cannot read."""
+        """Numba's function cache over :class:`_CheckedFile`: what it cannot read is discarded
+        and compiled again, what it cannot write is kept in memory, each with one warning."""
 
         def load_overload(self, sig: Any, target_context: Any) -> Any:
             try:
                 return super().load_overload(sig, target_context)
-            except Exception as exc:  # any unreadable entry: discard it and compile afresh
+            except Exception as exc:  # an unreadable data file: discard the entry
                 index = self._cache_file._index_path
                 path, why = exc.args if isinstance(exc, _Damaged) else (index, repr(exc))
-                _files.warn_once(
-                    f"nb:{path}", f"discarded the compiled-code cache file {path} ({why})"
-                )
-                with contextlib.suppress(OSError):
-                    os.unlink(index)
+                _discard(path, why)
+                _discard_entry(index)
                 return None
+
+        def save_overload(self, sig: Any, data: Any) -> None:
+            try:
+                super().save_overload(sig, data)
+            except Exception as exc:  # a full disk, a vanished folder: the code stays in memory
+                _files.warn_once(
+                    f"save:{self._cache_path}",
+                    f"cannot save compiled code in {self._cache_path} ({exc}); it is kept in "
+                    "memory for this process",
+                )
+
+    class _KernelImpl(_nc.CompileResultCacheImpl):  # type: ignore[misc]
+        """Generated modules: compiled code beside them, in the checked kernel cache (never in
+        ``NUMBA_CACHE_DIR``, a folder veda does not check)."""
+
+        _locator_classes: ClassVar[list[type]] = [_nc.InTreeCacheLocator]
+
+    class _KernelCache(_CheckedCache):
+        _impl_class = _KernelImpl
 
     class _OwnImpl(_nc.CompileResultCacheImpl):  # type: ignore[misc]
         """veda's own compiled functions, cached under veda's cache folder."""
@@ -294,15 +331,39 @@ if _HAVE_CACHE_API:
         _impl_class = _OwnImpl
 
 
+def _discard(path: str, why: str) -> None:
+    _files.warn_once(f"nb:{path}", f"discarded the compiled-code cache file {path} ({why})")
+
+
+def _discard_entry(path: str) -> None:
+    with contextlib.suppress(OSError):
+        _files.clear_entry(Path(path))
+        os.unlink(path)
+
+
 def harden(module: types.ModuleType) -> None:
-    """Give the dispatchers of a generated module the checked cache."""
-    if not _HAVE_CACHE_API:
-        return
+    """Attach the checked disk cache to the dispatchers of a generated module on disk (the
+    module ran with Numba's caching off).  Where a cache cannot be attached (the file vanished
+    meanwhile), its functions are compiled per process, with one warning."""
+    path = getattr(module, "__file__", "")
     for value in list(vars(module).values()):
-        cache: Any = getattr(value, "_cache", None)
-        if type(cache) is _nc.FunctionCache:
-            cache.__class__ = _CheckedCache
-            cache._cache_file.__class__ = _CheckedFile
+        py_func = getattr(value, "py_func", None)
+        if getattr(getattr(py_func, "__code__", None), "co_filename", None) != path:
+            continue
+        try:
+            if type(value).__module__.startswith("numba.cuda"):  # numba-cuda's own cache
+                if hasattr(value, "enable_caching"):
+                    value.enable_caching()
+            elif _HAVE_CACHE_API and isinstance(value, numba.core.dispatcher.Dispatcher):
+                cache = _KernelCache(py_func)
+                cache._cache_file.__class__ = _CheckedFile
+                value._cache = cache
+        except Exception as exc:
+            _files.warn_once(
+                f"attach:{path}",
+                f"cannot cache the compiled code of {path} ({exc}); compiling it in this "
+                "process only",
+            )
 
 
 def own_njit(**options: Any) -> Any:

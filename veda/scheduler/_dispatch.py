@@ -182,8 +182,9 @@ class Dispatcher:
                 spe = remembered.get("seconds_per_element")
                 if (
                     decision in tuner.candidates
-                    and isinstance(spe, (int, float))
+                    and isinstance(spe, float)  # JSON numbers with a point or exponent
                     and math.isfinite(spe)
+                    and spe > 0.0
                 ):
                     assert decision is not None
                     tuner.adopt(decision, float(spe), "tuning cache")

@@ -37,7 +37,8 @@ def fingerprint() -> dict[str, Any]:
 def _locked(path: Path) -> Iterator[None]:
     lock_path = Path(str(path) + ".lock")
     _files.clear_entry(lock_path)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(lock_path, flags, 0o600)
     with open(fd, "a+") as lock:
         try:
             import fcntl
@@ -68,11 +69,10 @@ class TuningCache:
         if self.folder is None:
             return dict(self._entries or {})
         try:
-            reason = _files.untrusted(self.path)
-            if reason is not None:
-                self._warn(f"ignoring the tuning cache {self.path} ({reason}); it will be rebuilt")
-                return {}
-            data = self.path.read_bytes()
+            data = _files.read_private(self.path)
+        except _files.Untrusted as exc:
+            self._warn(f"ignoring the tuning cache {self.path} ({exc}); it will be rebuilt")
+            return {}
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -90,7 +90,7 @@ class TuningCache:
             if not isinstance(entries, dict):
                 raise ValueError("no entries")
             return entries
-        except ValueError as exc:  # also UnicodeDecodeError and JSONDecodeError
+        except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, JSONDecodeError
             self._warn(f"ignoring the tuning cache {self.path} ({exc}); it will be rebuilt")
             return {}
 
