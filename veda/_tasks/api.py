@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import functools
 import math
 import os
 import sys
@@ -190,10 +191,6 @@ def _attempts(where: str, on_error: Any, retries: Any, fallback: bool) -> int:
     return 1 + (retries or 0)
 
 
-def _name(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
-
-
 # --------------------------------------------------------------------------------------------
 # What a task runs
 
@@ -270,20 +267,21 @@ def _kernel_call(
 
 def _queue(
     where: str,
-    name: str,
+    what: Any,
     call: Callable[[], Any],
     priority: Any,
     deadline: Any,
     timeout: Any,
     block: bool,
 ) -> Task | None:
-    level = _priority(where, priority)
-    wait = _timeout(where, timeout)
-    due = _deadline(where, deadline)
-    ex = current()
-    task = Task(ex, level, due, name)
+    # The defaults first: a trivial spawn's whole cost is a few microseconds of this.
+    level = priority if priority.__class__ is Priority else _priority(where, priority)
+    wait = None if timeout is None else _timeout(where, timeout)
+    due = None if deadline is None else _deadline(where, deadline)
+    ex = _current or current()
+    task = Task(ex, level, due, what)
     ctx = contextvars.copy_context()  # the submitter's veda.config scopes apply to the task
-    if not ex.put(task, lambda: ctx.run(call), get_config().max_pending, wait, block):
+    if not ex.put(task, functools.partial(ctx.run, call), get_config().max_pending, wait, block):
         return None
     return task
 
@@ -296,7 +294,7 @@ def _prepare_submit(
     on_error: Any,
     retries: Any,
     overrides: dict[str, Any],
-) -> tuple[str, Callable[[], Any]]:
+) -> tuple[Any, Callable[[], Any]]:
     if not isinstance(k, Kernel):
         raise TaskError(f"{where}: kernel must be a @veda.kernel, not {k!r}")
     attempts = _attempts(where, on_error, retries, fallback=True)
@@ -305,17 +303,18 @@ def _prepare_submit(
         validate_launch_overrides(given)
     k[domain]  # refuse a bad domain now, in the submitter (a veda.LaunchError)
     call = _kernel_call(current(), k, domain, args, given, attempts, on_error == "fallback")
-    return k.name, call
+    return k, call
 
 
 def _prepare_spawn(
     where: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], on_error: Any, retries: Any
-) -> tuple[str, Callable[[], Any]]:
+) -> tuple[Any, Callable[[], Any]]:
     if not callable(fn):
         raise TaskError(f"{where}: fn must be callable, not {fn!r}")
-    attempts = _attempts(where, on_error, retries, fallback=False)
-    call = _retrying(current(), attempts, lambda: fn(*args, **kwargs))
-    return _name(fn), call
+    call = functools.partial(fn, *args, **kwargs)
+    if on_error == "raise" and retries is None:
+        return fn, call
+    return fn, _retrying(current(), _attempts(where, on_error, retries, fallback=False), call)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import dataclasses
 import heapq
 import math
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -88,14 +89,21 @@ class Task(Future[Any]):
     """
 
     def __init__(
-        self, executor: Executor, priority: Priority, deadline: float | None, name: str
+        self, executor: Executor, priority: Priority, deadline: float | None, what: Any
     ) -> None:
         super().__init__()
         self._executor = executor
         self.priority = priority
         self.deadline = deadline
-        self.name = name
+        self._what = what
         self._item: Item | None = None
+
+    @property
+    def name(self) -> str:
+        what = self._what
+        if isinstance(what, str):
+            return what
+        return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
 
     def cancel(self) -> bool:
         if super().cancel():
@@ -115,10 +123,32 @@ class Task(Future[Any]):
         if self.done():
             return
         try:
-            self._executor.wait_for((self,), timeout)
+            if self._executor.in_worker():
+                self._executor.wait_for((self,), timeout)
+            else:
+                self._wait_here(timeout)
         except KeyboardInterrupt:
             self.cancel()
             raise
+
+    def _wait_here(self, timeout: float | None) -> None:
+        """Wait on the future itself (the main thread in slices, so that Ctrl-C is seen)."""
+        main = threading.current_thread() is threading.main_thread()
+        end = None if timeout is None else monotonic() + timeout
+        while True:
+            step = None if end is None else end - monotonic()
+            if main:
+                step = _SLICE if step is None else min(_SLICE, step)
+            if step is not None and step <= 0:
+                return
+            try:
+                super().exception(timeout=step)
+                return
+            except concurrent.futures.TimeoutError:
+                if not main:
+                    return
+            except concurrent.futures.CancelledError:
+                return
 
     def __repr__(self) -> str:
         return f"<veda task {self.name} {self.priority.name} {self._state.lower()}>"
@@ -259,13 +289,17 @@ class Executor:
         self.max_workers = max_workers or default_workers()
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        #: Idle workers wait for a token here, outside the lock: a condition notified under
+        #: the lock would wake a worker only to block it again on that lock (it measured 3x
+        #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._space = threading.Condition(self._lock)
         self._helping = threading.Condition(self._lock)
         self._reaping = threading.Condition(self._lock)
         self._queue = TaskQueue(age_step)
         self._threads: set[threading.Thread] = set()
         self._alive = 0
+        #: Workers idle (or about to be) that no token was put for yet.
         self._idle = 0
         self._blocked = 0
         self._helpers = 0
@@ -308,6 +342,7 @@ class Executor:
         raises :class:`veda.QueueFull`."""
         item = Item(task.priority, task.deadline, 0.0, (task, run))
         task._item = item
+        wake = False
         with self._lock:
             if self._shutdown:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
@@ -318,11 +353,12 @@ class Executor:
                 self._wait_for_room(task, max_pending, timeout)
             item.enqueued = monotonic()
             self._queue.push(item)
-            self.stats.add("submitted")
+            self.stats.counts["submitted"] += 1  # every writer holds the executor's lock
             if item.deadline is not None:
                 self._watch_deadline(item)
             if self._idle:
-                self._work.notify()
+                self._idle -= 1
+                wake = True
             elif (
                 self._alive - self._blocked < self.max_workers
                 and self._alive < self.max_workers + EXTRA_WORKERS
@@ -330,6 +366,8 @@ class Executor:
                 self._start_worker()
             if self._helpers:
                 self._helping.notify_all()
+        if wake:
+            self._wake.put(None)
         return True
 
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
@@ -379,6 +417,7 @@ class Executor:
             if item is None or not self._queue.remove(item):
                 return
             self._room()
+            item.payload = task._item = None
         self.stats.add("cancelled")
 
     def _room(self) -> None:
@@ -408,17 +447,15 @@ class Executor:
         while True:
             with lock:
                 item = self._next()
-                while item is None:
+                if item is None:
                     if self._shutdown or self._alive - self._blocked > self.max_workers:
                         self._alive -= 1
                         self._threads.discard(me)
                         return
                     self._idle += 1
-                    try:
-                        self._work.wait()
-                    finally:
-                        self._idle -= 1
-                    item = self._next()
+            if item is None:
+                self._wake.get()  # a token: work was queued, or shutdown
+                continue
             self._run(item)
 
     def _run_unlocked(self, item: Item) -> None:
@@ -430,6 +467,7 @@ class Executor:
 
     def _run(self, item: Item) -> None:
         task, run = item.payload
+        item.payload = task._item = None  # no cycle left for the garbage collector to find
         if not task.set_running_or_notify_cancel():
             self.stats.add("cancelled")  # between leaving the queue and here
             return
@@ -557,9 +595,12 @@ class Executor:
             dropped = self._queue.items() if cancel_pending else []
             for item in dropped:
                 self._queue.remove(item)
-            for cond in (self._work, self._space, self._helping, self._reaping):
+            for cond in (self._space, self._helping, self._reaping):
                 cond.notify_all()
+            idle, self._idle = self._idle, 0
             threads = list(self._threads)
+        for _ in range(idle):
+            self._wake.put(None)
         for item in dropped:
             if item.payload[0].cancel():
                 self.stats.add("cancelled")
