@@ -501,6 +501,37 @@ def _nest(depth: int, width: int, counter: list[int]) -> None:
             s.spawn(counter.append, 1)
 
 
+def test_a_worker_waiting_on_its_child_runs_the_child_itself(executor):
+    executor(workers=1)  # no other worker could run the child
+
+    def parent() -> int:
+        return veda.spawn(abs, -5).result(timeout=WAIT) + 1
+
+    assert within(lambda: veda.spawn(parent).result(timeout=WAIT)) == 6
+
+
+def test_a_worker_waiting_for_room_in_the_queue_runs_queued_tasks(executor):
+    executor(workers=1)
+
+    @veda.config(max_pending=1)
+    def fan_out() -> list[int]:
+        children = [veda.spawn(abs, -k) for k in range(20)]  # the queue holds one at a time
+        return [c.result(timeout=WAIT) for c in children]
+
+    assert within(lambda: veda.spawn(fan_out).result(timeout=WAIT)) == list(range(20))
+
+
+def test_nested_too_deep_to_help_a_worker_blocks_and_is_replaced(executor, monkeypatch):
+    from veda._tasks import executor as _executor
+
+    monkeypatch.setattr(_executor, "MAX_HELP_DEPTH", 2)
+    ex = executor(workers=1)
+    counter: list[int] = []
+    within(lambda: veda.spawn(_nest, 12, 3, counter).result(timeout=WAIT))
+    assert len(counter) == 12 * 2 + 1
+    assert ex._started > 1  # replacements were started for the blocked workers
+
+
 @pytest.mark.parametrize("depth", [1000])
 def test_nested_scopes_inside_tasks_never_deadlock(executor, depth):
     """1000 scopes nested inside each other's tasks, 10 tasks each, on a pool of 2 workers:
@@ -858,3 +889,26 @@ def test_the_new_errors_are_veda_errors():
     assert issubclass(veda.QueueFull, veda.VedaError)
     assert issubclass(veda.TaskError, ValueError)
     assert issubclass(veda.ShutdownError, RuntimeError)
+
+
+def test_launch_async_waits_for_room_without_blocking_the_loop(executor):
+    ex = executor(workers=1)
+    out = np.zeros(4)
+
+    async def main() -> int:
+        release = _block(ex, 1)
+        with veda.config(max_pending=1):
+            veda.spawn(abs, 0)  # the queue is full now
+            waiter = asyncio.create_task(veda.launch_async(times, 4, np.ones(4), out, 2.0))
+            ticks = 0
+            while ticks < 20:  # the loop runs while the launch waits for room
+                await asyncio.sleep(0.001)
+                ticks += 1
+            assert not waiter.done()
+            release.set()
+            await waiter
+        return ticks
+
+    assert within(lambda: asyncio.run(main())) == 20
+    np.testing.assert_array_equal(out, 2.0)
+    assert ex.stats.take(ex.pending, ex.workers).queue_full == 1

@@ -273,6 +273,7 @@ def _queue(
     deadline: Any,
     timeout: Any,
     block: bool,
+    quiet: bool = False,
 ) -> Task | None:
     # The defaults first: a trivial spawn's whole cost is a few microseconds of this.
     level = priority if priority.__class__ is Priority else _priority(where, priority)
@@ -281,7 +282,8 @@ def _queue(
     ex = _current or current()
     task = Task(ex, level, due, what)
     ctx = contextvars.copy_context()  # the submitter's veda.config scopes apply to the task
-    if not ex.put(task, functools.partial(ctx.run, call), get_config().max_pending, wait, block):
+    run = functools.partial(ctx.run, call)
+    if not ex.put(task, run, get_config().max_pending, wait, block, quiet):
         return None
     return task
 
@@ -504,23 +506,22 @@ async def launch_async(
     >>> asyncio.run(veda.launch_async(total, 4, np.arange(4.0)))
     np.float64(6.0)
     """
+    what, call = _prepare_submit(
+        "veda.launch_async",
+        kernel,
+        domain,
+        args,
+        on_error,
+        retries,
+        {"target": target, "threads": threads, "schedule": schedule, "chunk": chunk},
+    )
     delay = 0.0005
     while True:
-        task = try_submit(
-            kernel,
-            domain,
-            *args,
-            priority=priority,
-            deadline=deadline,
-            on_error=on_error,
-            retries=retries,
-            target=target,
-            threads=threads,
-            schedule=schedule,
-            chunk=chunk,
-        )
+        task = _queue("veda.launch_async", what, call, priority, deadline, None, False, quiet=True)
         if task is not None:
             break
+        if delay == 0.0005:  # polled: a full queue counts once per launch, not at every look
+            current().stats.add("queue_full")
         await asyncio.sleep(delay)
         delay = min(2 * delay, 0.02)
     return await asyncio.wrap_future(task)

@@ -336,10 +336,12 @@ class Executor:
         max_pending: int,
         timeout: float | None,
         block: bool,
+        quiet: bool = False,
     ) -> bool:
         """Queue ``task`` (which runs ``run``); False when the queue is full and ``block`` is
         false.  Blocks up to ``timeout`` seconds for room (None: as long as it takes), then
-        raises :class:`veda.QueueFull`."""
+        raises :class:`veda.QueueFull`.  A refused non-blocking put counts in the metrics
+        unless ``quiet``."""
         item = Item(task.priority, task.deadline, 0.0, (task, run))
         task._item = item
         wake = False
@@ -348,7 +350,8 @@ class Executor:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
             if len(self._queue) >= max_pending:
                 if not block:
-                    self.stats.add("queue_full")
+                    if not quiet:
+                        self.stats.add("queue_full")
                     return False
                 self._wait_for_room(task, max_pending, timeout)
             item.enqueued = monotonic()
