@@ -20,6 +20,7 @@ Rounds are interleaved and medians reported.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import statistics
 import time
@@ -91,17 +92,21 @@ def _throughput(tasks: int, rounds: int) -> dict[str, float]:
     results: dict[str, list[float]] = {"veda_spawn": [], "thread_pool_submit": []}
     with veda.config(max_pending=tasks + 1):
         for _ in range(rounds):
+            fs = gs = []  # the previous round's futures go before either side is timed
+            gc.collect()
             start = time.perf_counter()
             fs = [veda.spawn(noop) for _ in range(tasks)]
             for f in fs:
                 f.result()
             results["veda_spawn"].append(tasks / (time.perf_counter() - start))
+            assert all(f.done() and f.result() is None for f in fs)
+            fs = []
+            gc.collect()
             start = time.perf_counter()
             gs = [pool.submit(noop) for _ in range(tasks)]
             for g in gs:
                 g.result()
             results["thread_pool_submit"].append(tasks / (time.perf_counter() - start))
-            assert all(f.done() and f.result() is None for f in fs)
     pool.shutdown()
     return {k: statistics.median(v) for k, v in results.items()}
 
