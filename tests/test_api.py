@@ -11,6 +11,20 @@ import pytest
 import veda
 
 EXPECTED = {
+    "DeadlineExceeded",
+    "Priority",
+    "QueueFull",
+    "Scope",
+    "ShutdownError",
+    "Task",
+    "TaskError",
+    "launch_async",
+    "scope",
+    "shutdown",
+    "spawn",
+    "submit",
+    "try_spawn",
+    "try_submit",
     "Config",
     "ConfigError",
     "Func",

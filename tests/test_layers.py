@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("scheduler", ("veda.scheduler",)),
     ("telemetry", ("veda.telemetry",)),
     ("launch core", ("veda._launch",)),
-    ("runtime on the launch core", ("veda._record", "veda._scan")),
+    ("runtime on the launch core", ("veda._record", "veda._scan", "veda._tasks")),
     ("facades and the command line", ("veda.cuda", "veda.cli", "veda")),
 ]
 

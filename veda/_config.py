@@ -76,11 +76,14 @@ class Config:
         Keep compiled kernels on disk so that a new process reuses them.
     cache_dir : str
         Where the disk cache lives (``$XDG_CACHE_HOME/veda`` by default).
+    max_pending : int
+        How many tasks (:func:`veda.submit`, :func:`veda.spawn`) may wait in the queue before
+        a submit blocks, and after its ``timeout`` raises :class:`veda.QueueFull`.
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
-    ``VEDA_CACHE`` and ``VEDA_CACHE_DIR``.
+    ``VEDA_CACHE``, ``VEDA_CACHE_DIR`` and ``VEDA_MAX_PENDING``.
     """
 
     target: str | None = None
@@ -95,6 +98,7 @@ class Config:
     policy: str = "adaptive"
     cache: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
+    max_pending: int = 10_000
 
     def __post_init__(self) -> None:
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
@@ -124,7 +128,7 @@ _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
 
 def _parse_env(name: str, raw: str) -> Any:
     var = "VEDA_" + name.upper()
-    if name in ("threads", "chunk", "seed"):
+    if name in ("threads", "chunk", "seed", "max_pending"):
         try:
             return int(raw)
         except ValueError:
@@ -178,6 +182,12 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
                 f"{where}: chunk={chunk} is too large: chunks are counted in 64-bit "
                 "integers (a chunk larger than the domain is the whole domain)"
             )
+    if "max_pending" in values:
+        pending = values["max_pending"]
+        if isinstance(pending, bool) or not isinstance(pending, int):
+            raise error(f"{where}: max_pending must be an integer, not {type(pending).__name__}")
+        if pending < 1:
+            raise error(f"{where}: max_pending={pending} must be at least 1")
     if "cache_dir" in values:
         folder = values["cache_dir"]
         if not isinstance(folder, (str, os.PathLike)):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DeadlineExceeded",
     "KernelDefinitionError",
     "KernelError",
     "KernelIndexError",
     "LaunchError",
+    "QueueFull",
     "ReplayError",
+    "ShutdownError",
     "TargetUnavailableError",
+    "TaskError",
     "TelemetryError",
     "UnknownKernelError",
     "VedaError",
@@ -102,3 +106,21 @@ class KernelError(VedaError, RuntimeError):
 
 class KernelIndexError(KernelError, IndexError):
     """An out-of-bounds access inside a kernel (with ``veda.config(boundscheck=True)``)."""
+
+
+class TaskError(VedaError, ValueError):
+    """A task was refused before it was queued: a bad priority, deadline, ``on_error`` or
+    ``retries``, or something that is not a kernel (``veda.submit``) or not callable
+    (``veda.spawn``)."""
+
+
+class DeadlineExceeded(VedaError, TimeoutError):
+    """A task's deadline passed before it started; the task never ran."""
+
+
+class QueueFull(VedaError):
+    """The task queue held ``max_pending`` tasks for the whole ``timeout`` of a submit."""
+
+
+class ShutdownError(VedaError, RuntimeError):
+    """A task was submitted after :func:`veda.shutdown`."""

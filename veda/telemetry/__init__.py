@@ -27,7 +27,7 @@ from typing import Any
 from veda._config import get_config
 from veda._hardware import gpu as _gpu
 from veda._kernel import checks as _checks
-from veda.telemetry import _events
+from veda.telemetry import _events, _snapshot
 from veda.telemetry._events import (
     CompileEvent,
     LaunchEvent,
@@ -68,9 +68,12 @@ def metrics() -> Snapshot:
 
 
 def reset() -> None:
-    """Zero all launch, compile and per-kernel transfer figures (kernels keep their code)."""
+    """Zero all launch, compile and per-kernel transfer figures, and the task counters
+    (kernels keep their code)."""
     _REGISTRY.reset()
     _gpu._per_kernel.clear()
+    for source in list(_snapshot.sections.values()):
+        source.reset()
 
 
 def _compiled(

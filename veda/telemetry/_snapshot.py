@@ -6,7 +6,7 @@ import html
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from veda._hardware.gpu import kernel_transfers
 from veda._registry import describe
@@ -161,15 +161,52 @@ class KernelMetrics:
         }
 
 
+class Section(Protocol):
+    """A section of the snapshot from the runtime above telemetry (the ``tasks`` section)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def families(self) -> list[tuple[str, str, str, list[tuple[str, str, float]]]]:
+        """Prometheus families: (name, type, help, [(suffix, labels, value)])."""
+        ...
+
+
+class SectionSource(Protocol):
+    def take(self) -> Section | None:
+        """The section now, or None while there is nothing to report."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+#: Sources of extra snapshot sections, by name, registered by the layers above telemetry (lower
+#: layers learn of higher ones through callbacks, never imports).
+sections: dict[str, SectionSource] = {}
+
+
 class Snapshot:
-    """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`."""
+    """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`.
+
+    ``snapshot.tasks`` is the task executor's section (:func:`veda.submit`, :func:`veda.spawn`)
+    once a task was queued, else None.
+    """
 
     def __init__(
-        self, kernels: tuple[KernelMetrics, ...], transfers: dict[str, dict[str, int]] | None = None
+        self,
+        kernels: tuple[KernelMetrics, ...],
+        transfers: dict[str, dict[str, int]] | None = None,
+        extra: dict[str, Section] | None = None,
     ) -> None:
         self.kernels = kernels
         #: Bytes copied between host and GPU for each kernel's CUDA launches, by direction.
         self.transfers = transfers or {}
+        #: Sections from the runtime above telemetry, by name.
+        self.sections = extra or {}
+
+    @property
+    def tasks(self) -> Any:
+        """The ``tasks`` section (a ``TaskMetrics``), or None before the first task."""
+        return self.sections.get("tasks")
 
     @classmethod
     def take(cls, registry: Registry) -> Snapshot:
@@ -196,7 +233,12 @@ class Snapshot:
                     tuple(dispatcher.rows(rec.module, rec.name)),
                 )
             )
-        return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers())
+        extra = {}
+        for name, source in list(sections.items()):
+            section = source.take()
+            if section is not None:
+                extra[name] = section
+        return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers(), extra)
 
     def kernel(self, name: Any) -> KernelMetrics:
         """A kernel's metrics by ``__qualname__``, ``module.qualname`` or the kernel itself.
@@ -234,7 +276,9 @@ class Snapshot:
         return len(self.kernels)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kernels": [k.to_dict() for k in self.kernels], "transfers": self.transfers}
+        out = {"kernels": [k.to_dict() for k in self.kernels], "transfers": self.transfers}
+        out.update({name: s.to_dict() for name, s in self.sections.items()})
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON text of :meth:`to_dict` (NaN written as null)."""
@@ -344,6 +388,9 @@ class Snapshot:
             "Time spent compiling or loading.",
             [("", labels(k), k.compile_time) for k in self.kernels],
         )
+        for section in self.sections.values():
+            for name, kind, help_, samples in section.families():
+                family(name, kind, help_, samples)
         return "\n".join(lines) + "\n"
 
     def _repr_html_(self) -> str:

@@ -1,0 +1,914 @@
+"""Tasks: veda.submit / spawn / launch_async / scope, priorities, deadlines, backpressure,
+retries and fallbacks, nesting, fork, Ctrl-C and bad input.
+
+Every wait has a timeout, so a deadlock fails a test instead of hanging it; nothing here
+asserts how fast anything runs (bench/bench_tasks.py does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import veda
+from veda._tasks import api as _api
+from veda._tasks.executor import Executor
+from veda._tasks.queue import Item, Priority, TaskQueue
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT = 60.0  # seconds any single wait may take before the test fails
+
+
+@veda.kernel
+def times(i, x, out, a):
+    out[i] = a * x[i]
+
+
+@veda.kernel(reduce="sum")
+def summed(i, x):
+    return x[i]
+
+
+@veda.kernel
+def flaky(i, x, out, tries):
+    # Fails on its first launch, succeeds on the next (the counter is written before raising).
+    if i == 0:
+        tries[0] += 1
+    if tries[0] == 1:
+        raise ValueError("first attempt fails")
+    out[i] = 2.0 * x[i]
+
+
+@veda.kernel
+def always_fails(i, out):
+    if i >= 0:
+        raise ValueError("always")
+    out[i] = 1.0
+
+
+def within(fn: Callable[[], Any], seconds: float = WAIT) -> Any:
+    """Run ``fn`` in a daemon thread; fail (rather than hang) if it takes over ``seconds``."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"did not finish within {seconds} s (deadlock?)"
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+@pytest.fixture
+def executor(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Executor]]:
+    """Swap in a fresh executor of a chosen size (aging off unless asked) for one test."""
+    made: list[Executor] = []
+
+    def make(workers: int = 1, age_step: float = 1e9) -> Executor:
+        ex = Executor(max_workers=workers, age_step=age_step)
+        made.append(ex)
+        monkeypatch.setattr(_api, "_current", ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=False, cancel_pending=True)
+
+
+def _block(ex: Executor, workers: int) -> threading.Event:
+    """Occupy every worker with a task that waits for the returned event."""
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold() -> None:
+        started.release()
+        release.wait(WAIT)
+
+    for _ in range(workers):
+        veda.spawn(hold, priority=veda.Priority.REALTIME)
+    for _ in range(workers):
+        assert started.acquire(timeout=WAIT)
+    return release
+
+
+# --------------------------------------------------------------------------------------------
+# The API
+
+
+def test_submit_runs_a_launch_and_returns_its_result():
+    x = np.arange(1000.0)
+    out = np.zeros_like(x)
+    assert veda.submit(times, x.size, x, out, 3.0).result(timeout=WAIT) is None
+    np.testing.assert_array_equal(out, 3.0 * x)
+    assert veda.submit(summed, x.size, x, target="cpu").result(timeout=WAIT) == x.sum()
+
+
+def test_spawn_passes_arguments_and_keywords():
+    f = veda.spawn(lambda a, b=0: (a, b), 1, b=2)
+    assert isinstance(f, veda.Task)
+    assert f.result(timeout=WAIT) == (1, 2)
+
+
+def test_a_task_sees_the_submitters_config_scope():
+    with veda.config(target="cpu"):
+        f = veda.spawn(lambda: veda.get_config().target)
+    assert f.result(timeout=WAIT) == "cpu"
+
+
+def test_an_exception_fails_only_its_own_future():
+    bad = veda.spawn(int, "not a number")
+    good = veda.spawn(int, "7")
+    with pytest.raises(ValueError):
+        bad.result(timeout=WAIT)
+    assert good.result(timeout=WAIT) == 7
+
+
+def test_no_thread_starts_before_the_first_task():
+    code = """
+        import threading, veda
+        before = {t.name for t in threading.enumerate()}
+        assert not any(n.startswith("veda-task") for n in before), before
+        assert veda.spawn(abs, -3).result(timeout=60) == 3
+        after = {t.name for t in threading.enumerate()}
+        assert any(n.startswith("veda-task") for n in after), after
+        print("ok")
+    """
+    assert _python(code).stdout.strip().endswith("ok")
+
+
+# --------------------------------------------------------------------------------------------
+# Ordering: priorities, deadlines within a level, aging
+
+
+def test_priority_order_under_a_saturated_queue(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    order: list[str] = []
+    plan = [(p, k) for p in veda.Priority for k in range(3)]
+    random.Random(0).shuffle(plan)
+    futures = [
+        veda.spawn(order.append, f"{p.name}{k}", priority=p, deadline=None if k else 600)
+        for p, k in plan
+    ]
+    release.set()
+    for f in futures:
+        f.result(timeout=WAIT)
+    # By level; within a level the task with a deadline first, then first come first served.
+    expected = []
+    for p in veda.Priority:
+        rest = [f"{p.name}{k}" for q, k in plan if q is p and k]
+        expected += [f"{p.name}0", *rest]
+    assert order == expected
+
+
+def test_earliest_deadline_first_within_a_level(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    order: list[int] = []
+    futures = [veda.spawn(order.append, d, deadline=d) for d in (300, 100, 200, 50)]
+    release.set()
+    for f in futures:
+        f.result(timeout=WAIT)
+    assert order == [50, 100, 200, 300]
+
+
+def test_aging_lets_an_old_background_task_pass_newer_work():
+    q = TaskQueue(age_step=1.0)
+    q.push(Item(Priority.BACKGROUND, None, 0.0, "old background"))
+    q.push(Item(Priority.REALTIME, None, 4.5, "new realtime"))
+    # At t=4.9 the background task has climbed 4 levels: a tie, which the higher level wins.
+    assert q.pop(4.9).payload == "new realtime"
+    q.push(Item(Priority.REALTIME, None, 5.0, "newer realtime"))
+    # At t=5.0 it has climbed 5 levels: above REALTIME.
+    assert q.pop(5.0).payload == "old background"
+    assert q.pop(5.0).payload == "newer realtime"
+    assert q.pop(5.0) is None
+
+
+def test_without_aging_time_the_levels_keep_strict_order():
+    q = TaskQueue(age_step=1.0)
+    for level in reversed(Priority):
+        q.push(Item(level, None, 0.0, level))
+    assert [q.pop(0.5).payload for _ in Priority] == list(Priority)
+
+
+@pytest.mark.parametrize("level", list(Priority))
+def test_no_task_is_passed_by_work_that_came_much_later(level):
+    """The documented bound: a task is never passed by work that arrived more than
+    (level + 1) * age_step after it, however much REALTIME work keeps arriving."""
+    step = 0.1
+    q = TaskQueue(age_step=step)
+    q.push(Item(level, None, 0.0, ("watched", 0.0)))
+    now = 0.0
+    popped = None
+    for tick in range(1, 10_000):
+        now = tick * 0.01
+        q.push(Item(Priority.REALTIME, None, now, ("realtime", now)))
+        q.push(Item(Priority.REALTIME, None, now, ("realtime", now)))
+        got = q.pop(now)  # saturated: two arrive for every one that starts
+        assert got is not None
+        if got.payload[0] == "watched":
+            popped = now
+            break
+        assert got.payload[1] <= (level + 1) * step + 1e-9, got.payload
+    assert popped is not None, "the task starved"
+
+
+def test_removed_items_are_skipped_and_counted():
+    q = TaskQueue()
+    items = [Item(Priority.NORMAL, None, 0.0, k) for k in range(200)]
+    for it in items:
+        q.push(it)
+    for it in items[::2]:
+        assert q.remove(it)
+    assert not q.remove(items[0])
+    assert len(q) == 100
+    assert [q.pop(0.0).payload for _ in range(100)] == list(range(1, 200, 2))
+    assert len(q) == 0 and q.pop(0.0) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Deadlines and backpressure
+
+
+def test_a_task_whose_deadline_passes_in_the_queue_fails_and_never_runs(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    ran = []
+    f = veda.spawn(ran.append, 1, deadline=0.05)
+    try:
+        # The worker is still blocked: the deadline is enforced in the queue.
+        with pytest.raises(veda.DeadlineExceeded, match="never ran"):
+            f.result(timeout=WAIT)
+        assert isinstance(f.exception(), TimeoutError)
+    finally:
+        release.set()
+    assert veda.spawn(ran.append, 2).result(timeout=WAIT) is None
+    assert ran == [2]
+    assert veda.metrics().tasks.deadline_missed == 1
+
+
+def test_a_task_that_starts_in_time_is_not_interrupted(executor):
+    executor(workers=1)
+    gate = threading.Event()
+
+    def slow() -> str:
+        gate.wait(0.2)  # runs past its deadline, which only bounds the start
+        return "done"
+
+    assert veda.spawn(slow, deadline=30).result(timeout=WAIT) == "done"
+
+
+def test_backpressure_blocks_then_raises_queue_full(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    try:
+        with veda.config(max_pending=2):
+            queued = [veda.spawn(abs, -k) for k in range(2)]
+            with pytest.raises(veda.QueueFull, match="max_pending=2"):
+                veda.spawn(abs, -5, timeout=0.05)
+            assert veda.try_spawn(abs, -5) is None
+            assert veda.try_submit(times, 4, np.ones(4), np.ones(4), 1.0) is None
+            waiting: list[Any] = []
+
+            @veda.config(max_pending=2)  # a scope is per thread: the new thread needs its own
+            def submit_one() -> None:
+                waiting.append(veda.spawn(abs, -9, timeout=WAIT))
+
+            blocked = threading.Thread(target=submit_one, daemon=True)
+            blocked.start()
+            blocked.join(0.2)
+            assert blocked.is_alive() and not waiting  # a full queue holds the submit back
+    finally:
+        release.set()
+    blocked.join(WAIT)
+    assert not blocked.is_alive()
+    assert [f.result(timeout=WAIT) for f in queued] == [0, 1]
+    assert waiting[0].result(timeout=WAIT) == 9
+    assert veda.metrics().tasks.queue_full == 3
+
+
+def test_cancel_frees_a_place_in_the_queue(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    try:
+        with veda.config(max_pending=1):
+            first = veda.spawn(abs, -1)
+            assert veda.try_spawn(abs, -2) is None
+            assert first.cancel() and first.cancelled()
+            second = veda.try_spawn(abs, -3)
+            assert second is not None
+    finally:
+        release.set()
+    assert second.result(timeout=WAIT) == 3
+    assert ex.pending == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Retries and fallbacks
+
+
+def test_retry_runs_a_failed_launch_again_with_the_same_results():
+    x = np.arange(64.0)
+    out = np.zeros_like(x)
+    tries = np.zeros(1, dtype=np.int64)
+    before = veda.metrics().tasks
+    f = veda.submit(flaky, x.size, x, out, tries, target="cpu", on_error="retry")
+    assert f.result(timeout=WAIT) is None
+    np.testing.assert_array_equal(out, 2.0 * x)
+    assert tries[0] == 2
+    after = veda.metrics().tasks
+    assert after.retries == (before.retries if before else 0) + 1
+
+
+def test_without_retry_the_failure_reaches_the_future():
+    tries = np.zeros(1, dtype=np.int64)
+    x = np.ones(4)
+    f = veda.submit(flaky, 4, x, np.zeros(4), tries, target="cpu")
+    with pytest.raises(veda.KernelError, match="first attempt fails"):
+        f.result(timeout=WAIT)
+
+
+def test_retry_of_a_python_task_stops_after_retries():
+    calls = []
+
+    def fails_twice() -> int:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise OSError("transient")
+        return len(calls)
+
+    assert veda.spawn(fails_twice, on_error="retry", retries=2).result(timeout=WAIT) == 3
+    calls.clear()
+    with pytest.raises(OSError):
+        veda.spawn(fails_twice, on_error="retry", retries=1).result(timeout=WAIT)
+    assert len(calls) == 2
+
+
+def test_fallback_moves_a_failed_launch_to_the_next_target():
+    if veda.cuda.is_available():
+        pytest.skip("a GPU is here: target='cuda' does not fail")
+    x = np.arange(10_000.0)
+    out = np.zeros_like(x)
+    expected = np.zeros_like(x)
+    veda.launch(times, x.size, x, expected, 1.5, target="cpu")
+    before = veda.metrics().tasks
+    f = veda.submit(times, x.size, x, out, 1.5, target="cuda", on_error="fallback")
+    assert f.result(timeout=WAIT) is None
+    np.testing.assert_array_equal(out, expected)  # the same results as on "cpu"
+    after = veda.metrics().tasks
+    assert after.fallbacks >= (before.fallbacks if before else 0) + 1
+    # Without a fallback the same launch fails.
+    with pytest.raises(veda.VedaError):
+        veda.submit(times, x.size, x, out, 1.5, target="cuda").result(timeout=WAIT)
+
+
+def test_fallback_order_and_what_is_skipped():
+    assert _api.FALLBACK_ORDER == ("cuda", "parallel", "cpu")
+    later = _api._fallbacks("parallel")
+    assert later == ["cpu"]
+    assert _api._fallbacks("cpu") == []
+    assert "cpu" in _api._fallbacks(None)
+
+
+def test_a_fallback_that_fails_everywhere_reports_the_last_failure():
+    f = veda.submit(always_fails, 4, np.zeros(4), target="parallel", on_error="fallback")
+    with pytest.raises(veda.KernelError, match="always") as info:
+        f.result(timeout=WAIT)
+    assert info.value.target == "cpu"  # parallel failed, then the fallback to cpu did
+
+
+# --------------------------------------------------------------------------------------------
+# Scopes
+
+
+def test_scope_waits_for_every_child():
+    done: list[int] = []
+
+    def work(k: int) -> None:
+        threading.Event().wait(0.01)
+        done.append(k)
+
+    def body() -> None:
+        with veda.scope() as s:
+            for k in range(20):
+                s.spawn(work, k)
+        assert sorted(done) == list(range(20))
+
+    within(body)
+
+
+def test_scope_raises_an_exception_group_with_every_failure():
+    def body() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            with veda.scope(cancel_on_error=False) as s:
+                s.spawn(int, "a")
+                s.spawn(int, "b")
+                ok = s.spawn(int, "3")
+        assert sorted(str(e) for e in info.value.exceptions) == [
+            "invalid literal for int() with base 10: 'a'",
+            "invalid literal for int() with base 10: 'b'",
+        ]
+        assert ok.result(timeout=0) == 3
+
+    within(body)
+
+
+def test_the_first_failure_cancels_the_siblings_that_have_not_started(executor):
+    ex = executor(workers=1)
+    ran: list[int] = []
+
+    def body() -> None:
+        release = _block(ex, 1)
+        with pytest.raises(ExceptionGroup) as info:
+            with veda.scope() as s:
+                s.spawn(int, "x", priority=veda.Priority.HIGH)
+                later = [s.spawn(ran.append, k) for k in range(5)]
+                release.set()
+        assert len(info.value.exceptions) == 1
+        assert all(f.cancelled() for f in later)
+        assert ran == []
+
+    within(body)
+
+
+def test_cancel_on_error_false_keeps_the_siblings_running(executor):
+    ex = executor(workers=1)
+    ran: list[int] = []
+
+    def body() -> None:
+        release = _block(ex, 1)
+        with pytest.raises(ExceptionGroup):
+            with veda.scope(cancel_on_error=False) as s:
+                s.spawn(int, "x", priority=veda.Priority.HIGH)
+                for k in range(5):
+                    s.spawn(ran.append, k)
+                release.set()
+        assert sorted(ran) == list(range(5))
+
+    within(body)
+
+
+def test_the_blocks_own_exception_comes_first_in_the_group():
+    def body() -> None:
+        with pytest.raises(ExceptionGroup) as info:
+            with veda.scope(cancel_on_error=False) as s:
+                s.spawn(int, "x")
+                raise KeyError("body")
+        assert isinstance(info.value.exceptions[0], KeyError)
+        assert isinstance(info.value.exceptions[1], ValueError)
+
+    within(body)
+
+
+def test_a_scope_takes_no_tasks_after_its_block():
+    with veda.scope() as s:
+        pass
+    with pytest.raises(veda.TaskError, match="has ended"):
+        s.spawn(abs, 1)
+    with pytest.raises(veda.TaskError, match="inside the with block"):
+        veda.scope().spawn(abs, 1)
+
+
+def _nest(depth: int, width: int, counter: list[int]) -> None:
+    with veda.scope() as s:
+        if depth > 1:
+            s.spawn(_nest, depth - 1, width, counter)
+        for _ in range(width - (depth > 1)):
+            s.spawn(counter.append, 1)
+
+
+def test_a_worker_waiting_on_its_child_runs_the_child_itself(executor):
+    executor(workers=1)  # no other worker could run the child
+
+    def parent() -> int:
+        return veda.spawn(abs, -5).result(timeout=WAIT) + 1
+
+    assert within(lambda: veda.spawn(parent).result(timeout=WAIT)) == 6
+
+
+def test_a_worker_waiting_for_room_in_the_queue_runs_queued_tasks(executor):
+    executor(workers=1)
+
+    @veda.config(max_pending=1)
+    def fan_out() -> list[int]:
+        children = [veda.spawn(abs, -k) for k in range(20)]  # the queue holds one at a time
+        return [c.result(timeout=WAIT) for c in children]
+
+    assert within(lambda: veda.spawn(fan_out).result(timeout=WAIT)) == list(range(20))
+
+
+def test_nested_too_deep_to_help_a_worker_blocks_and_is_replaced(executor, monkeypatch):
+    from veda._tasks import executor as _executor
+
+    monkeypatch.setattr(_executor, "MAX_HELP_DEPTH", 2)
+    ex = executor(workers=1)
+    counter: list[int] = []
+    within(lambda: veda.spawn(_nest, 12, 3, counter).result(timeout=WAIT))
+    assert len(counter) == 12 * 2 + 1
+    assert ex._started > 1  # replacements were started for the blocked workers
+
+
+@pytest.mark.parametrize("depth", [1000])
+def test_nested_scopes_inside_tasks_never_deadlock(executor, depth):
+    """1000 scopes nested inside each other's tasks, 10 tasks each, on a pool of 2 workers:
+    waiting workers run queued tasks (and, nested too deep, are replaced), so it finishes."""
+    ex = executor(workers=2)
+    counter: list[int] = []
+    within(lambda: veda.spawn(_nest, depth, 10, counter).result(timeout=WAIT), WAIT * 2)
+    assert len(counter) == depth * 9 + 1
+    assert ex.workers <= ex.max_workers + 256
+
+
+def test_async_scope_waits_without_blocking_the_loop():
+    async def main() -> tuple[list[int], int]:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        tick_task = asyncio.create_task(ticker())
+        gate = threading.Event()
+        async with veda.scope() as s:
+            futures = [s.spawn(lambda k=k: (gate.wait(0.02), k)[1]) for k in range(4)]
+        stop.set()
+        await tick_task
+        return [f.result() for f in futures], ticks
+
+    results, ticks = within(lambda: asyncio.run(main()))
+    assert results == [0, 1, 2, 3]
+    assert ticks > 1  # the loop kept running while the scope waited
+
+
+# --------------------------------------------------------------------------------------------
+# asyncio
+
+
+def test_launch_async_returns_the_launch_result():
+    x = np.arange(100.0)
+    got = within(lambda: asyncio.run(veda.launch_async(summed, x.size, x, target="cpu")))
+    assert got == x.sum()
+
+
+def test_cancelling_the_awaiting_task_cancels_a_launch_not_started(executor):
+    ex = executor(workers=1)
+    out = np.zeros(8)
+
+    async def main() -> None:
+        release = _block(ex, 1)
+        try:
+            task = asyncio.create_task(
+                veda.launch_async(times, 8, np.ones(8), out, 5.0, target="cpu")
+            )
+            await asyncio.sleep(0.01)
+            assert ex.pending == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert ex.pending == 0
+        finally:
+            release.set()
+
+    within(lambda: asyncio.run(main()))
+    veda.spawn(abs, 0).result(timeout=WAIT)  # the worker is free again
+    assert not out.any()  # the cancelled launch never ran
+
+
+def test_eight_threads_and_an_event_loop_submit_at_once():
+    n = 256
+    xs = [np.arange(n, dtype=np.float64) + k for k in range(9)]
+    outs = [np.zeros((40, n)) for _ in range(9)]
+    barrier = threading.Barrier(9, timeout=WAIT)
+
+    def submitter(k: int) -> None:
+        barrier.wait()
+        futures = [veda.submit(times, n, xs[k], outs[k][j], float(j)) for j in range(40)]
+        for f in futures:
+            f.result(timeout=WAIT)
+
+    async def loop_submitter() -> None:
+        barrier.wait()
+        await asyncio.gather(
+            *(veda.launch_async(times, n, xs[8], outs[8][j], float(j)) for j in range(40))
+        )
+
+    def all_at_once() -> None:
+        threads = [threading.Thread(target=submitter, args=(k,), daemon=True) for k in range(8)]
+        for t in threads:
+            t.start()
+        asyncio.run(loop_submitter())
+        for t in threads:
+            t.join(WAIT)
+            assert not t.is_alive()
+
+    within(all_at_once)
+    for k in range(9):
+        np.testing.assert_array_equal(outs[k], np.arange(40.0)[:, None] * xs[k][None, :])
+
+
+def test_concurrent_parallel_kernels_share_the_threads_and_give_right_results():
+    n = 200_000
+    x = np.random.default_rng(1).random(n)
+    outs = [np.zeros(n) for _ in range(4)]
+
+    def body() -> None:
+        with veda.scope() as s:
+            for k in range(4):
+                s.submit(times, n, x, outs[k], float(k + 1), target="parallel")
+
+    within(body)
+    for k in range(4):
+        np.testing.assert_array_equal(outs[k], (k + 1) * x)
+
+
+# --------------------------------------------------------------------------------------------
+# No task lost
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("spawn"), st.sampled_from(list(Priority)), st.booleans()),
+            st.tuples(st.just("cancel"), st.integers(0, 50)),
+            st.tuples(st.just("wait"), st.integers(0, 50)),
+            st.tuples(st.just("release")),
+        ),
+        max_size=40,
+    )
+)
+def test_any_interleaving_of_submit_cancel_and_wait_loses_no_task(executor, ops):
+    ex = executor(workers=2, age_step=0.05)
+    gate = threading.Event()
+    futures: list[Any] = []
+
+    def job(k: int, fail: bool) -> int:
+        gate.wait(WAIT)
+        if fail:
+            raise RuntimeError(k)
+        return k
+
+    for op in ops:
+        if op[0] == "spawn":
+            futures.append(veda.spawn(job, len(futures), op[2], priority=op[1]))
+        elif op[0] == "cancel" and futures:
+            futures[op[1] % len(futures)].cancel()
+        elif op[0] == "wait" and futures:
+            f = futures[op[1] % len(futures)]
+            if gate.is_set():
+                within(lambda f=f: f.cancelled() or f.exception(timeout=WAIT))
+        else:
+            gate.set()
+    gate.set()
+    for k, f in enumerate(futures):
+        exc = within(lambda f=f: f.cancelled() or f.exception(timeout=WAIT))
+        assert f.done()
+        if f.cancelled():
+            continue
+        if exc is None:
+            assert f.result() == k
+        else:
+            assert isinstance(exc, RuntimeError) and exc.args == (k,)
+    m = ex.stats.take(ex.pending, ex.workers)
+    assert m.submitted == len(futures)
+    assert m.completed + m.failed + m.cancelled == len(futures)
+    assert ex.pending == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Telemetry
+
+
+def test_tasks_appear_in_the_metrics_and_in_prometheus(executor):
+    executor(workers=2)
+    veda.spawn(abs, 1, priority="high").result(timeout=WAIT)
+    with pytest.raises(ValueError):
+        veda.spawn(int, "x").result(timeout=WAIT)
+    m = veda.metrics()
+    t = m.tasks
+    assert (t.submitted, t.completed, t.failed) == (2, 1, 1)
+    assert t.queue_wait["HIGH"]["count"] == 1 and t.queue_wait["LOW"]["count"] == 0
+    assert m.to_dict()["tasks"]["failed"] == 1
+    text = m.to_prometheus()
+    assert "veda_tasks_failed_total{} 1" in text
+    assert 'veda_task_queue_wait_seconds_count{priority="HIGH"} 1' in text
+    veda.telemetry.reset()
+    assert veda.metrics().tasks.submitted == 0
+
+
+def test_the_prometheus_text_with_tasks_parses():
+    prometheus = pytest.importorskip("prometheus_client.parser")
+    veda.spawn(abs, 1).result(timeout=WAIT)
+    families = {
+        f.name for f in prometheus.text_string_to_metric_families(veda.metrics().to_prometheus())
+    }
+    assert "veda_tasks_submitted" in families and "veda_task_queue_wait_seconds" in families
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: fork, Ctrl-C, shutdown, exit
+
+
+def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_starts_with_a_fresh_executor():
+    code = """
+        import os, threading, veda
+        from veda._tasks import api
+        assert veda.spawn(abs, -1).result(timeout=60) == 1
+        parent = api.current()
+        gate = threading.Event()
+        stuck = veda.spawn(gate.wait, 60)  # running in the parent when it forks
+        pid = os.fork()
+        if pid == 0:
+            ok = api.current() is not parent and api.current().workers == 0
+            ok = ok and veda.spawn(abs, -2).result(timeout=60) == 2
+            with veda.scope() as s:
+                fs = [s.spawn(abs, -k) for k in range(10)]
+            ok = ok and [f.result() for f in fs] == list(range(10))
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        gate.set()
+        assert stuck.result(timeout=60) is True
+        print("child", os.waitstatus_to_exitcode(status))
+    """
+    assert _python(code).stdout.strip() == "child 0"
+
+
+def test_ctrl_c_while_waiting_on_a_scope_cancels_the_pending_tasks():
+    code = """
+        import os, signal, threading, veda
+        from veda._tasks import api
+        from veda._tasks.executor import Executor
+        api._current = Executor(max_workers=1)
+        gate = threading.Event()
+        ran = []
+        ctrl_c = lambda: os.kill(os.getpid(), signal.SIGINT)
+        threading.Timer(0.3, ctrl_c).start()
+        try:
+            with veda.scope() as s:
+                s.spawn(gate.wait, 60)
+                later = [s.spawn(ran.append, k) for k in range(5)]
+        except KeyboardInterrupt:
+            print("interrupted", all(f.cancelled() for f in later), ran)
+        try:
+            f = veda.spawn(ran.append, 9)
+            threading.Timer(0.2, ctrl_c).start()
+            f.result()
+        except KeyboardInterrupt:
+            print("interrupted", f.cancelled())
+        # A task is still running (gate.wait): exit must not wait for it.
+    """
+    lines = _python(code, timeout=60).stdout.split("\n")
+    assert lines[:2] == ["interrupted True []", "interrupted True"]
+
+
+def test_shutdown_waits_then_refuses_new_tasks():
+    code = """
+        import veda
+        fs = [veda.spawn(abs, -k) for k in range(100)]
+        veda.shutdown(wait=True)
+        assert all(f.done() for f in fs) and [f.result() for f in fs] == list(range(100))
+        try:
+            veda.spawn(abs, 1)
+        except veda.ShutdownError as exc:
+            print("refused:", exc)
+    """
+    out = _python(code).stdout
+    assert "refused: cannot queue task abs: veda.shutdown() was called" in out
+
+
+def test_shutdown_can_cancel_the_pending_tasks(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    pending = [veda.spawn(abs, k) for k in range(3)]
+    ex.shutdown(wait=False, cancel_pending=True)
+    release.set()
+    assert all(f.cancelled() for f in pending)
+    with pytest.raises(veda.ShutdownError):
+        veda.spawn(abs, 1)
+    with pytest.raises(CancelledError):
+        pending[0].result(timeout=WAIT)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad input: a veda error that names the argument
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: veda.spawn(abs, 1, priority="urgent"), "priority='urgent'"),
+        (lambda: veda.spawn(abs, 1, priority=7), "priority=7"),
+        (lambda: veda.spawn(abs, 1, priority=True), "priority=True"),
+        (lambda: veda.spawn(abs, 1, deadline=-1.0), r"deadline=-1.0 is in the past"),
+        (lambda: veda.spawn(abs, 1, deadline=0), r"deadline=0 is in the past"),
+        (lambda: veda.spawn(abs, 1, deadline="soon"), "deadline must be a number"),
+        (lambda: veda.spawn(abs, 1, deadline=float("nan")), "deadline must be a number"),
+        (lambda: veda.spawn(abs, 1, timeout=-1), "timeout must be"),
+        (lambda: veda.spawn(abs, 1, on_error="ignore"), "on_error='ignore'"),
+        (lambda: veda.spawn(abs, 1, on_error="fallback"), "on_error='fallback'"),
+        (lambda: veda.spawn(abs, 1, on_error="retry", retries=-1), "retries must be"),
+        (lambda: veda.spawn(abs, 1, retries=2), "retries=2 needs on_error"),
+        (lambda: veda.spawn(42), "fn must be callable"),
+        (lambda: veda.submit(abs, 4), "kernel must be a @veda.kernel"),
+        (lambda: veda.scope(cancel_on_error="yes"), "cancel_on_error"),
+    ],
+)
+def test_bad_task_arguments_are_refused(call, match):
+    with pytest.raises(veda.TaskError, match=match):
+        call()
+
+
+def test_bad_launch_settings_are_refused_at_submit():
+    with pytest.raises(veda.LaunchError, match="threads"):
+        veda.submit(times, 4, np.ones(4), np.ones(4), 1.0, threads=0)
+    with pytest.raises(veda.LaunchError):
+        veda.submit(times, -3, np.ones(4), np.ones(4), 1.0)
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, True, "10"])
+def test_max_pending_must_be_a_positive_integer(value):
+    with pytest.raises(veda.ConfigError, match="max_pending"):
+        veda.config(max_pending=value)
+
+
+def test_max_pending_is_read_from_the_environment():
+    assert veda.Config.from_env({"VEDA_MAX_PENDING": "17"}).max_pending == 17
+    with pytest.raises(veda.ConfigError, match="VEDA_MAX_PENDING"):
+        veda.Config.from_env({"VEDA_MAX_PENDING": "many"})
+    with pytest.raises(veda.ConfigError, match="max_pending=0"):
+        veda.Config.from_env({"VEDA_MAX_PENDING": "0"})
+
+
+def test_the_new_errors_are_veda_errors():
+    assert issubclass(veda.DeadlineExceeded, veda.VedaError)
+    assert issubclass(veda.DeadlineExceeded, TimeoutError)
+    assert issubclass(veda.QueueFull, veda.VedaError)
+    assert issubclass(veda.TaskError, ValueError)
+    assert issubclass(veda.ShutdownError, RuntimeError)
+
+
+def test_launch_async_waits_for_room_without_blocking_the_loop(executor):
+    ex = executor(workers=1)
+    out = np.zeros(4)
+
+    async def main() -> int:
+        release = _block(ex, 1)
+        with veda.config(max_pending=1):
+            veda.spawn(abs, 0)  # the queue is full now
+            waiter = asyncio.create_task(veda.launch_async(times, 4, np.ones(4), out, 2.0))
+            ticks = 0
+            while ticks < 20:  # the loop runs while the launch waits for room
+                await asyncio.sleep(0.001)
+                ticks += 1
+            assert not waiter.done()
+            release.set()
+            await waiter
+        return ticks
+
+    assert within(lambda: asyncio.run(main())) == 20
+    np.testing.assert_array_equal(out, 2.0)
+    assert ex.stats.take(ex.pending, ex.workers).queue_full == 1

@@ -1,0 +1,614 @@
+"""The task executor: lazily started worker threads over one :class:`~veda._tasks.queue.TaskQueue`.
+
+* **Lazy.**  No thread exists before the first task; workers start as tasks arrive, up to
+  :attr:`Executor.max_workers`, and are daemon threads, so interpreter exit never waits for them.
+* **Backpressure.**  At most ``max_pending`` tasks wait in the queue (the submitter's
+  ``veda.config(max_pending=...)``); a blocking submit waits up to its timeout for room.
+* **Deadlines.**  A task whose deadline passes while it is queued fails with
+  :class:`veda.DeadlineExceeded` and never runs: a reaper thread (started with the first
+  deadline) expires it on time, and a worker checks again as it starts one.  A running task is
+  never interrupted.
+* **Help while waiting.**  A worker that waits on a future or a scope runs queued tasks itself
+  meanwhile, so tasks that wait on their children never starve the pool.  Helping nests on the
+  worker's stack; past :data:`MAX_HELP_DEPTH` nested helps a waiting worker blocks instead and
+  the pool starts another worker in its place, up to :data:`EXTRA_WORKERS` more than
+  ``max_workers``.
+
+Lock discipline: no future is completed or cancelled while the executor's lock is held (a
+future's callbacks may take the lock).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import heapq
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from time import monotonic
+from typing import Any
+
+from veda._tasks.queue import AGE_STEP, Item, Priority, TaskQueue
+from veda.errors import DeadlineExceeded, QueueFull, ShutdownError
+from veda.telemetry._histogram import LogHistogram
+
+__all__ = ["EXTRA_WORKERS", "MAX_HELP_DEPTH", "Executor", "Stats", "Task", "TaskMetrics"]
+
+#: Nested helps on one worker's stack before a waiting worker blocks instead of helping.  Each
+#: level of helping costs about ten Python frames; 24 stays far inside the default recursion
+#: limit (1000) however deep the user's own code is.
+MAX_HELP_DEPTH = 24
+#: How many workers beyond ``max_workers`` may be started in place of blocked ones.
+EXTRA_WORKERS = 256
+
+_local = threading.local()
+
+
+def default_workers() -> int:
+    """Worker threads of the executor: as ``concurrent.futures.ThreadPoolExecutor`` chooses
+    (CPUs + 4, at most 32): kernels release the GIL, and a few more than the CPUs keep them
+    busy while other tasks run Python."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+#: The main thread waits in slices of this many seconds, so that Ctrl-C is seen while it waits
+#: (a signal delivered to another thread does not wake a blocked lock acquire).
+_SLICE = 0.1
+
+
+def _wait_interruptibly(pending: list[Future[Any]], timeout: float | None) -> None:
+    end = None if timeout is None else monotonic() + timeout
+    while True:
+        step = _SLICE if end is None else min(_SLICE, end - monotonic())
+        if step <= 0:
+            return
+        not_done = concurrent.futures.wait(pending, step).not_done
+        if not not_done:
+            return
+        pending = list(not_done)
+
+
+class Task(Future[Any]):
+    """A veda task: a :class:`concurrent.futures.Future` with a priority and a deadline.
+
+    Cancelling a task that has not started takes it out of the queue at once.  Waiting on it
+    (:meth:`result`, :meth:`exception`) from a veda worker runs other queued tasks meanwhile;
+    a ``KeyboardInterrupt`` while waiting cancels the task if it has not started.
+
+    Attributes
+    ----------
+    priority : veda.Priority
+    deadline : float or None
+        The ``time.monotonic()`` time by which it must have started.
+    name : str
+        What it runs (the kernel's or function's name).
+    """
+
+    def __init__(
+        self, executor: Executor, priority: Priority, deadline: float | None, what: Any
+    ) -> None:
+        super().__init__()
+        self._executor = executor
+        self.priority = priority
+        self.deadline = deadline
+        self._what = what
+        self._item: Item | None = None
+
+    @property
+    def name(self) -> str:
+        what = self._what
+        if isinstance(what, str):
+            return what
+        return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
+
+    def cancel(self) -> bool:
+        if super().cancel():
+            self._executor._discard(self)
+            return True
+        return False
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        return super().result(timeout=0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(timeout=0)
+
+    def _wait(self, timeout: float | None) -> None:
+        if self.done():
+            return
+        try:
+            if self._executor.in_worker():
+                self._executor.wait_for((self,), timeout)
+            else:
+                self._wait_here(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def _wait_here(self, timeout: float | None) -> None:
+        """Wait on the future itself (the main thread in slices, so that Ctrl-C is seen)."""
+        main = threading.current_thread() is threading.main_thread()
+        end = None if timeout is None else monotonic() + timeout
+        while True:
+            step = None if end is None else end - monotonic()
+            if main:
+                step = _SLICE if step is None else min(_SLICE, step)
+            if step is not None and step <= 0:
+                return
+            try:
+                super().exception(timeout=step)
+                return
+            except concurrent.futures.TimeoutError:
+                if not main:
+                    return
+            except concurrent.futures.CancelledError:
+                return
+
+    def __repr__(self) -> str:
+        return f"<veda task {self.name} {self.priority.name} {self._state.lower()}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskMetrics:
+    """The ``tasks`` section of :func:`veda.metrics`: counters since the last reset, the queue
+    now, and each priority's queue wait (seconds from submit to start)."""
+
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    retries: int
+    fallbacks: int
+    deadline_missed: int
+    queue_full: int
+    pending: int
+    workers: int
+    #: Per priority name: ``count``, ``sum``, ``p50``, ``p90``, ``p99`` (seconds; NaN if none).
+    queue_wait: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def families(self) -> list[tuple[str, str, str, list[tuple[str, str, float]]]]:
+        """Prometheus metric families: (name, type, help, [(suffix, labels, value)])."""
+        out: list[tuple[str, str, str, list[tuple[str, str, float]]]] = []
+        helps = {
+            "submitted": "Tasks queued.",
+            "completed": "Tasks that returned.",
+            "failed": "Tasks that raised (after their retries and fallbacks).",
+            "cancelled": "Tasks cancelled before they started.",
+            "retries": "Attempts repeated after a failure (on_error='retry').",
+            "fallbacks": "Launches moved to the next target (on_error='fallback').",
+            "deadline_missed": "Tasks whose deadline passed before they started.",
+            "queue_full": "Submits refused because the queue was full.",
+        }
+        for name, help_ in helps.items():
+            out.append(
+                (f"veda_tasks_{name}_total", "counter", help_, [("", "", getattr(self, name))])
+            )
+        out.append(
+            ("veda_tasks_pending", "gauge", "Tasks waiting in the queue.", [("", "", self.pending)])
+        )
+        samples: list[tuple[str, str, float]] = []
+        for level, q in self.queue_wait.items():
+            for qname, label in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99")):
+                samples.append(("", f'priority="{level}",quantile="{label}"', q[qname]))
+            samples.append(("_sum", f'priority="{level}"', q["sum"]))
+            samples.append(("_count", f'priority="{level}"', q["count"]))
+        out.append(
+            ("veda_task_queue_wait_seconds", "summary", "Seconds from submit to start.", samples)
+        )
+        return out
+
+
+_COUNTERS = (
+    "submitted",
+    "completed",
+    "failed",
+    "cancelled",
+    "retries",
+    "fallbacks",
+    "deadline_missed",
+    "queue_full",
+)
+
+
+class Stats:
+    """The executor's counters and per-priority queue waits.  Waits are appended to a list
+    (atomic under the GIL) and folded into histograms at a snapshot or every 4096 tasks."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(_COUNTERS, 0)
+        self.waits: list[list[float]] = [[] for _ in Priority]
+        self.histograms = [LogHistogram() for _ in Priority]
+        self.sums = [0.0] * len(Priority)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def waited(self, level: int, seconds: float) -> None:
+        waits = self.waits[level]
+        waits.append(seconds)
+        if len(waits) > 4096:
+            self.fold()
+
+    def fold(self) -> None:
+        with self.lock:
+            for level, waits in enumerate(self.waits):
+                n = len(waits)
+                if n:
+                    values = waits[:n]
+                    del waits[:n]  # what other threads appended meanwhile stays
+                    self.histograms[level].add_many(values)
+                    self.sums[level] += math.fsum(values)
+
+    def reset(self) -> None:
+        self.fold()
+        with self.lock:
+            self.counts = dict.fromkeys(_COUNTERS, 0)
+            self.histograms = [LogHistogram() for _ in Priority]
+            self.sums = [0.0] * len(Priority)
+
+    def take(self, pending: int, workers: int) -> TaskMetrics:
+        self.fold()
+        with self.lock:
+            waits = {
+                p.name: {
+                    "count": float(h.count),
+                    "sum": s,
+                    "p50": h.quantile(0.5),
+                    "p90": h.quantile(0.9),
+                    "p99": h.quantile(0.99),
+                }
+                for p, h, s in zip(Priority, self.histograms, self.sums)
+            }
+            return TaskMetrics(**self.counts, pending=pending, workers=workers, queue_wait=waits)
+
+
+class Executor:
+    """Worker threads over one priority queue; see the module docstring.
+
+    Parameters
+    ----------
+    max_workers : int, optional
+        Workers that run tasks (:func:`default_workers` by default).
+    age_step : float
+        Seconds a queued task waits to climb one priority level
+        (:data:`veda._tasks.queue.AGE_STEP`).
+    """
+
+    def __init__(self, max_workers: int | None = None, age_step: float = AGE_STEP) -> None:
+        self.max_workers = max_workers or default_workers()
+        self.stats = Stats()
+        self._lock = threading.Lock()
+        #: Idle workers wait for a token here, outside the lock: a condition notified under
+        #: the lock would wake a worker only to block it again on that lock (it measured 3x
+        #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._space = threading.Condition(self._lock)
+        self._helping = threading.Condition(self._lock)
+        self._reaping = threading.Condition(self._lock)
+        self._queue = TaskQueue(age_step)
+        self._threads: set[threading.Thread] = set()
+        self._alive = 0
+        #: Workers idle (or about to be) that no token was put for yet.
+        self._idle = 0
+        self._blocked = 0
+        self._helpers = 0
+        self._space_waiters = 0
+        self._deadlines: list[tuple[float, int, Item]] = []
+        self._reaper: threading.Thread | None = None
+        self._shutdown = False
+        self._started = 0
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Tasks waiting in the queue."""
+        return len(self._queue)
+
+    @property
+    def workers(self) -> int:
+        """Worker threads alive now (0 before the first task)."""
+        return self._alive
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._shutdown
+
+    def in_worker(self) -> bool:
+        """Whether the calling thread is one of this executor's workers."""
+        return getattr(_local, "executor", None) is self
+
+    # -- queueing -------------------------------------------------------------------------
+    def put(
+        self,
+        task: Task,
+        run: Callable[[], Any],
+        max_pending: int,
+        timeout: float | None,
+        block: bool,
+        quiet: bool = False,
+    ) -> bool:
+        """Queue ``task`` (which runs ``run``); False when the queue is full and ``block`` is
+        false.  Blocks up to ``timeout`` seconds for room (None: as long as it takes), then
+        raises :class:`veda.QueueFull`.  A refused non-blocking put counts in the metrics
+        unless ``quiet``."""
+        item = Item(task.priority, task.deadline, 0.0, (task, run))
+        task._item = item
+        wake = False
+        with self._lock:
+            if self._shutdown:
+                raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
+            if len(self._queue) >= max_pending:
+                if not block:
+                    if not quiet:
+                        self.stats.add("queue_full")
+                    return False
+                self._wait_for_room(task, max_pending, timeout)
+            item.enqueued = monotonic()
+            self._queue.push(item)
+            self.stats.counts["submitted"] += 1  # every writer holds the executor's lock
+            if item.deadline is not None:
+                self._watch_deadline(item)
+            if self._idle:
+                self._idle -= 1
+                wake = True
+            elif (
+                self._alive - self._blocked < self.max_workers
+                and self._alive < self.max_workers + EXTRA_WORKERS
+            ):
+                self._start_worker()
+            if self._helpers:
+                self._helping.notify_all()
+        if wake:
+            self._wake.put(None)
+        return True
+
+    def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
+        """Under the lock: wait until the queue has room; a worker runs queued tasks meanwhile."""
+        end = None if timeout is None else monotonic() + timeout
+        helping = self.in_worker() and _local.depth < MAX_HELP_DEPTH
+        while len(self._queue) >= max_pending:
+            if self._shutdown:
+                raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
+            remaining = None if end is None else end - monotonic()
+            if remaining is not None and remaining <= 0:
+                self.stats.add("queue_full")
+                raise QueueFull(
+                    f"cannot queue task {task.name}: {len(self._queue)} tasks are pending "
+                    f"(max_pending={max_pending}) and no room came within timeout={timeout}"
+                )
+            if helping:
+                item = self._next()
+                if item is not None:
+                    self._run_unlocked(item)
+                    continue
+            self._space_waiters += 1
+            try:
+                self._space.wait(remaining)
+            finally:
+                self._space_waiters -= 1
+
+    def _watch_deadline(self, item: Item) -> None:
+        assert item.deadline is not None
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._queue) + 64:  # started tasks linger until their deadline
+            heap[:] = [e for e in heap if not e[2].taken]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (item.deadline, item.seq, item))
+        if self._reaper is None:
+            self._reaper = threading.Thread(
+                target=self._reap, name="veda-task-deadlines", daemon=True
+            )
+            self._reaper.start()
+        elif heap[0][2] is item:
+            self._reaping.notify()
+
+    def _discard(self, task: Task) -> None:
+        """A cancelled task leaves the queue."""
+        item = task._item
+        with self._lock:
+            if item is None or not self._queue.remove(item):
+                return
+            self._room()
+            item.payload = task._item = None
+        self.stats.add("cancelled")
+
+    def _room(self) -> None:
+        if self._space_waiters:
+            self._space.notify_all()
+
+    def _next(self) -> Item | None:
+        """Under the lock: the next item to start, or None."""
+        item = self._queue.pop(monotonic())
+        if item is not None:
+            self._room()
+        return item
+
+    # -- running --------------------------------------------------------------------------
+    def _start_worker(self) -> None:
+        self._alive += 1
+        self._started += 1
+        t = threading.Thread(target=self._worker, name=f"veda-task-{self._started}", daemon=True)
+        self._threads.add(t)
+        t.start()
+
+    def _worker(self) -> None:
+        _local.executor = self
+        _local.depth = 0
+        me = threading.current_thread()
+        lock = self._lock
+        while True:
+            with lock:
+                item = self._next()
+                if item is None:
+                    if self._shutdown or self._alive - self._blocked > self.max_workers:
+                        self._alive -= 1
+                        self._threads.discard(me)
+                        return
+                    self._idle += 1
+            if item is None:
+                self._wake.get()  # a token: work was queued, or shutdown
+                continue
+            self._run(item)
+
+    def _run_unlocked(self, item: Item) -> None:
+        self._lock.release()
+        try:
+            self._run(item)
+        finally:
+            self._lock.acquire()
+
+    def _run(self, item: Item) -> None:
+        task, run = item.payload
+        item.payload = task._item = None  # no cycle left for the garbage collector to find
+        if not task.set_running_or_notify_cancel():
+            self.stats.add("cancelled")  # between leaving the queue and here
+            return
+        started = monotonic()
+        self.stats.waited(item.level, started - item.enqueued)
+        if item.deadline is not None and started > item.deadline:
+            self._missed(task, started - item.deadline)
+            return
+        try:
+            result = run()
+        except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
+            self.stats.add("failed")
+            task.set_exception(exc)
+        else:
+            self.stats.add("completed")
+            task.set_result(result)
+
+    def _missed(self, task: Task, late: float) -> None:
+        self.stats.add("deadline_missed")
+        task.set_exception(
+            DeadlineExceeded(
+                f"task {task.name}: its deadline passed {late:.3g} s before it could start; "
+                "it never ran"
+            )
+        )
+
+    def _reap(self) -> None:
+        """Expire queued tasks at their deadlines."""
+        heap = self._deadlines
+        with self._lock:
+            while not self._shutdown:
+                while heap and heap[0][2].taken:
+                    heapq.heappop(heap)
+                if not heap:
+                    self._reaping.wait()
+                    continue
+                now = monotonic()
+                if heap[0][0] > now:
+                    self._reaping.wait(heap[0][0] - now)
+                    continue
+                expired = []
+                while heap and heap[0][0] <= now:
+                    item = heapq.heappop(heap)[2]
+                    if self._queue.remove(item):
+                        expired.append(item)
+                if expired:
+                    self._room()
+                    self._lock.release()
+                    try:
+                        for item in expired:
+                            task = item.payload[0]
+                            if task.set_running_or_notify_cancel():
+                                self._missed(task, now - (item.deadline or now))
+                            else:
+                                self.stats.add("cancelled")
+                    finally:
+                        self._lock.acquire()
+
+    # -- waiting --------------------------------------------------------------------------
+    def wait_for(self, futures: Iterable[Future[Any]], timeout: float | None = None) -> None:
+        """Wait until every future is done or ``timeout`` seconds passed.  A worker of this
+        executor runs queued tasks meanwhile (or, nested too deep, lets another worker start)."""
+        pending = [f for f in futures if not f.done()]
+        if not pending:
+            return
+        if not self.in_worker():
+            if threading.current_thread() is threading.main_thread():
+                _wait_interruptibly(pending, timeout)
+            else:
+                concurrent.futures.wait(pending, timeout)
+            return
+        end = None if timeout is None else monotonic() + timeout
+        if _local.depth < MAX_HELP_DEPTH:
+            self._help(pending, end)
+            return
+        with self._lock:
+            self._blocked += 1
+            if (
+                len(self._queue)
+                and not self._idle
+                and self._alive - self._blocked < self.max_workers
+                and self._alive < self.max_workers + EXTRA_WORKERS
+            ):
+                self._start_worker()
+        try:
+            concurrent.futures.wait(pending, None if end is None else max(0.0, end - monotonic()))
+        finally:
+            with self._lock:
+                self._blocked -= 1
+
+    def _poke(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._helping.notify_all()
+
+    def _help(self, pending: list[Future[Any]], end: float | None) -> None:
+        for f in pending:
+            f.add_done_callback(self._poke)
+        _local.depth += 1
+        try:
+            with self._lock:
+                self._helpers += 1
+                try:
+                    while not all(f.done() for f in pending):
+                        item = self._next()
+                        if item is not None:
+                            self._run_unlocked(item)
+                            continue
+                        if end is None:
+                            self._helping.wait()
+                        else:
+                            remaining = end - monotonic()
+                            if remaining <= 0:
+                                return
+                            self._helping.wait(remaining)
+                finally:
+                    self._helpers -= 1
+        finally:
+            _local.depth -= 1
+
+    # -- the end --------------------------------------------------------------------------
+    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+        """Refuse new tasks; cancel the queued ones if asked; wait for the workers if asked."""
+        with self._lock:
+            self._shutdown = True
+            dropped = self._queue.items() if cancel_pending else []
+            for item in dropped:
+                self._queue.remove(item)
+            for cond in (self._space, self._helping, self._reaping):
+                cond.notify_all()
+            idle, self._idle = self._idle, 0
+            threads = list(self._threads)
+        for _ in range(idle):
+            self._wake.put(None)
+        for item in dropped:
+            if item.payload[0].cancel():
+                self.stats.add("cancelled")
+        if wait:
+            me = threading.current_thread()
+            for t in threads:
+                if t is not me:
+                    t.join()
