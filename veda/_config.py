@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import numpy as np
+
 from veda import _registry
 from veda._hardware.cpu import max_threads
 from veda._types import Decision
@@ -90,6 +92,10 @@ class Config:
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
 
     def __post_init__(self) -> None:
+        for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
 
     @classmethod
@@ -110,6 +116,23 @@ class Config:
 
 
 _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
+#: Settings that take integers: a NumPy integer (``np.int64(2)``) counts as the int it holds.
+_INT_FIELDS = ("threads", "chunk", "seed")
+
+
+def plain_int(value: Any) -> Any:
+    """``value`` as a Python int when it is a NumPy integer; anything else unchanged (to be
+    checked, and refused with its own type's name, by the validation)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _plain_ints(values: dict[str, Any]) -> dict[str, Any]:
+    if any(isinstance(values.get(name), np.integer) for name in _INT_FIELDS):
+        values = dict(values)
+        for name in _INT_FIELDS:
+            if name in values:
+                values[name] = plain_int(values[name])
+    return values
 
 
 def _parse_env(name: str, raw: str) -> Any:
@@ -237,7 +260,7 @@ def set_config(**changes: Any) -> Config:
             f"veda.set_config: unknown setting(s) {', '.join(sorted(unknown))}; "
             f"expected some of {', '.join(sorted(_FIELDS))}"
         )
-    _defaults = _defaults.replace(**changes)
+    _defaults = _defaults.replace(**_plain_ints(changes))
     _generation += 1
     return _defaults
 
@@ -271,6 +294,7 @@ class config:
                 f"veda.config: unknown setting(s) {', '.join(sorted(unknown))}; "
                 f"expected some of {', '.join(sorted(_FIELDS))}"
             )
+        overrides = _plain_ints(overrides)
         _validate(overrides, ConfigError, where="veda.config")
         self._overrides = overrides
         self._tokens: list[contextvars.Token[_Scope | None]] = []

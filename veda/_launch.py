@@ -734,6 +734,10 @@ def launch(
     """
     if not isinstance(k, Kernel):
         raise LaunchError(f"veda.launch: the first argument must be a @veda.kernel, not {k!r}")
+    if threads.__class__ is not int and threads is not None:
+        threads = _config.plain_int(threads)  # np.int64(2) counts as 2
+    if chunk.__class__ is not int and chunk is not None:
+        chunk = _config.plain_int(chunk)
     overrides = None
     if target is not None or threads is not None or schedule is not None or chunk is not None:
         # A plain tuple, the fields of Overrides: building the named tuple costs ~0.2 us on
