@@ -86,3 +86,39 @@ def test_bools_and_floats_are_not_integers(setting, bad):
         veda.launch(fill, 4, np.zeros(4), 1.0, **{setting: bad})
     with pytest.raises(veda.ConfigError, match=setting):
         veda.config(**{setting: bad})
+
+
+# --- kernels without arguments -------------------------------------------------------------
+
+
+@veda.kernel(reduce="sum")
+def index_sum(i):
+    return i
+
+
+@veda.kernel(reduce="max")
+def index_max(i):
+    return i
+
+
+@veda.kernel
+def no_arguments(i):
+    pass
+
+
+def test_a_reduction_without_arguments_on_every_target(settings):
+    n = 5000
+    expected = n * (n - 1) // 2
+    assert int(veda.launch(index_sum, n, **settings)) == expected
+    assert int(veda.launch(index_max, n, **settings)) == n - 1
+    with veda.deterministic(seed=1):
+        assert int(veda.launch(index_sum, n, **settings)) == expected
+    veda.launch(no_arguments, n, **settings)
+
+
+def test_a_reduction_without_arguments_adaptive_and_numpy_domains():
+    n = 3000
+    for _ in range(3):  # the dispatcher explores, then exploits
+        assert int(index_sum[n]()) == n * (n - 1) // 2
+    assert int(index_sum[np.int64(n)]()) == n * (n - 1) // 2
+    assert no_arguments[np.int32(10)]() is None

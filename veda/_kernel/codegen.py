@@ -313,7 +313,8 @@ def kernel_launchers(
     size = " * ".join(f"n{d}" for d in range(ndim))
     dec = _decorator(cache, boundscheck)
     pdec = _decorator(cache, boundscheck, parallel=True)
-    zeros = ", ".join("_z" for _ in range(ndim))
+    # The body's argument types, for typing the identity: a tuple even of one item.
+    probe = "(" + "".join(["_z, "] * ndim) + "".join(f"a{k}, " for k in range(nargs)) + ")"
     out: list[str] = []
 
     def fn(signature: str, code: str, decorator: str = dec) -> None:
@@ -348,7 +349,7 @@ def kernel_launchers(
         ret = "return None, _err[0], _err[1]"
     else:
         fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n")
-        ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
+        ident = f"_veda_lang.reduce_identity({body}, {probe}, {reduce!r})"
         # Typing only: the identity in the accumulator's type, which the CUDA target needs on
         # the host to size its partials (the body is typed, never run).
         fn(
