@@ -122,3 +122,123 @@ def test_a_reduction_without_arguments_adaptive_and_numpy_domains():
         assert int(index_sum[n]()) == n * (n - 1) // 2
     assert int(index_sum[np.int64(n)]()) == n * (n - 1) // 2
     assert no_arguments[np.int32(10)]() is None
+
+
+# --- recursive helpers and lambdas ---------------------------------------------------------
+
+
+@veda.func
+def factorial(n):
+    if n <= 1:
+        return 1
+    return n * factorial(n - 1)
+
+
+@veda.func
+def is_even(n):
+    if n == 0:
+        return True
+    return is_odd(n - 1)
+
+
+@veda.func
+def is_odd(n):
+    if n == 0:
+        return False
+    return is_even(n - 1)
+
+
+@veda.kernel
+def factorials(i, out):
+    out[i] = factorial(i)
+
+
+@veda.kernel
+def parities(i, out):
+    out[i] = is_even(i)
+
+
+def test_self_and_mutually_recursive_helpers_compile(target):
+    out = np.zeros(8, np.int64)
+    veda.launch(factorials, 8, out, target=target)
+    np.testing.assert_array_equal(out, [1, 1, 2, 6, 24, 120, 720, 5040])
+    even = np.zeros(7, np.bool_)
+    veda.launch(parities, 7, even, target=target)
+    np.testing.assert_array_equal(even, np.arange(7) % 2 == 0)
+    assert is_odd(9) and factorial(5) == 120  # and called from Python
+
+
+@veda.func
+def first_half(x, n):
+    x[0] = 1.0
+    if n > 0:
+        second_half(x, n - 1)
+
+
+@veda.func
+def second_half(y, n):
+    first_half(y, n)
+
+
+@veda.kernel
+def through_first(i, out):
+    first_half(out, 3)
+
+
+@veda.kernel
+def through_second(i, out):
+    second_half(out, 3)
+
+
+def test_what_mutually_recursive_helpers_write_does_not_depend_on_the_order_asked():
+    # first_half is analysed first; second_half, met while it was unfinished, writes y too
+    assert through_first.written == ["out"]
+    assert through_second.written == ["out"]
+    out = np.zeros(2)
+    out.flags.writeable = False
+    with pytest.raises(veda.LaunchError, match="'out'.*read-only"):
+        through_second[2](out)
+
+
+def _helpers_from(source, **names):
+    """Helpers defined from source text (as if in other modules)."""
+    scope = {"veda": veda, **names}
+    exec(compile(source, "<test>", "exec"), scope)
+    return scope
+
+
+def test_recursive_helpers_that_cannot_share_a_module_are_refused():
+    alias = _helpers_from(
+        "@veda.func\ndef down(n):\n    return 0 if n <= 0 else again(n - 1)\nagain = down\n"
+    )
+
+    @veda.kernel
+    def calls_alias(i, out):
+        out[i] = down(i)
+
+    down = alias["down"]
+    with pytest.raises(veda.KernelDefinitionError, match="source|own names"):
+        calls_alias[2](np.zeros(2))
+
+
+def test_a_kernel_may_be_a_lambda():
+    total = veda.kernel(lambda i, x: x[i] * 2.0, reduce="sum")
+    assert float(total[4](np.arange(4.0))) == 12.0
+    square = veda.func(lambda v: v * v)
+    squares = veda.kernel(lambda i, x: square(x[i]), reduce="sum")
+    assert float(squares[3](np.arange(3.0))) == 5.0
+    hits = veda.kernel(lambda i, out: veda.atomic_add(out, 0, 1))  # its value is ignored
+    out = np.zeros(1)
+    hits[5](out)
+    assert out[0] == 5.0 and hits.written == ["out"]
+    a, b = (
+        veda.kernel(lambda i, x: x[i], reduce="sum"),
+        veda.kernel(lambda i, x: -x[i], reduce="sum"),
+    )
+    assert (float(a[2](np.ones(2))), float(b[2](np.ones(2)))) == (2.0, -2.0)
+    r = "sum"
+    c, d = veda.kernel(lambda i, x: x[i], reduce=r), veda.kernel(lambda i, x: -x[i], reduce=r)
+    assert (float(c[2](np.ones(2))), float(d[2](np.ones(2)))) == (2.0, -2.0)
+    clip = veda.kernel(lambda i, x: x[i] if x[i] < 2.0 else 2.0, reduce="max")
+    assert float(clip[4](np.arange(4.0))) == 2.0 and clip.source.text is not None
+    assert "lambda" in repr(total) and total.source.text.startswith("def _veda_lambda(i, x)")

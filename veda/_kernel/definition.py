@@ -274,7 +274,8 @@ class KernelDefinition(Launchable):
                         f"kernel {self.name!r} has reduce={self.reduce!r} but returns no value; "
                         "return one value per index"
                     )
-                if self.reduce is None and facts.returns_value:
+                lam = self.py_func.__name__ == "<lambda>"  # its value is its body: ignored
+                if self.reduce is None and facts.returns_value and not lam:
                     raise KernelDefinitionError(
                         f"kernel {self.name!r} returns a value but has no reduce=; use "
                         "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
