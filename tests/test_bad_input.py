@@ -242,3 +242,126 @@ def test_a_kernel_may_be_a_lambda():
     clip = veda.kernel(lambda i, x: x[i] if x[i] < 2.0 else 2.0, reduce="max")
     assert float(clip[4](np.arange(4.0))) == 2.0 and clip.source.text is not None
     assert "lambda" in repr(total) and total.source.text.startswith("def _veda_lambda(i, x)")
+
+
+# --- record and replay ---------------------------------------------------------------------
+
+
+@veda.kernel
+def twin(i, x):
+    x[i] += 1.0
+
+
+first_twin = twin
+
+
+@veda.kernel
+def twin(i, x):  # another body under the same name
+    x[i] -= 1.0
+
+
+def test_replaying_with_another_body_of_a_kernel_is_refused(tmp_path):
+    import json
+
+    path = tmp_path / "run.json"
+    x = np.zeros(10)
+    with veda.record(path):
+        first_twin[10](x)
+    doc = json.loads(path.read_text())
+    assert set(doc["sources"]) == {f"{__name__}.twin"}
+    with pytest.raises(veda.ReplayError, match=r"launch #1 diverges.*another body of kernel"):
+        with veda.replay(path):
+            twin[10](x)
+    with veda.replay(path):  # the same body replays
+        first_twin[10](x)
+    # both bodies in one run: the second carries its own hash
+    with veda.record(path):
+        first_twin[10](x)
+        twin[10](x)
+    doc = json.loads(path.read_text())
+    assert "source" not in doc["launches"][0] and "source" in doc["launches"][1]
+    with veda.replay(path):
+        first_twin[10](x)
+        twin[10](x)
+    with pytest.raises(veda.ReplayError, match="launch #2 diverges.*another body"):
+        with veda.replay(path):
+            first_twin[10](x)
+            first_twin[10](x)
+    # a record made before the hashes existed still replays
+    del doc["sources"]
+    del doc["launches"][1]["source"]
+    path.write_text(json.dumps(doc))
+    with veda.replay(path):
+        twin[10](x)
+        first_twin[10](x)
+
+
+@pytest.mark.parametrize(
+    "decision, word",
+    [
+        ("cpu", "not a decision: 'cpu'"),
+        ({"target": "cpu", "threads": "2"}, "not a decision"),
+        (None, "not a decision: None"),
+        ({"threads": 1}, "a decision needs a target"),
+        (["cpu", [1], "static", 1], "not a decision"),
+    ],
+)
+def test_a_damaged_decision_names_the_file_and_the_launch(tmp_path, decision, word):
+    import json
+
+    path = tmp_path / "run.json"
+    x = np.zeros(4)
+    with veda.record(path):
+        first_twin[4](x)
+        first_twin[4](x)
+    doc = json.loads(path.read_text())
+    doc["launches"][1]["decision"] = decision
+    path.write_text(json.dumps(doc))
+    with pytest.raises(veda.ReplayError, match=f"'{path}' is damaged: launch #2: {word}"):
+        veda.replay(path)
+
+
+@pytest.mark.parametrize("change", [{"sources": []}, {"sources": {"k": 1}}])
+def test_damaged_source_hashes_are_refused(tmp_path, change):
+    import json
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"format": "veda-record", "version": 2, "launches": [], **change}))
+    with pytest.raises(veda.ReplayError, match="damaged: 'sources'"):
+        veda.replay(path)
+
+
+def test_a_decision_this_machine_cannot_run_names_the_record(tmp_path):
+    import json
+
+    path = tmp_path / "run.json"
+    decision = {"target": "tpu", "threads": 1, "schedule": "static", "chunk": 1, "block": 0}
+    entry = {"kernel": f"{__name__}.twin", "domain": [4], "decision": decision}
+    path.write_text(json.dumps({"format": "veda-record", "version": 2, "launches": [entry]}))
+    with pytest.raises(veda.LaunchError, match=f"'{path}', launch #1.*unknown target='tpu'"):
+        with veda.replay(path):
+            twin[4](np.zeros(4))
+
+
+@pytest.mark.parametrize("where", ["/proc/run.json", "/proc/self/run.json", "/etc/hostname/r.json"])
+def test_an_unwritable_record_is_refused_before_the_block_runs(where):
+    ran = []
+    with pytest.raises(veda.ReplayError, match="cannot write the record"):
+        with veda.record(where):
+            ran.append(True)
+    assert ran == []
+
+
+def test_a_record_whose_folder_vanished_during_the_block(tmp_path):
+    import shutil
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    with pytest.raises(veda.ReplayError, match="cannot write the record") as info:
+        with veda.record(folder / "run.json"):
+            first_twin[4](np.zeros(4))
+            shutil.rmtree(folder)
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(veda.ReplayError, match="path is empty"):
+        with veda.record(""):
+            pass
