@@ -365,3 +365,33 @@ def test_a_record_whose_folder_vanished_during_the_block(tmp_path):
     with pytest.raises(veda.ReplayError, match="path is empty"):
         with veda.record(""):
             pass
+
+
+# --- failing indices -----------------------------------------------------------------------
+
+
+@veda.kernel
+def past_the_end(i, j, x, out):
+    out[i, j] = x[i + j + 1]
+
+
+@veda.kernel(reduce="sum")
+def fails_at_seven(i, x):
+    if i == 7:
+        raise ValueError("seven")
+    return x[i]
+
+
+def test_the_failing_index_is_known_on_every_target(settings):
+    x = np.arange(6.0)  # x[i + j + 1] is first out of bounds at (2, 3)
+    out = np.zeros((3, 4))
+    with veda.config(boundscheck=True):
+        with pytest.raises(veda.KernelIndexError) as info:
+            veda.launch(past_the_end, (3, 4), x, out, **settings)
+    assert info.value.index == (2, 3) and info.value.target == settings["target"]
+    assert "at index (2, 3)" in str(info.value)
+    for det in (False, True):
+        with veda.config(deterministic=det):
+            with pytest.raises(veda.KernelError, match="at index 7.*seven") as info:
+                veda.launch(fails_at_seven, 20, np.ones(20), **settings)
+        assert info.value.index == (7,) and info.value.original_type is ValueError
