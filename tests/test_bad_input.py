@@ -395,3 +395,117 @@ def test_the_failing_index_is_known_on_every_target(settings):
             with pytest.raises(veda.KernelError, match="at index 7.*seven") as info:
                 veda.launch(fails_at_seven, 20, np.ones(20), **settings)
         assert info.value.index == (7,) and info.value.original_type is ValueError
+
+
+# --- plug-ins that misbehave ---------------------------------------------------------------
+
+
+class _Garbage(veda.targets.Target):
+    name = "garbage"
+    returns: object = "garbage"
+
+    def prepare(self, form, dims, decision, options, profiler=None, shared=False):
+        loop = form.program(options.compile)._veda_cpu
+
+        def run(args):
+            loop(*dims, *args)
+            return self.returns
+
+        return run
+
+
+@pytest.fixture
+def garbage():
+    target = veda.targets.register(_Garbage())
+    yield target
+    veda.targets.unregister("garbage")
+
+
+@veda.kernel(reduce="sum")
+def plain_sum(i, x):
+    return x[i]
+
+
+@pytest.mark.parametrize("returns", ["garbage", 3.5, None, np.array([1.0]), np.str_("1")])
+def test_a_reduction_runner_returning_garbage_is_refused_by_target(garbage, returns):
+    garbage.returns = returns
+    with pytest.raises(veda.LaunchError, match="target 'garbage': its runner returned.*NumPy"):
+        veda.launch(plain_sum, 4, np.ones(4), target="garbage")
+
+
+def test_a_plain_runner_must_return_none(garbage):
+    garbage.returns = 0
+    with pytest.raises(veda.LaunchError, match="target 'garbage'.*returned 0.*not None"):
+        veda.launch(fill, 4, np.zeros(4), 1.0, target="garbage")
+    garbage.returns = np.float64(4.0)
+    assert veda.launch(plain_sum, 4, np.ones(4), target="garbage") == 4.0
+
+
+class _Counting(veda._launch.Interceptor):
+    def __init__(self):
+        self.started = self.ended = 0
+
+    def start(self, launch):
+        self.started += 1
+
+    def end(self, launch):
+        self.ended += 1
+
+
+class _Raising(veda._launch.Interceptor):
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __repr__(self):
+        return f"<raising in {self.hook}>"
+
+    def _maybe(self, hook, value=None):
+        if hook == self.hook:
+            raise ZeroDivisionError(f"bug in {hook}")
+        return value
+
+    def active(self):
+        return self._maybe("active", True)
+
+    def redirect(self, kernel, dims):
+        return self._maybe("redirect")
+
+    def start(self, launch):
+        self._maybe("start")
+
+    def end(self, launch):
+        self._maybe("end")
+
+
+@pytest.mark.parametrize("hook", ["active", "redirect", "start", "end"])
+def test_an_interceptor_whose_hook_raises_is_named(hook, target):
+    from veda._hardware import cpu as hw
+    from veda._launch import add_interceptor, remove_interceptor
+
+    counting = add_interceptor(_Counting())
+    bad = add_interceptor(_Raising(hook))
+    x = np.zeros(100_000)
+    try:
+        with pytest.raises(veda.LaunchError, match=f"<raising in {hook}>.*{hook}.*bug") as info:
+            veda.launch(fill, x.size, x, 1.0, target=target)
+        assert isinstance(info.value.__cause__, ZeroDivisionError)
+        assert counting.started == counting.ended  # those that saw it start saw it end
+        assert hw.in_flight == []
+        assert (x == 1.0).all() == (hook == "end")  # it ran only if it got that far
+    finally:
+        remove_interceptor(bad)
+        remove_interceptor(counting)
+    veda.launch(fill, x.size, x, 2.0, target=target)  # the launch core carries on
+    assert (x == 2.0).all()
+
+
+def test_a_failing_launch_keeps_its_error_when_an_end_hook_raises_too():
+    from veda._launch import add_interceptor, remove_interceptor
+
+    bad = add_interceptor(_Raising("end"))
+    try:
+        with pytest.warns(RuntimeWarning, match="<raising in end>"):
+            with pytest.raises(veda.KernelError, match="seven"):
+                veda.launch(fails_at_seven, 10, np.ones(10), target="cpu")
+    finally:
+        remove_interceptor(bad)
