@@ -509,3 +509,214 @@ def test_a_failing_launch_keeps_its_error_when_an_end_hook_raises_too():
                 veda.launch(fails_at_seven, 10, np.ones(10), target="cpu")
     finally:
         remove_interceptor(bad)
+
+
+# --- the matrix: every public entry point, refused by name ---------------------------------
+
+
+@veda.kernel
+def saxpy(i, a, x, y, out):
+    out[i] = a * x[i] + y[i]
+
+
+@veda.kernel(reduce="sum")
+def dot(i, x, y):
+    return x[i] * y[i]
+
+
+def _ones(n=10, dtype=np.float64):
+    return np.ones(n, dtype)
+
+
+def _read_only(n=10):
+    a = np.ones(n)
+    a.flags.writeable = False
+    return a
+
+
+def _launch(**settings):
+    return lambda: veda.launch(saxpy, 10, 2.0, _ones(), _ones(), _ones(), **settings)
+
+
+def _kernel(**options):
+    def body(i, x):
+        return x[i]
+
+    return lambda: veda.kernel(**options)(body)
+
+
+def _enter(scope):
+    def run():
+        with scope():
+            pass
+
+    return run
+
+
+def _serve(port):
+    pytest.importorskip("prometheus_client")
+    return lambda: veda.telemetry.serve(port)
+
+
+L, C, K, R, T = (
+    veda.LaunchError,
+    veda.ConfigError,
+    veda.KernelDefinitionError,
+    veda.ReplayError,
+    veda.TelemetryError,
+)
+
+MATRIX = [
+    # kernel launches: arguments
+    ("list argument", lambda: saxpy[10](2.0, [1.0] * 10, _ones(), _ones()), L, "'x'.*list"),
+    ("dict argument", lambda: saxpy[10](2.0, {}, _ones(), _ones()), L, "'x'.*dict"),
+    ("None argument", lambda: saxpy[10](None, _ones(), _ones(), _ones()), L, "'a'.*NoneType"),
+    ("string argument", lambda: dot[10]("x", _ones()), L, "'x'.*str"),
+    ("object array", lambda: dot[2](np.array([object()] * 2), _ones(2)), L, "'x'.*numbers"),
+    ("string array", lambda: dot[2](np.array(["a", "b"]), _ones(2)), L, "'x'.*numbers"),
+    ("float16 array", lambda: dot[10](_ones(10, np.float16), _ones()), L, "'x'.*float16"),
+    ("byte-swapped array", lambda: dot[10](_ones(10, ">f8"), _ones()), L, "'x'.*byte order"),
+    ("read-only output", lambda: saxpy[10](2.0, _ones(), _ones(), _read_only()), L, "'out'"),
+    ("short array", lambda: saxpy[10](2.0, _ones(9), _ones(), _ones()), L, "'x' has 9"),
+    ("short output", lambda: saxpy[10](2.0, _ones(), _ones(), _ones(3)), L, "'out' has 3"),
+    ("2-d where 1-d", lambda: dot[10](np.ones((10, 2)), _ones()), K, "x: array\\(float64, 2d"),
+    ("array for a scalar", lambda: saxpy[10](_ones(), _ones(), _ones(), _ones()), K, "a: array"),
+    ("scalar for an output", lambda: saxpy[10](2.0, _ones(), _ones(), 1.0), K, "out: float64"),
+    ("tuple of strings", lambda: dot[1](("a",), _ones(1)), L, "'x'.*tuples"),
+    ("too few arguments", lambda: saxpy[10](2.0, _ones()), L, "a, x, y, out; got 2"),
+    ("too many arguments", lambda: dot[10](_ones(), _ones(), _ones()), L, "x, y; got 3"),
+    ("no arguments", lambda: dot[10](), L, "x, y; got 0"),
+    ("called without a domain", lambda: saxpy(2.0, _ones(), _ones(), _ones()), L, "domain"),
+    # kernel launches: domains
+    ("negative extent", lambda: dot[-1](_ones(), _ones()), L, "domain axis 0 is -1"),
+    ("negative second extent", lambda: count2[3, -2](), L, "domain axis 1 is -2"),
+    ("float extent", lambda: dot[10.0](_ones(), _ones()), L, "domain axis 0.*10.0"),
+    ("NumPy float extent", lambda: dot[np.float64(3)](_ones(), _ones()), L, "domain axis 0"),
+    ("bool extent", lambda: dot[True](_ones(), _ones()), L, "domain axis 0.*True"),
+    ("string extent", lambda: dot["10"](_ones(), _ones()), L, "domain axis 0.*'10'"),
+    ("four dimensions", lambda: dot[1, 1, 1, 1](_ones(), _ones()), L, "1, 2 or 3 dimensions"),
+    ("empty domain tuple", lambda: dot[()](_ones(), _ones()), L, "1, 2 or 3 dimensions"),
+    ("extent of 2**64", lambda: dot[2**64](_ones(), _ones()), L, "axis 0 is 18446744073709551616"),
+    ("product beyond int64", lambda: count2[2**40, 2**40](), L, "domain.*fewer than 2"),
+    ("min over nothing", lambda: index_max[0](), L, "reduce='max' over an empty domain"),
+    # veda.launch
+    ("not a kernel", lambda: veda.launch(len, 10), L, "first argument must be a @veda.kernel"),
+    ("unknown target", _launch(target="tpu"), L, "unknown target='tpu'"),
+    ("target not a name", _launch(target=["cpu"]), L, "target must be a name"),
+    ("schedule not a name", _launch(schedule=["static"]), L, "schedule must be a name"),
+    ("unknown schedule", _launch(schedule="fastest"), L, "unknown schedule='fastest'"),
+    ("threads zero", _launch(threads=0), L, "threads=0 is out of range"),
+    ("threads negative", _launch(threads=-1), L, "threads=-1 is out of range"),
+    ("threads too many", _launch(threads=10**6), L, "threads=1000000 is out of range"),
+    ("threads a string", _launch(threads="2"), L, "threads must be an integer, not str"),
+    ("threads a float", _launch(threads=1.0), L, "threads must be an integer, not float"),
+    ("threads a bool", _launch(threads=True), L, "threads must be an integer, not bool"),
+    ("chunk zero", _launch(chunk=0), L, "chunk=0 must be at least 1"),
+    ("chunk negative", _launch(chunk=-5), L, "chunk=-5 must be at least 1"),
+    ("chunk of 2**64", _launch(chunk=2**64), L, "chunk=18446744073709551616 is too large"),
+    ("chunk a float", _launch(chunk=4.0), L, "chunk must be an integer, not float"),
+    ("settings on cpu", _launch(target="cpu", chunk=8), L, "chunk= does not apply"),
+    ("schedule on cpu", _launch(target="cpu", schedule="dynamic"), L, "schedule= does not"),
+    ("cuda without a GPU", _launch(target="cuda"), veda.TargetUnavailableError, "'cuda'"),
+    # veda.config, veda.set_config, veda.Config, veda.deterministic
+    ("unknown setting", lambda: veda.config(colour=1), C, "unknown setting\\(s\\) colour"),
+    ("set_config unknown", lambda: veda.set_config(nope=1), C, "unknown setting\\(s\\) nope"),
+    ("config target list", lambda: veda.config(target=[]), C, "target must be a name"),
+    ("config unknown target", lambda: veda.config(target="tpu"), C, "unknown target='tpu'"),
+    ("config policy", lambda: veda.config(policy="fast"), C, "unknown policy='fast'"),
+    ("config policy int", lambda: veda.config(policy=3), C, "policy must be a name"),
+    ("config schedule", lambda: veda.config(schedule="x"), C, "unknown schedule='x'"),
+    ("config threads", lambda: veda.config(threads=0), C, "threads=0 is out of range"),
+    ("config chunk", lambda: veda.config(chunk=0.5), C, "chunk must be an integer"),
+    ("config flag", lambda: veda.config(boundscheck="yes"), C, "boundscheck must be True"),
+    ("config flag int", lambda: veda.config(telemetry=1), C, "telemetry must be True"),
+    ("config profile", lambda: veda.config(profile=None), C, "profile must be True"),
+    ("config cpu + threads", lambda: veda.config(target="cpu", threads=1), C, "threads="),
+    ("config seed", lambda: veda.config(seed=-1), C, "seed must be an integer.*-1"),
+    ("set_config threads", lambda: veda.set_config(threads=0), C, "threads=0"),
+    ("set_config policy", lambda: veda.set_config(policy="x"), C, "unknown policy='x'"),
+    ("Config chunk", lambda: veda.Config(chunk=0), C, "chunk=0 must be at least 1"),
+    ("Config target", lambda: veda.Config(target="tpu"), C, "unknown target='tpu'"),
+    ("seed a string", lambda: veda.deterministic(seed="1"), C, "seed must be an integer.*'1'"),
+    ("seed negative", lambda: veda.deterministic(seed=-3), C, "seed must be an integer.*-3"),
+    ("seed 2**64", lambda: veda.deterministic(seed=2**64), C, "seed must be an integer"),
+    ("seed a bool", lambda: veda.deterministic(seed=True), C, "seed must be an integer.*True"),
+    ("seed a float", lambda: veda.deterministic(seed=1.5), C, "seed must be an integer.*1.5"),
+    # veda.kernel, veda.func
+    ("unknown reduce", _kernel(reduce="avg"), K, "unknown reduce='avg'"),
+    ("reduce not a name", _kernel(reduce=["sum"]), K, "unknown reduce=\\['sum'\\]"),
+    ("ndim 4", _kernel(ndim=4), K, "ndim=4"),
+    ("ndim 0", _kernel(ndim=0), K, "ndim=0"),
+    ("ndim a float", _kernel(ndim=1.0), K, "ndim=1.0"),
+    ("ndim a bool", _kernel(ndim=True), K, "ndim=True"),
+    ("ndim a string", _kernel(ndim="2"), K, "ndim='2'"),
+    ("ndim beyond parameters", _kernel(ndim=3), K, "ndim=3 but has only 2"),
+    ("kernel of an int", lambda: veda.kernel(5), K, "needs a Python function, not int"),
+    ("kernel of a builtin", lambda: veda.kernel(len), K, "not builtin_function_or_method"),
+    ("kernel of a class", lambda: veda.kernel(int), K, "needs a Python function, not type"),
+    ("kernel of a kernel", lambda: veda.kernel(saxpy), K, "not Kernel"),
+    ("kernel without index", lambda: veda.kernel(lambda: 0), K, "at least one index"),
+    ("kernel with a default", lambda: veda.kernel(lambda i, a=1: 0), K, "parameter 'a'"),
+    ("kernel with **kwargs", lambda: veda.kernel(lambda i, **kw: 0), K, "parameter 'kw'"),
+    ("func of an int", lambda: veda.func(3), K, "@veda.func needs a Python function"),
+    ("func of a kernel", lambda: veda.func(saxpy), K, "not Kernel"),
+    ("func with *args", lambda: veda.func(lambda *a: 0), K, "parameter 'a'"),
+    # veda.scan
+    ("scan a list", lambda: veda.scan([1, 2]), L, "x must be a 1-d NumPy array, not list"),
+    ("scan 2-d", lambda: veda.scan(np.ones((2, 2))), L, "x must be a 1-d.*2 dimensions"),
+    ("scan strings", lambda: veda.scan(np.array(["a"])), L, "x must hold booleans or numbers"),
+    ("scan float16", lambda: veda.scan(_ones(3, np.float16)), L, "x must hold.*float16"),
+    ("scan out shape", lambda: veda.scan(_ones(3), out=_ones(4)), L, "out must be a float64"),
+    ("scan out dtype", lambda: veda.scan(_ones(3), out=_ones(3, np.int64)), L, "out must be"),
+    ("scan out read-only", lambda: veda.scan(_ones(3), out=_read_only(3)), L, "out is a read"),
+    ("scan exclusive", lambda: veda.scan(_ones(3), exclusive="yes"), L, "exclusive must be"),
+    # veda.random
+    ("uniform seed str", lambda: veda.random.uniform("a", 1), L, "uniform: seed must be"),
+    ("uniform seed float", lambda: veda.random.uniform(1.5, 1), L, "uniform: seed must be"),
+    ("uniform counter float", lambda: veda.random.uniform(1, 2.5), L, "counter must be"),
+    ("uniform2 seed bool", lambda: veda.random.uniform2(True, 1), L, "uniform2: seed must"),
+    ("normal seed None", lambda: veda.random.normal(None, 1), L, "normal: seed must be"),
+    ("integers empty range", lambda: veda.random.integers(1, 2, 5, 3), L, "high=3 must be"),
+    ("integers float low", lambda: veda.random.integers(1, 2, 0.5, 3), L, "low must be"),
+    ("integers str high", lambda: veda.random.integers(1, 2, 0, "9"), L, "high must be"),
+    # veda.record, veda.replay
+    ("record an int path", lambda: veda.record(5), R, "record: the path must be a str"),
+    ("record an empty path", _enter(lambda: veda.record("")), R, "the path is empty"),
+    ("record into /proc", _enter(lambda: veda.record("/proc/r.json")), R, "'/proc/r.json'"),
+    ("record into a file", _enter(lambda: veda.record("/etc/hostname/r")), R, "not a directory"),
+    ("record a folder", _enter(lambda: veda.record("/tmp")), R, "'/tmp': it is a directory"),
+    ("replay None", lambda: veda.replay(None), R, "replay: the path must be a str"),
+    ("replay missing", lambda: veda.replay("/nonexistent-veda/r.json"), R, "cannot read the"),
+    ("replay a folder", lambda: veda.replay("/tmp"), R, "cannot read the record '/tmp'"),
+    ("replay not a record", lambda: veda.replay("/etc/hostname"), R, "'/etc/hostname'"),
+    # veda.explain, veda.metrics().kernel
+    ("explain a name", lambda: veda.explain("saxpy"), veda.UnknownKernelError, "'saxpy'"),
+    ("explain None", lambda: veda.explain(None), veda.UnknownKernelError, "explain.*None"),
+    ("metrics unknown", lambda: veda.metrics().kernel("nope"), veda.UnknownKernelError, "nope"),
+    ("metrics an int", lambda: veda.metrics().kernel(5), veda.UnknownKernelError, "not 5"),
+    # GPU arrays without a GPU, telemetry
+    ("to_device, no GPU", lambda: veda.to_device(_ones()), veda.TargetUnavailableError, "cuda"),
+    ("serve a string port", lambda: _serve("80")(), T, "port must be an integer.*'80'"),
+    ("serve a negative port", lambda: _serve(-1)(), T, "port must be.*-1"),
+    ("serve port 70000", lambda: _serve(70000)(), T, "port must be.*70000"),
+    ("serve a bool port", lambda: _serve(True)(), T, "port must be.*True"),
+    ("serve a float port", lambda: _serve(80.0)(), T, "port must be.*80.0"),
+    ("trace to /proc", _enter(lambda: veda.telemetry.trace("/proc/t.json")), T, "/proc/t.json"),
+    ("listener with no hooks", lambda: veda.telemetry.add_listener(5), T, "int has none"),
+    ("register not a target", lambda: veda.targets.register(5), C, "not 5"),
+    ("register not a policy", lambda: veda.scheduler.register_policy(5), C, "not 5"),
+]
+
+
+@pytest.mark.parametrize("call, error, word", [m[1:] for m in MATRIX], ids=[m[0] for m in MATRIX])
+def test_bad_input_is_refused_by_name(call, error, word):
+    if error is veda.TargetUnavailableError and veda.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(error, match=word) as info:
+        call()
+    assert isinstance(info.value, veda.VedaError) and type(info.value) is error
+
+
+def test_the_matrix_is_large():
+    assert len(MATRIX) >= 60
+    assert len({m[0] for m in MATRIX}) == len(MATRIX)

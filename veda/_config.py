@@ -154,6 +154,10 @@ def _parse_env(name: str, raw: str) -> Any:
 
 def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> None:
     """Check one layer's values; ``error`` is raised with a message naming the argument."""
+    for name in ("target", "schedule", "policy"):
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            raise error(f"{where}: {name} must be a name (a str), not {value!r}")
     schedule = values.get("schedule")
     if schedule is not None and schedule not in SCHEDULES:
         raise error(

@@ -817,6 +817,10 @@ def launch(
         threads = _config.plain_int(threads)  # np.int64(2) counts as 2
     if chunk.__class__ is not int and chunk is not None:
         chunk = _config.plain_int(chunk)
+    if (target is not None and target.__class__ is not str) or (
+        schedule is not None and schedule.__class__ is not str
+    ):  # refused here: the launch path keys on them before validating
+        validate_launch_overrides({"target": target, "schedule": schedule})
     overrides = None
     if target is not None or threads is not None or schedule is not None or chunk is not None:
         # A plain tuple, the fields of Overrides: building the named tuple costs ~0.2 us on

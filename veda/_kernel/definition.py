@@ -169,7 +169,9 @@ class KernelDefinition(Launchable):
                 f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
                 f"expected one of {', '.join(REDUCE_OPS)}"
             )
-        if ndim is not None and ndim not in (1, 2, 3):
+        if ndim is not None and (
+            isinstance(ndim, bool) or ndim not in (1, 2, 3) or not isinstance(ndim, _INT_TYPES)
+        ):
             raise KernelDefinitionError(f"ndim={ndim!r}: kernels take 1, 2 or 3 index parameters")
         self.params = plain_parameters(pyfunc, "kernel")
         if ndim is not None and len(self.params) < ndim:
