@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import numpy as np
+
 from veda import _registry
 from veda._hardware.cpu import max_threads
 from veda._types import Decision
@@ -101,6 +103,10 @@ class Config:
     max_pending: int = 10_000
 
     def __post_init__(self) -> None:
+        for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
+            value = getattr(self, name)
+            if isinstance(value, np.integer):
+                object.__setattr__(self, name, int(value))
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
         # One spelling per folder: absolute, so a later chdir does not move the cache.
         folder = os.path.abspath(os.path.expanduser(os.fsdecode(self.cache_dir)))
@@ -124,6 +130,23 @@ class Config:
 
 
 _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
+#: Settings that take integers: a NumPy integer (``np.int64(2)``) counts as the int it holds.
+_INT_FIELDS = ("threads", "chunk", "seed")
+
+
+def plain_int(value: Any) -> Any:
+    """``value`` as a Python int when it is a NumPy integer; anything else unchanged (to be
+    checked, and refused with its own type's name, by the validation)."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def _plain_ints(values: dict[str, Any]) -> dict[str, Any]:
+    if any(isinstance(values.get(name), np.integer) for name in _INT_FIELDS):
+        values = dict(values)
+        for name in _INT_FIELDS:
+            if name in values:
+                values[name] = plain_int(values[name])
+    return values
 
 
 def _parse_env(name: str, raw: str) -> Any:
@@ -145,6 +168,10 @@ def _parse_env(name: str, raw: str) -> Any:
 
 def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> None:
     """Check one layer's values; ``error`` is raised with a message naming the argument."""
+    for name in ("target", "schedule", "policy"):
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            raise error(f"{where}: {name} must be a name (a str), not {value!r}")
     schedule = values.get("schedule")
     if schedule is not None and schedule not in SCHEDULES:
         raise error(
@@ -268,7 +295,7 @@ def set_config(**changes: Any) -> Config:
             f"veda.set_config: unknown setting(s) {', '.join(sorted(unknown))}; "
             f"expected some of {', '.join(sorted(_FIELDS))}"
         )
-    _defaults = _defaults.replace(**changes)
+    _defaults = _defaults.replace(**_plain_ints(changes))
     _generation += 1
     return _defaults
 
@@ -302,6 +329,7 @@ class config:
                 f"veda.config: unknown setting(s) {', '.join(sorted(unknown))}; "
                 f"expected some of {', '.join(sorted(_FIELDS))}"
             )
+        overrides = _plain_ints(overrides)
         _validate(overrides, ConfigError, where="veda.config")
         self._overrides = overrides
         self._tokens: list[contextvars.Token[_Scope | None]] = []

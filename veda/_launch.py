@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from time import perf_counter
@@ -146,6 +147,56 @@ class _Listeners(Interceptor):
 _listeners = _Listeners()
 
 
+def _hook(interceptor: Interceptor, hook: str, call: Callable[..., Any], *args: Any) -> Any:
+    """Call one of an interceptor's hooks; its own failure becomes a veda error naming it (veda
+    errors, such as a replay's divergence, and KeyboardInterrupt pass as they are)."""
+    try:
+        return call(*args)
+    except VedaError:
+        raise
+    except Exception as exc:
+        raise _hook_failed(interceptor, hook, exc) from exc
+
+
+def _hook_failed(interceptor: Interceptor, hook: str, exc: Exception) -> LaunchError:
+    err = LaunchError(
+        f"interceptor {interceptor!r}: its {hook}() hook raised {type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _start_all(watchers: tuple[Interceptor, ...], info: LaunchInfo) -> None:
+    """Every watcher's start hook; when one fails, the launch does not run, and those that
+    started see it end with the failure."""
+    for k, w in enumerate(watchers):
+        try:
+            w.start(info)
+        except BaseException as exc:
+            err: BaseException = exc
+            if isinstance(exc, Exception) and not isinstance(exc, VedaError):
+                err = _hook_failed(w, "start", exc)
+            info.end = perf_counter()
+            info.error = f"{type(err).__name__}: {err}"
+            _end_all(watchers[:k], info)
+            if err is exc:
+                raise
+            raise err from exc
+
+
+def _end_all(watchers: tuple[Interceptor, ...], info: LaunchInfo) -> VedaError | None:
+    """Every watcher's end hook, even after one failed; the first failure, as a veda error."""
+    failed: VedaError | None = None
+    for w in watchers:
+        try:
+            w.end(info)
+        except VedaError as exc:
+            failed = failed or exc
+        except Exception as exc:
+            failed = failed or _hook_failed(w, "end", exc)
+    return failed
+
+
 def _refresh() -> None:
     global _watched
     with _slot_lock:
@@ -226,6 +277,31 @@ class Entry:
         #: and the review they brought forward (see :func:`_compiled_in_launch`).
         self.debts: dict[int, float] | None = None
         self.resume_review_at = _FOLD_AT
+
+
+def _checked_runner(
+    runner: Callable[[tuple[Any, ...]], Any], target: str, kernel: str, reduce: str | None
+) -> Callable[[tuple[Any, ...]], Any]:
+    """A third-party target's runner, with what it returns checked: a reduction's result is a
+    NumPy scalar (number or bool), a plain launch's is None.  veda's own targets are trusted:
+    the check stays off their launch path."""
+
+    def run(args: tuple[Any, ...]) -> Any:
+        result = runner(args)
+        if reduce is not None:
+            if isinstance(result, np.generic) and result.dtype.kind in "biufc":
+                return result
+            expected = "a NumPy scalar (the reduction's result)"
+        elif result is None:
+            return None
+        else:
+            expected = "None (the kernel has no reduce=)"
+        raise LaunchError(
+            f"target {target!r}: its runner returned {result!r} for a launch of kernel "
+            f"{kernel!r}, not {expected}"
+        )
+
+    return run
 
 
 def _transfer(form: Form, args: tuple[Any, ...]) -> tuple[int, int]:
@@ -322,9 +398,9 @@ class Kernel(KernelDefinition):
     def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
         """A launch while interceptors are installed: those active here may force a decision
         (replay) and see the launch start and end."""
-        watchers = tuple(w for w in _watched if w.active())
+        watchers = tuple(w for w in _watched if _hook(w, "active", w.active))
         for w in watchers:
-            forced = w.redirect(self, dims)
+            forced = _hook(w, "redirect", w.redirect, self, dims)
             if forced is not None:
                 if type(forced) is not Decision:
                     raise LaunchError(
@@ -349,8 +425,7 @@ class Kernel(KernelDefinition):
         info = None
         if watchers:
             info = LaunchInfo(self, entry.dims, args, entry.decision)
-            for w in watchers:
-                w.start(info)
+            _start_all(watchers, info)
         start = perf_counter()
         try:
             result = entry.runner(args)
@@ -362,8 +437,9 @@ class Kernel(KernelDefinition):
             if info is not None:
                 info.end = perf_counter()
                 info.error = f"{type(exc).__name__}: {exc}"
-                for w in watchers:
-                    w.end(info)
+                failed = _end_all(watchers, info)
+                if failed is not None:  # the launch's own error comes first
+                    warnings.warn(f"veda: after a failed launch, {failed}", RuntimeWarning, 2)
             raise
         end = perf_counter()
         elapsed = entry.last = end - start
@@ -373,8 +449,9 @@ class Kernel(KernelDefinition):
                 self._review(entry, args, elapsed)
         if info is not None:
             info.start, info.end = start, end
-            for w in watchers:
-                w.end(info)
+            failed = _end_all(watchers, info)
+            if failed is not None:
+                raise failed from failed.__cause__
         return result
 
     # -- preparing -----------------------------------------------------------------------------
@@ -490,6 +567,8 @@ class Kernel(KernelDefinition):
                     f"target {target.name!r}: prepare() returned {runner!r}, not "
                     "a callable that runs a launch"
                 )
+            if not type(target).__module__.startswith("veda."):
+                runner = _checked_runner(runner, target.name, self.name, self.reduce)
             got = entry.runners[decision] = (runner, recorder)
         runner, recorder = got
         if recorder is not None:
@@ -743,6 +822,14 @@ def launch(
     """
     if not isinstance(k, Kernel):
         raise LaunchError(f"veda.launch: the first argument must be a @veda.kernel, not {k!r}")
+    if threads.__class__ is not int and threads is not None:
+        threads = _config.plain_int(threads)  # np.int64(2) counts as 2
+    if chunk.__class__ is not int and chunk is not None:
+        chunk = _config.plain_int(chunk)
+    if (target is not None and target.__class__ is not str) or (
+        schedule is not None and schedule.__class__ is not str
+    ):  # refused here: the launch path keys on them before validating
+        validate_launch_overrides({"target": target, "schedule": schedule})
     overrides = None
     if target is not None or threads is not None or schedule is not None or chunk is not None:
         # A plain tuple, the fields of Overrides: building the named tuple costs ~0.2 us on

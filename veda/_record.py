@@ -4,7 +4,10 @@ A record is versioned JSON: the deterministic mode and seed in force when record
 for each launch in the order launches started, the kernel (``module.qualname``), its domain and
 the decision it ran with (an object with the fields of :class:`veda.targets.Decision`: target,
 threads, schedule, chunk and the GPU block size), with the mode and seed of that launch.
-Version 1 records (decisions as 4-item lists) are still read.
+Version 1 records (decisions as 4-item lists) are still read.  A record also holds a short
+hash of each kernel's source (``"sources"``, by kernel name; a launch of another body under the
+same name carries its own ``"source"``): replaying with another body of a kernel is refused.
+Records written before the hashes existed replay without that check.
 
 Replaying forces the same decisions, restores the mode and seed for its duration, and raises
 :class:`veda.ReplayError` at the first launch that differs (another kernel or domain, or a
@@ -18,15 +21,17 @@ each launch start, a replay forces each launch's decision.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import os
 import tempfile
+import weakref
 from typing import Any
 
-from veda._config import config, get_config
+from veda._config import check_decision, config, get_config
 from veda._launch import Interceptor, LaunchInfo, add_interceptor, remove_interceptor
 from veda._types import Decision
-from veda.errors import ReplayError
+from veda.errors import LaunchError, ReplayError, TargetUnavailableError
 
 FORMAT = "veda-record"
 VERSION = 2
@@ -66,6 +71,24 @@ def _path(path: Any, what: str) -> str:
         ) from None
 
 
+_hashes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def source_hash(kernel: Any) -> str:
+    """A short hash of what a kernel computes: its source (decorators stripped), its reduction
+    and declared rank; for a kernel without readable source, its compiled Python code."""
+    digest = _hashes.get(kernel)
+    if digest is None:
+        text = kernel.source.text
+        if text is None:
+            code = kernel.py_func.__code__
+            text = f"{code.co_code!r} {code.co_consts!r} {code.co_names!r}"
+        text += f"\nreduce={kernel.reduce!r} ndim={kernel.ndim!r}"
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        _hashes[kernel] = digest
+    return digest
+
+
 def _describe(entry: dict[str, Any]) -> str:
     return f"kernel {entry['kernel']} over domain {tuple(entry['domain'])}"
 
@@ -92,6 +115,8 @@ class record(Interceptor):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _path(path, "record")
         self.launches: list[dict[str, Any]] = []
+        #: The source hash of each kernel recorded, by name (:func:`source_hash`).
+        self.sources: dict[str, str] = {}
         self._token: contextvars.Token[tuple[Any, ...]] | None = None
         self._header: dict[str, Any] = {}
 
@@ -99,13 +124,26 @@ class record(Interceptor):
         return f"veda.record({self.path!r})"
 
     def __enter__(self) -> record:
+        if not self.path:
+            raise ReplayError("veda.record: the path is empty; name the file to write")
         directory = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
             raise ReplayError(f"cannot write the record to {self.path!r}: it is a directory")
-        if not os.access(directory, os.W_OK):
+        if not os.path.isdir(directory):
             raise ReplayError(
-                f"cannot write the record to {self.path!r}: {directory} is not a writable directory"
+                f"cannot write the record to {self.path!r}: {directory} is not a directory"
             )
+        # Try it, before the block runs: os.access says yes to root on read-only file systems
+        # and on /proc or /sys, where creating the file fails.
+        try:
+            fd, probe = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ReplayError(
+                f"cannot write the record to {self.path!r}: {directory} is not a writable "
+                f"directory ({exc.strerror or exc})"
+            ) from None
         cfg = get_config()
         self._header = {"deterministic": cfg.deterministic, "seed": cfg.seed}
         self._token = _enter(self)
@@ -117,25 +155,40 @@ class record(Interceptor):
     def start(self, launch: LaunchInfo) -> None:
         """A launch starts running (it passed its checks): note it."""
         cfg = get_config()
-        self.launches.append(
-            {
-                "kernel": f"{launch.kernel.module_name}.{launch.kernel.name}",
-                "domain": list(launch.dims),
-                "decision": launch.decision.to_json(),
-                "deterministic": cfg.deterministic,
-                "seed": cfg.seed,
-            }
-        )
+        name = f"{launch.kernel.module_name}.{launch.kernel.name}"
+        entry = {
+            "kernel": name,
+            "domain": list(launch.dims),
+            "decision": launch.decision.to_json(),
+            "deterministic": cfg.deterministic,
+            "seed": cfg.seed,
+        }
+        digest = source_hash(launch.kernel)
+        if self.sources.setdefault(name, digest) != digest:
+            entry["source"] = digest  # another body under the same name, in the same run
+        self.launches.append(entry)
 
     def __exit__(self, *exc: object) -> None:
         _exit(self, self._token)
         self._token = None
-        doc = {"format": FORMAT, "version": VERSION, **self._header, "launches": self.launches}
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            **self._header,
+            "sources": self.sources,
+            "launches": self.launches,
+        }
         directory = os.path.dirname(os.path.abspath(self.path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=1)
-        os.replace(tmp, self.path)
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".record-", suffix=".json")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # the folder went away, or the disk filled, during the block
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise ReplayError(f"cannot write the record to {self.path!r}: {exc}") from exc
 
 
 class replay(Interceptor):
@@ -168,12 +221,31 @@ class replay(Interceptor):
             isinstance(e, dict) and {"kernel", "domain", "decision"} <= set(e) for e in launches
         ):
             raise ReplayError(f"the record {self.path!r} is damaged: bad launch entries")
-        try:
-            self.decisions = [_decision(e["decision"], version) for e in launches]
-            for k, e in enumerate(launches):
+        self.decisions = []
+        for k, e in enumerate(launches):
+            try:
+                self.decisions.append(_decision(e["decision"], version))
                 _check_entry(e, k)
-        except (TypeError, ValueError) as exc:
-            raise ReplayError(f"the record {self.path!r} is damaged: {exc}") from None
+            except (TypeError, ValueError) as exc:
+                where = f"launch #{k + 1}: " if not str(exc).startswith("launch #") else ""
+                raise ReplayError(f"the record {self.path!r} is damaged: {where}{exc}") from None
+        sources = doc.get("sources", {})
+        if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+            raise ReplayError(
+                f"the record {self.path!r} is damaged: 'sources' is {sources!r}, not an "
+                "object of kernel names and source hashes"
+            )
+        for k, e in enumerate(launches):
+            if not isinstance(e.get("source", ""), str):
+                raise ReplayError(
+                    f"the record {self.path!r} is damaged: launch #{k + 1}: its source hash "
+                    f"is {e['source']!r}, not a string"
+                )
+        #: The recorded source hash of each launch's kernel, or None (a record without them).
+        self.sources: list[str | None] = [
+            e.get("source", sources.get(e["kernel"])) for e in launches
+        ]
+        self._checked: set[int] = set()
         self.launches = launches
         self.deterministic = doc.get("deterministic", False)
         self.seed = doc.get("seed")
@@ -229,7 +301,26 @@ class replay(Interceptor):
                 f"launch #{k + 1} diverges: recorded {_describe(entry)}, got kernel {name} over "
                 f"domain {dims}"
             )
-        return self.decisions[k]
+        decision = self.decisions[k]
+        if k not in self._checked:
+            recorded = self.sources[k]
+            if recorded is not None and recorded != source_hash(kernel):
+                raise ReplayError(
+                    f"launch #{k + 1} diverges: the record {self.path!r} was made with another "
+                    f"body of kernel {name} (source hash {recorded}, this one's is "
+                    f"{source_hash(kernel)}); record the run again"
+                )
+            # A decision this machine cannot run (an unknown target, too many threads) is no
+            # damage to the file: refused as the launch error it is, naming where it came from.
+            where = f"the record {self.path!r}, launch #{k + 1} ({name})"
+            try:
+                check_decision(decision, LaunchError, f"{where}, decision {decision}")
+            except (LaunchError, TargetUnavailableError) as exc:
+                if self.path in str(exc):
+                    raise
+                raise type(exc)(f"{where}: {exc}") from None
+            self._checked.add(k)
+        return decision
 
     def start(self, launch: LaunchInfo) -> None:
         self.position += 1

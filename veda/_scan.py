@@ -111,6 +111,8 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     >>> veda.scan(np.array([1, 2, 3, 4]), exclusive=True)
     array([0, 1, 3, 6])
     """
+    if not isinstance(exclusive, (bool, np.bool_)):
+        raise LaunchError(f"veda.scan: exclusive must be True or False, not {exclusive!r}")
     if not isinstance(x, np.ndarray) or x.ndim != 1:
         raise LaunchError(
             f"veda.scan: x must be a 1-d NumPy array, not {type(x).__name__}"

@@ -33,11 +33,13 @@ True
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba.extending import overload
 
 from veda._kernel.cache import own_njit
+from veda.errors import LaunchError
 
 __all__ = ["integers", "normal", "philox4x32_10", "uniform", "uniform2"]
 
@@ -117,13 +119,25 @@ def _integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
     return np.int64(low) + np.int64(math.floor(u * float(high - low)))
 
 
-def _u64(v: int) -> int:
-    return int(v) % (1 << 64)
+def _u64(v: int, name: str, fn: str) -> int:
+    return _integer(v, name, fn) % (1 << 64)
+
+
+def _integer(v: Any, name: str, fn: str) -> int:
+    """``v`` as a Python int; anything but an integer (a float, a bool, a string) is refused
+    rather than truncated."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise LaunchError(f"veda.random.{fn}: {name} must be an integer, not {v!r}")
+    return int(v)
 
 
 def uniform(seed: int, counter: int) -> float:
     """A float64 in [0, 1) with 53 random bits, fixed by ``(seed, counter)``."""
-    return float(_uniform(np.uint64(_u64(seed)), np.uint64(_u64(counter))))
+    return float(
+        _uniform(
+            np.uint64(_u64(seed, "seed", "uniform")), np.uint64(_u64(counter, "counter", "uniform"))
+        )
+    )
 
 
 def uniform2(seed: int, counter: int) -> tuple[float, float]:
@@ -134,20 +148,34 @@ def uniform2(seed: int, counter: int) -> tuple[float, float]:
     >>> u == veda.random.uniform(7, 3) and 0.0 <= v < 1.0
     True
     """
-    u, v = _uniform2(np.uint64(_u64(seed)), np.uint64(_u64(counter)))
+    u, v = _uniform2(
+        np.uint64(_u64(seed, "seed", "uniform2")), np.uint64(_u64(counter, "counter", "uniform2"))
+    )
     return float(u), float(v)
 
 
 def normal(seed: int, counter: int) -> float:
     """A standard normal float64, fixed by ``(seed, counter)`` (Box-Muller)."""
-    return float(_normal(np.uint64(_u64(seed)), np.uint64(_u64(counter))))
+    return float(
+        _normal(
+            np.uint64(_u64(seed, "seed", "normal")), np.uint64(_u64(counter, "counter", "normal"))
+        )
+    )
 
 
 def integers(seed: int, counter: int, low: int, high: int) -> int:
     """An integer in ``[low, high)``, fixed by ``(seed, counter)``."""
+    low, high = _integer(low, "low", "integers"), _integer(high, "high", "integers")
     if high <= low:
-        raise ValueError(f"veda.random.integers: high={high} must be greater than low={low}")
-    return int(_integers(np.uint64(_u64(seed)), np.uint64(_u64(counter)), low, high))
+        raise LaunchError(f"veda.random.integers: high={high} must be greater than low={low}")
+    return int(
+        _integers(
+            np.uint64(_u64(seed, "seed", "integers")),
+            np.uint64(_u64(counter, "counter", "integers")),
+            low,
+            high,
+        )
+    )
 
 
 # Inside kernels the same functions compile to the jitted implementations.

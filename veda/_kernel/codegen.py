@@ -20,6 +20,7 @@ raise the original exception.
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import types
 from dataclasses import dataclass
@@ -69,15 +70,8 @@ class Emitted:
     notes: list[str]
 
 
-def emit_references(
-    src: FunctionSource, options: tuple[Any, ...], what: str, target: str = "cpu"
-) -> Emitted:
-    """Reproduce the globals and closure variables ``src`` uses in a generated module.
-
-    ``target`` is "cpu" (the CPU targets) or "cuda": ``@veda.func`` helpers are taken from the
-    generated module of the same target.
-    """
-    pyfunc = src.pyfunc
+def references(pyfunc: Any) -> dict[str, Any]:
+    """The globals and closure variables a function uses, by the names it uses."""
     code = pyfunc.__code__
     values: dict[str, Any] = {}
     for name in sorted(referenced_globals(code)):
@@ -89,11 +83,31 @@ def emit_references(
                 values[name] = cell.cell_contents
             except ValueError:  # empty cell
                 continue
+    return values
+
+
+def emit_references(
+    src: FunctionSource,
+    options: tuple[Any, ...],
+    what: str,
+    target: str = "cpu",
+    siblings: dict[str, Any] | None = None,
+) -> Emitted:
+    """Reproduce the globals and closure variables ``src`` uses in a generated module.
+
+    ``target`` is "cpu" (the CPU targets) or "cuda": ``@veda.func`` helpers are taken from the
+    generated module of the same target.  ``siblings``: the helpers defined in the same module
+    (recursive helpers, by name), which need no line.
+    """
+    pyfunc = src.pyfunc
+    values = references(pyfunc)
     out = Emitted([], {}, [])
     label = f"{what} {pyfunc.__qualname__!r}"
     for name, value in values.items():
         if name.startswith("_veda_"):
             raise KernelDefinitionError(f"{label}: names starting with '_veda_' are reserved")
+        if siblings and name in siblings and siblings[name] is value:
+            continue  # defined in this very module
         if isinstance(value, Launchable):
             raise KernelDefinitionError(
                 f"{label} calls kernel {name!r}; a kernel cannot launch another kernel. "
@@ -213,6 +227,59 @@ def function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
     return _assemble(src.name, header, [(src, emitted, _decorator(cache, boundscheck))], "", cache)
 
 
+def recursive_unit(helpers: list[Any], options: tuple[bool, bool], target: str = "cpu") -> Unit:
+    """One generated module for helpers that call each other (or themselves), each by its own
+    name, so that Numba resolves the calls inside the module.
+
+    Numba's disk cache cannot hold recursive functions (loading them crashes: numba#6061), so
+    the module is compiled in each process, and so is every module that calls into it.
+    """
+    boundscheck, _ = options
+    siblings = {h.name: h for h in helpers}
+    names = ", ".join(h.qualname for h in helpers)
+    seen: dict[str, Any] = {}
+    functions: list[tuple[FunctionSource, Emitted, str]] = []
+    for h in helpers:
+        label = f"helper {h.qualname!r}"
+        for name, value in references(h.py_func).items():
+            member = next((m for m in helpers if m is value), None)
+            if member is not None and name != member.name:
+                raise KernelDefinitionError(
+                    f"{label} calls the recursive helper {member.qualname!r} as {name!r}; "
+                    f"helpers that call each other must do so by their own names "
+                    f"({member.name!r})"
+                )
+            if name in siblings and value is not siblings[name]:
+                raise KernelDefinitionError(
+                    f"{label} uses the name {name!r} for {value!r}, but the helpers {names} "
+                    f"call each other and share one generated module, where {name!r} is the "
+                    "helper of that name; rename one of them"
+                )
+            same = name not in seen or seen[name] is value
+            if not same and (literal(value) is None or literal(seen[name]) != literal(value)):
+                raise KernelDefinitionError(
+                    f"{label} uses the name {name!r} for another object than the helpers it "
+                    f"calls recursively ({names}), which share one generated module; "
+                    "give one of them another name"
+                )
+            seen.setdefault(name, value)
+        if target == "cpu":
+            dec = _decorator(False, boundscheck)
+        else:
+            dec = _cuda_decorator(False, boundscheck, device=True)
+        functions.append(
+            (h.source, emit_references(h.source, options, "helper", target, siblings), dec)
+        )
+    kind = "" if target == "cpu" else ", CUDA"
+    header = f"# veda helpers {names} (generated{kind}; recursive, so not cached on disk)"
+    stem = "_".join(h.name for h in helpers) + ("_rec" if target == "cpu" else "_rec_cuda")
+    unit = _assemble(stem, header, functions, "", False, target=target)
+    # Numba links a recursive call by finding the function's module in sys.modules (without
+    # it the call fails at run time with "unresolved symbol"); the name carries the text's hash.
+    sys.modules.setdefault(unit.module.__name__, unit.module)
+    return unit
+
+
 # --------------------------------------------------------------------------------------------
 # Kernel launchers
 
@@ -311,7 +378,8 @@ def kernel_launchers(
     size = " * ".join(f"n{d}" for d in range(ndim))
     dec = _decorator(cache, boundscheck)
     pdec = _decorator(cache, boundscheck, parallel=True)
-    zeros = ", ".join("_z" for _ in range(ndim))
+    # The body's argument types, for typing the identity: a tuple even of one item.
+    probe = "(" + "".join(["_z, "] * ndim) + "".join(f"a{k}, " for k in range(nargs)) + ")"
     out: list[str] = []
 
     def fn(signature: str, code: str, decorator: str = dec) -> None:
@@ -346,7 +414,7 @@ def kernel_launchers(
         ret = "return None, _err[0], _err[1]"
     else:
         fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n")
-        ident = f"_veda_lang.reduce_identity({body}, ({zeros}{args}), {reduce!r})"
+        ident = f"_veda_lang.reduce_identity({body}, {probe}, {reduce!r})"
         # Typing only: the identity in the accumulator's type, which the CUDA target needs on
         # the host to size its partials (the body is typed, never run).
         fn(

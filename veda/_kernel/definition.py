@@ -9,6 +9,7 @@ the launch core's business (:mod:`veda._launch`), not this module's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ from veda.errors import KernelDefinitionError, LaunchError
 __all__ = ["Form", "KernelDefinition"]
 
 _INT_TYPES = (int, np.integer)
+#: Domain sizes (each extent and their product) must be below this: the launchers count flat
+#: indices in int64.
+_INDEX_LIMIT = 2**63
 
 #: The CPU launchers of a generated module and how many of their leading parameters are veda's
 #: own beyond the domain (the parallel ones take the thread count, the schedule and the chunk).
@@ -165,7 +169,9 @@ class KernelDefinition(Launchable):
                 f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
                 f"expected one of {', '.join(REDUCE_OPS)}"
             )
-        if ndim is not None and ndim not in (1, 2, 3):
+        if ndim is not None and (
+            isinstance(ndim, bool) or ndim not in (1, 2, 3) or not isinstance(ndim, _INT_TYPES)
+        ):
             raise KernelDefinitionError(f"ndim={ndim!r}: kernels take 1, 2 or 3 index parameters")
         self.params = plain_parameters(pyfunc, "kernel")
         if ndim is not None and len(self.params) < ndim:
@@ -221,7 +227,17 @@ class KernelDefinition(Launchable):
                 raise LaunchError(
                     f"kernel {self.name!r}: domain axis {axis} is {n}; sizes must be >= 0"
                 )
+            if n >= _INDEX_LIMIT:
+                raise LaunchError(
+                    f"kernel {self.name!r}: domain axis {axis} is {n}; sizes must be below "
+                    "2**63 (indices are 64-bit integers)"
+                )
             dims.append(int(n))
+        if math.prod(dims) >= _INDEX_LIMIT:
+            raise LaunchError(
+                f"kernel {self.name!r}: domain {tuple(dims)} has {math.prod(dims)} elements; "
+                "a domain must have fewer than 2**63 (indices are 64-bit integers)"
+            )
         if self.ndim is not None and len(dims) != self.ndim:
             raise LaunchError(
                 f"kernel {self.name!r} is declared with ndim={self.ndim}, but the domain "
@@ -260,7 +276,8 @@ class KernelDefinition(Launchable):
                         f"kernel {self.name!r} has reduce={self.reduce!r} but returns no value; "
                         "return one value per index"
                     )
-                if self.reduce is None and facts.returns_value:
+                lam = self.py_func.__name__ == "<lambda>"  # its value is its body: ignored
+                if self.reduce is None and facts.returns_value and not lam:
                     raise KernelDefinitionError(
                         f"kernel {self.name!r} returns a value but has no reduce=; use "
                         "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"

@@ -107,7 +107,8 @@ class FunctionSource:
 
     @property
     def name(self) -> str:
-        return str(self.pyfunc.__name__)
+        """The function's name as generated code spells it (a lambda's is ``_veda_lambda``)."""
+        return identifier(str(self.pyfunc.__name__))
 
     def user_line(self, offset: int) -> tuple[str, int, str]:
         """File, line number and stripped text of line ``offset`` (0-based) of ``text``."""
@@ -120,6 +121,16 @@ class FunctionSource:
         return self.filename, lineno, text
 
 
+#: The name a lambda gets in generated code.
+LAMBDA_NAME = "_veda_lambda"
+
+
+def identifier(name: str) -> str:
+    """``name`` where it is a Python identifier; a lambda's ``<lambda>`` becomes
+    :data:`LAMBDA_NAME`."""
+    return name if name.isidentifier() else LAMBDA_NAME
+
+
 def get_source(pyfunc: Any) -> FunctionSource:
     code = pyfunc.__code__
     filename = code.co_filename
@@ -127,6 +138,8 @@ def get_source(pyfunc: Any) -> FunctionSource:
         lines, start = inspect.getsourcelines(pyfunc)
     except (OSError, TypeError):
         return FunctionSource(pyfunc, None, filename, code.co_firstlineno, None)
+    if pyfunc.__name__ == "<lambda>":
+        return _lambda_source(pyfunc, "".join(lines), start)
     text = textwrap.dedent("".join(lines))
     try:
         module = ast.parse(text)
@@ -142,6 +155,78 @@ def get_source(pyfunc: Any) -> FunctionSource:
     tree = ast.parse(text).body[0]
     assert isinstance(tree, ast.FunctionDef)
     return FunctionSource(pyfunc, text, filename, start + def_offset, tree)
+
+
+#: Instructions that differ between compiles of the same expression (a module's attribute
+#: call is ``LOAD_METHOD`` in one compile and ``PUSH_NULL``/``LOAD_ATTR`` in another) or say
+#: where a name lives (a closure variable of the real lambda is a global of one compiled alone).
+_SAME_OP = {
+    "LOAD_METHOD": "LOAD_ATTR",
+    "CALL_METHOD": "CALL",
+    "CALL_FUNCTION": "CALL",
+    "LOAD_DEREF": "LOAD_OUTER",
+    "LOAD_CLASSDEREF": "LOAD_OUTER",
+    "LOAD_GLOBAL": "LOAD_OUTER",
+    "LOAD_NAME": "LOAD_OUTER",
+}
+_NO_OP = {"RESUME", "CACHE", "PRECALL", "PUSH_NULL", "KW_NAMES", "NOP", "COPY_FREE_VARS"}
+
+
+def _code_key(code: types.CodeType) -> tuple[Any, ...]:
+    """What two compiles of the same lambda have in common."""
+    jumps = {*dis.hasjrel, *dis.hasjabs}  # their targets move with the instructions' sizes
+    ops = [
+        (_SAME_OP.get(ins.opname, ins.opname), "" if ins.opcode in jumps else repr(ins.argval))
+        for ins in dis.get_instructions(code)
+        if ins.opname not in _NO_OP and not isinstance(ins.argval, types.CodeType)
+    ]
+    return (code.co_varnames, code.co_argcount, ops)
+
+
+def _lambda_source(pyfunc: Any, text: str, start: int) -> FunctionSource:
+    """A lambda's source as a one-line ``def`` (so that it is generated, analysed and cached
+    like any function), found among the lambdas of its source lines by its compiled code."""
+    code = pyfunc.__code__
+    none = FunctionSource(pyfunc, None, code.co_filename, code.co_firstlineno, None)
+    parsed, first = textwrap.dedent(text), start  # ``first``: the file's line of parsed line 1
+    try:
+        module = ast.parse(parsed)
+    except SyntaxError:  # lines inside an expression that began earlier: read them in brackets
+        parsed, first = f"(\n{text}\n)", start - 1
+        try:
+            module = ast.parse(parsed)
+        except SyntaxError:
+            return none
+    found: tuple[str, int] | None = None
+    for node in ast.walk(module):
+        if not isinstance(node, ast.Lambda):
+            continue
+        segment = ast.get_source_segment(parsed, node)
+        body = ast.get_source_segment(parsed, node.body)
+        if segment is None or body is None:
+            continue
+        try:
+            compiled = compile(f"({segment})", code.co_filename, "eval")
+        except SyntaxError:
+            continue
+        inner = next((c for c in compiled.co_consts if isinstance(c, types.CodeType)), None)
+        if (
+            inner is None
+            or first + node.lineno - 1 != code.co_firstlineno
+            or _code_key(inner) != _code_key(code)
+        ):
+            continue  # another lambda of these lines (bytecode itself differs between
+            # compiles: 3.11 writes a module's attribute calls in two ways)
+        params = ", ".join(a.arg for a in node.args.args)
+        candidate = f"def {LAMBDA_NAME}({params}): return ({body})\n"
+        if found is not None and found[0] != candidate:
+            return none  # two lambdas that compile alike but read differently: ambiguous
+        found = (candidate, first + node.lineno - 1)
+    if found is None:
+        return none
+    tree = ast.parse(found[0]).body[0]
+    assert isinstance(tree, ast.FunctionDef)
+    return FunctionSource(pyfunc, found[0], code.co_filename, found[1], tree)
 
 
 def plain_parameters(pyfunc: Any, what: str) -> list[str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from veda import _registry
+from veda._kernel.definition import KernelDefinition
 from veda._types import Decision
+from veda.errors import UnknownKernelError
 from veda.scheduler._dispatch import dispatcher
 
 __all__ = ["Explanation", "explain"]
@@ -95,4 +97,6 @@ def explain(kernel: Any) -> Explanation:
       1-d, size <= 2^4, policy adaptive: cpu (only candidate)
     ...
     """
+    if not isinstance(kernel, KernelDefinition):
+        raise UnknownKernelError(f"veda.explain: expected a @veda.kernel, not {kernel!r}")
     return Explanation(kernel.name, dispatcher.explain(kernel))

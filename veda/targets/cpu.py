@@ -121,6 +121,7 @@ class CPUTarget(Target):
         reduce = form.reduce is not None
         fn = module._veda_det_cpu if reduce and options.deterministic else module._veda_cpu
         name = form.name
+        size = math.prod(dims)
 
         def run(args: tuple[Any, ...]) -> Any:
             try:
@@ -130,10 +131,24 @@ class CPUTarget(Target):
             except Exception as exc:
                 form.refuse_device_arguments(args, "cpu")
                 cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-                raise cls(name, type(exc), str(exc), None, "cpu") from exc
+                index = _failing_index(module, size, dims, args)
+                raise cls(name, type(exc), str(exc), index, "cpu") from exc
             return result[0] if reduce else None
 
         return run
+
+
+def _failing_index(
+    module: Any, size: int, dims: tuple[int, ...], args: tuple[Any, ...]
+) -> tuple[int, ...] | None:
+    """The first index at which the body raises, found as the parallel target finds it in its
+    failing chunk: the serial loop keeps no index, so it is run again up to the failure (after
+    an exception a launch's outputs are undefined anyway).  None when it does not recur."""
+    try:
+        flat = int(module._veda_first_failure(0, size, *dims, *args))
+    except Exception:
+        return None
+    return _unflatten(flat, dims) if flat >= 0 else None
 
 
 class ParallelTarget(Target):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from veda.errors import TelemetryError
 
 
@@ -41,6 +43,13 @@ def serve(port: int = 0) -> MetricsServer:
     ``port=0`` picks a free port; the handle's ``.port`` and ``.url`` say which.  Needs the
     optional ``prometheus-client`` package (``pip install "veda[telemetry]"``).
     """
+    if isinstance(port, np.integer):
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise TelemetryError(
+            f"veda.telemetry.serve: port must be an integer from 0 to 65535 (0: any free "
+            f"port), not {port!r}"
+        )
     try:
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.parser import text_string_to_metric_families
