@@ -371,3 +371,9 @@ def test_cache_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     with veda.config(cache_dir="relative"):
         assert veda.get_config().cache_dir == str(tmp_path / "relative")
+
+
+@pytest.mark.parametrize("call", [veda.cache_clear, veda.cache_info])
+def test_cache_management_refuses_what_is_not_a_path(call) -> None:
+    with pytest.raises(veda.ConfigError, match="cache_dir"):
+        call(5)

@@ -30,6 +30,7 @@ import numba
 from veda import _files
 from veda._config import get_config
 from veda._version import __version__
+from veda.errors import ConfigError
 
 # Bumped whenever generated code or the cache's file format changes shape, so old files are
 # never imported by mistake.
@@ -52,7 +53,11 @@ class LineMap:
 line_maps: dict[str, list[LineMap]] = {}
 
 
-def kernels_dir(cache_dir: str | None = None) -> Path:
+def kernels_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise ConfigError(
+            f"cache_dir must be a path (str or os.PathLike), not {type(cache_dir).__name__}"
+        )
     root = Path(cache_dir if cache_dir is not None else get_config().cache_dir)
     return root / "kernels"
 
