@@ -705,7 +705,7 @@ def cuda_launchers(
         )
     assert acc is not None and identity is not None
     return (
-        f"_veda_acc = _veda_np.{acc}\n"
+        f"_veda_acc = _veda_np.dtype({acc!r}).type\n"  # np.bool exists from NumPy 2 only
         f"_veda_ident = {identity}\n"
         f"_VEDA_BLOCK = {block}\n\n\n"
         f"{ddec}\ndef _veda_combine(_a, _b):\n    {_COMBINE[reduce]}\n\n\n"
