@@ -185,7 +185,7 @@ def _assemble(
         lines.append("")
         fn_lines, offset = _function_text(src, decorator)
         current = sum(entry.count("\n") + 1 for entry in lines)  # entries may span lines
-        maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src))
+        maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src.lines()))
         lines.extend(fn_lines)
     lines.append("")
     lines.append(tail)
