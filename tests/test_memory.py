@@ -176,3 +176,19 @@ def test_the_fallback_wrapper_is_not_stacked_on_redefinition(monkeypatch):
     assert not hasattr(wrapper.dispatcher, "dispatcher")  # one wrapper around the dispatcher
     assert wrapper._veda_owner.get() is second
     assert second.compile_stats.compiled == 0
+
+
+def test_the_parallel_launcher_has_one_parallel_region():
+    # parallel=True would also turn the launcher's np.zeros / np.full into parallel loops, each
+    # a gufunc of its own (3 MB and a second of compile each); veda asks for prange only.
+    k = _define(
+        f"import veda\n\n@veda.kernel(reduce='sum')\ndef total_{_tag()}(i, x):\n    return x[i]\n"
+    )
+    x = np.arange(5000.0)
+    with veda.config(profile=True):
+        assert veda.launch(k, 5000, x, target="parallel") == x.sum()
+    assert veda.launch(k, 5000, x, target="parallel", schedule="guided") == x.sum()
+    module = _module(k, nargs=1)
+    for name in ("_veda_parallel", "_veda_parallel_profile"):
+        (compiled,) = getattr(module, name).overloads.values()
+        assert len(compiled.metadata["parfor_diagnostics"].initial_parfors) == 1, name

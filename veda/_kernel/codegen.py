@@ -138,8 +138,19 @@ def emit_references(
     return out
 
 
+#: Numba's parallel options for the parallel launchers: ``prange`` only.  With
+#: ``parallel=True`` Numba also turns each ``np.zeros`` / ``np.full`` of the launcher (the error
+#: slots, the chunk counter, the guided table, the partials) into a parallel loop of its own, each
+#: compiled into a separate gufunc: three parallel regions instead of one, 10 MB of memory and
+#: 2 s of compile per kernel instead of 3 MB and 0.5 s (bench/bench_memory_per_kernel.py).
+PRANGE_ONLY = (
+    "{'comprehension': False, 'reduction': False, 'inplace_binop': False, 'setitem': False, "
+    "'numpy': False, 'stencil': False, 'fusion': False, 'prange': True}"
+)
+
+
 def _decorator(cache: bool, boundscheck: bool, parallel: bool = False) -> str:
-    extra = ", parallel=True" if parallel else ""
+    extra = f", parallel={PRANGE_ONLY}" if parallel else ""
     return f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra})"
 
 
