@@ -192,3 +192,32 @@ def test_the_parallel_launcher_has_one_parallel_region():
     for name in ("_veda_parallel", "_veda_parallel_profile"):
         (compiled,) = getattr(module, name).overloads.values()
         assert len(compiled.metadata["parfor_diagnostics"].initial_parfors) == 1, name
+
+
+def test_a_serial_launch_compiles_one_function():
+    # Each function Numba compiles is a library of its own (about a megabyte): the serial
+    # launcher inlines the body instead of calling it, so only the launcher is compiled.
+    tag = _tag()
+    k = _define(_cell(6.5, tag))
+    dot = _define(
+        "import veda\n\n@veda.kernel(reduce='sum')\n"
+        f"def dot_{tag}(i, x, y):\n    return x[i] * y[i]\n"
+    )
+    x = np.linspace(0.0, 1.0, N)
+    out = np.empty(N)
+    k[N](x, out)
+    np.testing.assert_allclose(out, 6.5 * x + 1.0)
+    np.testing.assert_allclose(veda.launch(dot, N, x, x, target="cpu"), (x * x).sum())
+    assert _compiled(_module(k)) == {"_veda_cpu": 1}
+    # A reduction's body is compiled alone too, to type its accumulator (reduce_identity), but
+    # the combine step is inlined.
+    assert _compiled(_module(dot)) == {"_veda_cpu": 1, f"dot_{tag}": 1}
+
+
+def _compiled(module) -> dict[str, int]:
+    """The functions of a generated module that Numba compiled, and how many times each."""
+    return {
+        name: len(f.signatures)
+        for name, f in vars(module).items()
+        if hasattr(f, "signatures") and f.signatures
+    }
