@@ -46,7 +46,7 @@ class LineMap:
 
     gen_start: int  # first line (1-based) of the function in the generated module
     length: int
-    source: Any  # FunctionSource
+    source: Any  # SourceLines: the text and origin, not the function
 
 
 # generated file's base name -> list of LineMap
@@ -136,6 +136,11 @@ def load_module(
     with _lock:
         mod = sys.modules.get(name) or _memory_modules.get(name)
         if mod is not None:
+            # The same text for a newer definition (a notebook cell run again): errors now
+            # point to its source, and the older definition's source is let go.
+            key = os.path.basename(getattr(mod, "__file__", None) or "")
+            if maps and key in line_maps:
+                line_maps[key] = maps
             return mod
         if on_disk and not inject:
             directory = _kernels_dir()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -227,6 +228,24 @@ def _record_compile(owner: Any, signature: str, start: float, end: float, hit: b
         listener(owner, end - start, hit, signature, start, end)
 
 
+class _Owner:
+    """Whose compiles a hooked dispatcher counts: held weakly, so that a generated module kept in
+    ``sys.modules`` does not keep a deleted kernel alive, and replaced when the same generated
+    module is loaded for a newer definition (a notebook cell run again)."""
+
+    __slots__ = ("name", "ref")
+
+    def __init__(self, owner: Any) -> None:
+        self.name: str = owner.name
+        self.ref = weakref.ref(owner)
+
+    def set(self, owner: Any) -> None:
+        self.ref = weakref.ref(owner)
+
+    def get(self) -> Any:
+        return self.ref()
+
+
 def install_compile_hook(
     module: Any,
     attr: str,
@@ -243,6 +262,10 @@ def install_compile_hook(
     A ``launcher`` is called by targets inside timed launches: when it compiles there, the launch
     core is told (:data:`on_launch_compile`) and takes the compile off that launch's time.
 
+    A generated module is shared by every definition with the same generated text (its name is
+    a hash of it), so the hook is installed once per dispatcher; a later definition takes over
+    as the owner that compiles are counted for, and the hook holds it weakly.
+
     Where Numba lacks the private compile step (:func:`hookable`), ``module.attr`` is replaced by
     a Python wrapper that checks the arguments at every call, translates compile errors after the
     fact and counts new signatures; its compile times then include the first run, and a compile
@@ -252,9 +275,14 @@ def install_compile_hook(
     launcher that calls it.
     """
     dispatcher = getattr(module, attr)
+    installed = getattr(dispatcher, "_veda_owner", None)
+    if isinstance(installed, _Owner):  # hooked for an earlier definition: take it over
+        installed.set(owner)
+        return
+    who = _Owner(owner)
     if not hookable(dispatcher):
         if from_python:
-            setattr(module, attr, _fallback(dispatcher, owner, offset, names))
+            setattr(module, attr, _fallback(dispatcher, who, offset, names))
         return
     original = dispatcher._compile_for_args
     # Threads that meet the same new types at once all pass here, but Numba compiles once and
@@ -264,21 +292,22 @@ def install_compile_hook(
 
     def _compile_for_args(*args: Any, **kws: Any) -> Any:
         user_args = args[offset:]
-        check_arguments(owner.name, names, user_args)
+        check_arguments(who.name, names, user_args)
         hits = sum(dispatcher.stats.cache_hits.values())
         start = time.perf_counter()
         try:
             result = original(*args, **kws)
         except numba_errors.NumbaError as exc:
-            raise translate_compile_error(exc, owner.name, names, user_args) from None
+            raise translate_compile_error(exc, who.name, names, user_args) from None
         end = time.perf_counter()
         types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
         with lock:
             first = types_ not in seen
             seen.add(types_)
-        if first:
+        current = who.get()
+        if first and current is not None:
             _record_compile(
-                owner,
+                current,
                 ", ".join(str(t) for t in types_[offset:]),
                 start,
                 end,
@@ -291,28 +320,31 @@ def install_compile_hook(
         return result
 
     dispatcher._compile_for_args = _compile_for_args
+    dispatcher._veda_owner = who
 
 
-def _fallback(dispatcher: Any, owner: Any, offset: int, names: Sequence[str]) -> Any:
+def _fallback(dispatcher: Any, who: _Owner, offset: int, names: Sequence[str]) -> Any:
     lock = threading.Lock()
 
     def call(*args: Any) -> Any:
         # Without the compile step's hook, nothing says when new types arrive: every call is
         # checked (about 0.5 us; only on a Numba release without the private method).
         user_args = args[offset:]
-        check_arguments(owner.name, names, user_args)
+        check_arguments(who.name, names, user_args)
         known = len(dispatcher.signatures)
         start = time.perf_counter()
         try:
             result = dispatcher(*args)
         except numba_errors.NumbaError as exc:
-            raise translate_compile_error(exc, owner.name, names, user_args) from None
-        if len(dispatcher.signatures) > known:
+            raise translate_compile_error(exc, who.name, names, user_args) from None
+        current = who.get()
+        if len(dispatcher.signatures) > known and current is not None:
             signature = ", ".join(str(t) for t in dispatcher.signatures[-1][offset:])
             with lock:
-                _record_compile(owner, signature, start, time.perf_counter(), False)
+                _record_compile(current, signature, start, time.perf_counter(), False)
         return result
 
     call.py_func = dispatcher.py_func  # type: ignore[attr-defined]
     call.dispatcher = dispatcher  # type: ignore[attr-defined]
+    call._veda_owner = who  # type: ignore[attr-defined]
     return call

@@ -152,9 +152,29 @@ def emit_references(
     return out
 
 
+#: Numba's parallel options for the parallel launchers: ``prange`` only.  With
+#: ``parallel=True`` Numba also turns each ``np.zeros`` / ``np.full`` of the launcher (the error
+#: slots, the chunk counter, the guided table, the partials) into a parallel loop of its own, each
+#: compiled into a separate gufunc: three parallel regions instead of one, 10 MB of memory and
+#: 2 s of compile per kernel instead of 3 MB and 0.5 s (bench/bench_memory_per_kernel.py).
+PRANGE_ONLY = (
+    "{'comprehension': False, 'reduction': False, 'inplace_binop': False, 'setitem': False, "
+    "'numpy': False, 'stencil': False, 'fusion': False, 'prange': True}"
+)
+
+
 def _decorator(cache: bool, boundscheck: bool, parallel: bool = False) -> str:
-    extra = ", parallel=True" if parallel else ""
+    extra = f", parallel={PRANGE_ONLY}" if parallel else ""
     return f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra})"
+
+
+#: The name of the inlining dispatcher over a kernel's body in its generated module.
+INLINE = "_veda_inline_body"
+
+
+def _inline_decorator(boundscheck: bool) -> str:
+    # Never compiled alone (Numba types it into each caller), so nothing to cache.
+    return f"@_veda_numba.njit(inline='always', boundscheck={boundscheck}, nogil=True)"
 
 
 def _function_text(src: FunctionSource, decorator: str) -> tuple[list[str], int]:
@@ -199,7 +219,7 @@ def _assemble(
         lines.append("")
         fn_lines, offset = _function_text(src, decorator)
         current = sum(entry.count("\n") + 1 for entry in lines)  # entries may span lines
-        maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src))
+        maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src.lines()))
         lines.extend(fn_lines)
     lines.append("")
     lines.append(tail)
@@ -385,7 +405,13 @@ def kernel_launchers(
     def fn(signature: str, code: str, decorator: str = dec) -> None:
         out.append(f"{decorator}\ndef {signature}:\n{_indent(code, 4)}")
 
+    out.append(f"{INLINE} = {_inline_decorator(boundscheck)[1:]}({body}.py_func)")
+
     call = f"{body}({nn_idx}{args})"
+    # The serial launcher calls the body through an inlining dispatcher (see INLINE): one
+    # compiled library per launch instead of two.  Never inside a ``try``: Numba does not
+    # catch an exception raised by inlined code there.
+    inline_call = f"{INLINE}({nn_idx}{args})"
     fn(f"_veda_at({idx}{args})", f"{body}({idx}{args})\n")
     fn(
         f"_veda_safe({idx}{args})",
@@ -401,7 +427,7 @@ def kernel_launchers(
         loops = ""
         for d in range(ndim):
             loops += " " * (4 * d) + f"for i{d} in range(n{d}):\n"
-        loops += " " * (4 * ndim) + f"{call}\n"
+        loops += " " * (4 * ndim) + f"{inline_call}\n"
         fn(f"_veda_cpu({dims}{args})", loops + "return None\n")
         fn(
             f"_veda_chunk(_lo, _hi, {dims}{args})",
@@ -413,7 +439,8 @@ def kernel_launchers(
         acc_init = acc_store = result = worker_acc = ""
         ret = "return None, _err[0], _err[1]"
     else:
-        fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n")
+        # Inlined everywhere: it cannot raise, and a library of its own costs a megabyte.
+        fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n", _inline_decorator(boundscheck))
         ident = f"_veda_lang.reduce_identity({body}, {probe}, {reduce!r})"
         # Typing only: the identity in the accumulator's type, which the CUDA target needs on
         # the host to size its partials (the body is typed, never run).
@@ -421,23 +448,32 @@ def kernel_launchers(
             f"_veda_acc_probe({args[2:]})",
             f"_z = _veda_np.int64(0)\nreturn _veda_np.full(1, {ident})\n",
         )
-        stmt = f"_b = _veda_combine(_b, _veda_lang.to_accumulator({call}, _b))"
-        if ndim == 1:
-            block = _unrolled_block(body, args)
-        else:
-            block = "_b = _ident\n" + _segment_loop(ndim, "_blo", "_bhi", stmt)
-        blocked = (
-            "_blo = _lo\n"
-            "while _blo < _hi:\n"
-            f"    _bhi = min(_blo + {REDUCE_BLOCK}, _hi)\n"
-            f"{_indent(block, 4)}"
-            "    _acc = _veda_combine(_acc, _b)\n"
-            "    _blo = _bhi\n"
-        )
+
+        def blocks(callee: str) -> tuple[str, str]:
+            """The block of one REDUCE_BLOCK, and the loop over blocks, calling ``callee``."""
+            stmt = (
+                f"_b = _veda_combine(_b, _veda_lang.to_accumulator({callee}({nn_idx}{args}), _b))"
+            )
+            if ndim == 1:
+                block = _unrolled_block(callee, args)
+            else:
+                block = "_b = _ident\n" + _segment_loop(ndim, "_blo", "_bhi", stmt)
+            blocked = (
+                "_blo = _lo\n"
+                "while _blo < _hi:\n"
+                f"    _bhi = min(_blo + {REDUCE_BLOCK}, _hi)\n"
+                f"{_indent(block, 4)}"
+                "    _acc = _veda_combine(_acc, _b)\n"
+                "    _blo = _bhi\n"
+            )
+            return block, blocked
+
+        _, inline_blocked = blocks(INLINE)
+        block, blocked = blocks(body)
         fn(
             f"_veda_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_acc = _ident\n_lo = 0\n_hi = {size}\n"
-            f"{blocked}return _veda_np.full(1, _acc)\n",
+            f"{inline_blocked}return _veda_np.full(1, _acc)\n",
         )
         fn(
             f"_veda_chunk(_acc, _lo, _hi, {dims}{args})",

@@ -112,14 +112,19 @@ class Form:
         # direct attribute reads are the fast path; a tuple (no nbytes) takes the careful one.
         fast = " + ".join(f"args[{p}].nbytes" for p in arrays) or "0"
         careful = " + ".join(f"getattr(args[{p}], 'nbytes', 0)" for p in arrays) or "0"
-        lines.append(
-            f"def nbytes(args):\n    try:\n        return {fast}\n"
-            f"    except AttributeError:\n        return {careful}"
-        )
         namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail}
-        exec("\n".join(lines), namespace)
+        if lines:
+            exec("\n".join(lines), namespace)
         self.check: Callable[..., None] | None = namespace.get("check")
-        self.nbytes: Callable[[tuple[Any, ...]], int] = namespace["nbytes"]
+        # In a namespace of its own: telemetry's recorders keep this function, and must not
+        # keep the form (and through it the kernel) alive once the kernel is deleted.
+        counted: dict[str, Any] = {}
+        exec(
+            f"def nbytes(args):\n    try:\n        return {fast}\n"
+            f"    except AttributeError:\n        return {careful}",
+            counted,
+        )
+        self.nbytes: Callable[[tuple[Any, ...]], int] = counted["nbytes"]
 
     def fail(self, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
         for pos in self.written:

@@ -95,6 +95,30 @@ def _reads_only(callee: Any, pos: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class SourceLines:
+    """Where a function's text came from: enough to point an error at the user's line.
+
+    Generated modules keep one per function they carry (:class:`veda._kernel.cache.LineMap`),
+    for as long as the process lives; unlike :class:`FunctionSource` it holds neither the
+    function nor its syntax tree, so a deleted kernel's function and globals can be freed.
+    """
+
+    text: str | None
+    filename: str
+    first_line: int
+
+    def user_line(self, offset: int) -> tuple[str, int, str]:
+        """File, line number and stripped text of line ``offset`` (0-based) of ``text``."""
+        lineno = self.first_line + offset
+        text = linecache.getline(self.filename, lineno).strip()
+        if not text and self.text is not None:
+            lines = self.text.splitlines()
+            if 0 <= offset < len(lines):
+                text = lines[offset].strip()
+        return self.filename, lineno, text
+
+
 @dataclass
 class FunctionSource:
     """A Python function's text and origin."""
@@ -110,15 +134,13 @@ class FunctionSource:
         """The function's name as generated code spells it (a lambda's is ``_veda_lambda``)."""
         return identifier(str(self.pyfunc.__name__))
 
+    def lines(self) -> SourceLines:
+        """Its text and origin without the function (what generated modules keep)."""
+        return SourceLines(self.text, self.filename, self.first_line)
+
     def user_line(self, offset: int) -> tuple[str, int, str]:
         """File, line number and stripped text of line ``offset`` (0-based) of ``text``."""
-        lineno = self.first_line + offset
-        text = linecache.getline(self.filename, lineno).strip()
-        if not text and self.text is not None:
-            lines = self.text.splitlines()
-            if 0 <= offset < len(lines):
-                text = lines[offset].strip()
-        return self.filename, lineno, text
+        return self.lines().user_line(offset)
 
 
 #: The name a lambda gets in generated code.
