@@ -38,6 +38,7 @@ from veda import _config, _files, _registry, scheduler
 from veda._config import Config, get_config, validate_launch_overrides
 from veda._hardware import cpu as _hw_cpu
 from veda._hardware import gpu as _gpu
+from veda._hardware.signals import held_interrupts, unwrap_interrupt
 from veda._kernel import checks as _checks
 from veda._kernel.definition import Form, KernelDefinition
 from veda._types import Decision, LaunchOptions, Overrides
@@ -383,10 +384,13 @@ class Kernel(KernelDefinition):
         start = perf_counter()
         try:
             result = entry.runner(args)
-        except BaseException:
+        except BaseException as exc:
             recorder.error()
             if entry.debts is not None:  # a failed launch appends no time to take it off
                 _settle(entry, None)
+            interrupt = unwrap_interrupt(exc)  # Ctrl-C seen by Numba's boxing: SystemError
+            if interrupt is not exc:
+                raise interrupt from None
             raise
         elapsed = perf_counter() - start
         times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
@@ -434,12 +438,15 @@ class Kernel(KernelDefinition):
                 recorder.error()
                 if entry.debts is not None:  # a failed launch appends no time to take it off
                     _settle(entry, None)
+            interrupt = unwrap_interrupt(exc)  # Ctrl-C seen by Numba's boxing: SystemError
             if info is not None:
                 info.end = perf_counter()
-                info.error = f"{type(exc).__name__}: {exc}"
+                info.error = f"{type(interrupt).__name__}: {interrupt}"
                 failed = _end_all(watchers, info)
                 if failed is not None:  # the launch's own error comes first
                     warnings.warn(f"veda: after a failed launch, {failed}", RuntimeWarning, 2)
+            if interrupt is not exc:
+                raise interrupt from None
             raise
         end = perf_counter()
         elapsed = entry.last = end - start
@@ -605,14 +612,19 @@ class Kernel(KernelDefinition):
         series = entry.recorder.series if entry.recorder is not None else None
         if entry.cfg.profile and series is not None and series.profiled:
             imbalance = series.imbalance_sum / series.profiled
-        scheduler.dispatcher.observe(
-            tuning, decision, entry.last, entry.size, entry.cfg.cache_dir, imbalance
-        )
+        with held_interrupts():  # Ctrl-C must not leave the tuner between two rounds
+            scheduler.dispatcher.observe(
+                tuning, decision, entry.last, entry.size, entry.cfg.cache_dir, imbalance
+            )
         return result
 
     def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
         """Every few launches: the dispatcher's drift and load checks; folding telemetry.  Also
         brought forward to a launch that compiled, whose time ``elapsed`` it corrects first."""
+        with held_interrupts():  # the tuner and the telemetry folds change together
+            self._reviewed(entry, args, elapsed)
+
+    def _reviewed(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
         times = entry.times
         assert times is not None and entry.recorder is not None
         if entry.debts is not None and _settle(entry, elapsed):

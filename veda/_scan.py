@@ -145,16 +145,18 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
     if parallel:
         _hw.threading_layer()
         threads = cfg.threads or max_threads()
-        previous = _hw.get_threads()
-        _hw.set_threads(threads)
+        previous = 0  # read inside the try: an interrupt after any call leaves the count as it was
         try:
+            previous = _hw.get_threads()
+            _hw.set_threads(threads)
             if _hw.serialise:
                 with _hw.region_lock:
                     _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
             else:
                 _scan_parallel(src, out, exclusive, zero, SCAN_BLOCK)
         finally:
-            _hw.set_threads(previous)
+            if previous:
+                _hw.set_threads(previous)
     else:
         _scan_serial(src, out, exclusive, zero, SCAN_BLOCK)
     return out

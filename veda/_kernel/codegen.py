@@ -45,6 +45,21 @@ REDUCE_BLOCK = 2048
 
 MODE_CODES = {"static": 0, "interleaved": 1, "dynamic": 2, "guided": 3}
 
+# Signals (see docs/design.md, "Signals"): loops check between pieces of work, never per index.
+# Cycle-counter ticks (rdtsc; 2.1 GHz on the 2-core machine): a piece that took less than
+# PIECE_GROW (about 1 ms there) doubles the next one, so that cheap bodies pay for a handful of
+# checks per launch and costly ones still reach a check every millisecond or so; the launching
+# thread runs Python's pending signal handlers every POLL_TICKS (about 64 ms there).
+PIECE_GROW = 1 << 21
+POLL_TICKS = 1 << 27
+#: First piece of the serial loop, in flat elements: launches up to this size read the cycle
+#: counter never, and a saxpy[100] pays one comparison; a body costing 1 ms reaches its first
+#: check after a quarter of a second.
+SERIAL_PIECE = 256
+#: First piece of a parallel chunk, in flat elements.  Reductions start at one REDUCE_BLOCK, so
+#: that pieces split a chunk where its partial sums split it anyway: the bits do not change.
+PARALLEL_PIECE = 32
+
 _LIBRARIES = frozenset({"numba", "numpy", "math", "cmath", "veda"})
 
 _PRELUDE = """\
@@ -331,6 +346,46 @@ def _segment_loop(ndim: int, lo: str, hi: str, stmt: str) -> str:
     return head + split + body
 
 
+def _serial_boundary(grow: str) -> str:
+    """At a boundary between two pieces of a serial loop: double ``grow`` while pieces are
+    cheap, and every POLL_TICKS run Python's pending signal handlers (a raising one ends the
+    launch with its exception).  ``_prev`` is 0 before the first boundary."""
+    return (
+        "_now = _veda_lang.cycles()\n"
+        "if _prev == 0:\n"
+        "    _tp = _now\n"
+        f"    {grow} *= 2\n"
+        "else:\n"
+        f"    if _now - _prev < {PIECE_GROW}:\n"
+        f"        {grow} *= 2\n"
+        f"    if _now - _tp >= {POLL_TICKS}:\n"
+        "        _tp = _now\n"
+        "        _veda_lang.raise_pending(_veda_lang.poll_signals())\n"
+        "_prev = _now\n"
+    )
+
+
+def _serial_loop(ndim: int, stmt: str) -> str:
+    """The serial loop over the whole domain in pieces of outermost indices, checking for
+    signals between pieces; within a piece the loops are the plain nested ranges."""
+    inner = " * ".join(f"n{d}" for d in range(1, ndim)) or "1"
+    loops = "for i0 in range(_lo, _hi):\n"
+    for d in range(1, ndim):
+        loops += " " * (4 * d) + f"for i{d} in range(n{d}):\n"
+    loops += " " * (4 * ndim) + f"{stmt}\n"
+    return (
+        f"_S = max(1, {SERIAL_PIECE} // max(1, {inner}))\n"
+        "_lo = 0\n_prev = 0\n_tp = 0\n"
+        "while True:\n"
+        "    _hi = min(_lo + _S, n0)\n"
+        f"{_indent(loops, 4)}"
+        "    if _hi >= n0:\n"
+        "        break\n"
+        "    _lo = _hi\n"
+        f"{_indent(_serial_boundary('_S'), 4)}"
+    )
+
+
 def _flat(ndim: int) -> str:
     if ndim == 1:
         return "i0"
@@ -423,12 +478,17 @@ def kernel_launchers(
         _segment_loop(ndim, "_lo", "_hi", find_stmt) + "return -1\n",
     )
 
+    # Counting blocks of a reduction between two signal checks: the first check comes after
+    # the first block (a one-block reduction never reads the clock), and none after the last.
+    block_check = (
+        "    _nb += 1\n"
+        "    if _nb >= _K and {more}:\n"
+        "        _nb = 0\n"
+        f"{_indent(_serial_boundary('_K'), 8)}"
+    )
+    block_counters = "_nb = 0\n_K = 1\n_prev = 0\n_tp = 0\n"
     if reduce is None:
-        loops = ""
-        for d in range(ndim):
-            loops += " " * (4 * d) + f"for i{d} in range(n{d}):\n"
-        loops += " " * (4 * ndim) + f"{inline_call}\n"
-        fn(f"_veda_cpu({dims}{args})", loops + "return None\n")
+        fn(f"_veda_cpu({dims}{args})", _serial_loop(ndim, inline_call) + "return None\n")
         fn(
             f"_veda_chunk(_lo, _hi, {dims}{args})",
             "try:\n"
@@ -473,7 +533,8 @@ def kernel_launchers(
         fn(
             f"_veda_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_acc = _ident\n_lo = 0\n_hi = {size}\n"
-            f"{inline_blocked}return _veda_np.full(1, _acc)\n",
+            f"{block_counters}{inline_blocked}{block_check.format(more='_blo < _hi')}"
+            "return _veda_np.full(1, _acc)\n",
         )
         fn(
             f"_veda_chunk(_acc, _lo, _hi, {dims}{args})",
@@ -560,10 +621,10 @@ def kernel_launchers(
         fn(
             f"_veda_det_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_NE = {size}\n"
-            f"_nb = (_NE + {B - 1}) // {B}\n"
-            "_p = _veda_np.full(max(_nb, 1), _ident)\n_blk_lo = 0\n_blk_hi = _nb\n"
-            f"{det_blocks}"
-            "return _veda_np.full(1, _veda_pairwise(_p, _nb, _ident))\n",
+            f"_nblk = (_NE + {B - 1}) // {B}\n"
+            "_p = _veda_np.full(max(_nblk, 1), _ident)\n_blk_lo = 0\n_blk_hi = _nblk\n"
+            f"{block_counters}{det_blocks}{block_check.format(more='_bi + 1 < _blk_hi')}"
+            "return _veda_np.full(1, _veda_pairwise(_p, _nblk, _ident))\n",
         )
         variants.append(
             (
@@ -582,43 +643,76 @@ def kernel_launchers(
             )
         )
     for name, head, init, w_init, chunk_code, rec, store, combine, returns in variants:
+        # Each chunk the schedule hands out, [_clo, _chi), is walked in pieces [_lo, _hi) that
+        # double while they are cheap (PIECE_GROW), so that a worker reaches a check often
+        # enough whatever the chunk; the worker on the launching thread runs Python's pending
+        # signal handlers every POLL_TICKS, and one that raised stops every worker at its next
+        # piece (_err[2]) and ends the launch with its exception.
+        piece = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
             f"{head}"
-            "_err = _veda_np.full(2, -1, _veda_np.int64)\n"
+            "_err = _veda_np.full(3, -1, _veda_np.int64)\n"
+            "_err[2] = 0\n"
             "_counter = _veda_np.zeros(1, _veda_np.int64)\n"
             "if _veda_mode == 3:\n"
             "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _C)\n"
             "else:\n"
             "    _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
+            "_caller = _veda_lang.thread_ident()\n"
             f"{init}"
             "for _w in _veda_numba.prange(_veda_T):\n"
             "    _k = 0\n"
+            "    _me = _veda_lang.thread_ident() == _caller\n"
+            f"    _S = {piece}\n"
+            "    _prev = _veda_lang.cycles()\n"
+            "    _tp = _prev\n"
             f"{w_init}"
             "    while True:\n"
             "        if _veda_mode == 0:\n"
             "            if _k > 0:\n"
             "                break\n"
-            "            _lo = _N * _w // _veda_T\n"
-            "            _hi = _N * (_w + 1) // _veda_T\n"
+            "            _clo = _N * _w // _veda_T\n"
+            "            _chi = _N * (_w + 1) // _veda_T\n"
             "        elif _veda_mode == 1:\n"
-            "            _lo = (_w + _k * _veda_T) * _C\n"
-            "            _hi = min(_lo + _C, _N)\n"
+            "            _clo = (_w + _k * _veda_T) * _C\n"
+            "            _chi = min(_clo + _C, _N)\n"
             "        elif _veda_mode == 2:\n"
-            "            _lo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
-            "            _hi = min(_lo + _C, _N)\n"
+            "            _clo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
+            "            _chi = min(_clo + _C, _N)\n"
             "        else:\n"
             "            _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
             "            if _c >= _bounds.shape[0] - 1:\n"
             "                break\n"
-            "            _lo = _bounds[_c]\n"
-            "            _hi = _bounds[_c + 1]\n"
-            "        if _lo >= _hi or _veda_lang.atomic_load(_err, 0) >= 0:\n"
+            "            _clo = _bounds[_c]\n"
+            "            _chi = _bounds[_c + 1]\n"
+            "        if _clo >= _chi:\n"
             "            break\n"
             "        _k += 1\n"
-            f"{_indent(chunk_code, 8)}"
-            f"{_indent(rec, 8)}"
+            "        _hi = _clo\n"
+            "        while _hi < _chi:\n"
+            "            if _veda_lang.atomic_load(_err, 0) >= 0:\n"
+            "                break\n"
+            "            if _veda_lang.atomic_load(_err, 2) != 0:\n"
+            "                break\n"
+            "            _lo = _hi\n"
+            "            _hi = min(_lo + _S, _chi)\n"
+            f"{_indent(chunk_code, 12)}"
+            f"{_indent(rec, 12)}"
+            "            _now = _veda_lang.cycles()\n"
+            f"            if _now - _prev < {PIECE_GROW} and _S < _N:\n"
+            "                _S *= 2\n"
+            "            _prev = _now\n"
+            f"            if _me and _now - _tp >= {POLL_TICKS}:\n"
+            "                _tp = _now\n"
+            "                if _veda_lang.poll_signals():\n"
+            "                    _veda_lang.atomic_store(_err, 2, 1)\n"
+            "        if _veda_lang.atomic_load(_err, 0) >= 0:\n"
+            "            break\n"
+            "        if _veda_lang.atomic_load(_err, 2) != 0:\n"
+            "            break\n"
             f"{store}"
+            "_veda_lang.raise_pending(_err[2])\n"
             f"{combine}"
             f"{returns}\n",
             pdec,

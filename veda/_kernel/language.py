@@ -21,6 +21,8 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
+from veda._hardware.signals import SIGNAL_MARK
+
 __all__ = ["atomic_add", "atomic_max", "atomic_min", "local_array"]
 
 # Pure-Python fallbacks are serialised by one lock, so they are atomic too.
@@ -499,3 +501,95 @@ def cycles(typingctx):  # type: ignore[no-untyped-def]
         return builder.call(fn, [])
 
     return types.int64(), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, array, index, value):  # type: ignore[no-untyped-def]
+    """Relaxed atomic store into an int64 flag that other workers read with :func:`atomic_load`."""
+    if not _is_counter(array):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        ptr = _element_pointer(context, builder, sig, args)
+        builder.store_atomic(val, ptr, "monotonic", 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+# Signals.  Python runs its signal handlers only when the main thread executes bytecode, and a
+# launch keeps the main thread in machine code.  The launchers therefore poll: every so often
+# the worker that runs on the launching thread takes the GIL and calls PyErr_CheckSignals,
+# which runs the pending handlers there, as the interpreter would between two bytecodes.  A
+# handler that raises (Python's default SIGINT handler raises KeyboardInterrupt) leaves its
+# exception set in the thread's state; the launcher stops its workers at their next chunk and
+# returns through Numba's "exception already set" status, so the exception reaches the caller
+# as it is.  No signal disposition is touched.  See docs/design.md, "Signals".
+
+
+@intrinsic
+def thread_ident(typingctx):  # type: ignore[no-untyped-def]
+    """The calling thread's ``threading.get_ident()`` (``PyThread_get_thread_ident``; no GIL)."""
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "PyThread_get_thread_ident")
+        return builder.call(fn, [])
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def poll_signals(typingctx):  # type: ignore[no-untyped-def]
+    """Run Python's pending signal handlers with the GIL taken for the call; 1 if one raised.
+
+    The exception then stays set in this thread's state for :func:`raise_pending`.  Only the
+    launching thread may call this (the state is that thread's).
+    """
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        pyapi = context.get_python_api(builder)
+        gil = pyapi.gil_ensure()
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "PyErr_CheckSignals")
+        status = builder.call(fn, [])
+        failed = builder.icmp_signed("!=", status, ir.Constant(ir.IntType(32), 0))
+        with builder.if_then(failed, likely=False):
+            # Mark the exception as a signal handler's (SIGNAL_MARK), so that the launch path
+            # does not take it for the kernel body's: fetch, normalise, mark, restore.
+            slots = [cgutils.alloca_once(builder, pyapi.pyobj) for _ in range(3)]
+            pyapi.err_fetch(*slots)
+            norm = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [pyapi.pyobjptr] * 3),
+                "PyErr_NormalizeException",
+            )
+            builder.call(norm, slots)
+            value = builder.load(slots[1])
+            with builder.if_then(cgutils.is_not_null(builder, value)):
+                true = pyapi.bool_from_bool(ir.Constant(ir.IntType(1), 1))
+                pyapi.object_setattr_string(value, SIGNAL_MARK, true)
+                pyapi.decref(true)
+            pyapi.err_clear()  # a failed setattr's error, if any; the exception is in hand
+            pyapi.err_restore(*(builder.load(slot) for slot in slots))
+        pyapi.gil_release(gil)
+        return builder.zext(failed, ir.IntType(64))
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def raise_pending(typingctx, flag):  # type: ignore[no-untyped-def]
+    """When ``flag`` is non-zero, return from the enclosing launcher with the exception that
+    :func:`poll_signals` left set (Numba's status for "a Python exception is set")."""
+    if not isinstance(flag, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        zero = context.get_constant(sig.args[0], 0)
+        with builder.if_then(builder.icmp_signed("!=", args[0], zero), likely=False):
+            context.call_conv.return_exc(builder)
+        return context.get_dummy_value()
+
+    return types.none(flag), codegen

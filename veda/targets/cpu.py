@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from veda._hardware import cpu as hw
+from veda._hardware.signals import from_signal_handler, unwrap_interrupt
 from veda._kernel.codegen import MODE_CODES
 from veda._kernel.runtime import read_cycles
 from veda._registry import Profiler, Target
@@ -129,6 +130,11 @@ class CPUTarget(Target):
             except VedaError:
                 raise
             except Exception as exc:
+                interrupt = unwrap_interrupt(exc)
+                if interrupt is not exc:
+                    raise interrupt from None
+                if from_signal_handler(exc):  # a signal handler's exception, not the body's
+                    raise
                 form.refuse_device_arguments(args, "cpu")
                 cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
                 index = _failing_index(module, size, dims, args)
@@ -226,18 +232,24 @@ class ParallelTarget(Target):
         in_flight, region_lock = hw.in_flight, hw.region_lock
 
         def run(args: tuple[Any, ...]) -> Any:
+            # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
+            # change is made by the first call inside the ``try`` that undoes it, and each undo
+            # is one call in its own ``finally``: when this returns or raises, the in-flight
+            # count and this thread's Numba thread count are as they were.
             threads = wanted
-            if shared:
-                # Launches the dispatcher sized share the cores with the other veda parallel
-                # launches in flight instead of oversubscribing them.
-                in_flight.append(None)
-                threads = max(1, wanted // len(in_flight))
-            # The region runs on as many workers as this Python thread's Numba thread count:
-            # set it for the launch (also right in a newly started thread), then restore it.
-            previous = get_threads()
-            if previous != threads:
-                set_threads(threads)
+            previous = 0  # the thread count to restore; 0 until the count was read
             try:
+                if shared:
+                    # Launches the dispatcher sized share the cores with the other veda
+                    # parallel launches in flight instead of oversubscribing them.
+                    in_flight.append(None)
+                    threads = max(1, wanted // len(in_flight))
+                # The region runs on as many workers as this Python thread's Numba thread
+                # count: set it for the launch (also right in a newly started thread), then
+                # restore it.
+                previous = get_threads()
+                if previous != threads:
+                    set_threads(threads)
                 if serialise:
                     with region_lock:
                         out = fn(*dims, threads, mode, chunk, *args)
@@ -245,14 +257,21 @@ class ParallelTarget(Target):
                     out = fn(*dims, threads, mode, chunk, *args)
             except VedaError:
                 raise
-            except Exception:
+            except Exception as exc:
+                interrupt = unwrap_interrupt(exc)
+                if interrupt is not exc:
+                    raise interrupt from None
+                if from_signal_handler(exc):  # a signal handler's exception, not the body's
+                    raise
                 form.refuse_device_arguments(args, "parallel")
                 raise
             finally:
-                if previous != threads:
-                    set_threads(previous)
-                if shared:
-                    in_flight.pop()
+                try:
+                    if previous and previous != threads:
+                        set_threads(previous)
+                finally:
+                    if shared:
+                        in_flight.pop()
             if profiler is not None:
                 result, lo, hi, busy, chunks = out
                 profiler.profile(busy, chunks, tick)
