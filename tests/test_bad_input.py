@@ -6,6 +6,8 @@ each bad value raises its specific veda error, and the message names the argumen
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -720,3 +722,39 @@ def test_bad_input_is_refused_by_name(call, error, word):
 def test_the_matrix_is_large():
     assert len(MATRIX) >= 60
     assert len({m[0] for m in MATRIX}) == len(MATRIX)
+
+
+# -- found by an adversarial review ------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_record_never_replaces_a_device_file():
+    with pytest.raises(veda.ReplayError, match="not a regular file"):
+        with veda.record("/dev/null"):
+            pass
+    assert not os.path.isfile("/dev/null")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_replay_refuses_what_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    with pytest.raises(veda.ReplayError, match="not a regular file"):
+        veda.replay(fifo)  # a reader would block: never opened for a blocking read
+
+
+def test_replay_of_json_nested_too_deep_is_a_replay_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(veda.ReplayError, match="not valid JSON"):
+        veda.replay(path)
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_a_masked_array_is_refused_naming_the_argument(target):
+    @veda.kernel
+    def copy_in(i, x, out):
+        out[i] = x[i]
+
+    with pytest.raises(veda.LaunchError, match="argument 'x'.*masked"):
+        veda.launch(copy_in, 3, np.ma.array([1.0, 2.0, 3.0]), np.zeros(3), target=target)

@@ -24,6 +24,7 @@ import contextvars
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import weakref
 from typing import Any
@@ -129,6 +130,15 @@ class record(Interceptor):
         directory = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path):
             raise ReplayError(f"cannot write the record to {self.path!r}: it is a directory")
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            pass
+        else:  # the file is replaced at the end: never a device, a FIFO or a socket
+            if not stat.S_ISREG(st.st_mode):
+                raise ReplayError(
+                    f"cannot write the record to {self.path!r}: it is not a regular file"
+                )
         if not os.path.isdir(directory):
             raise ReplayError(
                 f"cannot write the record to {self.path!r}: {directory} is not a directory"
@@ -191,17 +201,39 @@ class record(Interceptor):
             raise ReplayError(f"cannot write the record to {self.path!r}: {exc}") from exc
 
 
+#: The largest record replay reads (a record of a million launches is about 150 MB).
+MAX_RECORD_BYTES = 1 << 30
+
+
+def _read_record(path: str) -> bytes:
+    """The bytes of a record file: a regular file (a FIFO or a device would block or never
+    end), of at most :data:`MAX_RECORD_BYTES`."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReplayError(f"cannot read the record {path!r}: it is not a regular file")
+        if st.st_size > MAX_RECORD_BYTES:
+            raise ReplayError(
+                f"the record {path!r} is {st.st_size} bytes, more than a record can be "
+                f"({MAX_RECORD_BYTES} bytes)"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+
+
 class replay(Interceptor):
     """Force the decisions recorded in ``path``; raise at the first launch that diverges."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _path(path, "replay")
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                doc = json.load(fh)
+            doc = json.loads(_read_record(self.path).decode("utf-8"))
         except OSError as exc:
             raise ReplayError(f"cannot read the record {self.path!r}: {exc}") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError, nesting
             raise ReplayError(f"the record {self.path!r} is not valid JSON ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ReplayError(f"{self.path!r} is not a veda record")

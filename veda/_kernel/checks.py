@@ -51,6 +51,8 @@ def _dtype_problem(dt: np.dtype[Any], where: str) -> str | None:
 def _arg_problem(value: Any, device: bool = False) -> str | None:
     """Why ``value`` cannot be a kernel argument, or None; ``device``: on the GPU target,
     which also takes GPU arrays."""
+    if isinstance(value, np.ma.MaskedArray):
+        return "masked arrays are not supported; pass np.asarray(x) or x.filled(fill_value)"
     if isinstance(value, np.ndarray):
         return _dtype_problem(value.dtype, "the GPU" if device else "the CPU")
     if isinstance(value, np.generic):
@@ -90,7 +92,8 @@ GPU_ARRAY_ON_CPU = (
 def refuse_device_arguments(
     kernel_name: str, names: Sequence[str], args: Sequence[Any], target: str
 ) -> None:
-    """Raise a clear error when a CPU launch failed because an argument lives on the GPU.
+    """Raise a clear error when a CPU launch failed because of an argument: one that lives on
+    the GPU, or one no target can take.
 
     Called only after a CPU launch failed, so it costs nothing on the launch path.
     """
@@ -100,6 +103,8 @@ def refuse_device_arguments(
                 f"kernel {kernel_name!r}: argument {name!r} is {_describe(value)}, a GPU array, "
                 f"on target {target!r}; {GPU_ARRAY_ON_CPU}"
             )
+    # Arguments Numba could not even type (a masked array) fail before any compile hook runs.
+    check_arguments(kernel_name, names, args)
 
 
 def check_arguments(
