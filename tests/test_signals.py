@@ -447,3 +447,52 @@ def test_an_interrupt_after_any_call_in_the_parallel_runner_leaves_no_state():
             assert len(hw.in_flight) == 0, offset
     finally:
         numba.set_num_threads(before)
+
+
+COMPILE_INTERRUPT = """
+import sys, time
+import numpy as np
+import veda
+
+@veda.kernel
+def fresh(i, x, out):
+    out[i] = 3.0 * x[i] + 1.0
+
+x, out = np.arange(1000.0), np.zeros(1000)
+print("ready", flush=True)
+try:
+    veda.launch(fresh, 1000, x, out, target="cpu")  # the first launch compiles
+    print("launched", flush=True)
+    time.sleep(3)  # an interrupt that came after the launch arrives here
+    print("lost", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+veda.launch(fresh, 1000, x, out, target="cpu")
+print("after", bool((out == 3.0 * x + 1.0).all()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.5, 0.8])
+def test_ctrl_c_during_a_first_compile_is_never_lost(tmp_path, delay):
+    """A SIGINT that lands in llvmlite's callbacks during a compile used to be printed and
+    dropped; now it is held to the end of the compile and raised there (or, if it came after
+    the launch, in the code that follows)."""
+    script = tmp_path / "compile_interrupt.py"
+    script.write_text(COMPILE_INTERRUPT)
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = out.splitlines()
+    assert "lost" not in lines, out + err
+    assert "interrupted" in lines, out + err
+    assert "after True" in lines, out + err

@@ -23,6 +23,7 @@ import numpy as np
 from numba.core import errors as numba_errors
 
 from veda._hardware.gpu import is_device_array
+from veda._hardware.signals import held_interrupts
 from veda._kernel import cache as _cache
 from veda.errors import KernelDefinitionError, LaunchError, VedaError
 
@@ -301,7 +302,10 @@ def install_compile_hook(
         hits = sum(dispatcher.stats.cache_hits.values())
         start = time.perf_counter()
         try:
-            result = original(*args, **kws)
+            # Ctrl-C during a compile is held to its end: raised inside one of llvmlite's
+            # ctypes callbacks it would be printed and lost, and the launch would run on.
+            with held_interrupts():
+                result = original(*args, **kws)
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, who.name, names, user_args) from None
         end = time.perf_counter()
