@@ -22,7 +22,7 @@ LAUNCH = st.one_of(
         }
     ),
 )
-PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @veda.kernel
