@@ -361,13 +361,13 @@ def harden(module: types.ModuleType) -> None:
         if getattr(getattr(py_func, "__code__", None), "co_filename", None) != path:
             continue
         try:
-            if type(value).__module__.startswith("numba.cuda"):  # numba-cuda's own cache
-                if hasattr(value, "enable_caching"):
-                    value.enable_caching()
-            elif _HAVE_CACHE_API and isinstance(value, numba.core.dispatcher.Dispatcher):
+            cpu = isinstance(value, numba.core.dispatcher.Dispatcher)
+            if cpu and _HAVE_CACHE_API and not type(value).__module__.startswith("numba.cuda"):
                 cache = _KernelCache(py_func)
                 cache._cache_file.__class__ = _CheckedFile
                 value._cache = cache
+            elif hasattr(value, "enable_caching"):  # numba-cuda's, or Numba's plain cache
+                value.enable_caching()
         except Exception as exc:
             _files.warn_once(
                 f"attach:{path}",
