@@ -4,7 +4,9 @@ Targets (issue 13):
 
 * ``veda.submit(k, ...).result()`` of an (almost) empty kernel launch, against the same launch
   through ``concurrent.futures.ThreadPoolExecutor`` and an asyncio ``create_task`` (shown for
-  scale: no target);
+  scale: no target).  ``result()`` runs a task that no worker has started in the waiting
+  thread; ``veda_submit_worker_wait`` shows the hand-over to a worker and back (waited for
+  with ``concurrent.futures.wait``, which never does that);
 * trivial ``veda.spawn`` tasks: at least 50,000 per second, submit to last result;
 * a saturated queue (tasks arriving 1.5x faster than they drain, half HIGH, half BACKGROUND,
   for 2 s: shorter than the aging horizon of docs/tasks.md, after which BACKGROUND competes):
@@ -24,7 +26,7 @@ import gc
 import math
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -60,10 +62,17 @@ def _latency(calls: int, rounds: int) -> dict[str, float]:
         for _ in range(n):
             await veda.launch_async(touch, 1, out, target="cpu")
 
+    def handed_over(n: int) -> None:
+        # concurrent.futures.wait never runs a task in the waiting thread: this is the hand-over
+        # to a worker and back, which .result() skips for a task that has not started.
+        for _ in range(n):
+            wait([veda.submit(touch, 1, out, target="cpu")])
+
     fns = {
         "veda_submit_result": lambda n: [
             veda.submit(touch, 1, out, target="cpu").result() for _ in range(n)
         ],
+        "veda_submit_worker_wait": handed_over,
         "thread_pool_submit_result": lambda n: [
             pool.submit(veda.launch, touch, 1, out, target="cpu").result() for _ in range(n)
         ],

@@ -492,7 +492,7 @@ def test_an_interceptor_whose_hook_raises_is_named(hook, target):
             veda.launch(fill, x.size, x, 1.0, target=target)
         assert isinstance(info.value.__cause__, ZeroDivisionError)
         assert counting.started == counting.ended  # those that saw it start saw it end
-        assert hw.in_flight == []
+        assert hw.budget.in_flight() == 0
         assert (x == 1.0).all() == (hook == "end")  # it ran only if it got that far
     finally:
         remove_interceptor(bad)

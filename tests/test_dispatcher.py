@@ -412,7 +412,8 @@ def test_dispatcher_sized_launches_share_cores_with_launches_in_flight():
     alone = ParallelTarget().prepare(form, (4096,), decision, options, None, shared=True)
     alone((out,))
     assert len(set(out.tolist())) == 2
-    hw.in_flight.append(None)  # another dispatcher-sized launch is running
+    other = hw.Grant()  # another dispatcher-sized launch holds all threads but one
+    assert hw.budget.take(other, veda.max_threads() - 1) == veda.max_threads() - 1
     try:
         alone((out,))
         assert len(set(out.tolist())) == 1
@@ -420,7 +421,39 @@ def test_dispatcher_sized_launches_share_cores_with_launches_in_flight():
         explicit((out,))
         assert len(set(out.tolist())) == 2  # an explicit threads= is never lowered
     finally:
-        hw.in_flight.pop()
+        hw.budget.give(other)
+    assert hw.budget.in_flight() == 0 and hw.budget.lent() == 0
+
+
+@pytest.mark.skipif(veda.max_threads() < 2, reason="needs two threads")
+def test_an_exploring_launch_on_a_smaller_share_is_not_credited_to_its_candidate(tmp_path):
+    from veda._hardware import cpu as hw
+
+    @veda.kernel
+    def shared_explore(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(300_000)
+    other = hw.Grant()  # another launch holds all the machine's threads but one
+    hw.budget.take(other, veda.max_threads() - 1)
+    try:
+        with veda.config(cache_dir=str(tmp_path)):  # no tuning cache of an earlier run
+            for _ in range(6):  # fewer than the launches in a row it does not credit
+                veda.launch(shared_explore, x.size, x, target="parallel")
+            (entry,) = [
+                e for e in _dispatch.dispatcher.entries.values() if "shared_explore" in e.key
+            ]
+            credited = {d: t.samples for d, t in entry.tuner.trials.items() if t.samples}
+            assert not any(d.threads > 1 for d in credited), credited
+            # A machine that stays shared is what the kernel runs on: exploring still ends.
+            for _ in range(200):
+                veda.launch(shared_explore, x.size, x, target="parallel")
+                if entry.tuner.choice is not None:
+                    break
+    finally:
+        hw.budget.give(other)
+    assert entry.tuner.choice is not None
+    assert (x == x[0]).all() and x[0] >= 7
 
 
 def test_snapshot_shows_the_decisions():

@@ -152,7 +152,7 @@ for case, run in CASES:
     except BaseException as exc:
         kind = type(exc).__name__
     report(case=case, kind=kind, seconds=time.perf_counter() - t0,
-           threads=numba.get_num_threads(), before=threads, in_flight=len(hw.in_flight))
+           threads=numba.get_num_threads(), before=threads, in_flight=hw.budget.in_flight())
 x = np.arange(1e6); y = np.ones(x.size); o = np.empty_like(x)
 saxpy[x.size](2.0, x, y, o)
 report(case="after", right=bool(np.array_equal(o, 2.0 * x + y)), workers=workers_used())
@@ -221,7 +221,7 @@ for _ in range(1000):
     except KeyboardInterrupt:
         pass
 report(kinds=kinds, threads=numba.get_num_threads(), before=threads,
-       in_flight=len(hw.in_flight), workers=workers_used(),
+       in_flight=hw.budget.in_flight(), workers=workers_used(),
        right=bool(np.allclose(slow_sum[4096](64), sum(
            sum(math.sqrt(k + i) for k in range(64)) for i in range(4096)))),
        saxpy_right=(saxpy[n](2.0, x, y, o), bool(np.array_equal(o, 2.0 * x + y)))[1])
@@ -283,7 +283,7 @@ for target in ("parallel", "cpu"):
     except BaseException as exc:
         kind, message = type(exc).__name__, str(exc)
     report(case=f"stopping-{target}", kind=kind, message=message,
-           seconds=time.perf_counter() - t0, in_flight=len(hw.in_flight))
+           seconds=time.perf_counter() - t0, in_flight=hw.budget.in_flight())
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 ready("ignored")
 t0 = time.perf_counter()
@@ -444,7 +444,7 @@ def test_an_interrupt_after_any_call_in_the_parallel_runner_leaves_no_state():
             finally:
                 sys.settrace(None)
             assert numba.get_num_threads() == 1, offset
-            assert len(hw.in_flight) == 0, offset
+            assert hw.budget.in_flight() == 0, offset
     finally:
         numba.set_num_threads(before)
 

@@ -251,6 +251,7 @@ class Entry:
         "review_at",
         "runner",
         "runners",
+        "shorted",
         "size",
         "times",
         "tuning",
@@ -278,6 +279,8 @@ class Entry:
         #: and the review they brought forward (see :func:`_compiled_in_launch`).
         self.debts: dict[int, float] | None = None
         self.resume_review_at = _FOLD_AT
+        #: Exploring launches in a row that ran on a smaller share of threads than they chose.
+        self.shorted = 0
 
 
 def _checked_runner(
@@ -607,7 +610,17 @@ class Kernel(KernelDefinition):
             return self._timed(entry, args, watchers)
         decision = tuner.next()
         self._bind(entry, decision, args)
+        budget = _hw_cpu.budget
+        budget.shorted()  # forget an earlier launch's shortfall
         result = self._timed(entry, args, watchers)
+        if budget.shorted() and entry.shorted < _SHORTED_RETRIES:
+            # Other parallel launches held part of the machine: this one ran on fewer threads
+            # than the candidate has, so its time is not the candidate's; the tuner asks for
+            # the same candidate again (a few times: a machine that stays shared is what
+            # the kernel will run on, and exploring must end).
+            entry.shorted += 1
+            return result
+        entry.shorted = 0
         imbalance = math.nan
         series = entry.recorder.series if entry.recorder is not None else None
         if entry.cfg.profile and series is not None and series.profiled:
@@ -653,6 +666,8 @@ class Kernel(KernelDefinition):
 
 
 _debt_lock = threading.Lock()
+#: Exploring launches in a row on a smaller share that the tuner does not credit (Entry.shorted).
+_SHORTED_RETRIES = 8
 
 
 def _compiled_in_launch(frame: Any, seconds: float) -> None:

@@ -81,9 +81,103 @@ _layer: str | None = None
 region_lock = threading.Lock()
 #: Whether parallel regions must hold :data:`region_lock` (set with the layer).
 serialise = False
-#: One item per parallel launch in flight whose thread count the dispatcher chose (list.append
-#: and list.pop are atomic under the GIL): such launches share the cores.
-in_flight: list[None] = []
+
+
+class Grant:
+    """The threads a :class:`ThreadBudget` lent one launch (0 until it has them)."""
+
+    __slots__ = ("threads",)
+
+    def __init__(self) -> None:
+        self.threads = 0
+
+
+class ThreadBudget:
+    """The machine's threads (:func:`max_threads`), lent to the parallel launches whose thread
+    count the dispatcher chose, so that launches running at once from several Python threads
+    (tasks, say) share the cores instead of oversubscribing them.
+
+    A launch asks for the threads its decision wants and gets as many as are free; when none
+    is free it waits until a launch in flight gives its threads back.  So the threads lent add
+    up to at most the machine, and a launch that finds the machine busy runs after the others
+    rather than beside them.  Launches never wait on each other otherwise (a kernel cannot
+    launch another), so this cannot deadlock.
+
+    Interrupt-safe: a ``KeyboardInterrupt`` is raised between bytecodes, on entry to a Python
+    function or after a call returns, never inside a call of a C function.  So :meth:`take`
+    registers the caller's :class:`Grant` first and then records the threads in it with one
+    store, and a launch gives its grant back with one call of ``set.discard`` (:attr:`give`,
+    not a Python method): whatever is interrupted, nothing stays lent.  A waiter that misses
+    the wake-up of an interrupted giver looks again within :data:`POLL` seconds.
+
+    Examples
+    --------
+    >>> budget = ThreadBudget(total=lambda: 4)
+    >>> a, b, c = Grant(), Grant(), Grant()
+    >>> budget.take(a, 3), budget.take(b, 3), budget.lent()
+    (3, 1, 4)
+    >>> budget.give(a); budget.take(c, 2), budget.lent()
+    (2, 3)
+    """
+
+    #: Seconds between two looks of a waiting launch.
+    POLL = 0.005
+
+    def __init__(self, total: Any = None) -> None:
+        self._total = max_threads if total is None else total
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also a forked child's fresh start: the parent's launches in flight do not exist there.
+        self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
+        self._grants: set[Grant] = set()
+        #: Give a grant back (nothing, if :meth:`take` never finished): one C call.
+        self.give = self._grants.discard
+        self._waiting = 0
+        self._short = threading.local()
+
+    def lent(self) -> int:
+        """Threads lent to the launches in flight now."""
+        return sum(g.threads for g in self._grants.copy())  # copy: atomic, gives run lock-free
+
+    def in_flight(self) -> int:
+        """Launches holding (or waiting for) threads now."""
+        return len(self._grants)
+
+    def take(self, grant: Grant, wanted: int) -> int:
+        """Lend up to ``wanted`` threads to ``grant`` (waiting while none is free); returns
+        how many."""
+        with self._lock:
+            self._grants.add(grant)
+            while True:
+                free = self._total() - self.lent()
+                if free > 0:
+                    grant.threads = min(wanted, free)
+                    if grant.threads < wanted:
+                        self._short.launch = True
+                    return grant.threads
+                self._waiting += 1
+                try:
+                    self._returned.wait(self.POLL)
+                finally:
+                    self._waiting -= 1
+
+    def wake(self) -> None:
+        """After :attr:`give`: wake the launches waiting for threads, if any."""
+        if self._waiting:
+            with self._lock:
+                self._returned.notify_all()
+
+    def shorted(self) -> bool:
+        """Whether a launch of the calling thread got fewer threads than it asked for since
+        the last call (which clears it).  The dispatcher does not credit an exploring launch
+        that ran on a share smaller than its candidate's thread count to that candidate."""
+        return bool(self._short.__dict__.pop("launch", False))
+
+
+#: The budget of the parallel launches whose thread count the dispatcher chose.
+budget = ThreadBudget()
 
 # Numba's thread count is per Python thread and its public setter validates at some cost
 # (about 1.9 us per call here); once the pool is up, veda uses the unchecked getter and setter
@@ -123,6 +217,7 @@ _forked_with: str | None = None
 
 def _after_fork_in_child() -> None:
     global _forked_with
+    budget._reset()
     layer = _layer
     if layer is None:  # the pool may have been started outside veda (a user's own prange)
         try:

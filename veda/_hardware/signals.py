@@ -57,16 +57,23 @@ class held_interrupts:
     ``signal.signal`` calls (about 0.5 us): only for paths that are not taken every launch.
     Outside the main thread (where Python never runs handlers) and when SIGINT has no Python
     handler (``SIG_IGN``, ``SIG_DFL``, or one installed from C), it does nothing.
+
+    While :attr:`open` is true, a SIGINT runs the installed handler at once, as if nothing
+    were held: a block that holds interrupts around user code it runs sets it (with plain
+    stores, which no signal handler can come between) just around that code.
     """
 
-    __slots__ = ("_caught", "_previous")
+    __slots__ = ("_caught", "_previous", "open")
 
     def __init__(self) -> None:
         self._previous: Any = None
         self._caught: tuple[int, FrameType | None] | None = None
+        self.open = False
 
     def _note(self, signum: int, frame: FrameType | None) -> None:
-        if self._caught is None:
+        if self.open and self._previous is not None:
+            self._previous(signum, frame)
+        elif self._caught is None:
             self._caught = (signum, frame)
 
     def __enter__(self) -> held_interrupts:

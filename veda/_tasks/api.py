@@ -29,7 +29,7 @@ from veda.errors import TaskError
 from veda.telemetry import _snapshot
 
 if sys.version_info < (3, 11):
-    from exceptiongroup import ExceptionGroup
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "FALLBACK_ORDER",
@@ -268,7 +268,7 @@ def _kernel_call(
 def _queue(
     where: str,
     what: Any,
-    call: Callable[[], Any],
+    call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None],
     priority: Any,
     deadline: Any,
     timeout: Any,
@@ -280,10 +280,11 @@ def _queue(
     wait = None if timeout is None else _timeout(where, timeout)
     due = None if deadline is None else _deadline(where, deadline)
     ex = _current or current()
-    task = Task(ex, level, due, what)
-    ctx = contextvars.copy_context()  # the submitter's veda.config scopes apply to the task
-    run = functools.partial(ctx.run, call)
-    if not ex.put(task, run, get_config().max_pending, wait, block, quiet):
+    fn, args, kwargs = call
+    # The submitter's context: its veda.config scopes (and other context variables) apply.
+    task = Task(ex, level, due, what, fn, args, kwargs, contextvars.copy_context())
+    if not ex.put(task, get_config().max_pending, wait, block, quiet):
+        task._drop()
         return None
     return task
 
@@ -296,7 +297,7 @@ def _prepare_submit(
     on_error: Any,
     retries: Any,
     overrides: dict[str, Any],
-) -> tuple[Any, Callable[[], Any]]:
+) -> tuple[Any, tuple[Callable[[], Any], tuple[()], None]]:
     if not isinstance(k, Kernel):
         raise TaskError(f"{where}: kernel must be a @veda.kernel, not {k!r}")
     attempts = _attempts(where, on_error, retries, fallback=True)
@@ -305,18 +306,18 @@ def _prepare_submit(
         validate_launch_overrides(given)
     k[domain]  # refuse a bad domain now, in the submitter (a veda.LaunchError)
     call = _kernel_call(current(), k, domain, args, given, attempts, on_error == "fallback")
-    return k, call
+    return k, (call, (), None)
 
 
 def _prepare_spawn(
     where: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], on_error: Any, retries: Any
-) -> tuple[Any, Callable[[], Any]]:
+) -> tuple[Any, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]]:
     if not callable(fn):
         raise TaskError(f"{where}: fn must be callable, not {fn!r}")
-    call = functools.partial(fn, *args, **kwargs)
     if on_error == "raise" and retries is None:
-        return fn, call
-    return fn, _retrying(current(), _attempts(where, on_error, retries, fallback=False), call)
+        return fn, (fn, args, kwargs)
+    attempts = _attempts(where, on_error, retries, fallback=False)
+    return fn, (_retrying(current(), attempts, functools.partial(fn, *args, **kwargs)), (), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,7 +639,11 @@ class Scope:
             self.cancel()
         self._close()
         try:
-            current().wait_for((self._all_done,))
+            ex = current()
+            with self._lock:
+                children = list(self._children)
+            ex.run_awaited(children)  # those not started yet run here, in the waiting thread
+            ex.wait_for((self._all_done,))
         except KeyboardInterrupt:
             self.cancel()
             raise
@@ -675,7 +680,8 @@ class Scope:
         n = len(errors)
         if exc is not None:
             errors.insert(0, exc)
-        raise ExceptionGroup(
+        # An ExceptionGroup, or a BaseExceptionGroup where a child raised KeyboardInterrupt.
+        raise BaseExceptionGroup(
             f"veda.scope: {n} of {len(children)} task{'s' if len(children) != 1 else ''} failed",
             errors,
         )

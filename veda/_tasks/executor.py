@@ -20,19 +20,25 @@ future's callbacks may take the lock).
 
 from __future__ import annotations
 
+import _thread
 import concurrent.futures
+import contextvars
 import dataclasses
 import heapq
+import itertools
 import math
 import os
 import queue
 import threading
+import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from time import monotonic
 from typing import Any
 
-from veda._tasks.queue import AGE_STEP, Item, Priority, TaskQueue
+from veda._hardware.signals import held_interrupts
+from veda._tasks.queue import AGE_STEP, Priority, TaskQueue
 from veda.errors import DeadlineExceeded, QueueFull, ShutdownError
 from veda.telemetry._histogram import LogHistogram
 
@@ -72,12 +78,93 @@ def _wait_interruptibly(pending: list[Future[Any]], timeout: float | None) -> No
         pending = list(not_done)
 
 
+_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+
+
+def _settle(lock: Any) -> None:
+    """Before ``with lock``: while another thread holds ``lock``, yield the GIL to it (up to 32
+    times) instead of blocking on the lock at once.
+
+    A thread that blocks on a contended ``threading.Lock`` is woken *owning* it, and then
+    waits for the GIL; the thread that holds the GIL soon wants the lock again and must block
+    in turn.  Once started, this convoy hands the GIL over at every entry to the lock: it
+    measured one context switch per task, and 35,000 trivial tasks per second against 60,000
+    to 75,000 with this (bench/bench_tasks.py, 2 cores).  The holder of the executor's lock
+    needs the GIL to leave its (pure Python) critical section, so yielding lets it; a thread
+    then takes the lock holding the GIL, which keeps the convoy from starting.  The lock
+    itself stays a plain ``threading.Lock`` taken by ``with``, whose acquire and release run
+    in C: a ``KeyboardInterrupt`` cannot leave it half taken.
+    """
+    for _ in range(32):
+        if not lock.locked():
+            return
+        _yield()
+
+
+class _Condition(_thread.RLock):  # type: ignore[misc]
+    """The condition of a :class:`Task`: what ``threading.Condition`` does for a future, in one
+    object instead of eight.
+
+    ``threading.Condition`` keeps its lock's bound methods and a deque of waiters as attributes:
+    eight objects that the garbage collector tracks, per future.  A program that holds 50,000
+    futures at once then spends more time in collections than in its tasks (10-25 us per task
+    here, bench/bench_tasks.py).  This is the lock itself (a C ``RLock``: acquire, release and
+    ``with`` run in C) with, once somebody waits, a list of waiters: the subset of the
+    Condition interface that ``concurrent.futures`` uses on a future's ``_condition``.
+    """
+
+    __slots__ = ("_waiters",)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        waiter = _allocate_lock()
+        waiter.acquire()
+        waiters: list[Any] | None = getattr(self, "_waiters", None)
+        if waiters is None:
+            waiters = []
+            self._waiters = waiters
+        waiters.append(waiter)
+        saved = self._release_save()  # type: ignore[attr-defined]
+        woken = False
+        try:
+            if timeout is None:
+                woken = waiter.acquire()
+            else:
+                woken = waiter.acquire(True, timeout) if timeout > 0 else waiter.acquire(False)
+            return woken
+        finally:
+            self._acquire_restore(saved)  # type: ignore[attr-defined]
+            if not woken:
+                try:
+                    waiters.remove(waiter)
+                except ValueError:  # notified between the timeout and here
+                    pass
+
+    def notify_all(self) -> None:
+        waiters = getattr(self, "_waiters", None)
+        if waiters:
+            for waiter in waiters:
+                waiter.release()
+            waiters.clear()
+
+
+#: What ``Future.__init__`` sets.  Task sets the same itself (with a :class:`_Condition`),
+#: where this Python's Future sets exactly these; otherwise it calls ``Future.__init__``.
+_FUTURE_FIELDS = {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
+_SLIM_FUTURE = set(Future().__dict__) == _FUTURE_FIELDS
+_PENDING = Future()._state
+_FINISHED = concurrent.futures._base.FINISHED
+_seq = itertools.count()
+
+
 class Task(Future[Any]):
     """A veda task: a :class:`concurrent.futures.Future` with a priority and a deadline.
 
     Cancelling a task that has not started takes it out of the queue at once.  Waiting on it
     (:meth:`result`, :meth:`exception`) from a veda worker runs other queued tasks meanwhile;
     a ``KeyboardInterrupt`` while waiting cancels the task if it has not started.
+
+    A task is also its own entry in the executor's queue (the attributes of
+    :class:`veda._tasks.queue.Item`), and holds what it runs until it starts.
 
     Attributes
     ----------
@@ -89,14 +176,50 @@ class Task(Future[Any]):
     """
 
     def __init__(
-        self, executor: Executor, priority: Priority, deadline: float | None, what: Any
+        self,
+        executor: Executor,
+        priority: Priority,
+        deadline: float | None,
+        what: Any,
+        fn: Callable[..., Any] | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        context: contextvars.Context | None = None,
     ) -> None:
-        super().__init__()
+        if _SLIM_FUTURE:
+            self._condition = _Condition()  # type: ignore[assignment]
+            self._state = _PENDING
+            self._result = None
+            self._exception = None
+            self._waiters: list[Any] = []
+            self._done_callbacks: list[Any] = []
+        else:  # pragma: no cover - a Python whose Future has other fields
+            super().__init__()
         self._executor = executor
         self.priority = priority
+        self.level: int = priority
         self.deadline = deadline
         self._what = what
-        self._item: Item | None = None
+        # The queue's fields (veda._tasks.queue.Item); "taken" until it is queued.
+        self.enqueued = 0.0
+        self.seq = next(_seq)
+        self.taken = True
+        # What it runs: context.run(fn, *args, **kwargs); dropped when it starts.
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self._context = context
+        self._watch: list[Any] | None = None  # its entry in the executor's deadline heap
+
+    def _drop(self) -> None:
+        """Forget what it runs (started, cancelled or expired): no reference cycle through a
+        closure is left for the garbage collector to find, and the executor's deadline watch
+        lets go of it."""
+        self._fn = self._args = self._kwargs = self._context = None  # type: ignore[assignment]
+        watch = self._watch
+        if watch is not None:
+            watch[2] = None
+            self._watch = None
 
     @property
     def name(self) -> str:
@@ -106,17 +229,23 @@ class Task(Future[Any]):
         return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
 
     def cancel(self) -> bool:
-        if super().cancel():
-            self._executor._discard(self)
+        with held_interrupts():  # Ctrl-C must not leave it cancelled but not notified
+            if not super().cancel():
+                return False
+            if self._executor._discard(self):
+                # Out of the queue: no worker will see it, so it is notified here, as a worker
+                # would (concurrent.futures.wait and as_completed count it done only then).
+                self.set_running_or_notify_cancel()
             return True
-        return False
 
     def result(self, timeout: float | None = None) -> Any:
-        self._wait(timeout)
+        if self._state != _FINISHED:
+            self._wait(timeout)
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._wait(timeout)
+        if self._state != _FINISHED:
+            self._wait(timeout)
         return super().exception(timeout=0)
 
     def _wait(self, timeout: float | None) -> None:
@@ -124,9 +253,13 @@ class Task(Future[Any]):
             return
         try:
             if self._executor.in_worker():
-                self._executor.wait_for((self,), timeout)
-            else:
-                self._wait_here(timeout)
+                self._executor.wait_for((self,), timeout)  # runs it here if it is queued
+                return
+            if timeout is None:
+                self._executor.run_awaited((self,))
+                if self.done():
+                    return
+            self._wait_here(timeout)
         except KeyboardInterrupt:
             self.cancel()
             raise
@@ -135,7 +268,7 @@ class Task(Future[Any]):
         """Wait on the future itself (the main thread in slices, so that Ctrl-C is seen)."""
         main = threading.current_thread() is threading.main_thread()
         end = None if timeout is None else monotonic() + timeout
-        while True:
+        while not self.done():
             step = None if end is None else end - monotonic()
             if main:
                 step = _SLICE if step is None else min(_SLICE, step)
@@ -145,8 +278,7 @@ class Task(Future[Any]):
                 super().exception(timeout=step)
                 return
             except concurrent.futures.TimeoutError:
-                if not main:
-                    return
+                pass
             except concurrent.futures.CancelledError:
                 return
 
@@ -221,11 +353,20 @@ _COUNTERS = (
 
 class Stats:
     """The executor's counters and per-priority queue waits.  Waits are appended to a list
-    (atomic under the GIL) and folded into histograms at a snapshot or every 4096 tasks."""
+    (atomic under the GIL) and folded into histograms at a snapshot or every 4096 tasks.
+
+    ``completed`` and ``failed``, counted once per task, are counted by each worker in its own
+    ``[completed, failed]`` list (:meth:`register`): no lock per task.  The other counters
+    (and tasks run by a thread that waited on them) change under :attr:`lock`, ``submitted``
+    under the executor's lock.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts = dict.fromkeys(_COUNTERS, 0)
+        self._workers: dict[int, list[int]] = {}  # by id(): equal lists are not the same
+        self._retired = [0, 0]
+        self._base = [0, 0]
         self.waits: list[list[float]] = [[] for _ in Priority]
         self.histograms = [LogHistogram() for _ in Priority]
         self.sums = [0.0] * len(Priority)
@@ -233,6 +374,28 @@ class Stats:
     def add(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
+
+    def register(self) -> list[int]:
+        """The ``[completed, failed]`` counts of a new worker; only that worker changes them."""
+        counts = [0, 0]
+        with self.lock:
+            self._workers[id(counts)] = counts
+        return counts
+
+    def retire(self, counts: list[int]) -> None:
+        """A worker ends: its counts stay in the totals."""
+        with self.lock:
+            del self._workers[id(counts)]
+            self._retired[0] += counts[0]
+            self._retired[1] += counts[1]
+
+    def _ran(self) -> list[int]:
+        """Under the lock: ``[completed, failed]`` since the last reset."""
+        totals = list(self._retired)
+        for counts in self._workers.values():
+            totals[0] += counts[0]
+            totals[1] += counts[1]
+        return [totals[0] - self._base[0], totals[1] - self._base[1]]
 
     def waited(self, level: int, seconds: float) -> None:
         waits = self.waits[level]
@@ -254,6 +417,8 @@ class Stats:
         self.fold()
         with self.lock:
             self.counts = dict.fromkeys(_COUNTERS, 0)
+            ran = self._ran()
+            self._base = [self._base[0] + ran[0], self._base[1] + ran[1]]
             self.histograms = [LogHistogram() for _ in Priority]
             self.sums = [0.0] * len(Priority)
 
@@ -270,7 +435,11 @@ class Stats:
                 }
                 for p, h, s in zip(Priority, self.histograms, self.sums)
             }
-            return TaskMetrics(**self.counts, pending=pending, workers=workers, queue_wait=waits)
+            counts = dict(self.counts)
+            ran = self._ran()  # what workers counted; counts: what ran outside them
+            counts["completed"] += ran[0]
+            counts["failed"] += ran[1]
+            return TaskMetrics(**counts, pending=pending, workers=workers, queue_wait=waits)
 
 
 class Executor:
@@ -289,14 +458,16 @@ class Executor:
         self.max_workers = max_workers or default_workers()
         self.stats = Stats()
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         #: Idle workers wait for a token here, outside the lock: a condition notified under
         #: the lock would wake a worker only to block it again on that lock (it measured 3x
-        #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).
+        #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).  A token
+        #: is put under the lock; the woken worker needs the GIL before it needs the lock.
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._space = threading.Condition(self._lock)
         self._helping = threading.Condition(self._lock)
         self._reaping = threading.Condition(self._lock)
-        self._queue = TaskQueue(age_step)
+        self._queue: TaskQueue[Task] = TaskQueue(age_step)
         self._threads: set[threading.Thread] = set()
         self._alive = 0
         #: Workers idle (or about to be) that no token was put for yet.
@@ -304,7 +475,7 @@ class Executor:
         self._blocked = 0
         self._helpers = 0
         self._space_waiters = 0
-        self._deadlines: list[tuple[float, int, Item]] = []
+        self._deadlines: list[list[Any]] = []  # [deadline, seq, task or None]
         self._reaper: threading.Thread | None = None
         self._shutdown = False
         self._started = 0
@@ -332,19 +503,16 @@ class Executor:
     def put(
         self,
         task: Task,
-        run: Callable[[], Any],
         max_pending: int,
         timeout: float | None,
         block: bool,
         quiet: bool = False,
     ) -> bool:
-        """Queue ``task`` (which runs ``run``); False when the queue is full and ``block`` is
-        false.  Blocks up to ``timeout`` seconds for room (None: as long as it takes), then
-        raises :class:`veda.QueueFull`.  A refused non-blocking put counts in the metrics
-        unless ``quiet``."""
-        item = Item(task.priority, task.deadline, 0.0, (task, run))
-        task._item = item
-        wake = False
+        """Queue ``task``; False when the queue is full and ``block`` is false.  Blocks up to
+        ``timeout`` seconds for room (None: as long as it takes), then raises
+        :class:`veda.QueueFull`.  A refused non-blocking put counts in the metrics unless
+        ``quiet``."""
+        _settle(self._lock)
         with self._lock:
             if self._shutdown:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
@@ -354,14 +522,16 @@ class Executor:
                         self.stats.add("queue_full")
                     return False
                 self._wait_for_room(task, max_pending, timeout)
-            item.enqueued = monotonic()
-            self._queue.push(item)
+            task.enqueued = monotonic()
+            self._queue.push(task)
             self.stats.counts["submitted"] += 1  # every writer holds the executor's lock
-            if item.deadline is not None:
-                self._watch_deadline(item)
+            if task.deadline is not None:
+                self._watch_deadline(task)
             if self._idle:
                 self._idle -= 1
-                wake = True
+                # In the lock, and one C call: an interrupt cannot come between counting the
+                # worker awake and waking it (a SimpleQueue never blocks a put).
+                self._wake.put(None)
             elif (
                 self._alive - self._blocked < self.max_workers
                 and self._alive < self.max_workers + EXTRA_WORKERS
@@ -369,8 +539,6 @@ class Executor:
                 self._start_worker()
             if self._helpers:
                 self._helping.notify_all()
-        if wake:
-            self._wake.put(None)
         return True
 
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
@@ -398,13 +566,17 @@ class Executor:
             finally:
                 self._space_waiters -= 1
 
-    def _watch_deadline(self, item: Item) -> None:
+    def _watch_deadline(self, item: Task) -> None:
         assert item.deadline is not None
         heap = self._deadlines
         if len(heap) > 2 * len(self._queue) + 64:  # started tasks linger until their deadline
-            heap[:] = [e for e in heap if not e[2].taken]
+            heap[:] = [e for e in heap if not getattr(e[2], "taken", True)]
             heapq.heapify(heap)
-        heapq.heappush(heap, (item.deadline, item.seq, item))
+        # A list, whose task the task clears when it starts or leaves the queue (Task._drop):
+        # an entry that lingers here until its deadline keeps no finished task alive.
+        entry = [item.deadline, item.seq, item]
+        item._watch = entry
+        heapq.heappush(heap, entry)
         if self._reaper is None:
             self._reaper = threading.Thread(
                 target=self._reap, name="veda-task-deadlines", daemon=True
@@ -413,21 +585,22 @@ class Executor:
         elif heap[0][2] is item:
             self._reaping.notify()
 
-    def _discard(self, task: Task) -> None:
-        """A cancelled task leaves the queue."""
-        item = task._item
+    def _discard(self, task: Task) -> bool:
+        """A cancelled task leaves the queue; False if it was no longer there (then whoever
+        took it out notifies it)."""
         with self._lock:
-            if item is None or not self._queue.remove(item):
-                return
+            if not self._queue.remove(task):
+                return False
             self._room()
-            item.payload = task._item = None
+        task._drop()
         self.stats.add("cancelled")
+        return True
 
     def _room(self) -> None:
         if self._space_waiters:
             self._space.notify_all()
 
-    def _next(self) -> Item | None:
+    def _next(self) -> Task | None:
         """Under the lock: the next item to start, or None."""
         item = self._queue.pop(monotonic())
         if item is not None:
@@ -445,15 +618,18 @@ class Executor:
     def _worker(self) -> None:
         _local.executor = self
         _local.depth = 0
+        _local.counts = counts = self.stats.register()
         me = threading.current_thread()
         lock = self._lock
         while True:
+            _settle(lock)
             with lock:
                 item = self._next()
                 if item is None:
                     if self._shutdown or self._alive - self._blocked > self.max_workers:
                         self._alive -= 1
                         self._threads.discard(me)
+                        self.stats.retire(counts)
                         return
                     self._idle += 1
             if item is None:
@@ -461,31 +637,63 @@ class Executor:
                 continue
             self._run(item)
 
-    def _run_unlocked(self, item: Item) -> None:
+    def _run_unlocked(self, item: Task) -> None:
         self._lock.release()
         try:
             self._run(item)
         finally:
             self._lock.acquire()
 
-    def _run(self, item: Item) -> None:
-        task, run = item.payload
-        item.payload = task._item = None  # no cycle left for the garbage collector to find
-        if not task.set_running_or_notify_cancel():
-            self.stats.add("cancelled")  # between leaving the queue and here
+    def _run(self, task: Task, gate: held_interrupts | None = None) -> None:
+        """Run ``task``, taken out of the queue: a worker counts it in its own list; another
+        thread (:meth:`run_awaited`) passes the ``gate`` that holds Ctrl-C off all but the
+        task's own code."""
+        if gate is None:
+            self._run_counted(task, _local.counts)
             return
-        started = monotonic()
-        self.stats.waited(item.level, started - item.enqueued)
-        if item.deadline is not None and started > item.deadline:
-            self._missed(task, started - item.deadline)
+        call = self._start(task)
+        if call is None:
             return
+        fn, args, kwargs, context = call
         try:
-            result = run()
+            gate.open = True  # Ctrl-C now interrupts the task's code, as in any call
+            result = context.run(fn, *args, **kwargs) if kwargs else context.run(fn, *args)
+            gate.open = False
         except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
+            gate.open = False
             self.stats.add("failed")
             task.set_exception(exc)
         else:
             self.stats.add("completed")
+            task.set_result(result)
+
+    def _start(self, task: Task) -> tuple[Any, Any, Any, Any] | None:
+        """Start ``task``: what it runs, or None when it was cancelled or missed its deadline."""
+        call = task._fn, task._args, task._kwargs, task._context
+        task._drop()  # nothing it ran stays alive with its future
+        if not task.set_running_or_notify_cancel():
+            self.stats.add("cancelled")  # between leaving the queue and here
+            return None
+        started = monotonic()
+        self.stats.waited(task.level, started - task.enqueued)
+        if task.deadline is not None and started > task.deadline:
+            self._missed(task, started - task.deadline)
+            return None
+        return call
+
+    def _run_counted(self, task: Task, counts: list[int]) -> None:
+        """A worker runs ``task``, counting it in its own list (no lock)."""
+        call = self._start(task)
+        if call is None:
+            return
+        fn, args, kwargs, context = call
+        try:
+            result = context.run(fn, *args, **kwargs) if kwargs else context.run(fn, *args)
+        except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
+            counts[1] += 1
+            task.set_exception(exc)
+        else:
+            counts[0] += 1
             task.set_result(result)
 
     def _missed(self, task: Task, late: float) -> None:
@@ -502,7 +710,7 @@ class Executor:
         heap = self._deadlines
         with self._lock:
             while not self._shutdown:
-                while heap and heap[0][2].taken:
+                while heap and getattr(heap[0][2], "taken", True):  # one read: None or done
                     heapq.heappop(heap)
                 if not heap:
                     self._reaping.wait()
@@ -513,29 +721,75 @@ class Executor:
                     continue
                 expired = []
                 while heap and heap[0][0] <= now:
-                    item = heapq.heappop(heap)[2]
-                    if self._queue.remove(item):
-                        expired.append(item)
+                    task = heapq.heappop(heap)[2]
+                    if task is not None and self._queue.remove(task):
+                        expired.append(task)
                 if expired:
                     self._room()
                     self._lock.release()
                     try:
-                        for item in expired:
-                            task = item.payload[0]
+                        for task in expired:
+                            task._drop()
                             if task.set_running_or_notify_cancel():
-                                self._missed(task, now - (item.deadline or now))
+                                self._missed(task, now - (task.deadline or now))
                             else:
                                 self.stats.add("cancelled")
                     finally:
                         self._lock.acquire()
 
     # -- waiting --------------------------------------------------------------------------
+    def run_awaited(self, futures: Iterable[Future[Any]]) -> None:
+        """Run in the calling thread those of ``futures`` that are this executor's tasks and
+        still queued: a thread about to wait on a task has nothing better to do, and running
+        the task itself saves the two thread switches of a hand-over (and a worker).
+
+        Only waits without a timeout do this (a task run here could take longer than a
+        timeout).  A ``KeyboardInterrupt`` in a task run here (Ctrl-C while the main thread runs
+        it) fails the task and propagates to the waiter as well; an interrupt that lands in the
+        bookkeeping around the task fails the task with it too, so no future is left running.
+        Nested past :data:`MAX_HELP_DEPTH` tasks on one stack, in a forked child (whose
+        executor this is not), it runs nothing.
+        """
+        depth = getattr(_local, "depth", 0)
+        if depth >= MAX_HELP_DEPTH or self._pid != os.getpid():
+            return
+        worker = self.in_worker()
+        for f in futures:
+            if not isinstance(f, Task) or f._executor is not self or f.taken:
+                continue
+            # In the main thread Ctrl-C can land anywhere: from taking the task out of the
+            # queue to its future's done callbacks (a scope's count of open children), only
+            # the task's own code may be interrupted; an interrupt noted elsewhere is raised
+            # as the gate closes, once the task's state is whole.
+            gate = held_interrupts()
+            with gate:
+                with self._lock:
+                    if not self._queue.remove(f):
+                        continue
+                    self._room()
+                _local.depth = depth + 1
+                try:
+                    if worker:
+                        self._run_counted(f, _local.counts)
+                    else:
+                        self._run(f, gate)
+                finally:
+                    _local.depth = depth
+            if isinstance(f._exception, KeyboardInterrupt):
+                raise f._exception
+
     def wait_for(self, futures: Iterable[Future[Any]], timeout: float | None = None) -> None:
-        """Wait until every future is done or ``timeout`` seconds passed.  A worker of this
-        executor runs queued tasks meanwhile (or, nested too deep, lets another worker start)."""
+        """Wait until every future is done or ``timeout`` seconds passed.  The waiting thread
+        runs those still queued itself (:meth:`run_awaited`); a worker of this executor also
+        runs other queued tasks meanwhile (or, nested too deep, lets another worker start)."""
         pending = [f for f in futures if not f.done()]
         if not pending:
             return
+        if timeout is None:
+            self.run_awaited(pending)
+            pending = [f for f in pending if not f.done()]
+            if not pending:
+                return
         if not self.in_worker():
             if threading.current_thread() is threading.main_thread():
                 _wait_interruptibly(pending, timeout)
@@ -604,8 +858,10 @@ class Executor:
             threads = list(self._threads)
         for _ in range(idle):
             self._wake.put(None)
-        for item in dropped:
-            if item.payload[0].cancel():
+        for task in dropped:
+            task._drop()
+            if task.cancel():  # out of the queue already: notified here
+                task.set_running_or_notify_cancel()
                 self.stats.add("cancelled")
         if wait:
             me = threading.current_thread()

@@ -32,9 +32,9 @@ import itertools
 import math
 from collections import deque
 from enum import IntEnum
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["AGE_STEP", "Item", "Priority", "TaskQueue"]
+__all__ = ["AGE_STEP", "Entry", "Item", "Priority", "TaskQueue"]
 
 #: Seconds a queued task waits to climb one priority level (see the aging rule above).  Aging
 #: trades the levels' order for a bound on waiting: under a sustained overload every level's
@@ -70,7 +70,12 @@ _counter = itertools.count()
 
 class Item:
     """One queued task: its level, absolute deadline (or None), the time it was queued, and
-    what the executor runs (``payload``)."""
+    what the executor runs (``payload``).
+
+    The queue reads and writes only ``level``, ``deadline``, ``enqueued``, ``seq`` and
+    ``taken``: any object with those attributes can be queued (the executor queues its
+    tasks themselves, so that a task costs no second object).
+    """
 
     __slots__ = ("deadline", "enqueued", "level", "payload", "seq", "taken")
 
@@ -84,43 +89,65 @@ class Item:
         self.taken = False
 
 
-class TaskQueue:
-    """Queued :class:`Item` objects in the order of the aging rule (module docstring).
+class Entry(Protocol):
+    """What the queue reads and writes of what it holds (an :class:`Item`, or a task)."""
 
-    Each level keeps a heap by (deadline, arrival) and a FIFO by arrival; an item leaves both
-    lazily (``taken``), so push, pop and remove cost O(log n).
+    level: int
+    deadline: float | None
+    enqueued: float
+    seq: int
+    taken: bool
+
+
+E = TypeVar("E", bound=Entry)
+
+
+class TaskQueue(Generic[E]):
+    """Queued entries (:class:`Item` objects, or the executor's tasks) in the order of the
+    aging rule (module docstring).
+
+    Each level keeps a FIFO of all its items by arrival and a heap by (deadline, arrival) of
+    those with a deadline; an item leaves both lazily (``taken``), so push, pop and remove cost
+    O(log n), and O(1) for items without a deadline.
     """
 
     def __init__(self, age_step: float = AGE_STEP) -> None:
         if not age_step > 0:
             raise ValueError(f"age_step={age_step!r} must be a positive number of seconds")
         self.age_step = age_step
-        self._heaps: list[list[tuple[float, int, Item]]] = [[] for _ in range(_LEVELS)]
-        self._fifos: list[deque[Item]] = [deque() for _ in range(_LEVELS)]
+        self._heaps: list[list[tuple[float, int, E]]] = [[] for _ in range(_LEVELS)]
+        self._fifos: list[deque[E]] = [deque() for _ in range(_LEVELS)]
         self._live = [0] * _LEVELS
         self._len = 0
 
     def __len__(self) -> int:
         return self._len
 
-    def push(self, item: Item) -> None:
-        deadline = math.inf if item.deadline is None else item.deadline
-        heapq.heappush(self._heaps[item.level], (deadline, item.seq, item))
-        self._fifos[item.level].append(item)
+    def push(self, item: E) -> None:
+        # Counted first, calls last: a KeyboardInterrupt comes only after a call returns (or
+        # as a Python function starts), so one here leaves a counted item in the FIFO, which
+        # pop() finds, at worst without its place in the deadline order.
+        item.taken = False
         self._live[item.level] += 1
         self._len += 1
+        self._fifos[item.level].append(item)
+        if item.deadline is not None:
+            heapq.heappush(self._heaps[item.level], (item.deadline, item.seq, item))
 
-    def remove(self, item: Item) -> bool:
+    def remove(self, item: E) -> bool:
         """Take ``item`` out (cancelled, expired); False if it was popped or removed already."""
         if item.taken:
             return False
         item.taken = True
         self._live[item.level] -= 1
         self._len -= 1
+        fifo = self._fifos[item.level]
+        if fifo and fifo[-1] is item:  # the newest, say run by a thread that waits on it
+            fifo.pop()
         self._trim(item.level)
         return True
 
-    def pop(self, now: float) -> Item | None:
+    def pop(self, now: float) -> E | None:
         """The item to start at time ``now``, or None when the queue is empty."""
         if not self._len:
             return None
@@ -138,12 +165,14 @@ class TaskQueue:
             rank = level - max(0, climbed)
             if rank < best_rank:  # strict: a tie keeps the nominally higher level
                 best_level, best_rank, aged = level, rank, climbed > 0
-        if aged:
+        heap = self._heaps[best_level]
+        while heap and heap[0][2].taken:
+            heapq.heappop(heap)
+        if aged or not heap:
+            # The oldest (aged), or first come first served among tasks without a deadline
+            # (which start after those with one).
             item = self._fifos[best_level].popleft()
         else:
-            heap = self._heaps[best_level]
-            while heap[0][2].taken:
-                heapq.heappop(heap)
             item = heapq.heappop(heap)[2]
         item.taken = True
         self._live[best_level] -= 1
@@ -160,12 +189,12 @@ class TaskQueue:
         while fifo and fifo[0].taken:
             fifo.popleft()
         live = self._live[level]
-        if len(heap) > 2 * live + 64:
+        if len(heap) > 2 * live + 16:
             self._heaps[level] = [e for e in heap if not e[2].taken]
             heapq.heapify(self._heaps[level])
-        if len(fifo) > 2 * live + 64:
+        if len(fifo) > 2 * live + 16:
             self._fifos[level] = deque(i for i in fifo if not i.taken)
 
-    def items(self) -> list[Item]:
+    def items(self) -> list[E]:
         """Every queued item (for cancelling them all), in no particular order."""
         return [i for fifo in self._fifos for i in fifo if not i.taken]

@@ -229,7 +229,7 @@ class ParallelTarget(Target):
         mode = MODE_CODES[decision.schedule]
         reduce = form.reduce is not None
         get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise
-        in_flight, region_lock = hw.in_flight, hw.region_lock
+        budget, region_lock, Grant = hw.budget, hw.region_lock, hw.Grant
 
         def run(args: tuple[Any, ...]) -> Any:
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
@@ -238,12 +238,12 @@ class ParallelTarget(Target):
             # count and this thread's Numba thread count are as they were.
             threads = wanted
             previous = 0  # the thread count to restore; 0 until the count was read
+            grant = Grant() if shared else None
             try:
-                if shared:
-                    # Launches the dispatcher sized share the cores with the other veda
-                    # parallel launches in flight instead of oversubscribing them.
-                    in_flight.append(None)
-                    threads = max(1, wanted // len(in_flight))
+                if grant is not None:
+                    # Launches the dispatcher sized share the machine's threads with the
+                    # other such launches in flight instead of oversubscribing them.
+                    threads = budget.take(grant, wanted)
                 # The region runs on as many workers as this Python thread's Numba thread
                 # count: set it for the launch (also right in a newly started thread), then
                 # restore it.
@@ -270,8 +270,9 @@ class ParallelTarget(Target):
                     if previous and previous != threads:
                         set_threads(previous)
                 finally:
-                    if shared:
-                        in_flight.pop()
+                    if grant is not None:
+                        budget.give(grant)  # set.discard: one C call, never half done
+                        budget.wake()
             if profiler is not None:
                 result, lo, hi, busy, chunks = out
                 profiler.profile(busy, chunks, tick)
