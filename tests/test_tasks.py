@@ -722,7 +722,9 @@ def test_concurrent_parallel_kernels_share_the_threads_and_give_right_results():
         np.testing.assert_array_equal(outs[k], (k + 1) * x)
 
 
-def test_parallel_launches_from_tasks_never_borrow_more_than_the_machine(executor, monkeypatch):
+def test_parallel_launches_from_tasks_never_borrow_more_than_the_machine(
+    executor, monkeypatch, tmp_path
+):
     from veda._hardware import cpu as hw
 
     executor(workers=4)
@@ -739,6 +741,7 @@ def test_parallel_launches_from_tasks_never_borrow_more_than_the_machine(executo
     x = np.random.default_rng(2).random(n)
     outs = [np.zeros(n) for _ in range(4)]
 
+    @veda.config(cache_dir=str(tmp_path))  # no decision tuned by an earlier run
     def body() -> None:
         with veda.scope() as s:
             for _ in range(5):
@@ -1075,6 +1078,131 @@ def test_shutdown_can_cancel_the_pending_tasks(executor):
         pending[0].result(timeout=WAIT)
 
 
+def test_numpy_numbers_and_an_infinite_timeout_are_accepted():
+    f = veda.spawn(abs, -3, priority=np.int64(1), deadline=np.float64(60), timeout=float("inf"))
+    assert f.result(timeout=WAIT) == 3 and f.priority is veda.Priority.HIGH
+    g = veda.spawn(int, "x", on_error="retry", retries=np.int32(2))
+    with pytest.raises(ValueError):
+        g.result(timeout=WAIT)
+
+
+def test_a_worker_waiting_with_a_timeout_does_not_run_queued_tasks(executor):
+    executor(workers=1)
+    gate = threading.Event()
+
+    def parent() -> str:
+        other = veda.spawn(gate.wait, WAIT)  # queued behind this task, on the only worker
+        try:
+            other.result(timeout=0.2)
+        except concurrent.futures.TimeoutError:
+            return "timed out"
+        finally:
+            gate.set()
+        return "ran it"
+
+    assert within(lambda: veda.spawn(parent).result(timeout=WAIT)) == "timed out"
+
+
+def test_fanning_out_under_backpressure_nests_within_the_help_depth(executor):
+    executor(workers=2)
+
+    def node(depth: int) -> int:
+        if depth == 0:
+            return 1
+        a = veda.spawn(node, depth - 1)
+        b, c = veda.spawn(abs, 1), veda.spawn(abs, 1)
+        return a.result() + b.result() + c.result()
+
+    @veda.config(max_pending=1)
+    def root() -> int:
+        return veda.spawn(node, 300).result()
+
+    assert within(root, WAIT * 2) == 601  # no RecursionError: helping counts its depth
+
+
+def test_a_finished_scope_keeps_no_result_alive_without_the_garbage_collector():
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    gc.disable()
+    try:
+        with veda.scope() as s:
+            children = [s.spawn(Big) for _ in range(5)]
+        refs = [weakref.ref(c.result()) for c in children]
+        del s, children
+        assert all(r() is None for r in refs)  # no reference cycle through the scope
+    finally:
+        gc.enable()
+
+
+def test_launch_async_counts_its_deadline_from_the_call(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    filler = None
+
+    async def main() -> str:
+        with veda.config(max_pending=1):
+            try:
+                await veda.launch_async(times, 4, np.ones(4), np.zeros(4), 1.0, deadline=0.3)
+            except veda.DeadlineExceeded:
+                return "missed"
+        return "ran"
+
+    try:
+        filler = veda.spawn(abs, 1)  # the queue stays full until the worker is released
+        threading.Timer(1.0, release.set).start()
+        assert asyncio.run(main()) == "missed"
+    finally:
+        release.set()
+    assert filler.result(timeout=WAIT) == 1
+
+
+def test_shutdown_from_a_task_that_another_task_waits_on_does_not_deadlock():
+    code = """
+        import time, veda
+        def a():
+            time.sleep(0.2)
+            veda.shutdown(wait=True)
+            return "a done"
+        fa = veda.spawn(a)
+        fb = veda.spawn(lambda: fa.result())
+        print(fb.result(timeout=30))
+    """
+    assert _python(code, timeout=60).stdout.strip() == "a done"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_an_error_for_the_parents_tasks_instead_of_a_hang():
+    code = """
+        import os, threading, veda
+        gate = threading.Event()
+        with veda.scope() as s:
+            held = s.spawn(gate.wait, 60)
+            queued = [s.spawn(abs, -k) for k in range(3)]
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    held.result()
+                except veda.ShutdownError as exc:
+                    ok = "forked" in str(exc)
+                queued[0].cancel()  # the parent's lock is not touched
+                try:
+                    with veda.scope() as inner:
+                        inner.spawn(abs, -1)
+                    s.__exit__(None, None, None)
+                except veda.ShutdownError:
+                    os._exit(0 if ok else 3)
+                os._exit(4)
+            _, status = os.waitpid(pid, 0)
+            gate.set()
+        print("child", os.waitstatus_to_exitcode(status))
+    """
+    assert _python(code, timeout=60).stdout.strip() == "child 0"
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input: a veda error that names the argument
 
@@ -1097,6 +1225,10 @@ def test_shutdown_can_cancel_the_pending_tasks(executor):
         (lambda: veda.spawn(42), "fn must be callable"),
         (lambda: veda.submit(abs, 4), "kernel must be a @veda.kernel"),
         (lambda: veda.scope(cancel_on_error="yes"), "cancel_on_error"),
+        (lambda: veda.spawn(abs, 1, deadline=float("inf")), "more than a year away"),
+        (lambda: veda.spawn(abs, 1, deadline=1e12), "more than a year away"),
+        (lambda: veda.shutdown(wait="x"), "wait must be True or False"),
+        (lambda: veda.shutdown(cancel_pending=[]), "cancel_pending must be True or False"),
     ],
 )
 def test_bad_task_arguments_are_refused(call, match):

@@ -10,6 +10,7 @@ import atexit
 import contextvars
 import functools
 import math
+import numbers
 import os
 import sys
 import threading
@@ -19,13 +20,15 @@ from time import monotonic
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+
 from veda import _registry
 from veda._config import get_config, validate_launch_overrides
 from veda._launch import Kernel, launch
 from veda._tasks import executor as _executor
 from veda._tasks.executor import Executor, Task, TaskMetrics
 from veda._tasks.queue import Priority
-from veda.errors import TaskError
+from veda.errors import DeadlineExceeded, TaskError
 from veda.telemetry import _snapshot
 
 if sys.version_info < (3, 11):
@@ -117,9 +120,13 @@ def shutdown(wait: bool = True, cancel_pending: bool = False) -> None:
         Cancel the tasks that have not started.
 
     Interpreter exit calls ``shutdown(wait=False, cancel_pending=True)`` itself, and workers
-    are daemon threads, so exit never waits for a task.
+    are daemon threads, so exit never waits for a task.  Called from a task, it does not wait
+    for the other workers (one of them may be waiting on this task).
     """
-    current().shutdown(wait=wait, cancel_pending=cancel_pending)
+    for name, value in (("wait", wait), ("cancel_pending", cancel_pending)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TaskError(f"veda.shutdown: {name} must be True or False, not {value!r}")
+    current().shutdown(wait=bool(wait), cancel_pending=bool(cancel_pending))
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,40 +141,60 @@ def _priority(where: str, priority: Any) -> Priority:
             return Priority[priority.upper()]
         except KeyError:
             pass
-    elif isinstance(priority, int) and not isinstance(priority, bool):
+    elif isinstance(priority, numbers.Integral) and not isinstance(priority, (bool, np.bool_)):
         try:
-            return Priority(priority)
+            return Priority(int(priority))
         except ValueError:
             pass
     names = ", ".join(p.name for p in Priority)
     raise TaskError(f"{where}: unknown priority={priority!r}; expected a veda.Priority ({names})")
 
 
+#: The longest deadline: a year of seconds (a wait longer than the platform's time_t allows
+#: would fail deep inside ``threading``).
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _seconds(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (NumPy's included, bool not), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
 def _deadline(where: str, deadline: Any) -> float | None:
     """``deadline`` is seconds from now; returns the absolute ``time.monotonic()`` time."""
     if deadline is None:
         return None
-    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+    seconds = _seconds(deadline)
+    if seconds is None:
         raise TaskError(
             f"{where}: deadline must be a number of seconds from now (int or float), "
             f"not {type(deadline).__name__}"
         )
-    if math.isnan(deadline):
+    if math.isnan(seconds):
         raise TaskError(f"{where}: deadline must be a number of seconds, not NaN")
-    if deadline <= 0:
+    if seconds <= 0:
         raise TaskError(
             f"{where}: deadline={deadline!r} is in the past; it counts seconds from now and "
             "must be positive"
         )
-    return monotonic() + float(deadline)
+    if seconds > MAX_SECONDS:
+        raise TaskError(
+            f"{where}: deadline={deadline!r} is more than a year away; for no deadline, "
+            "pass deadline=None"
+        )
+    return monotonic() + seconds
 
 
 def _timeout(where: str, timeout: Any) -> float | None:
+    """Seconds to wait, or None for as long as it takes (also for ``inf``)."""
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+    seconds = _seconds(timeout)
+    if seconds is None or not seconds >= 0:
         raise TaskError(f"{where}: timeout must be None or seconds >= 0, not {timeout!r}")
-    return float(timeout)
+    return None if seconds > MAX_SECONDS else seconds
 
 
 def _attempts(where: str, on_error: Any, retries: Any, fallback: bool) -> int:
@@ -179,7 +206,9 @@ def _attempts(where: str, on_error: Any, retries: Any, fallback: bool) -> int:
             + ("" if fallback else " (fallback moves kernel launches: use veda.submit)")
         )
     if retries is not None and (
-        isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+        isinstance(retries, (bool, np.bool_))
+        or not isinstance(retries, numbers.Integral)
+        or retries < 0
     ):
         raise TaskError(f"{where}: retries must be an integer >= 0, not {retries!r}")
     if on_error == "raise":
@@ -187,8 +216,8 @@ def _attempts(where: str, on_error: Any, retries: Any, fallback: bool) -> int:
             raise TaskError(f"{where}: retries={retries} needs on_error='retry' or 'fallback'")
         return 1
     if on_error == "retry":
-        return 1 + (1 if retries is None else retries)
-    return 1 + (retries or 0)
+        return 1 + (1 if retries is None else int(retries))
+    return 1 + int(retries or 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,9 +545,17 @@ async def launch_async(
         retries,
         {"target": target, "threads": threads, "schedule": schedule, "chunk": chunk},
     )
+    due = _deadline("veda.launch_async", deadline)  # counted from this call, not a retry
     delay = 0.0005
     while True:
-        task = _queue("veda.launch_async", what, call, priority, deadline, None, False, quiet=True)
+        left = None if due is None else due - monotonic()
+        if left is not None and left <= 0:
+            current().stats.add("deadline_missed")
+            raise DeadlineExceeded(
+                f"veda.launch_async: the deadline of {kernel.name} passed while the queue was "
+                "full; it never ran"
+            )
+        task = _queue("veda.launch_async", what, call, priority, left, None, False, quiet=True)
         if task is not None:
             break
         if delay == 0.0005:  # polled: a full queue counts once per launch, not at every look
@@ -642,6 +679,9 @@ class Scope:
             ex = current()
             with self._lock:
                 children = list(self._children)
+            for t in children:
+                if t._inherited() and not t.done():  # forked inside the block
+                    raise _executor._inherited_error(t)
             ex.run_awaited(children)  # those not started yet run here, in the waiting thread
             ex.wait_for((self._all_done,))
         except KeyboardInterrupt:

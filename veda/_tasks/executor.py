@@ -64,6 +64,9 @@ def default_workers() -> int:
 #: The main thread waits in slices of this many seconds, so that Ctrl-C is seen while it waits
 #: (a signal delivered to another thread does not wake a blocked lock acquire).
 _SLICE = 0.1
+#: The longest single wait on a lock or condition: longer ones overflow the platform's time_t
+#: deep inside ``threading``; waits loop in such steps instead.
+_LONGEST = 3600.0
 
 
 def _wait_interruptibly(pending: list[Future[Any]], timeout: float | None) -> None:
@@ -99,6 +102,13 @@ def _settle(lock: Any) -> None:
         if not lock.locked():
             return
         _yield()
+
+
+def _inherited_error(task: Task) -> ShutdownError:
+    return ShutdownError(
+        f"task {task.name} was queued or running in the process this one was forked from; "
+        "it never runs or finishes in the forked child (submit it again here)"
+    )
 
 
 class _Condition(_thread.RLock):  # type: ignore[misc]
@@ -211,6 +221,18 @@ class Task(Future[Any]):
         self._context = context
         self._watch: list[Any] | None = None  # its entry in the executor's deadline heap
 
+    def _invoke_callbacks(self) -> None:
+        # Future keeps its done callbacks after calling them; a scope's callback refers to the
+        # scope, which refers to its children: a reference cycle that kept every child's
+        # result alive until the garbage collector found it.  Called once, when it is done.
+        super()._invoke_callbacks()  # type: ignore[misc]
+        self._done_callbacks = []
+
+    def _inherited(self) -> bool:
+        """Whether this task belongs to the process this one was forked from: it never runs
+        or finishes here (its executor's workers and locks are the parent's)."""
+        return self._executor._pid != os.getpid()
+
     def _drop(self) -> None:
         """Forget what it runs (started, cancelled or expired): no reference cycle through a
         closure is left for the garbage collector to find, and the executor's deadline watch
@@ -229,6 +251,8 @@ class Task(Future[Any]):
         return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
 
     def cancel(self) -> bool:
+        if self._inherited():  # the parent's executor and its lock are not this process's
+            return super().cancel()
         with held_interrupts():  # Ctrl-C must not leave it cancelled but not notified
             if not super().cancel():
                 return False
@@ -251,6 +275,8 @@ class Task(Future[Any]):
     def _wait(self, timeout: float | None) -> None:
         if self.done():
             return
+        if self._inherited():
+            raise _inherited_error(self)
         try:
             if self._executor.in_worker():
                 self._executor.wait_for((self,), timeout)  # runs it here if it is queued
@@ -269,9 +295,9 @@ class Task(Future[Any]):
         main = threading.current_thread() is threading.main_thread()
         end = None if timeout is None else monotonic() + timeout
         while not self.done():
-            step = None if end is None else end - monotonic()
+            step = _LONGEST if end is None else min(_LONGEST, end - monotonic())
             if main:
-                step = _SLICE if step is None else min(_SLICE, step)
+                step = min(_SLICE, step)
             if step is not None and step <= 0:
                 return
             try:
@@ -544,7 +570,10 @@ class Executor:
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
         """Under the lock: wait until the queue has room; a worker runs queued tasks meanwhile."""
         end = None if timeout is None else monotonic() + timeout
-        helping = self.in_worker() and _local.depth < MAX_HELP_DEPTH
+        # Without a timeout a worker runs queued tasks meanwhile (a task that fans out cannot
+        # deadlock on its own backpressure); with one it waits, as a helped task could run
+        # past it.
+        helping = timeout is None and self.in_worker() and _local.depth < MAX_HELP_DEPTH
         while len(self._queue) >= max_pending:
             if self._shutdown:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
@@ -558,13 +587,26 @@ class Executor:
             if helping:
                 item = self._next()
                 if item is not None:
-                    self._run_unlocked(item)
+                    _local.depth += 1  # helping nests on this stack
+                    try:
+                        self._run_unlocked(item)
+                    finally:
+                        _local.depth -= 1
+                    helping = _local.depth < MAX_HELP_DEPTH
                     continue
+            # A worker that waits here without helping is blocked: another may start in its
+            # place, or a queue kept full by the tasks of blocked workers would never drain.
+            blocked = self.in_worker()
+            if blocked:
+                self._blocked += 1
+                self._replace_blocked()
             self._space_waiters += 1
             try:
-                self._space.wait(remaining)
+                self._space.wait(None if remaining is None else min(remaining, _LONGEST))
             finally:
                 self._space_waiters -= 1
+                if blocked:
+                    self._blocked -= 1
 
     def _watch_deadline(self, item: Task) -> None:
         assert item.deadline is not None
@@ -717,7 +759,7 @@ class Executor:
                     continue
                 now = monotonic()
                 if heap[0][0] > now:
-                    self._reaping.wait(heap[0][0] - now)
+                    self._reaping.wait(min(heap[0][0] - now, _LONGEST))
                     continue
                 expired = []
                 while heap and heap[0][0] <= now:
@@ -785,6 +827,9 @@ class Executor:
         pending = [f for f in futures if not f.done()]
         if not pending:
             return
+        for f in pending:
+            if isinstance(f, Task) and f._inherited():
+                raise _inherited_error(f)
         if timeout is None:
             self.run_awaited(pending)
             pending = [f for f in pending if not f.done()]
@@ -797,29 +842,39 @@ class Executor:
                 concurrent.futures.wait(pending, timeout)
             return
         end = None if timeout is None else monotonic() + timeout
-        if _local.depth < MAX_HELP_DEPTH:
-            self._help(pending, end)
+        if timeout is None and _local.depth < MAX_HELP_DEPTH:
+            self._help(pending)
             return
+        # Nested too deep, or bounded by a timeout (which a helped task could run past):
+        # block, and let another worker start in this one's place.
         with self._lock:
             self._blocked += 1
-            if (
-                len(self._queue)
-                and not self._idle
-                and self._alive - self._blocked < self.max_workers
-                and self._alive < self.max_workers + EXTRA_WORKERS
-            ):
-                self._start_worker()
+            self._replace_blocked()
         try:
-            concurrent.futures.wait(pending, None if end is None else max(0.0, end - monotonic()))
+            while pending and (end is None or monotonic() < end):
+                step = _LONGEST if end is None else min(_LONGEST, end - monotonic())
+                pending = list(concurrent.futures.wait(pending, max(0.0, step)).not_done)
         finally:
             with self._lock:
                 self._blocked -= 1
+
+    def _replace_blocked(self) -> None:
+        """Under the lock, for a worker about to block: start another in its place if tasks
+        are queued and no worker is idle (at most EXTRA_WORKERS beyond max_workers)."""
+        if (
+            len(self._queue)
+            and not self._idle
+            and self._alive - self._blocked < self.max_workers
+            and self._alive < self.max_workers + EXTRA_WORKERS
+        ):
+            self._start_worker()
 
     def _poke(self, _: Future[Any]) -> None:
         with self._lock:
             self._helping.notify_all()
 
-    def _help(self, pending: list[Future[Any]], end: float | None) -> None:
+    def _help(self, pending: list[Future[Any]]) -> None:
+        """Until every one of ``pending`` is done, run queued tasks (a wait without timeout)."""
         for f in pending:
             f.add_done_callback(self._poke)
         _local.depth += 1
@@ -832,13 +887,7 @@ class Executor:
                         if item is not None:
                             self._run_unlocked(item)
                             continue
-                        if end is None:
-                            self._helping.wait()
-                        else:
-                            remaining = end - monotonic()
-                            if remaining <= 0:
-                                return
-                            self._helping.wait(remaining)
+                        self._helping.wait(_LONGEST)
                 finally:
                     self._helpers -= 1
         finally:
@@ -863,8 +912,6 @@ class Executor:
             if task.cancel():  # out of the queue already: notified here
                 task.set_running_or_notify_cancel()
                 self.stats.add("cancelled")
-        if wait:
-            me = threading.current_thread()
-            for t in threads:
-                if t is not me:
-                    t.join()
+        if wait and not self.in_worker():  # a worker joining the others could deadlock:
+            for t in threads:  # one of them may be waiting on the task that called this
+                t.join()
