@@ -380,16 +380,19 @@ def test_the_generated_cuda_code_compiles_to_ptx(ptx):
         dims = domain if isinstance(domain, tuple) else (domain,)
         nd = len(dims)
         argtys = (numba.int64,) * nd + tuple(numba.typeof(a) for a in args)
+        flag = numba.int64[::1]  # the error flag: the flat index where the body raised
         if k.reduce is None:
             mod = k.cuda_program(nd, len(args), (False, False), None, None, 256)
-            cuda.compile_ptx(mod._veda_kernel.py_func, argtys, cc=(8, 0))
+            cuda.compile_ptx(mod._veda_kernel.py_func, (*argtys, flag), cc=(8, 0))
         else:
             ident = k.program(nd, len(args), (False, False))._veda_acc_probe(*args)[0]
             mod = k.cuda_program(
                 nd, len(args), (False, False), ident.dtype.name, _identity_source(ident), 256
             )
             acc = numba.from_dtype(ident.dtype)[::1]
-            cuda.compile_ptx(mod._veda_partials.py_func, (*argtys, acc, numba.int64), cc=(8, 0))
+            cuda.compile_ptx(
+                mod._veda_partials.py_func, (*argtys, acc, numba.int64, flag), cc=(8, 0)
+            )
             cuda.compile_ptx(mod._veda_final.py_func, (acc, numba.int64, acc), cc=(8, 0))
 
 
@@ -409,7 +412,9 @@ def test_a_bad_local_array_shape_names_the_construct(ptx):
     args = (3, np.zeros(4))
     with pytest.raises(Exception) as info:
         cuda.compile_ptx(
-            mod._veda_kernel.py_func, (numba.int64, numba.int64, numba.float64[::1]), cc=(8, 0)
+            mod._veda_kernel.py_func,
+            (numba.int64, numba.int64, numba.float64[::1], numba.int64[::1]),
+            cc=(8, 0),
         )
     err = translate_compile_error(info.value, "scratch", ["n", "out"], args)
     assert isinstance(err, veda.KernelDefinitionError)

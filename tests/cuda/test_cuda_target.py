@@ -249,15 +249,70 @@ def checked(i, x):
     x[i] = 2 * x[i]
 
 
-def test_an_exception_in_the_body_reaches_the_caller():
+@pytest.mark.parametrize("boundscheck", [False, True])
+def test_an_exception_in_the_body_reaches_the_caller_with_its_index(boundscheck):
     x = np.ones(50)
     x[17] = -1
-    # On a GPU, exceptions are reported in debug mode, which boundscheck=True switches on.
-    with veda.config(boundscheck=True), pytest.raises(veda.KernelError) as info:
+    # The generated kernel records the failing index in a flag the host reads after the
+    # launch, with or without boundscheck (which a GPU does not check).
+    with veda.config(boundscheck=boundscheck), pytest.raises(veda.KernelError) as info:
         on_cuda(checked, x.size, x)
     err = info.value
-    assert err.kernel == "checked" and err.target == "cuda"
-    assert "negative input" in str(err)
+    assert err.kernel == "checked" and err.target == "cuda" and err.index == (17,)
+    assert err.original_type is ValueError and "negative input" in str(err)
+    assert (x[:17] == 2).all()  # the writes before the failure are copied back, as on the CPU
+
+
+@veda.kernel
+def checked_2d(i, j, x):
+    if x[i, j] < 0:
+        raise ValueError("negative input")
+    x[i, j] = 2 * x[i, j]
+
+
+@veda.kernel(reduce="sum")
+def checked_sum(i, x):
+    if x[i] < 0:
+        raise ZeroDivisionError("negative input")
+    return x[i]
+
+
+def test_an_exception_in_a_2d_kernel_and_in_a_reduction_names_the_index():
+    x = np.ones((6, 7))
+    x[4, 5] = -1
+    with pytest.raises(veda.KernelError) as info:
+        on_cuda(checked_2d, x.shape, x)
+    assert info.value.index == (4, 5) and info.value.original_type is ValueError
+    v = np.ones(300)
+    v[211] = -1
+    with pytest.raises(veda.KernelError) as info:
+        on_cuda(checked_sum, v.size, v)
+    assert info.value.index == (211,) and info.value.original_type is ZeroDivisionError
+    assert on_cuda(checked_sum, v.size, np.abs(v)) == 300.0  # the flag is reset between launches
+
+
+def test_an_exception_with_device_arguments_still_reaches_the_caller():
+    from numba import cuda
+
+    x = np.ones(40)
+    x[9] = -1
+    d = cuda.to_device(x)
+    where = r"at index 9 on target 'cuda'.*stay on the GPU"
+    with pytest.raises(veda.KernelError, match=where) as info:
+        on_cuda(checked, x.size, d)
+    assert info.value.index == (9,)
+
+
+@pytest.mark.skipif(not SIM, reason="a GPU checks no bounds: only the simulator raises")
+def test_an_index_error_in_the_body_is_a_kernel_index_error():
+    @veda.kernel
+    def beyond(i, x, out):
+        out[i] = x[i + 1]
+
+    x, out = np.ones(8), np.zeros(8)
+    with veda.config(boundscheck=True), pytest.raises(veda.KernelIndexError) as info:
+        on_cuda(beyond, 8, x, out)
+    assert info.value.index == (7,)
 
 
 def test_telemetry_counts_cuda_launches_and_their_transfers():

@@ -73,6 +73,7 @@ from veda._kernel.cache import get_module as _veda_get
 
 _CUDA_PRELUDE = """\
 from numba import cuda as _veda_cuda
+from veda._kernel.cuda_language import guard as _veda_guard
 """
 
 
@@ -750,11 +751,12 @@ def kernel_unit(
 
 
 def _cuda_decorator(cache: bool, boundscheck: bool, device: bool) -> str:
-    # Numba's CUDA target has no bounds checking; boundscheck=True compiles in debug mode
-    # instead, so that exceptions raised in a kernel body reach the host.
-    debug = ", debug=True, opt=False" if boundscheck else ""
+    # Numba's CUDA target has no bounds checking, and exceptions raised in a kernel body reach
+    # the host through the guarded call of the generated kernel (cuda_launchers), not through
+    # Numba's debug mode: boundscheck changes nothing in CUDA code (it names the module apart).
+    del boundscheck
     dev = "device=True, " if device else ""
-    return f"@_veda_cuda.jit({dev}cache={cache}{debug})"
+    return f"@_veda_cuda.jit({dev}cache={cache})"
 
 
 def cuda_function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
@@ -815,6 +817,11 @@ def cuda_launchers(
     a fixed run of ``_per_block`` elements per block), combine a block's threads by a tree in
     shared memory, write one partial per block, and ``_veda_final`` (one block) combines the
     partials the same way: no atomics, and a fixed order for a fixed grid.
+
+    The body is called through ``_veda_guard`` (:func:`veda._kernel.cuda_language.guard`): a
+    thread whose call raised writes its flat index to ``_err[0]`` and stops (a reduction's
+    thread stops accumulating but still takes part in the block's tree), and the host raises
+    the body's exception after the launch.
     """
     dims = ", ".join(f"n{d}" for d in range(ndim))
     idx = ", ".join(f"i{d}" for d in range(ndim))
@@ -824,22 +831,26 @@ def cuda_launchers(
     ddec = _cuda_decorator(cache, boundscheck, device=True)
     if reduce is None:
         return (
-            f"{kdec}\ndef _veda_kernel({dims}{args}):\n"
+            f"_veda_guarded = _veda_guard({body})\n\n\n"
+            f"{kdec}\ndef _veda_kernel({dims}{args}, _err):\n"
             f"    _N = {size}\n"
             "    _f = _veda_cuda.grid(1)\n"
             "    _s = _veda_cuda.gridsize(1)\n"
             "    while _f < _N:\n"
             f"{_cuda_split(ndim, 8)}"
-            f"        {body}({idx}{args})\n"
+            f"        if _veda_guarded({idx}{args}):\n"
+            "            _err[0] = _f\n"
+            "            return\n"
             "        _f += _s\n"
         )
     assert acc is not None and identity is not None
     return (
         f"_veda_acc = _veda_np.dtype({acc!r}).type\n"  # np.bool exists from NumPy 2 only
         f"_veda_ident = {identity}\n"
-        f"_VEDA_BLOCK = {block}\n\n\n"
+        f"_VEDA_BLOCK = {block}\n"
+        f"_veda_guarded = _veda_guard({body}, True)\n\n\n"
         f"{ddec}\ndef _veda_combine(_a, _b):\n    {_COMBINE[reduce]}\n\n\n"
-        f"{kdec}\ndef _veda_partials({dims}{args}, _out, _per_block):\n"
+        f"{kdec}\ndef _veda_partials({dims}{args}, _out, _per_block, _err):\n"
         "    _sm = _veda_cuda.shared.array(_VEDA_BLOCK, _veda_acc)\n"
         "    _t = _veda_cuda.threadIdx.x\n"
         f"    _N = {size}\n"
@@ -854,7 +865,11 @@ def cuda_launchers(
         "        _end = min(_veda_cuda.blockIdx.x * _per_block + _per_block, _N)\n"
         "    while _f < _end:\n"
         f"{_cuda_split(ndim, 8)}"
-        f"        _acc = _veda_combine(_acc, _veda_acc({body}({idx}{args})))\n"
+        f"        _bad, _v = _veda_guarded({idx}{args})\n"
+        "        if _bad:\n"
+        "            _err[0] = _f\n"
+        "            break\n"
+        "        _acc = _veda_combine(_acc, _veda_acc(_v))\n"
         "        _f += _s\n"
         f"{_cuda_tree(4)}"
         "    if _t == 0:\n"

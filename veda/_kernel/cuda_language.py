@@ -148,3 +148,78 @@ def _random_device_functions(cuda: Any) -> dict[str, Any]:
         fn = pytypes.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
         out[name] = glb[name] = cuda.jit(device=True)(fn)
     return out
+
+
+def guard(fn: Any, value: bool = False) -> Any:
+    """``guard(fn)(*args)``: call the device function ``fn`` and say whether it raised, instead
+    of letting its error end the calling thread; ``guard(fn, value=True)`` returns
+    ``(raised, result)``.
+
+    On a GPU, Numba reports a device function's exception to the host only in debug mode;
+    otherwise the error status stops the calling kernel's thread and is dropped.  The
+    generated grid-stride kernels call the kernel body through this guard and record the
+    failing index in an error flag that the host reads after synchronising
+    (:mod:`veda.targets.cuda`), so a ``raise`` reaches the caller as a
+    :class:`veda.KernelError` without debug mode.  Under the simulator it is a ``try`` in
+    Python.
+    """
+    import numba
+
+    if getattr(numba.config, "ENABLE_CUDASIM", 0):
+        if value:
+
+            def failed_or_value(*args: Any) -> tuple[bool, Any]:
+                try:
+                    return False, fn(*args)
+                except Exception:
+                    return True, None
+
+            return failed_or_value
+
+        def failed(*args: Any) -> bool:
+            try:
+                fn(*args)
+            except Exception:
+                return True
+            return False
+
+        return failed
+    return _guard_intrinsic(fn, value)
+
+
+def _guard_intrinsic(fn: Any, value: bool) -> Any:
+    try:  # numba-cuda with its own typing core (0.2x and later)
+        from numba.cuda import cgutils
+        from numba.cuda.extending import intrinsic
+    except ImportError:  # older numba-cuda, typed by Numba's core with target="cuda"
+        from numba.core import cgutils
+        from numba.core.extending import intrinsic
+    import numba
+
+    types: Any = numba.core.types
+
+    def compiled(argtys: tuple[Any, ...]) -> Any:
+        return fn.compile_device(tuple(argtys))
+
+    @intrinsic  # type: ignore[untyped-decorator]
+    def _veda_guarded(typingctx: Any, *argtys: Any) -> Any:
+        restype = compiled(argtys).signature.return_type
+        out = types.Tuple((types.boolean, restype)) if value else types.boolean
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            packed = signature.args[0]  # the arguments arrive as one tuple
+            cres = compiled(tuple(packed.types))
+            values = cgutils.unpack_tuple(builder, args[0], len(packed.types))
+            context.active_code_library.add_linking_library(cres.library)
+            # The call the dispatcher's own lowering makes, without propagating the error
+            # status to the caller.
+            status, result = context.call_internal_no_propagate(
+                builder, cres.fndesc, cres.signature, values
+            )
+            if not value:
+                return status.is_error
+            return context.make_tuple(builder, signature.return_type, [status.is_error, result])
+
+        return out(types.StarArgTuple.from_types(argtys)), codegen
+
+    return _veda_guarded

@@ -31,6 +31,7 @@ from veda._kernel.checks import check_arguments, translate_compile_error
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
+from veda.targets.cpu import _unflatten
 
 __all__ = ["CUDA_BLOCK", "CUDA_MIN_SIZE", "CUDATarget", "default_block", "pool"]
 
@@ -92,6 +93,12 @@ def _placeholder(value: Any, ndim: int) -> Any:
     return value
 
 
+def _on_device(value: Any) -> bool:
+    if type(value) is tuple:
+        return any(_on_device(v) for v in value)
+    return hw.is_device_array(value)
+
+
 def _type_key(value: Any) -> Any:
     dtype = getattr(value, "dtype", None)
     if dtype is not None:
@@ -133,6 +140,9 @@ class _Launch:
         self.label = form.label
         self._modules: dict[Any, tuple[Any, Any, Any]] = {}
         self._checked: set[Any] = set()  # argument-type keys whose arguments were checked
+        #: Error flags (mapped host memory, one int64 each) of the launches not in flight:
+        #: list.pop and list.append are atomic, so concurrent launches each take their own.
+        self._flags: list[Any] = []
         if options.deterministic:  # deterministic reductions: the grid follows the domain only
             self.blocks, self.per_block = max(1, -(-self.size // DET_PER_BLOCK)), DET_PER_BLOCK
         else:
@@ -255,23 +265,63 @@ class _Launch:
             )
         return got
 
-    def _reduce(self, dev_args: tuple[Any, ...], args: tuple[Any, ...], borrowed: list[Any]) -> Any:
+    def _reduce(
+        self, dev_args: tuple[Any, ...], args: tuple[Any, ...], borrowed: list[Any], flag: Any
+    ) -> Any:
         partials_kernel, final_kernel, ident = self._reduction_module(args)
         if self.size == 0:
             return ident
         partials = pool.take(self.cuda, (self.blocks,), ident.dtype)
         result = pool.take(self.cuda, (1,), ident.dtype)
         borrowed += [partials, result]
-        partials_kernel(*self.dims, *dev_args, partials, self.per_block)
+        partials_kernel(*self.dims, *dev_args, partials, self.per_block, flag)
         final_kernel(partials, self.blocks, result)
         value = result.copy_to_host()[0]
         hw._stats["device_to_host_bytes"] += ident.dtype.itemsize
         return value
 
+    # -- exceptions in the body ---------------------------------------------------------------
+    def _take_flag(self) -> Any:
+        try:
+            flag = self._flags.pop()
+        except IndexError:
+            # Mapped: the kernel writes it in host memory, read after the synchronisation
+            # without a copy.
+            flag = self.cuda.mapped_array(1, np.int64)
+        flag[0] = -1
+        return flag
+
+    def _failure(self, flat: int, args: tuple[Any, ...]) -> KernelError:
+        """The error of a launch whose body raised at flat index ``flat`` (the index that the
+        guarded call of the generated kernel recorded): the body's own exception, re-raised
+        by running that index on the CPU where the arguments are host arrays."""
+        index = _unflatten(flat, self.dims)
+        if not any(_on_device(a) for a in args):
+            module = self.form.program(self.options.compile)
+            try:
+                module._veda_at(*index, *args)
+            except Exception as exc:  # the body's own exception, whatever its type
+                cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+                return cls(self.form.name, type(exc), str(exc), index, "cuda")
+            why = (
+                "run again on the CPU at that index after the launch, it did not raise, so its "
+                "type and message are unknown"
+            )
+        else:
+            why = "its type and message stay on the GPU (the arguments are device arrays)"
+        return KernelError(
+            self.form.name,
+            RuntimeError,
+            f"the body raised an exception on the GPU; {why}",
+            index,
+            "cuda",
+        )
+
     # -- one launch ----------------------------------------------------------------------------
     def run(self, args: tuple[Any, ...]) -> Any:
         borrowed: list[Any] = []
         back: list[tuple[np.ndarray, Any]] = []
+        flag = None
         try:
             key = tuple(_type_key(a) for a in args)
             if key not in self._checked:  # once per argument types, as Numba compiles
@@ -281,15 +331,19 @@ class _Launch:
             self._refuse_shared_memory(args)
             dev_args = tuple(self._to_device(p, a, borrowed, back) for p, a in enumerate(args))
             up = sum(b.nbytes for b in borrowed)
+            flag = self._take_flag()
             if self.reduce is not None:
-                result = self._reduce(dev_args, args, borrowed)
+                result = self._reduce(dev_args, args, borrowed, flag)
             else:
                 result = None
                 if self.size:
-                    self._kernel(*self.dims, *dev_args)
+                    self._kernel(*self.dims, *dev_args, flag)
             self.cuda.synchronize()
             hw._stats["launches"] += 1
-            self._copy_back(back)
+            self._copy_back(back)  # what the launch wrote, as on the CPU, even if it failed
+            failed = int(flag[0])
+            if failed >= 0:
+                raise self._failure(failed, args)
             down = sum(h.nbytes for h, _ in back)
             if self.reduce is not None and self.size:
                 down += result.dtype.itemsize
@@ -305,6 +359,8 @@ class _Launch:
             raise cls(self.form.name, type(exc), str(exc), None, "cuda") from exc
         finally:
             pool.give(borrowed)
+            if flag is not None:
+                self._flags.append(flag)
 
 
 class CUDATarget(Target):
