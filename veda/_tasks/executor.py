@@ -52,6 +52,10 @@ MAX_HELP_DEPTH = 24
 EXTRA_WORKERS = 256
 
 _local = threading.local()
+#: This process's id, kept up to date across os.fork (os.getpid() is a system call).
+_process = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
 
 
 def default_workers() -> int:
@@ -226,12 +230,13 @@ class Task(Future[Any]):
         # scope, which refers to its children: a reference cycle that kept every child's
         # result alive until the garbage collector found it.  Called once, when it is done.
         super()._invoke_callbacks()  # type: ignore[misc]
-        self._done_callbacks = []
+        if self._done_callbacks:
+            self._done_callbacks.clear()
 
     def _inherited(self) -> bool:
         """Whether this task belongs to the process this one was forked from: it never runs
         or finishes here (its executor's workers and locks are the parent's)."""
-        return self._executor._pid != os.getpid()
+        return self._executor._pid != _process[0]
 
     def _drop(self) -> None:
         """Forget what it runs (started, cancelled or expired): no reference cycle through a
@@ -484,7 +489,7 @@ class Executor:
         self.max_workers = max_workers or default_workers()
         self.stats = Stats()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._pid = _process[0]
         #: Idle workers wait for a token here, outside the lock: a condition notified under
         #: the lock would wake a worker only to block it again on that lock (it measured 3x
         #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).  A token
@@ -793,7 +798,7 @@ class Executor:
         executor this is not), it runs nothing.
         """
         depth = getattr(_local, "depth", 0)
-        if depth >= MAX_HELP_DEPTH or self._pid != os.getpid():
+        if depth >= MAX_HELP_DEPTH or self._pid != _process[0]:
             return
         worker = self.in_worker()
         for f in futures:
