@@ -682,36 +682,46 @@ class Executor:
             if item is None:
                 self._wake.get()  # a token: work was queued, or shutdown
                 continue
-            self._run(item)
+            self._run(item, counts)
 
     def _run_unlocked(self, item: Task) -> None:
+        """Under the lock, a worker that waits runs ``item`` (the lock released meanwhile)."""
         self._lock.release()
         try:
-            self._run(item)
+            self._run(item, _local.counts)
         finally:
             self._lock.acquire()
 
-    def _run(self, task: Task, gate: held_interrupts | None = None) -> None:
-        """Run ``task``, taken out of the queue: a worker counts it in its own list; another
-        thread (:meth:`run_awaited`) passes the ``gate`` that holds Ctrl-C off all but the
+    def _run(
+        self, task: Task, counts: list[int] | None, gate: held_interrupts | None = None
+    ) -> None:
+        """Run ``task``, taken out of the queue.  A worker passes its own ``[completed,
+        failed]`` list (no lock); a thread that waits on the task (:meth:`run_awaited`) passes
+        None (counted under the stats lock) and the ``gate`` that holds Ctrl-C off all but the
         task's own code."""
-        if gate is None:
-            self._run_counted(task, _local.counts)
-            return
         call = self._start(task)
         if call is None:
             return
         fn, args, kwargs, context = call
-        try:
+        if gate is not None:
             gate.open = True  # Ctrl-C now interrupts the task's code, as in any call
+        try:
             result = context.run(fn, *args, **kwargs) if kwargs else context.run(fn, *args)
-            gate.open = False
         except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
-            gate.open = False
-            self.stats.add("failed")
+            if gate is not None:
+                gate.open = False
+            if counts is None:
+                self.stats.add("failed")
+            else:
+                counts[1] += 1
             task.set_exception(exc)
         else:
-            self.stats.add("completed")
+            if gate is not None:
+                gate.open = False
+            if counts is None:
+                self.stats.add("completed")
+            else:
+                counts[0] += 1
             task.set_result(result)
 
     def _start(self, task: Task) -> tuple[Any, Any, Any, Any] | None:
@@ -727,21 +737,6 @@ class Executor:
             self._missed(task, started - task.deadline)
             return None
         return call
-
-    def _run_counted(self, task: Task, counts: list[int]) -> None:
-        """A worker runs ``task``, counting it in its own list (no lock)."""
-        call = self._start(task)
-        if call is None:
-            return
-        fn, args, kwargs, context = call
-        try:
-            result = context.run(fn, *args, **kwargs) if kwargs else context.run(fn, *args)
-        except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
-            counts[1] += 1
-            task.set_exception(exc)
-        else:
-            counts[0] += 1
-            task.set_result(result)
 
     def _missed(self, task: Task, late: float) -> None:
         self.stats.add("deadline_missed")
@@ -816,10 +811,7 @@ class Executor:
                     self._room()
                 _local.depth = depth + 1
                 try:
-                    if worker:
-                        self._run_counted(f, _local.counts)
-                    else:
-                        self._run(f, gate)
+                    self._run(f, _local.counts if worker else None, gate)
                 finally:
                     _local.depth = depth
             if isinstance(f._exception, KeyboardInterrupt):

@@ -63,6 +63,19 @@ def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(idx))
 
 
+def exception_at(
+    form: KernelForm, module: Any, index: tuple[int, ...], args: tuple[Any, ...], target: str
+) -> KernelError | None:
+    """Run the body at ``index`` on one CPU thread: the error of the exception it raises there
+    (its own type and message), or None if it does not raise."""
+    try:
+        module._veda_at(*index, *args)
+    except Exception as exc:  # the body's own exception, whatever its type
+        cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+        return cls(form.name, type(exc), str(exc), index, target)
+    return None
+
+
 def recover_exception(
     form: KernelForm,
     module: Any,
@@ -80,11 +93,9 @@ def recover_exception(
     flat = int(module._veda_first_failure(lo, hi, *dims, *args))
     index = _unflatten(flat, dims) if flat >= 0 else None
     if index is not None:
-        try:
-            module._veda_at(*index, *args)
-        except Exception as exc:  # the body's own exception, whatever its type
-            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-            return cls(form.name, type(exc), str(exc), index, target)
+        err = exception_at(form, module, index, args, target)
+        if err is not None:
+            return err
     return KernelError(
         form.name,
         RuntimeError,

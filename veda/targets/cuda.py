@@ -31,7 +31,7 @@ from veda._kernel.checks import check_arguments, translate_compile_error
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
-from veda.targets.cpu import _unflatten
+from veda.targets.cpu import _unflatten, exception_at
 
 __all__ = ["CUDA_BLOCK", "CUDA_MIN_SIZE", "CUDATarget", "default_block", "pool"]
 
@@ -298,11 +298,9 @@ class _Launch:
         index = _unflatten(flat, self.dims)
         if not any(_on_device(a) for a in args):
             module = self.form.program(self.options.compile)
-            try:
-                module._veda_at(*index, *args)
-            except Exception as exc:  # the body's own exception, whatever its type
-                cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-                return cls(self.form.name, type(exc), str(exc), index, "cuda")
+            err = exception_at(self.form, module, index, args, "cuda")
+            if err is not None:
+                return err
             why = (
                 "run again on the CPU at that index after the launch, it did not raise, so its "
                 "type and message are unknown"
