@@ -566,6 +566,34 @@ def test_tasks_work_with_the_concurrent_futures_functions(executor):
     assert running.result(timeout=WAIT) is True
 
 
+def test_a_task_keeps_the_future_contract(executor):
+    executor(workers=1)
+    seen: list[Any] = []
+    f = veda.spawn(abs, -3)
+    f.add_done_callback(lambda g: seen.append(("early", g.result())))
+    assert f.result(timeout=WAIT) == 3
+    f.add_done_callback(lambda g: seen.append(("late", g.result())))  # done: called at once
+    assert seen == [("early", 3), ("late", 3)]
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        f.set_result(4)
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        f.set_exception(ValueError())
+    assert f.result() == 3 and not f.running() and f.done()
+
+    def fails() -> None:
+        raise KeyError("k")
+
+    g = veda.spawn(fails)
+    assert isinstance(g.exception(timeout=WAIT), KeyError)
+    with pytest.raises(KeyError):
+        g.result()
+
+    async def awaited() -> int:
+        return await asyncio.wrap_future(veda.spawn(abs, -5))
+
+    assert asyncio.run(awaited()) == 5
+
+
 def test_a_cancelled_task_is_done_for_the_concurrent_futures_functions(executor):
     ex = executor(workers=1)
     release = _block(ex, 1)

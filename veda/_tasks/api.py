@@ -344,7 +344,7 @@ def _prepare_spawn(
     if not callable(fn):
         raise TaskError(f"{where}: fn must be callable, not {fn!r}")
     if on_error == "raise" and retries is None:
-        return fn, (fn, args, kwargs)
+        return fn, (fn, args, kwargs or None)  # an empty dict would be one more object per task
     attempts = _attempts(where, on_error, retries, fallback=False)
     return fn, (_retrying(current(), attempts, functools.partial(fn, *args, **kwargs)), (), None)
 

@@ -51,7 +51,19 @@ MAX_HELP_DEPTH = 24
 #: How many workers beyond ``max_workers`` may be started in place of blocked ones.
 EXTRA_WORKERS = 256
 
-_local = threading.local()
+
+class _Local(threading.local):
+    """Per thread: the executor whose worker this is, how deep tasks nest on its stack (a
+    worker helping, or a thread running an awaited task), and a worker's ``[completed,
+    failed]`` counts.  Class defaults, so that looking one up in a thread that never set it
+    is a plain read instead of a caught ``AttributeError`` (0.5 us each)."""
+
+    executor: Executor | None = None
+    depth = 0
+    counts: list[int] | None = None
+
+
+_local = _Local()
 #: This process's id, kept up to date across os.fork (os.getpid() is a system call).
 _process = [os.getpid()]
 if hasattr(os, "register_at_fork"):
@@ -166,7 +178,11 @@ class _Condition(_thread.RLock):  # type: ignore[misc]
 _FUTURE_FIELDS = {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"}
 _SLIM_FUTURE = set(Future().__dict__) == _FUTURE_FIELDS
 _PENDING = Future()._state
+_RUNNING = concurrent.futures._base.RUNNING
+_CANCELLED = concurrent.futures._base.CANCELLED
+_CANCELLED_AND_NOTIFIED = concurrent.futures._base.CANCELLED_AND_NOTIFIED
 _FINISHED = concurrent.futures._base.FINISHED
+_DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 _seq = itertools.count()
 
 
@@ -205,8 +221,10 @@ class Task(Future[Any]):
             self._state = _PENDING
             self._result = None
             self._exception = None
-            self._waiters: list[Any] = []
-            self._done_callbacks: list[Any] = []
+            # Future's two lists exist only once something waits or is called back: two
+            # objects fewer per task for the garbage collector (see _waiters).
+            self._waiting: list[Any] | None = None
+            self._done_callbacks: list[Any] | None = None
         else:  # pragma: no cover - a Python whose Future has other fields
             super().__init__()
         self._executor = executor
@@ -225,13 +243,82 @@ class Task(Future[Any]):
         self._context = context
         self._watch: list[Any] | None = None  # its entry in the executor's deadline heap
 
+    # -- Future's waiters and callbacks, made when first needed --------------------------
+    # A program that holds 50,000 futures has the garbage collector go through all of them
+    # again and again while it queues more: each object a task holds costs there (the
+    # collections were 3 us of a 13 us spawn, bench/bench_tasks.py).  Future's list of waiters
+    # (which concurrent.futures.wait and as_completed append to) and its done callbacks are
+    # made when something first waits or adds one, and Future's three methods that read the
+    # waiters are redone here on ``_waiting`` (what they do, unchanged since Python 3.8).
+    # Only where Task sets up its Future fields itself (_SLIM_FUTURE).
+
+    @property
+    def _waiters(self) -> list[Any]:
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = []
+        return waiting
+
+    @_waiters.setter
+    def _waiters(self, value: list[Any]) -> None:
+        self._waiting = value
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        if self._done_callbacks is None:
+            with self._condition:
+                if self._done_callbacks is None:
+                    self._done_callbacks = []
+        super().add_done_callback(fn)
+
     def _invoke_callbacks(self) -> None:
         # Future keeps its done callbacks after calling them; a scope's callback refers to the
         # scope, which refers to its children: a reference cycle that kept every child's
         # result alive until the garbage collector found it.  Called once, when it is done.
-        super()._invoke_callbacks()  # type: ignore[misc]
-        if self._done_callbacks:
-            self._done_callbacks.clear()
+        callbacks = self._done_callbacks
+        if callbacks:
+            super()._invoke_callbacks()  # type: ignore[misc]
+            callbacks.clear()
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if not _SLIM_FUTURE:  # pragma: no cover
+            return super().set_running_or_notify_cancel()
+        with self._condition:
+            state = self._state
+            if state == _PENDING:
+                self._state = _RUNNING
+                return True
+            if state == _CANCELLED:
+                self._state = _CANCELLED_AND_NOTIFIED
+                for waiter in self._waiting or ():
+                    waiter.add_cancelled(self)
+                return False  # cancel() notified the condition
+        raise RuntimeError(f"Future in unexpected state: {state}")
+
+    def set_result(self, result: Any) -> None:
+        if not _SLIM_FUTURE:  # pragma: no cover
+            return super().set_result(result)
+        with self._condition:
+            if self._state in _DONE:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = _FINISHED
+            for waiter in self._waiting or ():
+                waiter.add_result(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if not _SLIM_FUTURE:  # pragma: no cover
+            return super().set_exception(exception)
+        with self._condition:
+            if self._state in _DONE:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = _FINISHED
+            for waiter in self._waiting or ():
+                waiter.add_exception(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
 
     def _inherited(self) -> bool:
         """Whether this task belongs to the process this one was forked from: it never runs
@@ -270,6 +357,8 @@ class Task(Future[Any]):
     def result(self, timeout: float | None = None) -> Any:
         if self._state != _FINISHED:
             self._wait(timeout)
+        if self._state == _FINISHED and self._exception is None:  # final: no lock needed
+            return self._result
         return super().result(timeout=0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -278,7 +367,7 @@ class Task(Future[Any]):
         return super().exception(timeout=0)
 
     def _wait(self, timeout: float | None) -> None:
-        if self.done():
+        if self._state in _DONE:  # a done future's state is final: read without the lock
             return
         if self._inherited():
             raise _inherited_error(self)
@@ -503,6 +592,8 @@ class Executor:
         self._alive = 0
         #: Workers idle (or about to be) that no token was put for yet.
         self._idle = 0
+        #: Workers woken that have not yet come back to the queue (see _wake_one).
+        self._waking = 0
         self._blocked = 0
         self._helpers = 0
         self._space_waiters = 0
@@ -528,7 +619,7 @@ class Executor:
 
     def in_worker(self) -> bool:
         """Whether the calling thread is one of this executor's workers."""
-        return getattr(_local, "executor", None) is self
+        return _local.executor is self
 
     # -- queueing -------------------------------------------------------------------------
     def put(
@@ -559,10 +650,8 @@ class Executor:
             if task.deadline is not None:
                 self._watch_deadline(task)
             if self._idle:
-                self._idle -= 1
-                # In the lock, and one C call: an interrupt cannot come between counting the
-                # worker awake and waking it (a SimpleQueue never blocks a put).
-                self._wake.put(None)
+                if not self._waking:  # a worker woken earlier wakes the next (_worker)
+                    self._wake_one()
             elif (
                 self._alive - self._blocked < self.max_workers
                 and self._alive < self.max_workers + EXTRA_WORKERS
@@ -571,6 +660,21 @@ class Executor:
             if self._helpers:
                 self._helping.notify_all()
         return True
+
+    def _wake_one(self) -> None:
+        """Under the lock: wake one idle worker.
+
+        One wake is in flight at a time: a put that finds a worker already woken (and not yet
+        at the queue) wakes no other, and a woken worker that leaves more queued behind it
+        wakes the next.  A burst of puts then costs one wake-up per worker that is needed
+        instead of one per task: each wake-up is a thread switch, and trivial tasks ran 20-40%
+        faster without the surplus ones (bench/bench_tasks.py, 2 cores).
+        """
+        self._idle -= 1
+        self._waking += 1
+        # In the lock, and one C call: an interrupt cannot come between counting the worker
+        # awake and waking it (a SimpleQueue never blocks a put).
+        self._wake.put(None)
 
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
         """Under the lock: wait until the queue has room; a worker runs queued tasks meanwhile."""
@@ -668,9 +772,13 @@ class Executor:
         _local.counts = counts = self.stats.register()
         me = threading.current_thread()
         lock = self._lock
+        woken = False
         while True:
             _settle(lock)
             with lock:
+                if woken:
+                    self._waking -= 1
+                    woken = False
                 item = self._next()
                 if item is None:
                     if self._shutdown or self._alive - self._blocked > self.max_workers:
@@ -679,8 +787,11 @@ class Executor:
                         self.stats.retire(counts)
                         return
                     self._idle += 1
+                elif self._idle and len(self._queue) and not self._waking:
+                    self._wake_one()  # more is queued: the next idle worker takes it
             if item is None:
                 self._wake.get()  # a token: work was queued, or shutdown
+                woken = True
                 continue
             self._run(item, counts)
 
@@ -792,7 +903,7 @@ class Executor:
         Nested past :data:`MAX_HELP_DEPTH` tasks on one stack, in a forked child (whose
         executor this is not), it runs nothing.
         """
-        depth = getattr(_local, "depth", 0)
+        depth = _local.depth
         if depth >= MAX_HELP_DEPTH or self._pid != _process[0]:
             return
         worker = self.in_worker()
@@ -901,6 +1012,7 @@ class Executor:
             for cond in (self._space, self._helping, self._reaping):
                 cond.notify_all()
             idle, self._idle = self._idle, 0
+            self._waking += idle
             threads = list(self._threads)
         for _ in range(idle):
             self._wake.put(None)
