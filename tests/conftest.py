@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 # Each test session compiles into its own cache, so tests never read kernels compiled by an
@@ -12,6 +13,13 @@ os.environ.setdefault("VEDA_CACHE_DIR", tempfile.mkdtemp(prefix="veda-test-cache
 import pytest
 
 import veda
+
+# A shell starts a background job (``cmd &`` without job control, ``nohup``) with SIGINT
+# ignored, and so every process it starts: Python then installs no KeyboardInterrupt handler,
+# and the Ctrl-C tests would see nothing.  Handled here, SIGINT is reset to its default for
+# the test processes this one starts.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The CUDA suite runs under Numba's CUDA simulator, which is global to a process and slow: it is
 # started in its own process by tests/test_cuda.py (or on a GPU by bench/gpu_check.sh), with

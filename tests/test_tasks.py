@@ -610,7 +610,7 @@ def test_a_cancelled_task_is_done_for_the_concurrent_futures_functions(executor)
     assert not concurrent.futures.wait(later, timeout=WAIT).not_done
 
 
-def test_a_worker_waiting_for_room_in_the_queue_runs_queued_tasks(executor):
+def test_a_worker_waiting_for_room_in_the_queue_is_replaced(executor):
     executor(workers=1)
 
     @veda.config(max_pending=1)
@@ -619,6 +619,176 @@ def test_a_worker_waiting_for_room_in_the_queue_runs_queued_tasks(executor):
         return [c.result(timeout=WAIT) for c in children]
 
     assert within(lambda: veda.spawn(fan_out).result(timeout=WAIT)) == list(range(20))
+
+
+def test_a_task_waiting_on_another_task_never_buries_it(executor):
+    # B runs on one worker; A, on the other, waits on B; C waits on A.  A waiting worker that
+    # ran C on top of A would never get back to A (C waits on it): it must not run C.
+    executor(workers=2)
+    gate = threading.Event()
+    b = veda.spawn(gate.wait, WAIT)
+    a = veda.spawn(lambda: b.result() and "A")
+    c = veda.spawn(lambda: a.result() + "C")
+    gate.set()
+    assert not concurrent.futures.wait([a, b, c], timeout=WAIT).not_done
+    assert (a.result(), c.result()) == ("A", "AC")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_tasks_waiting_on_earlier_tasks_all_finish(executor, seed):
+    """A random graph of 200 tasks, each waiting on one or two submitted before it, on two
+    workers (as concurrent.futures' pool finishes it)."""
+    executor(workers=2)
+    rng = random.Random(seed)
+    futures: list[Task] = []
+
+    def node(k: int, deps: list[Task]) -> int:
+        return k + sum(d.result(timeout=WAIT) for d in deps) % 7
+
+    for k in range(200):
+        deps = rng.sample(futures, min(len(futures), rng.randint(1, 2)))
+        futures.append(veda.spawn(node, k, deps))
+    assert not concurrent.futures.wait(futures, timeout=WAIT).not_done
+    assert all(f.exception() is None for f in futures)
+
+
+def test_shutdown_from_a_task_the_main_thread_runs_does_not_wait(executor):
+    executor(workers=1)
+    started = threading.Event()
+    box: dict[str, Task] = {}
+
+    def a() -> str:
+        started.wait(WAIT)
+        return box["b"].result(timeout=WAIT)  # on the worker, until b is done
+
+    def b() -> str:
+        started.set()
+        veda.shutdown(wait=True)  # joining the worker would wait on a, which waits on this
+        return "b"
+
+    fa = veda.spawn(a)
+    box["b"] = veda.spawn(b)
+    assert within(lambda: box["b"].result()) == "b"  # run by the waiting thread itself
+    assert fa.result(timeout=WAIT) == "b"
+
+
+def test_a_name_that_raises_does_not_stop_deadlines(executor):
+    ex = executor(workers=1)
+
+    class Proxy:
+        def __call__(self) -> str:
+            return "ran"
+
+        def __getattr__(self, name: str) -> Any:
+            raise RuntimeError(f"not ready ({name})")
+
+    release = _block(ex, 1)
+    try:
+        f = veda.spawn(Proxy(), deadline=0.05)
+        g = veda.spawn(abs, -1, deadline=0.1)
+        for t in (f, g):
+            assert isinstance(t.exception(timeout=WAIT), veda.DeadlineExceeded)
+        assert "Proxy" in repr(f)
+    finally:
+        release.set()
+
+
+def test_a_done_callback_raising_system_exit_does_not_stop_the_worker(executor, caplog):
+    ex = executor(workers=1)
+    first = veda.spawn(abs, -1)
+    gate = threading.Event()
+    slow = veda.spawn(gate.wait, WAIT)  # keeps the worker until the callback is in place
+    slow.add_done_callback(lambda _: sys.exit("callback exits"))
+    gate.set()
+    assert first.result(timeout=WAIT) == 1 and slow.result(timeout=WAIT) is True
+    later = veda.spawn(abs, -2)
+    assert not concurrent.futures.wait([later], timeout=WAIT).not_done  # a worker runs it
+    assert later.result() == 2 and ex.workers == 1
+    assert "done callback raised" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["worker", "waiting thread", "result raises"])
+def test_a_failed_task_is_freed_without_the_garbage_collector(executor, where):
+    import gc
+    import weakref
+
+    executor(workers=1)
+
+    class Big:
+        pass
+
+    def fails(big: Big) -> None:
+        raise ValueError("fails")
+
+    gc.collect()
+    gc.disable()
+    try:
+        big = Big()
+        held = weakref.ref(big)
+        if where == "worker":
+            task = veda.spawn(fails, big)
+            concurrent.futures.wait([task], timeout=WAIT)
+        else:
+            release = _block(_api.current(), 1)  # queued: the waiting thread runs it
+            task = veda.spawn(fails, big)
+            try:
+                if where == "result raises":
+                    with pytest.raises(ValueError):
+                        task.result()
+                else:
+                    assert isinstance(task.exception(), ValueError)
+            finally:
+                release.set()
+        assert isinstance(task.exception(), ValueError)
+        ref = weakref.ref(task)
+        del task, big
+        assert ref() is None and held() is None  # no cycle kept them: freed by refcounts
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "1", True, [1]])
+def test_a_bad_wait_timeout_is_a_task_error(executor, timeout):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    try:
+        f = veda.spawn(abs, -1)
+        for wait in (f.result, f.exception):
+            with pytest.raises(veda.TaskError, match="timeout"):
+                wait(timeout=timeout)
+    finally:
+        release.set()
+    assert f.result(timeout=WAIT) == 1
+
+
+def test_exit_does_not_wait_for_a_thread_blocked_submitting(tmp_path):
+    # A non-daemon thread blocks submitting into a full queue of tasks that never finish: the
+    # interpreter joins it at exit, which would wait forever if veda's exit hook ran later.
+    script = textwrap.dedent(
+        """
+        import threading, veda
+        from veda._tasks import api, executor
+        api._current = executor.Executor(max_workers=1)
+        forever = threading.Event()
+        veda.set_config(max_pending=1)
+        def produce():
+            try:
+                for _ in range(5):
+                    veda.spawn(forever.wait)
+            except veda.ShutdownError:
+                print("released")
+        t = threading.Thread(target=produce)
+        t.start()
+        while veda._tasks.api.current().pending < 1:
+            pass
+        print("exiting")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["exiting", "released"]
 
 
 def test_nested_too_deep_to_help_a_worker_blocks_and_is_replaced(executor, monkeypatch):
@@ -1251,6 +1421,7 @@ def test_a_forked_child_gets_an_error_for_the_parents_tasks_instead_of_a_hang():
         (lambda: veda.spawn(abs, 1, on_error="retry", retries=-1), "retries must be"),
         (lambda: veda.spawn(abs, 1, retries=2), "retries=2 needs on_error"),
         (lambda: veda.spawn(42), "fn must be callable"),
+        (lambda: veda.spawn(times, 4, np.ones(4), np.ones(4), 1.0), "veda.submit"),
         (lambda: veda.submit(abs, 4), "kernel must be a @veda.kernel"),
         (lambda: veda.scope(cancel_on_error="yes"), "cancel_on_error"),
         (lambda: veda.spawn(abs, 1, deadline=float("inf")), "more than a year away"),
@@ -1269,6 +1440,20 @@ def test_bad_launch_settings_are_refused_at_submit():
         veda.submit(times, 4, np.ones(4), np.ones(4), 1.0, threads=0)
     with pytest.raises(veda.LaunchError):
         veda.submit(times, -3, np.ones(4), np.ones(4), 1.0)
+    # The domain and the number of arguments must fit the kernel's parameters.
+    with pytest.raises(veda.LaunchError, match="index parameter"):
+        veda.submit(times, (2, 2), np.ones(4), np.ones(4), 1.0)
+    with pytest.raises(veda.LaunchError, match="takes 3 argument"):
+        veda.submit(times, 4, np.ones(4), np.ones(4))
+    # The types and shapes of the arguments are checked as the launch starts.
+    f = veda.submit(times, 4, np.ones(4), np.ones(4, dtype=np.int8)[::2], 1.0)
+    assert isinstance(f.exception(timeout=WAIT), veda.LaunchError)
+
+
+def test_max_pending_takes_numpy_integers():
+    with veda.config(max_pending=np.int64(5)):
+        assert veda.get_config().max_pending == 5
+        assert type(veda.get_config().max_pending) is int
 
 
 @pytest.mark.parametrize("value", [0, -5, 2.5, True, "10"])

@@ -131,7 +131,7 @@ class Config:
 
 _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
 #: Settings that take integers: a NumPy integer (``np.int64(2)``) counts as the int it holds.
-_INT_FIELDS = ("threads", "chunk", "seed")
+_INT_FIELDS = ("threads", "chunk", "seed", "max_pending")
 
 
 def plain_int(value: Any) -> Any:

@@ -253,6 +253,7 @@ class Entry:
         "runners",
         "shorted",
         "size",
+        "sized",
         "times",
         "tuning",
         "version",
@@ -281,6 +282,9 @@ class Entry:
         self.resume_review_at = _FOLD_AT
         #: Exploring launches in a row that ran on a smaller share of threads than they chose.
         self.shorted = 0
+        #: Whether veda chose the thread count (nothing set ``threads``): such parallel
+        #: launches borrow their threads from the machine's budget (veda._hardware.cpu).
+        self.sized = False
 
 
 def _checked_runner(
@@ -492,6 +496,7 @@ class Kernel(KernelDefinition):
             self._store(dims, args, overrides, entry)
             return entry
         merged = merge(cfg, overrides)
+        entry.sized = merged.threads is None  # by the dispatcher, or by the fixed rule
         resident = _gpu.device_resident(args)
         residency = "device" if resident else "host"
         # Where the arrays live decides which targets can read them, and what a copying target
@@ -563,7 +568,7 @@ class Kernel(KernelDefinition):
                     decision,
                     LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
                     recorder if cfg.profile else None,
-                    shared=entry.tuning is not None,
+                    shared=entry.sized,
                 )
             except VedaError:
                 raise

@@ -178,10 +178,11 @@ class Target(abc.ABC):
         or None.  veda keeps it for later launches with the same domain, settings and argument
         count, so everything that does not depend on the arguments' values belongs here, not in
         it.  With a ``profiler``, a target that has workers reports each launch's per-worker
-        busy time to it.  ``shared`` says the dispatcher chose the thread count, so the target
-        may lower it while other launches share the cores; an explicit ``threads=`` is never
-        lowered.  The runner raises veda errors (:class:`veda.KernelError` for an exception in
-        the body) and must let through exceptions that are not ``Exception`` subclasses.
+        busy time to it.  ``shared`` says veda chose the thread count (the dispatcher, or the
+        fixed rule where it has no choice), so the target may lower it while other launches
+        share the cores; an explicit ``threads=`` is never lowered.  The runner raises veda
+        errors (:class:`veda.KernelError` for an exception in the body) and must let through
+        exceptions that are not ``Exception`` subclasses.
         """
 
     def __repr__(self) -> str:

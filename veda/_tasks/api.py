@@ -90,7 +90,21 @@ def _at_exit() -> None:
         ex.shutdown(wait=False, cancel_pending=True)
 
 
-atexit.register(_at_exit)
+def _register_exit() -> None:
+    # Where concurrent.futures registers its own: before the interpreter joins the non-daemon
+    # threads, so that one blocked submitting into a full queue (or waiting on a queued task)
+    # is released with a ShutdownError (or CancelledError) instead of holding the exit up.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_at_exit)
+            return
+        except RuntimeError:  # imported while the interpreter shuts down
+            pass
+    atexit.register(_at_exit)
+
+
+_register_exit()
 
 
 class _Metrics:
@@ -333,7 +347,9 @@ def _prepare_submit(
     given = {key: v for key, v in overrides.items() if v is not None}
     if given:
         validate_launch_overrides(given)
-    k[domain]  # refuse a bad domain now, in the submitter (a veda.LaunchError)
+    # Refuse now, in the submitter (a veda.LaunchError), a bad domain and arguments that do
+    # not fit the kernel's parameters; their types and shapes are checked as the launch starts.
+    k.form(len(k[domain].dims), len(args))
     call = _kernel_call(current(), k, domain, args, given, attempts, on_error == "fallback")
     return k, (call, (), None)
 
@@ -343,6 +359,11 @@ def _prepare_spawn(
 ) -> tuple[Any, tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any] | None]]:
     if not callable(fn):
         raise TaskError(f"{where}: fn must be callable, not {fn!r}")
+    if isinstance(fn, Kernel):
+        raise TaskError(
+            f"{where}: fn is the veda kernel {fn.name!r}: queue its launch with "
+            "veda.submit(kernel, domain, *args)"
+        )
     if on_error == "raise" and retries is None:
         return fn, (fn, args, kwargs or None)  # an empty dict would be one more object per task
     attempts = _attempts(where, on_error, retries, fallback=False)
@@ -574,8 +595,8 @@ class Scope:
 
     Use :func:`scope`.  ``s.spawn`` and ``s.submit`` take the arguments of :func:`veda.spawn`
     and :func:`veda.submit` and return their futures.  At the end of the block the scope waits
-    for every child (a veda worker runs queued tasks meanwhile, so scopes nest inside tasks to
-    any depth).  The first child to fail cancels the children that have not started, unless
+    for every child (a veda worker runs the queued children meanwhile, so scopes nest inside
+    tasks to any depth).  The first child to fail cancels the children that have not started, unless
     ``cancel_on_error=False``; then the block raises an :class:`ExceptionGroup` of every
     child's exception (cancelled children are not failures), with the block's own exception
     first if it raised one too.  ``KeyboardInterrupt`` in the block or while waiting cancels

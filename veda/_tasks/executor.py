@@ -8,11 +8,13 @@
   :class:`veda.DeadlineExceeded` and never runs: a reaper thread (started with the first
   deadline) expires it on time, and a worker checks again as it starts one.  A running task is
   never interrupted.
-* **Help while waiting.**  A worker that waits on a future or a scope runs queued tasks itself
-  meanwhile, so tasks that wait on their children never starve the pool.  Helping nests on the
-  worker's stack; past :data:`MAX_HELP_DEPTH` nested helps a waiting worker blocks instead and
-  the pool starts another worker in its place, up to :data:`EXTRA_WORKERS` more than
-  ``max_workers``.
+* **Waiting.**  A thread that waits (without a timeout) on tasks that have not started runs
+  them itself.  A worker that waits on a future, a scope or room in the queue also runs
+  queued *descendants* of the tasks it is running meanwhile (:meth:`Executor._descendant`),
+  nested on its stack up to :data:`MAX_HELP_DEPTH` deep, and nothing else: a task run on top
+  of a waiting one, that waited in turn on the task beneath it, could never finish.  A worker
+  with nothing of its own to run blocks, and the pool starts another worker in its place, up
+  to :data:`EXTRA_WORKERS` more than ``max_workers``.
 
 Lock discipline: no future is completed or cancelled while the executor's lock is held (a
 future's callbacks may take the lock).
@@ -26,7 +28,9 @@ import contextvars
 import dataclasses
 import heapq
 import itertools
+import logging
 import math
+import numbers
 import os
 import queue
 import threading
@@ -39,7 +43,7 @@ from typing import Any
 
 from veda._hardware.signals import held_interrupts
 from veda._tasks.queue import AGE_STEP, Priority, TaskQueue
-from veda.errors import DeadlineExceeded, QueueFull, ShutdownError
+from veda.errors import DeadlineExceeded, QueueFull, ShutdownError, TaskError
 from veda.telemetry._histogram import LogHistogram
 
 __all__ = ["EXTRA_WORKERS", "MAX_HELP_DEPTH", "Executor", "Stats", "Task", "TaskMetrics"]
@@ -50,6 +54,9 @@ __all__ = ["EXTRA_WORKERS", "MAX_HELP_DEPTH", "Executor", "Stats", "Task", "Task
 MAX_HELP_DEPTH = 24
 #: How many workers beyond ``max_workers`` may be started in place of blocked ones.
 EXTRA_WORKERS = 256
+#: Queued tasks per priority level (the newest) a waiting worker looks through for one it
+#: may run (Executor._descendant).
+HELP_SCAN = 64
 
 
 class _Local(threading.local):
@@ -61,9 +68,12 @@ class _Local(threading.local):
     executor: Executor | None = None
     depth = 0
     counts: list[int] | None = None
+    #: The task this thread runs now (the innermost, when tasks nest on its stack).
+    task: Task | None = None
 
 
 _local = _Local()
+_LOG = logging.getLogger("veda.tasks")
 #: This process's id, kept up to date across os.fork (os.getpid() is a system call).
 _process = [os.getpid()]
 if hasattr(os, "register_at_fork"):
@@ -118,6 +128,16 @@ def _settle(lock: Any) -> None:
         if not lock.locked():
             return
         _yield()
+
+
+def _checked_timeout(timeout: Any) -> float | None:
+    """A wait's ``timeout``: None (no limit) or seconds; ``inf`` is None, a negative one 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or math.isnan(timeout):
+        raise TaskError(f"timeout={timeout!r}: expected a number of seconds or None")
+    seconds = float(timeout)
+    return None if seconds == math.inf else max(0.0, seconds)
 
 
 def _inherited_error(task: Task) -> ShutdownError:
@@ -190,7 +210,7 @@ class Task(Future[Any]):
     """A veda task: a :class:`concurrent.futures.Future` with a priority and a deadline.
 
     Cancelling a task that has not started takes it out of the queue at once.  Waiting on it
-    (:meth:`result`, :meth:`exception`) from a veda worker runs other queued tasks meanwhile;
+    (:meth:`result`, :meth:`exception`) from a veda worker runs its queued descendants meanwhile;
     a ``KeyboardInterrupt`` while waiting cancels the task if it has not started.
 
     A task is also its own entry in the executor's queue (the attributes of
@@ -242,6 +262,10 @@ class Task(Future[Any]):
         self._kwargs = kwargs
         self._context = context
         self._watch: list[Any] | None = None  # its entry in the executor's deadline heap
+        #: The task running in the thread that queued this one, until this one finishes; and,
+        #: while this one runs, the task beneath it on its thread's stack (Executor._descendant).
+        self._parent: Task | None = _local.task
+        self._below: Task | None = None
 
     # -- Future's waiters and callbacks, made when first needed --------------------------
     # A program that holds 50,000 futures has the garbage collector go through all of them
@@ -325,11 +349,13 @@ class Task(Future[Any]):
         or finishes here (its executor's workers and locks are the parent's)."""
         return self._executor._pid != _process[0]
 
-    def _drop(self) -> None:
+    def _drop(self, started: bool = False) -> None:
         """Forget what it runs (started, cancelled or expired): no reference cycle through a
         closure is left for the garbage collector to find, and the executor's deadline watch
-        lets go of it."""
+        lets go of it.  A task that never runs lets go of its parent too."""
         self._fn = self._args = self._kwargs = self._context = None  # type: ignore[assignment]
+        if not started:
+            self._parent = None
         watch = self._watch
         if watch is not None:
             watch[2] = None
@@ -340,7 +366,10 @@ class Task(Future[Any]):
         what = self._what
         if isinstance(what, str):
             return what
-        return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
+        try:
+            return str(getattr(what, "__qualname__", None) or getattr(what, "name", None) or what)
+        except Exception:  # a proxy whose attributes raise: a name must never fail
+            return f"<{type(what).__name__} object>"
 
     def cancel(self) -> bool:
         if self._inherited():  # the parent's executor and its lock are not this process's
@@ -354,35 +383,50 @@ class Task(Future[Any]):
                 self.set_running_or_notify_cancel()
             return True
 
+    # A task that fails in the thread that waits on it (Executor.run_awaited) keeps, in its
+    # exception's traceback, every frame that thread was in: the methods that wait let go of
+    # the task in their frames (``del self``) as they leave, or the task would hold itself
+    # (task -> exception -> traceback -> frame -> task) until the garbage collector found it.
+
     def result(self, timeout: float | None = None) -> Any:
-        if self._state != _FINISHED:
-            self._wait(timeout)
-        if self._state == _FINISHED and self._exception is None:  # final: no lock needed
-            return self._result
-        return super().result(timeout=0)
+        try:
+            if self._state != _FINISHED:
+                self._wait(timeout)
+            if self._state == _FINISHED and self._exception is None:  # final: no lock needed
+                return self._result
+            return super().result(timeout=0)
+        finally:
+            del self
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state != _FINISHED:
-            self._wait(timeout)
-        return super().exception(timeout=0)
+        try:
+            if self._state != _FINISHED:
+                self._wait(timeout)
+            return super().exception(timeout=0)
+        finally:
+            del self
 
     def _wait(self, timeout: float | None) -> None:
-        if self._state in _DONE:  # a done future's state is final: read without the lock
-            return
-        if self._inherited():
-            raise _inherited_error(self)
         try:
-            if self._executor.in_worker():
-                self._executor.wait_for((self,), timeout)  # runs it here if it is queued
+            if self._state in _DONE:  # a done future's state is final: read without the lock
                 return
-            if timeout is None:
-                self._executor.run_awaited((self,))
-                if self.done():
+            timeout = _checked_timeout(timeout)
+            if self._inherited():
+                raise _inherited_error(self)
+            try:
+                if self._executor.in_worker():
+                    self._executor.wait_for((self,), timeout)  # runs it here if it is queued
                     return
-            self._wait_here(timeout)
-        except KeyboardInterrupt:
-            self.cancel()
-            raise
+                if timeout is None:
+                    self._executor.run_awaited((self,))
+                    if self.done():
+                        return
+                self._wait_here(timeout)
+            except KeyboardInterrupt:
+                self.cancel()
+                raise
+        finally:
+            del self
 
     def _wait_here(self, timeout: float | None) -> None:
         """Wait on the future itself (the main thread in slices, so that Ctrl-C is seen)."""
@@ -595,8 +639,8 @@ class Executor:
         #: Workers woken that have not yet come back to the queue (see _wake_one).
         self._waking = 0
         self._blocked = 0
-        self._helpers = 0
         self._space_waiters = 0
+        self._helpers = 0
         self._deadlines: list[list[Any]] = []  # [deadline, seq, task or None]
         self._reaper: threading.Thread | None = None
         self._shutdown = False
@@ -677,12 +721,16 @@ class Executor:
         self._wake.put(None)
 
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
-        """Under the lock: wait until the queue has room; a worker runs queued tasks meanwhile."""
+        """Under the lock: wait until the queue has room.
+
+        A worker that waits without a timeout runs queued descendants of its tasks meanwhile
+        (:meth:`_descendant`): a task that fans out runs its own children rather than blocking
+        a worker per level.  A worker that waits otherwise is replaced meanwhile (a task that
+        fans out cannot deadlock on its own backpressure).
+        """
         end = None if timeout is None else monotonic() + timeout
-        # Without a timeout a worker runs queued tasks meanwhile (a task that fans out cannot
-        # deadlock on its own backpressure); with one it waits, as a helped task could run
-        # past it.
-        helping = timeout is None and self.in_worker() and _local.depth < MAX_HELP_DEPTH
+        main = threading.current_thread() is threading.main_thread()
+        helping = timeout is None and self.in_worker()
         while len(self._queue) >= max_pending:
             if self._shutdown:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
@@ -693,25 +741,22 @@ class Executor:
                     f"cannot queue task {task.name}: {len(self._queue)} tasks are pending "
                     f"(max_pending={max_pending}) and no room came within timeout={timeout}"
                 )
-            if helping:
-                item = self._next()
-                if item is not None:
-                    _local.depth += 1  # helping nests on this stack
-                    try:
-                        self._run_unlocked(item)
-                    finally:
-                        _local.depth -= 1
-                    helping = _local.depth < MAX_HELP_DEPTH
-                    continue
-            # A worker that waits here without helping is blocked: another may start in its
-            # place, or a queue kept full by the tasks of blocked workers would never drain.
+            child = self._descendant() if helping else None
+            if child is not None:
+                self._run_nested(child)
+                continue
+            # A worker that waits here is blocked: another may start in its place, or a queue
+            # kept full by the tasks of blocked workers would never drain.
             blocked = self.in_worker()
             if blocked:
                 self._blocked += 1
                 self._replace_blocked()
+            step = _LONGEST if remaining is None else min(remaining, _LONGEST)
+            if main:  # in slices: a SIGINT that another thread received is seen here too
+                step = min(step, _SLICE)
             self._space_waiters += 1
             try:
-                self._space.wait(None if remaining is None else min(remaining, _LONGEST))
+                self._space.wait(step)
             finally:
                 self._space_waiters -= 1
                 if blocked:
@@ -793,15 +838,10 @@ class Executor:
                 self._wake.get()  # a token: work was queued, or shutdown
                 woken = True
                 continue
-            self._run(item, counts)
-
-    def _run_unlocked(self, item: Task) -> None:
-        """Under the lock, a worker that waits runs ``item`` (the lock released meanwhile)."""
-        self._lock.release()
-        try:
-            self._run(item, _local.counts)
-        finally:
-            self._lock.acquire()
+            try:
+                self._run(item, counts)
+            except BaseException:  # from a done callback (SystemExit, say): the worker lives on
+                _LOG.exception("veda task worker: a done callback raised")
 
     def _run(
         self, task: Task, counts: list[int] | None, gate: held_interrupts | None = None
@@ -814,6 +854,9 @@ class Executor:
         if call is None:
             return
         fn, args, kwargs, context = call
+        outer = _local.task  # this thread's stack of tasks, for _descendant
+        task._below = outer
+        _local.task = task
         if gate is not None:
             gate.open = True  # Ctrl-C now interrupts the task's code, as in any call
         try:
@@ -821,14 +864,22 @@ class Executor:
         except BaseException as exc:  # a task's failure, KeyboardInterrupt included, is its own
             if gate is not None:
                 gate.open = False
+            _local.task = outer
+            task._parent = task._below = None
             if counts is None:
                 self.stats.add("failed")
             else:
                 counts[1] += 1
             task.set_exception(exc)
+            # The exception's traceback holds this frame: without these the task would hold
+            # itself (task -> exception -> traceback -> frame -> task), and what it ran, until
+            # the garbage collector found the cycle.
+            del task, call, fn, args, kwargs, context, outer
         else:
             if gate is not None:
                 gate.open = False
+            _local.task = outer
+            task._parent = task._below = None
             if counts is None:
                 self.stats.add("completed")
             else:
@@ -838,16 +889,25 @@ class Executor:
     def _start(self, task: Task) -> tuple[Any, Any, Any, Any] | None:
         """Start ``task``: what it runs, or None when it was cancelled or missed its deadline."""
         call = task._fn, task._args, task._kwargs, task._context
-        task._drop()  # nothing it ran stays alive with its future
+        task._drop(started=True)  # nothing it ran stays alive with its future
         if not task.set_running_or_notify_cancel():
             self.stats.add("cancelled")  # between leaving the queue and here
+            task._parent = None
             return None
         started = monotonic()
         self.stats.waited(task.level, started - task.enqueued)
         if task.deadline is not None and started > task.deadline:
+            task._parent = None
             self._missed(task, started - task.deadline)
             return None
         return call
+
+    def _expire(self, task: Task, now: float) -> None:
+        task._drop()
+        if task.set_running_or_notify_cancel():
+            self._missed(task, now - (task.deadline or now))
+        else:
+            self.stats.add("cancelled")
 
     def _missed(self, task: Task, late: float) -> None:
         self.stats.add("deadline_missed")
@@ -882,11 +942,10 @@ class Executor:
                     self._lock.release()
                     try:
                         for task in expired:
-                            task._drop()
-                            if task.set_running_or_notify_cancel():
-                                self._missed(task, now - (task.deadline or now))
-                            else:
-                                self.stats.add("cancelled")
+                            try:
+                                self._expire(task, now)
+                            except BaseException:  # a done callback's; the reaper lives on
+                                _LOG.exception("veda task deadlines: a done callback raised")
                     finally:
                         self._lock.acquire()
 
@@ -907,64 +966,140 @@ class Executor:
         if depth >= MAX_HELP_DEPTH or self._pid != _process[0]:
             return
         worker = self.in_worker()
-        for f in futures:
-            if not isinstance(f, Task) or f._executor is not self or f.taken:
-                continue
-            # In the main thread Ctrl-C can land anywhere: from taking the task out of the
-            # queue to its future's done callbacks (a scope's count of open children), only
-            # the task's own code may be interrupted; an interrupt noted elsewhere is raised
-            # as the gate closes, once the task's state is whole.
-            gate = held_interrupts()
-            with gate:
-                with self._lock:
-                    if not self._queue.remove(f):
-                        continue
-                    self._room()
-                _local.depth = depth + 1
-                try:
-                    self._run(f, _local.counts if worker else None, gate)
-                finally:
-                    _local.depth = depth
-            if isinstance(f._exception, KeyboardInterrupt):
-                raise f._exception
+        f = None
+        try:
+            for f in futures:
+                if not isinstance(f, Task) or f._executor is not self or f.taken:
+                    continue
+                # In the main thread Ctrl-C can land anywhere: from taking the task out of the
+                # queue to its future's done callbacks (a scope's count of open children), only
+                # the task's own code may be interrupted; an interrupt noted elsewhere is raised
+                # as the gate closes, once the task's state is whole.
+                gate = held_interrupts()
+                with gate:
+                    with self._lock:
+                        if not self._queue.remove(f):
+                            continue
+                        self._room()
+                    _local.depth = depth + 1
+                    try:
+                        self._run(f, _local.counts if worker else None, gate)
+                    finally:
+                        _local.depth = depth
+                if isinstance(f._exception, KeyboardInterrupt):
+                    raise f._exception
+        finally:
+            del f, futures  # no cycle through this frame (see Task.result)
 
     def wait_for(self, futures: Iterable[Future[Any]], timeout: float | None = None) -> None:
-        """Wait until every future is done or ``timeout`` seconds passed.  The waiting thread
-        runs those still queued itself (:meth:`run_awaited`); a worker of this executor also
-        runs other queued tasks meanwhile (or, nested too deep, lets another worker start)."""
-        pending = [f for f in futures if not f.done()]
-        if not pending:
-            return
-        for f in pending:
-            if isinstance(f, Task) and f._inherited():
-                raise _inherited_error(f)
-        if timeout is None:
-            self.run_awaited(pending)
-            pending = [f for f in pending if not f.done()]
+        """Wait until every future is done or ``timeout`` seconds passed.  Without a timeout
+        the waiting thread runs those still queued itself (:meth:`run_awaited`); a worker of
+        this executor that must wait for the others blocks, and another may start in its
+        place."""
+        pending: list[Future[Any]] = []
+        try:
+            pending = [f for f in futures if not f.done()]
             if not pending:
                 return
-        if not self.in_worker():
-            if threading.current_thread() is threading.main_thread():
-                _wait_interruptibly(pending, timeout)
-            else:
-                concurrent.futures.wait(pending, timeout)
-            return
-        end = None if timeout is None else monotonic() + timeout
-        if timeout is None and _local.depth < MAX_HELP_DEPTH:
-            self._help(pending)
-            return
-        # Nested too deep, or bounded by a timeout (which a helped task could run past):
-        # block, and let another worker start in this one's place.
-        with self._lock:
-            self._blocked += 1
-            self._replace_blocked()
-        try:
-            while pending and (end is None or monotonic() < end):
-                step = _LONGEST if end is None else min(_LONGEST, end - monotonic())
-                pending = list(concurrent.futures.wait(pending, max(0.0, step)).not_done)
-        finally:
+            inherited = next((f for f in pending if isinstance(f, Task) and f._inherited()), None)
+            if inherited is not None:
+                raise _inherited_error(inherited)
+            if timeout is None:
+                self.run_awaited(pending)
+                pending = [f for f in pending if not f.done()]
+                if not pending:
+                    return
+            if not self.in_worker():
+                if threading.current_thread() is threading.main_thread():
+                    _wait_interruptibly(pending, timeout)
+                else:
+                    concurrent.futures.wait(pending, timeout)
+                return
+            if timeout is None:
+                self._help(pending)
+                return
+            end = monotonic() + timeout
+            # Bounded by a timeout (which a helped task could run past): block, and let
+            # another worker start in this one's place.
             with self._lock:
-                self._blocked -= 1
+                self._blocked += 1
+                self._replace_blocked()
+            try:
+                while pending and (end is None or monotonic() < end):
+                    step = _LONGEST if end is None else min(_LONGEST, end - monotonic())
+                    pending = list(concurrent.futures.wait(pending, max(0.0, step)).not_done)
+            finally:
+                with self._lock:
+                    self._blocked -= 1
+        finally:
+            del futures, pending  # no cycle through this frame (see Task.result)
+
+    def _help(self, pending: list[Future[Any]]) -> None:
+        """A worker waits (without a timeout) until every one of ``pending`` is done, running
+        queued descendants of its tasks meanwhile; with none to run (or nested too deep) it
+        counts as blocked, so that another worker may start in its place."""
+        for f in pending:
+            f.add_done_callback(self._poke)
+        with self._lock:
+            while not all(f.done() for f in pending):
+                child = self._descendant()
+                if child is not None:
+                    self._run_nested(child)
+                    continue
+                self._blocked += 1
+                self._helpers += 1
+                self._replace_blocked()
+                try:
+                    self._helping.wait(_LONGEST)
+                finally:
+                    self._blocked -= 1
+                    self._helpers -= 1
+
+    def _poke(self, _: Future[Any]) -> None:
+        with self._lock:
+            self._helping.notify_all()
+
+    def _descendant(self) -> Task | None:
+        """Under the lock: a queued task descended from one this worker is running (queued
+        by it, or by one of its descendants), taken out of the queue; None if there is none
+        (or the worker's stack is :data:`MAX_HELP_DEPTH` deep).
+
+        Only those: a waiting worker that ran any queued task could bury the task it waits
+        in under one that waits on that task, and neither would ever finish.  A descendant
+        waits on nothing beneath it unless it was handed that task's future.  The newest
+        :data:`HELP_SCAN` queued tasks of each priority level are looked at.
+        """
+        if _local.depth >= MAX_HELP_DEPTH or not len(self._queue):
+            return None
+        mine = set()
+        t = _local.task
+        while t is not None:
+            mine.add(id(t))
+            t = t._below
+
+        def descends(item: Task) -> bool:
+            p = item._parent
+            while p is not None:
+                if id(p) in mine:
+                    return True
+                p = p._parent
+            return False
+
+        found = self._queue.find(descends, HELP_SCAN)
+        if found is not None:
+            self._queue.remove(found)
+            self._room()
+        return found
+
+    def _run_nested(self, item: Task) -> None:
+        """Under the lock, a waiting worker runs ``item`` on its stack (the lock released)."""
+        _local.depth += 1
+        self._lock.release()
+        try:
+            self._run(item, _local.counts)
+        finally:
+            self._lock.acquire()
+            _local.depth -= 1
 
     def _replace_blocked(self) -> None:
         """Under the lock, for a worker about to block: start another in its place if tasks
@@ -976,30 +1111,6 @@ class Executor:
             and self._alive < self.max_workers + EXTRA_WORKERS
         ):
             self._start_worker()
-
-    def _poke(self, _: Future[Any]) -> None:
-        with self._lock:
-            self._helping.notify_all()
-
-    def _help(self, pending: list[Future[Any]]) -> None:
-        """Until every one of ``pending`` is done, run queued tasks (a wait without timeout)."""
-        for f in pending:
-            f.add_done_callback(self._poke)
-        _local.depth += 1
-        try:
-            with self._lock:
-                self._helpers += 1
-                try:
-                    while not all(f.done() for f in pending):
-                        item = self._next()
-                        if item is not None:
-                            self._run_unlocked(item)
-                            continue
-                        self._helping.wait(_LONGEST)
-                finally:
-                    self._helpers -= 1
-        finally:
-            _local.depth -= 1
 
     # -- the end --------------------------------------------------------------------------
     def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
@@ -1021,6 +1132,8 @@ class Executor:
             if task.cancel():  # out of the queue already: notified here
                 task.set_running_or_notify_cancel()
                 self.stats.add("cancelled")
-        if wait and not self.in_worker():  # a worker joining the others could deadlock:
-            for t in threads:  # one of them may be waiting on the task that called this
+        # A task joining the workers could deadlock: one of them may be waiting on it.  Tasks
+        # run in workers, and in threads that waited on them (nested on their stacks).
+        if wait and not self.in_worker() and not _local.depth:
+            for t in threads:
                 t.join()

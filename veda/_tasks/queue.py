@@ -195,6 +195,24 @@ class TaskQueue(Generic[E]):
         if len(fifo) > 2 * live + 16:
             self._fifos[level] = deque(i for i in fifo if not i.taken)
 
+    def find(self, wanted: Any, limit: int) -> E | None:
+        """The first queued item for which ``wanted(item)`` is true, looking at the newest
+        ``limit`` items of each level, levels in priority order; None if none is.  It stays
+        queued (:meth:`remove` takes it out)."""
+        for level in range(_LEVELS):
+            if not self._live[level]:
+                continue
+            seen = 0
+            for item in reversed(self._fifos[level]):
+                if item.taken:
+                    continue
+                if wanted(item):
+                    return item
+                seen += 1
+                if seen >= limit:
+                    break
+        return None
+
     def items(self) -> list[E]:
         """Every queued item (for cancelling them all), in no particular order."""
         return [i for fifo in self._fifos for i in fifo if not i.taken]
