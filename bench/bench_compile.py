@@ -1,5 +1,6 @@
 """Compile times: the first launch of a new kernel (empty cache), and the first launch in a
-fresh process whose disk cache already holds it.  Each case runs in its own process.
+fresh process whose disk cache already holds it; and ``import veda`` against ``import numba``.
+Each case runs in its own process.
 
 Numba spends about 0.3 s initialising its CPU target the first time a process compiles or loads
 any function; that cost is not veda's, so each child first starts Numba with a trivial function
@@ -58,13 +59,52 @@ def _child(cache_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(rounds: int = 3, quick: bool = False) -> dict:
+IMPORT_CHILD = (
+    "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+)
+
+
+def _import_seconds(module: str) -> float:
+    # With the bytecode caches an installed package has (PYTHONDONTWRITEBYTECODE would make
+    # every import compile from source).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_CHILD.format(module=module)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def import_times(rounds: int) -> dict[str, float]:
+    """``import numba`` and ``import veda`` (which imports numba), each in fresh processes,
+    alternating; medians.  Issue 12's target: veda at most 0.05 s more than numba."""
+    times: dict[str, list[float]] = {"numba": [], "veda": []}
+    _import_seconds("veda")  # the first process after a change writes the bytecode caches
+    for _ in range(rounds):
+        for module in times:
+            times[module].append(_import_seconds(module))
+    res = {f"import_{k}": statistics.median(v) for k, v in times.items()}
+    res["import_veda_over_numba"] = res["import_veda"] - res["import_numba"]
+    return res
+
+
+def main(rounds: int = 3, import_rounds: int = 15, quick: bool = False) -> dict:
+    imports = import_times(import_rounds)
+    print(
+        f"import, median of {import_rounds} fresh processes each: numba "
+        f"{imports['import_numba'] * 1e3:.1f} ms, veda {imports['import_veda'] * 1e3:.1f} ms "
+        f"({imports['import_veda_over_numba'] * 1e3:+.1f} ms; target +50 ms)"
+    )
     cold, warm = [], []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as d:
             cold.append(_child(d))
             warm.append(_child(d))
-    res = {}
+    res: dict = {"imports": imports}
     for label, runs in (("cold", cold), ("warm", warm)):
         res[label] = {
             k: statistics.median(r[k] for r in runs)
@@ -91,6 +131,6 @@ def main(rounds: int = 3, quick: bool = False) -> dict:
 
 if __name__ == "__main__":
     if parser(__doc__).parse_args().quick:
-        main(rounds=1, quick=True)
+        main(rounds=1, import_rounds=2, quick=True)
     else:
         main()

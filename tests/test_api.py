@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -137,6 +140,34 @@ def test_public_names_are_pinned():
     assert set(veda.__all__) == EXPECTED
     for name in veda.__all__:
         assert hasattr(veda, name), name
+
+
+def test_import_leaves_what_a_program_may_not_use_for_later():
+    # Run in a fresh interpreter: this one has imported everything already.
+    code = textwrap.dedent(
+        """
+        import sys
+        import veda
+        lazy = ["veda._tasks", "veda.random", "veda._kernel.language", "veda._record",
+                "veda._scan", "asyncio", "psutil"]
+        print(sorted(m for m in lazy if m in sys.modules))
+        from veda._tasks import spawn
+        from veda._kernel.language import atomic_add
+        assert veda.spawn is spawn and veda.atomic_add is atomic_add
+        assert veda.random is sys.modules["veda.random"]
+        assert {"spawn", "random", "atomic_add", "record"} <= set(dir(veda))
+        try:
+            veda.no_such_name
+        except AttributeError as exc:
+            assert "veda" in str(exc) and "no_such_name" in str(exc), exc
+        else:
+            raise AssertionError("no AttributeError")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 @pytest.mark.parametrize("package", sorted(SUBPACKAGES))

@@ -10,27 +10,17 @@
 3.0
 """
 
-from veda import cuda, random, scheduler, targets, telemetry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from veda import cuda, scheduler, targets, telemetry
 from veda._config import Config, config, deterministic, get_config, max_threads, set_config
 from veda._hardware.cpu import threading_layer
 from veda._kernel.cache import cache_clear, cache_info
 from veda._kernel.func import Func, func
-from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
 from veda._launch import Kernel, kernel, launch
-from veda._record import record, replay
-from veda._scan import scan
-from veda._tasks import (
-    Priority,
-    Scope,
-    Task,
-    launch_async,
-    scope,
-    shutdown,
-    spawn,
-    submit,
-    try_spawn,
-    try_submit,
-)
 from veda._version import __version__
 from veda.cuda import to_device, to_host
 from veda.errors import (
@@ -51,6 +41,71 @@ from veda.errors import (
 )
 from veda.scheduler import explain
 from veda.telemetry import metrics
+
+if TYPE_CHECKING:
+    from veda import random
+    from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
+    from veda._record import record, replay
+    from veda._scan import scan
+    from veda._tasks import (
+        Priority,
+        Scope,
+        Task,
+        launch_async,
+        scope,
+        shutdown,
+        spawn,
+        submit,
+        try_spawn,
+        try_submit,
+    )
+
+#: Names imported on first use (PEP 562), so that ``import veda`` does not pay for what a
+#: program may never use: the kernel language's Numba extensions (a kernel body that calls
+#: ``veda.atomic_add`` imports them as it compiles), the task runtime (with asyncio),
+#: ``veda.random``, record/replay and scans.  Each is imported once, by whichever thread asks
+#: first (under the import lock).
+_LAZY = {
+    **dict.fromkeys(
+        ("atomic_add", "atomic_max", "atomic_min", "local_array"), "veda._kernel.language"
+    ),
+    **dict.fromkeys(
+        (
+            "Priority",
+            "Scope",
+            "Task",
+            "launch_async",
+            "scope",
+            "shutdown",
+            "spawn",
+            "submit",
+            "try_spawn",
+            "try_submit",
+        ),
+        "veda._tasks",
+    ),
+    "record": "veda._record",
+    "replay": "veda._record",
+    "scan": "veda._scan",
+}
+_LAZY_MODULES = ("random", "_tasks", "_record", "_scan")
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is not None:
+        value = getattr(importlib.import_module(where), name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"veda.{name}")
+    else:
+        raise AttributeError(f"module 'veda' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_LAZY_MODULES})
+
 
 __all__ = [
     "Config",

@@ -6,8 +6,6 @@ import os
 import threading
 import time
 
-import psutil
-
 from veda._hardware.cpu import max_threads
 
 #: How often (seconds) the machine's load is sampled.
@@ -28,6 +26,8 @@ class LoadMonitor:
         self._lock = threading.Lock()
 
     def _run(self) -> None:
+        import psutil  # here, in the monitor's thread: not a cost of ``import veda``
+
         process = psutil.Process()
         ncpu = psutil.cpu_count() or 1
         psutil.cpu_percent(interval=None)

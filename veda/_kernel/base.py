@@ -11,6 +11,9 @@ from typing import Any
 from veda._kernel.cache import CompileStats
 from veda._kernel.source import FunctionSource, get_source
 
+#: The reductions a kernel may declare (``@veda.kernel(reduce=...)``).
+REDUCE_OPS = ("sum", "prod", "min", "max")
+
 
 class Compiled:
     """A Python function veda compiles: its source, its compile counters."""

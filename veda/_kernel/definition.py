@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from veda._kernel import codegen
-from veda._kernel.base import Launchable
+from veda._kernel.base import REDUCE_OPS, Launchable
 from veda._kernel.checks import install_compile_hook, refuse_device_arguments
 from veda._kernel.func import callee_writes
-from veda._kernel.language import REDUCE_OPS
 from veda._kernel.source import analyse, plain_parameters
 from veda.errors import KernelDefinitionError, LaunchError
 

@@ -407,9 +407,6 @@ def atomic_load(typingctx, array, index):  # type: ignore[no-untyped-def]
     return types.int64(array, index), codegen
 
 
-REDUCE_OPS = ("sum", "prod", "min", "max")
-
-
 def accumulator_type(op: str, value: types.Type) -> types.Type:
     """The Numba type a reduction accumulates in, following NumPy's rules on Linux."""
     if op in ("sum", "prod"):

@@ -13,7 +13,6 @@ from typing import Any
 from veda._hardware import cpu as hw
 from veda._hardware.signals import from_signal_handler, unwrap_interrupt
 from veda._kernel.codegen import MODE_CODES
-from veda._kernel.runtime import read_cycles
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, VedaError
@@ -233,7 +232,11 @@ class ParallelTarget(Target):
             profiler = None
         else:
             fn = module._veda_parallel if profiler is None else module._veda_parallel_profile
-        tick = hw.seconds_per_tick(read_cycles) if profiler is not None else 0.0
+        tick = 0.0
+        if profiler is not None:
+            from veda._kernel.runtime import read_cycles  # compiled helpers: on first use
+
+            tick = hw.seconds_per_tick(read_cycles)
         # A chunk beyond the domain is the whole domain; clamped, chunk arithmetic in the loop
         # (chunk index x chunk) cannot overflow 64 bits.
         wanted, chunk = decision.threads, max(1, min(decision.chunk, math.prod(dims)))
