@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from pathlib import Path
@@ -699,12 +700,14 @@ def test_a_done_callback_raising_system_exit_does_not_stop_the_worker(executor, 
     gate = threading.Event()
     slow = veda.spawn(gate.wait, WAIT)  # keeps the worker until the callback is in place
     slow.add_done_callback(lambda _: sys.exit("callback exits"))
+    later_callbacks: list[bool] = []
+    slow.add_done_callback(lambda _: later_callbacks.append(True))  # still called
     gate.set()
     assert first.result(timeout=WAIT) == 1 and slow.result(timeout=WAIT) is True
     later = veda.spawn(abs, -2)
     assert not concurrent.futures.wait([later], timeout=WAIT).not_done  # a worker runs it
     assert later.result() == 2 and ex.workers == 1
-    assert "done callback raised" in caplog.text
+    assert "done callback raised" in caplog.text and later_callbacks == [True]
 
 
 @pytest.mark.parametrize("where", ["worker", "waiting thread", "result raises"])
@@ -761,34 +764,57 @@ def test_a_bad_wait_timeout_is_a_task_error(executor, timeout):
     assert f.result(timeout=WAIT) == 1
 
 
-def test_exit_does_not_wait_for_a_thread_blocked_submitting(tmp_path):
-    # A non-daemon thread blocks submitting into a full queue of tasks that never finish: the
-    # interpreter joins it at exit, which would wait forever if veda's exit hook ran later.
+def test_tasks_of_a_non_daemon_thread_still_run_after_the_main_thread_ends(tmp_path):
+    # The interpreter joins non-daemon threads before veda's exit hook cancels what is queued.
     script = textwrap.dedent(
         """
-        import threading, veda
-        from veda._tasks import api, executor
-        api._current = executor.Executor(max_workers=1)
-        forever = threading.Event()
-        veda.set_config(max_pending=1)
-        def produce():
-            try:
-                for _ in range(5):
-                    veda.spawn(forever.wait)
-            except veda.ShutdownError:
-                print("released")
-        t = threading.Thread(target=produce)
-        t.start()
-        while veda._tasks.api.current().pending < 1:
-            pass
-        print("exiting")
+        import threading, time, veda
+        veda.spawn(abs, -1).result()  # the executor exists, and has a worker
+        def later():
+            time.sleep(0.2)  # the main thread has ended by now
+            print(sum(veda.spawn(abs, -k).result(timeout=60) for k in range(100)))
+        threading.Thread(target=later).start()
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=WAIT, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["exiting", "released"]
+    assert out.stdout.split() == [str(sum(range(100)))]
+
+
+def test_a_graph_of_tasks_waiting_without_timeouts_inside_a_task_finishes(executor):
+    # Waiting without a timeout, a worker runs queued descendants of its innermost task only:
+    # here every node is a child of the root, and one that ran on top of a node it depends
+    # on would never finish.
+    executor(workers=6)
+
+    def node(k: int, deps: list[Task]) -> int:
+        time.sleep(0.001)
+        return k + sum(d.result() for d in deps) % 7
+
+    def root(seed: int) -> int:
+        rng = random.Random(seed)
+        futures: list[Task] = []
+        for k in range(200):
+            deps = rng.sample(futures, min(len(futures), rng.randint(1, 2)))
+            futures.append(veda.spawn(node, k, deps))
+        return sum(f.result() for f in reversed(futures))  # the newest first: still queued
+
+    for seed in (1, 2, 3):
+        assert isinstance(within(lambda s=seed: veda.spawn(root, s).result(timeout=WAIT)), int)
+
+
+def test_a_burst_of_tasks_gets_as_many_workers_as_it_needs(executor):
+    ex = executor(workers=6)
+    first = [veda.spawn(abs, -k) for k in range(2)]  # two workers start, then idle
+    assert not concurrent.futures.wait(first, timeout=WAIT).not_done  # (run by workers)
+    time.sleep(0.05)
+    barrier = threading.Barrier(4)
+    together = [veda.spawn(barrier.wait, WAIT / 4) for _ in range(4)]  # all four at once
+    assert not concurrent.futures.wait(together, timeout=WAIT).not_done
+    assert all(f.exception() is None for f in together)  # a broken barrier: fewer workers
+    assert ex.workers >= 4
 
 
 def test_nested_too_deep_to_help_a_worker_blocks_and_is_replaced(executor, monkeypatch):

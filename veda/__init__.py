@@ -91,20 +91,22 @@ _LAZY = {
 _LAZY_MODULES = ("random", "_tasks", "_record", "_scan")
 
 
-def __getattr__(name: str) -> Any:
-    where = _LAZY.get(name)
-    if where is not None:
-        value = getattr(importlib.import_module(where), name)
-    elif name in _LAZY_MODULES:
-        value = importlib.import_module(f"veda.{name}")
-    else:
-        raise AttributeError(f"module 'veda' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
+
+    def __getattr__(name: str) -> Any:
+        where = _LAZY.get(name)
+        if where is not None:
+            value = getattr(importlib.import_module(where), name)
+        elif name in _LAZY_MODULES:
+            value = importlib.import_module(f"veda.{name}")
+        else:
+            raise AttributeError(f"module 'veda' has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, *_LAZY_MODULES})
+    return sorted({*globals(), *_LAZY, "random"})
 
 
 __all__ = [

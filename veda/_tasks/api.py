@@ -90,21 +90,7 @@ def _at_exit() -> None:
         ex.shutdown(wait=False, cancel_pending=True)
 
 
-def _register_exit() -> None:
-    # Where concurrent.futures registers its own: before the interpreter joins the non-daemon
-    # threads, so that one blocked submitting into a full queue (or waiting on a queued task)
-    # is released with a ShutdownError (or CancelledError) instead of holding the exit up.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_at_exit)
-            return
-        except RuntimeError:  # imported while the interpreter shuts down
-            pass
-    atexit.register(_at_exit)
-
-
-_register_exit()
+atexit.register(_at_exit)
 
 
 class _Metrics:

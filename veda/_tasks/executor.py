@@ -74,6 +74,7 @@ class _Local(threading.local):
 
 _local = _Local()
 _LOG = logging.getLogger("veda.tasks")
+_FUTURES_LOG = logging.getLogger("concurrent.futures")  # where Future logs its callbacks
 #: This process's id, kept up to date across os.fork (os.getpid() is a system call).
 _process = [os.getpid()]
 if hasattr(os, "register_at_fork"):
@@ -206,6 +207,17 @@ _DONE = frozenset((_CANCELLED, _CANCELLED_AND_NOTIFIED, _FINISHED))
 _seq = itertools.count()
 
 
+class _Lineage:
+    """A task's place in the tree of who queued whom: its parent's lineage.  Tasks point at
+    lineages, not at each other, so a queued child does not keep its finished parent (and
+    the parent's result) alive."""
+
+    __slots__ = ("parent",)
+
+    def __init__(self, parent: _Lineage | None) -> None:
+        self.parent = parent
+
+
 class Task(Future[Any]):
     """A veda task: a :class:`concurrent.futures.Future` with a priority and a deadline.
 
@@ -262,10 +274,11 @@ class Task(Future[Any]):
         self._kwargs = kwargs
         self._context = context
         self._watch: list[Any] | None = None  # its entry in the executor's deadline heap
-        #: The task running in the thread that queued this one, until this one finishes; and,
-        #: while this one runs, the task beneath it on its thread's stack (Executor._descendant).
-        self._parent: Task | None = _local.task
-        self._below: Task | None = None
+        #: Where it comes from: the lineage of the task that queued it (None when queued from
+        #: outside any task); and its own, made when it queues a task (Executor._descendant).
+        running = _local.task
+        self._parent: _Lineage | None = None if running is None else running._lineage()
+        self._node: _Lineage | None = None
 
     # -- Future's waiters and callbacks, made when first needed --------------------------
     # A program that holds 50,000 futures has the garbage collector go through all of them
@@ -295,13 +308,26 @@ class Task(Future[Any]):
         super().add_done_callback(fn)
 
     def _invoke_callbacks(self) -> None:
-        # Future keeps its done callbacks after calling them; a scope's callback refers to the
-        # scope, which refers to its children: a reference cycle that kept every child's
-        # result alive until the garbage collector found it.  Called once, when it is done.
+        # Called once, when it is done.  As Future's, an exception in a callback is logged;
+        # unlike Future's, one that is not an Exception (SystemExit) stops no later callback
+        # (a scope's count of open children, a waiting worker's wake-up) and is raised after
+        # them.  The callbacks are dropped: a scope's refers to the scope, which refers to its
+        # children, a reference cycle that kept every child's result alive until the garbage
+        # collector found it.
         callbacks = self._done_callbacks
-        if callbacks:
-            super()._invoke_callbacks()  # type: ignore[misc]
-            callbacks.clear()
+        if not callbacks:
+            return
+        escaped: BaseException | None = None
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _FUTURES_LOG.exception("exception calling callback for %r", self)
+            except BaseException as exc:
+                escaped = escaped or exc
+        callbacks.clear()
+        if escaped is not None:
+            raise escaped
 
     def set_running_or_notify_cancel(self) -> bool:
         if not _SLIM_FUTURE:  # pragma: no cover
@@ -316,7 +342,8 @@ class Task(Future[Any]):
                 for waiter in self._waiting or ():
                     waiter.add_cancelled(self)
                 return False  # cancel() notified the condition
-        raise RuntimeError(f"Future in unexpected state: {state}")
+        _FUTURES_LOG.critical("Future %s in unexpected state: %s", id(self), state)
+        raise RuntimeError("Future in unexpected state")
 
     def set_result(self, result: Any) -> None:
         if not _SLIM_FUTURE:  # pragma: no cover
@@ -344,18 +371,22 @@ class Task(Future[Any]):
             self._condition.notify_all()
         self._invoke_callbacks()
 
+    def _lineage(self) -> _Lineage:
+        node = self._node
+        if node is None:
+            node = self._node = _Lineage(self._parent)
+        return node
+
     def _inherited(self) -> bool:
         """Whether this task belongs to the process this one was forked from: it never runs
         or finishes here (its executor's workers and locks are the parent's)."""
         return self._executor._pid != _process[0]
 
-    def _drop(self, started: bool = False) -> None:
+    def _drop(self) -> None:
         """Forget what it runs (started, cancelled or expired): no reference cycle through a
         closure is left for the garbage collector to find, and the executor's deadline watch
-        lets go of it.  A task that never runs lets go of its parent too."""
+        lets go of it."""
         self._fn = self._args = self._kwargs = self._context = None  # type: ignore[assignment]
-        if not started:
-            self._parent = None
         watch = self._watch
         if watch is not None:
             watch[2] = None
@@ -693,32 +724,34 @@ class Executor:
             self.stats.counts["submitted"] += 1  # every writer holds the executor's lock
             if task.deadline is not None:
                 self._watch_deadline(task)
-            if self._idle:
-                if not self._waking:  # a worker woken earlier wakes the next (_worker)
-                    self._wake_one()
-            elif (
-                self._alive - self._blocked < self.max_workers
-                and self._alive < self.max_workers + EXTRA_WORKERS
-            ):
-                self._start_worker()
+            if not self._waking:  # else the worker woken earlier does this (_worker)
+                self._more_hands()
             if self._helpers:
                 self._helping.notify_all()
         return True
 
-    def _wake_one(self) -> None:
-        """Under the lock: wake one idle worker.
+    def _more_hands(self) -> None:
+        """Under the lock, with tasks queued: wake an idle worker, or else start one if there
+        is room (``max_workers``, not counting blocked workers).
 
-        One wake is in flight at a time: a put that finds a worker already woken (and not yet
-        at the queue) wakes no other, and a woken worker that leaves more queued behind it
-        wakes the next.  A burst of puts then costs one wake-up per worker that is needed
-        instead of one per task: each wake-up is a thread switch, and trivial tasks ran 10-25%
-        faster without the surplus ones (bench/bench_tasks.py, 2 cores).
+        One wake-up is in flight at a time: a put that finds a worker woken and not yet at the
+        queue leaves it to that worker, which calls this again if it leaves more queued
+        behind it (:meth:`_worker`).  A burst of puts then costs one wake-up per worker that
+        takes a task instead of one per task: each is a thread switch, and trivial tasks ran
+        10-25% faster without the surplus ones (bench/bench_tasks.py, 2 cores).  Starting a
+        worker is not throttled: a burst of long tasks gets its workers at once.
         """
-        self._idle -= 1
-        self._waking += 1
-        # In the lock, and one C call: an interrupt cannot come between counting the worker
-        # awake and waking it (a SimpleQueue never blocks a put).
-        self._wake.put(None)
+        if self._idle:
+            self._idle -= 1
+            self._waking += 1
+            # In the lock, and one C call: an interrupt cannot come between counting the
+            # worker awake and waking it (a SimpleQueue never blocks a put).
+            self._wake.put(None)
+        elif (
+            self._alive - self._blocked < self.max_workers
+            and self._alive < self.max_workers + EXTRA_WORKERS
+        ):
+            self._start_worker()
 
     def _wait_for_room(self, task: Task, max_pending: int, timeout: float | None) -> None:
         """Under the lock: wait until the queue has room.
@@ -832,8 +865,8 @@ class Executor:
                         self.stats.retire(counts)
                         return
                     self._idle += 1
-                elif self._idle and len(self._queue) and not self._waking:
-                    self._wake_one()  # more is queued: the next idle worker takes it
+                elif len(self._queue) and not self._waking:
+                    self._more_hands()  # more is queued: another worker takes it
             if item is None:
                 self._wake.get()  # a token: work was queued, or shutdown
                 woken = True
@@ -854,8 +887,7 @@ class Executor:
         if call is None:
             return
         fn, args, kwargs, context = call
-        outer = _local.task  # this thread's stack of tasks, for _descendant
-        task._below = outer
+        outer = _local.task  # the task beneath this one on this thread's stack, if any
         _local.task = task
         if gate is not None:
             gate.open = True  # Ctrl-C now interrupts the task's code, as in any call
@@ -865,21 +897,21 @@ class Executor:
             if gate is not None:
                 gate.open = False
             _local.task = outer
-            task._parent = task._below = None
             if counts is None:
                 self.stats.add("failed")
             else:
                 counts[1] += 1
-            task.set_exception(exc)
-            # The exception's traceback holds this frame: without these the task would hold
-            # itself (task -> exception -> traceback -> frame -> task), and what it ran, until
-            # the garbage collector found the cycle.
-            del task, call, fn, args, kwargs, context, outer
+            try:
+                task.set_exception(exc)
+            finally:
+                # The exception's traceback holds this frame: without these the task would
+                # hold itself (task -> exception -> traceback -> frame -> task), and what it
+                # ran, until the garbage collector found the cycle.
+                del task, call, fn, args, kwargs, context, outer
         else:
             if gate is not None:
                 gate.open = False
             _local.task = outer
-            task._parent = task._below = None
             if counts is None:
                 self.stats.add("completed")
             else:
@@ -889,15 +921,13 @@ class Executor:
     def _start(self, task: Task) -> tuple[Any, Any, Any, Any] | None:
         """Start ``task``: what it runs, or None when it was cancelled or missed its deadline."""
         call = task._fn, task._args, task._kwargs, task._context
-        task._drop(started=True)  # nothing it ran stays alive with its future
+        task._drop()  # nothing it ran stays alive with its future
         if not task.set_running_or_notify_cancel():
             self.stats.add("cancelled")  # between leaving the queue and here
-            task._parent = None
             return None
         started = monotonic()
         self.stats.waited(task.level, started - task.enqueued)
         if task.deadline is not None and started > task.deadline:
-            task._parent = None
             self._missed(task, started - task.deadline)
             return None
         return call
@@ -993,9 +1023,9 @@ class Executor:
 
     def wait_for(self, futures: Iterable[Future[Any]], timeout: float | None = None) -> None:
         """Wait until every future is done or ``timeout`` seconds passed.  Without a timeout
-        the waiting thread runs those still queued itself (:meth:`run_awaited`); a worker of
-        this executor that must wait for the others blocks, and another may start in its
-        place."""
+        the waiting thread runs those still queued itself (:meth:`run_awaited`), and a worker
+        of this executor runs queued descendants of its task meanwhile (:meth:`_help`); a
+        worker that only waits blocks, and another may start in its place."""
         pending: list[Future[Any]] = []
         try:
             pending = [f for f in futures if not f.done()]
@@ -1060,29 +1090,28 @@ class Executor:
             self._helping.notify_all()
 
     def _descendant(self) -> Task | None:
-        """Under the lock: a queued task descended from one this worker is running (queued
-        by it, or by one of its descendants), taken out of the queue; None if there is none
-        (or the worker's stack is :data:`MAX_HELP_DEPTH` deep).
+        """Under the lock: a queued task descended from the one this worker runs (queued by
+        it, or by one of its descendants), taken out of the queue; None if there is none (or
+        the worker's stack is :data:`MAX_HELP_DEPTH` deep).
 
-        Only those: a waiting worker that ran any queued task could bury the task it waits
-        in under one that waits on that task, and neither would ever finish.  A descendant
-        waits on nothing beneath it unless it was handed that task's future.  The newest
-        :data:`HELP_SCAN` queued tasks of each priority level are looked at.
+        Only those, and only of the innermost task on the worker's stack: a waiting worker
+        that ran any other queued task could bury the task it waits in under one that waits
+        on that task, and neither would ever finish (everything lower on the stack waits, in
+        the end, on the innermost task).  A descendant waits on its ancestor only if handed
+        the ancestor's future.  The newest :data:`HELP_SCAN` queued tasks of each priority
+        level are looked at.
         """
-        if _local.depth >= MAX_HELP_DEPTH or not len(self._queue):
+        running = _local.task
+        mine = None if running is None else running._node  # None: it queued nothing
+        if mine is None or _local.depth >= MAX_HELP_DEPTH or not len(self._queue):
             return None
-        mine = set()
-        t = _local.task
-        while t is not None:
-            mine.add(id(t))
-            t = t._below
 
         def descends(item: Task) -> bool:
             p = item._parent
             while p is not None:
-                if id(p) in mine:
+                if p is mine:
                     return True
-                p = p._parent
+                p = p.parent
             return False
 
         found = self._queue.find(descends, HELP_SCAN)
@@ -1097,6 +1126,8 @@ class Executor:
         self._lock.release()
         try:
             self._run(item, _local.counts)
+        except BaseException:  # a done callback's, not the waiting task's
+            _LOG.exception("veda task worker: a done callback raised")
         finally:
             self._lock.acquire()
             _local.depth -= 1
