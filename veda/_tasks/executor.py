@@ -667,7 +667,7 @@ class Executor:
         self._alive = 0
         #: Workers idle (or about to be) that no token was put for yet.
         self._idle = 0
-        #: Workers woken that have not yet come back to the queue (see _wake_one).
+        #: Workers woken that have not yet come back to the queue (see _more_hands).
         self._waking = 0
         self._blocked = 0
         self._space_waiters = 0
