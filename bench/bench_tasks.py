@@ -223,7 +223,7 @@ def main(
     sat_n: int = 50_000,
     sat_seconds: float = 2.0,
     par_n: int = 2_000_000,
-    par_rounds: int = 15,
+    par_rounds: int = 31,
     tput_rounds: int = 5,
     quick: bool = False,
 ) -> dict:

@@ -109,26 +109,45 @@ def _wait_interruptibly(pending: list[Future[Any]], timeout: float | None) -> No
 
 
 _yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
+_sleep = time.sleep
+#: How _settle waits for a lock's holder once yielding did not hand it the GIL: naps of this
+#: many seconds (about 60 us each on Linux, with the timer slack), at most _NAPS of them.
+_NAP = 1e-5
+_NAPS = 200
 
 
 def _settle(lock: Any) -> None:
-    """Before ``with lock``: while another thread holds ``lock``, yield the GIL to it (up to 32
-    times) instead of blocking on the lock at once.
+    """Before ``with lock``: while another thread holds ``lock``, let it have the GIL, first by
+    yielding (4 times), then by short naps (:data:`_NAP`, up to :data:`_NAPS`), instead of
+    blocking on the lock at once.
 
     A thread that blocks on a contended ``threading.Lock`` is woken *owning* it, and then
     waits for the GIL; the thread that holds the GIL soon wants the lock again and must block
-    in turn.  Once started, this convoy hands the GIL over at every entry to the lock: it
-    measured one context switch per task, and 35,000 trivial tasks per second against 60,000
-    to 75,000 with this (bench/bench_tasks.py, 2 cores).  The holder of the executor's lock
-    needs the GIL to leave its (pure Python) critical section, so yielding lets it; a thread
-    then takes the lock holding the GIL, which keeps the convoy from starting.  The lock
-    itself stays a plain ``threading.Lock`` taken by ``with``, whose acquire and release run
-    in C: a ``KeyboardInterrupt`` cannot leave it half taken.
+    in turn.  Once started, this convoy hands the GIL over at every entry to the lock, around
+    all the threads that want it.  The holder of the executor's lock needs only the GIL to
+    leave its (pure Python) critical section; a thread that takes the lock while it holds the
+    GIL keeps the convoy from starting.
+
+    A yield alone often hands the GIL straight back (the holder is still waking when the
+    yielding thread takes it again): with up to 32 yields and then a blocking acquire, trivial
+    tasks still fell into the convoy in some rounds (one context switch per task, 30,000 to
+    40,000 tasks per second against 90,000 to 100,000 without it).  A nap releases the GIL for
+    long enough that the holder surely takes it: 72,000 to 86,000 tasks per second in every
+    round, against 40,000 to 48,000 before (bench/bench_tasks.py, 2 cores).  Naps are rare: the
+    lock is held for microseconds, so a thread naps only where the holder lost the GIL inside
+    its critical section.  The lock itself stays a plain ``threading.Lock`` taken by ``with``,
+    whose acquire and release run in C: a ``KeyboardInterrupt`` cannot leave it half taken.
     """
-    for _ in range(32):
+    if not lock.locked():
+        return
+    for _ in range(4):
+        _yield()
         if not lock.locked():
             return
-        _yield()
+    for _ in range(_NAPS):
+        _sleep(_NAP)
+        if not lock.locked():
+            return
 
 
 def _checked_timeout(timeout: Any) -> float | None:
