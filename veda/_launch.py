@@ -1,10 +1,12 @@
 """The launch core: prepare, bind, run.  Every launch enters here.
 
-The launch path is hot: a launch of a 100-element kernel must cost a couple of microseconds more
-than calling the compiled loop directly.  A launch looks up its prepared :class:`Entry` (one per
-kernel form, domain, argument count and settings object), runs the form's per-launch checks,
-calls the runner its target prepared, and appends the time to its telemetry recorder.
-Everything else takes a slower path:
+The launch path is hot: an adaptive launch of a 100-element kernel must cost at most about a
+microsecond more than calling the same ``@numba.njit`` loop directly (bench/bench_launch.py).
+A launch looks up its prepared :class:`Entry` (one per kernel form, domain, argument count and
+settings object), runs the form's per-launch checks, calls the runner its target prepared, and
+appends the time to its telemetry recorder.  ``k[n]`` goes one step further: once its entry runs
+one decision, the launcher it returns is specialised to that entry (:class:`_Site`), with the
+checks written in and the compiled loop called directly.  Everything else takes a slower path:
 
 * the first launch of an entry, or one under another configuration, prepares it
   (:meth:`Kernel._prepare`): checks the overrides, asks the dispatcher (or the fixed rule) for a
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import types
 import warnings
 import weakref
 from collections.abc import Callable
@@ -48,7 +51,6 @@ from veda.telemetry import _events
 from veda.telemetry import _registry as _telemetry
 
 __all__ = [
-    "BoundLaunch",
     "Interceptor",
     "Kernel",
     "LaunchInfo",
@@ -338,7 +340,11 @@ class Kernel(KernelDefinition):
         self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
     ) -> None:
         super().__init__(pyfunc, reduce=reduce, ndim=ndim)
-        self._bound: dict[Any, BoundLaunch] = {}
+        #: The launcher of each domain expression used (``k[n]``): the site's own, or the
+        #: specialised one of the entry it runs now (see :class:`_Site`).
+        self._bound: dict[Any, Callable[..., Any]] = {}
+        self._sites: dict[tuple[int, ...], _Site] = {}
+        self._factories: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._fast: dict[tuple[Any, ...], Entry] = {}
         #: Whether prepared launches are kept apart by where their arrays live (host or device):
         #: set once a target that copies or reads device arrays can be chosen, or a device array
@@ -347,25 +353,33 @@ class Kernel(KernelDefinition):
         _kernels.add(self)
 
     # -- domains -------------------------------------------------------------------------------
-    def __getitem__(self, domain: Any) -> BoundLaunch:
+    def __getitem__(self, domain: Any) -> Callable[..., Any]:
         if domain.__class__ is int:  # the common case, first
             bound = self._bound.get(domain)
             if bound is not None:
                 return bound
         return self._bound_for(domain)
 
-    def _bound_for(self, domain: Any) -> BoundLaunch:
+    def _bound_for(self, domain: Any) -> Callable[..., Any]:
         # Only plain ints (and tuples of them) are cached: 4.0 and True hash like 4 and 1 but
         # must be refused.
         cacheable = domain.__class__ is int or (
             domain.__class__ is tuple and all(d.__class__ is int for d in domain)
         )
         bound = self._bound.get(domain) if cacheable else None
-        if bound is None:
-            bound = BoundLaunch(self, self.domain(domain))
-            if cacheable and len(self._bound) < 256:
-                self._bound[domain] = bound
-        return bound
+        if bound is not None:
+            return bound
+        dims = self.domain(domain)
+        site = self._sites.get(dims)
+        if site is None:
+            site = _Site(self, dims)
+            if len(self._sites) < 256:
+                self._sites[dims] = site
+        launcher = site.launch if site.go is None else site.go
+        if cacheable and len(self._bound) < 256:
+            site.keys.append(domain)
+            self._bound[domain] = launcher
+        return launcher
 
     # -- the hot path --------------------------------------------------------------------------
     def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
@@ -507,6 +521,7 @@ class Kernel(KernelDefinition):
             with self._lock:
                 self._by_residency = True
                 self._fast.clear()  # entries under the plain key would be found no more
+                self._drop_specialised()
         pins = scheduler.pins(cfg, overrides)
         tuner_entry = None
         if pins is not None and size > 0:
@@ -668,6 +683,63 @@ class Kernel(KernelDefinition):
         """Drop the prepared launches (a target was registered or removed)."""
         with self._lock:
             self._fast.clear()
+            self._drop_specialised()
+
+    def _drop_specialised(self) -> None:
+        """Every site back to its own launcher: the specialised ones ran entries now gone."""
+        for site in list(self._sites.values()):
+            go = site.go
+            if go is not None:
+                site.unbind(go)
+
+    # -- per call site -------------------------------------------------------------------------
+    def _specialise(self, site: _Site, args: tuple[Any, ...]) -> None:
+        """After a launch through ``site``: give the site a launcher specialised to the entry
+        it ran, if that entry runs one decision as things stand (:class:`_Site`)."""
+        if _watched or self._by_residency or self._sites.get(site.dims) is not site:
+            return  # (a site beyond the 256 kept is made anew at each k[...]: not worth it)
+        entry = self._fast.get((site.dims, len(args), None))
+        if entry is None or entry.cfg is not get_config() or entry.runner is None:
+            return
+        tuning = entry.tuning
+        if tuning is not None and (
+            tuning.tuner.choice is None or tuning.tuner.version != entry.version
+        ):
+            return  # exploring: each launch may bind another candidate
+        direct = getattr(entry.runner, "direct", None)
+        timed = entry.recorder is not None
+        form = entry.form
+        variant = (form.ndim, form.nargs, direct is not None, bool(direct and direct[1]), timed,
+                   tuning is not None)
+        factory = self._factories.get(variant)
+        if factory is None:
+            factory = self._factories[variant] = _go_factory(form, *variant[2:])
+        fn, _, failed = direct if direct is not None else (None, False, None)
+        tuner = tuning.tuner if tuning is not None else None
+        go = factory(
+            self, site, entry, entry.cfg, entry.runner, fn, failed, tuner, entry.version,
+            entry.times, form.fail, form.check,
+        )
+        site.bind(go)
+
+    def _go_failed(
+        self, entry: Entry, exc: BaseException, args: tuple[Any, ...], failed: Any
+    ) -> None:
+        """A specialised launcher's launch raised ``exc``: raise what :meth:`_launch` would."""
+        try:
+            if failed is not None and isinstance(exc, Exception):
+                failed(exc, args)  # the target's error for it (always raises)
+            raise exc
+        except BaseException as err:
+            recorder = entry.recorder
+            if recorder is not None:
+                recorder.error()
+                if entry.debts is not None:
+                    _settle(entry, None)
+            interrupt = unwrap_interrupt(err)
+            if interrupt is not err:
+                raise interrupt from None
+            raise
 
 
 _debt_lock = threading.Lock()
@@ -749,20 +821,151 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class BoundLaunch:
-    """A kernel with its domain, ready to be called with the kernel's arguments."""
+class _Site:
+    """One kernel and domain, as ``k[n]`` names them: the launchers a program calls.
 
-    __slots__ = ("dims", "kernel")
+    ``site.launch`` is the site's own: it launches through :meth:`Kernel._launch` (every
+    check and slow path there) and then asks for a launcher *specialised* to the entry that
+    launch ran (:meth:`Kernel._specialise`).  Once the entry runs one decision (no override,
+    nothing watching, the dispatcher decided), the specialised launcher, ``site.go``, made
+    from generated source per kernel form (:func:`_go_factory`), is what ``k[n]`` returns, and
+    what the site's own launcher forwards to.  It does only what that entry's launch needs: the
+    form's argument checks written in with the domain as closure values, the compiled loop
+    called directly (veda's ``"cpu"`` target) or the runner, and the telemetry append; no
+    dictionary look-up, no key built, one Python call fewer.
+
+    It checks at every call that it still applies: the argument count, no interceptor, the
+    same settings object (``veda.config`` scopes), the dispatcher's decision unchanged (its
+    tuner's version) and the site still pointing at it.  Otherwise it unbinds itself and the
+    launch takes the site's own launcher: a launcher kept from an earlier ``k[n]`` stays
+    right, only slower.
+    """
+
+    __slots__ = ("dims", "go", "kernel", "keys", "launch")
 
     def __init__(self, kernel: Kernel, dims: tuple[int, ...]) -> None:
         self.kernel = kernel
         self.dims = dims
+        self.go: Callable[..., Any] | None = None
+        #: The domain expressions (``k[n]``, ``k[(n,)]``) whose launcher this site is.
+        self.keys: list[Any] = []
+        site = self
+        launch_core = kernel._launch
+        specialise = kernel._specialise
 
-    def __call__(self, *args: Any) -> Any:
-        return self.kernel._launch(self.dims, args, None)
+        def launch(*args: Any) -> Any:
+            go = site.go
+            if go is not None:
+                return go(*args)
+            result = launch_core(dims, args, None)
+            specialise(site, args)
+            return result
+
+        launch.dims = dims  # type: ignore[attr-defined]  # what veda.launch and submit read
+        launch.__qualname__ = launch.__name__ = f"{kernel.name}[{', '.join(map(str, dims))}]"
+        self.launch = launch
+
+    def bind(self, go: Callable[..., Any]) -> None:
+        go.dims = self.dims  # type: ignore[attr-defined]
+        go.__qualname__ = go.__name__ = self.launch.__name__
+        self.go = go
+        bound = self.kernel._bound
+        for key in self.keys:
+            bound[key] = go
+
+    def unbind(self, go: Callable[..., Any]) -> None:
+        """``go`` no longer applies: the site's own launcher again (if ``go`` was its)."""
+        if self.go is go:
+            self.go = None
+            bound = self.kernel._bound
+            for key in self.keys:
+                bound[key] = self.launch
 
     def __repr__(self) -> str:
-        return f"<veda launch {self.kernel.name}[{', '.join(map(str, self.dims))}]>"
+        return f"<veda launch site {self.launch.__name__}>"
+
+
+def _go_factory(
+    form: Form, direct: bool, reduce: bool, timed: bool, tuned: bool
+) -> Callable[..., Any]:
+    """The factory of a form's specialised launchers (:class:`_Site`), from generated source
+    with the form's checks written in (as :class:`~veda._kernel.definition.Form` does for its
+    ``check``).  Its globals are this module's, so ``_watched`` is read live."""
+    dim_names = [f"d{k}" for k in range(form.ndim)]
+    # The form's checks (Form.check) as one condition over the unpacked arguments: lengths
+    # first, then the written arrays' flags.  An argument that is not an array (a tuple, a
+    # 0-d array, something else) raises in it, and the careful check decides instead.
+    conds = []
+    for pos, axis, dim, _, _ in form.direct:
+        shape = f"len(a{pos})" if axis == 0 else f"a{pos}.shape[{axis}]"
+        conds.append(f"{shape} < {dim_names[dim]}")
+    conds += [f"not a{pos}.flags.writeable" for pos in form.written]
+    body = [
+        "def make(kernel, site, entry, cfg, runner, fn, failed, tuner, version, times, fail, "
+        "check):",
+        f"    {', '.join(dim_names)}, = dims = entry.dims",
+        "    unbind = site.unbind",
+        "    scope_get = _config._scope.get",
+        "    fallback = site.launch",
+        "    review = kernel._review",
+        "    go_failed = kernel._go_failed",
+    ]
+    if timed:
+        body.append("    append = times.append")
+    body += [
+        "    def go(*args):",
+        # get_config() written in: no call while no veda.config scope is open.
+        f"        if len(args) != {form.nargs} or _watched or site.go is not go or ("
+        "_config._defaults if (scope := scope_get()) is None else scope.effective()) is not cfg:",
+        "            unbind(go)",
+        "            return fallback(*args)",
+    ]
+    if tuned:
+        body += [
+            "        if tuner.version != version:  # the dispatcher changed its decision",
+            "            unbind(go)",
+            "            return fallback(*args)",
+        ]
+    names = [f"a{k}" for k in range(form.nargs)]
+    if names and (direct or conds):
+        body.append(f"        {', '.join(names)}, = args")
+    if conds:
+        body += [
+            "        try:",
+            f"            if {' or '.join(conds)}:",
+            "                fail(dims, args)",
+            "        except (TypeError, AttributeError, IndexError):",
+            "            check(dims, args)",
+        ]
+    call = f"fn({', '.join(dim_names + names)})" if direct else "runner(args)"
+    if timed:
+        body.append("        start = perf_counter()")
+    body += [
+        "        try:",
+        f"            result = {call}",
+        "        except BaseException as exc:",
+        "            go_failed(entry, exc, args, failed)",
+        "            raise",
+    ]
+    if timed:
+        body += [
+            "        elapsed = perf_counter() - start",
+            "        append(elapsed)",
+            "        if len(times) > entry.review_at:",
+            "            review(entry, args, elapsed)",
+        ]
+    if direct:
+        body.append("        return result[0]" if reduce else "        return None")
+    else:
+        body.append("        return result")
+    body.append("    return go")
+    code = compile("\n".join(body), f"<veda launcher {form.label}>", "exec")
+    factory_code = next(c for c in code.co_consts if isinstance(c, type(code)))
+    go_code = next(c for c in factory_code.co_consts if isinstance(c, type(code)))
+    # A compile inside the call is taken off the launch's time, as in Kernel._launch (its
+    # local 'entry' is the launch's).
+    _checks.TIMED_CODE[go_code] = True
+    return types.FunctionType(factory_code, globals(), "make")
 
 
 # --------------------------------------------------------------------------------------------

@@ -134,23 +134,30 @@ class CPUTarget(Target):
         name = form.name
         size = math.prod(dims)
 
+        def failed(exc: Exception, args: tuple[Any, ...]) -> None:
+            """Raise what a launch that raised ``exc`` raises."""
+            if isinstance(exc, VedaError):
+                raise exc
+            interrupt = unwrap_interrupt(exc)
+            if interrupt is not exc:
+                raise interrupt from None
+            if from_signal_handler(exc):  # a signal handler's exception, not the body's
+                raise exc
+            form.refuse_device_arguments(args, "cpu")
+            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+            index = _failing_index(module, size, dims, args)
+            raise cls(name, type(exc), str(exc), index, "cpu") from exc
+
         def run(args: tuple[Any, ...]) -> Any:
             try:
                 result = fn(*dims, *args)
-            except VedaError:
-                raise
             except Exception as exc:
-                interrupt = unwrap_interrupt(exc)
-                if interrupt is not exc:
-                    raise interrupt from None
-                if from_signal_handler(exc):  # a signal handler's exception, not the body's
-                    raise
-                form.refuse_device_arguments(args, "cpu")
-                cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-                index = _failing_index(module, size, dims, args)
-                raise cls(name, type(exc), str(exc), index, "cpu") from exc
+                failed(exc, args)
             return result[0] if reduce else None
 
+        # What the launch core's per-call-site launchers call instead of run (one Python call
+        # fewer): the compiled loop, whether it returns a reduction, and the failure path.
+        run.direct = (fn, reduce, failed)  # type: ignore[attr-defined]
         return run
 
 
