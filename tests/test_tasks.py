@@ -1274,6 +1274,99 @@ def test_a_ctrl_c_storm_while_the_main_thread_submits_and_waits_loses_nothing():
     assert r == {**r, "stuck": "0", "locked": "False", "ok": "True"}, r
 
 
+def test_ctrl_c_while_the_main_thread_waits_for_room_leaves_the_lock_whole():
+    """Interrupts land while the main thread's spawn waits for room in a full queue (four
+    other threads keep it full): each is a KeyboardInterrupt, never a RuntimeError from a lock
+    released twice, and afterwards the lock is free and tasks run."""
+    code = """
+        import signal, threading, time
+        import veda
+        from veda._tasks import api
+
+        def leaf():
+            time.sleep(0.0002)
+
+        def producer():
+            with veda.config(max_pending=1):
+                while True:
+                    veda.spawn(leaf)
+
+        for _ in range(4):
+            threading.Thread(target=producer, daemon=True).start()
+        signal.signal(signal.SIGALRM, lambda *_: signal.raise_signal(signal.SIGINT))
+        signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0009)
+        seen = {}
+
+        def note(exc):
+            seen[type(exc).__name__] = seen.get(type(exc).__name__, 0) + 1
+
+        end = time.monotonic() + 2.0
+        for _ in range(100_000):
+            try:
+                while time.monotonic() < end:
+                    try:
+                        with veda.config(max_pending=1):
+                            for _ in range(20):
+                                veda.spawn(leaf)
+                    except BaseException as exc:
+                        note(exc)
+                break
+            except KeyboardInterrupt as exc:  # between the tries
+                note(exc)
+        for _ in range(1000):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                time.sleep(0.05)
+                break
+            except KeyboardInterrupt:
+                pass
+        ok = veda.spawn(abs, -5).result(timeout=60) == 5
+        print("interrupts", seen.get("KeyboardInterrupt", 0), "other",
+              sum(v for k, v in seen.items() if k != "KeyboardInterrupt"), "ok", ok)
+    """
+    words = _python(code, timeout=180).stdout.split()
+    r = dict(zip(words[::2], words[1::2]))
+    assert int(r["interrupts"]) > 50, r
+    assert r == {**r, "other": "0", "ok": "True"}, r
+
+
+def test_a_deadline_bounds_the_wait_for_room_in_a_full_queue(executor):
+    ex = executor(workers=1)
+    release = _block(ex, 1)
+    try:
+        veda.spawn(abs, 1)  # the queue is full now (max_pending=1), and nothing drains it
+
+        def late() -> Any:
+            with veda.config(max_pending=1):
+                return veda.spawn(abs, 2, deadline=0.2)
+
+        start = time.monotonic()
+        with pytest.raises(veda.DeadlineExceeded, match="queue was full"):
+            within(late)
+        assert time.monotonic() - start < WAIT / 2
+        assert veda.metrics().tasks.deadline_missed >= 1
+    finally:
+        release.set()
+
+
+def _chain(depth: int) -> int:
+    return 0 if depth == 0 else veda.spawn(_chain, depth - 1).result() + 1
+
+
+def test_a_chain_deeper_than_the_pool_fails_instead_of_hanging(executor, monkeypatch):
+    """Tasks that each wait on the next: past MAX_HELP_DEPTH levels per worker and
+    max_workers + EXTRA_WORKERS workers, every worker waits and none can start the rest; the
+    wait fails with a TaskError that says so (it hung for ever before)."""
+    from veda._tasks import executor as _executor
+
+    monkeypatch.setattr(_executor, "MAX_HELP_DEPTH", 2)
+    monkeypatch.setattr(_executor, "EXTRA_WORKERS", 2)
+    executor(workers=1)
+    assert within(lambda: veda.spawn(_chain, 3).result(timeout=WAIT)) == 3  # fits: fine
+    with pytest.raises(veda.TaskError, match="no worker can start"):
+        within(lambda: veda.spawn(_chain, 40).result(timeout=WAIT))
+
+
 def test_shutdown_waits_then_refuses_new_tasks():
     code = """
         import veda

@@ -678,7 +678,8 @@ class Executor:
         #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).  A token
         #: is put under the lock; the woken worker needs the GIL before it needs the lock.
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._space = threading.Condition(self._lock)
+        #: Threads waiting for room in the queue, each on a lock of its own (_wait_for_space).
+        self._space: list[Any] = []
         self._helping = threading.Condition(self._lock)
         self._reaping = threading.Condition(self._lock)
         self._queue: TaskQueue[Task] = TaskQueue(age_step)
@@ -689,7 +690,6 @@ class Executor:
         #: Workers woken that have not yet come back to the queue (see _more_hands).
         self._waking = 0
         self._blocked = 0
-        self._space_waiters = 0
         self._helpers = 0
         self._deadlines: list[list[Any]] = []  # [deadline, seq, task or None]
         self._reaper: threading.Thread | None = None
@@ -786,13 +786,25 @@ class Executor:
         while len(self._queue) >= max_pending:
             if self._shutdown:
                 raise ShutdownError(f"cannot queue task {task.name}: veda.shutdown() was called")
-            remaining = None if end is None else end - monotonic()
+            now = monotonic()
+            if task.deadline is not None and now >= task.deadline:
+                # A deadline bounds the wait for room too: the task could only miss it.
+                self.stats.add("deadline_missed")
+                raise DeadlineExceeded(
+                    f"cannot queue task {task.name}: its deadline passed while the queue was "
+                    f"full ({len(self._queue)} tasks pending, max_pending={max_pending}); it "
+                    "never ran"
+                )
+            remaining = None if end is None else end - now
             if remaining is not None and remaining <= 0:
                 self.stats.add("queue_full")
                 raise QueueFull(
                     f"cannot queue task {task.name}: {len(self._queue)} tasks are pending "
                     f"(max_pending={max_pending}) and no room came within timeout={timeout}"
                 )
+            if task.deadline is not None:
+                left = task.deadline - now
+                remaining = left if remaining is None else min(remaining, left)
             child = self._descendant() if helping else None
             if child is not None:
                 self._run_nested(child)
@@ -806,13 +818,39 @@ class Executor:
             step = _LONGEST if remaining is None else min(remaining, _LONGEST)
             if main:  # in slices: a SIGINT that another thread received is seen here too
                 step = min(step, _SLICE)
-            self._space_waiters += 1
             try:
-                self._space.wait(step)
+                self._wait_for_space(step)
             finally:
-                self._space_waiters -= 1
                 if blocked:
                     self._blocked -= 1
+
+    def _wait_for_space(self, timeout: float) -> None:
+        """Under the lock: release it, wait up to ``timeout`` seconds for :meth:`_room`, and
+        take it back, whatever Ctrl-C does meanwhile.
+
+        ``threading.Condition.wait`` takes the lock back in a Python method, at whose entry a
+        Ctrl-C can land, and a blocking ``acquire`` itself gives up when a signal handler
+        raises: the lock stays released, and the ``with`` around the wait then releases it
+        again, or releases another thread's hold of it (an adversarial review caught 8-12 of
+        5,000 interrupts doing that).  Here SIGINT is held off (:class:`held_interrupts`)
+        except during the wait itself (``gate.open``, plain stores): an interrupt there ends
+        the wait, the lock is taken back with interrupts held, and the interrupt is raised
+        once the lock is held again.
+        """
+        gate = held_interrupts()
+        with gate:
+            waiter = _allocate_lock()
+            waiter.acquire()
+            self._space.append(waiter)
+            try:
+                self._lock.release()
+                gate.open = True
+                waiter.acquire(True, timeout)
+            finally:
+                gate.open = False
+                self._lock.acquire()
+                if waiter in self._space:  # timed out or interrupted, not woken by _room
+                    self._space.remove(waiter)
 
     def _watch_deadline(self, item: Task) -> None:
         assert item.deadline is not None
@@ -845,8 +883,11 @@ class Executor:
         return True
 
     def _room(self) -> None:
-        if self._space_waiters:
-            self._space.notify_all()
+        """Under the lock: wake every thread waiting for room (:meth:`_wait_for_space`)."""
+        if self._space:
+            for waiter in self._space:
+                waiter.release()
+            self._space.clear()
 
     def _next(self) -> Task | None:
         """Under the lock: the next item to start, or None."""
@@ -1099,16 +1140,39 @@ class Executor:
                 self._helpers += 1
                 self._replace_blocked()
                 try:
+                    if self._stuck():
+                        raise TaskError(
+                            f"task {_local.task.name if _local.task else '?'}: it waits on "
+                            f"queued tasks that no worker can start: all {self._alive} workers "
+                            "wait on tasks and the pool is at its limit (max_workers + "
+                            f"{EXTRA_WORKERS}); tasks that each wait on the next nest deeper "
+                            f"than about {MAX_HELP_DEPTH * self._alive} levels here.  Wait "
+                            "on fewer levels (a loop, or return the futures and wait outside)"
+                        )
                     self._helping.wait(_LONGEST)
                 finally:
                     self._blocked -= 1
                     self._helpers -= 1
 
+    def _stuck(self) -> bool:
+        """Under the lock, for a worker about to block waiting on tasks: whether queued
+        descendants of its task can never start, because every worker is blocked and no other
+        may start (a chain of tasks each waiting on the next, deeper than the pool holds).
+        Then blocking would hang for ever; the wait fails instead (:meth:`_help`)."""
+        return (
+            len(self._queue) > 0
+            and not self._idle
+            and not self._waking
+            and self._alive - self._blocked <= 0
+            and self._alive >= self.max_workers + EXTRA_WORKERS
+            and self._descendant(take=False, deep=True) is not None
+        )
+
     def _poke(self, _: Future[Any]) -> None:
         with self._lock:
             self._helping.notify_all()
 
-    def _descendant(self) -> Task | None:
+    def _descendant(self, take: bool = True, deep: bool = False) -> Task | None:
         """Under the lock: a queued task descended from the one this worker runs (queued by
         it, or by one of its descendants), taken out of the queue; None if there is none (or
         the worker's stack is :data:`MAX_HELP_DEPTH` deep).
@@ -1118,11 +1182,12 @@ class Executor:
         on that task, and neither would ever finish (everything lower on the stack waits, in
         the end, on the innermost task).  A descendant waits on its ancestor only if handed
         the ancestor's future.  The newest :data:`HELP_SCAN` queued tasks of each priority
-        level are looked at.
+        level are looked at.  With ``take`` false the task stays queued; with ``deep``, one is
+        found however deep the stack is.
         """
         running = _local.task
         mine = None if running is None else running._node  # None: it queued nothing
-        if mine is None or _local.depth >= MAX_HELP_DEPTH or not len(self._queue):
+        if mine is None or (_local.depth >= MAX_HELP_DEPTH and not deep) or not len(self._queue):
             return None
 
         def descends(item: Task) -> bool:
@@ -1134,7 +1199,7 @@ class Executor:
             return False
 
         found = self._queue.find(descends, HELP_SCAN)
-        if found is not None:
+        if found is not None and take:
             self._queue.remove(found)
             self._room()
         return found
@@ -1170,7 +1235,8 @@ class Executor:
             dropped = self._queue.items() if cancel_pending else []
             for item in dropped:
                 self._queue.remove(item)
-            for cond in (self._space, self._helping, self._reaping):
+            self._room()
+            for cond in (self._helping, self._reaping):
                 cond.notify_all()
             idle, self._idle = self._idle, 0
             self._waking += idle
