@@ -30,6 +30,15 @@ from veda_kernels import blas1, loops, sparse
 from _util import check_each, median_seconds, parser, report
 
 
+@veda.kernel
+def heavy_rows(i, x, out):
+    """Few heavy indices: each index walks a whole row (issue 12's work-aware dispatch)."""
+    acc = 0.0
+    for j in range(x.shape[1]):
+        acc += math.sqrt(x[i, j]) * x[i, j]
+    out[i] = acc
+
+
 def workloads(sweep: str):
     """``(name, kernel, domain, args, out, expected)`` per workload: the launch writes ``out``,
     which must then equal ``expected()`` (NumPy's result).  ``sweep`` is "full", "reduced"
@@ -76,6 +85,17 @@ def workloads(sweep: str):
         img,
         lambda margs=margs: loops.mandelbrot_reference(*margs[:4], np.empty_like(img)),
     )
+    if not tiny:  # a domain of a few hundred indices, each of thousands of operations
+        for rows_, cols in ((256, 10_000), (1000, 1000)):
+            m, res_ = rng.random((rows_, cols)), np.empty(rows_)
+            yield (
+                f"heavy rows {rows_}x{cols}",
+                heavy_rows,
+                rows_,
+                (m, res_),
+                res_,
+                lambda m=m: (np.sqrt(m) * m).sum(axis=1),
+            )
     if not tiny:
         rows = 100_000 if sweep == "reduced" else 1_000_000
         indptr, indices, data = sparse.power_law_csr(rows, seed=1)

@@ -120,8 +120,11 @@ class ThreadBudget:
     (2, 3)
     """
 
-    #: Seconds between two looks of a waiting launch.
-    POLL = 0.005
+    #: Seconds between two looks of a waiting launch.  Long: :meth:`wake` wakes a waiter, so
+    #: the looks matter only after a giver was interrupted between giving and waking, and each
+    #: look takes a core from the region running meanwhile (at 5 ms, three launches waiting
+    #: behind a 16 ms region cost it about 2%, bench/bench_tasks.py).
+    POLL = 0.05
 
     def __init__(self, total: Any = None) -> None:
         self._total = max_threads if total is None else total
@@ -156,6 +159,8 @@ class ThreadBudget:
                     grant.threads = min(wanted, free)
                     if grant.threads < wanted:
                         self._short.launch = True
+                    elif free > wanted and self._waiting:
+                        self._returned.notify()  # threads left over: the next waiter's
                     return grant.threads
                 self._waiting += 1
                 try:
@@ -164,10 +169,15 @@ class ThreadBudget:
                     self._waiting -= 1
 
     def wake(self) -> None:
-        """After :attr:`give`: wake the launches waiting for threads, if any."""
+        """After :attr:`give`: wake a launch waiting for threads, if any.
+
+        One, not all: the woken launch takes every free thread it wants and wakes the next
+        if some are left (:meth:`take`).  Waking them all made every waiter but one take the
+        GIL and the lock only to wait again, on the cores the new launch's region needed (four
+        concurrent parallel launches on 2 cores, bench/bench_tasks.py)."""
         if self._waiting:
             with self._lock:
-                self._returned.notify_all()
+                self._returned.notify()
 
     def shorted(self) -> bool:
         """Whether a launch of the calling thread got fewer threads than it asked for since

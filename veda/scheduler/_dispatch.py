@@ -36,6 +36,11 @@ __all__ = [
     "size_class",
 ]
 
+#: Domains smaller than this many elements keep the candidates of a target with a launch
+#: overhead only when the serial launch took SMALL_MARGIN times longer than it otherwise must
+#: (Dispatcher._too_short): 4 x 2 x 5 us = 40 us for "parallel".
+SMALL_DOMAIN = 1024
+SMALL_MARGIN = 4
 #: Imbalance (max/mean worker busy time) of a profiled static launch from which static is
 #: dropped, and up to which the chunked schedules are: a triangular loop shows 1.5 under static
 #: and 1.01 under dynamic (tests/test_telemetry.py), a streaming kernel about 1.0.
@@ -219,7 +224,7 @@ class Dispatcher:
         if tuner.exploring and decision.schedule == "static" and math.isfinite(imbalance):
             self._steer(tuner, imbalance)
         if tuner.exploring and _overhead(decision.target) == 0.0:
-            self._too_short(tuner, decision, seconds)
+            self._too_short(tuner, decision, seconds, size)
         if entry.priced and tuner.exploring:
             self._price(entry, size)
         if was_exploring and not tuner.exploring:
@@ -234,12 +239,18 @@ class Dispatcher:
             )
 
     @staticmethod
-    def _too_short(tuner: Tuner, measured: Decision, seconds: float) -> None:
+    def _too_short(tuner: Tuner, measured: Decision, seconds: float, size: int) -> None:
         """After a candidate with no launch overhead (the serial loop) ran: drop the candidates
-        of targets whose launch overhead alone is more than half its time (they cannot win)."""
+        of targets whose launch overhead alone is more than half its time (they cannot win).
+
+        Below :data:`SMALL_DOMAIN` elements the serial launch must take :data:`SMALL_MARGIN`
+        times longer still: such domains are mostly cheap (a 100-element saxpy: 1-7 us here,
+        first launches included), and one slow sample of one must not send it exploring
+        parallel regions; a small domain of heavy indices takes milliseconds."""
+        factor = 2 * (SMALL_MARGIN if size < SMALL_DOMAIN else 1)
         for d in list(tuner.candidates):
             overhead = _overhead(d.target)
-            if d.target != measured.target and overhead > 0 and seconds < 2 * overhead:
+            if d.target != measured.target and overhead > 0 and seconds < factor * overhead:
                 tuner.prune(
                     d,
                     f"the serial launch took {seconds * 1e6:.1f} us, too short to "

@@ -18,7 +18,7 @@ from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, VedaError
 
 __all__ = [
-    "PARALLEL_FLOOR",
+    "PARALLEL_FLOOR_PER_THREAD",
     "PARALLEL_MIN_SIZE",
     "CPUTarget",
     "ParallelTarget",
@@ -30,10 +30,15 @@ __all__ = [
 #: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
 #: even with the serial loop between 32k (parallel/cpu 1.10) and 64k elements (0.89).
 PARALLEL_MIN_SIZE = 49152
-#: Below this many elements no parallel configuration is a candidate: entering a parallel
-#: region costs about 4 us here (bench/bench_threshold.py: a 1000-element saxpy takes 2.0 us on
-#: "cpu" and 6.0 us on "parallel"), more than the whole serial loop of a small domain.
-PARALLEL_FLOOR = 1024
+#: Indices per thread below which no parallel configuration is a candidate (a domain of fewer
+#: than this many indices per thread leaves a thread idle).  Whether a parallel launch can pay
+#: for its region (about 4-5 us here, bench/bench_threshold.py) is judged by time, not size:
+#: after the serial candidate ran, the dispatcher drops the parallel ones when it took less
+#: than twice :data:`REGION_ENTRY` (Dispatcher._too_short).  So a small domain of heavy indices
+#: (256 indices of 10,000 operations each) is tried in parallel, and a small cheap one costs
+#: one serial launch to rule it out.  The floor was 1024 elements: such a domain stayed on one
+#: thread, 1.9-4.5x slower than a prange loop (issue 12).
+PARALLEL_FLOOR_PER_THREAD = 2
 #: Seconds a parallel region costs before any work.  With two threads the best parallel launch
 #: costs at least this plus half the serial time, so it cannot win when the serial launch took
 #: less than twice this (10 us): the dispatcher then drops the parallel candidates.
@@ -187,7 +192,7 @@ class ParallelTarget(Target):
 
     def candidates(self, size: int, free_cores: int) -> list[Decision]:
         threads_max = min(hw.max_threads(), max(1, free_cores))
-        if threads_max < 2 or size < PARALLEL_FLOOR:
+        if threads_max < 2 or size < PARALLEL_FLOOR_PER_THREAD * threads_max:
             return []
         out = []
         for t in sorted({threads_max, max(2, threads_max // 2)}, reverse=True):
