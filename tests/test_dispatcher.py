@@ -15,7 +15,7 @@ import pytest
 
 import veda
 from veda.scheduler import _dispatch
-from veda.scheduler._tuner import DRIFT, REVIEW_EVERY, Tuner, score
+from veda.scheduler._tuner import DRIFT, DRIFT_REVIEWS, REVIEW_EVERY, Tuner, score
 from veda.scheduler._wisdom import TuningCache
 from veda.targets import Decision
 
@@ -554,3 +554,28 @@ def test_a_small_domain_is_judged_by_its_time_not_its_size():
             d.observe(entry, tuner.next(), seconds, 256, "/nonexistent-veda-test")
         alive = [c for c in par if not tuner.trials[c].pruned]
         assert bool(alive) is kept, (seconds, alive)
+
+
+def test_a_cheap_small_kernel_that_drifts_keeps_the_serial_loop_without_exploring():
+    """A restart (drift on noise, or a change of free cores) of a small domain decided on the
+    serial loop rules the parallel candidates out again at once while its launches stay too
+    short to pay for a region; a kernel that became heavy explores them again."""
+    threads = veda.max_threads()
+    if threads < 2:
+        pytest.skip("needs two threads")
+    d = _dispatch.Dispatcher()
+    for recent, explores in ((5e-6, False), (3e-3, True)):
+        tuner = Tuner(list(_dispatch.candidates(256, threads)))
+        entry = _dispatch.Entry("k", "k", tuner, threads)
+        for _ in range(2):  # the serial warm-up and measured launches: 2 us, too short
+            d.observe(entry, tuner.next(), 2e-6, 256, "/nonexistent-veda-test")
+        assert tuner.choice == CPU
+        version = tuner.version
+        for _ in range(DRIFT_REVIEWS):  # drifted (or got heavy): a restart
+            d.review(entry, [recent] * REVIEW_EVERY, 256)
+        assert tuner.version > version
+        assert tuner.exploring is explores, recent
+        if not explores:
+            assert tuner.choice == CPU
+
+

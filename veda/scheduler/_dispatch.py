@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import statistics
 import threading
 import warnings
 from dataclasses import dataclass
@@ -307,7 +308,9 @@ class Dispatcher:
     def review(self, entry: Entry, recent: list[float], size: int) -> None:
         """Drift and load checks of an exploiting tuner, every few launches."""
         tuner = entry.tuner
+        before = tuner.choice
         if tuner.review([t / max(size, 1) for t in recent]):
+            self._still_too_short(tuner, before, recent, size)
             return
         free = self.load.free_cores()
         if free != entry.free_cores:
@@ -320,6 +323,28 @@ class Dispatcher:
             if fresh and fresh != tuner.candidates:
                 tuner.candidates = fresh
                 tuner.restart("load")
+                self._still_too_short(tuner, before, recent, size)
+
+    def _still_too_short(
+        self, tuner: Tuner, before: Decision | None, recent: list[float], size: int
+    ) -> None:
+        """After a restart (drift, or a change of free cores) of a tuner that ran the serial
+        loop: when its recent launches are still too short to pay for any other target, rule
+        those out again at once and keep the serial loop, without exploring launches.  A cheap
+        small kernel's times drift with the machine's noise; exploring again each time cost
+        two launches under the tuner's lock and a write of the tuning cache (a 100-element
+        saxpy ran about 40% slower, bench/bench_launch.py)."""
+        if not tuner.exploring or before is None or _overhead(before.target) != 0.0:
+            return
+        if not recent:
+            return
+        if before not in tuner.candidates:
+            return
+        seconds = statistics.median(recent)
+        self._too_short(tuner, before, seconds, size)
+        alive = [d for d in tuner.candidates if not tuner.trials[d].pruned]
+        if alive == [before]:
+            tuner.adopt(before, seconds / max(size, 1), "serial launch too short for the others")
 
     def explain(self, kernel: Any) -> list[dict[str, Any]]:
         return self.rows(kernel.module_name, kernel.name)
