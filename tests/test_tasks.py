@@ -1367,6 +1367,52 @@ def test_a_chain_deeper_than_the_pool_fails_instead_of_hanging(executor, monkeyp
         within(lambda: veda.spawn(_chain, 40).result(timeout=WAIT))
 
 
+def test_threads_given_back_while_a_launch_looks_wake_it():
+    """A launch that finds no thread free and threads given back between its look and its
+    wait: the giver sees it waiting and wakes it (it slept until its next look before)."""
+    from veda._hardware.cpu import Grant, ThreadBudget
+
+    class Racing(ThreadBudget):
+        POLL = 3600.0  # a lost wake-up would sleep this long
+
+        def __init__(self) -> None:
+            super().__init__(total=lambda: 2)
+            self.giver: threading.Thread | None = None
+
+        def lent(self) -> int:
+            n = super().lent()
+            giver, self.giver = self.giver, None
+            if giver is not None:
+                giver.start()  # gives and wakes while the launch holds the lock
+                time.sleep(0.05)  # (it waits for the lock to wake the launch)
+            return n
+
+    budget = Racing()
+    first = Grant()
+    budget.take(first, 2)
+    budget.giver = threading.Thread(target=lambda: (budget.give(first), budget.wake()))
+    assert within(lambda: budget.take(Grant(), 2), 30.0) == 2
+
+
+def test_a_worker_waiting_with_a_timeout_does_not_count_as_stuck(executor, monkeypatch):
+    """A worker that waits with a timeout comes back by itself: a chain that needs it is not
+    failed as stuck (the deepest wait counted it as blocked for ever)."""
+    from veda._tasks import executor as _executor
+
+    monkeypatch.setattr(_executor, "MAX_HELP_DEPTH", 2)
+    monkeypatch.setattr(_executor, "EXTRA_WORKERS", 2)
+    executor(workers=1)
+
+    def outer() -> Any:
+        inner = veda.spawn(_chain, 6)
+        with pytest.raises(TimeoutError):
+            inner.result(timeout=0.5)
+        return inner
+
+    inner = within(lambda: veda.spawn(outer).result(timeout=WAIT))
+    assert within(lambda: inner.result(timeout=WAIT)) == 6
+
+
 def test_shutdown_waits_then_refuses_new_tasks():
     code = """
         import veda

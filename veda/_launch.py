@@ -340,9 +340,8 @@ class Kernel(KernelDefinition):
         self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
     ) -> None:
         super().__init__(pyfunc, reduce=reduce, ndim=ndim)
-        #: The launcher of each domain expression used (``k[n]``): the site's own, or the
-        #: specialised one of the entry it runs now (see :class:`_Site`).
-        self._bound: dict[Any, Callable[..., Any]] = {}
+        #: The call site of each domain expression used (``k[n]``, ``k[(n,)]``; see :class:`_Site`).
+        self._bound: dict[Any, _Site] = {}
         self._sites: dict[tuple[int, ...], _Site] = {}
         self._factories: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._fast: dict[tuple[Any, ...], Entry] = {}
@@ -355,9 +354,9 @@ class Kernel(KernelDefinition):
     # -- domains -------------------------------------------------------------------------------
     def __getitem__(self, domain: Any) -> Callable[..., Any]:
         if domain.__class__ is int:  # the common case, first
-            bound = self._bound.get(domain)
-            if bound is not None:
-                return bound
+            site = self._bound.get(domain)
+            if site is not None:
+                return site.go or site.launch
         return self._bound_for(domain)
 
     def _bound_for(self, domain: Any) -> Callable[..., Any]:
@@ -366,20 +365,17 @@ class Kernel(KernelDefinition):
         cacheable = domain.__class__ is int or (
             domain.__class__ is tuple and all(d.__class__ is int for d in domain)
         )
-        bound = self._bound.get(domain) if cacheable else None
-        if bound is not None:
-            return bound
-        dims = self.domain(domain)
-        site = self._sites.get(dims)
+        site = self._bound.get(domain) if cacheable else None
         if site is None:
-            site = _Site(self, dims)
-            if len(self._sites) < 256:
-                self._sites[dims] = site
-        launcher = site.launch if site.go is None else site.go
-        if cacheable and len(self._bound) < 256:
-            site.keys.append(domain)
-            self._bound[domain] = launcher
-        return launcher
+            dims = self.domain(domain)
+            site = self._sites.get(dims)
+            if site is None:
+                site = _Site(self, dims)
+                if len(self._sites) < 256:
+                    self._sites[dims] = site
+            if cacheable and len(self._bound) < 256:
+                self._bound[domain] = site
+        return site.go or site.launch
 
     # -- the hot path --------------------------------------------------------------------------
     def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
@@ -706,8 +702,11 @@ class Kernel(KernelDefinition):
             tuning.tuner.choice is None or tuning.tuner.version != entry.version
         ):
             return  # exploring: each launch may bind another candidate
-        direct = getattr(entry.runner, "direct", None)
-        timed = entry.recorder is not None
+        # One snapshot of the entry, its version first: another thread may rebind it meanwhile,
+        # and the launcher is bound below only if nothing changed.
+        version, runner, times = entry.version, entry.runner, entry.times
+        direct = getattr(runner, "direct", None)
+        timed = times is not None
         form = entry.form
         variant = (form.ndim, form.nargs, direct is not None, bool(direct and direct[1]), timed,
                    tuning is not None)
@@ -717,10 +716,16 @@ class Kernel(KernelDefinition):
         fn, _, failed = direct if direct is not None else (None, False, None)
         tuner = tuning.tuner if tuning is not None else None
         go = factory(
-            self, site, entry, entry.cfg, entry.runner, fn, failed, tuner, entry.version,
-            entry.times, form.fail, form.check,
+            self, site, entry, entry.cfg, runner, fn, failed, tuner, version, times, form.check
         )
-        site.bind(go)
+        with self._lock:  # not across a forget() or the residency switch, which drop entries
+            if (
+                entry.version == version
+                and entry.runner is runner
+                and not self._by_residency
+                and self._fast.get((site.dims, len(args), None)) is entry
+            ):
+                site.bind(go)
 
     def _go_failed(
         self, entry: Entry, exc: BaseException, args: tuple[Any, ...], failed: Any
@@ -841,14 +846,12 @@ class _Site:
     right, only slower.
     """
 
-    __slots__ = ("dims", "go", "kernel", "keys", "launch")
+    __slots__ = ("dims", "go", "kernel", "launch")
 
     def __init__(self, kernel: Kernel, dims: tuple[int, ...]) -> None:
         self.kernel = kernel
         self.dims = dims
         self.go: Callable[..., Any] | None = None
-        #: The domain expressions (``k[n]``, ``k[(n,)]``) whose launcher this site is.
-        self.keys: list[Any] = []
         site = self
         launch_core = kernel._launch
         specialise = kernel._specialise
@@ -869,17 +872,11 @@ class _Site:
         go.dims = self.dims  # type: ignore[attr-defined]
         go.__qualname__ = go.__name__ = self.launch.__name__
         self.go = go
-        bound = self.kernel._bound
-        for key in self.keys:
-            bound[key] = go
 
     def unbind(self, go: Callable[..., Any]) -> None:
         """``go`` no longer applies: the site's own launcher again (if ``go`` was its)."""
         if self.go is go:
             self.go = None
-            bound = self.kernel._bound
-            for key in self.keys:
-                bound[key] = self.launch
 
     def __repr__(self) -> str:
         return f"<veda launch site {self.launch.__name__}>"
@@ -893,16 +890,15 @@ def _go_factory(
     ``check``).  Its globals are this module's, so ``_watched`` is read live."""
     dim_names = [f"d{k}" for k in range(form.ndim)]
     # The form's checks (Form.check) as one condition over the unpacked arguments: lengths
-    # first, then the written arrays' flags.  An argument that is not an array (a tuple, a
-    # 0-d array, something else) raises in it, and the careful check decides instead.
+    # first, then the written arrays' flags.  When it holds, or an argument that is not an
+    # array (a tuple, a 0-d array, something else) raises in it, the careful check decides.
     conds = []
     for pos, axis, dim, _, _ in form.direct:
         shape = f"len(a{pos})" if axis == 0 else f"a{pos}.shape[{axis}]"
         conds.append(f"{shape} < {dim_names[dim]}")
     conds += [f"not a{pos}.flags.writeable" for pos in form.written]
     body = [
-        "def make(kernel, site, entry, cfg, runner, fn, failed, tuner, version, times, fail, "
-        "check):",
+        "def make(kernel, site, entry, cfg, runner, fn, failed, tuner, version, times, check):",
         f"    {', '.join(dim_names)}, = dims = entry.dims",
         "    unbind = site.unbind",
         "    scope_get = _config._scope.get",
@@ -932,10 +928,11 @@ def _go_factory(
     if conds:
         body += [
             "        try:",
-            f"            if {' or '.join(conds)}:",
-            "                fail(dims, args)",
+            f"            bad = {' or '.join(conds)}",
             "        except (TypeError, AttributeError, IndexError):",
-            "            check(dims, args)",
+            "            bad = True",
+            "        if bad:",
+            "            check(dims, args)  # the careful check: raises what is wrong, if anything",
         ]
     call = f"fn({', '.join(dim_names + names)})" if direct else "runner(args)"
     if timed:

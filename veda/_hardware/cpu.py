@@ -121,7 +121,8 @@ class ThreadBudget:
     """
 
     #: Seconds between two looks of a waiting launch.  Long: :meth:`wake` wakes a waiter, so
-    #: the looks matter only after a giver was interrupted between giving and waking, and each
+    #: the looks matter only after a giver was interrupted between giving and waking (or a
+    #: waiter woken by it was interrupted before taking the threads), and each
     #: look takes a core from the region running meanwhile (at 5 ms, three launches waiting
     #: behind a 16 ms region cost it about 2%, bench/bench_tasks.py).
     POLL = 0.05
@@ -153,20 +154,22 @@ class ThreadBudget:
         how many."""
         with self._lock:
             self._grants.add(grant)
-            while True:
-                free = self._total() - self.lent()
-                if free > 0:
-                    grant.threads = min(wanted, free)
-                    if grant.threads < wanted:
-                        self._short.launch = True
-                    elif free > wanted and self._waiting:
-                        self._returned.notify()  # threads left over: the next waiter's
-                    return grant.threads
-                self._waiting += 1
-                try:
+            # Counted before reading what is free: a launch that gives its threads back after
+            # that read sees a waiter and wakes it (counted after, the wake-up was lost).
+            self._waiting += 1
+            try:
+                while True:
+                    free = self._total() - self.lent()
+                    if free > 0:
+                        grant.threads = min(wanted, free)
+                        if grant.threads < wanted:
+                            self._short.launch = True
+                        elif free > wanted and self._waiting > 1:
+                            self._returned.notify()  # threads left over: the next waiter's
+                        return grant.threads
                     self._returned.wait(self.POLL)
-                finally:
-                    self._waiting -= 1
+            finally:
+                self._waiting -= 1
 
     def wake(self) -> None:
         """After :attr:`give`: wake a launch waiting for threads, if any.

@@ -1156,14 +1156,17 @@ class Executor:
 
     def _stuck(self) -> bool:
         """Under the lock, for a worker about to block waiting on tasks: whether queued
-        descendants of its task can never start, because every worker is blocked and no other
-        may start (a chain of tasks each waiting on the next, deeper than the pool holds).
+        descendants of its task can never start, because every worker waits on tasks without a
+        timeout and no other may start (a chain of tasks each waiting on the next, deeper than
+        the pool holds).
         Then blocking would hang for ever; the wait fails instead (:meth:`_help`)."""
+        # Only workers that wait here, without a timeout, count: one waiting with a timeout
+        # (or for room) comes back by itself and may run the queued work then.
         return (
             len(self._queue) > 0
             and not self._idle
             and not self._waking
-            and self._alive - self._blocked <= 0
+            and self._alive - self._helpers <= 0
             and self._alive >= self.max_workers + EXTRA_WORKERS
             and self._descendant(take=False, deep=True) is not None
         )

@@ -30,11 +30,11 @@ __all__ = [
 #: ``python bench/bench_threshold.py`` on the 2-core machine: a saxpy in a parallel region breaks
 #: even with the serial loop between 32k (parallel/cpu 1.10) and 64k elements (0.89).
 PARALLEL_MIN_SIZE = 49152
-#: Indices per thread below which no parallel configuration is a candidate (a domain of fewer
-#: than this many indices per thread leaves a thread idle).  Whether a parallel launch can pay
-#: for its region (about 4-5 us here, bench/bench_threshold.py) is judged by time, not size:
-#: after the serial candidate ran, the dispatcher drops the parallel ones when it took less
-#: than twice :data:`REGION_ENTRY` (Dispatcher._too_short).  So a small domain of heavy indices
+#: Indices per thread below which no parallel configuration is a candidate.  Whether a
+#: parallel launch can pay for its region (about 4-5 us here, bench/bench_threshold.py) is
+#: judged by time, not size: after the serial candidate ran, the dispatcher drops the parallel
+#: ones when it took less than twice :data:`REGION_ENTRY` (eight times under 1024 elements,
+#: veda.scheduler._dispatch.SMALL_MARGIN; Dispatcher._too_short).  So a small domain of heavy indices
 #: (256 indices of 10,000 operations each) is tried in parallel, and a small cheap one costs
 #: one serial launch to rule it out.  The floor was 1024 elements: such a domain stayed on one
 #: thread, 1.9-4.5x slower than a prange loop (issue 12).
@@ -208,7 +208,8 @@ class ParallelTarget(Target):
                 Decision(self.name, t, "guided", guided),
                 Decision(self.name, t, "guided", max(1, guided // 8)),
             ]
-        return out
+        # On a small domain the two granularities meet (chunks of 1): each candidate once.
+        return list(dict.fromkeys(out))
 
     def default_decision(
         self,
