@@ -21,6 +21,8 @@ from typing import Any
 
 import numba
 
+from veda._hardware.signals import Waiters
+
 __all__ = [
     "affinity",
     "cpu_model",
@@ -134,7 +136,9 @@ class ThreadBudget:
     def _reset(self) -> None:
         # Also a forked child's fresh start: the parent's launches in flight do not exist there.
         self._lock = threading.Lock()
-        self._returned = threading.Condition(self._lock)
+        # Not a threading.Condition: a parallel launch in the main thread may wait here, and
+        # Ctrl-C must leave the lock whole (see Waiters).
+        self._returned = Waiters(self._lock)
         self._grants: set[Grant] = set()
         #: Give a grant back (nothing, if :meth:`take` never finished): one C call.
         self.give = self._grants.discard

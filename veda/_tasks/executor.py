@@ -41,7 +41,7 @@ from concurrent.futures import Future
 from time import monotonic
 from typing import Any
 
-from veda._hardware.signals import held_interrupts
+from veda._hardware.signals import Waiters, held_interrupts
 from veda._tasks.queue import AGE_STEP, Priority, TaskQueue
 from veda.errors import DeadlineExceeded, QueueFull, ShutdownError, TaskError
 from veda.telemetry._histogram import LogHistogram
@@ -678,8 +678,9 @@ class Executor:
         #: slower submit -> result than concurrent.futures, bench/bench_tasks.py).  A token
         #: is put under the lock; the woken worker needs the GIL before it needs the lock.
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
-        #: Threads waiting for room in the queue, each on a lock of its own (_wait_for_space).
-        self._space: list[Any] = []
+        #: Threads waiting for room in the queue (a condition that keeps the lock whole under
+        #: Ctrl-C: the main thread's submit waits here).
+        self._space = Waiters(self._lock)
         self._helping = threading.Condition(self._lock)
         self._reaping = threading.Condition(self._lock)
         self._queue: TaskQueue[Task] = TaskQueue(age_step)
@@ -819,38 +820,10 @@ class Executor:
             if main:  # in slices: a SIGINT that another thread received is seen here too
                 step = min(step, _SLICE)
             try:
-                self._wait_for_space(step)
+                self._space.wait(step)
             finally:
                 if blocked:
                     self._blocked -= 1
-
-    def _wait_for_space(self, timeout: float) -> None:
-        """Under the lock: release it, wait up to ``timeout`` seconds for :meth:`_room`, and
-        take it back, whatever Ctrl-C does meanwhile.
-
-        ``threading.Condition.wait`` takes the lock back in a Python method, at whose entry a
-        Ctrl-C can land, and a blocking ``acquire`` itself gives up when a signal handler
-        raises: the lock stays released, and the ``with`` around the wait then releases it
-        again, or releases another thread's hold of it (an adversarial review caught 8-12 of
-        5,000 interrupts doing that).  Here SIGINT is held off (:class:`held_interrupts`)
-        except during the wait itself (``gate.open``, plain stores): an interrupt there ends
-        the wait, the lock is taken back with interrupts held, and the interrupt is raised
-        once the lock is held again.
-        """
-        gate = held_interrupts()
-        with gate:
-            waiter = _allocate_lock()
-            waiter.acquire()
-            self._space.append(waiter)
-            try:
-                self._lock.release()
-                gate.open = True
-                waiter.acquire(True, timeout)
-            finally:
-                gate.open = False
-                self._lock.acquire()
-                if waiter in self._space:  # timed out or interrupted, not woken by _room
-                    self._space.remove(waiter)
 
     def _watch_deadline(self, item: Task) -> None:
         assert item.deadline is not None
@@ -883,11 +856,9 @@ class Executor:
         return True
 
     def _room(self) -> None:
-        """Under the lock: wake every thread waiting for room (:meth:`_wait_for_space`)."""
+        """Under the lock: wake every thread waiting for room."""
         if self._space:
-            for waiter in self._space:
-                waiter.release()
-            self._space.clear()
+            self._space.notify_all()
 
     def _next(self) -> Task | None:
         """Under the lock: the next item to start, or None."""
