@@ -32,8 +32,8 @@ class Explanation:
         >>> @veda.kernel
         ... def twice(i, x):
         ...     x[i] *= 2
-        >>> twice[10](np.ones(10))
-        >>> veda.explain(twice).decision_for(10)
+        >>> twice[1](np.ones(1))  # one index: the serial loop is the only candidate
+        >>> veda.explain(twice).decision_for(1)
         Decision(target='cpu', threads=1, schedule='static', chunk=1, block=0)
         """
         cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
@@ -91,10 +91,10 @@ def explain(kernel: Any) -> Explanation:
     >>> @veda.kernel
     ... def add_one(i, x):
     ...     x[i] += 1
-    >>> add_one[10](np.zeros(10))
+    >>> add_one[1](np.zeros(1))  # one index: the serial loop is the only candidate
     >>> print(veda.explain(add_one))  # doctest: +ELLIPSIS
     add_one:
-      1-d, size <= 2^4, policy adaptive: cpu (only candidate)
+      1-d, size <= 2^0, policy adaptive: cpu (only candidate)
     ...
     """
     if not isinstance(kernel, KernelDefinition):
