@@ -579,8 +579,6 @@ def test_a_cheap_small_kernel_that_drifts_keeps_the_serial_loop_without_explorin
             assert tuner.choice == CPU
 
 
-
-
 def test_each_candidate_is_proposed_once():
     for size in (4, 64, 256, 1000, 10**6):
         cands = _dispatch.candidates(size, veda.max_threads())

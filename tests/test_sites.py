@@ -151,6 +151,7 @@ def test_a_launcher_kept_from_before_specialisation_forwards_to_it():
 
 def test_listeners_added_after_specialisation_see_every_launch():
     go = _specialised(saxpy, N)
+
     class Seen(veda.telemetry.Listener):
         def __init__(self):
             self.kernels = []

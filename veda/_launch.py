@@ -708,8 +708,14 @@ class Kernel(KernelDefinition):
         direct = getattr(runner, "direct", None)
         timed = times is not None
         form = entry.form
-        variant = (form.ndim, form.nargs, direct is not None, bool(direct and direct[1]), timed,
-                   tuning is not None)
+        variant = (
+            form.ndim,
+            form.nargs,
+            direct is not None,
+            bool(direct and direct[1]),
+            timed,
+            tuning is not None,
+        )
         factory = self._factories.get(variant)
         if factory is None:
             factory = self._factories[variant] = _go_factory(form, *variant[2:])

@@ -34,10 +34,10 @@ PARALLEL_MIN_SIZE = 49152
 #: parallel launch can pay for its region (about 4-5 us here, bench/bench_threshold.py) is
 #: judged by time, not size: after the serial candidate ran, the dispatcher drops the parallel
 #: ones when it took less than twice :data:`REGION_ENTRY` (eight times under 1024 elements,
-#: veda.scheduler._dispatch.SMALL_MARGIN; Dispatcher._too_short).  So a small domain of heavy indices
-#: (256 indices of 10,000 operations each) is tried in parallel, and a small cheap one costs
-#: one serial launch to rule it out.  The floor was 1024 elements: such a domain stayed on one
-#: thread, 1.9-4.5x slower than a prange loop (issue 12).
+#: veda.scheduler._dispatch.SMALL_MARGIN; Dispatcher._too_short).  So a small domain of heavy
+#: indices (256 indices of 10,000 operations each) is tried in parallel, and a small cheap one
+#: costs its serial warm-up and measured launches to rule it out.  The floor was 1024
+#: elements: such a domain stayed on one thread, 1.9-4.5x slower than a prange loop (issue 12).
 PARALLEL_FLOOR_PER_THREAD = 2
 #: Seconds a parallel region costs before any work.  With two threads the best parallel launch
 #: costs at least this plus half the serial time, so it cannot win when the serial launch took
