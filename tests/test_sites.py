@@ -138,15 +138,20 @@ def test_a_launcher_kept_across_a_config_scope_follows_the_scope():
 
 
 def test_a_launcher_kept_from_before_specialisation_forwards_to_it():
-    held = saxpy[N]
-    go = _specialised(saxpy, N)
-    if held is not go:
-        veda.telemetry.reset()
-        x, y, out = _arrays()
-        held(5.0, x, y, out)
-        np.testing.assert_array_equal(out, 5.0 * x + y)
-        assert veda.metrics().kernel(saxpy).launches == 1
-        assert saxpy[N] is go
+    @veda.kernel
+    def fresh(i, a, x, y, out):  # never launched before: its site has no specialised launcher
+        out[i] = a * x[i] + y[i]
+
+    _ARGS[fresh] = _ARGS[saxpy]
+    held = fresh[N]
+    go = _specialised(fresh, N)
+    assert held is not go  # the site's own launcher, kept from before
+    veda.telemetry.reset()
+    x, y, out = _arrays()
+    held(5.0, x, y, out)
+    np.testing.assert_array_equal(out, 5.0 * x + y)
+    assert veda.metrics().kernel(fresh).launches == 1
+    assert fresh[N] is go
 
 
 def test_listeners_added_after_specialisation_see_every_launch():
