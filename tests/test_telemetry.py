@@ -111,7 +111,7 @@ def test_compile_time_is_not_launch_time():
         x[i] = 2.0
 
     veda.launch(fresh, 10, np.zeros(10), target="cpu")  # compiles inside this launch
-    m = veda.metrics().kernel("fresh")
+    m = veda.metrics().kernel(fresh)
     assert m.compiles + m.cache_hits >= 1
     assert m.compile_time > 0
     assert m.max_time < m.compile_time
