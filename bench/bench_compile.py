@@ -1,6 +1,7 @@
-"""Compile times: the first launch of a new kernel (empty cache), and the first launch in a
-fresh process whose disk cache already holds it; and ``import veda`` against ``import numba``.
-Each case runs in its own process.
+"""Compile times: the first launch of a new kernel (empty cache) against Numba's own cold
+compiles of the same loop (``@njit`` and ``prange``), the first launch in a fresh process whose
+disk cache already holds it, and ``import veda`` against ``import numba``.  Each case runs in its
+own process.
 
 Numba spends about 0.3 s initialising its CPU target the first time a process compiles or loads
 any function; that cost is not veda's, so each child first starts Numba with a trivial function
@@ -23,7 +24,7 @@ from _util import parser, report
 
 CHILD = textwrap.dedent(
     """
-    import json, time
+    import json, sys, time
     t0 = time.perf_counter()
     import numpy as np
     import veda
@@ -32,30 +33,45 @@ CHILD = textwrap.dedent(
     import numba
     numba.njit(lambda: 1)()
     t1b = time.perf_counter()
+
+    def peer(parallel):
+        @numba.njit(parallel=parallel)
+        def saxpy_peer(a, x, y, out):
+            for i in numba.prange(x.size):
+                out[i] = a * x[i] + y[i]
+        return saxpy_peer
+
+    case = sys.argv[1]
     rng = np.random.default_rng(0)
     x = rng.random(1000); y = rng.random(1000); out = np.full(1000, np.nan)
     t2 = time.perf_counter()
-    veda.launch(saxpy, 1000, 2.0, x, y, out, target="cpu")
+    if case in ("njit", "prange"):
+        peer(case == "prange")(2.0, x, y, out)
+    elif case == "adaptive":
+        for _ in range(50):
+            saxpy[1000](2.0, x, y, out)
+    else:
+        veda.launch(saxpy, 1000, 2.0, x, y, out, target=case)
     t3 = time.perf_counter()
     np.testing.assert_allclose(out, 2.0 * x + y, rtol=1e-12)
-    out[:] = np.nan
-    t3b = time.perf_counter()
-    veda.launch(saxpy, 1000, 2.0, x, y, out, target="parallel")
-    t4 = time.perf_counter()
-    np.testing.assert_allclose(out, 2.0 * x + y, rtol=1e-12)
-    print(json.dumps({"import": t1 - t0, "numba_startup": t1b - t1, "first_cpu": t3 - t2,
-                      "first_parallel": t4 - t3b, "stats": saxpy.compile_stats.as_dict()}))
+    stats = saxpy.compile_stats.as_dict()
+    print(json.dumps({"import": t1 - t0, "numba_startup": t1b - t1, "first": t3 - t2,
+                      "compiled": stats["compiled"], "cache_hits": stats["cache_hits"]}))
     """
 )
 
+#: Each case in fresh processes: Numba's own cold compiles of the same saxpy (a serial loop and
+#: a prange loop) and veda's first launches; "adaptive" is the first 50 launches together.
+CASES = ("njit", "prange", "cpu", "parallel", "adaptive")
 
-def _child(cache_dir: str) -> dict:
-    env = dict(os.environ, VEDA_CACHE_DIR=cache_dir)
+
+def _child(cache_dir: str, case: str) -> dict:
+    env = dict(os.environ, VEDA_CACHE_DIR=cache_dir, NUMBA_CACHE_DIR=cache_dir)
     out = subprocess.run(
-        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", CHILD, case], env=env, capture_output=True, text=True, timeout=600
     )
     if out.returncode != 0:
-        raise RuntimeError(f"the child process failed ({out.returncode}):\n{out.stderr}")
+        raise RuntimeError(f"the child process ({case}) failed ({out.returncode}):\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -99,32 +115,50 @@ def main(rounds: int = 3, import_rounds: int = 15, quick: bool = False) -> dict:
         f"{imports['import_numba'] * 1e3:.1f} ms, veda {imports['import_veda'] * 1e3:.1f} ms "
         f"({imports['import_veda_over_numba'] * 1e3:+.1f} ms; target +50 ms)"
     )
-    cold, warm = [], []
+    runs: dict[str, dict[str, list[dict]]] = {c: {"cold": [], "warm": []} for c in CASES}
     for _ in range(rounds):
-        with tempfile.TemporaryDirectory() as d:
-            cold.append(_child(d))
-            warm.append(_child(d))
+        for case in CASES:  # interleaved, so that a slow spell of the machine hits every case
+            with tempfile.TemporaryDirectory() as d:
+                runs[case]["cold"].append(_child(d, case))
+                if case not in ("njit", "prange"):
+                    runs[case]["warm"].append(_child(d, case))
     res: dict = {"imports": imports}
-    for label, runs in (("cold", cold), ("warm", warm)):
-        res[label] = {
-            k: statistics.median(r[k] for r in runs)
-            for k in ("import", "numba_startup", "first_cpu", "first_parallel")
-        }
-        res[label]["compiled"] = runs[-1]["stats"]["compiled"]
-        res[label]["cache_hits"] = runs[-1]["stats"]["cache_hits"]
-    print(f"first launches of saxpy (1000 elements), median of {rounds} fresh processes")
-    for label in ("cold", "warm"):
-        r = res[label]
+    for case, by in runs.items():
+        for label, got in by.items():
+            if got:
+                res[f"{case}_{label}"] = {
+                    "first": statistics.median(r["first"] for r in got),
+                    "numba_startup": statistics.median(r["numba_startup"] for r in got),
+                    "compiled": got[-1]["compiled"],
+                    "cache_hits": got[-1]["cache_hits"],
+                }
+    njit, prange = res["njit_cold"]["first"], res["prange_cold"]["first"]
+    res["parallel_over_prange"] = res["parallel_cold"]["first"] / prange
+    res["cpu_over_njit"] = res["cpu_cold"]["first"] / njit
+    res["adaptive50_over_njit"] = res["adaptive_cold"]["first"] / njit
+    print(
+        f"first call of a new saxpy (1000 elements), median of {rounds} fresh processes each, "
+        "after Numba's own start-up"
+    )
+    print(f"  Numba, empty cache: @njit {njit * 1e3:7.1f} ms, prange {prange * 1e3:7.1f} ms")
+    for case in ("cpu", "parallel", "adaptive"):
+        cold, warm = res[f"{case}_cold"], res[f"{case}_warm"]
+        what = "first 50 adaptive launches" if case == "adaptive" else f"first {case!r} launch"
         print(
-            f"  {label:<5} cache: import veda {r['import'] * 1e3:6.1f} ms, numba start-up "
-            f"{r['numba_startup'] * 1e3:6.1f} ms, first 'cpu' launch "
-            f"{r['first_cpu'] * 1e3:7.1f} ms, first 'parallel' launch "
-            f"{r['first_parallel'] * 1e3:7.1f} ms  (compiled {r['compiled']}, "
-            f"cache hits {r['cache_hits']})"
+            f"  veda {what:<28}: empty cache {cold['first'] * 1e3:7.1f} ms (compiled "
+            f"{cold['compiled']}), warm cache {warm['first'] * 1e3:6.1f} ms (compiled "
+            f"{warm['compiled']}, cache hits {warm['cache_hits']})"
         )
-    # A fresh process with the disk cache filled compiles nothing: both programs load from it.
-    assert res["warm"]["compiled"] == 0 and res["warm"]["cache_hits"] >= 2, res["warm"]
-    assert res["cold"]["compiled"] >= 2, res["cold"]
+    print(
+        f"  'parallel' / prange {res['parallel_over_prange']:.2f}x (target 3x), 'cpu' / @njit "
+        f"{res['cpu_over_njit']:.2f}x, 50 adaptive launches / @njit "
+        f"{res['adaptive50_over_njit']:.2f}x (target 1.5x)"
+    )
+    # A fresh process with the disk cache filled compiles nothing: it loads from it.
+    for case in ("cpu", "parallel", "adaptive"):
+        warm = res[f"{case}_warm"]
+        assert warm["compiled"] == 0 and warm["cache_hits"] >= 1, (case, warm)
+        assert res[f"{case}_cold"]["compiled"] >= 1, (case, res[f"{case}_cold"])
     report("compile", res, quick=quick)
     return res
 

@@ -296,3 +296,23 @@ def test_float_atomic_min_max_under_contention_match_numpy(dtype):
         ref = np.zeros(2, dtype)
         ufunc.at(ref, np.arange(v.size) % 2, v)
         np.testing.assert_array_equal(out, ref)
+
+
+def test_the_launchers_scratch_and_result_arrays():
+    """``scratch`` (stack arrays of a launcher) and ``one_element`` (a reduction's result) keep
+    the value's dtype and fill every slot; a count of 0 is an empty array."""
+    import numba
+
+    from veda._kernel import language
+
+    @numba.njit
+    def filled(n, v):
+        a = language.scratch(n, v)
+        total = a[:0].sum() if n == 0 else a.sum()
+        return a.size, total, language.one_element(v)
+
+    for n, v in ((0, np.float32(1.5)), (1, np.int8(-3)), (7, np.complex128(1 - 2j))):
+        size, total, one = filled(n, v)
+        assert size == n
+        assert total == n * v
+        assert one.shape == (1,) and one.dtype == np.asarray(v).dtype and one[0] == v

@@ -192,6 +192,9 @@ def test_the_parallel_launcher_has_one_parallel_region():
     for name in ("_veda_parallel", "_veda_parallel_profile"):
         (compiled,) = getattr(module, name).overloads.values()
         assert len(compiled.metadata["parfor_diagnostics"].initial_parfors) == 1, name
+        # The region's body types the worker index once as int64 and once as uint64: without
+        # the cast, the workers' loop compiles twice.
+        assert len(getattr(module, f"{name}_worker").overloads) == 1, name
 
 
 def test_a_serial_launch_compiles_one_function():

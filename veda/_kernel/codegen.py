@@ -66,7 +66,6 @@ _PRELUDE = """\
 import numba as _veda_numba
 import numpy as _veda_np
 from veda._kernel import language as _veda_lang
-from veda._kernel import runtime as _veda_rt
 from veda._kernel.cache import get_module as _veda_get
 """
 
@@ -324,6 +323,16 @@ def _indent(block: str, n: int) -> str:
     return textwrap.indent(block, " " * n)
 
 
+def _min(a: str, b: str) -> str:
+    """``min(a, b)`` of two integers as a conditional: the builtin compiles an overload of its
+    own for each signature (tens of milliseconds of a cold launch each)."""
+    return f"({a} if {a} < {b} else {b})"
+
+
+def _max(a: str, b: str) -> str:
+    return f"({a} if {a} > {b} else {b})"
+
+
 def _segment_loop(ndim: int, lo: str, hi: str, stmt: str) -> str:
     """Visit the flat index range [lo, hi) of the domain, innermost axis contiguous."""
     if ndim == 1:
@@ -340,7 +349,7 @@ def _segment_loop(ndim: int, lo: str, hi: str, stmt: str) -> str:
             "    _j = _r - i1 * n2\n"
         )
     body = (
-        f"    _e = min(n{last}, _j + ({hi} - _f))\n"
+        f"    _e = {_min(f'n{last}', f'_j + ({hi} - _f)')}\n"
         f"    for i{last} in range(_j, _e):\n{_indent(stmt, 8)}\n"
         "    _f += _e - _j\n"
     )
@@ -370,15 +379,16 @@ def _serial_loop(ndim: int, stmt: str) -> str:
     """The serial loop over the whole domain in pieces of outermost indices, checking for
     signals between pieces; within a piece the loops are the plain nested ranges."""
     inner = " * ".join(f"n{d}" for d in range(1, ndim)) or "1"
+    inner_one = _max("1", f"({inner})")
     loops = "for i0 in range(_lo, _hi):\n"
     for d in range(1, ndim):
         loops += " " * (4 * d) + f"for i{d} in range(n{d}):\n"
     loops += " " * (4 * ndim) + f"{stmt}\n"
     return (
-        f"_S = max(1, {SERIAL_PIECE} // max(1, {inner}))\n"
+        f"_S = {_max('1', f'{SERIAL_PIECE} // {inner_one}')}\n"
         "_lo = 0\n_prev = 0\n_tp = 0\n"
         "while True:\n"
-        "    _hi = min(_lo + _S, n0)\n"
+        f"    _hi = {_min('_lo + _S', 'n0')}\n"
         f"{_indent(loops, 4)}"
         "    if _hi >= n0:\n"
         "        break\n"
@@ -497,7 +507,7 @@ def kernel_launchers(
             "except Exception:\n    return True\nreturn False\n",
         )
         run_chunk = f"_bad = _veda_chunk(_lo, _hi, {dims}{args})\n"
-        acc_init = acc_store = result = worker_acc = ""
+        acc_init = result = ""
         ret = "return None, _err[0], _err[1]"
     else:
         # Inlined everywhere: it cannot raise, and a library of its own costs a megabyte.
@@ -522,7 +532,7 @@ def kernel_launchers(
             blocked = (
                 "_blo = _lo\n"
                 "while _blo < _hi:\n"
-                f"    _bhi = min(_blo + {REDUCE_BLOCK}, _hi)\n"
+                f"    _bhi = {_min(f'_blo + {REDUCE_BLOCK}', '_hi')}\n"
                 f"{_indent(block, 4)}"
                 "    _acc = _veda_combine(_acc, _b)\n"
                 "    _blo = _bhi\n"
@@ -535,7 +545,7 @@ def kernel_launchers(
             f"_veda_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_acc = _ident\n_lo = 0\n_hi = {size}\n"
             f"{block_counters}{inline_blocked}{block_check.format(more='_blo < _hi')}"
-            "return _veda_np.full(1, _acc)\n",
+            "return _veda_lang.one_element(_acc)\n",
         )
         fn(
             f"_veda_chunk(_acc, _lo, _hi, {dims}{args})",
@@ -546,31 +556,23 @@ def kernel_launchers(
         run_chunk = f"_bad, _acc = _veda_chunk(_acc, _lo, _hi, {dims}{args})\n"
         acc_init = (
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n"
-            "_partials = _veda_np.full(_veda_T, _ident)\n"
+            "_partials = _veda_lang.scratch(_veda_T, _ident)\n"
         )
-        worker_acc = "    _acc = _ident\n"
-        acc_store = "    _partials[_w] = _acc\n"
         result = (
             "_res = _ident\n"
             "for _w in range(_veda_T):\n"
             "    _res = _veda_combine(_res, _partials[_w])\n"
         )
-        ret = "return _veda_np.full(1, _res), _err[0], _err[1]"
+        ret = "return _veda_lang.one_element(_res), _err[0], _err[1]"
 
     record = "if _bad:\n    _err[0] = _lo\n    _err[1] = _hi\n    break\n"
     plain_head = f"_N = {size}\n_C = _veda_chunk_size\n"
+    # Each variant: (name, head, init, state, chunk_code, rec, combine, returns).  ``state``
+    # names the arrays and values the launcher hands its workers besides the common ones; a
+    # reduction's worker returns its accumulator, stored in its slot of ``_partials``.
+    ident_state = ", _ident" if reduce is not None else ""
     variants = [
-        (
-            "_veda_parallel",
-            plain_head,
-            acc_init,
-            worker_acc,
-            run_chunk,
-            record,
-            acc_store,
-            result,
-            ret,
-        ),
+        ("_veda_parallel", plain_head, acc_init, ident_state, run_chunk, record, result, ret),
         # The profiled variant is a separate function, so profiling costs nothing when off:
         # each worker adds up the cycles it spends in chunks (readcyclecounter), counts them.
         (
@@ -578,12 +580,11 @@ def kernel_launchers(
             plain_head,
             acc_init + "_busy = _veda_np.zeros(_veda_T, _veda_np.int64)\n"
             "_nchunks = _veda_np.zeros(_veda_T, _veda_np.int64)\n",
-            worker_acc,
+            ident_state + ", _busy, _nchunks",
             "_t0 = _veda_lang.cycles()\n"
             + run_chunk
             + "_busy[_w] += _veda_lang.cycles() - _t0\n_nchunks[_w] += 1\n",
             record,
-            acc_store,
             result,
             ret.replace("_err[1]", "_err[1], _busy, _nchunks"),
         ),
@@ -609,7 +610,7 @@ def kernel_launchers(
         det_blocks = (
             "for _bi in range(_blk_lo, _blk_hi):\n"
             f"    _blo = _bi * {B}\n"
-            f"    _bhi = min(_blo + {B}, _NE)\n"
+            f"    _bhi = {_min(f'_blo + {B}', '_NE')}\n"
             f"{_indent(block, 4)}"
             "    _p[_bi] = _b\n"
         )
@@ -623,96 +624,104 @@ def kernel_launchers(
             f"_veda_det_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_NE = {size}\n"
             f"_nblk = (_NE + {B - 1}) // {B}\n"
-            "_p = _veda_np.full(max(_nblk, 1), _ident)\n_blk_lo = 0\n_blk_hi = _nblk\n"
+            f"_p = _veda_np.full({_max('_nblk', '1')}, _ident)\n_blk_lo = 0\n_blk_hi = _nblk\n"
             f"{block_counters}{det_blocks}{block_check.format(more='_bi + 1 < _blk_hi')}"
-            "return _veda_np.full(1, _veda_pairwise(_p, _nblk, _ident))\n",
+            "return _veda_lang.one_element(_veda_pairwise(_p, _nblk, _ident))\n",
         )
         variants.append(
             (
                 "_veda_det_parallel",
                 f"_NE = {size}\n_N = (_NE + {B - 1}) // {B}\n"
-                f"_C = max(1, (_veda_chunk_size + {B - 1}) // {B})\n",
+                f"_C = {_max('1', f'(_veda_chunk_size + {B - 1}) // {B}')}\n",
                 f"_z = _veda_np.int64(0)\n_ident = {ident}\n"
-                "_p = _veda_np.full(max(_N, 1), _ident)\n",
-                "",
+                f"_p = _veda_np.full({_max('_N', '1')}, _ident)\n",
+                ", _p, _NE",
                 f"_bad = _veda_det_blocks(_p, _lo, _hi, {dims}{args})\n",
                 f"if _bad:\n    _err[0] = _lo * {B}\n"
-                f"    _err[1] = min(_hi * {B}, _NE)\n    break\n",
+                f"    _err[1] = {_min(f'_hi * {B}', '_NE')}\n    break\n",
                 "",
-                "",
-                "return _veda_np.full(1, _veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
+                "return _veda_lang.one_element(_veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
             )
         )
-    for name, head, init, w_init, chunk_code, rec, store, combine, returns in variants:
+    for name, head, init, state, chunk_code, rec, combine, returns in variants:
         # Each chunk the schedule hands out, [_clo, _chi), is walked in pieces [_lo, _hi) that
         # double while they are cheap (PIECE_GROW), so that a worker reaches a check often
         # enough whatever the chunk; the worker on the launching thread runs Python's pending
         # signal handlers every POLL_TICKS, and one that raised stops every worker at its next
         # piece (_err[2]) and ends the launch with its exception.
+        #
+        # The workers' loop is a function of its own, called once per worker from a one-line
+        # parallel region: Numba's parfor passes copy and re-analyse the region's body, and
+        # a large body made them most of a cold parallel launch's compile.  ``_w`` is cast to
+        # int64 because the region's body types it once as int64 and once as uint64: two
+        # compiles of the worker otherwise.
         piece = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
+        accumulates = reduce is not None and name != "_veda_det_parallel"
+        common = "_N, _C, _veda_T, _veda_mode, _err, _counter, _bounds, _caller"
         fn(
-            f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size{args})",
-            f"{head}"
-            "_err = _veda_np.full(3, -1, _veda_np.int64)\n"
-            "_err[2] = 0\n"
-            "_counter = _veda_np.zeros(1, _veda_np.int64)\n"
-            "if _veda_mode == 3:\n"
-            "    _bounds = _veda_rt.guided_bounds(_N, _veda_T, _C)\n"
-            "else:\n"
-            "    _bounds = _veda_np.zeros(1, _veda_np.int64)\n"
-            "_caller = _veda_lang.thread_ident()\n"
-            f"{init}"
-            "for _w in _veda_numba.prange(_veda_T):\n"
-            "    _k = 0\n"
-            "    _me = _veda_lang.thread_ident() == _caller\n"
-            f"    _S = {piece}\n"
-            "    _prev = _veda_lang.cycles()\n"
-            "    _tp = _prev\n"
-            f"{w_init}"
-            "    while True:\n"
-            "        if _veda_mode == 0:\n"
-            "            if _k > 0:\n"
-            "                break\n"
-            "            _clo = _N * _w // _veda_T\n"
-            "            _chi = _N * (_w + 1) // _veda_T\n"
-            "        elif _veda_mode == 1:\n"
-            "            _clo = (_w + _k * _veda_T) * _C\n"
-            "            _chi = min(_clo + _C, _N)\n"
-            "        elif _veda_mode == 2:\n"
-            "            _clo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
-            "            _chi = min(_clo + _C, _N)\n"
-            "        else:\n"
-            "            _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
-            "            if _c >= _bounds.shape[0] - 1:\n"
-            "                break\n"
-            "            _clo = _bounds[_c]\n"
-            "            _chi = _bounds[_c + 1]\n"
-            "        if _clo >= _chi:\n"
+            f"{name}_worker(_w, {common}{state}, {dims}{args})",
+            "_k = 0\n"
+            "_me = _veda_lang.thread_ident() == _caller\n"
+            f"_S = {piece}\n"
+            "_prev = _veda_lang.cycles()\n"
+            "_tp = _prev\n"
+            f"{'_acc = _ident' + chr(10) if accumulates else ''}"
+            "while True:\n"
+            "    if _veda_mode == 0:\n"
+            "        if _k > 0:\n"
             "            break\n"
-            "        _k += 1\n"
-            "        _hi = _clo\n"
-            "        while _hi < _chi:\n"
-            "            if _veda_lang.atomic_load(_err, 0) >= 0:\n"
-            "                break\n"
-            "            if _veda_lang.atomic_load(_err, 2) != 0:\n"
-            "                break\n"
-            "            _lo = _hi\n"
-            "            _hi = min(_lo + _S, _chi)\n"
-            f"{_indent(chunk_code, 12)}"
-            f"{_indent(rec, 12)}"
-            "            _now = _veda_lang.cycles()\n"
-            f"            if _now - _prev < {PIECE_GROW} and _S < _N:\n"
-            "                _S *= 2\n"
-            "            _prev = _now\n"
-            f"            if _me and _now - _tp >= {POLL_TICKS}:\n"
-            "                _tp = _now\n"
-            "                if _veda_lang.poll_signals():\n"
-            "                    _veda_lang.atomic_store(_err, 2, 1)\n"
+            "        _clo = _N * _w // _veda_T\n"
+            "        _chi = _N * (_w + 1) // _veda_T\n"
+            "    elif _veda_mode == 1:\n"
+            "        _clo = (_w + _k * _veda_T) * _C\n"
+            f"        _chi = {_min('_clo + _C', '_N')}\n"
+            "    elif _veda_mode == 2:\n"
+            "        _clo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
+            f"        _chi = {_min('_clo + _C', '_N')}\n"
+            "    else:\n"
+            "        _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
+            "        if _c >= _bounds.shape[0] - 1:\n"
+            "            break\n"
+            "        _clo = _bounds[_c]\n"
+            "        _chi = _bounds[_c + 1]\n"
+            "    if _clo >= _chi:\n"
+            "        break\n"
+            "    _k += 1\n"
+            "    _hi = _clo\n"
+            "    while _hi < _chi:\n"
             "        if _veda_lang.atomic_load(_err, 0) >= 0:\n"
             "            break\n"
             "        if _veda_lang.atomic_load(_err, 2) != 0:\n"
             "            break\n"
-            f"{store}"
+            "        _lo = _hi\n"
+            f"        _hi = {_min('_lo + _S', '_chi')}\n"
+            f"{_indent(chunk_code, 8)}"
+            f"{_indent(rec, 8)}"
+            "        _now = _veda_lang.cycles()\n"
+            f"        if _now - _prev < {PIECE_GROW} and _S < _N:\n"
+            "            _S *= 2\n"
+            "        _prev = _now\n"
+            f"        if _me and _now - _tp >= {POLL_TICKS}:\n"
+            "            _tp = _now\n"
+            "            if _veda_lang.poll_signals():\n"
+            "                _veda_lang.atomic_store(_err, 2, 1)\n"
+            "    if _veda_lang.atomic_load(_err, 0) >= 0:\n"
+            "        break\n"
+            "    if _veda_lang.atomic_load(_err, 2) != 0:\n"
+            "        break\n"
+            f"return {'_acc' if accumulates else '0'}\n",
+        )
+        call = f"{name}_worker(_veda_np.int64(_w), {common}{state}, {dims}{args})"
+        fn(
+            f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size, _bounds{args})",
+            f"{head}"
+            "_err = _veda_lang.scratch(3, _veda_np.int64(-1))\n"
+            "_err[2] = 0\n"
+            "_counter = _veda_lang.scratch(1, _veda_np.int64(0))\n"
+            "_caller = _veda_lang.thread_ident()\n"
+            f"{init}"
+            "for _w in _veda_numba.prange(_veda_T):\n"
+            f"    {'_partials[_w] = ' if accumulates else ''}{call}\n"
             "_veda_lang.raise_pending(_err[2])\n"
             f"{combine}"
             f"{returns}\n",

@@ -34,9 +34,9 @@ _INDEX_LIMIT = 2**63
 _LAUNCHERS = {
     "_veda_cpu": 0,
     "_veda_det_cpu": 0,
-    "_veda_parallel": 3,
-    "_veda_parallel_profile": 3,
-    "_veda_det_parallel": 3,
+    "_veda_parallel": 4,  # threads, schedule code, chunk, guided bounds
+    "_veda_parallel_profile": 4,
+    "_veda_det_parallel": 4,
 }
 
 

@@ -590,3 +590,69 @@ def raise_pending(typingctx, flag):  # type: ignore[no-untyped-def]
         return context.get_dummy_value()
 
     return types.none(flag), codegen
+
+
+# A launcher's scratch arrays, made without NumPy's allocation overloads: ``np.full`` and
+# ``np.zeros`` each compile an implementation of their own for every signature, about a quarter
+# of a cold parallel launch's compile (bench/bench_compile.py).
+
+
+def _c_array(context: Any, builder: Any, arrty: Any, data: Any, count: Any, meminfo: Any) -> Any:
+    ary = make_array(arrty)(context, builder)
+    intp = context.get_value_type(types.intp)
+    itemsize = context.get_abi_sizeof(context.get_data_type(arrty.dtype))
+    populate_array(
+        ary,
+        data=data,
+        shape=[count],
+        strides=[ir.Constant(intp, itemsize)],
+        itemsize=ir.Constant(intp, itemsize),
+        meminfo=meminfo,
+    )
+    return ary
+
+
+@intrinsic
+def scratch(typingctx, count, value):  # type: ignore[no-untyped-def]
+    """A 1-d array of ``count`` copies of ``value`` on the launcher's stack.
+
+    Call it once per launcher, outside loops (each call grows the stack frame), and never
+    return it: it lives as long as the calling function's frame.  The parallel region's workers
+    may use it, since the launcher waits for them.
+    """
+    if not isinstance(count, types.Integer) or not isinstance(value, (types.Number, types.Boolean)):
+        return None
+    arrty = types.Array(value, 1, "C")
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        intp = context.get_value_type(types.intp)
+        n = context.cast(builder, args[0], sig.args[0], types.intp)
+        one = ir.Constant(intp, 1)
+        room = builder.select(builder.icmp_signed("<", n, one), one, n)  # alloca of 0 is UB
+        elem = context.get_data_type(value)
+        data = builder.alloca(elem, size=room)
+        stored = context.get_value_as_data(builder, value, args[1])
+        with cgutils.for_range(builder, n) as loop:
+            builder.store(stored, builder.gep(data, [loop.index]))
+        return _c_array(context, builder, arrty, data, n, None)._getvalue()
+
+    return arrty(count, value), codegen
+
+
+@intrinsic
+def one_element(typingctx, value):  # type: ignore[no-untyped-def]
+    """A new 1-element NumPy array holding ``value``: how a launcher returns a reduction's
+    result with its exact dtype (a bare scalar would come back as a Python number)."""
+    if not isinstance(value, (types.Number, types.Boolean)):
+        return None
+    arrty = types.Array(value, 1, "C")
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        from numba.np.arrayobj import _empty_nd_impl
+
+        intp = context.get_value_type(types.intp)
+        ary = _empty_nd_impl(context, builder, arrty, [ir.Constant(intp, 1)])
+        builder.store(context.get_value_as_data(builder, value, args[0]), ary.data)
+        return ary._getvalue()
+
+    return arrty(value), codegen

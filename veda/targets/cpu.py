@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from veda._hardware import cpu as hw
 from veda._hardware.signals import from_signal_handler, unwrap_interrupt
-from veda._kernel.codegen import MODE_CODES
+from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, VedaError
@@ -56,6 +58,21 @@ def default_chunk(schedule: str, size: int, threads: int) -> int:
         return 1
     per = 256 if schedule == "guided" else 32
     return max(1, -(-size // (threads * per)))
+
+
+#: What a launcher whose schedule is not guided gets for its table of chunk boundaries.
+_NO_BOUNDS = np.zeros(1, np.int64)
+
+
+def _guided_table(size: int, threads: int, chunk: int, blocks: bool) -> np.ndarray:
+    """The guided schedule's chunk boundaries over a domain of ``size`` indices, or of its
+    REDUCE_BLOCK blocks (``blocks``: a deterministic reduction's work items)."""
+    from veda._kernel.runtime import guided_bounds  # compiled (or loaded) on first use
+
+    if blocks:
+        size = -(-size // REDUCE_BLOCK)
+        chunk = max(1, -(-chunk // REDUCE_BLOCK))
+    return guided_bounds(size, threads, chunk)
 
 
 def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -240,7 +257,8 @@ class ParallelTarget(Target):
     ) -> Runner:
         hw.threading_layer()
         module = form.program(options.compile)
-        if form.reduce is not None and options.deterministic:
+        blocks = form.reduce is not None and options.deterministic
+        if blocks:
             fn = module._veda_det_parallel  # deterministic: no profiled variant, imbalance NaN
             profiler = None
         else:
@@ -254,6 +272,12 @@ class ParallelTarget(Target):
         # (chunk index x chunk) cannot overflow 64 bits.
         wanted, chunk = decision.threads, max(1, min(decision.chunk, math.prod(dims)))
         mode = MODE_CODES[decision.schedule]
+        guided = mode == MODE_CODES["guided"]
+        # The guided schedule's chunk boundaries depend on the thread count, which the budget
+        # may lower per launch: made here, once per count, rather than compiled into the
+        # launcher (an allocation there costs a compile of its own).
+        bounds: dict[int, np.ndarray] = {}
+        size = math.prod(dims)
         reduce = form.reduce is not None
         get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise
         budget, region_lock, Grant = hw.budget, hw.region_lock, hw.Grant
@@ -277,11 +301,16 @@ class ParallelTarget(Target):
                 previous = get_threads()
                 if previous != threads:
                     set_threads(threads)
+                table = _NO_BOUNDS
+                if guided:
+                    table = bounds.get(threads)
+                    if table is None:
+                        table = bounds[threads] = _guided_table(size, threads, chunk, blocks)
                 if serialise:
                     with region_lock:
-                        out = fn(*dims, threads, mode, chunk, *args)
+                        out = fn(*dims, threads, mode, chunk, table, *args)
                 else:
-                    out = fn(*dims, threads, mode, chunk, *args)
+                    out = fn(*dims, threads, mode, chunk, table, *args)
             except VedaError:
                 raise
             except Exception as exc:
