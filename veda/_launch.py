@@ -31,7 +31,7 @@ import threading
 import types
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any, overload
 
@@ -979,7 +979,7 @@ def _go_factory(
 def kernel(pyfunc: Callable[..., Any], /) -> Kernel: ...
 @overload
 def kernel(
-    *, reduce: str | None = None, ndim: int | None = None
+    *, reduce: str | Mapping[str, str] | None = None, ndim: int | None = None
 ) -> Callable[[Callable[..., Any]], Kernel]: ...
 
 
@@ -987,7 +987,7 @@ def kernel(
     pyfunc: Callable[..., Any] | None = None,
     /,
     *,
-    reduce: str | None = None,
+    reduce: str | Mapping[str, str] | None = None,
     ndim: int | None = None,
 ) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
     """Turn a loop body into a parallel kernel.
@@ -1000,9 +1000,16 @@ def kernel(
 
     Parameters
     ----------
-    reduce : {"sum", "prod", "min", "max"}, optional
+    reduce : {"sum", "prod", "min", "max"} or dict, optional
         Make a reduction: the body returns one value per index and the launch returns their
         combination as a NumPy scalar, with the dtype NumPy's reduction would give.
+        A dict ``{name: op}`` instead reduces array arguments: the body updates ``name`` only
+        with ``op`` (``hist[b] += 1`` for ``"sum"``, ``a[k] = min(a[k], v)`` for ``"min"``)
+        and each parallel worker updates a private copy of its own, set to the op's identity;
+        the copies are combined into the array at the end of the launch, as if every index
+        had updated it in turn (a histogram or scatter-add without atomics).  Inside the body
+        the array reads as the worker's copy.  CPU targets only; in deterministic mode the
+        result has the same bits on every thread count.  See docs/kernels.md.
     ndim : {1, 2, 3}, optional
         Declare the number of index parameters; launches over another rank are refused.
 
@@ -1021,6 +1028,13 @@ def kernel(
     ...     return x[i] * y[i]
     >>> dot[4](x, y)
     np.float64(6.0)
+    >>> @veda.kernel(reduce={"counts": "sum"})
+    ... def histogram(i, values, counts):
+    ...     counts[values[i] % 4] += 1
+    >>> counts = np.zeros(4, np.int64)
+    >>> veda.launch(histogram, 10, np.arange(10), counts, target="parallel")
+    >>> counts
+    array([3, 3, 2, 2])
     """
 
     def wrap(f: Callable[..., Any]) -> Kernel:

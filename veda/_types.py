@@ -117,6 +117,9 @@ class KernelForm(Protocol):
     label: str
     #: ``"sum"``, ``"prod"``, ``"min"``, ``"max"`` or None.
     reduce: str | None
+    #: (position, op) of the array arguments reduced into private copies
+    #: (``@veda.kernel(reduce={name: op})``); empty for other kernels.
+    private: tuple[tuple[int, str], ...]
     ndim: int
     nargs: int
     #: The parameter names after the index parameters, in order.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -414,6 +415,34 @@ _COMBINE = {
 }
 
 
+#: Fixed pieces of the domain a deterministic launch of a kernel with ``reduce={name: op}``
+#: reduces into copies of their own (the copies cost this many times the array).
+PRIVATE_PIECES = 64
+
+#: Combining a private copy ``_p`` into the argument ``_a``, element by element, per op.
+_INTO = {
+    "sum": "for _ix in _veda_np.ndindex(_a.shape):\n    _a[_ix] += _p[_ix]\n",
+    "prod": "for _ix in _veda_np.ndindex(_a.shape):\n    _a[_ix] *= _p[_ix]\n",
+    # As np.minimum / np.maximum: a NaN on either side wins.
+    "min": (
+        "for _ix in _veda_np.ndindex(_a.shape):\n"
+        "    _v = _p[_ix]\n    if _v < _a[_ix] or _v != _v:\n        _a[_ix] = _v\n"
+    ),
+    "max": (
+        "for _ix in _veda_np.ndindex(_a.shape):\n"
+        "    _v = _p[_ix]\n    if _v > _a[_ix] or _v != _v:\n        _a[_ix] = _v\n"
+    ),
+}
+
+
+def _into_all(count: str, private: Sequence[tuple[int, str]]) -> str:
+    """Combine copies 0 .. count-1 of each reduced argument into it, in that order."""
+    lines = [f"for _w in range({count}):"]
+    for k, op in private:
+        lines.append(f"    _veda_into_{op}(a{k}, _pv{k}[_w].reshape(a{k}.shape))")
+    return "\n".join(lines) + "\n"
+
+
 #: Independent accumulators in a 1-d reduction block.  One chain waits for each add (four cycles
 #: of latency); four chains keep the adder busier: a dot product of 1e6 float64 went from 874 us
 #: to 343 us on one thread.  (Eight overflow Numba's SSA pass on the parallel launcher.)  Their
@@ -448,9 +477,22 @@ def _unrolled_block(body: str, args: str) -> str:
 
 
 def kernel_launchers(
-    body: str, ndim: int, nargs: int, reduce: str | None, cache: bool, boundscheck: bool
+    body: str,
+    ndim: int,
+    nargs: int,
+    reduce: str | None,
+    cache: bool,
+    boundscheck: bool,
+    private: Sequence[tuple[int, str]] = (),
 ) -> str:
     """Source of the serial and parallel launchers around ``body``.
+
+    ``private`` lists (argument position, op) of the arrays reduced into private copies
+    (``reduce={name: op}``): each parallel worker updates a copy of its own, set to the op's
+    identity, and the launcher combines the copies into the argument after the region, worker
+    by worker.  The serial launcher updates the argument itself.  In deterministic mode both
+    run over PRIVATE_PIECES fixed pieces of the domain, each into its own copy, combined in
+    piece order: the same bits whatever the thread count, schedule or chunk.
 
     ``_veda_chunk`` runs one chunk of the flat domain inside a ``try``: per chunk, not per
     index, because a ``try`` around every call keeps the body from being inlined (a 2-d stencil
@@ -461,6 +503,10 @@ def kernel_launchers(
     idx = ", ".join(f"i{d}" for d in range(ndim))
     nn_idx = ", ".join(f"_veda_lang.nonneg(i{d})" for d in range(ndim))
     args = "".join(f", a{k}" for k in range(nargs))
+    # What a worker passes for the arguments: its private copies in place of reduced arrays.
+    mine = dict(private)
+    wargs = "".join(f", _mine{k}" if k in mine else f", a{k}" for k in range(nargs))
+    pv_state = "".join(f", _pv{k}" for k, _ in private)
     size = " * ".join(f"n{d}" for d in range(ndim))
     dec = _decorator(cache, boundscheck)
     pdec = _decorator(cache, boundscheck, parallel=True)
@@ -472,6 +518,8 @@ def kernel_launchers(
         out.append(f"{decorator}\ndef {signature}:\n{_indent(code, 4)}")
 
     out.append(f"{INLINE} = {_inline_decorator(boundscheck)[1:]}({body}.py_func)")
+    for op in sorted(set(mine.values())):
+        fn(f"_veda_into_{op}(_a, _p)", _INTO[op], _inline_decorator(boundscheck))
 
     call = f"{body}({nn_idx}{args})"
     # The serial launcher calls the body through an inlining dispatcher (see INLINE): one
@@ -506,9 +554,14 @@ def kernel_launchers(
             f"{_indent(_segment_loop(ndim, '_lo', '_hi', call), 4)}"
             "except Exception:\n    return True\nreturn False\n",
         )
-        run_chunk = f"_bad = _veda_chunk(_lo, _hi, {dims}{args})\n"
+        run_chunk = f"_bad = _veda_chunk(_lo, _hi, {dims}{wargs})\n"
         acc_init = result = ""
         ret = "return None, _err[0], _err[1]"
+        if private:
+            acc_init = "".join(
+                f"_pv{k} = _veda_lang.private_copies(_veda_T, a{k}, {op!r})\n" for k, op in private
+            )
+            result = "if _err[0] < 0:\n" + _indent(_into_all("_veda_T", private), 4)
     else:
         # Inlined everywhere: it cannot raise, and a library of its own costs a megabyte.
         fn("_veda_combine(_a, _b)", _COMBINE[reduce] + "\n", _inline_decorator(boundscheck))
@@ -570,7 +623,7 @@ def kernel_launchers(
     # Each variant: (name, head, init, state, chunk_code, rec, combine, returns).  ``state``
     # names the arrays and values the launcher hands its workers besides the common ones; a
     # reduction's worker returns its accumulator, stored in its slot of ``_partials``.
-    ident_state = ", _ident" if reduce is not None else ""
+    ident_state = (", _ident" if reduce is not None else "") + pv_state
     variants = [
         ("_veda_parallel", plain_head, acc_init, ident_state, run_chunk, record, result, ret),
         # The profiled variant is a separate function, so profiling costs nothing when off:
@@ -643,6 +696,55 @@ def kernel_launchers(
                 "return _veda_lang.one_element(_veda_pairwise(_p, _N, _ident)), _err[0], _err[1]",
             )
         )
+    if private:
+        # Deterministic mode: PRIVATE_PIECES fixed pieces of the flat domain, each reduced in
+        # index order into a copy of its own, the copies combined in piece order.
+        P = PRIVATE_PIECES
+        q, r = f"(_NE // {P})", f"(_NE % {P})"
+
+        def piece_lo(p: str) -> str:
+            return f"({q} * {p} + {_min(p, r)})"
+
+        def piece(callee: str) -> str:
+            """Reduce piece ``_p`` into its copies, calling ``callee`` per index."""
+            views = "".join(f"_mine{k} = _pv{k}[_p].reshape(a{k}.shape)\n" for k, _ in private)
+            stmt = f"{callee}({nn_idx}{wargs})"
+            return f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n{views}" + _segment_loop(
+                ndim, "_lo", "_hi", stmt
+            )
+
+        copies = "".join(
+            f"_pv{k} = _veda_lang.private_copies({P}, a{k}, {op!r})\n" for k, op in private
+        )
+        fn(
+            f"_veda_det_pieces(_plo, _phi, _NE{pv_state}, {dims}{args})",
+            "try:\n"
+            "    for _p in range(_plo, _phi):\n"
+            f"{_indent(piece(body), 8)}"
+            "except Exception:\n    return True\nreturn False\n",
+        )
+        fn(
+            f"_veda_det_cpu({dims}{args})",
+            f"_NE = {size}\n{copies}"
+            f"for _p in range({P}):\n"
+            f"{_indent(piece(INLINE), 4)}"
+            "    _veda_lang.raise_pending(_veda_lang.poll_signals())\n"
+            f"{_into_all(str(P), private)}"
+            "return None\n",
+        )
+        variants.append(
+            (
+                "_veda_det_parallel",
+                f"_NE = {size}\n_N = {P}\n_C = 1\n",
+                copies,
+                pv_state + ", _NE",
+                f"_bad = _veda_det_pieces(_lo, _hi, _NE{pv_state}, {dims}{args})\n",
+                f"if _bad:\n    _err[0] = {piece_lo('_lo')}\n"
+                f"    _err[1] = {piece_lo('_hi')}\n    break\n",
+                "if _err[0] < 0:\n" + _indent(_into_all(str(P), private), 4),
+                "return None, _err[0], _err[1]",
+            )
+        )
     for name, head, init, state, chunk_code, rec, combine, returns in variants:
         # Each chunk the schedule hands out, [_clo, _chi), is walked in pieces [_lo, _hi) that
         # double while they are cheap (PIECE_GROW), so that a worker reaches a check often
@@ -657,7 +759,14 @@ def kernel_launchers(
         # compiles of the worker otherwise.
         piece = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
         accumulates = reduce is not None and name != "_veda_det_parallel"
+        pieces = bool(private) and name == "_veda_det_parallel"  # work items: fixed pieces
         common = "_N, _C, _veda_T, _veda_mode, _err, _counter, _bounds, _caller"
+        # Each worker's own copies; in deterministic mode each piece's (see _veda_det_pieces).
+        prologue = (
+            "".join(f"_mine{k} = _pv{k}[_w].reshape(a{k}.shape)\n" for k, _ in private)
+            if private and not pieces
+            else ""
+        )
         fn(
             f"{name}_worker(_w, {common}{state}, {dims}{args})",
             "_k = 0\n"
@@ -666,6 +775,7 @@ def kernel_launchers(
             "_prev = _veda_lang.cycles()\n"
             "_tp = _prev\n"
             f"{'_acc = _ident' + chr(10) if accumulates else ''}"
+            f"{prologue}"
             "while True:\n"
             "    if _veda_mode == 0:\n"
             "        if _k > 0:\n"
@@ -711,7 +821,10 @@ def kernel_launchers(
             "        break\n"
             f"return {'_acc' if accumulates else '0'}\n",
         )
-        call = f"{name}_worker(_veda_np.int64(_w), {common}{state}, {dims}{args})"
+        # Deterministic pieces are handed out one at a time from the counter, whatever the
+        # schedule: which worker runs a piece cannot change its copy.
+        called = common.replace("_veda_mode", "2") if pieces else common
+        call = f"{name}_worker(_veda_np.int64(_w), {called}{state}, {dims}{args})"
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size, _bounds{args})",
             f"{head}"
@@ -736,6 +849,7 @@ def kernel_unit(
     nargs: int,
     reduce: str | None,
     options: tuple[bool, bool],
+    private: Sequence[tuple[int, str]] = (),
 ) -> Unit:
     """The generated module holding a kernel's body and its CPU launchers."""
     boundscheck, cache = options
@@ -744,8 +858,9 @@ def kernel_unit(
     header = (
         f"# veda kernel {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated)\n"
         f"# {ndim}-d domain, {nargs} argument(s), reduce={reduce!r}"
+        + (f", private {list(private)!r}" if private else "")
     )
-    tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck)
+    tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck, private)
     return _assemble(
         f"{src.name}_{ndim}d",
         header,

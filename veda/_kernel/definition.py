@@ -10,7 +10,7 @@ the launch core's business (:mod:`veda._launch`), not this module's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,7 @@ class Form:
         "nargs",
         "nbytes",
         "ndim",
+        "private",
         "reduce",
         "written",
     )
@@ -74,6 +75,7 @@ class Form:
         direct: list[tuple[int, int, int, str, str]],
         arrays: list[int],
         maybe_written: list[int] | None = None,
+        private: tuple[tuple[int, str], ...] = (),
     ) -> None:
         self.definition = definition
         self.name = definition.name
@@ -88,7 +90,15 @@ class Form:
         self.maybe_written = list(range(len(names))) if maybe_written is None else maybe_written
         self.direct = direct
         self.arrays = arrays
+        #: (position, op) of the arguments reduced into private copies (``reduce={name: op}``).
+        self.private = private
         lines = ["def check(dims, args):"]
+        for pos, op in private:
+            kinds = "iuf" if op in ("min", "max") else "iufc"
+            lines.append(
+                f"    if not isinstance(args[{pos}], ndarray) or args[{pos}].dtype.kind not in "
+                f"{kinds!r} or not args[{pos}].ndim:\n        fail(dims, args)"
+            )
         for pos in written:
             lines.append(
                 f"    if isinstance(args[{pos}], ndarray) and not args[{pos}].flags.writeable:"
@@ -126,6 +136,25 @@ class Form:
         self.nbytes: Callable[[tuple[Any, ...]], int] = counted["nbytes"]
 
     def fail(self, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
+        for pos, op in self.private:
+            a = args[pos]
+            ordered = op in ("min", "max")
+            kinds = "integers or floats" if ordered else "numbers"
+            if (
+                not isinstance(a, np.ndarray)
+                or a.dtype.kind not in ("iuf" if ordered else "iufc")
+                or not a.ndim
+            ):
+                what = (
+                    f"a {a.ndim}-d {a.dtype} array"
+                    if isinstance(a, np.ndarray)
+                    else type(a).__name__
+                )
+                raise LaunchError(
+                    f"kernel {self.name!r} reduces argument {self.names[pos]!r} with {op!r} "
+                    f"(reduce={{{self.names[pos]!r}: {op!r}}}), so it must be a NumPy array of "
+                    f"{kinds} with at least one axis, not {what}"
+                )
         for pos in self.written:
             a = args[pos]
             if isinstance(a, np.ndarray) and not a.flags.writeable:
@@ -162,12 +191,41 @@ class Form:
         return f"<veda form {self.label} {self.ndim}-d, {self.nargs} argument(s)>"
 
 
+def _private_reductions(pyfunc: Callable[..., Any], reduce: Mapping[Any, Any]) -> dict[str, str]:
+    """``reduce={name: op}`` checked against the function's parameters."""
+    what = f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}"
+    params = plain_parameters(pyfunc, "kernel")
+    if not reduce:
+        raise KernelDefinitionError(f"{what}: reduce={{}} names no array to reduce")
+    out = {}
+    for name, op in reduce.items():
+        if not isinstance(name, str) or name not in params:
+            raise KernelDefinitionError(
+                f"{what}: reduce={{{name!r}: ...}} is not one of its parameters "
+                f"({', '.join(params)})"
+            )
+        if op not in REDUCE_OPS:
+            raise KernelDefinitionError(
+                f"{what}: unknown reduce={{{name!r}: {op!r}}}; expected one of "
+                f"{', '.join(REDUCE_OPS)}"
+            )
+        out[name] = op
+    return out
+
+
 class KernelDefinition(Launchable):
     """A kernel's definition: see :func:`veda.kernel`."""
 
     def __init__(
-        self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
+        self,
+        pyfunc: Callable[..., Any],
+        reduce: str | Mapping[str, str] | None = None,
+        ndim: int | None = None,
     ) -> None:
+        private: dict[str, str] = {}
+        if isinstance(reduce, Mapping):
+            private = _private_reductions(pyfunc, reduce)
+            reduce = None
         if reduce is not None and reduce not in REDUCE_OPS:
             raise KernelDefinitionError(
                 f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}: unknown reduce={reduce!r}; "
@@ -189,6 +247,8 @@ class KernelDefinition(Launchable):
             )
         super().__init__(pyfunc)
         self.reduce = reduce
+        #: Array parameters reduced into per-worker copies: name -> op (``reduce={name: op}``).
+        self.private = private
         self.ndim = ndim
         self.name = pyfunc.__qualname__
         self._forms: dict[tuple[int, int], Form] = {}
@@ -203,7 +263,7 @@ class KernelDefinition(Launchable):
         return [p for p in self.params if p in facts.written]
 
     def __repr__(self) -> str:
-        red = f", reduce={self.reduce!r}" if self.reduce else ""
+        red = f", reduce={self.reduce or self.private!r}" if self.reduce or self.private else ""
         return f"<veda.kernel {self.name}{red}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -286,6 +346,14 @@ class KernelDefinition(Launchable):
                         f"kernel {self.name!r} returns a value but has no reduce=; use "
                         "@veda.kernel(reduce='sum') (or prod, min, max) to combine the values"
                     )
+            for p in self.private:
+                if p not in names:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r}: reduce={{{p!r}: ...}} names an index parameter "
+                        f"of a {ndim}-d launch ({', '.join(index_params)}); name an array "
+                        "argument"
+                    )
+            private = tuple((names.index(p), op) for p, op in self.private.items())
             written = [names.index(p) for p in names if p in facts.written]
             maybe_written = [names.index(p) for p in names if p in facts.maybe_written]
             direct = [
@@ -298,7 +366,7 @@ class KernelDefinition(Launchable):
                 if self.source.tree is not None
                 else list(range(nargs))
             )
-            form = Form(self, ndim, names, written, direct, arrays, maybe_written)
+            form = Form(self, ndim, names, written, direct, arrays, maybe_written, private)
             self._forms[(ndim, nargs)] = form
             return form
 
@@ -339,7 +407,8 @@ class KernelDefinition(Launchable):
 
     def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
         names = self.form(ndim, nargs).names
-        module = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options).module
+        private = self.form(ndim, nargs).private
+        module = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options, private).module
         if hasattr(module, "_veda_acc_probe"):  # typed inside a CUDA reduction's first launch
             install_compile_hook(module, "_veda_acc_probe", self, 0, names, launcher=True)
         if hasattr(module, "_veda_at"):

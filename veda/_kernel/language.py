@@ -656,3 +656,37 @@ def one_element(typingctx, value):  # type: ignore[no-untyped-def]
         return ary._getvalue()
 
     return arrty(value), codegen
+
+
+@intrinsic
+def private_copies(typingctx, count, array, op):  # type: ignore[no-untyped-def]
+    """``count`` rows of ``array.size`` elements of ``array``'s dtype, each set to the identity
+    of ``op``: the private copies a launcher reduces an array argument into
+    (``reduce={name: op}``), one per worker or per fixed piece of the domain."""
+    if not isinstance(op, types.StringLiteral) or not isinstance(array, types.Array):
+        return None
+    elem = array.dtype
+    if not isinstance(elem, types.Number) or (
+        op.literal_value in ("min", "max") and isinstance(elem, types.Complex)
+    ):
+        return None
+    value = _identity_value(op.literal_value, elem)
+    value = complex(value) if isinstance(elem, types.Complex) else value
+    value = float(value) if isinstance(elem, types.Float) else value
+    arrty = types.Array(elem, 2, "C")
+
+    def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+        from numba.np.arrayobj import _empty_nd_impl
+
+        rows = context.cast(builder, args[0], sig.args[0], types.intp)
+        src = make_array(array)(context, builder, args[1])
+        cols = context.get_constant(types.intp, 1)
+        for axis in range(array.ndim):
+            cols = builder.mul(cols, builder.extract_value(src.shape, axis))
+        out = _empty_nd_impl(context, builder, arrty, [rows, cols])
+        stored = context.get_value_as_data(builder, elem, context.get_constant(elem, value))
+        with cgutils.for_range(builder, builder.mul(rows, cols)) as loop:
+            builder.store(stored, builder.gep(out.data, [loop.index]))
+        return out._getvalue()
+
+    return arrty(count, array, op), codegen

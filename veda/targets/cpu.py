@@ -152,7 +152,8 @@ class CPUTarget(Target):
         # One worker: nothing to balance, so a profiled launch runs the same loop.
         module = form.program(options.compile)
         reduce = form.reduce is not None
-        fn = module._veda_det_cpu if reduce and options.deterministic else module._veda_cpu
+        det = options.deterministic and (reduce or bool(form.private))
+        fn = module._veda_det_cpu if det else module._veda_cpu
         name = form.name
         size = math.prod(dims)
 
@@ -257,8 +258,9 @@ class ParallelTarget(Target):
     ) -> Runner:
         hw.threading_layer()
         module = form.program(options.compile)
-        blocks = form.reduce is not None and options.deterministic
-        if blocks:
+        det = options.deterministic and (form.reduce is not None or bool(form.private))
+        blocks = det and form.reduce is not None
+        if det:
             fn = module._veda_det_parallel  # deterministic: no profiled variant, imbalance NaN
             profiler = None
         else:

@@ -405,4 +405,12 @@ class CUDATarget(Target):
         profiler: Profiler | None = None,
         shared: bool = False,
     ) -> Runner:
+        if getattr(form, "private", ()):
+            names = ", ".join(repr(form.names[pos]) for pos, _ in form.private)
+            raise LaunchError(
+                f"kernel {form.name!r} reduces array argument(s) {names} into private copies "
+                "(reduce={name: op}), which the 'cuda' target does not do; use "
+                "veda.atomic_add (or atomic_min / atomic_max) on the GPU, or target='cpu' / "
+                "'parallel'"
+            )
         return _Launch(form, dims, decision, options).run

@@ -1,0 +1,219 @@
+"""Array reductions, ``@veda.kernel(reduce={name: op})``: every worker updates a private copy of
+the array, combined into it at the end of the launch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import veda
+
+N = 20_011  # a prime: no schedule divides it evenly
+
+LAUNCHES = [
+    {"target": "cpu"},
+    {"target": "parallel", "threads": 1},
+    {"target": "parallel", "threads": 2, "schedule": "static"},
+    {"target": "parallel", "threads": 2, "schedule": "interleaved", "chunk": 97},
+    {"target": "parallel", "threads": 2, "schedule": "dynamic", "chunk": 1},
+    {"target": "parallel", "threads": 2, "schedule": "guided"},
+    {},  # adaptive
+]
+IDS = ["cpu", "par-t1", "static", "interleaved", "dynamic-1", "guided", "adaptive"]
+
+
+@veda.kernel(reduce={"counts": "sum"})
+def histogram(i, values, counts):
+    counts[values[i] % counts.size] += 1
+
+
+@veda.kernel(reduce={"acc": "sum"})
+def weighted_2d(i, values, weights, acc):
+    acc[values[i] % 7, values[i] % 3] += weights[i]
+
+
+@veda.kernel(reduce={"lo": "min", "hi": "max"})
+def extremes(i, values, weights, lo, hi, seen):
+    b = values[i] % 5
+    lo[b] = min(lo[b], weights[i])
+    hi[b] = max(hi[b], weights[i])
+    seen[i] = b  # an ordinary written argument beside the reduced ones
+
+
+@veda.kernel(reduce={"p": "prod"})
+def products(i, values, p):
+    p[values[i] % 4] *= 1 + (values[i] % 2)
+
+
+@veda.kernel(reduce={"acc": "sum"})
+def grid_sum(i, j, u, acc):
+    acc[(i + j) % 8] += u[i, j]
+
+
+def _data(n=N):
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 1000, n), rng.random(n)
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=IDS)
+def test_histograms_match_numpy_and_add_to_what_the_array_held(launch):
+    values, weights = _data()
+    counts = np.full(256, 5, np.int64)
+    veda.launch(histogram, N, values, counts, **launch)
+    np.testing.assert_array_equal(counts, np.bincount(values % 256, minlength=256) + 5)
+
+    acc = np.ones((7, 3))
+    veda.launch(weighted_2d, N, values, weights, acc, **launch)
+    expected = np.ones((7, 3))
+    np.add.at(expected, (values % 7, values % 3), weights)
+    np.testing.assert_allclose(acc, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=IDS)
+def test_min_max_and_prod_with_other_written_arrays(launch):
+    values, weights = _data()
+    lo, hi = np.full(5, np.inf), np.full(5, -np.inf)
+    hi[0] = 2.0  # already above every weight: stays
+    seen = np.full(N, -1)
+    veda.launch(extremes, N, values, weights, lo, hi, seen, **launch)
+    np.testing.assert_array_equal(seen, values % 5)
+    for b in range(5):
+        assert lo[b] == weights[values % 5 == b].min()
+        assert hi[b] == (2.0 if b == 0 else weights[values % 5 == b].max())
+
+    small = values[:40]  # products of 2s that fit in int64
+    p = np.ones(4, np.int64)
+    veda.launch(products, small.size, small, p, **launch)
+    expected = np.ones(4, np.int64)
+    np.multiply.at(expected, small % 4, 1 + small % 2)
+    np.testing.assert_array_equal(p, expected)
+
+
+@veda.kernel(reduce={"lo": "min"})
+def nan_min(i, weights, lo):
+    w = weights[i]
+    if w < lo[i % 5] or w != w:  # a NaN, once stored, stays
+        lo[i % 5] = w
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=IDS)
+def test_a_nan_in_a_copy_wins_as_in_np_minimum(launch):
+    weights = np.linspace(0.0, 1.0, 1000)
+    weights[517] = np.nan
+    lo = np.full(5, np.inf)
+    veda.launch(nan_min, 1000, weights, lo, **launch)
+    assert np.isnan(lo[517 % 5])
+    np.testing.assert_array_equal(np.delete(lo, 517 % 5), np.delete(weights[:5], 517 % 5))
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=IDS)
+def test_a_2d_domain(launch):
+    u = np.random.default_rng(3).random((61, 47))
+    acc = np.zeros(8)
+    veda.launch(grid_sum, u.shape, u, acc, **launch)
+    i, j = np.indices(u.shape)
+    expected = np.zeros(8)
+    np.add.at(expected, (i + j) % 8, u)
+    np.testing.assert_allclose(acc, expected, rtol=1e-12)
+
+
+def test_empty_domain_leaves_the_array_as_it_was():
+    counts = np.arange(4)
+    for launch in LAUNCHES:
+        veda.launch(histogram, 0, np.zeros(0, np.int64), counts, **launch)
+    np.testing.assert_array_equal(counts, np.arange(4))
+
+
+def test_deterministic_mode_gives_the_same_bits_everywhere():
+    values, weights = _data()
+    seen = set()
+    with veda.deterministic(seed=0):
+        for launch in LAUNCHES:
+            acc = np.zeros((7, 3))
+            veda.launch(weighted_2d, N, values, weights, acc, **launch)
+            seen.add(acc.tobytes())
+    assert len(seen) == 1
+    expected = np.zeros((7, 3))
+    np.add.at(expected, (values % 7, values % 3), weights)
+    np.testing.assert_allclose(np.frombuffer(seen.pop()).reshape(7, 3), expected, rtol=1e-12)
+
+
+def test_an_exception_in_the_body_names_its_index_on_every_target():
+    @veda.kernel(reduce={"counts": "sum"})
+    def fails_at(i, values, counts, bad):
+        if i == bad:
+            raise ValueError("bad value")
+        counts[values[i] % 4] += 1
+
+    values = np.arange(5000)
+    for launch in LAUNCHES[:-1]:
+        with pytest.raises(veda.KernelError, match="bad value") as info:
+            veda.launch(fails_at, 5000, values, np.zeros(4, np.int64), 4321, **launch)
+        assert info.value.index == (4321,), launch
+    with veda.deterministic(seed=0):
+        with pytest.raises(veda.KernelError, match="bad value") as info:
+            veda.launch(fails_at, 5000, values, np.zeros(4, np.int64), 4321, target="parallel")
+        assert info.value.index == (4321,)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reduce", "match"),
+    [
+        ({"nope": "sum"}, "'nope'.*not one of its parameters"),
+        ({"counts": "mean"}, "unknown reduce=.*'mean'"),
+        ({}, "names no array"),
+        ({3: "sum"}, "not one of its parameters"),
+    ],
+)
+def test_a_bad_reduce_dict_is_refused_at_definition(reduce, match):
+    def body(i, values, counts):
+        counts[values[i]] += 1
+
+    with pytest.raises(veda.KernelDefinitionError, match=match):
+        veda.kernel(reduce=reduce)(body)
+
+
+def test_an_index_parameter_cannot_be_reduced():
+    @veda.kernel(reduce={"j": "sum"})
+    def odd(i, j, out):
+        out[i, j] = 1.0
+
+    with pytest.raises(veda.KernelDefinitionError, match="'j'.*index parameter"):
+        odd[2, 2](np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize(
+    ("counts", "match"),
+    [
+        (3.0, "must be a NumPy array of numbers.*not float"),
+        (np.zeros(4, bool), "must be a NumPy array of numbers.*bool"),
+        (np.zeros((), np.int64), "at least one axis.*0-d"),
+    ],
+)
+def test_a_reduced_argument_must_be_an_array_of_numbers(counts, match):
+    with pytest.raises(veda.LaunchError, match=match):
+        histogram[4](np.arange(4), counts)
+
+
+def test_min_max_refuse_complex_and_a_read_only_array_is_refused():
+    with pytest.raises(veda.LaunchError, match="integers or floats.*complex128"):
+        extremes[4](np.arange(4), np.ones(4), np.zeros(5, complex), np.zeros(5), np.empty(4, int))
+    counts = np.zeros(4, np.int64)
+    counts.flags.writeable = False
+    with pytest.raises(veda.LaunchError, match="read-only"):
+        histogram[4](np.arange(4), counts)
+
+
+def test_the_cuda_target_refuses_array_reductions():
+    from veda.targets.cuda import CUDATarget
+
+    form = histogram.form(1, 2)
+    with pytest.raises(veda.LaunchError, match="'counts'.*'cuda' target does not"):
+        CUDATarget().prepare(form, (4,), None, None)
+
+
+def test_repr_shows_the_reduced_arrays():
+    assert "reduce={'counts': 'sum'}" in repr(histogram)
