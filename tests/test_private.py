@@ -138,6 +138,31 @@ def test_deterministic_mode_gives_the_same_bits_everywhere():
     np.testing.assert_allclose(np.frombuffer(seen.pop()).reshape(7, 3), expected, rtol=1e-12)
 
 
+@veda.kernel(reduce={"acc": "sum"})
+def spread(i, weights, acc):
+    acc[(i * 7) % acc.size] += weights[i]
+
+
+def test_deterministic_copies_of_a_large_array_are_fewer_and_still_agree():
+    """64 copies of an 8 MiB array would take 512 MiB: the pieces are fewer (32 here), chosen
+    from the array's size alone, so every target still cuts the domain alike."""
+    from veda._kernel.codegen import PRIVATE_BYTES, PRIVATE_PIECES
+
+    acc = np.zeros(2**20)
+    assert PRIVATE_PIECES * acc.nbytes > PRIVATE_BYTES
+    weights = np.random.default_rng(1).random(3 * acc.size + 5)
+    seen = set()
+    with veda.deterministic(seed=0):
+        for launch in LAUNCHES[:3] + LAUNCHES[5:6]:
+            acc[:] = 0.0
+            veda.launch(spread, weights.size, weights, acc, **launch)
+            seen.add(acc.tobytes())
+    assert len(seen) == 1
+    expected = np.zeros(acc.size)
+    np.add.at(expected, (np.arange(weights.size) * 7) % acc.size, weights)
+    np.testing.assert_allclose(acc, expected, rtol=1e-12)
+
+
 def test_an_exception_in_the_body_names_its_index_on_every_target():
     @veda.kernel(reduce={"counts": "sum"})
     def fails_at(i, values, counts, bad):

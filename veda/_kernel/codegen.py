@@ -416,8 +416,10 @@ _COMBINE = {
 
 
 #: Fixed pieces of the domain a deterministic launch of a kernel with ``reduce={name: op}``
-#: reduces into copies of their own (the copies cost this many times the array).
+#: reduces into copies of their own (the copies cost this many times the array), fewer where
+#: the copies would take more than PRIVATE_BYTES (one piece at least).
 PRIVATE_PIECES = 64
+PRIVATE_BYTES = 256 * 2**20
 
 #: Combining a private copy ``_p`` into the argument ``_a``, element by element, per op.
 _INTO = {
@@ -699,8 +701,12 @@ def kernel_launchers(
     if private:
         # Deterministic mode: PRIVATE_PIECES fixed pieces of the flat domain, each reduced in
         # index order into a copy of its own, the copies combined in piece order.
-        P = PRIVATE_PIECES
-        q, r = f"(_NE // {P})", f"(_NE % {P})"
+        # As many pieces as PRIVATE_BYTES of copies allow (at least one): a count that depends
+        # on the arrays' sizes only, so every launch of them cuts the domain alike.
+        nbytes = " + ".join(f"a{k}.nbytes" for k, _ in private)
+        cap = _max("1", f"({nbytes})")
+        count = f"_P = {_max('1', _min(str(PRIVATE_PIECES), f'{PRIVATE_BYTES} // {cap}'))}\n"
+        q, r = "(_NE // _P)", "(_NE % _P)"
 
         def piece_lo(p: str) -> str:
             return f"({q} * {p} + {_min(p, r)})"
@@ -709,15 +715,14 @@ def kernel_launchers(
             """Reduce piece ``_p`` into its copies, calling ``callee`` per index."""
             views = "".join(f"_mine{k} = _pv{k}[_p].reshape(a{k}.shape)\n" for k, _ in private)
             stmt = f"{callee}({nn_idx}{wargs})"
-            return f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n{views}" + _segment_loop(
-                ndim, "_lo", "_hi", stmt
-            )
+            bounds = f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n"
+            return bounds + views + _segment_loop(ndim, "_lo", "_hi", stmt)
 
-        copies = "".join(
-            f"_pv{k} = _veda_lang.private_copies({P}, a{k}, {op!r})\n" for k, op in private
+        copies = count + "".join(
+            f"_pv{k} = _veda_lang.private_copies(_P, a{k}, {op!r})\n" for k, op in private
         )
         fn(
-            f"_veda_det_pieces(_plo, _phi, _NE{pv_state}, {dims}{args})",
+            f"_veda_det_pieces(_plo, _phi, _NE, _P{pv_state}, {dims}{args})",
             "try:\n"
             "    for _p in range(_plo, _phi):\n"
             f"{_indent(piece(body), 8)}"
@@ -726,22 +731,22 @@ def kernel_launchers(
         fn(
             f"_veda_det_cpu({dims}{args})",
             f"_NE = {size}\n{copies}"
-            f"for _p in range({P}):\n"
+            "for _p in range(_P):\n"
             f"{_indent(piece(INLINE), 4)}"
             "    _veda_lang.raise_pending(_veda_lang.poll_signals())\n"
-            f"{_into_all(str(P), private)}"
+            f"{_into_all('_P', private)}"
             "return None\n",
         )
         variants.append(
             (
                 "_veda_det_parallel",
-                f"_NE = {size}\n_N = {P}\n_C = 1\n",
-                copies,
-                pv_state + ", _NE",
-                f"_bad = _veda_det_pieces(_lo, _hi, _NE{pv_state}, {dims}{args})\n",
+                f"_NE = {size}\n{count}_N = _P\n_C = 1\n",
+                copies[len(count) :],
+                pv_state + ", _NE, _P",
+                f"_bad = _veda_det_pieces(_lo, _hi, _NE, _P{pv_state}, {dims}{args})\n",
                 f"if _bad:\n    _err[0] = {piece_lo('_lo')}\n"
                 f"    _err[1] = {piece_lo('_hi')}\n    break\n",
-                "if _err[0] < 0:\n" + _indent(_into_all(str(P), private), 4),
+                "if _err[0] < 0:\n" + _indent(_into_all("_P", private), 4),
                 "return None, _err[0], _err[1]",
             )
         )
