@@ -201,13 +201,131 @@ def test_a_bad_reduce_dict_is_refused_at_definition(reduce, match):
         veda.kernel(reduce=reduce)(body)
 
 
+def _assigns(i, idx, c):
+    c[idx[i]] = i
+
+
+def _only_reads(i, x, out):
+    out[i] = x[i]
+
+
+def _never_updates(i, x, out):
+    out[i] = 1.0
+
+
+def _subtracts(i, c):
+    c[0] -= 1
+
+
+def _adds_to_a_min(i, c):
+    c[0] += 1
+
+
+def _reads_its_sum(i, c):
+    c[0] += c[1]
+
+
+def _returns(i, c):
+    c[0] += 1
+    return 1.0
+
+
+@pytest.mark.parametrize(
+    ("body", "reduce", "match"),
+    [
+        (_assigns, {"c": "sum"}, "assigns c"),
+        (_only_reads, {"x": "sum"}, "reads x"),
+        (_never_updates, {"x": "max"}, "never updates x"),
+        (_subtracts, {"c": "sum"}, r"augmented assignment; update it with \+="),
+        (_adds_to_a_min, {"c": "min"}, "augmented assignment"),
+        (_reads_its_sum, {"c": "sum"}, "reads c"),
+        (_returns, {"c": "sum"}, "returns a value.*reduces arrays"),
+    ],
+)
+def test_a_body_that_misuses_a_reduced_array_is_refused(body, reduce, match):
+    with pytest.raises(veda.KernelDefinitionError, match=match):
+        k = veda.kernel(reduce=reduce)(body)
+        k[4](*([np.zeros(4)] * (len(k.params) - 1)))
+
+
+def _adds_long_hand(i, c):
+    c[i % 2] = c[i % 2] + 1.0
+
+
+def _sets_a_max(i, c):
+    if i > c[0]:
+        c[0] = i
+
+
+def _adds_atomically(i, c):
+    veda.atomic_add(c, 0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "reduce", "expected"),
+    [
+        (_adds_long_hand, {"c": "sum"}, [5.0, 5.0]),
+        (_sets_a_max, {"c": "max"}, [9.0, 0.0]),
+        (_adds_atomically, {"c": "sum"}, [10.0, 0.0]),
+    ],
+)
+def test_updates_the_check_allows(body, reduce, expected):
+    c = np.zeros(2)
+    veda.launch(veda.kernel(reduce=reduce)(body), 10, c, target="parallel")
+    assert c.tolist() == expected
+
+
+def test_a_reduced_array_that_shares_memory_with_another_argument_is_refused():
+    @veda.kernel(reduce={"counts": "sum"})
+    def alias(i, idx, src, counts):
+        counts[idx[i]] += src[idx[i]] + 1
+
+    c = np.ones(4)
+    with pytest.raises(veda.LaunchError, match="'counts'.*'src' shares its memory"):
+        alias[10](np.arange(10) % 4, c, c)
+    with pytest.raises(veda.LaunchError, match="'counts'.*'src' shares its memory"):
+        alias[10](np.arange(10) % 4, c[1:], c[:2])
+    alias[10](np.arange(10) % 4, c.copy(), c)  # a copy is fine
+    np.testing.assert_array_equal(c, [7.0, 7.0, 5.0, 5.0])
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_no_memory_for_the_copies_is_a_clear_error(target, tmp_path):
+    """Under an address-space limit the copies of a 128 MiB array cannot be made."""
+    script = tmp_path / "copies.py"
+    script.write_text(
+        "import resource, sys, numpy as np, psutil, veda\n"
+        "@veda.kernel(reduce={'acc': 'sum'})\n"
+        "def scat(i, w, acc):\n    acc[i % acc.size] += w[i]\n"
+        "w = np.ones(1000)\n"
+        f"veda.launch(scat, 10, w, np.zeros(4), target={target!r})\n"
+        "with veda.deterministic(0):\n"
+        f"    veda.launch(scat, 10, w, np.zeros(4), target={target!r})\n"
+        "acc = np.zeros(2**24)\n"
+        "limit = psutil.Process().memory_info().vms + 200 * 2**20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))\n"
+        "with veda.deterministic(0):\n"
+        "    try:\n"
+        f"        veda.launch(scat, 1000, w, acc, target={target!r})\n"
+        "    except veda.LaunchError as exc:\n"
+        "        print(exc)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "no memory for the private copies of 'acc' (2 copies of 134,217,728 bytes)" in out.stdout
+
+
 def test_an_index_parameter_cannot_be_reduced():
     @veda.kernel(reduce={"j": "sum"})
     def odd(i, j, out):
-        out[i, j] = 1.0
+        j[i] += 1.0  # an array on a 1-d domain, an index on a 2-d one
 
+    odd[2](np.zeros(2), np.zeros(2))
     with pytest.raises(veda.KernelDefinitionError, match="'j'.*index parameter"):
-        odd[2, 2](np.zeros((2, 2)))
+        odd[2, 2](np.zeros(2))
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,13 @@ def slow_sum(i, m):
         s += math.sqrt(k + i)
     return s
 
+@veda.kernel(reduce={"bins": "sum"})
+def slow_hist(i, m, bins):
+    s = 0.0
+    for k in range(m):
+        s += math.sqrt(k + i)
+    bins[i % 4] += s
+
 @veda.kernel
 def saxpy(i, a, x, y, out):
     out[i] = a * x[i] + y[i]
@@ -135,6 +142,11 @@ CASES = [
     ("adaptive", lambda: slow[N](LONG, out)),
     ("reduce-parallel", lambda: veda.launch(slow_sum, N, LONG, target="parallel")),
     ("reduce-cpu", lambda: veda.launch(slow_sum, N, LONG, target="cpu")),
+    ("private-parallel", lambda: veda.launch(slow_hist, N, LONG, bins, target="parallel")),
+    # Deterministic: 64 pieces of 8192 heavy indices each, far longer than the 0.5 s.
+    ("private-det-cpu", lambda: det(lambda: veda.launch(slow_hist, N, LONG, bins, target="cpu"))),
+    ("private-det-parallel",
+     lambda: det(lambda: veda.launch(slow_hist, N, LONG, bins, target="parallel"))),
 ]
 # Compile every launcher first (a short launch of the same types), so that the launch the
 # parent interrupts runs machine code from its first instant.
@@ -142,6 +154,15 @@ veda.launch(slow, N, 1, out, target="cpu")
 veda.launch(slow, N, 1, out, target="parallel")
 veda.launch(slow_sum, N, 1, target="cpu")
 veda.launch(slow_sum, N, 1, target="parallel")
+bins = np.zeros(4)
+
+def det(run):
+    with veda.deterministic(seed=0):
+        return run()
+
+for target in ("cpu", "parallel"):
+    veda.launch(slow_hist, N, 1, bins, target=target)
+    det(lambda: veda.launch(slow_hist, N, 1, bins, target=target))
 threads = numba.get_num_threads()
 for case, run in CASES:
     ready(case)
@@ -162,7 +183,7 @@ report(case="after", right=bool(np.array_equal(o, 2.0 * x + y)), workers=workers
 def test_ctrl_c_interrupts_long_launches_promptly_on_every_target_and_schedule():
     reports = _drive(_child(LONG_CASES))
     by_case = {r["case"]: r for r in reports}
-    assert len(by_case) == 9, reports
+    assert len(by_case) == 12, reports
     for case, r in by_case.items():
         if case == "after":
             continue

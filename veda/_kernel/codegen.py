@@ -711,29 +711,59 @@ def kernel_launchers(
         def piece_lo(p: str) -> str:
             return f"({q} * {p} + {_min(p, r)})"
 
-        def piece(callee: str) -> str:
-            """Reduce piece ``_p`` into its copies, calling ``callee`` per index."""
+        def piece(callee: str, check: str) -> str:
+            """Reduce piece ``_p`` into its copies, calling ``callee`` per index, in stretches
+            that double while cheap with ``check`` between them (a piece is 1/64 of the domain:
+            Ctrl-C must not wait for it)."""
             views = "".join(f"_mine{k} = _pv{k}[_p].reshape(a{k}.shape)\n" for k, _ in private)
             stmt = f"{callee}({nn_idx}{wargs})"
             bounds = f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n"
-            return bounds + views + _segment_loop(ndim, "_lo", "_hi", stmt)
+            return (
+                f"{bounds}{views}_s = _lo\n_G = {SERIAL_PIECE}\n"
+                "while _s < _hi:\n"
+                f"    _e = {_min('_s + _G', '_hi')}\n"
+                f"{_indent(_segment_loop(ndim, '_s', '_e', stmt), 4)}"
+                "    _s = _e\n"
+                "    _now = _veda_lang.cycles()\n"
+                f"    if _now - _prev < {PIECE_GROW}:\n"
+                "        _G *= 2\n"
+                "    _prev = _now\n"
+                f"    if _now - _tp >= {POLL_TICKS}:\n"
+                "        _tp = _now\n"
+                f"{_indent(check, 8)}"
+            )
+
+        raise_now = "_veda_lang.raise_pending(_veda_lang.poll_signals())\n"
+        # The worker on the launching thread polls and raises the flag that stops the others
+        # (inside the try, raising would read as the body's failure); the serial launcher
+        # raises the signal handler's exception itself.
+        stop = (
+            "if _me and _veda_lang.poll_signals():\n"
+            "    _veda_lang.atomic_store(_err, 2, 1)\n"
+            "if _veda_lang.atomic_load(_err, 2) != 0:\n"
+            "    _stop = True\n"
+            "    break\n"
+        )
 
         copies = count + "".join(
             f"_pv{k} = _veda_lang.private_copies(_P, a{k}, {op!r})\n" for k, op in private
         )
         fn(
-            f"_veda_det_pieces(_plo, _phi, _NE, _P{pv_state}, {dims}{args})",
+            f"_veda_det_pieces(_plo, _phi, _NE, _P, _err, _me{pv_state}, {dims}{args})",
+            "_prev = _veda_lang.cycles()\n_tp = _prev\n_stop = False\n"
             "try:\n"
             "    for _p in range(_plo, _phi):\n"
-            f"{_indent(piece(body), 8)}"
+            f"{_indent(piece(body, stop), 8)}"
+            "        if _stop:\n"
+            "            break\n"
             "except Exception:\n    return True\nreturn False\n",
         )
         fn(
             f"_veda_det_cpu({dims}{args})",
             f"_NE = {size}\n{copies}"
+            "_prev = _veda_lang.cycles()\n_tp = _prev\n"
             "for _p in range(_P):\n"
-            f"{_indent(piece(INLINE), 4)}"
-            "    _veda_lang.raise_pending(_veda_lang.poll_signals())\n"
+            f"{_indent(piece(INLINE, raise_now), 4)}"
             f"{_into_all('_P', private)}"
             "return None\n",
         )
@@ -743,7 +773,7 @@ def kernel_launchers(
                 f"_NE = {size}\n{count}_N = _P\n_C = 1\n",
                 copies[len(count) :],
                 pv_state + ", _NE, _P",
-                f"_bad = _veda_det_pieces(_lo, _hi, _NE, _P{pv_state}, {dims}{args})\n",
+                f"_bad = _veda_det_pieces(_lo, _hi, _NE, _P, _err, _me{pv_state}, {dims}{args})\n",
                 f"if _bad:\n    _err[0] = {piece_lo('_lo')}\n"
                 f"    _err[1] = {piece_lo('_hi')}\n    break\n",
                 "if _err[0] < 0:\n" + _indent(_into_all("_P", private), 4),

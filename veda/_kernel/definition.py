@@ -9,6 +9,7 @@ the launch core's business (:mod:`veda._launch`), not this module's.
 
 from __future__ import annotations
 
+import ast
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -99,6 +100,9 @@ class Form:
                 f"    if not isinstance(args[{pos}], ndarray) or args[{pos}].dtype.kind not in "
                 f"{kinds!r} or not args[{pos}].ndim:\n        fail(dims, args)"
             )
+            others = tuple(q for q in range(len(names)) if q != pos)
+            if others:
+                lines.append(f"    if shares(args, {pos}, {others}):\n        fail(dims, args)")
         for pos in written:
             lines.append(
                 f"    if isinstance(args[{pos}], ndarray) and not args[{pos}].flags.writeable:"
@@ -121,7 +125,7 @@ class Form:
         # direct attribute reads are the fast path; a tuple (no nbytes) takes the careful one.
         fast = " + ".join(f"args[{p}].nbytes" for p in arrays) or "0"
         careful = " + ".join(f"getattr(args[{p}], 'nbytes', 0)" for p in arrays) or "0"
-        namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail}
+        namespace: dict[str, Any] = {"ndarray": np.ndarray, "fail": self.fail, "shares": _shares}
         if lines:
             exec("\n".join(lines), namespace)
         self.check: Callable[..., None] | None = namespace.get("check")
@@ -155,6 +159,15 @@ class Form:
                     f"(reduce={{{self.names[pos]!r}: {op!r}}}), so it must be a NumPy array of "
                     f"{kinds} with at least one axis, not {what}"
                 )
+        for pos, _ in self.private:
+            for q in range(len(self.names)):
+                if q != pos and _shares(args, pos, (q,)):
+                    raise LaunchError(
+                        f"kernel {self.name!r} reduces argument {self.names[pos]!r} into "
+                        f"private copies, and argument {self.names[q]!r} shares its memory: "
+                        "the body would see the array's updates on 'cpu' and an untouched "
+                        f"array on 'parallel'; pass a copy ({self.names[q]}.copy())"
+                    )
         for pos in self.written:
             a = args[pos]
             if isinstance(a, np.ndarray) and not a.flags.writeable:
@@ -213,6 +226,74 @@ def _private_reductions(pyfunc: Callable[..., Any], reduce: Mapping[Any, Any]) -
     return out
 
 
+def _shares(args: tuple[Any, ...], pos: int, others: tuple[int, ...]) -> bool:
+    """Whether the array at ``pos`` may share memory with an array among ``others``."""
+    a = args[pos]
+    return any(isinstance(args[q], np.ndarray) and np.may_share_memory(a, args[q]) for q in others)
+
+
+def _is_element(node: ast.AST, name: str) -> bool:
+    return (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == name
+    )
+
+
+def _same_element(a: ast.AST, b: ast.AST) -> bool:
+    return _is_element(b, a.value.id) and ast.dump(a.slice) == ast.dump(b.slice)  # type: ignore[attr-defined]
+
+
+def _private_misuse(tree: ast.FunctionDef, name: str, op: str) -> str | None:
+    """What the body does with a reduced array that its private copies cannot give, or None.
+
+    A worker's copy starts at the op's identity and holds only that worker's updates: a sum or
+    product must be built by ``+=`` / ``*=`` (or ``a[k] = a[k] + v``) and never read, and
+    every reduced array must be updated somewhere (or handed to a helper that may)."""
+    binop = {"sum": ast.Add, "prod": ast.Mult}.get(op)
+    sign = {"sum": "+=", "prod": "*="}.get(op)
+    updated = False
+    allowed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AugAssign) and _is_element(node.target, name):
+            if binop is None or not isinstance(node.op, binop):
+                how = f"with {sign}" if sign else f"as {name}[k] = {op}({name}[k], v)"
+                return f"updates {name}[...] with an augmented assignment; update it {how}"
+            updated = True
+            allowed.add(id(node.target))
+        elif isinstance(node, ast.Assign) and any(_is_element(t, name) for t in node.targets):
+            updated = True
+            if binop is None:  # min / max: compared with and set as the body likes
+                continue
+            target = next(t for t in node.targets if _is_element(t, name))
+            value = node.value
+            same = (
+                isinstance(value, ast.BinOp)
+                and isinstance(value.op, binop)
+                and next((x for x in (value.left, value.right) if _same_element(target, x)), None)
+            )
+            if not same:
+                return (
+                    f"assigns {name}[...]; a {op} may only be built with {sign} (each worker's "
+                    "copy holds its own updates, added up at the end)"
+                )
+            allowed.update((id(target), id(same)))
+        elif isinstance(node, ast.Call) and any(
+            isinstance(a, ast.Name) and a.id == name for a in node.args
+        ):
+            updated = True  # a helper or veda.atomic_add updates it
+    if binop is not None:
+        for node in ast.walk(tree):
+            if _is_element(node, name) and id(node) not in allowed:
+                return (
+                    f"reads {name}[...]; a worker's copy holds its own updates only, so a "
+                    f"reduced {op} must not be read in the body"
+                )
+    if not updated:
+        return f"never updates {name}"
+    return None
+
+
 class KernelDefinition(Launchable):
     """A kernel's definition: see :func:`veda.kernel`."""
 
@@ -246,6 +327,13 @@ class KernelDefinition(Launchable):
                 f"kernel {pyfunc.__qualname__!r} needs at least one index parameter"
             )
         super().__init__(pyfunc)
+        tree = self.source.tree
+        for name, op in private.items():
+            misuse = None if tree is None else _private_misuse(tree, name, op)
+            if misuse:
+                raise KernelDefinitionError(
+                    f"kernel {pyfunc.__qualname__!r} has reduce={{{name!r}: {op!r}}} but {misuse}"
+                )
         self.reduce = reduce
         #: Array parameters reduced into per-worker copies: name -> op (``reduce={name: op}``).
         self.private = private
@@ -341,6 +429,12 @@ class KernelDefinition(Launchable):
                         "return one value per index"
                     )
                 lam = self.py_func.__name__ == "<lambda>"  # its value is its body: ignored
+                if self.private and facts.returns_value and not lam:
+                    raise KernelDefinitionError(
+                        f"kernel {self.name!r} returns a value, but its reduce={{...}} reduces "
+                        "arrays, whose kernels return nothing; drop the return (or make the "
+                        "values a reduce='sum' kernel of their own)"
+                    )
                 if self.reduce is None and facts.returns_value and not lam:
                     raise KernelDefinitionError(
                         f"kernel {self.name!r} returns a value but has no reduce=; use "

@@ -17,7 +17,7 @@ from veda._hardware.signals import from_signal_handler, unwrap_interrupt
 from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
-from veda.errors import KernelError, KernelIndexError, VedaError
+from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
 
 __all__ = [
     "PARALLEL_FLOOR_PER_THREAD",
@@ -73,6 +73,26 @@ def _guided_table(size: int, threads: int, chunk: int, blocks: bool) -> np.ndarr
         size = -(-size // REDUCE_BLOCK)
         chunk = max(1, -(-chunk // REDUCE_BLOCK))
     return guided_bounds(size, threads, chunk)
+
+
+def _copies_failed(form: KernelForm, args: tuple[Any, ...], copies: int) -> LaunchError:
+    """The error of a launch whose private copies (``reduce={name: op}``) could not be
+    allocated: NumPy's MemoryError from generated code would blame the kernel's body."""
+    names = [form.names[pos] for pos, _ in form.private]
+    nbytes = sum(getattr(args[pos], "nbytes", 0) for pos, _ in form.private)
+    return LaunchError(
+        f"kernel {form.name!r}: no memory for the private copies of {', '.join(map(repr, names))} "
+        f"({copies} copies of {nbytes:,} bytes); reduce a smaller array, launch with fewer "
+        "threads, or update the array with veda.atomic_add instead"
+    )
+
+
+def _det_pieces(form: KernelForm, args: tuple[Any, ...]) -> int:
+    """How many pieces (and copies) a deterministic launch of a private form uses."""
+    from veda._kernel.codegen import PRIVATE_BYTES, PRIVATE_PIECES
+
+    nbytes = max(1, sum(getattr(args[pos], "nbytes", 0) for pos, _ in form.private))
+    return max(1, min(PRIVATE_PIECES, PRIVATE_BYTES // nbytes))
 
 
 def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -161,6 +181,8 @@ class CPUTarget(Target):
             """Raise what a launch that raised ``exc`` raises."""
             if isinstance(exc, VedaError):
                 raise exc
+            if isinstance(exc, MemoryError) and det and form.private:
+                raise _copies_failed(form, args, _det_pieces(form, args)) from exc
             interrupt = unwrap_interrupt(exc)
             if interrupt is not exc:
                 raise interrupt from None
@@ -321,6 +343,9 @@ class ParallelTarget(Target):
                     raise interrupt from None
                 if from_signal_handler(exc):  # a signal handler's exception, not the body's
                     raise
+                if isinstance(exc, MemoryError) and form.private:
+                    copies = _det_pieces(form, args) if det else threads
+                    raise _copies_failed(form, args, copies) from exc
                 form.refuse_device_arguments(args, "parallel")
                 raise
             finally:
