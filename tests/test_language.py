@@ -308,7 +308,7 @@ def test_the_launchers_scratch_and_result_arrays():
     @numba.njit
     def filled(n, v):
         a = language.scratch(n, v)
-        total = a[:0].sum() if n == 0 else a.sum()
+        total = a.sum()
         return a.size, total, language.one_element(v)
 
     for n, v in ((0, np.float32(1.5)), (1, np.int8(-3)), (7, np.complex128(1 - 2j))):

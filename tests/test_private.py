@@ -50,6 +50,11 @@ def grid_sum(i, j, u, acc):
     acc[(i + j) % 8] += u[i, j]
 
 
+@veda.kernel(reduce={"acc": "sum"})
+def box_sum(i, j, k, u, acc):
+    acc[(i + 2 * j + 3 * k) % 5, k % 2] += u[i, j, k]
+
+
 def _data(n=N):
     rng = np.random.default_rng(7)
     return rng.integers(0, 1000, n), rng.random(n)
@@ -115,6 +120,36 @@ def test_a_2d_domain(launch):
     expected = np.zeros(8)
     np.add.at(expected, (i + j) % 8, u)
     np.testing.assert_allclose(acc, expected, rtol=1e-12)
+
+
+def _box_expected(u):
+    i, j, k = np.indices(u.shape)
+    expected = np.zeros((5, 2))
+    np.add.at(expected, ((i + 2 * j + 3 * k) % 5, k % 2), u)
+    return expected
+
+
+@pytest.mark.parametrize("launch", LAUNCHES, ids=IDS)
+def test_a_3d_domain(launch):
+    u = np.random.default_rng(4).random((13, 11, 9))
+    acc = np.zeros((5, 2))
+    veda.launch(box_sum, u.shape, u, acc, **launch)
+    np.testing.assert_allclose(acc, _box_expected(u), rtol=1e-12)
+
+
+def test_deterministic_2d_and_3d_domains_agree_everywhere():
+    u2 = np.random.default_rng(3).random((61, 47))
+    u3 = np.random.default_rng(4).random((13, 11, 9))
+    seen2, seen3 = set(), set()
+    with veda.deterministic(seed=0):
+        for launch in LAUNCHES:
+            acc2, acc3 = np.zeros(8), np.zeros((5, 2))
+            veda.launch(grid_sum, u2.shape, u2, acc2, **launch)
+            veda.launch(box_sum, u3.shape, u3, acc3, **launch)
+            seen2.add(acc2.tobytes())
+            seen3.add(acc3.tobytes())
+    assert len(seen2) == 1 and len(seen3) == 1
+    np.testing.assert_allclose(np.frombuffer(seen3.pop()).reshape(5, 2), _box_expected(u3))
 
 
 def test_empty_domain_leaves_the_array_as_it_was():
@@ -289,24 +324,34 @@ def test_a_reduced_array_that_shares_memory_with_another_argument_is_refused():
     np.testing.assert_array_equal(c, [7.0, 7.0, 5.0, 5.0])
 
 
-@pytest.mark.parametrize("target", ["cpu", "parallel"])
-def test_no_memory_for_the_copies_is_a_clear_error(target, tmp_path):
-    """Under an address-space limit the copies of a 128 MiB array cannot be made."""
+@pytest.mark.parametrize(
+    ("target", "det", "advice"),
+    [
+        ("cpu", True, "deterministic mode makes up to 64"),
+        ("parallel", True, "deterministic mode makes up to 64"),
+        ("parallel", False, "fewer threads"),
+    ],
+)
+def test_no_memory_for_the_copies_is_a_clear_error(target, det, advice, tmp_path):
+    """Under an address-space limit two copies of a 128 MiB array cannot be made (two pieces
+    in deterministic mode, two workers outside it)."""
     script = tmp_path / "copies.py"
+    launch = f"veda.launch(scat, 1000, w, acc, target={target!r}, **kw)"
+    kw = "{}" if target == "cpu" else "{'threads': 2}"
     script.write_text(
-        "import resource, sys, numpy as np, psutil, veda\n"
+        "import contextlib, resource, numpy as np, psutil, veda\n"
         "@veda.kernel(reduce={'acc': 'sum'})\n"
         "def scat(i, w, acc):\n    acc[i % acc.size] += w[i]\n"
-        "w = np.ones(1000)\n"
-        f"veda.launch(scat, 10, w, np.zeros(4), target={target!r})\n"
-        "with veda.deterministic(0):\n"
-        f"    veda.launch(scat, 10, w, np.zeros(4), target={target!r})\n"
+        f"w = np.ones(1000)\nkw = {kw}\n"
+        f"mode = veda.deterministic(0) if {det} else contextlib.nullcontext()\n"
+        "with mode:\n"
+        f"    veda.launch(scat, 10, w, np.zeros(4), target={target!r}, **kw)\n"
         "acc = np.zeros(2**24)\n"
         "limit = psutil.Process().memory_info().vms + 200 * 2**20\n"
         "resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))\n"
-        "with veda.deterministic(0):\n"
+        "with mode:\n"
         "    try:\n"
-        f"        veda.launch(scat, 1000, w, acc, target={target!r})\n"
+        f"        {launch}\n"
         "    except veda.LaunchError as exc:\n"
         "        print(exc)\n"
     )
@@ -315,7 +360,10 @@ def test_no_memory_for_the_copies_is_a_clear_error(target, tmp_path):
 
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "no memory for the private copies of 'acc' (2 copies of 134,217,728 bytes)" in out.stdout
+    assert "ran out of memory; its private copies of 'acc' take 2 copies of 134,217,728" in (
+        out.stdout
+    )
+    assert advice in out.stdout
 
 
 def test_an_index_parameter_cannot_be_reduced():
@@ -360,3 +408,61 @@ def test_the_cuda_target_refuses_array_reductions():
 
 def test_repr_shows_the_reduced_arrays():
     assert "reduce={'counts': 'sum'}" in repr(histogram)
+
+
+def test_the_dispatcher_and_the_rule_skip_targets_that_do_not_reduce_arrays():
+    """A dispatchable plug-in target (like "cuda" on a GPU machine) that does not declare
+    ``reduces_arrays`` is never tried for such a kernel, adaptive or under the fixed rule."""
+    from veda.scheduler._rules import rule_target
+    from veda.targets import Decision, Target
+
+    class Refusing(Target):
+        name = "refusing"
+        launches = 0
+
+        def candidates(self, size, free_cores):
+            return [Decision("refusing")]
+
+        def rule_min_size(self):
+            return 1  # the fixed rule's choice from 1 element on, were it allowed
+
+        def prepare(self, form, dims, decision, options, profiler=None, shared=False):
+            Refusing.launches += 1
+            raise AssertionError("a kernel with reduce={...} was given to 'refusing'")
+
+    veda.targets.register(Refusing())
+    try:
+
+        @veda.kernel(reduce={"counts": "sum"})
+        def counted(i, values, counts):
+            counts[values[i] % 4] += 1
+
+        values = np.arange(5000)
+        for policy in ("adaptive", "fixed"):
+            with veda.config(policy=policy):
+                for _ in range(40):
+                    counts = np.zeros(4, np.int64)
+                    counted[5000](values, counts)
+                    assert counts.tolist() == [1250] * 4
+        assert Refusing.launches == 0
+        assert rule_target(10, arrays=True) in ("cpu", "parallel")
+        assert rule_target(10) == "refusing"  # the test target is live
+    finally:
+        veda.targets.unregister("refusing")
+
+
+def test_a_specialised_call_site_still_refuses_bad_reduced_arrays():
+    """Once a call site runs a specialised launcher, the reduced array's checks still apply."""
+
+    @veda.kernel(reduce={"counts": "sum"})
+    def alias(i, idx, src, counts):
+        counts[idx[i]] += src[idx[i]] + 1
+
+    idx = np.arange(10) % 4
+    for _ in range(60):  # decided, then specialised
+        alias[10](idx, np.ones(4), np.zeros(4))
+    c = np.ones(4)
+    with pytest.raises(veda.LaunchError, match="shares its memory"):
+        alias[10](idx, c, c)
+    with pytest.raises(veda.LaunchError, match="array of numbers"):
+        alias[10](idx, np.ones(4), np.zeros(4, bool))

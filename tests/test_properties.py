@@ -115,7 +115,8 @@ def test_sum_matches_numpy(n, dtype, step, launch, seed):
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * max(1, n) ** 0.5)
 
 
-@PROPERTY
+# Two kernels per example (min and max): fewer examples keep it near the others' cost in CI.
+@settings(PROPERTY, max_examples=8)
 @given(
     n=SIZES,
     dtype=st.sampled_from(["int8", "int64", "uint64", "float32", "float64", "bool"]),

@@ -532,6 +532,7 @@ class Kernel(KernelDefinition):
                 transfer,
                 residency,
                 cfg.deterministic,
+                bool(form.private),
             )
         if tuner_entry is not None and cfg.telemetry:
             entry.tuning = tuner_entry  # explores and learns from this entry's launches
@@ -540,7 +541,7 @@ class Kernel(KernelDefinition):
         elif tuner_entry is not None and tuner_entry.tuner.choice is not None:
             decision = tuner_entry.tuner.choice  # telemetry off: keep the last decision
         else:
-            decision = scheduler.decide(size, cfg, overrides, residency)
+            decision = scheduler.decide(size, cfg, overrides, residency, bool(form.private))
         self._bind(entry, decision, args)
         self._store(dims, args, overrides, entry)
         return entry
@@ -903,6 +904,8 @@ def _go_factory(
         shape = f"len(a{pos})" if axis == 0 else f"a{pos}.shape[{axis}]"
         conds.append(f"{shape} < {dim_names[dim]}")
     conds += [f"not a{pos}.flags.writeable" for pos in form.written]
+    if form.private:  # its dtype, rank and aliasing checks: in the careful check only
+        conds.append("True")
     body = [
         "def make(kernel, site, entry, cfg, runner, fn, failed, tuner, version, times, check):",
         f"    {', '.join(dim_names)}, = dims = entry.dims",
@@ -1009,7 +1012,7 @@ def kernel(
         the copies are combined into the array at the end of the launch, as if every index
         had updated it in turn (a histogram or scatter-add without atomics).  Inside the body
         the array reads as the worker's copy.  CPU targets only; in deterministic mode the
-        result has the same bits on every thread count.  See docs/kernels.md.
+        result has the same bits on every thread count.  See "Array reductions" in docs/guide.md.
     ndim : {1, 2, 3}, optional
         Declare the number of index parameters; launches over another rank are refused.
 

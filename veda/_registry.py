@@ -109,6 +109,10 @@ class Target(abc.ABC):
     #: Whether launches read arrays in host memory (NumPy) and in device memory (CuPy, Numba).
     reads_host_arrays: bool = True
     reads_device_arrays: bool = False
+    #: Whether the target runs kernels that reduce arrays into private copies
+    #: (``@veda.kernel(reduce={name: op})``); the dispatcher and the rule give such kernels
+    #: only targets that do.
+    reduces_arrays: bool = False
     #: Whether a launch copies host arrays to another memory and back (then the dispatcher
     #: prices the copies with :meth:`fixed_seconds` before trying the target).
     copies_host_arrays: bool = False

@@ -169,9 +169,9 @@ def emit_references(
 
 
 #: Numba's parallel options for the parallel launchers: ``prange`` only.  With
-#: ``parallel=True`` Numba also turns each ``np.zeros`` / ``np.full`` of the launcher (the error
-#: slots, the chunk counter, the guided table, the partials) into a parallel loop of its own, each
-#: compiled into a separate gufunc: three parallel regions instead of one, 10 MB of memory and
+#: ``parallel=True`` Numba also turns each ``np.zeros`` / ``np.full`` of the launcher (those left:
+#: the profile's counters, a deterministic reduction's partials) into a parallel loop of its own,
+#: each compiled into a separate gufunc: three parallel regions instead of one, 10 MB of memory and
 #: 2 s of compile per kernel instead of 3 MB and 0.5 s (bench/bench_memory_per_kernel.py).
 PRANGE_ONLY = (
     "{'comprehension': False, 'reduction': False, 'inplace_binop': False, 'setitem': False, "
@@ -420,6 +420,13 @@ _COMBINE = {
 #: the copies would take more than PRIVATE_BYTES (one piece at least).
 PRIVATE_PIECES = 64
 PRIVATE_BYTES = 256 * 2**20
+
+
+def private_pieces(nbytes: int) -> int:
+    """The pieces (and copies) of a deterministic launch whose reduced arrays take ``nbytes``:
+    what the generated ``_P = ...`` computes, for messages."""
+    return max(1, min(PRIVATE_PIECES, PRIVATE_BYTES // max(1, nbytes)))
+
 
 #: Combining a private copy ``_p`` into the argument ``_a``, element by element, per op.
 _INTO = {
@@ -704,8 +711,10 @@ def kernel_launchers(
         # As many pieces as PRIVATE_BYTES of copies allow (at least one): a count that depends
         # on the arrays' sizes only, so every launch of them cuts the domain alike.
         nbytes = " + ".join(f"a{k}.nbytes" for k, _ in private)
-        cap = _max("1", f"({nbytes})")
-        count = f"_P = {_max('1', _min(str(PRIVATE_PIECES), f'{PRIVATE_BYTES} // {cap}'))}\n"
+        count = (
+            f"_cap = {PRIVATE_BYTES} // {_max('1', f'({nbytes})')}\n"
+            f"_P = {_max('1', _min(str(PRIVATE_PIECES), '_cap'))}\n"
+        )
         q, r = "(_NE // _P)", "(_NE % _P)"
 
         def piece_lo(p: str) -> str:
@@ -719,11 +728,12 @@ def kernel_launchers(
             stmt = f"{callee}({nn_idx}{wargs})"
             bounds = f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n"
             return (
-                f"{bounds}{views}_s = _lo\n_G = {SERIAL_PIECE}\n"
-                "while _s < _hi:\n"
-                f"    _e = {_min('_s + _G', '_hi')}\n"
-                f"{_indent(_segment_loop(ndim, '_s', '_e', stmt), 4)}"
-                "    _s = _e\n"
+                # (_ps, _pe: _segment_loop's own names, _f, _j, _e, _r, stay its own)
+                f"{bounds}{views}_ps = _lo\n_G = {SERIAL_PIECE}\n"
+                "while _ps < _hi:\n"
+                f"    _pe = {_min('_ps + _G', '_hi')}\n"
+                f"{_indent(_segment_loop(ndim, '_ps', '_pe', stmt), 4)}"
+                "    _ps = _pe\n"
                 "    _now = _veda_lang.cycles()\n"
                 f"    if _now - _prev < {PIECE_GROW}:\n"
                 "        _G *= 2\n"
@@ -745,7 +755,7 @@ def kernel_launchers(
             "    break\n"
         )
 
-        copies = count + "".join(
+        copies = "".join(
             f"_pv{k} = _veda_lang.private_copies(_P, a{k}, {op!r})\n" for k, op in private
         )
         fn(
@@ -760,7 +770,7 @@ def kernel_launchers(
         )
         fn(
             f"_veda_det_cpu({dims}{args})",
-            f"_NE = {size}\n{copies}"
+            f"_NE = {size}\n{count}{copies}"
             "_prev = _veda_lang.cycles()\n_tp = _prev\n"
             "for _p in range(_P):\n"
             f"{_indent(piece(INLINE, raise_now), 4)}"
@@ -771,7 +781,7 @@ def kernel_launchers(
             (
                 "_veda_det_parallel",
                 f"_NE = {size}\n{count}_N = _P\n_C = 1\n",
-                copies[len(count) :],
+                copies,
                 pv_state + ", _NE, _P",
                 f"_bad = _veda_det_pieces(_lo, _hi, _NE, _P, _err, _me{pv_state}, {dims}{args})\n",
                 f"if _bad:\n    _err[0] = {piece_lo('_lo')}\n"
@@ -792,7 +802,7 @@ def kernel_launchers(
         # a large body made them most of a cold parallel launch's compile.  ``_w`` is cast to
         # int64 because the region's body types it once as int64 and once as uint64: two
         # compiles of the worker otherwise.
-        piece = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
+        first = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
         accumulates = reduce is not None and name != "_veda_det_parallel"
         pieces = bool(private) and name == "_veda_det_parallel"  # work items: fixed pieces
         common = "_N, _C, _veda_T, _veda_mode, _err, _counter, _bounds, _caller"
@@ -806,7 +816,7 @@ def kernel_launchers(
             f"{name}_worker(_w, {common}{state}, {dims}{args})",
             "_k = 0\n"
             "_me = _veda_lang.thread_ident() == _caller\n"
-            f"_S = {piece}\n"
+            f"_S = {first}\n"
             "_prev = _veda_lang.cycles()\n"
             "_tp = _prev\n"
             f"{'_acc = _ident' + chr(10) if accumulates else ''}"

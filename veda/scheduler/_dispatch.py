@@ -59,14 +59,19 @@ def size_class(size: int) -> int:
 
 
 def candidates(
-    size: int, free_cores: int, residency: str = "host", deterministic: bool = False
+    size: int,
+    free_cores: int,
+    residency: str = "host",
+    deterministic: bool = False,
+    arrays: bool = False,
 ) -> list[Decision]:
     """The configurations worth trying for a domain of ``size`` elements: every dispatchable
     target's candidates, in registration order (the serial loop first).
 
     ``residency`` "device" keeps the targets that read device arrays (each with its default
     decision at least, whatever the size: nothing else can read them); in ``deterministic`` mode
-    only targets of the first one's numerics take part, so that a switch cannot change bits.
+    only targets of the first one's numerics take part, so that a switch cannot change bits;
+    for a kernel that reduces ``arrays`` into private copies, only targets that do.
     """
     out: list[Decision] = []
     numerics = None
@@ -75,7 +80,7 @@ def candidates(
             reads = (
                 target.reads_device_arrays if residency == "device" else target.reads_host_arrays
             )
-            if not reads or not target.dispatchable():
+            if not reads or not target.dispatchable() or (arrays and not target.reduces_arrays):
                 continue
             if deterministic:
                 numerics = numerics or target.numerics
@@ -112,6 +117,8 @@ class Entry:
     priced: bool = False
     residency: str = "host"
     deterministic: bool = False
+    #: The kernel reduces arrays into private copies: only targets that do take part.
+    arrays: bool = False
 
 
 class Dispatcher:
@@ -140,6 +147,7 @@ class Dispatcher:
         transfer: tuple[int, int] | None = None,
         residency: str = "host",
         deterministic: bool = False,
+        arrays: bool = False,
     ) -> Entry | None:
         """The tuner for this launch, or None when the pins leave no candidate.
 
@@ -168,7 +176,7 @@ class Dispatcher:
             if entry is not None:
                 return entry
             free = self.load.free_cores()
-            cands = _pinned(candidates(size, free, residency, deterministic), pins)
+            cands = _pinned(candidates(size, free, residency, deterministic, arrays), pins)
             if not cands:
                 return None
             tuner = Tuner(cands, policy=policy)
@@ -205,6 +213,7 @@ class Dispatcher:
                 priced,
                 residency,
                 deterministic,
+                arrays,
             )
         return entry
 
@@ -316,7 +325,8 @@ class Dispatcher:
         if free != entry.free_cores:
             entry.free_cores = free
             fresh = _pinned(
-                candidates(max(size, 1), free, entry.residency, entry.deterministic), entry.pins
+                candidates(max(size, 1), free, entry.residency, entry.deterministic, entry.arrays),
+                entry.pins,
             )
             if not entry.priced:  # a target that failed its pricing stays out
                 fresh = [d for d in fresh if not _copies(d.target)]

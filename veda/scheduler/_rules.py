@@ -64,14 +64,17 @@ def _reads(target: _registry.Target, residency: str) -> bool:
     return target.reads_device_arrays if residency == "device" else target.reads_host_arrays
 
 
-def rule_target(size: int, residency: str = "host") -> str:
+def rule_target(size: int, residency: str = "host", arrays: bool = False) -> str:
     """The target the fixed rule gives a launch of ``size`` elements with no target set: the
     dispatchable target with the largest :meth:`~veda.targets.Target.rule_min_size` at or below
-    ``size``; with device-resident arguments, the first dispatchable target that reads them."""
+    ``size``; with device-resident arguments, the first dispatchable target that reads them.
+    A kernel that reduces ``arrays`` into private copies gets a target that does."""
     best, floor = None, -1
     for target in _registry.targets():
         try:
             if not target.dispatchable() or not _reads(target, residency):
+                continue
+            if arrays and not target.reduces_arrays:
                 continue
             if residency == "device":
                 return target.name
@@ -82,7 +85,7 @@ def rule_target(size: int, residency: str = "host") -> str:
             continue
     if best is None:  # nothing reads them: the host rule, whose target then says what is wrong
         if residency == "device":
-            return rule_target(size)
+            return rule_target(size, arrays=arrays)
         if not _registry.names():
             raise LaunchError("no target is registered (veda.targets.register one)")
         return _registry.names()[0]
@@ -90,7 +93,11 @@ def rule_target(size: int, residency: str = "host") -> str:
 
 
 def decide(
-    size: int, cfg: Config, overrides: Overrides | None, residency: str = "host"
+    size: int,
+    cfg: Config,
+    overrides: Overrides | None,
+    residency: str = "host",
+    arrays: bool = False,
 ) -> Decision:
     """The rule: the decision for a launch of ``size`` elements under these settings."""
     target, threads, schedule, chunk = merge(cfg, overrides)
@@ -98,5 +105,5 @@ def decide(
         if threads is not None or schedule is not None or chunk is not None:
             target = _first_parallel()
         else:
-            target = rule_target(size, residency)
+            target = rule_target(size, residency, arrays)
     return _registry.known(target).default_decision(size, threads, schedule, chunk)

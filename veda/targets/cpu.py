@@ -14,7 +14,7 @@ import numpy as np
 
 from veda._hardware import cpu as hw
 from veda._hardware.signals import from_signal_handler, unwrap_interrupt
-from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK
+from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK, private_pieces
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import KernelError, KernelIndexError, LaunchError, VedaError
@@ -75,24 +75,29 @@ def _guided_table(size: int, threads: int, chunk: int, blocks: bool) -> np.ndarr
     return guided_bounds(size, threads, chunk)
 
 
-def _copies_failed(form: KernelForm, args: tuple[Any, ...], copies: int) -> LaunchError:
-    """The error of a launch whose private copies (``reduce={name: op}``) could not be
-    allocated: NumPy's MemoryError from generated code would blame the kernel's body."""
+def _copies_failed(
+    form: KernelForm, args: tuple[Any, ...], copies: int, deterministic: bool
+) -> LaunchError:
+    """The error of a launch of a kernel with ``reduce={name: op}`` that ran out of memory:
+    NumPy's MemoryError from generated code would read as the body's own failure, though the
+    private copies are the likely cause (a body that allocates is not told apart)."""
     names = [form.names[pos] for pos, _ in form.private]
     nbytes = sum(getattr(args[pos], "nbytes", 0) for pos, _ in form.private)
+    fewer = (
+        "a smaller array (deterministic mode makes up to 64 copies, fewer for large arrays)"
+        if deterministic
+        else "a smaller array, fewer threads"
+    )
     return LaunchError(
-        f"kernel {form.name!r}: no memory for the private copies of {', '.join(map(repr, names))} "
-        f"({copies} copies of {nbytes:,} bytes); reduce a smaller array, launch with fewer "
-        "threads, or update the array with veda.atomic_add instead"
+        f"kernel {form.name!r} ran out of memory; its private copies of "
+        f"{', '.join(map(repr, names))} take {copies} copies of {nbytes:,} bytes: reduce "
+        f"{fewer}, or update the array with veda.atomic_add instead"
     )
 
 
 def _det_pieces(form: KernelForm, args: tuple[Any, ...]) -> int:
     """How many pieces (and copies) a deterministic launch of a private form uses."""
-    from veda._kernel.codegen import PRIVATE_BYTES, PRIVATE_PIECES
-
-    nbytes = max(1, sum(getattr(args[pos], "nbytes", 0) for pos, _ in form.private))
-    return max(1, min(PRIVATE_PIECES, PRIVATE_BYTES // nbytes))
+    return private_pieces(sum(getattr(args[pos], "nbytes", 0) for pos, _ in form.private))
 
 
 def _unflatten(flat: int, dims: tuple[int, ...]) -> tuple[int, ...]:
@@ -151,6 +156,7 @@ class CPUTarget(Target):
     """One thread: the kernel body in a plain loop, compiled with ``@njit``."""
 
     name = "cpu"
+    reduces_arrays = True
     refuses_settings_because = "runs on one thread"
     settings_hint = ", or drop target= (or use target='parallel') to run on several threads"
 
@@ -182,7 +188,7 @@ class CPUTarget(Target):
             if isinstance(exc, VedaError):
                 raise exc
             if isinstance(exc, MemoryError) and det and form.private:
-                raise _copies_failed(form, args, _det_pieces(form, args)) from exc
+                raise _copies_failed(form, args, _det_pieces(form, args), True) from exc
             interrupt = unwrap_interrupt(exc)
             if interrupt is not exc:
                 raise interrupt from None
@@ -223,6 +229,7 @@ class ParallelTarget(Target):
     """All or some CPU threads, with veda's chunk schedules generated into the loop."""
 
     name = "parallel"
+    reduces_arrays = True
     parallel = True
     settings = ("threads", "schedule", "chunk")
     launch_overhead = REGION_ENTRY
@@ -296,7 +303,9 @@ class ParallelTarget(Target):
         # (chunk index x chunk) cannot overflow 64 bits.
         wanted, chunk = decision.threads, max(1, min(decision.chunk, math.prod(dims)))
         mode = MODE_CODES[decision.schedule]
-        guided = mode == MODE_CODES["guided"]
+        # (a deterministic kernel with reduce={name: op} hands out its pieces in order whatever
+        # the schedule, and reads no table)
+        guided = mode == MODE_CODES["guided"] and not (det and form.private)
         # The guided schedule's chunk boundaries depend on the thread count, which the budget
         # may lower per launch: made here, once per count, rather than compiled into the
         # launcher (an allocation there costs a compile of its own).
@@ -345,7 +354,7 @@ class ParallelTarget(Target):
                     raise
                 if isinstance(exc, MemoryError) and form.private:
                     copies = _det_pieces(form, args) if det else threads
-                    raise _copies_failed(form, args, copies) from exc
+                    raise _copies_failed(form, args, copies, det) from exc
                 form.refuse_device_arguments(args, "parallel")
                 raise
             finally:
