@@ -85,6 +85,8 @@ def source_hash(kernel: Any) -> str:
             code = kernel.py_func.__code__
             text = f"{code.co_code!r} {code.co_consts!r} {code.co_names!r}"
         text += f"\nreduce={kernel.reduce!r} ndim={kernel.ndim!r}"
+        if getattr(kernel, "private", None):  # reduce={name: op} (absent before: same hashes)
+            text += f" private={kernel.private!r}"
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         _hashes[kernel] = digest
     return digest
