@@ -597,7 +597,8 @@ def raise_pending(typingctx, flag):  # type: ignore[no-untyped-def]
 # of a cold parallel launch's compile (bench/bench_compile.py).
 
 
-def _c_array(context: Any, builder: Any, arrty: Any, data: Any, count: Any, meminfo: Any) -> Any:
+def _c_array(context: Any, builder: Any, arrty: Any, data: Any, count: Any) -> Any:
+    """A 1-d C array over ``count`` elements at ``data`` that no NRT memory owns."""
     ary = make_array(arrty)(context, builder)
     intp = context.get_value_type(types.intp)
     itemsize = context.get_abi_sizeof(context.get_data_type(arrty.dtype))
@@ -607,7 +608,7 @@ def _c_array(context: Any, builder: Any, arrty: Any, data: Any, count: Any, memi
         shape=[count],
         strides=[ir.Constant(intp, itemsize)],
         itemsize=ir.Constant(intp, itemsize),
-        meminfo=meminfo,
+        meminfo=None,
     )
     return ary
 
@@ -634,7 +635,7 @@ def scratch(typingctx, count, value):  # type: ignore[no-untyped-def]
         stored = context.get_value_as_data(builder, value, args[1])
         with cgutils.for_range(builder, n) as loop:
             builder.store(stored, builder.gep(data, [loop.index]))
-        return _c_array(context, builder, arrty, data, n, None)._getvalue()
+        return _c_array(context, builder, arrty, data, n)._getvalue()
 
     return arrty(count, value), codegen
 
