@@ -12,10 +12,12 @@ Targets (issue 13):
   for 2 s: shorter than the aging horizon of docs/tasks.md, after which BACKGROUND competes):
   HIGH's p99 queue wait at most 1/5 of BACKGROUND's;
 * four parallel kernels launched from four concurrent tasks: at most 1.1x the time of the same
-  four launched back to back (the tasks share the threads instead of oversubscribing them).
+  four launched back to back (the tasks share the threads instead of oversubscribing them);
+  shown beside it, the same without the region threads (veda._hardware.cpu.RegionThreads) and
+  the four launched one after another from four threads.
 
 Rounds are interleaved and medians reported; the four-launch ratio is the median of paired
-rounds (each pair run back to back, in alternating order), with its quartiles.
+rounds (the four variants run back to back, in rotating order), with its quartiles.
 
     python bench/bench_tasks.py [--quick]
 """
@@ -25,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import queue
 import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
@@ -169,6 +173,12 @@ def _saturation(n: int, seconds: float) -> dict[str, float]:
 
 
 def _shared_cores(n: int, rounds: int) -> dict[str, float]:
+    """Four parallel launches: back to back in this thread; from four concurrent tasks; the
+    same with the region threads' hand-over off (each region on its task worker's own OpenMP
+    team); and one after another, each from another of four threads (what the hand-over
+    avoids: a team that idled)."""
+    from veda._hardware import cpu as hw
+
     x = np.random.default_rng(1).random(n)
     outs = [np.zeros(n) for _ in range(4)]
     expected = np.sin(x) * np.cos(x) + np.sqrt(x)
@@ -185,6 +195,30 @@ def _shared_cores(n: int, rounds: int) -> dict[str, float]:
             for out in outs:
                 s.submit(work, n, x, out, target="parallel")
 
+    def own_teams() -> None:
+        hw.regions.run = lambda fn, params, threads: fn(*params)  # type: ignore[method-assign]
+        try:
+            concurrent()
+        finally:
+            del hw.regions.run
+
+    jobs: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in outs]
+    done: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+    def serve(q: queue.SimpleQueue[Any]) -> None:
+        while (out := q.get()) is not None:
+            veda.launch(work, n, x, out, target="parallel")
+            done.put(None)
+
+    servers = [threading.Thread(target=serve, args=(q,), daemon=True) for q in jobs]
+    for t in servers:
+        t.start()
+
+    def rotating() -> None:
+        for q, out in zip(jobs, outs):
+            q.put(out)
+            done.get()
+
     def timed(fn: Any) -> float:
         for out in outs:
             out.fill(np.nan)
@@ -196,23 +230,34 @@ def _shared_cores(n: int, rounds: int) -> dict[str, float]:
             np.testing.assert_allclose(out, expected, rtol=1e-12)
         return elapsed
 
-    # Paired rounds, the order alternating: each round's ratio compares two runs a few
-    # milliseconds apart, so the machine's drift (up to 25% over minutes here) cancels.
-    fns = {"back_to_back": back_to_back, "four_tasks": concurrent}
-    times: dict[str, list[float]] = {"back_to_back": [], "four_tasks": []}
-    ratios = []
+    # Rounds in rotating order, each ratio taken within its round: the machine's drift (up
+    # to 25% over minutes here) cancels.
+    fns = {
+        "back_to_back": back_to_back,
+        "four_tasks": concurrent,
+        "four_tasks_own_teams": own_teams,
+        "rotating_threads": rotating,
+    }
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    ratios: dict[str, list[float]] = {k: [] for k in names[1:]}
     for r in range(rounds):
-        order = ("back_to_back", "four_tasks") if r % 2 else ("four_tasks", "back_to_back")
+        order = names[r % 4 :] + names[: r % 4]
         pair = {name: timed(fns[name]) for name in order}
         for name, t in pair.items():
             times[name].append(t)
-        ratios.append(pair["four_tasks"] / pair["back_to_back"])
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        for name in ratios:
+            ratios[name].append(pair[name] / pair["back_to_back"])
+    for q in jobs:
+        q.put(None)
+    quartiles = statistics.quantiles(ratios["four_tasks"], n=4) if rounds > 1 else [math.nan] * 3
     return {
         **{k: statistics.median(v) for k, v in times.items()},
-        "slowdown": statistics.median(ratios),
+        "slowdown": statistics.median(ratios["four_tasks"]),
         "slowdown_q1": quartiles[0],
         "slowdown_q3": quartiles[2],
+        "own_teams_slowdown": statistics.median(ratios["four_tasks_own_teams"]),
+        "rotating_slowdown": statistics.median(ratios["rotating_threads"]),
     }
 
 
@@ -253,6 +298,10 @@ def main(
         f"{par['back_to_back'] * 1e3:.2f} ms, from four tasks {par['four_tasks'] * 1e3:.2f} ms; "
         f"median ratio {slowdown:.3f}x (quartiles {par['slowdown_q1']:.3f}-"
         f"{par['slowdown_q3']:.3f}; target <= 1.1x)"
+    )
+    print(
+        f"  without the region threads' hand-over {par['own_teams_slowdown']:.3f}x; "
+        f"one after another from four threads {par['rotating_slowdown']:.3f}x"
     )
     res = {
         "latency_seconds": lat,

@@ -995,6 +995,59 @@ def test_a_launch_waits_for_threads_while_none_is_free():
     assert got == [2]
 
 
+def test_a_region_thread_runs_a_handed_over_region_and_raises_its_exception():
+    from veda._hardware import cpu as hw
+
+    regions = hw.RegionThreads()
+    seen: list[tuple[str, int]] = []
+
+    def region(a: int, b: int) -> int:
+        seen.append((threading.current_thread().name, hw.get_threads()))
+        return a + b
+
+    hw.threading_layer()  # region threads set their thread count with the pool's setter
+    assert regions.run(region, (2, 3), 1) == 5
+    assert regions.run(region, (4, 5), veda.max_threads()) == 9
+    assert regions.started() == 1  # the idle one was used again
+    assert [name for name, _ in seen] == ["veda-region-1"] * 2
+    assert [threads for _, threads in seen] == [1, veda.max_threads()]
+    with pytest.raises(ZeroDivisionError):
+        regions.run(lambda: 1 / 0, (), 1)
+    assert regions.run(region, (0, 1), 1) == 1 and regions.started() == 1
+
+
+def test_parallel_launches_of_tasks_in_flight_together_run_on_region_threads(executor):
+    from veda._hardware import cpu as hw
+
+    executor(workers=4)
+    n = 2_000_000  # milliseconds a region: the four overlap in the budget
+    x = np.random.default_rng(3).random(n)
+    outs = [np.zeros(n) for _ in range(4)]
+    together = threading.Barrier(4, timeout=WAIT)
+    names: list[str] = []
+    run = hw.regions.run
+
+    def recording(fn: Any, params: tuple[Any, ...], threads: int) -> Any:
+        names.append(threading.current_thread().name)  # the task worker handing it over
+        return run(fn, params, threads)
+
+    def task(k: int) -> None:
+        together.wait()  # all four launch at once: each finds the others in the budget
+        # (the schedule given: an exploring dispatcher runs one launch of a kernel at a time)
+        veda.launch(times, n, x, outs[k], float(k + 1), target="parallel", schedule="static")
+
+    hw.regions.run = recording  # type: ignore[method-assign]
+    try:
+        fs = [veda.spawn(task, k) for k in range(4)]
+        within(lambda: [f.result(WAIT) for f in fs])
+    finally:
+        del hw.regions.run
+    for k in range(4):
+        np.testing.assert_array_equal(outs[k], (k + 1) * x)
+    assert len(names) >= 3 and all(name.startswith("veda-task-") for name in names)
+    assert hw.budget.in_flight() == 0 and hw.budget.lent() == 0
+
+
 # --------------------------------------------------------------------------------------------
 # No task lost
 

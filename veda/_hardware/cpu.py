@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from typing import Any
 
 import numba
@@ -88,10 +90,12 @@ serialise = False
 class Grant:
     """The threads a :class:`ThreadBudget` lent one launch (0 until it has them)."""
 
-    __slots__ = ("threads",)
+    __slots__ = ("crowded", "threads")
 
     def __init__(self) -> None:
         self.threads = 0
+        #: Whether other launches held (or waited for) threads when this one asked.
+        self.crowded = False
 
 
 class ThreadBudget:
@@ -158,6 +162,7 @@ class ThreadBudget:
         how many."""
         with self._lock:
             self._grants.add(grant)
+            grant.crowded = len(self._grants) > 1
             # Counted before reading what is free: a launch that gives its threads back after
             # that read sees a waiter and wakes it (counted after, the wake-up was lost).
             self._waiting += 1
@@ -195,6 +200,97 @@ class ThreadBudget:
 
 #: The budget of the parallel launches whose thread count the dispatcher chose.
 budget = ThreadBudget()
+
+
+class _RegionThread:
+    """One thread of :class:`RegionThreads`: runs the regions handed to it, one at a time."""
+
+    __slots__ = ("_jobs", "_pool")
+
+    def __init__(self, pool: RegionThreads, number: int) -> None:
+        self._pool = pool
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=f"veda-region-{number}", daemon=True).start()
+
+    def _serve(self) -> None:
+        jobs, pool = self._jobs, self._pool
+        while True:
+            fn, params, threads, reply = jobs.get()
+            try:
+                if get_threads() != threads:
+                    set_threads(threads)
+                reply[1] = fn(*params)
+            except BaseException as exc:  # the caller raises it
+                reply[2] = exc
+            finally:
+                del fn, params
+                pool._idle.append(self)  # list.append: one C call, safe without the lock
+                reply[0].release()
+
+
+class RegionThreads:
+    """A few threads that run the parallel regions of launches made from veda's task workers.
+
+    Each Python thread that enters a parallel region has an OpenMP team of its own (libgomp
+    keeps one per thread), and a team that has been idle for some tens of milliseconds
+    starts slowly: four parallel launches from four task threads, one after the other on 2
+    cores, ran 12-14% slower than the same four from one thread, and 0-2% slower when each task
+    thread handed its region to one other thread (2026-12-02, 2 cores).  Task workers rotate
+    (each task runs on whichever worker is free), so a task's launch that finds other launches
+    holding or waiting for threads (:attr:`Grant.crowded`) hands its region to these threads,
+    the most recently used first, whose teams are warm.  A lone task's launches run where
+    they are: a handed-over region costs two thread wake-ups (about 30 us here).
+
+    At most as many are started as regions ever ran at once, which the
+    :class:`ThreadBudget` bounds by the machine's threads.  The main thread never hands a
+    region over: Ctrl-C must interrupt its launches where they run.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also a forked child's fresh start: the parent's threads do not exist there.
+        self._idle: list[_RegionThread] = []
+        self._lock = threading.Lock()
+        self._started = 0
+
+    def started(self) -> int:
+        """Region threads started so far."""
+        return self._started
+
+    def run(self, fn: Any, params: tuple[Any, ...], threads: int) -> Any:
+        """``fn(*params)`` on a region thread with ``threads`` Numba threads; its result, or
+        its exception raised here."""
+        try:
+            server = self._idle.pop()  # the most recently used: its team is the warmest
+        except IndexError:
+            with self._lock:
+                self._started += 1
+                server = _RegionThread(self, self._started)
+        done = _allocate_lock()
+        done.acquire()
+        reply: list[Any] = [done, None, None]
+        server._jobs.put((fn, params, threads, reply))
+        done.acquire()
+        _, out, exc = reply
+        if exc is not None:
+            reply.clear()
+            raise exc
+        return out
+
+
+class _TaskThread(threading.local):
+    """Per thread: whether this is one of veda's task workers (their regions are handed to
+    :data:`regions`)."""
+
+    on = False
+
+
+#: Set by veda's task workers for themselves.
+task_thread = _TaskThread()
+#: The region threads of launches from task workers.
+regions = RegionThreads()
 
 # Numba's thread count is per Python thread and its public setter validates at some cost
 # (about 1.9 us per call here); once the pool is up, veda uses the unchecked getter and setter
@@ -235,6 +331,7 @@ _forked_with: str | None = None
 def _after_fork_in_child() -> None:
     global _forked_with
     budget._reset()
+    regions._reset()
     layer = _layer
     if layer is None:  # the pool may have been started outside veda (a user's own prange)
         try:

@@ -41,6 +41,7 @@ from concurrent.futures import Future
 from time import monotonic
 from typing import Any
 
+from veda._hardware import cpu as _hw_cpu
 from veda._hardware.signals import Waiters, held_interrupts
 from veda._tasks.queue import AGE_STEP, Priority, TaskQueue
 from veda.errors import DeadlineExceeded, QueueFull, ShutdownError, TaskError
@@ -877,6 +878,7 @@ class Executor:
 
     def _worker(self) -> None:
         _local.executor = self
+        _hw_cpu.task_thread.on = True  # its parallel regions go to veda's region threads
         _local.depth = 0
         _local.counts = counts = self.stats.register()
         me = threading.current_thread()

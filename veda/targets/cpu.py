@@ -316,6 +316,7 @@ class ParallelTarget(Target):
         reduce = form.reduce is not None
         get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise
         budget, region_lock, Grant = hw.budget, hw.region_lock, hw.Grant
+        regions, task_thread = hw.regions, hw.task_thread
 
         def run(args: tuple[Any, ...]) -> Any:
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
@@ -341,7 +342,16 @@ class ParallelTarget(Target):
                     table = bounds.get(threads)
                     if table is None:
                         table = bounds[threads] = _guided_table(size, threads, chunk, blocks)
-                if serialise:
+                if grant is not None and grant.crowded and task_thread.on:
+                    # A task worker's launch among others: its region runs on a warm region
+                    # thread (veda._hardware.cpu.RegionThreads), not on this thread's team.
+                    params = (*dims, threads, mode, chunk, table, *args)
+                    if serialise:
+                        with region_lock:
+                            out = regions.run(fn, params, threads)
+                    else:
+                        out = regions.run(fn, params, threads)
+                elif serialise:
                     with region_lock:
                         out = fn(*dims, threads, mode, chunk, table, *args)
                 else:
