@@ -1,9 +1,10 @@
 """Sphinx configuration of the veda documentation.
 
-Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (``tests/test_docs.py``
-does exactly that).  The notebooks under ``notebooks/`` (reached through the ``docs/notebooks``
-link) are executed during the build, so the site shows their outputs and a failing cell fails
-the build.  ``VEDA_DOCS_EXECUTE=off`` skips the execution for a quick look at the text.
+Build with ``sphinx-build -W --keep-going -b html docs docs/_build/html``.  The notebooks under
+``notebooks/`` (reached through the ``docs/notebooks`` link) are executed during the build, so
+the site shows their outputs and a failing cell fails the build.  ``VEDA_DOCS_EXECUTE=off``
+skips the execution for a quick look at the text: ``tests/test_docs.py`` builds that way, and
+``tests/test_notebooks.py`` runs the notebooks.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The notebooks run top to bottom, are stored without outputs, and are part of the docs.
 
-The docs build (``tests/test_docs.py``) executes them once more in a Jupyter kernel, to render
-them with their outputs; here they run in-process, which is quicker and points a failure at
-the notebook and cell.
+They run here in-process, which is quicker than a Jupyter kernel and points a failure at the
+notebook and cell; the docs build in ``tests/test_docs.py`` renders them without executing
+them again (a plain ``sphinx-build`` of the docs executes them).
 """
 
 from __future__ import annotations
