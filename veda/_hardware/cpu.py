@@ -233,13 +233,13 @@ class RegionThreads:
 
     Each Python thread that enters a parallel region has an OpenMP team of its own (libgomp
     keeps one per thread), and a team that has been idle for some tens of milliseconds
-    starts slowly: four parallel launches from four task threads, one after the other on 2
-    cores, ran 12-14% slower than the same four from one thread, and 0-2% slower when each task
-    thread handed its region to one other thread (2026-12-02, 2 cores).  Task workers rotate
-    (each task runs on whichever worker is free), so a task's launch that finds other launches
-    holding or waiting for threads (:attr:`Grant.crowded`) hands its region to these threads,
-    the most recently used first, whose teams are warm.  A lone task's launches run where
-    they are: a handed-over region costs two thread wake-ups (about 30 us here).
+    starts slowly: four parallel launches made one after another from four threads took 1.20x
+    the time of the same four from one thread, four from concurrent tasks 1.14x without the
+    hand-over below and 1.04x with it (``bench/bench_tasks.py``, 2026-12-02, 2 cores).  Task
+    workers rotate (each task runs on whichever worker is free), so a task's launch that finds
+    other launches holding or waiting for threads (:attr:`Grant.crowded`) hands its region to
+    these threads, the most recently used first, whose teams are warm.  A lone task's launches
+    run where they are: a handed-over region costs two thread wake-ups.
 
     At most as many are started as regions ever ran at once, which the
     :class:`ThreadBudget` bounds by the machine's threads.  The main thread never hands a
