@@ -1016,7 +1016,64 @@ def test_a_region_thread_runs_a_handed_over_region_and_raises_its_exception():
     assert regions.run(region, (0, 1), 1) == 1 and regions.started() == 1
 
 
+def test_a_launch_first_region_and_one_thread_regions_are_not_handed_over(executor, tmp_path):
+    """The first region of a launch may compile, and its compile time is taken off the launch
+    in the launching thread: it runs there; so do regions of one thread (no team to warm)."""
+    if veda.max_threads() < 2:
+        pytest.skip("regions of one thread are never handed over")
+    from veda._hardware import cpu as hw
+
+    executor(workers=2)
+    handed: list[int] = []
+    run = hw.regions.run
+
+    def recording(fn: Any, params: tuple[Any, ...], threads: int) -> Any:
+        handed.append(threads)
+        return run(fn, params, threads)
+
+    @veda.kernel
+    def fresh_twice(i, x, out):
+        out[i] = 2.0 * x[i]
+
+    n = 10_000
+    x = np.random.default_rng(4).random(n)
+    out = np.zeros(n)
+    other = hw.Grant()  # another launch in the budget, holding no thread: every launch crowded
+    hw.budget._grants.add(other)
+    hw.regions.run = recording  # type: ignore[method-assign]
+    try:
+        with veda.config(cache_dir=str(tmp_path)):  # compiled here, not loaded
+            for threads in (None, None, 1):
+                how = {} if threads is None else {"threads": threads}
+                f = veda.submit(fresh_twice, n, x, out, target="parallel", schedule="static", **how)
+                concurrent.futures.wait([f], timeout=WAIT)  # a worker runs it, not this thread
+                f.result(0)
+    finally:
+        del hw.regions.run
+        hw.budget.give(other)
+    np.testing.assert_array_equal(out, 2.0 * x)
+    assert handed == [veda.max_threads()]  # the second launch only
+
+
+def test_without_a_region_thread_the_region_runs_in_place(monkeypatch):
+    from veda._hardware import cpu as hw
+
+    regions = hw.RegionThreads()
+
+    def refused(*_: Any) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(hw._RegionThread, "__init__", refused)
+    assert regions.run(lambda a: (a, threading.current_thread().name), (7,), 2) == (
+        7,
+        threading.current_thread().name,
+    )
+    assert regions.started() == 0
+
+
 def test_parallel_launches_of_tasks_in_flight_together_run_on_region_threads(executor):
+    if veda.max_threads() < 2:
+        pytest.skip("regions of one thread are never handed over")
     from veda._hardware import cpu as hw
 
     executor(workers=4)
@@ -1036,6 +1093,8 @@ def test_parallel_launches_of_tasks_in_flight_together_run_on_region_threads(exe
         # (the schedule given: an exploring dispatcher runs one launch of a kernel at a time)
         veda.launch(times, n, x, outs[k], float(k + 1), target="parallel", schedule="static")
 
+    # A launch's first region (which may compile) runs where it is launched: one before.
+    veda.launch(times, n, x, outs[0], 1.0, target="parallel", schedule="static")
     hw.regions.run = recording  # type: ignore[method-assign]
     try:
         fs = [veda.spawn(task, k) for k in range(4)]

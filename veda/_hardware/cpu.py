@@ -223,9 +223,10 @@ class _RegionThread:
             except BaseException as exc:  # the caller raises it
                 reply[2] = exc
             finally:
-                del fn, params
+                done = reply[0]
+                del fn, params, reply  # an idle thread keeps nothing of its last region alive
                 pool._idle.append(self)  # list.append: one C call, safe without the lock
-                reply[0].release()
+                done.release()
 
 
 class RegionThreads:
@@ -238,8 +239,11 @@ class RegionThreads:
     hand-over below and 1.04x with it (``bench/bench_tasks.py``, 2026-12-02, 2 cores).  Task
     workers rotate (each task runs on whichever worker is free), so a task's launch that finds
     other launches holding or waiting for threads (:attr:`Grant.crowded`) hands its region to
-    these threads, the most recently used first, whose teams are warm.  A lone task's launches
-    run where they are: a handed-over region costs two thread wake-ups.
+    these threads, the most recently used first, whose teams are warm.  A lone task's launches,
+    and regions of one thread, run where they are: a handed-over region costs two thread
+    wake-ups.  So does a launch's first region, which may compile: compile times are taken off
+    the launch's time in the thread that launched it (``veda._launch``).  Where no region
+    thread can be started (interpreter exit, a thread limit), the region runs in place.
 
     At most as many are started as regions ever ran at once, which the
     :class:`ThreadBudget` bounds by the machine's threads.  The main thread never hands a
@@ -265,19 +269,25 @@ class RegionThreads:
         try:
             server = self._idle.pop()  # the most recently used: its team is the warmest
         except IndexError:
-            with self._lock:
-                self._started += 1
-                server = _RegionThread(self, self._started)
+            try:
+                with self._lock:
+                    server = _RegionThread(self, self._started + 1)
+                    self._started += 1
+            except RuntimeError:  # no thread to be had (interpreter exit, a thread limit)
+                return fn(*params)  # here, on the caller's own team
         done = _allocate_lock()
         done.acquire()
         reply: list[Any] = [done, None, None]
         server._jobs.put((fn, params, threads, reply))
         done.acquire()
         _, out, exc = reply
-        if exc is not None:
-            reply.clear()
+        if exc is None:
+            return out
+        reply.clear()
+        try:
             raise exc
-        return out
+        finally:  # the traceback holds this frame: no cycle through it keeps the arguments
+            del exc, params, fn
 
 
 class _TaskThread(threading.local):
@@ -332,6 +342,8 @@ def _after_fork_in_child() -> None:
     global _forked_with
     budget._reset()
     regions._reset()
+    if hasattr(region_lock, "_at_fork_reinit"):  # held by a region of a thread gone in the child
+        region_lock._at_fork_reinit()
     layer = _layer
     if layer is None:  # the pool may have been started outside veda (a user's own prange)
         try:

@@ -318,7 +318,10 @@ class ParallelTarget(Target):
         budget, region_lock, Grant = hw.budget, hw.region_lock, hw.Grant
         regions, task_thread = hw.regions, hw.task_thread
 
+        ran = False  # whether a region ran (and so compiled): only then can it be handed over
+
         def run(args: tuple[Any, ...]) -> Any:
+            nonlocal ran
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
             # change is made by the first call inside the ``try`` that undoes it, and each undo
             # is one call in its own ``finally``: when this returns or raises, the in-flight
@@ -342,9 +345,10 @@ class ParallelTarget(Target):
                     table = bounds.get(threads)
                     if table is None:
                         table = bounds[threads] = _guided_table(size, threads, chunk, blocks)
-                if grant is not None and grant.crowded and task_thread.on:
+                if grant is not None and grant.crowded and threads > 1 and task_thread.on and ran:
                     # A task worker's launch among others: its region runs on a warm region
                     # thread (veda._hardware.cpu.RegionThreads), not on this thread's team.
+                    # Not the first (it may compile, which must be timed in this thread).
                     params = (*dims, threads, mode, chunk, table, *args)
                     if serialise:
                         with region_lock:
@@ -356,6 +360,7 @@ class ParallelTarget(Target):
                         out = fn(*dims, threads, mode, chunk, table, *args)
                 else:
                     out = fn(*dims, threads, mode, chunk, table, *args)
+                ran = True
             except VedaError:
                 raise
             except Exception as exc:
