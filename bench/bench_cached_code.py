@@ -12,14 +12,16 @@ Each times ``veda_kernels.montecarlo.pi_hits`` (Philox points in the unit square
 "parallel" with 1 and 2 threads (static schedule) and on "cpu", the median of several launches
 after a warm-up, every count checked against the first one.
 
-What it showed (2026-12-02, 2 cores, AVX-512): the parallel launcher's code loaded from the cache
-ran about 9x faster per thread than the same code just compiled, and "cpu" the same in both.
-The object code is byte for byte the same; the difference is which copy of the chunk function
-it calls.  A launcher's module holds its own copy of every function it calls, optimised a second
-time there (which vectorises this loop), but in the process that compiled them the calls go to
-the chunk function compiled on its own first, optimised once (which does not).  A process that
-loads the launcher from the cache has only the launcher's copies.  With ``NUMBA_OPT=max`` the
-chunk function compiled on its own is fast too.
+What it showed (2026-12-02, 2 cores, AVX-512), before ``veda.random`` was inlined into kernels:
+the parallel launcher's code loaded from the cache ran about 9x faster per thread than the same
+code just compiled, and "cpu" was slow in both.  The object code was byte for byte the same;
+the difference was which copy of the chunk function it called.  A launcher's module holds its
+own copy of every function it calls, optimised a second time there, which inlined the
+generator and vectorised the loop; in the process that compiled them the calls went to the
+chunk function compiled on its own first, optimised once, which called the generator per
+point.  With the generator inlined where kernels call it, every row now runs the vectorised
+loop (docs/performance.md).  The script stays to catch kernels whose speed depends on the
+cache in this way.
 
     python bench/bench_cached_code.py [--quick]
 """

@@ -51,7 +51,22 @@ _WEYL1 = np.uint64(0xBB67AE85)
 _S32 = np.uint64(32)
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
+def _round(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
+    p0 = _MUL0 * c0
+    p1 = _MUL1 * c2
+    return (p1 >> _S32) ^ c1 ^ k0, p1 & _M32, (p0 >> _S32) ^ c3 ^ k1, p0 & _M32
+
+
+@own_njit(nogil=True, inline="always")
+def _bump(k0, k1):  # type: ignore[no-untyped-def]
+    return (k0 + _WEYL0) & _M32, (k1 + _WEYL1) & _M32
+
+
+# Written out without a loop: kernels inline the generator where they call it (inline="always",
+# here and in the overloads below), which lets LLVM vectorise a loop of draws across indices; a
+# loop here, inlined, trips Numba's SSA checks (NumbaIRAssumptionWarning).
+@own_njit(nogil=True, inline="always")
 def philox4x32_10(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
     """The Philox4x32-10 block function: four counter words and two key words (each below
     2**32) to four output words."""
@@ -61,21 +76,28 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
     c3 = np.uint64(c3) & _M32
     k0 = np.uint64(k0) & _M32
     k1 = np.uint64(k1) & _M32
-    for r in range(10):
-        if r > 0:
-            k0 = (k0 + _WEYL0) & _M32
-            k1 = (k1 + _WEYL1) & _M32
-        p0 = _MUL0 * c0
-        p1 = _MUL1 * c2
-        hi0 = p0 >> _S32
-        lo0 = p0 & _M32
-        hi1 = p1 >> _S32
-        lo1 = p1 & _M32
-        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    c0, c1, c2, c3 = _round(c0, c1, c2, c3, k0, k1)
+    k0, k1 = _bump(k0, k1)
+    return _round(c0, c1, c2, c3, k0, k1)
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _words(seed, counter):  # type: ignore[no-untyped-def]
     s = np.uint64(seed)
     c = np.uint64(counter)
@@ -86,24 +108,24 @@ _TWO26 = 67108864.0
 _TWO53 = 9007199254740992.0
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _unit(a, b):  # type: ignore[no-untyped-def]
     return (float(a >> np.uint64(5)) * _TWO26 + float(b >> np.uint64(6))) / _TWO53
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _uniform(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, _, _ = _words(seed, counter)
     return _unit(x0, x1)
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _uniform2(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, x2, x3 = _words(seed, counter)
     return _unit(x0, x1), _unit(x2, x3)
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _normal(seed, counter):  # type: ignore[no-untyped-def]
     x0, x1, x2, x3 = _words(seed, counter)
     u1 = _unit(x0, x1)
@@ -111,7 +133,7 @@ def _normal(seed, counter):  # type: ignore[no-untyped-def]
     return math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2.0 * math.pi * u2)
 
 
-@own_njit(nogil=True)
+@own_njit(nogil=True, inline="always")
 def _integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
     if high <= low:
         raise ValueError("veda.random.integers: high must be greater than low")
@@ -181,21 +203,21 @@ def integers(seed: int, counter: int, low: int, high: int) -> int:
 # Inside kernels the same functions compile to the jitted implementations.
 
 
-@overload(uniform, target="cpu")
+@overload(uniform, target="cpu", inline="always")
 def _ol_uniform(seed, counter):  # type: ignore[no-untyped-def]
     return lambda seed, counter: _uniform(seed, counter)
 
 
-@overload(uniform2, target="cpu")
+@overload(uniform2, target="cpu", inline="always")
 def _ol_uniform2(seed, counter):  # type: ignore[no-untyped-def]
     return lambda seed, counter: _uniform2(seed, counter)
 
 
-@overload(normal, target="cpu")
+@overload(normal, target="cpu", inline="always")
 def _ol_normal(seed, counter):  # type: ignore[no-untyped-def]
     return lambda seed, counter: _normal(seed, counter)
 
 
-@overload(integers, target="cpu")
+@overload(integers, target="cpu", inline="always")
 def _ol_integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
     return lambda seed, counter, low, high: _integers(seed, counter, low, high)
