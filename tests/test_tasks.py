@@ -1211,6 +1211,26 @@ def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess[str]
     return proc
 
 
+def test_exiting_while_tasks_run_parallel_regions_ends_the_process_cleanly():
+    """Worker threads are daemons: at exit the interpreter ends one that takes the GIL.  Inside
+    an OpenMP region that took the process down ("terminate called without an active
+    exception", exit status 134); only the main thread's launches take the GIL to poll."""
+    code = """
+        import time
+        import veda
+        from veda_kernels.montecarlo import pi_hits
+
+        assert veda.launch(pi_hits, 10_000, 1, target="parallel") > 0
+        f = veda.submit(pi_hits, 10**11, 1, target="parallel", schedule="static")
+        g = veda.submit(pi_hits, 10**11, 2, target="parallel", schedule="static")
+        time.sleep(0.5)  # the regions run (polled more than once), then the script ends
+        print("exiting", f.running() or g.running(), flush=True)
+    """
+    proc = _python(code, timeout=120)
+    assert proc.stdout.strip() == "exiting True"
+    assert "terminate" not in proc.stderr, proc.stderr
+
+
 def test_ten_thousand_tasks_leave_nothing_behind():
     """RSS grows less than 20 MB over 10,000 tasks of every kind (after 1,000 to warm up), and
     no task, and nothing a task ran, stays alive once the caller drops its futures."""

@@ -34,7 +34,7 @@ from veda.errors import ConfigError
 
 # Bumped whenever generated code or the cache's file format changes shape, so old files are
 # never imported by mistake.
-CODEGEN_VERSION = 2
+CODEGEN_VERSION = 3
 
 _lock = threading.RLock()
 _memory_modules: dict[str, types.ModuleType] = {}

@@ -10,9 +10,12 @@ The private intrinsics at the end are used by veda's generated launchers, not by
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 from typing import Any
 
+import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -537,43 +540,83 @@ def thread_ident(typingctx):  # type: ignore[no-untyped-def]
     return types.int64(), codegen
 
 
+# Python runs signal handlers in the main thread only, so only a launch from the main thread
+# polls: a launch from another thread never takes the GIL inside a parallel region.  (A daemon
+# thread, a task's worker, that takes the GIL while the interpreter is exiting is ended on the
+# spot, and ended inside an OpenMP region it took the whole process down: "terminate called
+# without an active exception".)  The generated code compares the launching thread with this
+# process's main thread, kept in a symbol that the compiled code (cached too) links to.
+_MAIN_THREAD_SYMBOL = "veda_main_thread_ident"
+_main_thread = ctypes.c_uint64(threading.main_thread().ident or 0)
+llvm.add_symbol(_MAIN_THREAD_SYMBOL, ctypes.addressof(_main_thread))
+
+
+def _forked() -> None:  # the forking thread is the child's main thread
+    _main_thread.value = threading.main_thread().ident or 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 @intrinsic
 def poll_signals(typingctx):  # type: ignore[no-untyped-def]
-    """Run Python's pending signal handlers with the GIL taken for the call; 1 if one raised.
+    """In the main thread, run Python's pending signal handlers with the GIL taken for the
+    call; 1 if one raised.  Elsewhere 0, without taking the GIL (no handler runs there).
 
     The exception then stays set in this thread's state for :func:`raise_pending`.  Only the
     launching thread may call this (the state is that thread's).
     """
 
     def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
-        pyapi = context.get_python_api(builder)
-        gil = pyapi.gil_ensure()
-        fnty = ir.FunctionType(ir.IntType(32), [])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "PyErr_CheckSignals")
-        status = builder.call(fn, [])
-        failed = builder.icmp_signed("!=", status, ir.Constant(ir.IntType(32), 0))
-        with builder.if_then(failed, likely=False):
-            # Mark the exception as a signal handler's (SIGNAL_MARK), so that the launch path
-            # does not take it for the kernel body's: fetch, normalise, mark, restore.
-            slots = [cgutils.alloca_once(builder, pyapi.pyobj) for _ in range(3)]
-            pyapi.err_fetch(*slots)
-            norm = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [pyapi.pyobjptr] * 3),
-                "PyErr_NormalizeException",
-            )
-            builder.call(norm, slots)
-            value = builder.load(slots[1])
-            with builder.if_then(cgutils.is_not_null(builder, value)):
-                true = pyapi.bool_from_bool(ir.Constant(ir.IntType(1), 1))
-                pyapi.object_setattr_string(value, SIGNAL_MARK, true)
-                pyapi.decref(true)
-            pyapi.err_clear()  # a failed setattr's error, if any; the exception is in hand
-            pyapi.err_restore(*(builder.load(slot) for slot in slots))
-        pyapi.gil_release(gil)
-        return builder.zext(failed, ir.IntType(64))
+        i64 = ir.IntType(64)
+        result = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
+        main = builder.module.globals.get(_MAIN_THREAD_SYMBOL)
+        if main is None:
+            main = ir.GlobalVariable(builder.module, i64, _MAIN_THREAD_SYMBOL)
+            main.linkage = "external"
+        ident = builder.call(
+            cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(i64, []), "PyThread_get_thread_ident"
+            ),
+            [],
+        )
+        in_main = builder.icmp_unsigned("==", ident, builder.load(main))
+        with builder.if_then(in_main, likely=True):
+            builder.store(_check_signals(context, builder), result)
+        return builder.load(result)
 
     return types.int64(), codegen
+
+
+def _check_signals(context: Any, builder: Any) -> Any:
+    """PyErr_CheckSignals with the GIL taken for the call: 1 (int64) if a handler raised."""
+    pyapi = context.get_python_api(builder)
+    gil = pyapi.gil_ensure()
+    fnty = ir.FunctionType(ir.IntType(32), [])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "PyErr_CheckSignals")
+    status = builder.call(fn, [])
+    failed = builder.icmp_signed("!=", status, ir.Constant(ir.IntType(32), 0))
+    with builder.if_then(failed, likely=False):
+        # Mark the exception as a signal handler's (SIGNAL_MARK), so that the launch path
+        # does not take it for the kernel body's: fetch, normalise, mark, restore.
+        slots = [cgutils.alloca_once(builder, pyapi.pyobj) for _ in range(3)]
+        pyapi.err_fetch(*slots)
+        norm = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [pyapi.pyobjptr] * 3),
+            "PyErr_NormalizeException",
+        )
+        builder.call(norm, slots)
+        value = builder.load(slots[1])
+        with builder.if_then(cgutils.is_not_null(builder, value)):
+            true = pyapi.bool_from_bool(ir.Constant(ir.IntType(1), 1))
+            pyapi.object_setattr_string(value, SIGNAL_MARK, true)
+            pyapi.decref(true)
+        pyapi.err_clear()  # a failed setattr's error, if any; the exception is in hand
+        pyapi.err_restore(*(builder.load(slot) for slot in slots))
+    pyapi.gil_release(gil)
+    return builder.zext(failed, ir.IntType(64))
 
 
 @intrinsic
