@@ -200,24 +200,43 @@ def integers(seed: int, counter: int, low: int, high: int) -> int:
     )
 
 
-# Inside kernels the same functions compile to the jitted implementations.
+# Inside kernels the same functions compile to the jitted implementations, inlined where they
+# are called (see philox4x32_10).  numba-cuda may offer a CUDA kernel these CPU overloads too;
+# they decline there (its own, veda._kernel.cuda_language, are the device versions).
+
+
+def _cpu() -> bool:
+    from numba.core import target_extension
+
+    try:
+        return target_extension.current_target() == "cpu"
+    except Exception:  # no target known: the CPU, where these are registered
+        return True
 
 
 @overload(uniform, target="cpu", inline="always")
 def _ol_uniform(seed, counter):  # type: ignore[no-untyped-def]
+    if not _cpu():
+        return None
     return lambda seed, counter: _uniform(seed, counter)
 
 
 @overload(uniform2, target="cpu", inline="always")
 def _ol_uniform2(seed, counter):  # type: ignore[no-untyped-def]
+    if not _cpu():
+        return None
     return lambda seed, counter: _uniform2(seed, counter)
 
 
 @overload(normal, target="cpu", inline="always")
 def _ol_normal(seed, counter):  # type: ignore[no-untyped-def]
+    if not _cpu():
+        return None
     return lambda seed, counter: _normal(seed, counter)
 
 
 @overload(integers, target="cpu", inline="always")
 def _ol_integers(seed, counter, low, high):  # type: ignore[no-untyped-def]
+    if not _cpu():
+        return None
     return lambda seed, counter, low, high: _integers(seed, counter, low, high)

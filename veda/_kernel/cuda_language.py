@@ -140,7 +140,8 @@ def _register() -> None:
 def _random_device_functions(cuda: Any) -> dict[str, Any]:
     """Device versions of veda.random's jitted helpers: the same Python code, re-bound to call
     each other's device versions (the generator is plain integer arithmetic)."""
-    names = ["philox4x32_10", "_words", "_unit", "_uniform", "_uniform2", "_normal", "_integers"]
+    names = ["_round", "_bump", "philox4x32_10", "_words", "_unit", "_uniform", "_uniform2"]
+    names += ["_normal", "_integers"]
     glb = dict(vars(_random))
     out: dict[str, Any] = {}
     for name in names:  # callees first, so each function's globals hold device versions

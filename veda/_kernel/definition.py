@@ -488,7 +488,14 @@ class KernelDefinition(Launchable):
         identity: str | None,
         block: int,
     ) -> Any:
-        """The loaded generated CUDA module for this form, options, accumulator and block."""
+        """The loaded generated CUDA module for this form, options, accumulator and block.
+
+        Registers the kernel language's CUDA implementations first: the module's code calls
+        them (atomics, ``veda.random``), and a body typed before they exist finds the CPU
+        ones, or none."""
+        from veda._kernel import cuda_language
+
+        cuda_language.register()
         key = (ndim, nargs, options, acc, block)
         module = self._cuda_programs.get(key)
         if module is None:
