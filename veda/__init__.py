@@ -44,6 +44,7 @@ from veda.telemetry import metrics
 
 if TYPE_CHECKING:
     from veda import random
+    from veda._iter import ParIter, par_iter, par_range
     from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
     from veda._record import record, replay
     from veda._scan import scan
@@ -87,8 +88,9 @@ _LAZY = {
     "record": "veda._record",
     "replay": "veda._record",
     "scan": "veda._scan",
+    **dict.fromkeys(("ParIter", "par_iter", "par_range"), "veda._iter"),
 }
-_LAZY_MODULES = ("random", "_tasks", "_record", "_scan")
+_LAZY_MODULES = ("random", "_tasks", "_record", "_scan", "_iter")
 
 
 if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
@@ -119,6 +121,7 @@ __all__ = [
     "KernelError",
     "KernelIndexError",
     "LaunchError",
+    "ParIter",
     "Priority",
     "QueueFull",
     "ReplayError",
@@ -148,6 +151,8 @@ __all__ = [
     "local_array",
     "max_threads",
     "metrics",
+    "par_iter",
+    "par_range",
     "random",
     "record",
     "replay",

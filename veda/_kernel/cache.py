@@ -209,6 +209,10 @@ _MAGIC = b"veda-nbcache-1\n"
 _DIGEST = 32
 
 
+#: Cache folders found writable in this process (:class:`_KernelLocator`).
+_writable: set[str] = set()
+
+
 class _Damaged(Exception):
     """A cache file that must not be read: ``(path, reason)``."""
 
@@ -298,11 +302,25 @@ if _HAVE_CACHE_API:
                     "memory for this process",
                 )
 
+    class _KernelLocator(_nc.InTreeCacheLocator):  # type: ignore[misc]
+        """Numba's locator beside the generated file, testing that the folder is writable once
+        per folder and process: Numba writes and deletes a file there for every dispatcher, and
+        a kernel's module has about a dozen (2 ms each, a third of a cached kernel's first
+        launch in a new process).  The folder is still created whenever it is missing."""
+
+        def ensure_cache_path(self) -> None:
+            path = self.get_cache_path()
+            if path in _writable:
+                os.makedirs(path, exist_ok=True)
+                return
+            super().ensure_cache_path()
+            _writable.add(path)
+
     class _KernelImpl(_nc.CompileResultCacheImpl):  # type: ignore[misc]
         """Generated modules: compiled code beside them, in the checked kernel cache (never in
         ``NUMBA_CACHE_DIR``, a folder veda does not check)."""
 
-        _locator_classes: ClassVar[list[type]] = [_nc.InTreeCacheLocator]
+        _locator_classes: ClassVar[list[type]] = [_KernelLocator]
 
     class _KernelCache(_CheckedCache):
         _impl_class = _KernelImpl
