@@ -11,6 +11,7 @@ import sys
 import textwrap
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 from conftest import CPU_CONFIGS
@@ -202,6 +203,22 @@ def test_visible_in_explain_and_metrics():
     assert "par_iter(float64[5003]).map(square_plus).sum" in k.name
     assert veda.metrics().kernel(k).launches >= 1
     assert veda.explain(k) is not None
+
+
+@veda.func
+def clamp(v):
+    return min(max(v, 0.2), 0.8)
+
+
+@numba.njit
+def jitted_double(v):
+    return 2.0 * v
+
+
+def test_helpers_and_jitted_functions_as_stages():
+    got = veda.par_iter(X).map(clamp).map(jitted_double).filter(lambda v: clamp(v) > 0.3).sum()
+    ref = 2.0 * np.clip(X, 0.2, 0.8)
+    np.testing.assert_allclose(got, ref[np.clip(ref, 0.2, 0.8) > 0.3].sum(), rtol=1e-12)
 
 
 def _bad(v):
