@@ -200,7 +200,9 @@ def test_visible_in_explain_and_metrics():
     it.sum()
     k = it.kernel("sum")
     assert k is it.kernel("sum")  # one kernel per chain shape
-    assert "par_iter(float64[5003]).map(square_plus).sum" in k.name
+    assert "par_iter(float64[n]).map(square_plus).sum" in k.name
+    # no length in the kernel (or its generated module): one kernel serves every length
+    assert veda.par_iter(X[:100]).map(square_plus).kernel("sum") is k
     assert veda.metrics().kernel(k).launches >= 1
     assert veda.explain(k) is not None
 
@@ -331,3 +333,38 @@ def test_the_same_chain_in_a_new_process_loads_from_the_cache(tmp_path):
     assert second["stats"]["compiled"] == 0 and second["stats"]["cache_hits"] > 0
     x = np.arange(100_000.0)
     assert first["total"] == second["total"] == (x * x)[x * x > 10.0].sum()
+
+
+K = 2
+
+
+def test_what_a_stage_reads_from_outside_is_part_of_the_helper():
+    global K
+    got = []
+    for c in (1, 1.0, True):
+        got.append(veda.par_range(5).map(lambda i: i * c).sum())  # noqa: B023
+    assert [v.dtype for v in got] == [np.int64, np.float64, np.int64]
+    for K in (2, 3):
+        assert veda.par_range(5).map(lambda i: i * K).sum() == 10 * K  # noqa: B023
+    x = np.arange(5.0)
+    with pytest.raises(veda.LaunchError, match="reads the array 'x' from outside"):
+        veda.par_range(5).map(lambda i: x[i])
+
+
+def test_more_errors_are_veda_errors():
+    x = np.arange(10.0)
+    assert veda.par_iter(x).map(lambda v: (v,)).sum() == x.sum()  # a 1-tuple is one value
+    with pytest.raises(veda.KernelDefinitionError, match="empty tuple"):
+        veda.par_iter(x).map(lambda v: ()).collect()
+    with pytest.raises(veda.LaunchError, match="complex values"):
+        veda.par_iter(x.astype(complex)).min()
+    with pytest.raises(veda.LaunchError, match="64-bit integers"):
+        veda.par_range(0, 2**70)
+    with pytest.raises(veda.LaunchError, match="byte order"):
+        veda.par_iter(x.astype(">f8"))
+    with pytest.raises(veda.KernelDefinitionError, match=r"\.for_each\(\): cannot compile"):
+        veda.par_iter(x).for_each(lambda v: None, np.zeros(3))
+    with pytest.raises(veda.KernelDefinitionError, match=r"\.reduce\(\)"):
+        veda.par_iter(x).reduce(lambda a, b: a.no_attribute, 0.0)
+    with pytest.raises(veda.KernelDefinitionError, match="Unknown attribute"):
+        veda.par_iter(x).map(_bad).sum()

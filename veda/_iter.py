@@ -40,7 +40,9 @@ from numba.core.types.containers import BaseTuple
 from numba.np.numpy_support import as_dtype
 
 from veda._config import get_config
+from veda._kernel import codegen
 from veda._kernel.func import Func
+from veda._kernel.source import literal
 from veda._launch import Kernel
 from veda.errors import KernelDefinitionError, LaunchError
 
@@ -54,6 +56,12 @@ __all__ = ["ParIter", "block_size", "par_iter", "par_range"]
 BLOCK_MAX = 16384
 #: Launch indices a sequence is cut into, at least, while blocks are below BLOCK_MAX.
 BLOCKS = 1024
+
+#: Elements a sum or product takes at a time, each into an accumulator of its own: one chain of
+#: additions waits four cycles for each; with four, a map -> filter -> sum keeps level with a
+#: prange loop (whose own reduction keeps one accumulator per thread).
+UNROLL = 4
+assert UNROLL & (UNROLL - 1) == 0, "the accumulators combine in a pairwise tree"
 
 _INT_TYPES = (int, np.integer)
 
@@ -101,18 +109,26 @@ class _Source:
         if self.kind == "range":
             return nt.int64
         ty = numba.typeof(self.data)
-        if self.kind == "chunks":
-            return ty.copy(layout="A")  # a slice of the array
+        if self.kind == "chunks":  # a slice of the array, as Numba types one
+            return ty.copy(layout="C" if ty.layout == "C" else "A")
         if ty.ndim == 1:
             return ty.dtype
         return ty.copy(ndim=ty.ndim - 1, layout="C" if ty.layout == "C" else "A")
 
-    def describe(self) -> str:
+    def describe(self, sizes: bool = True) -> str:
+        """What it is, as written; without ``sizes`` (in kernel names) lengths and bounds
+        are left out, so that one kernel serves every length."""
         if self.kind == "range":
             start, step = self.data
-            return f"par_range({start}, {start + step * self.length}, {step})"
-        what = f"{self.data.dtype}{list(self.data.shape)}"
-        return f"par_iter({what})" + (f".chunks({self.size})" if self.kind == "chunks" else "")
+            return (
+                f"par_range({start}, {start + step * self.length}, {step})"
+                if sizes
+                else ("par_range")
+            )
+        shape = list(self.data.shape) if sizes else ["n", *self.data.shape[1:]]
+        what = f"{self.data.dtype}[{', '.join(map(str, shape))}]"
+        chunks = f".chunks({self.size if sizes else 'c'})" if self.kind == "chunks" else ""
+        return f"par_iter({what}){chunks}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,11 @@ def _length(x: Any, what: str) -> int:
         raise LaunchError(f"{what}: expected a 1-d or 2-d NumPy array, not {got}")
     if x.dtype.kind not in "biufc" or (x.dtype.kind == "f" and x.dtype.itemsize == 2):
         raise LaunchError(f"{what}: expected an array of booleans or numbers, not {x.dtype}")
+    if not x.dtype.isnative:
+        raise LaunchError(
+            f"{what}: expected an array in this machine's byte order, not {x.dtype.str}; "
+            "convert it with x.astype(x.dtype.newbyteorder('='))"
+        )
     return int(x.shape[0])
 
 
@@ -150,9 +171,13 @@ def par_range(start: int, stop: int | None = None, step: int = 1) -> ParIter:
     start, stop, step = int(start), int(stop), int(step)
     if step == 0:
         raise LaunchError("veda.par_range: step must not be zero")
-    n = len(range(start, stop, step))
-    if not (-(2**63) <= start <= 2**63 - 1 and -(2**63) <= start + step * n <= 2**63):
-        raise LaunchError("veda.par_range: the range must fit in 64-bit integers")
+    n = max(0, (stop - start + step - (1 if step > 0 else -1)) // step)
+    last = start + step * (n - 1) if n else start
+    if not all(-(2**63) <= v < 2**63 for v in (start, last, step, n)):
+        raise LaunchError(
+            f"veda.par_range({start}, {stop}, {step}): its values and length must fit in "
+            "64-bit integers"
+        )
     return ParIter((_Source("range", n, (start, step)),), ())
 
 
@@ -175,10 +200,26 @@ def par_iter(x: np.ndarray) -> ParIter:
 # -- helpers: the stages' functions ------------------------------------------------------------
 
 _funcs_lock = threading.Lock()
-#: Helpers made for plain functions, by code and closure values: a lambda written inside a loop
-#: is a new function object each time round but the same helper.
+#: Helpers made for plain functions, by code and by what it reads from outside: a lambda
+#: written inside a loop is a new function object each time round but the same helper, as long
+#: as the globals and closure variables it uses spell the same (literal() text, or identity).
 _funcs: OrderedDict[Any, Func] = OrderedDict()
 _FUNCS_KEPT = 512
+
+
+def _outside_key(fn: types.FunctionType, where: str) -> tuple[Any, ...]:
+    """What a function reads from outside, as the generated module will spell it; arrays are
+    refused (Numba would freeze each into the compiled code as a constant)."""
+    out: list[Any] = []
+    for name, value in codegen.references(fn).items():
+        if isinstance(value, np.ndarray):
+            raise LaunchError(
+                f"{where}: `{_fn_name(fn)}` reads the array {name!r} from outside; make it a "
+                "source (par_iter(x).zip(y)) or pass it to for_each(f, *arrays)"
+            )
+        lit = literal(value)
+        out.append((name, type(value), lit) if lit is not None else (name, value))
+    return tuple(out)
 
 
 def _helper(fn: Any, where: str) -> Any:
@@ -189,11 +230,10 @@ def _helper(fn: Any, where: str) -> Any:
         raise LaunchError(f"{where}: got kernel {fn.name!r}; a stage takes a function")
     if not isinstance(fn, types.FunctionType):
         raise LaunchError(f"{where}: expected a function (def or lambda), not {fn!r}")
+    key: Any = (fn.__code__, _outside_key(fn, where))
     try:
-        cells = tuple(c.cell_contents for c in fn.__closure__ or ())
-        key: Any = (fn.__code__, id(fn.__globals__), cells)
         hash(key)
-    except (TypeError, ValueError):  # an unhashable or empty closure cell: this object only
+    except TypeError:  # something unhashable from outside: this function object only
         key = fn
     with _funcs_lock:
         helper = _funcs.get(key)
@@ -215,6 +255,14 @@ def _fn_name(fn: Any) -> str:
     return str(getattr(fn, "__name__", None) or getattr(fn, "qualname", "?"))
 
 
+def _identity(fn: Any) -> str:
+    """A name for a stage's function that is the same in every process (for kernel names)."""
+    if isinstance(fn, Func):
+        return f"{fn.module_name}.{fn.qualname}:{fn.source.text}"
+    py = getattr(fn, "py_func", fn)
+    return f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', type(fn).__name__)}"
+
+
 def _dispatcher(fn: Any) -> Any:
     if isinstance(fn, Func):
         cfg = get_config()
@@ -222,19 +270,28 @@ def _dispatcher(fn: Any) -> Any:
     return fn
 
 
+def _numba_message(exc: BaseException) -> str:
+    """The line of a Numba error that says what is wrong (not "Failed in nopython mode")."""
+    for line in str(exc).strip().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Failed in ", "During: ", "- Resolution failure")):
+            return line
+    return type(exc).__name__
+
+
 def _returns(fn: Any, argtypes: Sequence[Any], where: str) -> Any:
     """The Numba type ``fn`` returns for ``argtypes`` (compiling it, as the kernel will)."""
-    disp = _dispatcher(fn)
     sig = tuple(argtypes)
+    shown = ", ".join(str(t) for t in sig)
     try:
+        disp = _dispatcher(fn)
         disp.compile(sig)
         return disp.overloads[sig].signature.return_type
+    except KernelDefinitionError as exc:  # veda's own words (a helper calling something bad)
+        raise KernelDefinitionError(f"{where}: {exc}") from None
     except Exception as exc:
-        detail = str(exc).strip().splitlines()
-        first = next((line for line in detail if line.strip()), type(exc).__name__)
-        shown = ", ".join(str(t) for t in sig)
         raise KernelDefinitionError(
-            f"{where}: cannot compile `{_fn_name(fn)}` for ({shown}): {first.strip()}"
+            f"{where}: cannot compile `{_fn_name(fn)}` for ({shown}): {_numba_message(exc)}"
         ) from None
 
 
@@ -306,10 +363,11 @@ class _Writer:
         self.add(f"{v} = {expr}")
         return [v]
 
-    def call(self, fn: Any, args: list[str], width: int) -> list[str]:
+    def call(self, fn: Any, args: list[str], width: int, unpack: bool) -> list[str]:
+        """``width`` names for what ``fn(*args)`` returns; ``unpack``: a tuple to unpack."""
         call = f"{self.global_(fn)}({', '.join(args)})"
         out = [self.name("v") for _ in range(width)]
-        self.add(f"{', '.join(out)} = {call}")
+        self.add(f"{', '.join(out)}{',' if unpack and width == 1 else ''} = {call}")
         return out
 
     def global_(self, value: Any) -> str:
@@ -318,8 +376,9 @@ class _Writer:
         return g
 
     def unroll(self, acc: str, combine: str) -> None:
-        """Run the loop two elements at a time into ``acc`` and a second accumulator, combined
-        at the end as ``acc {combine} acc_1``."""
+        """Run the loop :data:`UNROLL` elements at a time into ``acc`` and accumulators of its
+        own for each other element, combined at the end in a fixed pairwise order by
+        ``combine`` (an operator)."""
         self._unrolled = (acc, combine)
 
     def text(self, name: str) -> str:
@@ -332,28 +391,41 @@ class _Writer:
             lines += [f"    {s}" for s in self.post]
             return "\n".join(lines) + "\n"
         acc, combine = self._unrolled
-        # The second element's copy: its own names (v3 -> v3_1, acc -> acc_1, k -> k1).
-        local = re.compile(rf"\b(v\d+|{acc})\b")
-        second = [re.sub(r"\bk\b", "k1", local.sub(r"\1_1", s)) for s in self.loop]
-        lines += [f"    {acc}_1 = {acc}", "    k = _lo", "    while k + 1 < _hi:"]
+        # Element k + j's copy of the loop body: names of its own (v3 -> v3_j, acc -> acc_j,
+        # k -> k_j).
+        local = re.compile(rf"\b(v\d+|{acc}|k)\b")
+        accs = [acc] + [f"{acc}_{j}" for j in range(1, UNROLL)]
+        lines += [f"    {a} = {acc}" for a in accs[1:]]
+        lines += ["    k = _lo", f"    while k + {UNROLL - 1} < _hi:"]
         lines += [f"        {s}" for s in self.loop]
-        lines.append("        k1 = k + 1")
-        lines += [f"        {s}" for s in second]
-        lines += ["        k += 2", "    if k < _hi:"]
+        for j in range(1, UNROLL):
+            lines.append(f"        k_{j} = k + {j}")
+            rename = rf"\1_{j}"
+            lines += ["        " + local.sub(rename, s) for s in self.loop]
+        lines += [f"        k += {UNROLL}", "    while k < _hi:"]
         lines += [f"        {s}" for s in self.loop]
-        lines.append(f"    {acc} = {acc} {combine} {acc}_1")
+        lines.append("        k += 1")
+        while len(accs) > 1:  # a fixed pairwise tree
+            accs = [f"({accs[i]} {combine} {accs[i + 1]})" for i in range(0, len(accs), 2)]
+        lines.append(f"    {acc} = {accs[0]}")
         lines += [f"    {s}" for s in self.post]
         return "\n".join(lines) + "\n"
 
 
-def _make_kernel(name: str, desc: str, text: str, globals_: dict[str, Any]) -> Kernel:
-    """A :class:`Kernel` from generated text, with its source where ``inspect`` finds it."""
+def _function_from_text(name: str, text: str, globals_: dict[str, Any]) -> Any:
+    """Function ``name`` defined by generated ``text``, its source where ``inspect`` (and so
+    veda's code generator) finds it."""
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     filename = f"<veda par_iter {digest}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
     namespace: dict[str, Any] = {"__name__": __name__, **globals_}
     exec(compile(text, filename, "exec"), namespace)
-    fn = namespace[name]
+    return namespace[name]
+
+
+def _make_kernel(name: str, desc: str, text: str, globals_: dict[str, Any]) -> Kernel:
+    """A :class:`Kernel` from generated text, named ``desc``."""
+    fn = _function_from_text(name, text, globals_)
     fn.__qualname__ = desc
     return Kernel(fn)
 
@@ -384,12 +456,12 @@ class ParIter:
     def __repr__(self) -> str:
         return f"<veda.ParIter {self._describe()}>"
 
-    def _describe(self, terminal: str = "") -> str:
-        parts = [self._sources[0].describe()]
+    def _describe(self, terminal: str = "", sizes: bool = True) -> str:
+        parts = [self._sources[0].describe(sizes)]
         for st in self._stages:
             if st.kind == "zip":
                 assert st.source is not None
-                parts.append(f"zip({st.source.describe()})")
+                parts.append(f"zip({st.source.describe(sizes)})")
             elif st.kind == "enumerate":
                 parts.append("enumerate()")
             else:
@@ -507,7 +579,11 @@ class ParIter:
                 if ret is nt.none:
                     raise KernelDefinitionError(f"{label}: `{_fn_name(st.fn)}` returns nothing")
                 comps = _components(ret)
-                names = w.call(st.fn, args, len(comps))
+                if not comps:
+                    raise KernelDefinitionError(
+                        f"{label}: `{_fn_name(st.fn)}` returns an empty tuple"
+                    )
+                names = w.call(st.fn, args, len(comps), isinstance(ret, BaseTuple))
             else:  # filter
                 ret = _returns(st.fn, comps, label)
                 if not isinstance(ret, nt.Boolean):
@@ -541,10 +617,12 @@ class ParIter:
         info = build(w, comps)
         name = f"par_iter_{terminal}"
         text = w.text(name)
-        digest = hashlib.sha256(
-            (text + repr(sorted((k, repr(v)) for k, v in w.globals.items()))).encode()
-        ).hexdigest()[:8]
-        desc = f"{self._describe(terminal)} [{digest}]"
+        # Named by what it does, the same in every process (the name is in the generated
+        # module's text, which the disk cache is keyed by): the digest tells apart chains
+        # that read alike but call different functions.
+        stable = "|".join(_identity(v) for _, v in sorted(w.globals.items()))
+        digest = hashlib.sha256(f"{text}|{stable}".encode()).hexdigest()[:8]
+        desc = f"{self._describe(terminal, sizes=False)} [{digest}]"
         kernel = _make_kernel(name, desc, text, w.globals)
         plan = _Plan(kernel, comps, info)
         with _plans_lock:
@@ -573,6 +651,11 @@ class ParIter:
             raise LaunchError(
                 f".{terminal}(): needs one number or bool per element, got ({shown}); "
                 "map the values to a number first"
+            )
+        if terminal in ("min", "max", "argmin", "argmax") and isinstance(comps[0], nt.Complex):
+            raise LaunchError(
+                f".{terminal}(): complex values ({comps[0]}) have no order; map them to a "
+                "real number first (abs, .real)"
             )
         return comps[0]
 
@@ -617,9 +700,8 @@ class ParIter:
         ident = dtype.type(0 if op == "sum" else 1)
         out = np.empty(self._blocks(), dtype)
         self._run(plan, ident, out)
-        if op == "sum":
-            return np.add.reduce(out, dtype=dtype) if out.size else ident
-        return np.multiply.reduce(out, dtype=dtype) if out.size else ident
+        ufunc = np.add if op == "sum" else np.multiply
+        return ufunc.reduce(out, dtype=dtype) if out.size else ident
 
     def sum(self) -> Any:
         """The sum of the values, typed as :func:`numpy.sum` types it (0 when empty).
@@ -791,7 +873,9 @@ class ParIter:
         >>> veda.par_range(1, 6).fold(0, lambda acc, i: acc + i * i).sum()
         np.int64(55)
         """
-        where = ".fold()"
+        return self._fold(identity, f, combine, ".fold()")
+
+    def _fold(self, identity: Any, f: Any, combine: Any, where: str) -> Any:
         step = _helper(f, where)
         comb = _helper(combine, f"{where} combine") if combine is not None else None
         if not isinstance(identity, (int, float, complex, np.number, np.bool_)):
@@ -804,10 +888,10 @@ class ParIter:
                 r = _returns(step, [t, *comps], where)
                 if r == t:
                     break
-                t = r
+                t, before = r, t
             else:
                 raise KernelDefinitionError(
-                    f"{where}: `{_fn_name(step)}` returns {r} for an accumulator of {t}; "
+                    f"{where}: `{_fn_name(step)}` returns {t} for an accumulator of {before}; "
                     "give an identity of the type it returns"
                 )
             if not _is_scalar(t):
@@ -822,18 +906,19 @@ class ParIter:
             return t
 
         plan = self._plan("fold", (step, acc_type), build)
+        if comb is not None:
+            r = _returns(comb, [plan.info, plan.info], f"{where} combine")
+            if r != plan.info:
+                raise KernelDefinitionError(
+                    f"{where}: combine `{_fn_name(comb)}` returns {r} for two accumulators of "
+                    f"{plan.info}; expected {plan.info}"
+                )
         dtype = as_dtype(plan.info)
         ident = dtype.type(identity)
         out = np.empty(self._blocks(), dtype)
         self._run(plan, ident, out)
         if comb is None:
             return par_iter(out)
-        r = _returns(comb, [plan.info, plan.info], f"{where} combine")
-        if r != plan.info:
-            raise KernelDefinitionError(
-                f"{where}: combine `{_fn_name(comb)}` returns {r} for two accumulators of "
-                f"{plan.info}; expected {plan.info}"
-            )
         return dtype.type(_combiner(comb)(out, ident))
 
     def reduce(self, f: Callable[[Any, Any], Any], identity: Any) -> Any:
@@ -843,7 +928,7 @@ class ParIter:
         >>> veda.par_range(1, 6).reduce(lambda a, b: a * b, 1)
         np.int64(120)
         """
-        return self.fold(identity, f, f)
+        return self._fold(identity, f, f, ".reduce()")
 
     def for_each(self, f: Callable[..., Any], *args: Any) -> None:
         """Call ``f(value..., *args)`` for every value; ``args`` (arrays, numbers) are passed
@@ -862,10 +947,28 @@ class ParIter:
         nargs = len(args)
 
         def build(w: _Writer, comps: list[Any]) -> None:
-            extra = [f"_x{j}" for j in range(nargs)]
+            argtypes = []
+            for j, a in enumerate(args, 1):
+                try:
+                    argtypes.append(numba.typeof(a))
+                except Exception:
+                    raise LaunchError(
+                        f"{where}: argument {j} ({type(a).__name__}) is not a value Numba "
+                        "can pass (an array, a number, a tuple of them)"
+                    ) from None
+            if isinstance(fn, Func):
+                written = fn.written_positions()
+                for j, a in enumerate(args, 1):
+                    ro = isinstance(a, np.ndarray) and not a.flags.writeable
+                    if ro and len(comps) + j - 1 in written:
+                        raise LaunchError(
+                            f"{where}: argument {j} is a read-only array and "
+                            f"`{_fn_name(fn)}` writes it"
+                        )
+            _returns(fn, [*comps, *argtypes], where)  # names the stage if f cannot compile
+            extra = [f"arg{j}" for j in range(1, nargs + 1)]  # as errors name them
             w.params += extra
-            g = w.global_(fn)
-            w.add(f"{g}({', '.join([*w.values, *extra])})")
+            w.add(f"{w.global_(fn)}({', '.join([*w.values, *extra])})")
 
         plan = self._plan("for_each", (fn, nargs), build)
         self._run(plan, *args)
@@ -942,7 +1045,7 @@ def _atomic_add() -> Any:
     return atomic_add
 
 
-_combiners: dict[Any, Callable[..., Any]] = {}
+_combiners: OrderedDict[Any, Func] = OrderedDict()
 _combiners_lock = threading.Lock()
 
 _COMBINE_TEXT = """\
@@ -953,19 +1056,15 @@ def par_iter_combine(parts, acc):
 """
 
 
-def _combiner(comb: Any) -> Callable[..., Any]:
+def _combiner(comb: Any) -> Func:
     """A compiled loop that combines a fold's partial results in order with ``comb``."""
     with _combiners_lock:
         found = _combiners.get(comb)
         if found is None:
-            filename = f"<veda par_iter combine {_fn_name(comb)}>"
-            linecache.cache[filename] = (
-                len(_COMBINE_TEXT),
-                None,
-                _COMBINE_TEXT.splitlines(keepends=True),
-                filename,
-            )
-            namespace: dict[str, Any] = {"__name__": __name__, "_c": comb}
-            exec(compile(_COMBINE_TEXT, filename, "exec"), namespace)
-            found = _combiners[comb] = Func(namespace["par_iter_combine"])
+            fn = _function_from_text("par_iter_combine", _COMBINE_TEXT, {"_c": comb})
+            found = _combiners[comb] = Func(fn)
+            while len(_combiners) > _FUNCS_KEPT:
+                _combiners.popitem(last=False)
+        else:
+            _combiners.move_to_end(comb)
         return found
