@@ -67,3 +67,19 @@ def test_read_only_array_subclasses_are_refused(tmp_path):
     ro = np.memmap(path, dtype=np.float64, mode="r")
     with pytest.raises(veda.LaunchError, match="read-only"):
         put[16](ro)
+
+
+def test_a_redefined_kernel_sees_its_new_global_array():
+    # A notebook cell run again with new data: the same kernel text, another array.  Numba
+    # freezes a global array into the compiled code, so each must get its own module.
+    results = []
+    for weights in (np.ones(4), np.full(4, 2.0)):
+        namespace = {"veda": veda, "W": weights}
+        exec(
+            "@veda.kernel\ndef scaled(i, x, out):\n    out[i] = W[i] * x[i]\n",
+            namespace,
+        )
+        out = np.zeros(4)
+        namespace["scaled"][4](np.ones(4), out)
+        results.append(out.tolist())
+    assert results == [[1.0] * 4, [2.0] * 4]

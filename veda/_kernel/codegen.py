@@ -243,7 +243,11 @@ def _assemble(
     on_disk = cache and not inject
     if not on_disk:  # objects without a source form: Numba cannot cache this module
         text = _cache._uncached(text)
-    name = _cache.module_name(stem, text)
+    # Injected objects are part of what the module is: the same text with another array (a
+    # notebook cell run again with new data) is another module.  A module keeps what it was
+    # given, so an id cannot be reused by another object while the module lives.
+    named = text + "".join(f"|{k}:{id(v)}" for k, v in sorted(inject.items()))
+    name = _cache.module_name(stem, named)
     module = _cache.load_module(name, text, inject, maps, on_disk)
     return Unit(module, on_disk and name not in _cache._memory_modules)
 
