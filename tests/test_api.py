@@ -36,6 +36,7 @@ EXPECTED = {
     "KernelError",
     "KernelIndexError",
     "LaunchError",
+    "ParIter",
     "ReplayError",
     "TargetUnavailableError",
     "UnknownKernelError",
@@ -56,6 +57,8 @@ EXPECTED = {
     "local_array",
     "max_threads",
     "metrics",
+    "par_iter",
+    "par_range",
     "random",
     "record",
     "replay",
@@ -149,7 +152,7 @@ def test_import_leaves_what_a_program_may_not_use_for_later():
         import sys
         import veda
         lazy = ["veda._tasks", "veda.random", "veda._kernel.language", "veda._record",
-                "veda._scan", "asyncio", "psutil"]
+                "veda._scan", "veda._iter", "asyncio", "psutil"]
         print(sorted(m for m in lazy if m in sys.modules))
         from veda._tasks import spawn
         from veda._kernel.language import atomic_add
