@@ -168,6 +168,22 @@ def test_any_stops_each_worker_early():
     assert not veda.par_range(10**11).all(lambda i: i < 5)
     with veda.config(target="parallel"):
         assert veda.par_range(10**11).any(lambda i: i == 5)
+    # found in the first window of blocks: nothing of the length's size is allocated or run
+    assert veda.par_range(10**17).any(lambda i: i == 5)
+
+
+def _fails_at_5000(v):
+    if v == 5000.0:
+        raise ValueError("bad element")
+    return v
+
+
+def test_an_exception_in_a_stage_says_which_elements():
+    x = np.arange(100_000.0)
+    with pytest.raises(veda.KernelError, match=r"bad element \(at one of elements 4992\.\.5119"):
+        veda.par_iter(x).map(_fails_at_5000).sum()
+    with pytest.raises(veda.KernelError, match="bad element"):
+        veda.par_iter(x).map(_fails_at_5000).any(lambda v: v < 0.0)
 
 
 def test_one_launch_and_no_array_of_the_domain_size():
@@ -241,7 +257,7 @@ def test_errors_name_the_stage():
         veda.par_iter([1.0, 2.0])
     with pytest.raises(veda.LaunchError, match="not a 3-d array"):
         veda.par_iter(np.zeros((2, 2, 2)))
-    with pytest.raises(veda.LaunchError, match="booleans or numbers"):
+    with pytest.raises(veda.LaunchError, match="booleans, integers"):
         veda.par_iter(np.array(["a", "b"]))
     with pytest.raises(veda.LaunchError, match="step must not be zero"):
         veda.par_range(0, 10, 0)
@@ -368,3 +384,33 @@ def test_more_errors_are_veda_errors():
         veda.par_iter(x).reduce(lambda a, b: a.no_attribute, 0.0)
     with pytest.raises(veda.KernelDefinitionError, match="Unknown attribute"):
         veda.par_iter(x).map(_bad).sum()
+    with pytest.raises(veda.LaunchError, match="a step needs a stop"):
+        veda.par_range(5, None, 2)
+    with pytest.raises(veda.LaunchError, match="masked arrays"):
+        veda.par_iter(np.ma.masked_array(x, x > 5))
+    with pytest.raises(veda.LaunchError, match="float32/64"):
+        veda.par_iter(x.astype(np.longdouble))
+    with pytest.raises(veda.LaunchError, match="identity"):
+        veda.par_iter(x).fold(2**70, _add, _add)
+
+
+def test_lambdas_of_a_chain_written_one_call_per_line():
+    x = np.arange(10.0)
+    # fmt: off
+    chain = (
+        veda.par_iter(x)
+        .map(lambda v: v + 1.0)
+        .map(lambda v: v * 100.0)
+        .filter(lambda v: v > 250.0)
+    )
+    again = (
+        veda.par_iter(x)
+        .map(lambda v: v - 1000.0)
+    )
+    # fmt: on
+    y = (x + 1.0) * 100.0
+    assert chain.sum() == y[y > 250.0].sum()
+    assert again.sum() == (x - 1000.0).sum()
+    # read back from the file (a continuation line parses only as part of the whole file),
+    # so that the disk cache can keep them
+    assert all(st.fn.source.text is not None for st in chain._stages)

@@ -44,7 +44,7 @@ from veda._kernel import codegen
 from veda._kernel.func import Func
 from veda._kernel.source import literal
 from veda._launch import Kernel
-from veda.errors import KernelDefinitionError, LaunchError
+from veda.errors import KernelDefinitionError, KernelError, LaunchError
 
 __all__ = ["ParIter", "block_size", "par_iter", "par_range"]
 
@@ -56,6 +56,9 @@ __all__ = ["ParIter", "block_size", "par_iter", "par_range"]
 BLOCK_MAX = 16384
 #: Launch indices a sequence is cut into, at least, while blocks are below BLOCK_MAX.
 BLOCKS = 1024
+
+#: Blocks in the first window ``any`` and ``all`` launch (each next window twice the last).
+ANY_WINDOW = 1024
 
 #: Elements a sum or product takes at a time, each into an accumulator of its own: one chain of
 #: additions waits four cycles for each; with four, a map -> filter -> sum keeps level with a
@@ -142,8 +145,22 @@ def _length(x: Any, what: str) -> int:
     if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
         got = f"a {x.ndim}-d array" if isinstance(x, np.ndarray) else type(x).__name__
         raise LaunchError(f"{what}: expected a 1-d or 2-d NumPy array, not {got}")
-    if x.dtype.kind not in "biufc" or (x.dtype.kind == "f" and x.dtype.itemsize == 2):
-        raise LaunchError(f"{what}: expected an array of booleans or numbers, not {x.dtype}")
+    if isinstance(x, np.ma.MaskedArray):
+        raise LaunchError(
+            f"{what}: masked arrays are not supported (the mask would be ignored); pass "
+            "x.compressed() or x.filled(value)"
+        )
+    numbers = x.dtype.kind in "biu" or (x.dtype.kind, x.dtype.itemsize) in (
+        ("f", 4),
+        ("f", 8),
+        ("c", 8),
+        ("c", 16),
+    )
+    if not numbers:
+        raise LaunchError(
+            f"{what}: expected an array of booleans, integers, float32/64 or complex64/128, "
+            f"not {x.dtype}"
+        )
     if not x.dtype.isnative:
         raise LaunchError(
             f"{what}: expected an array in this machine's byte order, not {x.dtype.str}; "
@@ -164,6 +181,8 @@ def par_range(start: int, stop: int | None = None, step: int = 1) -> ParIter:
     array([1, 4, 7])
     """
     if stop is None:
+        if step != 1:
+            raise LaunchError("veda.par_range: a step needs a stop: par_range(start, stop, step)")
         start, stop = 0, start
     for name, v in (("start", start), ("stop", stop), ("step", step)):
         if not isinstance(v, _INT_TYPES) or isinstance(v, (bool, np.bool_)):
@@ -339,6 +358,8 @@ class _Writer:
         #: The names of the components of the values that reach the terminal.
         self.values: list[str] = []
         self.depth = 0
+        #: Whether the kernel runs blocks from a first block ``_b0`` on (launched in windows).
+        self.windowed = False
         self._count = 0
         self._unrolled: tuple[str, str] | None = None
 
@@ -350,15 +371,18 @@ class _Writer:
         return f"{stem}{self._count}"
 
     def source_values(self, src: _Source, slot: int) -> list[str]:
+        # Parameter names as errors show them ("writes argument 'source'"): the iterator's own
+        # array is "source", zipped ones "zipped1", "zipped2", ...
+        a = "source" if slot == 0 else f"zipped{slot}"
         if src.kind == "range":
-            self.params += [f"_r{slot}", f"_s{slot}"]
-            expr = f"_r{slot} + k * _s{slot}"
+            self.params += [f"{a}_start", f"{a}_step"]
+            expr = f"{a}_start + k * {a}_step"
         elif src.kind == "chunks":
-            self.params += [f"_a{slot}", f"_c{slot}"]
-            expr = f"_a{slot}[k * _c{slot} : min(k * _c{slot} + _c{slot}, len(_a{slot}))]"
+            self.params += [a, "chunk_size"]
+            expr = f"{a}[k * chunk_size : min(k * chunk_size + chunk_size, len({a}))]"
         else:
-            self.params.append(f"_a{slot}")
-            expr = f"_a{slot}[k]"
+            self.params.append(a)
+            expr = f"{a}[k]"
         v = self.name("v")
         self.add(f"{v} = {expr}")
         return [v]
@@ -382,8 +406,10 @@ class _Writer:
         self._unrolled = (acc, combine)
 
     def text(self, name: str) -> str:
-        lines = [f"def {name}({', '.join(self.params)}):"]
-        lines += ["    _lo = b * _B", "    _hi = min(_lo + _B, _n)"]
+        params = self.params if not self.windowed else [*self.params[:3], "_b0", *self.params[3:]]
+        lines = [f"def {name}({', '.join(params)}):"]
+        lines.append("    _lo = (b + _b0) * _B" if self.windowed else "    _lo = b * _B")
+        lines.append("    _hi = min(_lo + _B, _n)")
         lines += [f"    {s}" for s in self.pre]
         if self._unrolled is None:
             lines.append("    for k in range(_lo, _hi):")
@@ -535,6 +561,8 @@ class ParIter:
         if not isinstance(size, _INT_TYPES) or isinstance(size, (bool, np.bool_)) or size < 1:
             raise LaunchError(f"{where}: size must be a positive integer, not {size!r}")
         size = int(size)
+        if size >= 2**63:
+            raise LaunchError(f"{where}: size {size} does not fit in a 64-bit integer")
         n = -(-src.length // size)
         return ParIter((_Source("chunks", n, src.data, size),), ())
 
@@ -642,8 +670,12 @@ class ParIter:
         n = self._length
         block = block_size(n)
         nb = -(-n // block)
-        if nb:
+        if not nb:
+            return
+        try:
             plan.kernel[nb](np.int64(n), np.int64(block), *self._args(), *extra)
+        except KernelError as exc:
+            raise _in_block(exc, block, n) from None
 
     def _one_value(self, terminal: str, comps: list[Any]) -> Any:
         if len(comps) != 1 or not _is_scalar(comps[0]):
@@ -812,32 +844,37 @@ class ParIter:
                 self._one_value(op, comps)
                 test = names[0]
             atomic = w.global_(_atomic_add())
-            w.params += ["_stop", "_out"]
+            w.params.append("_found")
+            w.windowed = True
             # Every block first looks whether another has found the answer already, and
             # stops its own loop at the first value that decides.
-            w.pre += [
-                f"if {atomic}(_stop, 0, 0) != 0:",
-                "    _out[b] = False",
-                "    return",
-                "found = False",
-            ]
+            w.pre += [f"if {atomic}(_found, 0, 0) != 0:", "    return"]
             w.add(
                 f"if {'not ' if negate else ''}{test}:",
-                "    found = True",
-                f"    {atomic}(_stop, 0, 1)",
+                f"    {atomic}(_found, 0, 1)",
                 "    break",
             )
-            w.post.append("_out[b] = found")
 
         return self._plan(op, (pred,), build)
 
     def _any(self, p: Any, negate: bool) -> bool:
         plan = self._any_plan(p, negate)
-        out = np.empty(self._blocks(), np.bool_)
-        stop = np.zeros(1, np.int64)
-        self._run(plan, stop, out)
-        found = bool(out.any())
-        return not found if negate else found
+        n = self._length
+        block = block_size(n)
+        nb = -(-n // block)
+        found = np.zeros(1, np.int64)
+        # Windows of blocks that double in size: an answer found early ends the work after the
+        # window it is in, and a search that finds nothing takes a few dozen launches.
+        first, window = 0, ANY_WINDOW
+        args = self._args()
+        while first < nb and not found[0]:
+            count = min(window, nb - first)
+            try:
+                plan.kernel[count](np.int64(n), np.int64(block), np.int64(first), *args, found)
+            except KernelError as exc:
+                raise _in_block(exc, block, n, first) from None
+            first, window = first + count, window * 2
+        return bool(found[0]) != negate
 
     def any(self, p: Callable[..., bool] | None = None) -> bool:
         """Whether some value is true (or satisfies ``p``); workers stop at the first found.
@@ -880,7 +917,12 @@ class ParIter:
         comb = _helper(combine, f"{where} combine") if combine is not None else None
         if not isinstance(identity, (int, float, complex, np.number, np.bool_)):
             raise LaunchError(f"{where}: identity must be a number or bool, not {identity!r}")
-        acc_type = numba.typeof(identity)
+        try:
+            acc_type = numba.typeof(identity)
+        except Exception:
+            raise LaunchError(
+                f"{where}: identity {identity!r} is not a number Numba can hold (64 bits)"
+            ) from None
 
         def build(w: _Writer, comps: list[Any]) -> Any:
             t = acc_type
@@ -1023,11 +1065,30 @@ class ParIter:
         if src.kind == "array" and src.data.ndim == 2 and not self._maps():
             return int(src.data.shape[1])
         raise LaunchError(
-            ".collect(): only the rows of a 2-d par_iter (with no map) can be collected as rows"
+            ".collect(): only the rows of a 2-d par_iter (with no map or zip) can be collected "
+            "as rows"
         )
 
     def _maps(self) -> bool:
         return any(st.kind in ("map", "map_with_index", "zip") for st in self._stages)
+
+
+def _in_block(exc: KernelError, block: int, n: int, first: int = 0) -> KernelError:
+    """``exc`` (raised at a launch index: block ``first + index``) said of the elements that
+    block holds."""
+    if exc.index is None:
+        return exc
+    b = first + exc.index[0]
+    lo, hi = b * block, min(n, (b + 1) * block) - 1
+    out = type(exc)(
+        exc.kernel,
+        exc.original_type,
+        f"{exc.original_message} (at one of elements {lo}..{hi}, block {b})",
+        None,
+        exc.target,
+    )
+    out.__cause__ = exc.__cause__
+    return out
 
 
 def _sum_dtype(dtype: np.dtype) -> np.dtype:

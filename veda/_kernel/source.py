@@ -18,6 +18,7 @@ import linecache
 import math
 import sys
 import textwrap
+import threading
 import types
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,12 +206,44 @@ def _code_key(code: types.CodeType) -> tuple[Any, ...]:
     return (code.co_varnames, code.co_argcount, ops)
 
 
+#: A file's text and its lambdas by line, for the lambdas no shorter piece of it parses around
+#: (the last few files read).
+_FILE_LAMBDAS: dict[str, tuple[str, dict[int, list[ast.Lambda]]]] = {}
+_FILE_LAMBDAS_LOCK = threading.Lock()
+
+
+def _file_lambdas(
+    filename: str, module_globals: dict[str, Any]
+) -> tuple[str, dict[int, list[ast.Lambda]]] | None:
+    """The text of ``filename`` (through linecache: notebook cells too) and its lambdas by
+    the line they start on, or None when it cannot be read or parsed."""
+    text = "".join(linecache.getlines(filename, module_globals))
+    with _FILE_LAMBDAS_LOCK:
+        cached = _FILE_LAMBDAS.get(filename)
+    if cached is not None and cached[0] == text:
+        return cached
+    try:
+        module = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    by_line: dict[int, list[ast.Lambda]] = {}
+    for node in ast.walk(module):
+        if isinstance(node, ast.Lambda):
+            by_line.setdefault(node.lineno, []).append(node)
+    with _FILE_LAMBDAS_LOCK:
+        if len(_FILE_LAMBDAS) >= 16:
+            _FILE_LAMBDAS.pop(next(iter(_FILE_LAMBDAS)))
+        _FILE_LAMBDAS[filename] = (text, by_line)
+    return text, by_line
+
+
 def _lambda_source(pyfunc: Any, text: str, start: int) -> FunctionSource:
     """A lambda's source as a one-line ``def`` (so that it is generated, analysed and cached
     like any function), found among the lambdas of its source lines by its compiled code."""
     code = pyfunc.__code__
     none = FunctionSource(pyfunc, None, code.co_filename, code.co_firstlineno, None)
     parsed, first = textwrap.dedent(text), start  # ``first``: the file's line of parsed line 1
+    nodes: list[ast.Lambda] | None = None
     try:
         module = ast.parse(parsed)
     except SyntaxError:  # lines inside an expression that began earlier: read them in brackets
@@ -218,11 +251,17 @@ def _lambda_source(pyfunc: Any, text: str, start: int) -> FunctionSource:
         try:
             module = ast.parse(parsed)
         except SyntaxError:
-            return none
+            # a continuation line of a longer expression (``.map(lambda v: ...)`` in a chain
+            # written one call per line, an item of a dict literal): the whole file's lambdas
+            whole = _file_lambdas(code.co_filename, pyfunc.__globals__)
+            if whole is None:
+                return none
+            parsed, by_line = whole
+            first, nodes = 1, by_line.get(code.co_firstlineno, [])
+    if nodes is None:
+        nodes = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
     found: tuple[str, int] | None = None
-    for node in ast.walk(module):
-        if not isinstance(node, ast.Lambda):
-            continue
+    for node in nodes:
         segment = ast.get_source_segment(parsed, node)
         body = ast.get_source_segment(parsed, node.body)
         if segment is None or body is None:
