@@ -414,3 +414,18 @@ def test_lambdas_of_a_chain_written_one_call_per_line():
     # read back from the file (a continuation line parses only as part of the whole file),
     # so that the disk cache can keep them
     assert all(st.fn.source.text is not None for st in chain._stages)
+
+
+def test_a_damaged_type_record_is_discarded(tmp_path):
+    from veda._iter import _return_types
+
+    with veda.config(cache_dir=str(tmp_path)):
+        it = veda.par_iter(X).map(lambda v: v * 4.0)
+        expected = it.sum()
+        records = list((tmp_path / "kernels").glob("*.record"))
+        assert records
+        for path in records:
+            path.write_bytes(b"garbage")
+        _return_types.clear()
+        with pytest.warns(RuntimeWarning, match="discarded"):
+            assert veda.par_iter(X).map(lambda v: v * 4.0).sum() == expected

@@ -40,6 +40,7 @@ from numba.core.types.containers import BaseTuple
 from numba.np.numpy_support import as_dtype
 
 from veda._config import get_config
+from veda._kernel import cache as _cache
 from veda._kernel import codegen
 from veda._kernel.func import Func
 from veda._kernel.source import literal
@@ -298,14 +299,38 @@ def _numba_message(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: Return types found by :func:`_returns`, by record name (also kept in the kernel cache).
+_return_types: dict[str, Any] = {}
+
+
 def _returns(fn: Any, argtypes: Sequence[Any], where: str) -> Any:
-    """The Numba type ``fn`` returns for ``argtypes`` (compiling it, as the kernel will)."""
+    """The Numba type ``fn`` returns for ``argtypes`` (compiling it, as the kernel will).
+
+    For a helper the answer is also kept in the kernel cache, under its generated module's
+    name (a hash of its text) and the argument types: a new process that finds it there needs
+    not load the helper's compiled code just to learn its type (about 10 ms a helper), since
+    the cached kernel holds that code already.
+    """
     sig = tuple(argtypes)
     shown = ", ".join(str(t) for t in sig)
     try:
         disp = _dispatcher(fn)
+        record = None
+        if isinstance(fn, Func):
+            what = f"{disp.py_func.__module__}|{fn.name}|{sig!r}"
+            record = "veda_type_" + hashlib.sha256(what.encode()).hexdigest()[:24]
+            found = _return_types.get(record)
+            if found is None:
+                found = _cache.load_record(record)
+            if found is not None:
+                _return_types[record] = found
+                return found
         disp.compile(sig)
-        return disp.overloads[sig].signature.return_type
+        ret = disp.overloads[sig].signature.return_type
+        if record is not None:
+            _return_types[record] = ret
+            _cache.save_record(record, ret)
+        return ret
     except KernelDefinitionError as exc:  # veda's own words (a helper calling something bad)
         raise KernelDefinitionError(f"{where}: {exc}") from None
     except Exception as exc:

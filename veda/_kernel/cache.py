@@ -369,6 +369,47 @@ def _discard_entry(path: str) -> None:
         os.unlink(path)
 
 
+def load_record(name: str) -> Any:
+    """What :func:`save_record` kept under ``name`` in the kernel cache, or None: missing,
+    or discarded with one warning when it is damaged or not ours."""
+    directory = _kernels_dir()
+    if directory is None:
+        return None
+    path = directory / f"{name}.record"
+    try:
+        raw = _files.read_private(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, _files.Untrusted) as exc:
+        _discard(str(path), str(exc))
+        return None
+    head = len(_MAGIC)
+    payload = raw[head + _DIGEST :]
+    if raw[:head] != _MAGIC or hashlib.sha256(payload).digest() != raw[head : head + _DIGEST]:
+        _discard(str(path), "damaged: its checksum does not match")
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return None
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        _discard(str(path), repr(exc))
+        return None
+
+
+def save_record(name: str, value: Any) -> None:
+    """Keep a small picklable ``value`` under ``name`` in the kernel cache, checksummed like
+    Numba's files there (nothing is kept where the cache is in memory or cannot be written)."""
+    directory = _kernels_dir()
+    if directory is None:
+        return
+    payload = pickle.dumps(value)
+    with contextlib.suppress(OSError):
+        _files.write_atomic(
+            directory / f"{name}.record", _MAGIC + hashlib.sha256(payload).digest() + payload
+        )
+
+
 def harden(module: types.ModuleType) -> None:
     """Attach the checked disk cache to the dispatchers of a generated module on disk (the
     module ran with Numba's caching off).  Where a cache cannot be attached (the file vanished
