@@ -123,13 +123,11 @@ class _Source:
         """What it is, as written; without ``sizes`` (in kernel names) lengths and bounds
         are left out, so that one kernel serves every length."""
         if self.kind == "range":
+            if not sizes:
+                return "par_range"
             start, step = self.data
-            return (
-                f"par_range({start}, {start + step * self.length}, {step})"
-                if sizes
-                else ("par_range")
-            )
-        shape = list(self.data.shape) if sizes else ["n", *self.data.shape[1:]]
+            return f"par_range({start}, {start + step * self.length}, {step})"
+        shape = list(self.data.shape) if sizes else ["n", "m"][: self.data.ndim]
         what = f"{self.data.dtype}[{', '.join(map(str, shape))}]"
         chunks = f".chunks({self.size if sizes else 'c'})" if self.kind == "chunks" else ""
         return f"par_iter({what}){chunks}"
@@ -277,8 +275,8 @@ def _fn_name(fn: Any) -> str:
 
 def _identity(fn: Any) -> str:
     """A name for a stage's function that is the same in every process (for kernel names)."""
-    if isinstance(fn, Func):
-        return f"{fn.module_name}.{fn.qualname}:{fn.source.text}"
+    if isinstance(fn, Func):  # its generated module: a hash of its text and what it reads
+        return f"{_dispatcher(fn).py_func.__module__}.{fn.name}"
     py = getattr(fn, "py_func", fn)
     return f"{getattr(py, '__module__', '')}.{getattr(py, '__qualname__', type(fn).__name__)}"
 
