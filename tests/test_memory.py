@@ -20,7 +20,10 @@ from veda._kernel import checks
 from veda.scheduler import _dispatch
 from veda.telemetry import _registry as _telemetry
 
-N = 100  # below the parallel floor: an adaptive launch runs "cpu" and explores nothing
+# Below the parallel floor (2 indices per thread): an adaptive launch runs "cpu" and explores
+# nothing, however long it takes on a loaded machine (at 100 elements a slow serial launch kept
+# the parallel candidates, whose compile then counted for a redefinition).
+N = 3
 
 
 def _cell(constant: float, tag: str) -> str:
