@@ -45,6 +45,7 @@ from veda._kernel import codegen
 from veda._kernel.func import Func
 from veda._kernel.source import literal
 from veda._launch import Kernel
+from veda._scan import _accumulator_dtype as _sum_dtype  # what np.sum accumulates in
 from veda.errors import KernelDefinitionError, KernelError, LaunchError
 
 __all__ = ["ParIter", "block_size", "par_iter", "par_range"]
@@ -1112,15 +1113,6 @@ def _in_block(exc: KernelError, block: int, n: int, first: int = 0) -> KernelErr
     )
     out.__cause__ = exc.__cause__
     return out
-
-
-def _sum_dtype(dtype: np.dtype) -> np.dtype:
-    """What :func:`numpy.sum` accumulates ``dtype`` in."""
-    if dtype.kind in "bi":
-        return np.dtype(np.int64)
-    if dtype.kind == "u":
-        return np.dtype(np.uint64)
-    return dtype
 
 
 def _atomic_add() -> Any:
