@@ -101,7 +101,8 @@ CHILD = textwrap.dedent(
     import json, sys, time
     import numpy as np
     import numba
-    numba.njit(lambda: 1)()  # Numba's start-up, not veda's
+    # Numba's start-up, not veda's: its first call with an array also imports numpy.ma
+    numba.njit(lambda a: a[0])(np.zeros(1))
     import veda
 
     def square_plus(v):
