@@ -52,6 +52,8 @@ EXPECTED = {
     "explain",
     "func",
     "get_config",
+    "graph",
+    "GraphError",
     "kernel",
     "launch",
     "local_array",
@@ -152,7 +154,7 @@ def test_import_leaves_what_a_program_may_not_use_for_later():
         import sys
         import veda
         lazy = ["veda._tasks", "veda.random", "veda._kernel.language", "veda._record",
-                "veda._scan", "veda._iter", "asyncio", "psutil"]
+                "veda._scan", "veda._iter", "veda._graph", "asyncio", "psutil"]
         print(sorted(m for m in lazy if m in sys.modules))
         from veda._tasks import spawn
         from veda._kernel.language import atomic_add

@@ -26,6 +26,7 @@ from veda.cuda import to_device, to_host
 from veda.errors import (
     ConfigError,
     DeadlineExceeded,
+    GraphError,
     KernelDefinitionError,
     KernelError,
     KernelIndexError,
@@ -44,6 +45,7 @@ from veda.telemetry import metrics
 
 if TYPE_CHECKING:
     from veda import random
+    from veda._graph import graph
     from veda._iter import ParIter, par_iter, par_range
     from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
     from veda._record import record, replay
@@ -88,9 +90,10 @@ _LAZY = {
     "record": "veda._record",
     "replay": "veda._record",
     "scan": "veda._scan",
+    "graph": "veda._graph",
     **dict.fromkeys(("ParIter", "par_iter", "par_range"), "veda._iter"),
 }
-_LAZY_MODULES = ("random", "_tasks", "_record", "_scan", "_iter")
+_LAZY_MODULES = ("random", "_tasks", "_record", "_scan", "_iter", "_graph")
 
 
 if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
@@ -116,6 +119,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "Func",
+    "GraphError",
     "Kernel",
     "KernelDefinitionError",
     "KernelError",
@@ -145,6 +149,7 @@ __all__ = [
     "explain",
     "func",
     "get_config",
+    "graph",
     "kernel",
     "launch",
     "launch_async",

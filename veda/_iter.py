@@ -42,6 +42,7 @@ from numba.np.numpy_support import as_dtype
 from veda._config import get_config
 from veda._kernel import cache as _cache
 from veda._kernel import codegen
+from veda._kernel.checks import is_masked
 from veda._kernel.func import Func
 from veda._kernel.source import literal
 from veda._launch import Kernel
@@ -145,7 +146,7 @@ def _length(x: Any, what: str) -> int:
     if not isinstance(x, np.ndarray) or x.ndim not in (1, 2):
         got = f"a {x.ndim}-d array" if isinstance(x, np.ndarray) else type(x).__name__
         raise LaunchError(f"{what}: expected a 1-d or 2-d NumPy array, not {got}")
-    if isinstance(x, np.ma.MaskedArray):
+    if is_masked(x):
         raise LaunchError(
             f"{what}: masked arrays are not supported (the mask would be ignored); pass "
             "x.compressed() or x.filled(value)"
@@ -477,7 +478,13 @@ def _make_kernel(name: str, desc: str, text: str, globals_: dict[str, Any]) -> K
     """A :class:`Kernel` from generated text, named ``desc``."""
     fn = _function_from_text(name, text, globals_)
     fn.__qualname__ = desc
-    return Kernel(fn)
+    kernel = Kernel(fn)
+    #: What veda.graph says when asked to capture this kernel's launches.
+    kernel._veda_graph_refusal = (
+        "is part of a par_iter terminal, which combines its launches' partial results in "
+        "Python: a graph replays kernels launched directly"
+    )
+    return kernel
 
 
 # -- the iterator ------------------------------------------------------------------------------

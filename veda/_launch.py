@@ -70,7 +70,17 @@ _FOLD_AT = _telemetry.FOLD_AT
 class LaunchInfo:
     """One watched launch, as interceptors see it; times are ``time.perf_counter()`` seconds."""
 
-    __slots__ = ("args", "decision", "dims", "end", "error", "kernel", "start", "thread_id")
+    __slots__ = (
+        "args",
+        "decision",
+        "dims",
+        "end",
+        "error",
+        "kernel",
+        "result",
+        "start",
+        "thread_id",
+    )
 
     def __init__(
         self, kernel: Kernel, dims: tuple[int, ...], args: tuple[Any, ...], decision: Decision
@@ -84,6 +94,8 @@ class LaunchInfo:
         self.end: float | None = None
         #: ``"Type: message"`` of the exception a failed launch raised.
         self.error: str | None = None
+        #: What the launch returned (its reduction's value, or None), once it ended.
+        self.result: Any = None
 
 
 class Interceptor:
@@ -472,7 +484,7 @@ class Kernel(KernelDefinition):
             if len(recorder.times) > entry.review_at:
                 self._review(entry, args, elapsed)
         if info is not None:
-            info.start, info.end = start, end
+            info.start, info.end, info.result = start, end, result
             failed = _end_all(watchers, info)
             if failed is not None:
                 raise failed from failed.__cause__

@@ -42,6 +42,10 @@ class LaunchError(VedaError, ValueError):
     """A launch was refused before running: bad domain, arguments or overrides."""
 
 
+class GraphError(LaunchError):
+    """A launch graph that cannot be captured or replayed as asked (:class:`veda.graph`)."""
+
+
 class TargetUnavailableError(VedaError, RuntimeError):
     """The requested target cannot run here (no GPU, no driver, extra not installed)."""
 

@@ -208,6 +208,12 @@ class Snapshot:
         """The ``tasks`` section (a ``TaskMetrics``), or None before the first task."""
         return self.sections.get("tasks")
 
+    @property
+    def graphs(self) -> Any:
+        """The ``graphs`` section (launch graphs' replays, :class:`veda.graph`), or None
+        before the first replay."""
+        return self.sections.get("graphs")
+
     @classmethod
     def take(cls, registry: Registry) -> Snapshot:
         registry.fold_all()

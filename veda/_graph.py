@@ -1,0 +1,850 @@
+"""Launch graphs (``veda.graph``): a sequence of launches captured once, replayed as one call.
+
+Inside ``with veda.graph() as g:`` launches run as usual and are recorded: the kernel, its
+domain, the decision it ran with and its arguments.  An array is an *argument slot*: the same
+array object in several launches is one slot, so a launch that reads what an earlier one wrote
+reads it through the same slot.  A scalar is a constant, unless it was made a parameter with
+:meth:`graph.param`; an array made a parameter may be rebound at replay.
+
+``g.replay(steps, **params)`` runs the sequence ``steps`` times in one call of one generated
+function, compiled with Numba: each launch calls its kernel's own compiled launcher (the serial
+loop, or the parallel one with its schedule), so a replayed launch costs no Python and no
+dispatcher.  Launches run in capture order; a parallel launch is one parallel region, whose end
+is the barrier before the next launch.  Only launches are replayed: Python code between them ran
+once, at capture.
+
+The graph is tuned as a whole: the first replays try the decisions made at capture, every
+launch on one thread, and every launch in parallel, and keep the fastest per step.  Telemetry
+reports each graph in the ``graphs`` section of :func:`veda.metrics`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import statistics
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veda._config import get_config
+from veda._hardware import cpu as hw
+from veda._hardware.signals import from_signal_handler, unwrap_interrupt
+from veda._kernel import cache as _cache
+from veda._kernel.checks import is_masked
+from veda._kernel.codegen import MODE_CODES
+from veda._launch import Interceptor, LaunchInfo, add_interceptor, remove_interceptor
+from veda._types import Decision
+from veda.errors import GraphError, KernelError, KernelIndexError, VedaError
+from veda.telemetry import _snapshot
+
+__all__ = ["GraphMetrics", "graph"]
+
+
+#: The graphs being captured in this thread or task, outermost first (the innermost records).
+_open: contextvars.ContextVar[tuple[graph, ...]] = contextvars.ContextVar("veda_graph", default=())
+
+#: Replays tried per candidate plan before the fastest is kept.
+TRIES = 3
+
+
+class _IntParam(int):
+    """An integer parameter: an ``int`` for the launch at capture, a name for the graph."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"veda.graph.param({self.name!r}, {int(self)})"
+
+
+class _FloatParam(float):
+    """A real parameter: a ``float`` for the launch at capture, a name for the graph."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"veda.graph.param({self.name!r}, {float(self)})"
+
+
+@dataclass
+class _Slot:
+    """An array of the graph: captured, or bound at replay when it is a parameter."""
+
+    array: np.ndarray
+    name: str | None  # the parameter's name, or None: always the captured array
+    written: bool
+    dtype: np.dtype[Any] = field(init=False)
+    shape: tuple[int, ...] = field(init=False)
+    layout: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dtype, self.shape, self.layout = (
+            self.array.dtype,
+            self.array.shape,
+            _layout(self.array),
+        )
+
+    def describe(self, index: int) -> str:
+        return f"parameter {self.name!r}" if self.name else f"slot {index}"
+
+
+def _layout(a: np.ndarray) -> str:
+    if a.flags.c_contiguous:
+        return "C"
+    return "F" if a.flags.f_contiguous else "A"
+
+
+@dataclass
+class _Launch:
+    kernel: Any
+    dims: tuple[int, ...]
+    decision: Decision
+    deterministic: bool
+    module: Any
+    form: Any
+    #: Each argument: ("slot", i), ("const", i) or ("param", i).
+    args: list[tuple[str, int]]
+    reduce_dtype: np.dtype[Any] | None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.dims)
+
+
+class graph(Interceptor):
+    """Capture the launches made in a ``with`` block; replay them with :meth:`replay`.
+
+    Parameters
+    ----------
+    tune : bool
+        Let the first replays choose between the decisions made at capture, one thread for
+        every launch and every launch in parallel (the default).  ``False`` replays each launch
+        with the decision it ran with at capture.
+
+    Examples
+    --------
+    >>> import numpy as np, veda
+    >>> @veda.kernel
+    ... def step(i, dt, x, v):
+    ...     x[i] += dt * v[i]
+    >>> x, v = np.zeros(100), np.ones(100)
+    >>> with veda.graph() as g:
+    ...     step[100](0.5, x, v)
+    >>> g.replay(steps=3)
+    >>> float(x[0])  # one launch at capture, three replayed
+    2.0
+
+    A scalar made a parameter takes a new value at each replay, or one per step:
+
+    >>> with veda.graph() as g:
+    ...     step[100](veda.graph.param("dt", 0.5), x, v)
+    >>> g.replay(steps=2, dt=np.array([1.0, 2.0]))
+    >>> float(x[0])
+    5.5
+    """
+
+    def __init__(self, tune: bool = True) -> None:
+        if not isinstance(tune, bool):
+            raise GraphError(f"veda.graph: tune must be True or False, not {tune!r}")
+        self.tune = tune
+        self._token: contextvars.Token[tuple[graph, ...]] | None = None
+        self._captured: list[tuple[LaunchInfo, Any]] = []  # (launch, its configuration)
+        self._keep: list[np.ndarray] = []
+        self._arrays: dict[int, str] = {}  # id(array) -> parameter name
+        self._state = "new"  # -> "capturing" -> "ready" | "failed"
+        self._lock = threading.Lock()
+        self._launches: list[_Launch] = []
+        self._slots: list[_Slot] = []
+        self._consts: list[Any] = []
+        self._params: list[tuple[str, np.dtype[Any], Any]] = []  # (name, dtype, captured value)
+        self._fns: dict[tuple[bool, ...], Any] = {}
+        self._tables: dict[tuple[int, int], np.ndarray] = {}
+        self._plans: list[tuple[str, int, np.ndarray]] = []
+        self._tried: list[list[float]] = []
+        self._choice: int | None = None
+        self._stats = _Stats()
+
+    # -- capture -------------------------------------------------------------------------------
+    def __enter__(self) -> graph:
+        if self._state != "new":
+            raise GraphError("veda.graph: this graph was captured already; use a new veda.graph()")
+        self._state = "capturing"
+        self._token = _open.set((*_open.get(), self))
+        add_interceptor(self)
+        return self
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        remove_interceptor(self)
+        if self._token is not None:
+            _open.reset(self._token)
+            self._token = None
+        if kind is not None:
+            self._state = "failed"
+            return
+        try:
+            self._build()
+        except BaseException:
+            self._state = "failed"
+            raise
+        self._state = "ready"
+
+    def active(self) -> bool:
+        scopes = _open.get()
+        return bool(scopes) and scopes[-1] is self
+
+    def end(self, launch: LaunchInfo) -> None:
+        if launch.error is None:
+            self._captured.append((launch, get_config()))
+
+    @staticmethod
+    def param(name: str, value: Any) -> Any:
+        """Make ``value`` the parameter ``name`` of the graph being captured here.
+
+        A scalar (int or float) comes back as a number the launch takes as usual; an array comes
+        back as itself.  At replay, ``g.replay(name=...)`` gives a scalar parameter a new value,
+        or one value per step (a 1-d array of ``steps`` values), and binds an array parameter to
+        another array of the same dtype, shape and layout.
+        """
+        scopes = _open.get()
+        if not scopes:
+            raise GraphError("veda.graph.param: no veda.graph() is capturing in this thread")
+        if not isinstance(name, str) or not name.isidentifier() or name == "steps":
+            raise GraphError(
+                f"veda.graph.param: the name must be an identifier other than 'steps', not {name!r}"
+            )
+        g = scopes[-1]
+        if name in g._arrays.values() or any(n == name for n, _, _ in g._params):
+            raise GraphError(f"veda.graph.param: {name!r} is a parameter of this graph already")
+        if isinstance(value, np.ndarray):
+            if id(value) in g._arrays:
+                raise GraphError(
+                    f"veda.graph.param: this array is parameter {g._arrays[id(value)]!r} already"
+                )
+            g._arrays[id(value)] = name
+            g._keep.append(value)  # its id stays its own while capturing
+            return value
+        if isinstance(value, (bool, np.bool_)):
+            raise GraphError(f"veda.graph.param({name!r}): a bool parameter is not supported")
+        out: Any
+        if isinstance(value, (int, np.integer)):
+            out = _IntParam(int(value))
+            g._params.append((name, np.dtype(np.int64), int(value)))
+        elif isinstance(value, (float, np.floating)):
+            out = _FloatParam(float(value))
+            g._params.append((name, np.dtype(np.float64), float(value)))
+        else:
+            raise GraphError(
+                f"veda.graph.param({name!r}): expected an int, a float or a NumPy array, not "
+                f"{type(value).__name__}"
+            )
+        out.name = name
+        return out
+
+    def _build(self) -> None:
+        if not self._captured:
+            raise GraphError(
+                "veda.graph: no launch was made in the block; there is nothing to replay"
+            )
+        slots: dict[int, int] = {}
+        consts: list[Any] = []
+        params = {n: i for i, (n, _, _) in enumerate(self._params)}
+        used: set[str] = set()
+        for number, (info, cfg) in enumerate(self._captured):
+            kernel, decision = info.kernel, info.decision
+            where = f"launch #{number} (kernel {kernel.name!r})"
+            refusal = getattr(kernel, "_veda_graph_refusal", None)
+            if refusal:
+                raise GraphError(f"veda.graph: {where} {refusal}")
+            if decision.target not in ("cpu", "parallel"):
+                raise GraphError(
+                    f"veda.graph: {where} ran on target {decision.target!r}; graphs replay "
+                    "launches on the CPU targets ('cpu', 'parallel') only"
+                )
+            form = kernel.form(len(info.dims), len(info.args))
+            module = form.program((cfg.boundscheck, cfg.cache))
+            written = set(form.maybe_written)
+            args: list[tuple[str, int]] = []
+            for pos, value in enumerate(info.args):
+                name = form.names[pos] if pos < len(form.names) else str(pos)
+                if isinstance(value, np.ndarray):
+                    at = slots.get(id(value))
+                    if at is None:
+                        at = slots[id(value)] = len(self._slots)
+                        self._slots.append(_Slot(value, self._arrays.get(id(value)), False))
+                    self._slots[at].written |= pos in written
+                    args.append(("slot", at))
+                elif isinstance(value, (_IntParam, _FloatParam)) and value.name in params:
+                    args.append(("param", params[value.name]))
+                    used.add(value.name)
+                elif isinstance(value, (bool, int, float, complex, np.generic)):
+                    args.append(("const", len(consts)))
+                    consts.append(value)
+                else:
+                    raise GraphError(
+                        f"veda.graph: {where}, argument {name!r}: a graph takes arrays and "
+                        f"scalars, not {type(value).__name__}"
+                    )
+            reduce_dtype = None
+            if kernel.reduce is not None:
+                reduce_dtype = np.asarray(info.result).dtype
+            self._launches.append(
+                _Launch(
+                    kernel,
+                    tuple(info.dims),
+                    decision,
+                    bool(cfg.deterministic) and (kernel.reduce is not None or bool(form.private)),
+                    module,
+                    form,
+                    args,
+                    reduce_dtype,
+                )
+            )
+        unused = [n for n, _, _ in self._params if n not in used]
+        unused += [n for n in self._arrays.values() if n not in {s.name for s in self._slots}]
+        if unused:
+            raise GraphError(
+                f"veda.graph: parameter(s) {', '.join(map(repr, unused))} were made but no "
+                "launch in the block took them"
+            )
+        self._consts = consts
+        self._dims = np.zeros((len(self._launches), 3), np.int64)
+        for i, L in enumerate(self._launches):
+            self._dims[i, : len(L.dims)] = L.dims
+        self._captured = []
+        self._keep = []
+        self._plans = self._candidates()
+        self._tried = [[] for _ in self._plans]
+        if not self.tune or len(self._plans) == 1:
+            self._choice = 0
+        names: list[list[Any]] = []  # runs of one kernel: "graph[pull, kick x4]"
+        for L in self._launches:
+            if names and names[-1][0] == L.kernel.name:
+                names[-1][1] += 1
+            else:
+                names.append([L.kernel.name, 1])
+        self.name = "graph[" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in names) + "]"
+        _registry[id(self)] = self
+
+    def _candidates(self) -> list[tuple[str, int, np.ndarray]]:
+        """(label, threads, plan): a plan has a row per launch, (parallel, mode, chunk)."""
+        n = len(self._launches)
+        captured = np.zeros((n, 3), np.int64)
+        threads = 1
+        for i, L in enumerate(self._launches):
+            d = L.decision
+            if d.target == "parallel":
+                captured[i] = (1, MODE_CODES[d.schedule], max(1, min(d.chunk, max(1, L.size))))
+                threads = max(threads, d.threads or 1)
+        if hw.parallel_unavailable_reason() is not None:
+            captured[:, 0] = 0
+        out = [("as captured", threads if captured[:, 0].any() else 1, captured)]
+        if not self.tune:
+            return out
+        serial = np.zeros((n, 3), np.int64)
+        out.append(("one thread", 1, serial))
+        top = hw.max_threads()
+        if top > 1 and hw.parallel_unavailable_reason() is None:
+            par = np.zeros((n, 3), np.int64)
+            par[:, 0], par[:, 1], par[:, 2] = 1, MODE_CODES["static"], 1
+            out.append(("parallel", top, par))
+        unique: dict[tuple[int, bytes], tuple[str, int, np.ndarray]] = {}
+        for label, t, plan in out:
+            unique.setdefault((t, plan.tobytes()), (label, t, plan))
+        return list(unique.values())
+
+    # -- code ----------------------------------------------------------------------------------
+    def _text(self, pattern: tuple[bool, ...]) -> str:
+        """The module of the replay function for one pattern: which launches run in parallel
+        (each pattern is compiled on first use: a launcher no plan runs is not compiled)."""
+        lines = [
+            f"# veda launch graph {self.name} (generated)",
+            "import numba as _veda_numba",
+            "from veda._kernel import language as _veda_lang",
+            "from veda._kernel.cache import get_module as _veda_get",
+            "",
+        ]
+        for i, L in enumerate(self._launches):
+            serial, par = (
+                ("_veda_det_cpu", "_veda_det_parallel")
+                if L.deterministic
+                else (
+                    "_veda_cpu",
+                    "_veda_parallel",
+                )
+            )
+            lines.append(f"_m{i} = _veda_get({L.module.__name__!r})")
+            lines.append(f"_p{i} = _m{i}.{par}" if pattern[i] else f"_s{i} = _m{i}.{serial}")
+        tabs = [f"_t{i}" for i in range(len(self._launches))]
+        slots = [f"a{i}" for i in range(len(self._slots))]
+        consts = [f"c{i}" for i in range(len(self._consts))]
+        params = [f"q{i}" for i in range(len(self._params))]
+        reds = [f"r{i}" for i, L in enumerate(self._launches) if L.reduce_dtype is not None]
+        sig = ", ".join(
+            ["_steps", "_pr", "_T", "_plan", "_dims", *tabs, *slots, *consts, *params, *reds]
+        )
+        lines += [
+            "",
+            "",
+            "@_veda_numba.njit(cache=True, nogil=True, boundscheck=False)",
+            f"def _veda_graph({sig}):",
+            *(
+                f"    _n{i}_{k} = _dims[{i}, {k}]"
+                for i, L in enumerate(self._launches)
+                for k in range(len(L.dims))
+            ),
+            "    _tp = _veda_lang.cycles()",
+            "    for _st in range(_steps):",
+            "        _pr[0] = _st",
+        ]
+        for i, L in enumerate(self._launches):
+            names = {"slot": "a", "const": "c", "param": "q"}
+            args = [f"{names[k]}{j}" + ("[_st]" if k == "param" else "") for k, j in L.args]
+            # domains are arguments, not literals: a constant domain inlined into the call of
+            # a launcher changes how LLVM compiles its loop (Floyd-Warshall's ran 2x slower)
+            dims = [f"_n{i}_{k}" for k in range(len(L.dims))]
+            serial_args = ", ".join([*dims, *args])
+            par_args = ", ".join([*dims, "_T", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}", *args])
+            lines.append(f"        _pr[1] = {i}")
+            if not pattern[i]:
+                lines.append(f"        _o{i} = _s{i}({serial_args})")
+                if L.reduce_dtype is not None:
+                    lines.append(f"        r{i}[_st] = _o{i}[0]")
+                continue
+            lines += [
+                f"        _q{i} = _p{i}({par_args})",
+                f"        if _q{i}[1] >= 0:",
+                f"            _pr[2] = _q{i}[1]",
+                f"            _pr[3] = _q{i}[2]",
+                "            return",
+            ]
+            if L.reduce_dtype is not None:
+                lines.append(f"        r{i}[_st] = _q{i}[0][0]")
+        lines += [
+            # Ctrl-C between launches: polled about every 0.05 s, as the launchers do.
+            "        _now = _veda_lang.cycles()",
+            "        if _now - _tp >= 134217728:",
+            "            _tp = _now",
+            "            _veda_lang.raise_pending(_veda_lang.poll_signals())",
+            "    _pr[1] = -1",
+            "",
+        ]
+        return "\n".join(lines)
+
+    def _compiled(self, plan: np.ndarray) -> Any:
+        pattern = tuple(bool(p) for p in plan[:, 0])
+        fn = self._fns.get(pattern)
+        if fn is None:
+            with self._lock:
+                fn = self._fns.get(pattern)
+                if fn is None:
+                    text = self._text(pattern)
+                    name = _cache.module_name("graph", text)
+                    mod = _cache.load_module(name, text, None, [], get_config().cache)
+                    fn = self._fns[pattern] = mod._veda_graph
+        return fn
+
+    # -- replay --------------------------------------------------------------------------------
+    def __call__(self, steps: int = 1, per_step: bool = False, **params: Any) -> Any:
+        return self.replay(steps, per_step, **params)
+
+    def replay(self, steps: int = 1, per_step: bool = False, **params: Any) -> Any:
+        """Run the captured launches ``steps`` times, in one compiled call.
+
+        Parameters
+        ----------
+        steps : int
+            How many times the whole sequence runs.
+        per_step : bool
+            Return each reduction's value at every step (an array of ``steps`` values) rather
+            than at the last step.
+        **params
+            Values for the parameters made with :meth:`param`: a scalar, or for a scalar
+            parameter an array of one value per step; an array for an array parameter.
+
+        Returns
+        -------
+        None when no launch reduces; else the value of the reducing launch (a tuple of them,
+        in launch order, when several reduce), at the last step or per step.
+        """
+        if self._state != "ready":
+            why = {
+                "new": "was not captured (use it in a with block first)",
+                "capturing": "is still capturing",
+                "failed": "failed to capture",
+            }[self._state]
+            raise GraphError(f"veda.graph: this graph {why}; it cannot be replayed")
+        if _open.get():
+            raise GraphError(
+                "veda.graph.replay: a graph is capturing here, and a replay is not a launch it "
+                "could record; replay after the with block"
+            )
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise GraphError(f"veda.graph.replay: steps must be an int >= 0, not {steps!r}")
+        steps = int(steps)
+        slots, values = self._bind(steps, params)
+        reds = [
+            np.empty(steps, L.reduce_dtype) for L in self._launches if L.reduce_dtype is not None
+        ]
+        if steps > 0:
+            self._run(steps, slots, values, reds)
+        if not reds:
+            return None
+        out = [r if per_step else (r[-1] if steps else None) for r in reds]
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def _bind(self, steps: int, params: dict[str, Any]) -> tuple[list[np.ndarray], list[Any]]:
+        known = {n for n, _, _ in self._params} | {s.name for s in self._slots if s.name}
+        for name in params:
+            if name not in known:
+                names = ", ".join(sorted(known)) or "none"
+                raise GraphError(
+                    f"veda.graph.replay: {name!r} is not a parameter of this graph "
+                    f"(its parameters: {names})"
+                )
+        arrays = []
+        for i, slot in enumerate(self._slots):
+            a = params.get(slot.name, slot.array) if slot.name else slot.array
+            what = slot.describe(i)
+            if not isinstance(a, np.ndarray) or is_masked(a):
+                raise GraphError(
+                    f"veda.graph.replay: {what} expects a NumPy array, not {type(a).__name__}"
+                )
+            if a.dtype != slot.dtype or a.shape != slot.shape or _layout(a) != slot.layout:
+                raise GraphError(
+                    f"veda.graph.replay: {what} was captured as a {slot.layout}-ordered "
+                    f"{slot.dtype} array of shape {slot.shape}, not a {_layout(a)}-ordered "
+                    f"{a.dtype} array of shape {a.shape}"
+                )
+            if slot.written and not a.flags.writeable:
+                raise GraphError(
+                    f"veda.graph.replay: {what} is written by the graph, but the "
+                    "array given is read-only"
+                )
+            arrays.append(a)
+        for i, a in enumerate(arrays):  # a rebound array may not alias another slot
+            if self._slots[i].name and self._slots[i].name in params:
+                for j, b in enumerate(arrays):
+                    if (
+                        j != i
+                        and np.may_share_memory(a, b)
+                        and not np.may_share_memory(self._slots[i].array, self._slots[j].array)
+                    ):
+                        raise GraphError(
+                            f"veda.graph.replay: {self._slots[i].describe(i)} shares memory "
+                            f"with {self._slots[j].describe(j)}, which the captured arrays "
+                            "did not"
+                        )
+        values = []
+        for name, dtype, captured in self._params:
+            v = params.get(name, captured)
+            values.append(_per_step(name, v, dtype, steps))
+        return arrays, values
+
+    def _open_plans(self) -> list[int]:
+        """The plans still in the running: a plan with parallel launches is dropped once the
+        one-thread plan took less per step than two region entries per parallel launch (it
+        cannot win, as with a single launch: veda.targets.cpu.REGION_ENTRY)."""
+        from veda.targets.cpu import REGION_ENTRY
+
+        serial = [t for (label, _, _), t in zip(self._plans, self._tried) if label == "one thread"]
+        floor = statistics.median(serial[0]) if serial and serial[0] else None
+        out = []
+        for i, (_, _, plan) in enumerate(self._plans):
+            regions = int(plan[:, 0].sum())
+            if i and regions and floor is not None and floor < 2 * REGION_ENTRY * regions:
+                continue
+            out.append(i)
+        return out
+
+    def _plan(self) -> int:
+        if self._choice is not None:
+            return self._choice
+        # in order: as captured (its launchers are compiled), one thread, parallel
+        return min(self._open_plans(), key=lambda i: len(self._tried[i]))
+
+    def _run(self, steps: int, slots: list[np.ndarray], values: list[Any], reds: list[Any]) -> None:
+        which = self._plan()
+        label, threads, plan = self._plans[which]
+        if plan[:, 0].any() and hw.parallel_unavailable_reason() is not None:
+            # A fork child of OpenMP: no parallel region can run here; every launch on one
+            # thread, the same loops (telemetry shows the plan as "one thread (after fork)").
+            which, label, threads = -1, "one thread (after fork)", 1
+            plan = np.zeros_like(plan)
+        fn = self._compiled(plan)
+        tables = [self._table(L, threads, plan[i]) for i, L in enumerate(self._launches)]
+        pr = np.full(4, -1, np.int64)
+        parallel = bool(plan[:, 0].any())
+        compiled_before = bool(fn.signatures)
+        args = (
+            steps,
+            pr,
+            threads,
+            plan,
+            self._dims,
+            *tables,
+            *slots,
+            *self._consts,
+            *values,
+            *reds,
+        )
+        grant = hw.Grant() if parallel else None
+        previous = 0
+        start = time.perf_counter()
+        try:
+            if parallel:
+                hw.threading_layer()
+                threads_now = hw.budget.take(grant, threads)
+                if threads_now != threads:  # the machine is shared now: run on what it lends
+                    args = (steps, pr, threads_now, *args[3:])
+                previous = hw.get_threads()
+                if previous != threads_now:
+                    hw.set_threads(threads_now)
+                if hw.serialise:
+                    with hw.region_lock:
+                        fn(*args)
+                else:
+                    fn(*args)
+            else:
+                fn(*args)
+        except VedaError:
+            raise
+        except Exception as exc:
+            interrupt = unwrap_interrupt(exc)
+            if interrupt is not exc:
+                raise interrupt from None
+            if from_signal_handler(exc):
+                raise
+            raise self._failure(pr, slots, values, exc) from exc
+        finally:
+            try:
+                if previous and previous != hw.get_threads():
+                    hw.set_threads(previous)
+            finally:
+                if grant is not None:
+                    hw.budget.give(grant)
+                    hw.budget.wake()
+        elapsed = time.perf_counter() - start
+        if pr[2] >= 0:  # a parallel launch failed in the chunk [pr[2], pr[3])
+            raise self._failure(pr, slots, values, None)
+        self._stats.add(steps, elapsed, label, compiled=not compiled_before)
+        if self._choice is None and compiled_before and which >= 0:
+            with self._lock:
+                self._tried[which].append(elapsed / steps)
+                running = self._open_plans()
+                if all(len(self._tried[i]) >= TRIES for i in running):
+                    self._choice = min(running, key=lambda i: statistics.median(self._tried[i]))
+                    self._stats.chosen = self._plans[self._choice][0]
+
+    def _table(self, L: _Launch, threads: int, row: np.ndarray) -> np.ndarray:
+        from veda.targets.cpu import _NO_BOUNDS, _guided_table
+
+        if row[0] == 0 or row[1] != MODE_CODES["guided"] or (L.deterministic and L.form.private):
+            return _NO_BOUNDS
+        key = (id(L), threads)
+        table = self._tables.get(key)
+        if table is None:
+            blocks = L.deterministic and L.form.reduce is not None
+            table = self._tables[key] = _guided_table(L.size, threads, int(row[2]), blocks)
+        return table
+
+    def _failure(
+        self, pr: np.ndarray, slots: list[np.ndarray], values: list[Any], exc: Exception | None
+    ) -> VedaError:
+        """The error of a replay that failed at step pr[0], launch pr[1]: the kernel's own
+        exception, found as a plain launch finds it, with the step and launch noted."""
+        from veda.targets.cpu import _failing_index, recover_exception
+
+        step, number = int(pr[0]), int(pr[1])
+        if not 0 <= number < len(self._launches):
+            return GraphError(f"veda.graph: replay failed at step {step}: {exc!r}")
+        L = self._launches[number]
+        args = []
+        for kind, j in L.args:
+            args.append(
+                slots[j]
+                if kind == "slot"
+                else self._consts[j]
+                if kind == "const"
+                else values[j][step]
+            )
+        args_t = tuple(args)
+        err: VedaError
+        if exc is None:
+            err = recover_exception(
+                L.form, L.module, int(pr[2]), int(pr[3]), L.dims, args_t, "parallel"
+            )
+        else:
+            index = _failing_index(L.module, L.size, L.dims, args_t)
+            cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
+            err = cls(L.kernel.name, type(exc), str(exc), index, "cpu")
+        err.add_note(f"in veda.graph {self.name}: step {step}, launch #{number}")
+        return err
+
+    # -- reports -------------------------------------------------------------------------------
+    @property
+    def launches(self) -> list[str]:
+        """One line per captured launch: the kernel, its domain and decision, its arguments."""
+        out = []
+        for i, L in enumerate(self._launches):
+            args = []
+            for pos, (kind, j) in enumerate(L.args):
+                name = L.form.names[pos] if pos < len(L.form.names) else str(pos)
+                if kind == "slot":
+                    args.append(f"{name}={self._slots[j].describe(j)}")
+                elif kind == "param":
+                    args.append(f"{name}=parameter {self._params[j][0]!r}")
+                else:
+                    args.append(f"{name}={self._consts[j]!r}")
+            out.append(f"#{i} {L.kernel.name}{list(L.dims)} {L.decision}: " + ", ".join(args))
+        return out
+
+    def __repr__(self) -> str:
+        if self._state != "ready":
+            return f"<veda.graph ({self._state})>"
+        chosen = self._plans[self._choice][0] if self._choice is not None else "tuning"
+        return f"<veda.graph {self.name}: {len(self._launches)} launches, plan {chosen}>"
+
+
+def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray:
+    """A parameter's values, one per step."""
+    kind = "an int" if dtype.kind == "i" else "a real number"
+    if isinstance(v, (bool, np.bool_)):
+        raise GraphError(f"veda.graph.replay: parameter {name!r} expects {kind}, not a bool")
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        if dtype.kind == "i" and not isinstance(v, (int, np.integer)):
+            raise GraphError(f"veda.graph.replay: parameter {name!r} expects an int, not {v!r}")
+        return np.full(max(steps, 1), v, dtype)
+    a = np.asarray(v) if isinstance(v, (list, tuple, range, np.ndarray)) else None
+    if (
+        a is None
+        or a.ndim != 1
+        or a.shape[0] != steps
+        or a.dtype.kind not in "iuf"
+        or (dtype.kind == "i" and a.dtype.kind == "f")
+    ):
+        raise GraphError(
+            f"veda.graph.replay: parameter {name!r} expects {kind}, or a 1-d array of one such "
+            f"value per step ({steps}), not {type(v).__name__}"
+            + (f" of shape {a.shape} and dtype {a.dtype}" if a is not None else "")
+        )
+    return np.ascontiguousarray(a, dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Telemetry: the ``graphs`` section of veda.metrics()
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.replays = self.steps = 0
+        self.seconds = 0.0
+        self.by_plan: dict[str, list[float]] = {}
+        self.chosen: str | None = getattr(self, "chosen", None)
+
+    def add(self, steps: int, seconds: float, plan: str, compiled: bool) -> None:
+        """A replay; one that ``compiled`` its plan's function counts, but not per step."""
+        with self.lock:
+            self.replays += 1
+            self.steps += steps
+            self.seconds += seconds
+            if not compiled:
+                self.by_plan.setdefault(plan, []).append(seconds / steps)
+
+
+#: The graphs captured in this process (a graph let go leaves its figures with it).
+_registry: weakref.WeakValueDictionary[int, graph] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True)
+class GraphMetrics:
+    """One graph's figures: replays, steps, seconds, per-step medians by plan."""
+
+    name: str
+    launches: tuple[str, ...]
+    replays: int
+    steps: int
+    seconds: float
+    per_step: dict[str, float]
+    chosen: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "launches": list(self.launches),
+            "replays": self.replays,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "per_step_seconds": dict(self.per_step),
+            "chosen": self.chosen,
+        }
+
+
+@dataclass(frozen=True)
+class GraphsSection:
+    graphs: tuple[GraphMetrics, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"graphs": [g.to_dict() for g in self.graphs]}
+
+    def families(self) -> list[tuple[str, str, str, list[tuple[str, str, float]]]]:
+        def samples(attr: str) -> list[tuple[str, str, float]]:
+            return [("", f'graph="{g.name}"', float(getattr(g, attr))) for g in self.graphs]
+
+        return [
+            (
+                "veda_graph_replays_total",
+                "counter",
+                "Replays of each launch graph.",
+                samples("replays"),
+            ),
+            (
+                "veda_graph_steps_total",
+                "counter",
+                "Steps replayed by each launch graph.",
+                samples("steps"),
+            ),
+            (
+                "veda_graph_seconds_total",
+                "counter",
+                "Seconds spent replaying each launch graph.",
+                samples("seconds"),
+            ),
+        ]
+
+
+class _Source:
+    def take(self) -> GraphsSection | None:
+        out = []
+        for g in list(_registry.values()):
+            s = g._stats
+            with s.lock:
+                if not s.replays:
+                    continue
+                out.append(
+                    GraphMetrics(
+                        g.name,
+                        tuple(g.launches),
+                        s.replays,
+                        s.steps,
+                        s.seconds,
+                        {k: statistics.median(v) for k, v in s.by_plan.items()},
+                        s.chosen,
+                    )
+                )
+        return GraphsSection(tuple(out)) if out else None
+
+    def reset(self) -> None:
+        for g in list(_registry.values()):
+            with g._stats.lock:
+                g._stats.reset()
+
+
+_snapshot.sections["graphs"] = _Source()
