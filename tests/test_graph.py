@@ -334,3 +334,38 @@ def test_a_forked_child_replays_a_parallel_graph_on_one_thread(tmp_path):
     assert "status 0 6.0" in out.stdout, out.stdout + out.stderr[-2000:]
     (child,) = [line for line in out.stdout.splitlines() if line.startswith("child")]
     assert child.startswith("child 10.0 10.0") and "one thread (after fork)" in child, child
+
+
+@pytest.mark.parametrize("how", ["k[n]", "veda.launch"])
+def test_a_domain_parameter_changes_the_domain_per_step(how):
+    @veda.kernel
+    def bump(i, s, x):
+        x[i] += s
+
+    @veda.kernel(reduce="max")
+    def top(i, x):
+        return x[i]
+
+    x, want = np.zeros(4000), np.zeros(4000)
+    sizes = [3000, 10, 0, 4000, 1234]
+    with veda.config(target="parallel", schedule="guided"), veda.graph() as g:
+        n = veda.graph.param("n", sizes[0])
+        if how == "k[n]":
+            bump[n](1.0, x)
+        else:
+            veda.launch(bump, n, 1.0, x)
+        top[4000](x)
+    want[: sizes[0]] += 1.0
+    peaks = []
+    for m in sizes[1:]:
+        want[:m] += 1.0
+        peaks.append(want.max())
+    got = g.replay(len(sizes) - 1, per_step=True, n=np.array(sizes[1:]))
+    assert np.array_equal(x, want) and got.tolist() == peaks
+    with pytest.raises(veda.GraphError, match="'n' sizes the domain of launch #0 .* not -1"):
+        g.replay(1, n=-1)
+    with veda.graph() as h:
+        top[veda.graph.param("m", 10)](x)
+    with pytest.raises(veda.GraphError, match="makes the domain of launch #0 empty"):
+        h.replay(2, m=np.array([3, 0]))
+    assert h.replay(1, m=2) == want[:2].max()

@@ -109,6 +109,14 @@ class _Launch:
     #: Each argument: ("slot", i), ("const", i) or ("param", i).
     args: list[tuple[str, int]]
     reduce_dtype: np.dtype[Any] | None
+    #: Per axis of the domain: the index of the parameter that sizes it, or None.
+    sized_by: tuple[int | None, ...]
+
+    def dims_at(self, values: list[np.ndarray], step: int) -> tuple[int, ...]:
+        """The domain at ``step`` (its parameters' values then)."""
+        return tuple(
+            d if p is None else int(values[p][step]) for d, p in zip(self.dims, self.sized_by)
+        )
 
     @property
     def size(self) -> int:
@@ -204,10 +212,11 @@ class graph(Interceptor):
     def param(name: str, value: Any) -> Any:
         """Make ``value`` the parameter ``name`` of the graph being captured here.
 
-        A scalar (int or float) comes back as a number the launch takes as usual; an array comes
-        back as itself.  At replay, ``g.replay(name=...)`` gives a scalar parameter a new value,
-        or one value per step (a 1-d array of ``steps`` values), and binds an array parameter to
-        another array of the same dtype, shape and layout.
+        A scalar (int or float) comes back as a number the launch takes as usual, as an
+        argument or (an int) as a size of its domain, ``k[veda.graph.param("n", 100)](...)``;
+        an array comes back as itself.  At replay, ``g.replay(name=...)`` gives a scalar
+        parameter a new value, or one value per step (a 1-d array of ``steps`` values), and
+        binds an array parameter to another array of the same dtype, shape and layout.
         """
         scopes = _open.get()
         if not scopes:
@@ -291,6 +300,12 @@ class graph(Interceptor):
             reduce_dtype = None
             if kernel.reduce is not None:
                 reduce_dtype = np.asarray(info.result).dtype
+            sized_by = []
+            for d in info.domain:
+                p = params.get(d.name) if isinstance(d, _IntParam) else None
+                sized_by.append(p)
+                if p is not None:
+                    used.add(d.name)
             self._launches.append(
                 _Launch(
                     kernel,
@@ -301,6 +316,7 @@ class graph(Interceptor):
                     form,
                     args,
                     reduce_dtype,
+                    tuple(sized_by),
                 )
             )
         unused = [n for n, _, _ in self._params if n not in used]
@@ -337,7 +353,10 @@ class graph(Interceptor):
         for i, L in enumerate(self._launches):
             d = L.decision
             if d.target == "parallel":
-                captured[i] = (1, MODE_CODES[d.schedule], max(1, min(d.chunk, max(1, L.size))))
+                mode = d.schedule
+                if mode == "guided" and any(p is not None for p in L.sized_by):
+                    mode = "dynamic"  # a guided table is made for one size, and this one varies
+                captured[i] = (1, MODE_CODES[mode], max(1, min(d.chunk, max(1, L.size))))
                 threads = max(threads, d.threads or 1)
         if hw.parallel_unavailable_reason() is not None:
             captured[:, 0] = 0
@@ -395,6 +414,7 @@ class graph(Interceptor):
                 f"    _n{i}_{k} = _dims[{i}, {k}]"
                 for i, L in enumerate(self._launches)
                 for k in range(len(L.dims))
+                if L.sized_by[k] is None
             ),
             "    _tp = _veda_lang.cycles()",
             "    for _st in range(_steps):",
@@ -409,6 +429,9 @@ class graph(Interceptor):
             serial_args = ", ".join([*dims, *args])
             par_args = ", ".join([*dims, "_T", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}", *args])
             lines.append(f"        _pr[1] = {i}")
+            lines += [
+                f"        _n{i}_{k} = q{p}[_st]" for k, p in enumerate(L.sized_by) if p is not None
+            ]
             if not pattern[i]:
                 lines.append(f"        _o{i} = _s{i}({serial_args})")
                 if L.reduce_dtype is not None:
@@ -542,6 +565,23 @@ class graph(Interceptor):
         for name, dtype, captured in self._params:
             v = params.get(name, captured)
             values.append(_per_step(name, v, dtype, steps))
+        for number, L in enumerate(self._launches):
+            for p in L.sized_by:
+                if p is None or not steps:
+                    continue
+                low = int(values[p][:steps].min())
+                if low < 0:
+                    raise GraphError(
+                        f"veda.graph.replay: parameter {self._params[p][0]!r} sizes the domain "
+                        f"of launch #{number} (kernel {L.kernel.name!r}); it must be >= 0, "
+                        f"not {low}"
+                    )
+                if low == 0 and L.kernel.reduce in ("min", "max"):
+                    raise GraphError(
+                        f"veda.graph.replay: parameter {self._params[p][0]!r} makes the domain "
+                        f"of launch #{number} empty, and its reduce={L.kernel.reduce!r} has no "
+                        "identity"
+                    )
         return arrays, values
 
     def _open_plans(self) -> list[int]:
@@ -662,6 +702,7 @@ class graph(Interceptor):
         if not 0 <= number < len(self._launches):
             return GraphError(f"veda.graph: replay failed at step {step}: {exc!r}")
         L = self._launches[number]
+        dims = L.dims_at(values, step)
         args = []
         for kind, j in L.args:
             args.append(
@@ -675,10 +716,10 @@ class graph(Interceptor):
         err: VedaError
         if exc is None:
             err = recover_exception(
-                L.form, L.module, int(pr[2]), int(pr[3]), L.dims, args_t, "parallel"
+                L.form, L.module, int(pr[2]), int(pr[3]), dims, args_t, "parallel"
             )
         else:
-            index = _failing_index(L.module, L.size, L.dims, args_t)
+            index = _failing_index(L.module, math.prod(dims), dims, args_t)
             cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
             err = cls(L.kernel.name, type(exc), str(exc), index, "cpu")
         err.add_note(f"in veda.graph {self.name}: step {step}, launch #{number}")

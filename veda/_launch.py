@@ -25,6 +25,7 @@ checks written in and the compiled loop called directly.  Everything else takes 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import threading
@@ -67,13 +68,48 @@ _FOLD_AT = _telemetry.FOLD_AT
 # The interceptor slot
 
 
+#: The domain of the launch being made, as it was written, where it held ints of a subclass
+#: (``veda.graph.param`` parameters): (kernel, the items).  LaunchInfo.domain reads it.
+_written: contextvars.ContextVar[tuple[Any, tuple[Any, ...]] | None] = contextvars.ContextVar(
+    "veda_written_domain", default=None
+)
+
+
+def _written_items(domain: Any) -> tuple[Any, ...] | None:
+    """The items of ``domain`` if one is an int of a subclass (not a bool), else None."""
+    items = tuple(domain) if isinstance(domain, (tuple, list)) else (domain,)
+    for d in items:
+        if type(d) is not int and isinstance(d, int) and not isinstance(d, bool):
+            return items
+    return None
+
+
+def _noting(launcher: Callable[..., Any], kernel: Kernel, items: tuple[Any, ...]) -> Any:
+    """``launcher``, noting the domain as written for the interceptors of its launches."""
+
+    def launch(*args: Any) -> Any:
+        token = _written.set((kernel, items))
+        try:
+            return launcher(*args)
+        finally:
+            _written.reset(token)
+
+    launch.dims = launcher.dims  # type: ignore[attr-defined]
+    return launch
+
+
 class LaunchInfo:
-    """One watched launch, as interceptors see it; times are ``time.perf_counter()`` seconds."""
+    """One watched launch, as interceptors see it; times are ``time.perf_counter()`` seconds.
+
+    ``domain`` is the domain as written where it held parameters (ints of a subclass, such as
+    ``veda.graph.param``), else ``dims``.
+    """
 
     __slots__ = (
         "args",
         "decision",
         "dims",
+        "domain",
         "end",
         "error",
         "kernel",
@@ -87,6 +123,8 @@ class LaunchInfo:
     ) -> None:
         self.kernel = kernel
         self.dims = dims
+        written = _written.get()
+        self.domain = written[1] if written is not None and written[0] is kernel else dims
         self.args = args
         self.decision = decision
         self.thread_id = threading.get_ident()
@@ -387,6 +425,10 @@ class Kernel(KernelDefinition):
                     self._sites[dims] = site
             if cacheable and len(self._bound) < 256:
                 self._bound[domain] = site
+        if not cacheable and _watched:
+            items = _written_items(domain)
+            if items is not None:
+                return _noting(site.go or site.launch, self, items)
         return site.go or site.launch
 
     # -- the hot path --------------------------------------------------------------------------
@@ -1104,4 +1146,11 @@ def launch(
         overrides = (target, threads, schedule, chunk)
     bound = k._bound.get(domain) if domain.__class__ is int else None
     dims = bound.dims if bound is not None else k[domain].dims
+    items = _written_items(domain) if _watched and bound is None else None
+    if items is not None:
+        token = _written.set((k, items))
+        try:
+            return k._launch(dims, args, overrides)
+        finally:
+            _written.reset(token)
     return k._launch(dims, args, overrides)
