@@ -367,9 +367,17 @@ class graph(Interceptor):
         out.append(("one thread", 1, serial))
         top = hw.max_threads()
         if top > 1 and hw.parallel_unavailable_reason() is None:
+            from veda.targets.cpu import default_chunk
+
+            # every launch on all threads: static shares, and dynamic chunks for uneven work
+            # (the same compiled pattern: a second plan costs no compile)
             par = np.zeros((n, 3), np.int64)
             par[:, 0], par[:, 1], par[:, 2] = 1, MODE_CODES["static"], 1
             out.append(("parallel", top, par))
+            dyn = par.copy()
+            dyn[:, 1] = MODE_CODES["dynamic"]
+            dyn[:, 2] = [default_chunk("dynamic", max(1, L.size), top) for L in self._launches]
+            out.append(("parallel, dynamic", top, dyn))
         unique: dict[tuple[int, bytes], tuple[str, int, np.ndarray]] = {}
         for label, t, plan in out:
             unique.setdefault((t, plan.tobytes()), (label, t, plan))
