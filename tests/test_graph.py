@@ -258,8 +258,12 @@ def test_telemetry_lists_the_graph_and_its_launches():
     snap = veda.metrics()
     (mine,) = [s for s in snap.sections["graphs"].graphs if s.launches == tuple(g.launches)]
     assert mine.replays == 3 and mine.steps == 6 and len(mine.launches) == 3
+    assert len(mine.launch_seconds) == 3 and all(s > 0 for s in mine.launch_seconds)
+    assert sum(mine.launch_seconds) <= mine.seconds
     assert "pull[3001]" in mine.launches[0] and "slot 0" in mine.launches[0]
-    assert f'veda_graph_replays_total{{graph="{g.name}"}}' in snap.to_prometheus()
+    text = snap.to_prometheus()
+    assert f'veda_graph_replays_total{{graph="{g.name}"}} 3' in text
+    assert f'veda_graph_launch_seconds_total{{graph="{g.name}",launch="2"}}' in text
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="os.kill(pid, SIGINT) is POSIX")

@@ -411,7 +411,19 @@ class graph(Interceptor):
         params = [f"q{i}" for i in range(len(self._params))]
         reds = [f"r{i}" for i, L in enumerate(self._launches) if L.reduce_dtype is not None]
         sig = ", ".join(
-            ["_steps", "_pr", "_T", "_plan", "_dims", *tabs, *slots, *consts, *params, *reds]
+            [
+                "_steps",
+                "_pr",
+                "_clk",
+                "_T",
+                "_plan",
+                "_dims",
+                *tabs,
+                *slots,
+                *consts,
+                *params,
+                *reds,
+            ]
         )
         lines += [
             "",
@@ -424,7 +436,8 @@ class graph(Interceptor):
                 for k in range(len(L.dims))
                 if L.sized_by[k] is None
             ),
-            "    _tp = _veda_lang.cycles()",
+            "    _c = _veda_lang.cycles()",
+            "    _tp = _c",
             "    for _st in range(_steps):",
             "        _pr[0] = _st",
         ]
@@ -434,31 +447,35 @@ class graph(Interceptor):
             # domains are arguments, not literals: a constant domain inlined into the call of
             # a launcher changes how LLVM compiles its loop (Floyd-Warshall's ran 2x slower)
             dims = [f"_n{i}_{k}" for k in range(len(L.dims))]
-            serial_args = ", ".join([*dims, *args])
-            par_args = ", ".join([*dims, "_T", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}", *args])
             lines.append(f"        _pr[1] = {i}")
             lines += [
                 f"        _n{i}_{k} = q{p}[_st]" for k, p in enumerate(L.sized_by) if p is not None
             ]
-            if not pattern[i]:
-                lines.append(f"        _o{i} = _s{i}({serial_args})")
+            if pattern[i]:
+                par_args = [*dims, "_T", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}", *args]
+                lines += [
+                    f"        _q{i} = _p{i}({', '.join(par_args)})",
+                    f"        if _q{i}[1] >= 0:",
+                    f"            _pr[2] = _q{i}[1]",
+                    f"            _pr[3] = _q{i}[2]",
+                    "            return",
+                ]
+                if L.reduce_dtype is not None:
+                    lines.append(f"        r{i}[_st] = _q{i}[0][0]")
+            else:
+                lines.append(f"        _o{i} = _s{i}({', '.join([*dims, *args])})")
                 if L.reduce_dtype is not None:
                     lines.append(f"        r{i}[_st] = _o{i}[0]")
-                continue
+            # each launch's cycles, for telemetry: one read of the counter per launch
             lines += [
-                f"        _q{i} = _p{i}({par_args})",
-                f"        if _q{i}[1] >= 0:",
-                f"            _pr[2] = _q{i}[1]",
-                f"            _pr[3] = _q{i}[2]",
-                "            return",
+                "        _now = _veda_lang.cycles()",
+                f"        _clk[{i}] += _now - _c",
+                "        _c = _now",
             ]
-            if L.reduce_dtype is not None:
-                lines.append(f"        r{i}[_st] = _q{i}[0][0]")
         lines += [
             # Ctrl-C between launches: polled about every 0.05 s, as the launchers do.
-            "        _now = _veda_lang.cycles()",
-            "        if _now - _tp >= 134217728:",
-            "            _tp = _now",
+            "        if _c - _tp >= 134217728:",
+            "            _tp = _c",
             "            _veda_lang.raise_pending(_veda_lang.poll_signals())",
             "    _pr[1] = -1",
             "",
@@ -625,11 +642,13 @@ class graph(Interceptor):
         fn = self._compiled(plan)
         tables = [self._table(L, threads, plan[i]) for i, L in enumerate(self._launches)]
         pr = np.full(4, -1, np.int64)
+        clk = np.zeros(len(self._launches), np.int64)
         parallel = bool(plan[:, 0].any())
         compiled_before = bool(fn.signatures)
         args = (
             steps,
             pr,
+            clk,
             threads,
             plan,
             self._dims,
@@ -647,7 +666,7 @@ class graph(Interceptor):
                 hw.threading_layer()
                 threads_now = hw.budget.take(grant, threads)
                 if threads_now != threads:  # the machine is shared now: run on what it lends
-                    args = (steps, pr, threads_now, *args[3:])
+                    args = (steps, pr, clk, threads_now, *args[4:])
                 previous = hw.get_threads()
                 if previous != threads_now:
                     hw.set_threads(threads_now)
@@ -678,7 +697,7 @@ class graph(Interceptor):
         elapsed = time.perf_counter() - start
         if pr[2] >= 0:  # a parallel launch failed in the chunk [pr[2], pr[3])
             raise self._failure(pr, slots, values, None)
-        self._stats.add(steps, elapsed, label, compiled=not compiled_before)
+        self._stats.add(steps, elapsed, label, not compiled_before, clk * _tick())
         if self._choice is None and compiled_before and which >= 0:
             with self._lock:
                 self._tried[which].append(elapsed / steps)
@@ -758,6 +777,13 @@ class graph(Interceptor):
         return f"<veda.graph {self.name}: {len(self._launches)} launches, plan {chosen}>"
 
 
+def _tick() -> float:
+    """Seconds per tick of the cycle counter the replay function reads."""
+    from veda._kernel.runtime import read_cycles  # compiled (or loaded) on first use
+
+    return hw.seconds_per_tick(read_cycles)
+
+
 def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray:
     """A parameter's values, one per step."""
     kind = "an int" if dtype.kind == "i" else "a real number"
@@ -795,15 +821,22 @@ class _Stats:
     def reset(self) -> None:
         self.replays = self.steps = 0
         self.seconds = 0.0
+        self.launch_seconds: np.ndarray | None = None
         self.by_plan: dict[str, list[float]] = {}
         self.chosen: str | None = getattr(self, "chosen", None)
 
-    def add(self, steps: int, seconds: float, plan: str, compiled: bool) -> None:
-        """A replay; one that ``compiled`` its plan's function counts, but not per step."""
+    def add(
+        self, steps: int, seconds: float, plan: str, compiled: bool, launches: np.ndarray
+    ) -> None:
+        """A replay; one that ``compiled`` its plan's function counts, but not per step.
+        ``launches``: the seconds each launch took, all steps together."""
         with self.lock:
             self.replays += 1
             self.steps += steps
             self.seconds += seconds
+            if self.launch_seconds is None or len(self.launch_seconds) != len(launches):
+                self.launch_seconds = np.zeros(len(launches))
+            self.launch_seconds += launches
             if not compiled:
                 self.by_plan.setdefault(plan, []).append(seconds / steps)
 
@@ -818,6 +851,8 @@ class GraphMetrics:
 
     name: str
     launches: tuple[str, ...]
+    #: Seconds each launch took over all replays (the cycle counter read between launches).
+    launch_seconds: tuple[float, ...]
     replays: int
     steps: int
     seconds: float
@@ -828,6 +863,7 @@ class GraphMetrics:
         return {
             "name": self.name,
             "launches": list(self.launches),
+            "launch_seconds": list(self.launch_seconds),
             "replays": self.replays,
             "steps": self.steps,
             "seconds": self.seconds,
@@ -866,6 +902,16 @@ class GraphsSection:
                 "Seconds spent replaying each launch graph.",
                 samples("seconds"),
             ),
+            (
+                "veda_graph_launch_seconds_total",
+                "counter",
+                "Seconds each launch of a launch graph took in its replays.",
+                [
+                    ("", f'graph="{g.name}",launch="{i}"', s)
+                    for g in self.graphs
+                    for i, s in enumerate(g.launch_seconds)
+                ],
+            ),
         ]
 
 
@@ -881,6 +927,9 @@ class _Source:
                     GraphMetrics(
                         g.name,
                         tuple(g.launches),
+                        tuple(float(v) for v in s.launch_seconds)
+                        if s.launch_seconds is not None
+                        else (0.0,) * len(g._launches),
                         s.replays,
                         s.steps,
                         s.seconds,
