@@ -200,9 +200,10 @@ def test_capture_refusals():
     with pytest.raises(veda.GraphError, match="part of a par_iter terminal"):
         with veda.graph():
             veda.par_iter(x).sum()
-    with pytest.raises(veda.GraphError, match="identifier other than 'steps'"):
-        with veda.graph():
-            veda.graph.param("steps", 1)
+    for name in ("steps", "per_step", "2x", 3):
+        with pytest.raises(veda.GraphError, match="an identifier other than replay's own"):
+            with veda.graph():
+                veda.graph.param(name, 1)
     g = veda.graph()
     with pytest.raises(veda.GraphError, match="was not captured"):
         g.replay()

@@ -18,7 +18,7 @@ ROOT = Path(veda.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "leaf types, errors, private files",
-        ("veda._version", "veda.errors", "veda._types", "veda._files"),
+        ("veda._version", "veda.errors", "veda._types", "veda._dtypes", "veda._files"),
     ),
     ("hardware facts", ("veda._hardware",)),
     ("registries of targets and policies", ("veda._registry",)),
@@ -28,7 +28,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("scheduler", ("veda.scheduler",)),
     ("telemetry", ("veda.telemetry",)),
     ("launch core", ("veda._launch",)),
-    ("runtime on the launch core", ("veda._record", "veda._scan", "veda._tasks")),
+    (
+        "runtime on the launch core",
+        ("veda._record", "veda._scan", "veda._tasks", "veda._iter", "veda._graph"),
+    ),
     ("facades and the command line", ("veda.cuda", "veda.cli", "veda")),
 ]
 

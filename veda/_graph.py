@@ -221,9 +221,10 @@ class graph(Interceptor):
         scopes = _open.get()
         if not scopes:
             raise GraphError("veda.graph.param: no veda.graph() is capturing in this thread")
-        if not isinstance(name, str) or not name.isidentifier() or name == "steps":
+        if not isinstance(name, str) or not name.isidentifier() or name in ("steps", "per_step"):
             raise GraphError(
-                f"veda.graph.param: the name must be an identifier other than 'steps', not {name!r}"
+                "veda.graph.param: the name must be an identifier other than replay's own "
+                f"'steps' and 'per_step', not {name!r}"
             )
         g = scopes[-1]
         if name in g._arrays.values() or any(n == name for n, _, _ in g._params):

@@ -40,13 +40,13 @@ from numba.core.types.containers import BaseTuple
 from numba.np.numpy_support import as_dtype
 
 from veda._config import get_config
+from veda._dtypes import sum_dtype as _sum_dtype
 from veda._kernel import cache as _cache
 from veda._kernel import codegen
 from veda._kernel.checks import is_masked
 from veda._kernel.func import Func
 from veda._kernel.source import literal
 from veda._launch import Kernel
-from veda._scan import _accumulator_dtype as _sum_dtype  # what np.sum accumulates in
 from veda.errors import KernelDefinitionError, KernelError, LaunchError
 
 __all__ = ["ParIter", "block_size", "par_iter", "par_range"]

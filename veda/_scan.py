@@ -16,6 +16,7 @@ import numpy as np
 
 from veda import _registry
 from veda._config import get_config, max_threads
+from veda._dtypes import sum_dtype
 from veda._hardware import cpu as _hw
 from veda._kernel.cache import own_njit
 from veda.errors import LaunchError
@@ -89,14 +90,6 @@ def _scan_parallel(x, out, exclusive, zero, block):  # type: ignore[no-untyped-d
         _block_scan(x, out, b * block, min(n, (b + 1) * block), offs[b], exclusive)
 
 
-def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
-    if dtype.kind == "b" or dtype.kind == "i":
-        return np.dtype(np.int64)
-    if dtype.kind == "u":
-        return np.dtype(np.uint64)
-    return dtype
-
-
 def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.ndarray:
     """Prefix sums of a 1-d array, in parallel, with the same bits on any number of threads.
 
@@ -122,7 +115,7 @@ def scan(x: Any, out: np.ndarray | None = None, exclusive: bool = False) -> np.n
         raise LaunchError(
             f"veda.scan: x must hold booleans or numbers Numba supports, not {x.dtype}"
         )
-    acc = _accumulator_dtype(x.dtype)
+    acc = sum_dtype(x.dtype)
     if out is None:
         out = np.empty(x.shape[0], acc)
     elif not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != acc:
