@@ -109,6 +109,10 @@ def _numba_file(cache: Path, suffix: str) -> Path:
     return sorted((cache / "kernels" / "__pycache__").glob(f"*_veda_cpu*{suffix}"))[0]
 
 
+def _code_record(cache: Path) -> Path:
+    return sorted((cache / "kernels").glob("veda_gen_axpb_*.code.record"))[0]
+
+
 def _tuning(cache: Path) -> Path:
     return sorted((cache / "tuning").glob("*.json"))[0]
 
@@ -180,6 +184,8 @@ DAMAGE = {
         lambda p: p.write_bytes(pickle.dumps(_Payload(str(p.parent.parent.parent / MARKER)))),
     ),
     "code-garbage": (lambda c: _numba_file(c, ".nbc"), _garbage),
+    "record-garbage": (_code_record, _garbage),
+    "record-truncated": (_code_record, _truncate),
     "code-truncated": (lambda c: _numba_file(c, ".nbc"), _truncate),
     "tuning-not-utf8": (_tuning, lambda p: p.write_bytes(b"\xff\xfe\x00garbage")),
     "tuning-not-json": (_tuning, lambda p: p.write_text("{not json")),
@@ -200,7 +206,7 @@ def test_a_damaged_file_is_discarded_with_one_warning_and_rebuilt(cache: Path, c
     if case.startswith("tuning"):  # rewritten as a healthy tuning file
         doc = json.loads(_tuning(cache).read_text(encoding="utf-8"))
         assert isinstance(doc, dict) and isinstance(doc.get("entries"), dict), doc
-    if case.startswith(("module", "index", "code")):  # compiled code: healed on disk too
+    if case.startswith(("module", "index", "code", "record")):  # healed on disk too
         third = _run(cache)
         assert third["ok"] and third["warnings"] == [], third
         assert third["compiled"] == 0, third  # the rebuilt entry serves the next process

@@ -26,6 +26,7 @@ import statistics
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,13 @@ __all__ = ["GraphMetrics", "graph"]
 #: The graphs being captured in this thread or task, outermost first (the innermost records).
 _open: contextvars.ContextVar[tuple[graph, ...]] = contextvars.ContextVar("veda_graph", default=())
 
-#: Replays tried per candidate plan before the fastest is kept.
+#: Timed replays of each candidate plan before the fastest is kept.
 TRIES = 3
+#: Seconds of steps a tuning replay runs (a replay of many steps is cut into such blocks while
+#: the graph tunes, so a slow candidate costs milliseconds, not the whole replay).
+TUNE_SECONDS = 1e-3
+
+_made = 0  # graphs built in this process
 
 
 class _IntParam(int):
@@ -111,11 +117,13 @@ class _Launch:
     reduce_dtype: np.dtype[Any] | None
     #: Per axis of the domain: the index of the parameter that sizes it, or None.
     sized_by: tuple[int | None, ...]
+    #: Whether the settings left the decision to veda: tuning may change it (pinned, not).
+    free: bool
 
     def dims_at(self, values: list[np.ndarray], step: int) -> tuple[int, ...]:
         """The domain at ``step`` (its parameters' values then)."""
         return tuple(
-            d if p is None else int(values[p][step]) for d, p in zip(self.dims, self.sized_by)
+            d if p is None else int(_at(values[p], step)) for d, p in zip(self.dims, self.sized_by)
         )
 
     @property
@@ -173,14 +181,24 @@ class graph(Interceptor):
         self._tables: dict[tuple[int, int], np.ndarray] = {}
         self._plans: list[tuple[str, int, np.ndarray]] = []
         self._tried: list[list[float]] = []
+        self._warm: set[int] = set()  # plans run once since their compile
         self._choice: int | None = None
         self._stats = _Stats()
+        self._thread = 0  # the capturing thread
+        self._problem: str | None = None  # why the capture cannot be replayed
+        self.name = "graph"
 
     # -- capture -------------------------------------------------------------------------------
     def __enter__(self) -> graph:
         if self._state != "new":
             raise GraphError("veda.graph: this graph was captured already; use a new veda.graph()")
+        if _open.get():
+            raise GraphError(
+                "veda.graph: a graph is capturing here already; graphs do not nest (capture "
+                "the inner launches in the outer graph)"
+            )
         self._state = "capturing"
+        self._thread = threading.get_ident()
         self._token = _open.set((*_open.get(), self))
         add_interceptor(self)
         return self
@@ -194,6 +212,8 @@ class graph(Interceptor):
             self._state = "failed"
             return
         try:
+            if self._problem is not None:
+                raise GraphError(f"veda.graph: {self._problem}; nothing was captured")
             self._build()
         except BaseException:
             self._state = "failed"
@@ -205,7 +225,17 @@ class graph(Interceptor):
         return bool(scopes) and scopes[-1] is self
 
     def end(self, launch: LaunchInfo) -> None:
-        if launch.error is None:
+        if self._problem is not None:
+            return
+        where = f"launch #{len(self._captured)} (kernel {launch.kernel.name!r})"
+        if launch.thread_id != self._thread:
+            self._problem = (
+                f"{where} was made by another thread (a task, or a thread started in the block): "
+                "a graph captures the launches of the thread that opened it, in order"
+            )
+        elif launch.error is not None:
+            self._problem = f"{where} failed ({launch.error}); a graph replays no failed launch"
+        else:
             self._captured.append((launch, get_config()))
 
     @staticmethod
@@ -318,8 +348,19 @@ class graph(Interceptor):
                     args,
                     reduce_dtype,
                     tuple(sized_by),
+                    bool(info.free),
                 )
             )
+        for i, slot in enumerate(self._slots):  # a parameter's views would stay bound
+            for j, other in enumerate(self._slots):
+                if slot.name and j != i and not other.name:
+                    if np.may_share_memory(slot.array, other.array):
+                        raise GraphError(
+                            f"veda.graph: parameter {slot.name!r} shares memory with "
+                            f"{other.describe(j)} (a view of it, or it of a view): a replay "
+                            "binding another array to the parameter would still use the "
+                            "captured one there; make it a parameter too, or pass one array"
+                        )
         unused = [n for n, _, _ in self._params if n not in used]
         unused += [n for n in self._arrays.values() if n not in {s.name for s in self._slots}]
         if unused:
@@ -343,45 +384,56 @@ class graph(Interceptor):
                 names[-1][1] += 1
             else:
                 names.append([L.kernel.name, 1])
-        self.name = "graph[" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in names) + "]"
+        global _made
+        _made += 1  # numbered: two graphs of the same kernels are told apart in telemetry
+        self.name = (
+            f"graph#{_made}[" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in names) + "]"
+        )
         _registry[id(self)] = self
 
-    def _candidates(self) -> list[tuple[str, int, np.ndarray]]:
-        """(label, threads, plan): a plan has a row per launch, (parallel, mode, chunk)."""
+    def _candidates(self) -> list[tuple[str, np.ndarray]]:
+        """(label, plan): a plan has a row per launch, (parallel, mode, chunk, threads).  A
+        launch whose settings were set (``veda.config(target=...)``, ``veda.launch(...,
+        threads=2)``, a ``veda.replay``) keeps its captured row in every plan."""
+        from veda.targets.cpu import default_chunk
+
         n = len(self._launches)
-        captured = np.zeros((n, 3), np.int64)
-        threads = 1
+        captured = np.zeros((n, 4), np.int64)
+        captured[:, 3] = 1
         for i, L in enumerate(self._launches):
             d = L.decision
             if d.target == "parallel":
                 mode = d.schedule
                 if mode == "guided" and any(p is not None for p in L.sized_by):
                     mode = "dynamic"  # a guided table is made for one size, and this one varies
-                captured[i] = (1, MODE_CODES[mode], max(1, min(d.chunk, max(1, L.size))))
-                threads = max(threads, d.threads or 1)
+                chunk = max(1, min(d.chunk, max(1, L.size)))
+                captured[i] = (1, MODE_CODES[mode], chunk, max(1, d.threads or 1))
         if hw.parallel_unavailable_reason() is not None:
-            captured[:, 0] = 0
-        out = [("as captured", threads if captured[:, 0].any() else 1, captured)]
-        if not self.tune:
-            return out
-        serial = np.zeros((n, 3), np.int64)
-        out.append(("one thread", 1, serial))
+            captured[:, 0], captured[:, 3] = 0, 1
+        out = [("as captured", captured)]
         top = hw.max_threads()
-        if top > 1 and hw.parallel_unavailable_reason() is None:
-            from veda.targets.cpu import default_chunk
-
-            # every launch on all threads: static shares, and dynamic chunks for uneven work
-            # (the same compiled pattern: a second plan costs no compile)
-            par = np.zeros((n, 3), np.int64)
-            par[:, 0], par[:, 1], par[:, 2] = 1, MODE_CODES["static"], 1
-            out.append(("parallel", top, par))
-            dyn = par.copy()
-            dyn[:, 1] = MODE_CODES["dynamic"]
-            dyn[:, 2] = [default_chunk("dynamic", max(1, L.size), top) for L in self._launches]
-            out.append(("parallel, dynamic", top, dyn))
-        unique: dict[tuple[int, bytes], tuple[str, int, np.ndarray]] = {}
-        for label, t, plan in out:
-            unique.setdefault((t, plan.tobytes()), (label, t, plan))
+        parallel_ok = top > 1 and hw.parallel_unavailable_reason() is None
+        if self.tune:
+            rows: dict[str, Callable[[_Launch], tuple[int, int, int, int]]] = {
+                "one thread": lambda L: (0, 0, 0, 1)
+            }
+            if parallel_ok:  # static shares, and dynamic chunks for uneven work
+                rows["parallel"] = lambda L: (1, MODE_CODES["static"], 1, top)
+                rows["parallel, dynamic"] = lambda L: (
+                    1,
+                    MODE_CODES["dynamic"],
+                    default_chunk("dynamic", max(1, L.size), top),
+                    top,
+                )
+            for label, row in rows.items():
+                plan = captured.copy()
+                for i, L in enumerate(self._launches):
+                    if L.free:
+                        plan[i] = row(L)
+                out.append((label, plan))
+        unique: dict[bytes, tuple[str, np.ndarray]] = {}
+        for label, plan in out:
+            unique.setdefault(plan.tobytes(), (label, plan))
         return list(unique.values())
 
     # -- code ----------------------------------------------------------------------------------
@@ -396,41 +448,32 @@ class graph(Interceptor):
             "",
         ]
         for i, L in enumerate(self._launches):
-            serial, par = (
-                ("_veda_det_cpu", "_veda_det_parallel")
-                if L.deterministic
-                else (
-                    "_veda_cpu",
-                    "_veda_parallel",
-                )
-            )
+            det = "_det" if L.deterministic else ""
             lines.append(f"_m{i} = _veda_get({L.module.__name__!r})")
-            lines.append(f"_p{i} = _m{i}.{par}" if pattern[i] else f"_s{i} = _m{i}.{serial}")
-        tabs = [f"_t{i}" for i in range(len(self._launches))]
+            if pattern[i]:
+                lines.append(f"_p{i} = _m{i}._veda{det}_parallel")
+            else:
+                lines.append(f"_s{i} = _m{i}._veda{det}_cpu")
+        n = len(self._launches)
+        tabs = [f"_t{i}" for i in range(n)]
         slots = [f"a{i}" for i in range(len(self._slots))]
         consts = [f"c{i}" for i in range(len(self._consts))]
         params = [f"q{i}" for i in range(len(self._params))]
-        reds = [f"r{i}" for i, L in enumerate(self._launches) if L.reduce_dtype is not None]
-        sig = ", ".join(
-            [
-                "_steps",
-                "_pr",
-                "_clk",
-                "_T",
-                "_plan",
-                "_dims",
-                *tabs,
-                *slots,
-                *consts,
-                *params,
-                *reds,
-            ]
-        )
+        reducing = [i for i, L in enumerate(self._launches) if L.reduce_dtype is not None]
+        reds = [f"r{i}" for i in reducing]
+        sig = ", ".join(["_steps", "_pr", "_clk", "_plan", "_dims", *tabs, *slots, *consts])
+        sig = ", ".join([sig, *params, *reds])
+        # A parameter or result array holds one value per step, or one for all (the last
+        # step's result, a constant parameter): read and written at min(step, its last).
         lines += [
             "",
             "",
             "@_veda_numba.njit(cache=True, nogil=True, boundscheck=False)",
             f"def _veda_graph({sig}):",
+            *(f"    _lq{j} = q{j}.shape[0] - 1" for j in range(len(self._params))),
+            *(f"    _lr{i} = r{i}.shape[0] - 1" for i in reducing),
+            # domains are arguments, not literals: a constant domain inlined into the call of
+            # a launcher changes how LLVM compiles its loop (Floyd-Warshall's ran 2x slower)
             *(
                 f"    _n{i}_{k} = _dims[{i}, {k}]"
                 for i, L in enumerate(self._launches)
@@ -443,44 +486,44 @@ class graph(Interceptor):
             "        _pr[0] = _st",
         ]
         for i, L in enumerate(self._launches):
-            names = {"slot": "a", "const": "c", "param": "q"}
-            args = [f"{names[k]}{j}" + ("[_st]" if k == "param" else "") for k, j in L.args]
-            # domains are arguments, not literals: a constant domain inlined into the call of
-            # a launcher changes how LLVM compiles its loop (Floyd-Warshall's ran 2x slower)
+            names = {"slot": "a", "const": "c"}
+            args = [
+                f"q{j}[min(_st, _lq{j})]" if k == "param" else f"{names[k]}{j}" for k, j in L.args
+            ]
             dims = [f"_n{i}_{k}" for k in range(len(L.dims))]
             lines.append(f"        _pr[1] = {i}")
             lines += [
-                f"        _n{i}_{k} = q{p}[_st]" for k, p in enumerate(L.sized_by) if p is not None
+                f"        _n{i}_{k} = q{p}[min(_st, _lq{p})]"
+                for k, p in enumerate(L.sized_by)
+                if p is not None
             ]
+            result = f"r{i}[min(_st, _lr{i})]"
             if pattern[i]:
-                par_args = [*dims, "_T", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}", *args]
+                par_args = [*dims, f"_plan[{i}, 3]", f"_plan[{i}, 1]", f"_plan[{i}, 2]", f"_t{i}"]
                 lines += [
-                    f"        _q{i} = _p{i}({', '.join(par_args)})",
+                    f"        _q{i} = _p{i}({', '.join([*par_args, *args])})",
                     f"        if _q{i}[1] >= 0:",
                     f"            _pr[2] = _q{i}[1]",
                     f"            _pr[3] = _q{i}[2]",
                     "            return",
                 ]
                 if L.reduce_dtype is not None:
-                    lines.append(f"        r{i}[_st] = _q{i}[0][0]")
+                    lines.append(f"        {result} = _q{i}[0][0]")
             else:
                 lines.append(f"        _o{i} = _s{i}({', '.join([*dims, *args])})")
                 if L.reduce_dtype is not None:
-                    lines.append(f"        r{i}[_st] = _o{i}[0]")
-            # each launch's cycles, for telemetry: one read of the counter per launch
+                    lines.append(f"        {result} = _o{i}[0]")
+            # Each launch's cycles, for telemetry (one read of the counter per launch), and
+            # Ctrl-C polled about every 0.05 s, between launches as the launchers do inside.
             lines += [
                 "        _now = _veda_lang.cycles()",
                 f"        _clk[{i}] += _now - _c",
                 "        _c = _now",
+                "        if _c - _tp >= 134217728:",
+                "            _tp = _c",
+                "            _veda_lang.raise_pending(_veda_lang.poll_signals())",
             ]
-        lines += [
-            # Ctrl-C between launches: polled about every 0.05 s, as the launchers do.
-            "        if _c - _tp >= 134217728:",
-            "            _tp = _c",
-            "            _veda_lang.raise_pending(_veda_lang.poll_signals())",
-            "    _pr[1] = -1",
-            "",
-        ]
+        lines += ["    _pr[1] = -1", ""]
         return "\n".join(lines)
 
     def _compiled(self, plan: np.ndarray) -> Any:
@@ -492,15 +535,23 @@ class graph(Interceptor):
                 if fn is None:
                     text = self._text(pattern)
                     name = _cache.module_name("graph", text)
-                    mod = _cache.load_module(name, text, None, [], get_config().cache)
+                    # Kernels with injected objects live in memory only (their module names
+                    # hold ids): so does a graph of them.
+                    in_memory = any(
+                        str(getattr(L.module, "__file__", "")).startswith("<")
+                        for L in self._launches
+                    )
+                    on_disk = get_config().cache and not in_memory
+                    mod = _cache.load_module(name, text, None, [], on_disk)
                     fn = self._fns[pattern] = mod._veda_graph
         return fn
 
     # -- replay --------------------------------------------------------------------------------
-    def __call__(self, steps: int = 1, per_step: bool = False, **params: Any) -> Any:
-        return self.replay(steps, per_step, **params)
+    def __call__(self, steps: int = 1, *, per_step: bool = False, **params: Any) -> Any:
+        """The same as :meth:`replay`."""
+        return self.replay(steps, per_step=per_step, **params)
 
-    def replay(self, steps: int = 1, per_step: bool = False, **params: Any) -> Any:
+    def replay(self, steps: int = 1, *, per_step: bool = False, **params: Any) -> Any:
         """Run the captured launches ``steps`` times, in one compiled call.
 
         Parameters
@@ -517,7 +568,11 @@ class graph(Interceptor):
         Returns
         -------
         None when no launch reduces; else the value of the reducing launch (a tuple of them,
-        in launch order, when several reduce), at the last step or per step.
+        in launch order, when several reduce), at the last step (None after 0 steps) or per
+        step.
+
+        While the graph is tuning, a replay runs in blocks of steps of about a millisecond,
+        each with one candidate plan; then in one call.
         """
         if self._state != "ready":
             why = {
@@ -533,17 +588,33 @@ class graph(Interceptor):
             )
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise GraphError(f"veda.graph.replay: steps must be an int >= 0, not {steps!r}")
+        if not isinstance(per_step, bool):
+            raise GraphError(f"veda.graph.replay: per_step must be True or False, not {per_step!r}")
         steps = int(steps)
         slots, values = self._bind(steps, params)
         reds = [
-            np.empty(steps, L.reduce_dtype) for L in self._launches if L.reduce_dtype is not None
+            np.empty(steps if per_step else 1, L.reduce_dtype)
+            for L in self._launches
+            if L.reduce_dtype is not None
         ]
-        if steps > 0:
-            self._run(steps, slots, values, reds)
+        with self._stats.lock:
+            self._stats.replays += 1
+        done = 0
+        while done < steps:
+            block = steps - done if self._choice is not None else self._block(steps - done)
+            self._run(done, block, slots, values, reds)
+            done += block
         if not reds:
             return None
-        out = [r if per_step else (r[-1] if steps else None) for r in reds]
+        out = [r if per_step else (r[0] if steps else None) for r in reds]
         return out[0] if len(out) == 1 else tuple(out)
+
+    def _block(self, left: int) -> int:
+        """Steps for the next tuning replay: about TUNE_SECONDS of them (one at first)."""
+        seen = [t for tried in self._tried for t in tried]
+        if not seen:
+            return 1
+        return max(1, min(left, int(TUNE_SECONDS / max(min(seen), 1e-9))))
 
     def _bind(self, steps: int, params: dict[str, Any]) -> tuple[list[np.ndarray], list[Any]]:
         known = {n for n, _, _ in self._params} | {s.name for s in self._slots if s.name}
@@ -595,7 +666,7 @@ class graph(Interceptor):
             for p in L.sized_by:
                 if p is None or not steps:
                     continue
-                low = int(values[p][:steps].min())
+                low = int(values[p].min())
                 if low < 0:
                     raise GraphError(
                         f"veda.graph.replay: parameter {self._params[p][0]!r} sizes the domain "
@@ -611,17 +682,23 @@ class graph(Interceptor):
         return arrays, values
 
     def _open_plans(self) -> list[int]:
-        """The plans still in the running: a plan with parallel launches is dropped once the
-        one-thread plan took less per step than two region entries per parallel launch (it
-        cannot win, as with a single launch: veda.targets.cpu.REGION_ENTRY)."""
+        """The plans still in the running: a plan with more parallel launches than the
+        one-thread plan (every launch veda may move on one thread) is dropped once that plan
+        took less per step than two region entries per parallel launch (it cannot win, as with
+        a single launch: veda.targets.cpu.REGION_ENTRY)."""
         from veda.targets.cpu import REGION_ENTRY
 
-        serial = [t for (label, _, _), t in zip(self._plans, self._tried) if label == "one thread"]
-        floor = statistics.median(serial[0]) if serial and serial[0] else None
+        serial = [i for i, (label, _) in enumerate(self._plans) if label == "one thread"]
+        if not serial:  # "as captured" ran every launch on one thread: it is that plan
+            serial = [i for i, (_, plan) in enumerate(self._plans) if not plan[:, 0].any()]
+        base = serial[0] if serial else None
+        floor = min(self._tried[base]) if base is not None and self._tried[base] else None
         out = []
-        for i, (_, _, plan) in enumerate(self._plans):
-            regions = int(plan[:, 0].sum())
-            if i and regions and floor is not None and floor < 2 * REGION_ENTRY * regions:
+        for i, (_, plan) in enumerate(self._plans):
+            extra = int(plan[:, 0].sum()) - (
+                int(self._plans[base][1][:, 0].sum()) if base is not None else 0
+            )
+            if i != base and extra > 0 and floor is not None and floor < 2 * REGION_ENTRY * extra:
                 continue
             out.append(i)
         return out
@@ -632,52 +709,51 @@ class graph(Interceptor):
         # in order: as captured (its launchers are compiled), one thread, parallel
         return min(self._open_plans(), key=lambda i: len(self._tried[i]))
 
-    def _run(self, steps: int, slots: list[np.ndarray], values: list[Any], reds: list[Any]) -> None:
+    def _run(
+        self, start: int, steps: int, slots: list[np.ndarray], values: list[Any], reds: list[Any]
+    ) -> None:
+        """Replay steps [start, start + steps) with one plan."""
         which = self._plan()
-        label, threads, plan = self._plans[which]
+        label, plan = self._plans[which]
         if plan[:, 0].any() and hw.parallel_unavailable_reason() is not None:
             # A fork child of OpenMP: no parallel region can run here; every launch on one
             # thread, the same loops (telemetry shows the plan as "one thread (after fork)").
-            which, label, threads = -1, "one thread (after fork)", 1
+            which, label = -1, "one thread (after fork)"
             plan = np.zeros_like(plan)
+            plan[:, 3] = 1
         fn = self._compiled(plan)
-        tables = [self._table(L, threads, plan[i]) for i, L in enumerate(self._launches)]
+        parallel = bool(plan[:, 0].any())
+        # veda lends the threads of a plan whose parallel launches it sized itself
+        lend = parallel and all(L.free for L, row in zip(self._launches, plan) if row[0])
+        wanted = int(plan[:, 3].max())
+        here = [v if v.shape[0] == 1 else v[start : start + steps] for v in values]
+        out = [r if r.shape[0] == 1 else r[start : start + steps] for r in reds]
         pr = np.full(4, -1, np.int64)
         clk = np.zeros(len(self._launches), np.int64)
-        parallel = bool(plan[:, 0].any())
-        compiled_before = bool(fn.signatures)
-        args = (
-            steps,
-            pr,
-            clk,
-            threads,
-            plan,
-            self._dims,
-            *tables,
-            *slots,
-            *self._consts,
-            *values,
-            *reds,
-        )
-        grant = hw.Grant() if parallel else None
-        previous = 0
-        start = time.perf_counter()
+        compiled = len(fn.signatures)
+        grant = hw.Grant() if lend else None
+        previous = threads = 0
+        elapsed = 0.0
         try:
             if parallel:
                 hw.threading_layer()
-                threads_now = hw.budget.take(grant, threads)
-                if threads_now != threads:  # the machine is shared now: run on what it lends
-                    args = (steps, pr, clk, threads_now, *args[4:])
+                threads = hw.budget.take(grant, wanted) if grant is not None else wanted
+                hw.budget.shorted()  # a share smaller than wanted is seen here, not by a launch
+                if threads < wanted:  # the machine is shared now: run on what it lends
+                    plan = plan.copy()
+                    plan[:, 3] = np.minimum(plan[:, 3], threads)
                 previous = hw.get_threads()
-                if previous != threads_now:
-                    hw.set_threads(threads_now)
-                if hw.serialise:
-                    with hw.region_lock:
-                        fn(*args)
-                else:
+                if previous != threads:
+                    hw.set_threads(threads)
+            tables = [self._table(L, plan[i]) for i, L in enumerate(self._launches)]
+            args = (steps, pr, clk, plan, self._dims, *tables, *slots, *self._consts, *here, *out)
+            t0 = time.perf_counter()
+            if parallel and hw.serialise:
+                with hw.region_lock:
                     fn(*args)
             else:
                 fn(*args)
+            elapsed = time.perf_counter() - t0
         except VedaError:
             raise
         except Exception as exc:
@@ -686,7 +762,7 @@ class graph(Interceptor):
                 raise interrupt from None
             if from_signal_handler(exc):
                 raise
-            raise self._failure(pr, slots, values, exc) from exc
+            raise self._failure(pr, start, slots, here, plan, exc) from exc
         finally:
             try:
                 if previous and previous != hw.get_threads():
@@ -695,11 +771,15 @@ class graph(Interceptor):
                 if grant is not None:
                     hw.budget.give(grant)
                     hw.budget.wake()
-        elapsed = time.perf_counter() - start
         if pr[2] >= 0:  # a parallel launch failed in the chunk [pr[2], pr[3])
-            raise self._failure(pr, slots, values, None)
-        self._stats.add(steps, elapsed, label, not compiled_before, clk * _tick())
-        if self._choice is None and compiled_before and which >= 0:
+            raise self._failure(pr, start, slots, here, plan, None)
+        compiled = len(fn.signatures) != compiled  # (the first call, or new argument types)
+        self._stats.add(steps, elapsed, label, compiled, clk * _tick())
+        short = parallel and threads < wanted  # its time is not the plan's
+        if self._choice is None and not compiled and which >= 0 and not short:
+            if which not in self._warm:  # the first run after a compile is slow: not timed
+                self._warm.add(which)
+                return
             with self._lock:
                 self._tried[which].append(elapsed / steps)
                 running = self._open_plans()
@@ -707,50 +787,60 @@ class graph(Interceptor):
                     self._choice = min(running, key=lambda i: statistics.median(self._tried[i]))
                     self._stats.chosen = self._plans[self._choice][0]
 
-    def _table(self, L: _Launch, threads: int, row: np.ndarray) -> np.ndarray:
+    def _table(self, L: _Launch, row: np.ndarray) -> np.ndarray:
+        """The guided schedule's chunk table of a launch for its row's thread count."""
         from veda.targets.cpu import _NO_BOUNDS, _guided_table
 
         if row[0] == 0 or row[1] != MODE_CODES["guided"] or (L.deterministic and L.form.private):
             return _NO_BOUNDS
-        key = (id(L), threads)
+        key = (id(L), int(row[3]))
         table = self._tables.get(key)
         if table is None:
             blocks = L.deterministic and L.form.reduce is not None
-            table = self._tables[key] = _guided_table(L.size, threads, int(row[2]), blocks)
+            table = _guided_table(L.size, int(row[3]), int(row[2]), blocks)
+            self._tables[key] = table
         return table
 
     def _failure(
-        self, pr: np.ndarray, slots: list[np.ndarray], values: list[Any], exc: Exception | None
+        self,
+        pr: np.ndarray,
+        start: int,
+        slots: list[np.ndarray],
+        values: list[Any],
+        plan: np.ndarray,
+        exc: Exception | None,
     ) -> VedaError:
-        """The error of a replay that failed at step pr[0], launch pr[1]: the kernel's own
-        exception, found as a plain launch finds it, with the step and launch noted."""
+        """The error of a replay that failed at step pr[0] (of the block from ``start``),
+        launch pr[1]: the kernel's own exception, found as a plain launch finds it, with the
+        step and launch noted.  Before any step: the graph's function did not compile."""
         from veda.targets.cpu import _failing_index, recover_exception
 
         step, number = int(pr[0]), int(pr[1])
-        if not 0 <= number < len(self._launches):
-            return GraphError(f"veda.graph: replay failed at step {step}: {exc!r}")
+        if step < 0 or not 0 <= number < len(self._launches):
+            return GraphError(
+                f"veda.graph: the replay of {self.name} could not run: {type(exc).__name__}: {exc}"
+            )
         L = self._launches[number]
         dims = L.dims_at(values, step)
         args = []
         for kind, j in L.args:
-            args.append(
-                slots[j]
-                if kind == "slot"
-                else self._consts[j]
-                if kind == "const"
-                else values[j][step]
-            )
-        args_t = tuple(args)
+            if kind == "slot":
+                args.append(slots[j])
+            elif kind == "const":
+                args.append(self._consts[j])
+            else:
+                args.append(_at(values[j], step))
+        target = "parallel" if plan[number, 0] else "cpu"
         err: VedaError
         if exc is None:
             err = recover_exception(
-                L.form, L.module, int(pr[2]), int(pr[3]), dims, args_t, "parallel"
+                L.form, L.module, int(pr[2]), int(pr[3]), dims, tuple(args), target
             )
         else:
-            index = _failing_index(L.module, math.prod(dims), dims, args_t)
+            index = _failing_index(L.module, math.prod(dims), dims, tuple(args))
             cls = KernelIndexError if isinstance(exc, IndexError) else KernelError
-            err = cls(L.kernel.name, type(exc), str(exc), index, "cpu")
-        err.add_note(f"in veda.graph {self.name}: step {step}, launch #{number}")
+            err = cls(L.kernel.name, type(exc), str(exc), index, target)
+        err.add_note(f"in veda.graph {self.name}: step {start + step}, launch #{number}")
         return err
 
     # -- reports -------------------------------------------------------------------------------
@@ -778,6 +868,11 @@ class graph(Interceptor):
         return f"<veda.graph {self.name}: {len(self._launches)} launches, plan {chosen}>"
 
 
+def _at(values: np.ndarray, step: int) -> Any:
+    """A parameter's value at ``step``: one per step, or one for all."""
+    return values[min(step, values.shape[0] - 1)]
+
+
 def _tick() -> float:
     """Seconds per tick of the cycle counter the replay function reads."""
     from veda._kernel.runtime import read_cycles  # compiled (or loaded) on first use
@@ -786,14 +881,20 @@ def _tick() -> float:
 
 
 def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray:
-    """A parameter's values, one per step."""
+    """A parameter's values: one for all steps (a scalar), or one per step."""
     kind = "an int" if dtype.kind == "i" else "a real number"
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        v = v[()]  # a 0-d array is its scalar
     if isinstance(v, (bool, np.bool_)):
         raise GraphError(f"veda.graph.replay: parameter {name!r} expects {kind}, not a bool")
     if isinstance(v, (int, float, np.integer, np.floating)):
         if dtype.kind == "i" and not isinstance(v, (int, np.integer)):
             raise GraphError(f"veda.graph.replay: parameter {name!r} expects an int, not {v!r}")
-        return np.full(max(steps, 1), v, dtype)
+        if dtype.kind == "i" and not -(2**63) <= int(v) < 2**63:
+            raise GraphError(
+                f"veda.graph.replay: parameter {name!r} is {v}, beyond a 64-bit integer"
+            )
+        return np.full(1, v, dtype)
     a = np.asarray(v) if isinstance(v, (list, tuple, range, np.ndarray)) else None
     if (
         a is None
@@ -806,6 +907,10 @@ def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray
             f"veda.graph.replay: parameter {name!r} expects {kind}, or a 1-d array of one such "
             f"value per step ({steps}), not {type(v).__name__}"
             + (f" of shape {a.shape} and dtype {a.dtype}" if a is not None else "")
+        )
+    if a.dtype.kind == "u" and a.size and int(a.max()) >= 2**63:
+        raise GraphError(
+            f"veda.graph.replay: parameter {name!r} has values beyond a 64-bit integer"
         )
     return np.ascontiguousarray(a, dtype)
 
@@ -832,7 +937,6 @@ class _Stats:
         """A replay; one that ``compiled`` its plan's function counts, but not per step.
         ``launches``: the seconds each launch took, all steps together."""
         with self.lock:
-            self.replays += 1
             self.steps += steps
             self.seconds += seconds
             if self.launch_seconds is None or len(self.launch_seconds) != len(launches):

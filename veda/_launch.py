@@ -112,6 +112,7 @@ class LaunchInfo:
         "domain",
         "end",
         "error",
+        "free",
         "kernel",
         "result",
         "start",
@@ -134,6 +135,9 @@ class LaunchInfo:
         self.error: str | None = None
         #: What the launch returned (its reduction's value, or None), once it ended.
         self.result: Any = None
+        #: Whether the settings left the decision to veda (no target, threads, schedule or
+        #: chunk set by veda.config or the launch, none forced by veda.replay).
+        self.free = False
 
 
 class Interceptor:
@@ -296,6 +300,7 @@ class Entry:
         "decision",
         "dims",
         "form",
+        "free",
         "last",
         "lock",
         "recorder",
@@ -337,6 +342,9 @@ class Entry:
         #: Whether veda chose the thread count (nothing set ``threads``): such parallel
         #: launches borrow their threads from the machine's budget (veda._hardware.cpu).
         self.sized = False
+        #: Whether the settings left the whole decision to veda (no target, threads, schedule
+        #: or chunk set, nothing forced): LaunchInfo.free.
+        self.free = False
 
 
 def _checked_runner(
@@ -500,6 +508,7 @@ class Kernel(KernelDefinition):
         info = None
         if watchers:
             info = LaunchInfo(self, entry.dims, args, entry.decision)
+            info.free = entry.free
             _start_all(watchers, info)
         start = perf_counter()
         try:
@@ -561,6 +570,7 @@ class Kernel(KernelDefinition):
             return entry
         merged = merge(cfg, overrides)
         entry.sized = merged.threads is None  # by the dispatcher, or by the fixed rule
+        entry.free = all(v is None for v in merged)
         resident = _gpu.device_resident(args)
         residency = "device" if resident else "host"
         # Where the arrays live decides which targets can read them, and what a copying target

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import linecache
 import marshal
 import os
@@ -128,10 +129,18 @@ def _exec_module(name: str, path: Path, text: str) -> types.ModuleType:
 
 def _compiled(name: str, path: Path, text: str) -> types.CodeType:
     """``compile(text)`` for the module file ``path``, kept in the kernel cache: compiling a
-    kernel's module (a dispatcher per target and schedule) costs a warm first launch 5-10 ms,
-    loading the kept code 0.1 ms.  The record names the interpreter, the file and the text's
-    digest, and is used only when all three match; it is checksummed like every record."""
-    key = (sys.implementation.cache_tag, str(path), hashlib.sha256(text.encode()).hexdigest())
+    kernel's module (a dispatcher per target and schedule) costs a warm first launch 3-10 ms,
+    loading the kept code 0.1 ms.  The record names the bytecode format, the optimisation
+    level, the file and the text's digest, and is used only when all match.  It is trusted as
+    Numba's pickles beside it are: checksummed against damage, and read only from a folder
+    nobody else can write to (a forged record there could run anything, as a forged pickle
+    could)."""
+    key = (
+        importlib.util.MAGIC_NUMBER,  # the bytecode format, bumped even in patch releases
+        sys.flags.optimize,  # code compiled under -O has no asserts
+        str(path),
+        hashlib.sha256(text.encode()).hexdigest(),
+    )
     kept = load_record(f"{name}.code")
     if isinstance(kept, tuple) and len(kept) == 2 and kept[0] == key:
         with contextlib.suppress(Exception):
@@ -455,6 +464,9 @@ def _cannot_attach(path: str, exc: BaseException) -> None:
     )
 
 
+_lazy_lock = threading.Lock()
+
+
 class _LazyCache:
     """The checked disk cache of one CPU dispatcher, built when the dispatcher first compiles.
 
@@ -464,20 +476,24 @@ class _LazyCache:
     process only, with one warning, as :func:`harden` does.
     """
 
+    _real: Any = None  # (a class default: __getattr__ never recurses looking for it)
+
     def __init__(self, py_func: Any, path: str) -> None:
         self._py_func = py_func
         self._path = path
-        self._real: Any = None
 
     def _built(self) -> Any:
         if self._real is None:
-            try:
-                cache = _KernelCache(self._py_func)
-                cache._cache_file.__class__ = _CheckedFile
-            except Exception as exc:
-                _cannot_attach(self._path, exc)
-                cache = _nc.NullCache()
-            self._real = cache
+            with _lazy_lock:  # its own: taken inside Numba's compiler lock, never around it
+                if self._real is None:
+                    try:
+                        cache = _KernelCache(self._py_func)
+                        cache._cache_file.__class__ = _CheckedFile
+                    except Exception as exc:
+                        if os.path.exists(self._path):  # cleared meanwhile: nothing to say
+                            _cannot_attach(self._path, exc)
+                        cache = _nc.NullCache()
+                    self._real = cache
         return self._real
 
     def __getattr__(self, name: str) -> Any:
