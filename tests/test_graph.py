@@ -500,3 +500,44 @@ def test_replays_are_not_launches_a_record_sees(tmp_path):
         g.replay(5)
         energy[8](x, x)
     assert len(json.loads(path.read_text())["launches"]) == 1
+
+
+def test_a_thread_replaying_in_a_loop_does_not_starve_other_launches(tmp_path):
+    body = textwrap.dedent(
+        """
+        import threading, numpy as np, veda
+        @veda.kernel
+        def add(i, s, x):
+            x[i] += s
+        @veda.kernel
+        def copy(i, x, y):
+            y[i] = x[i]
+        n = 50_000
+        a, b = np.zeros(n), np.zeros(n)
+        with veda.graph() as g:
+            add[n](1.0, a)
+        g.replay(1)
+        stop = threading.Event()
+        def replays():
+            while not stop.is_set():
+                g.replay(2)  # lends the machine's threads again at once, every time
+        t = threading.Thread(target=replays)
+        t.start()
+        for _ in range(20):  # adaptive launches: they wait for threads from the same budget
+            c = np.zeros(n)
+            with veda.graph():
+                add[n](2.0, c)
+                copy[n](c, b)
+        stop.set()
+        t.join()
+        print("done", b[0])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", body],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, PYTHONPATH=ROOT, VEDA_CACHE_DIR=str(tmp_path)),
+    )
+    assert out.returncode == 0 and "done 2.0" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -190,6 +190,10 @@ class ThreadBudget:
         if self._waiting:
             with self._lock:
                 self._returned.notify()
+            # Let the woken launch take the GIL and the threads: a thread that launches again
+            # at once (a graph replayed in a loop) took them back first, every time, and the
+            # waiter starved.
+            time.sleep(0)
 
     def shorted(self) -> bool:
         """Whether a launch of the calling thread got fewer threads than it asked for since
