@@ -183,12 +183,19 @@ def test_scalar_parameter_errors():
         g.replay(-1)
     with pytest.raises(veda.GraphError, match="steps must be an int >= 0"):
         g.replay(2.0)
+    with pytest.raises(veda.GraphError, match="below 2..63"):
+        g.replay(2**63)
+    with pytest.raises(veda.GraphError, match="masked arrays are not supported"):
+        g.replay(2, s=np.ma.masked_array([1.0, 2.0], mask=[0, 1]))
     g.replay(0)
     assert x.tolist() == [1.0] * 4
     with veda.graph() as h:
         add[4](veda.graph.param("s", 1), x)  # an int parameter keeps its int type
     with pytest.raises(veda.GraphError, match="'s' expects an int, not 0.5"):
         h.replay(1, s=0.5)
+    for big in (2**63, np.array([2**63, 1], np.uint64)):
+        with pytest.raises(veda.GraphError, match="beyond a 64-bit integer"):
+            h.replay(2, s=big)
     h.replay(2, s=np.array([2, 3]))
     assert x.tolist() == [7.0] * 4
 
@@ -207,7 +214,7 @@ def test_capture_refusals():
     with pytest.raises(veda.GraphError, match="part of a par_iter terminal"):
         with veda.graph():
             veda.par_iter(x).sum()
-    for name in ("steps", "per_step", "2x", 3):
+    for name in ("steps", "per_step", "self", "2x", 3):
         with pytest.raises(veda.GraphError, match="an identifier other than replay's own"):
             with veda.graph():
                 veda.graph.param(name, 1)
@@ -434,6 +441,13 @@ def test_captures_that_cannot_be_replayed_as_recorded_are_refused():
             energy[8](x, x)
             with pytest.raises(veda.KernelError):
                 fails[8](x)
+    with veda.graph():
+        mine = veda.graph.param("mine", 1.0)
+        energy[8](x, x)
+        pull[8](x, veda.graph.param("used", x.copy()))
+        kick[8](mine, x, x.copy(), x.copy())
+    with pytest.raises(veda.GraphError, match="is a parameter of another graph"), veda.graph():
+        kick[8](mine, x, x.copy(), x.copy())
     with pytest.raises(veda.GraphError, match="graphs do not nest"), veda.graph():
         with veda.graph():
             pass

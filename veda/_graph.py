@@ -252,10 +252,14 @@ class graph(Interceptor):
         scopes = _open.get()
         if not scopes:
             raise GraphError("veda.graph.param: no veda.graph() is capturing in this thread")
-        if not isinstance(name, str) or not name.isidentifier() or name in ("steps", "per_step"):
+        if (
+            not isinstance(name, str)
+            or not name.isidentifier()
+            or name in ("steps", "per_step", "self")
+        ):
             raise GraphError(
                 "veda.graph.param: the name must be an identifier other than replay's own "
-                f"'steps' and 'per_step', not {name!r}"
+                f"'steps', 'per_step' and 'self', not {name!r}"
             )
         g = scopes[-1]
         if name in g._arrays.values() or any(n == name for n, _, _ in g._params):
@@ -318,7 +322,12 @@ class graph(Interceptor):
                         self._slots.append(_Slot(value, self._arrays.get(id(value)), False))
                     self._slots[at].written |= pos in written
                     args.append(("slot", at))
-                elif isinstance(value, (_IntParam, _FloatParam)) and value.name in params:
+                elif isinstance(value, (_IntParam, _FloatParam)):
+                    if value.name not in params:
+                        raise GraphError(
+                            f"veda.graph: {where}, argument {name!r}: {value!r} is a parameter "
+                            "of another graph; make it with veda.graph.param in this one"
+                        )
                     args.append(("param", params[value.name]))
                     used.add(value.name)
                 elif isinstance(value, (bool, int, float, complex, np.generic)):
@@ -587,8 +596,14 @@ class graph(Interceptor):
                 "veda.graph.replay: a graph is capturing here, and a replay is not a launch it "
                 "could record; replay after the with block"
             )
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise GraphError(f"veda.graph.replay: steps must be an int >= 0, not {steps!r}")
+        if (
+            isinstance(steps, bool)
+            or not isinstance(steps, (int, np.integer))
+            or not 0 <= steps < 2**63
+        ):
+            raise GraphError(
+                f"veda.graph.replay: steps must be an int >= 0 (below 2**63), not {steps!r}"
+            )
         if not isinstance(per_step, bool):
             raise GraphError(f"veda.graph.replay: per_step must be True or False, not {per_step!r}")
         steps = int(steps)
@@ -896,6 +911,11 @@ def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray
                 f"veda.graph.replay: parameter {name!r} is {v}, beyond a 64-bit integer"
             )
         return np.full(1, v, dtype)
+    if is_masked(v):
+        raise GraphError(
+            f"veda.graph.replay: parameter {name!r}: masked arrays are not supported (the mask "
+            "would be ignored); pass x.filled(value)"
+        )
     a = np.asarray(v) if isinstance(v, (list, tuple, range, np.ndarray)) else None
     if (
         a is None
