@@ -21,6 +21,7 @@ reports each graph in the ``graphs`` section of :func:`veda.metrics`.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import math
 import statistics
 import threading
@@ -56,7 +57,7 @@ TRIES = 3
 #: blocks of 1 ms woke a parallel plan's threads for each: n-body 200 kept a 2x slower plan).
 TUNE_SECONDS = 0.01
 
-_made = 0  # graphs built in this process
+_made = itertools.count(1)  # numbers the graphs built in this process
 
 
 class _IntParam(int):
@@ -394,11 +395,9 @@ class graph(Interceptor):
                 names[-1][1] += 1
             else:
                 names.append([L.kernel.name, 1])
-        global _made
-        _made += 1  # numbered: two graphs of the same kernels are told apart in telemetry
-        self.name = (
-            f"graph#{_made}[" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in names) + "]"
-        )
+        self._what = "[" + ", ".join(n if k == 1 else f"{n} x{k}" for n, k in names) + "]"
+        # numbered: two graphs of the same kernels are told apart in telemetry
+        self.name = f"graph#{next(_made)}{self._what}"
         _registry[id(self)] = self
 
     def _candidates(self) -> list[tuple[str, np.ndarray]]:
@@ -451,7 +450,8 @@ class graph(Interceptor):
         """The module of the replay function for one pattern: which launches run in parallel
         (each pattern is compiled on first use: a launcher no plan runs is not compiled)."""
         lines = [
-            f"# veda launch graph {self.name} (generated)",
+            # (not the numbered name: the same launches are the same module, on disk too)
+            f"# veda launch graph {self._what} (generated)",
             "import numba as _veda_numba",
             "from veda._kernel import language as _veda_lang",
             "from veda._kernel.cache import get_module as _veda_get",
