@@ -50,8 +50,9 @@ def _dtype_problem(dt: np.dtype[Any], where: str) -> str | None:
 
 
 def is_masked(value: Any) -> bool:
-    """Whether ``value`` is a NumPy masked array, without importing ``numpy.ma`` (about 30 ms,
-    paid by a warm first launch otherwise): no masked array exists before it is imported."""
+    """Whether ``value`` is a NumPy masked array, without importing ``numpy.ma`` for it (no
+    masked array exists before it is imported).  Numba's first call with an array imports it
+    anyway (about 30 ms); veda's checks need not be the ones to pay it."""
     ma = sys.modules.get("numpy.ma")
     return ma is not None and isinstance(value, ma.MaskedArray)
 
