@@ -339,26 +339,45 @@ def _max(a: str, b: str) -> str:
 
 
 def _segment_loop(ndim: int, lo: str, hi: str, stmt: str) -> str:
-    """Visit the flat index range [lo, hi) of the domain, innermost axis contiguous."""
+    """Visit the flat index range [lo, hi) of the domain in index order, innermost axis
+    contiguous: a partial first row, whole rows, a partial last row.
+
+    Whole rows are plain ``range(n_last)`` loops, which LLVM vectorises as it does a
+    hand-written loop over rows; one loop with a computed start and end per row ran
+    Floyd-Warshall's 200x200 relaxation about 10% slower.
+    """
     if ndim == 1:
         return f"for i0 in range({lo}, {hi}):\n{_indent(stmt, 4)}\n"
     last = ndim - 1
-    head = f"_f = {lo}\nwhile _f < {hi}:\n"
-    if ndim == 2:
-        split = "    i0 = _f // n1\n    _j = _f - i0 * n1\n"
-    else:
-        split = (
-            "    i0 = _f // (n1 * n2)\n"
-            "    _r = _f - i0 * (n1 * n2)\n"
-            "    i1 = _r // n2\n"
-            "    _j = _r - i1 * n2\n"
-        )
-    body = (
-        f"    _e = {_min(f'n{last}', f'_j + ({hi} - _f)')}\n"
-        f"    for i{last} in range(_j, _e):\n{_indent(stmt, 8)}\n"
-        "    _f += _e - _j\n"
+    n = f"n{last}"
+
+    def row(r: str) -> str:  # the outer indices of row ``r`` of the (rows, n_last) view
+        if ndim == 2:
+            return f"i0 = {r}\n"
+        return f"i0 = {r} // n1\ni1 = {r} - i0 * n1\n"
+
+    def run(start: str, stop: str) -> str:
+        return f"for i{last} in range({start}, {stop}):\n{_indent(stmt, 4)}\n"
+
+    whole = (
+        f"for i0 in range(_r0, _r1):\n{_indent(run('0', n), 4)}"
+        if ndim == 2
+        else f"for _r in range(_r0, _r1):\n{_indent(row('_r') + run('0', n), 4)}"
     )
-    return head + split + body
+    split = (
+        f"_r0 = {lo} // {n}\n_j = {lo} - _r0 * {n}\n"
+        f"_r1 = {hi} // {n}\n_e = {hi} - _r1 * {n}\n"
+        "if _r0 == _r1:\n"
+        f"{_indent(row('_r0') + run('_j', '_e'), 4)}"
+        "else:\n"
+        "    if _j > 0:\n"
+        f"{_indent(row('_r0') + run('_j', n), 8)}"
+        "        _r0 += 1\n"
+        f"{_indent(whole, 4)}"
+        "    if _e > 0:\n"
+        f"{_indent(row('_r1') + run('0', '_e'), 8)}"
+    )
+    return f"if {lo} < {hi}:\n{_indent(split, 4)}"  # (an empty domain may have n_last == 0)
 
 
 def _serial_boundary(grow: str) -> str:
@@ -732,7 +751,7 @@ def kernel_launchers(
             stmt = f"{callee}({nn_idx}{wargs})"
             bounds = f"_lo = {piece_lo('_p')}\n_hi = {piece_lo('(_p + 1)')}\n"
             return (
-                # (_ps, _pe: _segment_loop's own names, _f, _j, _e, _r, stay its own)
+                # (_ps, _pe: _segment_loop's own names, _r0, _r1, _j, _e, _r, stay its own)
                 f"{bounds}{views}_ps = _lo\n_G = {SERIAL_PIECE}\n"
                 "while _ps < _hi:\n"
                 f"    _pe = {_min('_ps + _G', '_hi')}\n"
