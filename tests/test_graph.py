@@ -488,7 +488,9 @@ def test_replay_results_and_what_a_replay_allocates():
         peak_bytes = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak_bytes < 100_000  # nothing of the steps' size (200,000 steps: 1.6 MB a result)
+    # nothing of the steps' size (200,000 steps: 1.6 MB a result); what the replay's own
+    # bookkeeping takes (telemetry, a plan's first block) is far below half of one result
+    assert peak_bytes < 800_000
 
 
 def test_a_rebound_parameter_may_not_alias_the_other_arrays():
