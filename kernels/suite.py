@@ -42,11 +42,11 @@ import numpy as np
 import psutil
 
 import veda
+from veda import _progress
 from veda_kernels._registry import GALLERY, Case
 from veda_kernels.peers import PEER_KINDS, numpy_agrees, peers_for
 
 __all__ = [
-    "Progress",
     "best_peer",
     "compare",
     "format_seconds",
@@ -76,39 +76,6 @@ def machine() -> dict[str, Any]:
         "veda": veda.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-
-
-class Progress:
-    """A one-line progress bar on stderr: drawn on a terminal when ``enabled`` is None,
-    always when True, never when False."""
-
-    def __init__(self, total: int, enabled: bool | None = None, width: int = 30) -> None:
-        self.total = max(total, 1)
-        self.done = 0
-        self.width = width
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.start = time.perf_counter()
-
-    def step(self, label: str) -> None:
-        """Draw the bar with ``label`` as the work now under way."""
-        if not self.enabled:
-            return
-        filled = self.width * self.done // self.total
-        elapsed = time.perf_counter() - self.start
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] "
-            f"{self.done}/{self.total} {elapsed:5.0f}s  {label:<28.28}"
-        )
-        sys.stderr.flush()
-
-    def advance(self) -> None:
-        self.done += 1
-
-    def close(self) -> None:
-        self.done = self.total
-        self.step("done")
-        if self.enabled:
-            sys.stderr.write("\n")
 
 
 def settle(
@@ -260,7 +227,8 @@ def run(
 
     ``sizes`` holds labels for :func:`size_of`; ``budget`` bounds the seconds spent timing each
     implementation per case beyond the first three rounds; ``progress`` draws a progress bar
-    (None: when stderr is a terminal).
+    (None: ``veda.config(progress=...)``, where auto means in a notebook or when stderr is a
+    terminal).
     """
     names = list(kernels) if kernels is not None else list(GALLERY)
     unknown = [n for n in names if n not in GALLERY]
@@ -274,13 +242,15 @@ def run(
         raise ValueError(f"unknown peer {bad[0]!r}; expected some of {', '.join(PEER_KINDS)}")
     rng = np.random.default_rng(seed)
     jobs = [(n, s) for s in sizes for n in names]
-    bar = Progress(len(jobs), enabled=progress)
+    setting = veda.get_config().progress if progress is None else progress
     rows = []
-    for name, label in jobs:
-        bar.step(f"{name} ({label})")
-        rows.append(_measure(GALLERY[name], str(label), tuple(peers), repeats, budget, rng))
-        bar.advance()
-    bar.close()
+    with _progress.bar(
+        len(jobs), "gallery", enabled=_progress.wanted(setting, terminal=True), unit="case"
+    ) as bar:
+        for name, label in jobs:
+            bar.set_postfix_str(f"{name} ({label})")
+            rows.append(_measure(GALLERY[name], str(label), tuple(peers), repeats, budget, rng))
+            bar.update(1)
     report = {"suite": "veda-bench", "version": 1, "machine": machine(), "rows": rows}
     report["ceiling_gbps"] = _ceiling(rows)
     return report
@@ -416,7 +386,9 @@ def plot(report: dict[str, Any], path: str | Path | None = None, size: str | Non
             matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise veda.TelemetryError("plotting needs matplotlib: pip install matplotlib") from exc
+        raise veda.TelemetryError(
+            "plotting needs matplotlib, which the demo extra installs: pip install 'veda[demo]'"
+        ) from exc
     rows = [r for r in report["rows"] if size is None or r["size"] == size] or report["rows"]
     impls = [
         "veda",

@@ -583,3 +583,42 @@ def test_each_candidate_is_proposed_once():
     for size in (4, 64, 256, 1000, 10**6):
         cands = _dispatch.candidates(size, veda.max_threads())
         assert len(cands) == len(set(cands)), size
+
+
+@veda.kernel
+def _sums_of_residues(i, out):
+    s = 0.0
+    for j in range(1000):
+        s += ((i + j) % 7) * 0.5
+    out[i] = s
+
+
+def _explore(progress, size, monkeypatch, tmp_path):
+    """A new exploration (a size class of its own, an empty tuning cache) of a kernel heavy
+    enough to keep its parallel candidates."""
+    monkeypatch.setattr(_dispatch, "PROGRESS_AFTER", 0.0)  # a bar from the first launch
+    out = np.empty(size)
+    with veda.config(progress=progress, cache_dir=str(tmp_path)):
+        for _ in range(300):
+            _sums_of_residues[out.size](out)
+            decision = veda.explain(_sums_of_residues).decision_for(out.size)
+            if decision is not None:
+                return decision
+    raise AssertionError(f"still exploring after 300 launches: {veda.explain(_sums_of_residues)}")
+
+
+def test_a_slow_exploration_shows_a_progress_bar_that_ends_with_the_decision(
+    monkeypatch, tmp_path, capsys
+):
+    decision = _explore(True, 2048, monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    assert "exploring _sums_of_residues" in err, err
+    last = err.rstrip().split("\r")[-1]
+    assert "100%" in last and veda.scheduler.Explanation.label(decision) in last, last
+
+
+@pytest.mark.parametrize(("progress", "size"), [(False, 4096), (None, 8192)])
+def test_no_progress_bar_when_not_wanted(progress, size, monkeypatch, tmp_path, capsys):
+    """False: never; None (auto): in a notebook only, and a test runs outside one."""
+    _explore(progress, size, monkeypatch, tmp_path)
+    assert "exploring" not in capsys.readouterr().err

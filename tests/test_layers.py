@@ -18,7 +18,14 @@ ROOT = Path(veda.__file__).parent
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "leaf types, errors, private files",
-        ("veda._version", "veda.errors", "veda._types", "veda._dtypes", "veda._files"),
+        (
+            "veda._version",
+            "veda.errors",
+            "veda._types",
+            "veda._dtypes",
+            "veda._files",
+            "veda._progress",
+        ),
     ),
     ("hardware facts", ("veda._hardware",)),
     ("registries of targets and policies", ("veda._registry",)),
@@ -32,7 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "runtime on the launch core",
         ("veda._record", "veda._scan", "veda._tasks", "veda._iter", "veda._graph"),
     ),
-    ("facades and the command line", ("veda.cuda", "veda.cli", "veda")),
+    ("facades and the command line", ("veda.cuda", "veda.dask", "veda.cli", "veda")),
 ]
 
 

@@ -58,3 +58,31 @@ def test_every_notebook_is_in_the_docs():
 
 def test_there_are_notebooks():
     assert NOTEBOOKS
+
+
+def test_notebook_in_a_jupyter_kernel_shows_html_and_progress():
+    """notebooks/jupyter.ipynb in a real IPython kernel (nbclient, as myst-nb runs it): the
+    kernel, ``veda.explain`` and ``veda.metrics()`` render as HTML tables, and the slow
+    exploration draws a progress widget (ipywidgets is in the docs extra), with no error."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "jupyter.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], outputs
+    results = [o for c in code for o in c.outputs if o.output_type == "execute_result"]
+    html = [o.data.get("text/html", "") for o in results]
+    assert len(html) == 3, results
+    assert "veda.kernel saxpy" in html[0] and "writes <code>out</code>" in html[0], html[0]
+    assert "<table>" in html[1] and "veda.explain(heavy)" in html[1], html[1]
+    assert "veda telemetry" in html[2] and "heavy" in html[2], html[2]
+    heavy = next(c for c in code if "def heavy" in c.source)
+    widgets = [
+        o for o in heavy.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert widgets, f"no progress widget for the slow exploration: {heavy.outputs}"
+    assert "exploring heavy" in widgets[-1].data["text/plain"], widgets[-1].data

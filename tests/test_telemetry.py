@@ -436,3 +436,38 @@ def test_serve_metrics_over_http():
         assert "veda_launches_total" in body and "bump" in body
         with pytest.raises(veda.TelemetryError, match="cannot serve"):
             veda.telemetry.serve(port=server.port)
+
+
+def test_snapshots_of_several_processes_merge_exactly():
+    """Snapshot.merge (veda.dask.metrics merges its workers' so): counts and times add, the
+    histograms merge bucket by bucket, and the text exposition labels each part."""
+    from veda.telemetry._snapshot import Snapshot, render_prometheus
+
+    @veda.kernel
+    def bump(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(64)
+    veda.telemetry.reset()
+    for _ in range(7):
+        veda.launch(bump, 64, x, target="cpu")
+    first = veda.metrics()
+    veda.telemetry.reset()
+    for _ in range(5):
+        veda.launch(bump, 64, x, target="cpu")
+    second = veda.metrics()
+    merged = Snapshot.merge([first, second]).kernel(bump)
+    a, b = first.kernel(bump), second.kernel(bump)
+    assert merged.launches == a.launches + b.launches == 12
+    assert merged.total_time == pytest.approx(a.total_time + b.total_time)
+    assert merged.min_time == min(a.min_time, b.min_time)
+    whole = LogHistogram.from_buckets(a.histogram)
+    whole.merge(LogHistogram.from_buckets(b.histogram))
+    assert merged.p50 == whole.quantile(0.5) and merged.p99 == whole.quantile(0.99)
+    assert [c.launches for c in merged.configs] == [12]
+    text = render_prometheus(
+        [({"worker": "a"}, first.families()), ({"worker": "b"}, second.families())]
+    )
+    assert text.count("# HELP veda_launches_total ") == 1
+    assert 'veda_launches_total{worker="a",kernel=' in text
+    assert 'veda_launches_total{worker="b",kernel=' in text

@@ -93,7 +93,7 @@ _LAZY = {
     "graph": "veda._graph",
     **dict.fromkeys(("ParIter", "par_iter", "par_range"), "veda._iter"),
 }
-_LAZY_MODULES = ("random", "_tasks", "_record", "_scan", "_iter", "_graph")
+_LAZY_MODULES = ("random", "dask", "_tasks", "_record", "_scan", "_iter", "_graph")
 
 
 if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
@@ -111,7 +111,7 @@ if not TYPE_CHECKING:  # for type checkers the names are imported above: typos s
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "random"})
+    return sorted({*globals(), *_LAZY, "random", "dask"})
 
 
 __all__ = [

@@ -31,14 +31,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME")
-    if not base:
-        home = os.path.expanduser("~")
-        if home == "~":  # no home folder: a per-user folder under the temporary one
-            uid = os.getuid() if hasattr(os, "getuid") else "user"
-            return os.path.join(tempfile.gettempdir(), f"veda-{uid}")
-        base = os.path.join(home, ".cache")
-    return os.path.join(base, "veda")
+    """The per-user cache folder platformdirs gives veda: ``$XDG_CACHE_HOME/veda`` or
+    ``~/.cache/veda`` on Linux, ``~/Library/Caches/veda`` on macOS, ``%LOCALAPPDATA%\\veda\\Cache``
+    on Windows; without a home folder, a per-user folder under the temporary one."""
+    import platformdirs  # 4 ms, and only for the process default
+
+    if os.path.expanduser("~") == "~":  # no home folder (platformdirs would give "~/...")
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        return os.path.join(tempfile.gettempdir(), f"veda-{uid}")
+    return str(platformdirs.user_cache_dir("veda", appauthor=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +78,22 @@ class Config:
     cache : bool
         Keep compiled kernels on disk so that a new process reuses them.
     cache_dir : str
-        Where the disk cache lives (``$XDG_CACHE_HOME/veda`` by default).
+        Where the disk cache lives (by default the per-user cache folder of the platform, from
+        platformdirs: ``$XDG_CACHE_HOME/veda`` or ``~/.cache/veda`` on Linux).
     max_pending : int
         How many tasks (:func:`veda.submit`, :func:`veda.spawn`) may wait in the queue before
         a submit blocks, and after its ``timeout`` raises :class:`veda.QueueFull`.
+    progress : bool or None
+        Progress bars on long work: an adaptive kernel's exploration once it has run for more
+        than a second (``veda tune``, ``veda bench`` and ``veda demo`` draw theirs on a
+        terminal).  None: in a Jupyter notebook only (a widget, with ipywidgets; otherwise
+        text); True: also on a terminal (stderr); False: never.
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
-    ``VEDA_CACHE``, ``VEDA_CACHE_DIR`` and ``VEDA_MAX_PENDING``.
+    ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING`` and ``VEDA_PROGRESS``
+    (``auto`` for None).
     """
 
     target: str | None = None
@@ -101,6 +109,7 @@ class Config:
     cache: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     max_pending: int = 10_000
+    progress: bool | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
@@ -156,13 +165,16 @@ def _parse_env(name: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r}: expected an integer") from None
-    if name in _FLAGS:
+    if name == "progress" and raw.strip().lower() == "auto":
+        return None
+    if name in _FLAGS or name == "progress":
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{var}={raw!r}: expected 0/1, true/false, yes/no or on/off")
+        auto = ", or auto" if name == "progress" else ""
+        raise ConfigError(f"{var}={raw!r}: expected 0/1, true/false, yes/no or on/off{auto}")
     return raw.strip()
 
 
@@ -231,6 +243,9 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
     for flag in _FLAGS:
         if flag in values and not isinstance(values[flag], bool):
             raise error(f"{where}: {flag} must be True or False, not {values[flag]!r}")
+    progress = values.get("progress")
+    if progress is not None and not isinstance(progress, bool):
+        raise error(f"{where}: progress must be True, False or None (auto), not {progress!r}")
 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Config))

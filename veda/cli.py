@@ -17,6 +17,7 @@ import psutil
 
 import veda
 import veda.scheduler
+from veda import _progress
 from veda._hardware import cpu as _cpu
 from veda._kernel.cache import cache_clear, cache_info
 from veda.cuda import gpu_driver_present
@@ -43,7 +44,7 @@ def _info(args: argparse.Namespace) -> int:
             f"{numba.__version__} / {numba.version_info.full} / {np.__version__}",
         ),
         ("cpus (logical / physical)", f"{psutil.cpu_count()} / {psutil.cpu_count(logical=False)}"),
-        ("cpus this process may use", str(_cpu.affinity() or "?")),
+        ("cpus this process may use", str(_cpu.affinity() or f"? ({_cpu.affinity_reason()})")),
         ("numba worker threads", str(veda.max_threads())),
         (
             "threading layer",
@@ -208,14 +209,14 @@ def _tune(args: argparse.Namespace) -> int:
     else:
         print("veda tune: give MODULE:FUNCTION or --gallery", file=sys.stderr)
         return 2
-    bar = suite.Progress(len(jobs))
-    for name, kernel, domain, kargs, reset in jobs:
-        bar.step(f"{name} {int(np.prod(domain))}")
-        decision = suite.settle(kernel, domain, kargs, reset)
-        label = "undecided" if decision is None else veda.scheduler.Explanation.label(decision)
-        print(f"{name:<12} {int(np.prod(domain)):>10}  {label}")
-        bar.advance()
-    bar.close()
+    enabled = _progress.wanted(veda.get_config().progress, terminal=True)
+    with _progress.bar(len(jobs), "veda tune", enabled=enabled, unit="case") as bar:
+        for name, kernel, domain, kargs, reset in jobs:
+            bar.set_postfix_str(f"{name} {int(np.prod(domain))}")
+            decision = suite.settle(kernel, domain, kargs, reset)
+            label = "undecided" if decision is None else veda.scheduler.Explanation.label(decision)
+            bar.write(f"{name:<12} {int(np.prod(domain)):>10}  {label}", file=sys.stdout)
+            bar.update(1)
     print(f"decisions saved in {veda.get_config().cache_dir}/tuning")
     return 0
 

@@ -11,11 +11,13 @@ survive ``fork()``: use the ``spawn`` start method for process pools on that lay
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
 import queue
+import sys
 import threading
 import time
 from _thread import allocate_lock as _allocate_lock
@@ -27,6 +29,7 @@ from veda._hardware.signals import Waiters
 
 __all__ = [
     "affinity",
+    "affinity_reason",
     "cpu_model",
     "fingerprint",
     "fingerprint_id",
@@ -46,22 +49,72 @@ def max_threads() -> int:
 
 
 def affinity() -> int | None:
-    """How many CPUs this process may run on, or None where the platform does not say."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return None
+    """How many CPUs this process may run on, or None where the platform does not say
+    (:func:`affinity_reason` says why).
+
+    Linux: ``os.sched_getaffinity``; Windows and the BSDs: psutil's ``cpu_affinity``; macOS
+    has no CPU affinity for processes.
+    """
+    return _affinity()[0]
 
 
-def cpu_model() -> str:
-    """The processor's model name."""
+def affinity_reason() -> str | None:
+    """Why :func:`affinity` is None on this platform, or None when it is known."""
+    return _affinity()[1]
+
+
+def _affinity() -> tuple[int | None, str | None]:
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        try:
+            return len(os.sched_getaffinity(0)), None
+        except OSError as exc:  # pragma: no cover - a kernel that refuses its own process
+            return None, f"sched_getaffinity failed: {exc}"
+    if sys.platform == "darwin":
+        return None, "macOS has no CPU affinity for processes: threads may run on every core"
+    import psutil
+
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        cpus = psutil.Process().cpu_affinity()  # Windows, FreeBSD
+    except (AttributeError, OSError, psutil.Error) as exc:
+        why = "psutil has no cpu_affinity here" if isinstance(exc, AttributeError) else exc
+        return None, f"{sys.platform} does not report this process's CPU affinity ({why})"
+    if not cpus:  # pragma: no cover - an empty set means "all" on some platforms
+        return None, f"{sys.platform} reported an empty CPU affinity"
+    return len(cpus), None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The processor's model name: ``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS, else what
+    :func:`platform.processor` says (Windows: family, model and vendor), else the machine type.
+
+    Part of the machine's fingerprint (the tuning cache's file name), so read once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                for line in fh:
+                    if line.startswith("model name"):  # x86; ARM kernels do not say
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    elif sys.platform == "darwin":
+        import subprocess
+
+        try:
+            found = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            pass
+        else:
+            if found.returncode == 0 and found.stdout.strip():
+                return found.stdout.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def fingerprint(version: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ __all__ = [
     "DevicePool",
     "GPUCost",
     "device_resident",
+    "driver_missing",
     "explicit_reason",
     "gpu_cost",
     "gpu_driver_present",
@@ -62,14 +64,34 @@ _DRIVER_DIRS = (
 def gpu_driver_present() -> bool:
     """Whether an NVIDIA driver is visible, without importing any CUDA machinery.
 
-    File-system checks only (the kernel driver's /proc entry or device node, or libcuda in the
-    usual folders or on LD_LIBRARY_PATH): ``ctypes.util.find_library`` would start ``ldconfig``
-    or a compiler, at the first adaptive launch of every process.
+    File-system checks only: on Linux the kernel driver's /proc entry or device node, or libcuda
+    in the usual folders or on LD_LIBRARY_PATH (``ctypes.util.find_library`` would start
+    ``ldconfig`` or a compiler, at the first adaptive launch of every process); on Windows
+    ``nvcuda.dll`` in the system folder; on macOS never (:func:`driver_missing` says why).
     """
+    if sys.platform == "darwin":
+        return False
+    if sys.platform == "win32":
+        return os.path.exists(_windows_driver())
     if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidia0"):
         return True
     dirs = [*os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep), *_DRIVER_DIRS]
     return any(d and os.path.exists(os.path.join(d, "libcuda.so.1")) for d in dirs)
+
+
+def _windows_driver() -> str:
+    return os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvcuda.dll")
+
+
+def driver_missing() -> str:
+    """Why :func:`gpu_driver_present` found no driver, in words for this platform."""
+    if sys.platform == "darwin":
+        return "macOS has no CUDA driver (NVIDIA's last one was for macOS 10.13 and CUDA 10.2)"
+    if sys.platform == "win32":
+        return f"no NVIDIA driver found (no {_windows_driver()})"
+    return (
+        "no NVIDIA driver found (no /proc/driver/nvidia/version and no libcuda on the loader path)"
+    )
 
 
 def simulator_enabled() -> bool:
@@ -101,10 +123,7 @@ def _probe() -> tuple[str | None, str | None]:
                 "explicit target='cuda' launches for tests, but it is not a GPU",
             )
         elif not gpu_driver_present():
-            reason = (
-                "no NVIDIA driver found (no /proc/driver/nvidia/version and no libcuda "
-                "on the loader path)"
-            )
+            reason = driver_missing()
             _probed = (reason, reason)
         else:
             reason = None

@@ -14,12 +14,13 @@ import hashlib
 import math
 import statistics
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from veda import _registry
-from veda._config import check_decision
+from veda import _progress, _registry
+from veda._config import check_decision, get_config
 from veda._hardware import gpu as _gpu
 from veda._hardware.load import LoadMonitor
 from veda._types import Decision
@@ -47,6 +48,10 @@ SMALL_MARGIN = 4
 #: and 1.01 under dynamic (tests/test_telemetry.py), a streaming kernel about 1.0.
 IMBALANCED = 1.25
 BALANCED = 1.05
+
+#: Seconds an exploration runs (compiles included) before it shows a progress bar, where
+#: ``veda.config(progress=...)`` wants one (by default in a notebook only).
+PROGRESS_AFTER = 1.0
 
 #: Pins: what the settings fix of an adaptive decision (target, schedule), and where the
 #: arguments live ("host" or "device": device arrays can be read by some targets only).
@@ -119,6 +124,48 @@ class Entry:
     deterministic: bool = False
     #: The kernel reduces arrays into private copies: only targets that do take part.
     arrays: bool = False
+    #: The exploration's progress bar: see :class:`Exploring`.
+    exploring: Exploring | None = None
+
+
+class Exploring:
+    """The progress bar of one exploration: drawn once it has run for :data:`PROGRESS_AFTER`
+    seconds (from the tuner's start, so the first candidates' compiles count) and
+    ``veda.config(progress=...)`` wants it, closed when the tuner decides.  Its steps are
+    measured launches, out of the tuner's upper bound on them."""
+
+    __slots__ = ("bar", "launches", "round", "started")
+
+    def __init__(self, tuner: Tuner) -> None:
+        self.started = time.perf_counter()
+        self.round = tuner.explorations
+        self.launches = 0
+        self.bar: Any = None  # None: not drawn yet; False: not wanted
+
+    def step(self, entry: Entry) -> None:
+        tuner = entry.tuner
+        self.launches += 1
+        if self.bar is None and time.perf_counter() - self.started >= PROGRESS_AFTER:
+            self.bar = False
+            if _progress.wanted(get_config().progress):
+                try:
+                    self.bar = _progress.bar(
+                        tuner.launches_to_explore(), f"exploring {entry.kernel}", unit="launch"
+                    )
+                except Exception as exc:  # a broken widget stack must not fail the launch
+                    warnings.warn(
+                        f"veda: no progress bar for exploring {entry.kernel!r}: {exc}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return
+                self.bar.update(min(self.launches, self.bar.total))
+        elif self.bar:
+            self.bar.update(self.launches <= self.bar.total)
+        if self.bar and not tuner.exploring:
+            self.bar.set_postfix_str(_registry.describe(tuner.choice))
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
 
 
 class Dispatcher:
@@ -214,6 +261,7 @@ class Dispatcher:
                 residency,
                 deterministic,
                 arrays,
+                Exploring(tuner) if tuner.exploring else None,
             )
         return entry
 
@@ -231,6 +279,11 @@ class Dispatcher:
         per_element = seconds / max(size, 1)
         was_exploring = tuner.exploring
         tuner.observe(decision, per_element)
+        if was_exploring:
+            shown = entry.exploring
+            if shown is None or shown.round != tuner.explorations:
+                shown = entry.exploring = Exploring(tuner)
+            shown.step(entry)
         if tuner.exploring and decision.schedule == "static" and math.isfinite(imbalance):
             self._steer(tuner, imbalance)
         if tuner.exploring and _overhead(decision.target) == 0.0:

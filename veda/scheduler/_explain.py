@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from veda import _registry
@@ -76,9 +77,35 @@ class Explanation:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
-        import html
-
-        return "<pre>" + html.escape(str(self)) + "</pre>"
+        """A table per size class in a notebook: the decision, then each candidate's times."""
+        esc = html.escape
+        if not self.rows:
+            return f"<p><b>{esc(self.kernel)}</b>: no adaptive decisions yet</p>"
+        body = []
+        for r in self.rows:
+            state = (
+                f"{esc(self.label(r['decision']))} <i>({esc(r['source'])})</i>"
+                if r["decision"]
+                else "<i>exploring</i>"
+            )
+            body.append(
+                f"<tr><td><b>{r['ndim']}-d, size {esc(r['size_class'])}</b></td>"
+                f"<td>{esc(r['policy'])}</td><td colspan='2'>{state}</td></tr>"
+            )
+            for t in r["trials"]:
+                times = ", ".join(f"{x * 1e9:.3g}" for x in t["samples"]) or "-"
+                body.append(
+                    f"<tr style='color:#555'><td>&nbsp;&nbsp;{esc(self.label(t['decision']))}"
+                    f"</td><td></td><td>{times}</td><td>{esc(t['pruned'] or '')}</td></tr>"
+                )
+        head = (
+            "<tr><th>size class / candidate</th><th>policy</th><th>ns per element</th>"
+            "<th>dropped</th></tr>"
+        )
+        return (
+            f"<table><caption>veda.explain({esc(self.kernel)})</caption><thead>{head}</thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
 
 
 def explain(kernel: Any) -> Explanation:

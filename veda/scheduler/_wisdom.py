@@ -40,13 +40,28 @@ def _locked(path: Path) -> Iterator[None]:
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(lock_path, flags, 0o600)
     with open(fd, "a+") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # pragma: no cover - not POSIX: atomic rename still holds
-            pass
+        _lock_file(lock.fileno())
         yield
+
+
+def _lock_file(fd: int) -> None:
+    """Hold an exclusive lock on the open file ``fd`` until it is closed: ``flock`` on POSIX,
+    ``msvcrt.locking`` on its first byte on Windows (which itself retries for 10 s; after a
+    minute without the lock the write goes ahead unlocked: the rename still lands whole, and
+    at worst one process's new entries are lost)."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt  # Windows
+
+        for _ in range(6):
+            try:
+                msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
+                return
+            except OSError:
+                continue
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 class TuningCache:

@@ -79,6 +79,22 @@ class LogHistogram:
                 return 2.0 * _GAMMA**k / (_GAMMA + 1.0)
         raise AssertionError("unreachable: counts add up to count")
 
+    @classmethod
+    def from_buckets(cls, buckets: Iterable[tuple[float, float, int]]) -> LogHistogram:
+        """The histogram whose :meth:`buckets` are ``buckets`` (a snapshot's, from another
+        process, say), so that it merges exactly.
+
+        >>> h = LogHistogram(); h.add_many([1e-6, 5e-3])
+        >>> LogHistogram.from_buckets(h.buckets()).counts == h.counts
+        True
+        """
+        h = cls()
+        for _, hi, count in buckets:
+            k = round(math.log(hi) / _LOG_GAMMA)
+            h.counts[k] = h.counts.get(k, 0) + int(count)
+            h.count += int(count)
+        return h
+
     def buckets(self) -> list[tuple[float, float, int]]:
         """(lower edge, upper edge, count) of every non-empty bucket, in order."""
         return [(_GAMMA ** (k - 1), _GAMMA**k, self.counts[k]) for k in sorted(self.counts)]

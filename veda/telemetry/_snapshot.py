@@ -18,6 +18,27 @@ from veda.telemetry._registry import Registry, Series
 
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
 
+#: A Prometheus family: (name, type, help, [(suffix, labels, value)]).
+Family = tuple[str, str, str, list[tuple[str, str, float]]]
+
+
+def render_prometheus(parts: list[tuple[dict[str, str], list[Family]]]) -> str:
+    """The text exposition of several snapshots' families, each with constant labels of its
+    own (``{"worker": address}``, say): one ``# HELP``/``# TYPE`` per family name, every
+    part's samples under it."""
+    merged: dict[str, tuple[str, str, list[str]]] = {}
+    for extra, families in parts:
+        prefix = ",".join(f'{k}="{_escape(v)}"' for k, v in extra.items())
+        for name, kind, help_, samples in families:
+            lines = merged.setdefault(name, (kind, help_, []))[2]
+            for suffix, labels, value in samples:
+                both = ",".join(x for x in (prefix, labels) if x)
+                lines.append(f"{name}{suffix}{{{both}}} {_num(value)}")
+    out: list[str] = []
+    for name, (kind, help_, lines) in merged.items():
+        out += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", *lines]
+    return "\n".join(out) + "\n"
+
 
 @dataclass(frozen=True)
 class Figures:
@@ -88,6 +109,31 @@ def _figures(series: list[Series]) -> Figures:
         profiled_launches=profiled,
         histogram=tuple(hist.buckets()),
         **q,
+    )
+
+
+def merge_figures(figures: list[Figures]) -> Figures:
+    """Figures of the launches of several (of other processes, say): counts and times add,
+    histograms merge exactly, so the quantiles are those of all the launches together."""
+    hist = LogHistogram()
+    for f in figures:
+        hist.merge(LogHistogram.from_buckets(f.histogram))
+    launches = sum(f.launches for f in figures)
+    profiled = sum(f.profiled_launches for f in figures)
+    ran = [f for f in figures if f.launches]
+    imb = sum(f.imbalance * f.profiled_launches for f in figures if f.profiled_launches)
+    return Figures(
+        launches=launches,
+        errors=sum(f.errors for f in figures),
+        total_time=sum(f.total_time for f in figures),
+        min_time=min((f.min_time for f in ran), default=math.nan),
+        max_time=max((f.max_time for f in ran), default=math.nan),
+        elements=sum(f.elements for f in figures),
+        bytes=sum(f.bytes for f in figures),
+        imbalance=imb / profiled if profiled else math.nan,
+        profiled_launches=profiled,
+        histogram=tuple(hist.buckets()),
+        **{name: hist.quantile(p) for name, p in QUANTILES},
     )
 
 
@@ -246,6 +292,39 @@ class Snapshot:
                 extra[name] = section
         return cls(tuple(sorted(out, key=lambda k: (k.module, k.name))), kernel_transfers(), extra)
 
+    @classmethod
+    def merge(cls, snapshots: list[Snapshot]) -> Snapshot:
+        """One snapshot of the launches of several (every worker's of a cluster, say): per
+        kernel and configuration, counts and times add and latency histograms merge exactly.
+        Decisions and the runtime's sections are each process's own and are left out."""
+        kernels: dict[tuple[str, str], list[KernelMetrics]] = {}
+        transfers: dict[str, dict[str, int]] = {}
+        for snap in snapshots:
+            for k in snap.kernels:
+                kernels.setdefault((k.module, k.name), []).append(k)
+            for name, t in snap.transfers.items():
+                into = transfers.setdefault(name, {})
+                for key, v in t.items():
+                    into[key] = into.get(key, 0) + v
+        out = []
+        for (module, name), ks in sorted(kernels.items()):
+            configs: dict[Decision, list[Figures]] = {}
+            for k in ks:
+                for c in k.configs:
+                    configs.setdefault(c.decision, []).append(c.figures)
+            out.append(
+                KernelMetrics(
+                    name,
+                    module,
+                    merge_figures([k.figures for k in ks]),
+                    tuple(ConfigMetrics(*d, merge_figures(f)) for d, f in configs.items()),
+                    sum(k.compiles for k in ks),
+                    sum(k.cache_hits for k in ks),
+                    sum(k.compile_time for k in ks),
+                )
+            )
+        return cls(tuple(out), transfers)
+
     def kernel(self, name: Any) -> KernelMetrics:
         """A kernel's metrics by ``__qualname__``, ``module.qualname`` or the kernel itself.
 
@@ -306,13 +385,15 @@ class Snapshot:
         Counters carry their ``_total`` name on the ``# TYPE`` line, as that format wants;
         latency is a summary with the quantiles p50, p90, p99 and p99.9.
         """
-        lines: list[str] = []
+        return render_prometheus([({}, self.families())])
+
+    def families(self) -> list[Family]:
+        """The Prometheus families of this snapshot: (name, type, help, [(suffix, labels,
+        value)]), as :meth:`to_prometheus` writes them."""
+        out: list[Family] = []
 
         def family(name: str, kind: str, help_: str, samples: list[tuple[str, str, float]]) -> None:
-            lines.append(f"# HELP {name} {help_}")
-            lines.append(f"# TYPE {name} {kind}")
-            for suffix, labels, value in samples:
-                lines.append(f"{name}{suffix}{{{labels}}} {_num(value)}")
+            out.append((name, kind, help_, samples))
 
         def labels(k: KernelMetrics, c: ConfigMetrics | None = None, **extra: Any) -> str:
             items = {"kernel": f"{k.module}.{k.name}"}
@@ -397,7 +478,7 @@ class Snapshot:
         for section in self.sections.values():
             for name, kind, help_, samples in section.families():
                 family(name, kind, help_, samples)
-        return "\n".join(lines) + "\n"
+        return out
 
     def _repr_html_(self) -> str:
         head = (
