@@ -8,10 +8,13 @@ Targets (issue 17):
   their output block; the blocks are small (10,000 elements), so the time is mostly Dask's per
   task cost, and what veda adds per block (argument checks, the dispatcher, the output
   allocation) shows in the ratio;
-* two workers against one process, reported as measured: a compute-heavy kernel over 2e5
-  elements in 8 blocks on the cluster, against one adaptive launch over the whole array in this
-  process (which uses both cores itself), and ``veda.dask.reduce`` against one reduction
-  launch.
+* what veda adds per block on a worker, timed there: the block function of
+  ``veda.dask.map_blocks`` (settings, launch, output allocation) against a call of the
+  ``@njit`` function, on one 10,000-element block, 2,000 calls each;
+* two workers against one process, reported as measured: a compute-heavy kernel over 5e4
+  elements in 8 blocks on the cluster, against one adaptive launch over the whole array in
+  this process (which uses both cores itself, once its dispatcher has decided), and
+  ``veda.dask.reduce`` against one reduction launch.
 
 Rounds are interleaved; medians of the repeats after a warm-up (which compiles the kernels on
 every worker).
@@ -68,6 +71,49 @@ def heavy_sum(i, x):
     return s
 
 
+def _per_block(n: int, calls: int) -> dict[str, float]:
+    """On a worker: seconds per call of veda.dask's block function and of the @njit function
+    on one block (medians of 10 batches, after a warm-up batch of each)."""
+    from veda.dask import _map_block, _settings
+
+    x, y = np.random.default_rng(1).random(n), np.random.default_rng(2).random(n)
+    settings = _settings()
+
+    def veda_block():
+        _map_block(
+            x, y, kernel=axpy, scalars={0: 2.0}, count=3, out_dtype=x.dtype, settings=settings
+        )
+
+    def njit_block():
+        axpy_njit(2.0, x, y)
+
+    batch = max(1, calls // 10)
+    fns = {"veda": veda_block, "njit": njit_block}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(11):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(batch):
+                fn()
+            if round_:  # the first round warms up
+                times[name].append((time.perf_counter() - start) / batch)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _ran(kernel) -> str:
+    """The configuration that ran most of this process's launches of ``kernel``."""
+    configs = veda.metrics().kernel(kernel).configs
+    return veda.scheduler.Explanation.label(max(configs, key=lambda c: c.launches).decision)
+
+
+def settle(kernel, n: int, args: tuple, most: int = 200) -> None:
+    """Launch until the dispatcher has decided for this size (or ``most`` launches)."""
+    for _ in range(most):
+        kernel[n](*args)
+        if veda.explain(kernel).decision_for(n) is not None:
+            return
+
+
 def _timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -81,8 +127,14 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     quick = args.quick
     n_axpy, chunk = (40_000, 10_000) if quick else (2_000_000, 10_000)
-    n_heavy = 8_000 if quick else 200_000
-    repeats = 2 if quick else 9
+    n_heavy = 8_000 if quick else 50_000
+    repeats = 2 if quick else 15
+    # This process's dispatcher decides before the cluster starts: the load monitor counts the
+    # workers' cores as busy while they compute, and would leave it one thread.
+    h_np = np.random.default_rng(3).random(n_heavy)
+    whole = np.empty(n_heavy)
+    settle(heavy, n_heavy, (h_np, whole))
+    settle(heavy_sum, n_heavy, (h_np,))
     with (
         LocalCluster(
             n_workers=2,
@@ -94,11 +146,12 @@ def main() -> None:
         ) as cluster,
         Client(cluster) as client,
     ):
-        rng = np.random.default_rng(0)
-        x_np, y_np = rng.random(n_axpy), rng.random(n_axpy)
-        x = da.from_array(x_np, chunks=chunk).persist()
-        y = da.from_array(y_np, chunks=chunk).persist()
+        # Made on the workers (a NumPy array would travel inside the graph).
+        rng = da.random.default_rng(0)
+        x = rng.random(n_axpy, chunks=chunk).persist()
+        y = rng.random(n_axpy, chunks=chunk).persist()
         wait([x, y])
+        x_np, y_np = x.compute(), y.compute()
         blocks = x.npartitions
 
         def run_veda():
@@ -113,11 +166,18 @@ def main() -> None:
 
         for fn in (run_veda, run_njit):  # warm-up: compiles on every worker, checks
             np.testing.assert_array_equal(fn().compute(), 2.0 * x_np + y_np)
-        per = {"veda": [], "njit": []}
-        for _ in range(repeats):
-            per["veda"] += _timed(run_veda, 1)
-            per["njit"] += _timed(run_njit, 1)
+        per: dict[str, list[float]] = {"veda": [], "njit": []}
+        ratios = []
+        for r in range(repeats):  # paired rounds, alternating which goes first
+            pair = (("veda", run_veda), ("njit", run_njit))
+            got = {name: _timed(fn, 1)[0] for name, fn in (pair if r % 2 else pair[::-1])}
+            for name, t in got.items():
+                per[name].append(t)
+            ratios.append(got["veda"] / got["njit"])
         med = {k: statistics.median(v) for k, v in per.items()}
+        quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+        in_worker = client.run(_per_block, chunk, 200 if quick else 2000)
+        added = statistics.median(v["veda"] - v["njit"] for v in in_worker.values())
         overhead = {
             "blocks": blocks,
             "elements_per_block": chunk,
@@ -125,18 +185,27 @@ def main() -> None:
             "njit_seconds": med["njit"],
             "veda_per_block_us": med["veda"] / blocks * 1e6,
             "njit_per_block_us": med["njit"] / blocks * 1e6,
-            "ratio": med["veda"] / med["njit"],
+            "ratio_median_of_rounds": statistics.median(ratios),
+            "ratio_quartiles": [quart[0], quart[2]],
+            "in_worker_block_us": {
+                a: {k: t * 1e6 for k, t in v.items()} for a, v in in_worker.items()
+            },
+            "veda_adds_per_block_us": added * 1e6,
         }
         print(
             f"per block ({blocks} blocks of {chunk}): veda.dask.map_blocks "
             f"{overhead['veda_per_block_us']:.0f} us, dask map_blocks of @njit "
-            f"{overhead['njit_per_block_us']:.0f} us -> {overhead['ratio']:.2f}x (target <= 1.1)"
+            f"{overhead['njit_per_block_us']:.0f} us -> median of {repeats} paired rounds "
+            f"{overhead['ratio_median_of_rounds']:.2f}x (quartiles {quart[0]:.2f}-{quart[2]:.2f}; "
+            f"target <= 1.1)"
+        )
+        print(
+            f"in the worker, one block: veda's block function adds "
+            f"{overhead['veda_adds_per_block_us']:.1f} us to the @njit call"
         )
 
-        h_np = rng.random(n_heavy)
         h = da.from_array(h_np, chunks=n_heavy // 8).persist()
         wait(h)
-        whole = np.empty(n_heavy)
 
         def one_process():
             heavy[n_heavy](h_np, whole)
@@ -152,10 +221,8 @@ def main() -> None:
         def two_workers_sum():
             return client.compute(vd.reduce(heavy_sum, h)).result()
 
-        for _ in range(3 if not quick else 1):  # settle the dispatcher in both places
-            one_process()
+        for _ in range(3 if not quick else 1):  # compile on the workers ("cpu", one thread)
             two_workers()
-            one_process_sum()
             two_workers_sum()
         got = two_workers().compute()
         one_process()
@@ -170,12 +237,13 @@ def main() -> None:
         scale = {k: statistics.median(v) for k, v in times.items()}
         print(
             f"heavy kernel, {n_heavy} elements: one process {scale['one_process'] * 1e3:.1f} ms "
-            f"({veda.scheduler.Explanation.label(veda.explain(heavy).decision_for(n_heavy))}), "
+            f"({_ran(heavy)}), "
             f"2 workers x 1 thread {scale['two_workers'] * 1e3:.1f} ms "
             f"-> {scale['one_process'] / scale['two_workers']:.2f}x"
         )
         print(
-            f"heavy reduction: one process {scale['one_process_sum'] * 1e3:.1f} ms, "
+            f"heavy reduction: one process {scale['one_process_sum'] * 1e3:.1f} ms "
+            f"({_ran(heavy_sum)}), "
             f"veda.dask.reduce on 2 workers {scale['two_workers_sum'] * 1e3:.1f} ms "
             f"-> {scale['one_process_sum'] / scale['two_workers_sum']:.2f}x"
         )

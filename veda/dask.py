@@ -31,6 +31,7 @@ array([2., 3., 4., 5.])
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ __all__ = [
 
 #: The caller's settings a block launch keeps (the rest a worker's dispatcher decides).
 _KEPT = ("target", "schedule", "chunk", "boundscheck", "deterministic", "seed", "policy")
+#: Those of them (and ``threads``) that :func:`veda.launch` takes itself.
+_LAUNCH_ARGS = ("target", "threads", "schedule", "chunk")
 
 
 def worker_threads() -> int | None:
@@ -129,10 +132,18 @@ def _run(
     settings: dict[str, Any],
     location: Any,
 ) -> Any:
-    """One block's launch, with a kernel error naming the block and the worker."""
-    with _config.config(**_worker_settings(settings)):
+    """One block's launch, with a kernel error naming the block and the worker.  The target,
+    threads, schedule and chunk go to the launch itself; a scope is opened only for settings
+    that differ from the worker's (a ``veda.config`` scope costs more than the launch of a
+    small block)."""
+    settings = _worker_settings(settings)
+    overrides = {k: settings[k] for k in _LAUNCH_ARGS if settings.get(k) is not None}
+    scoped = {k: v for k, v in settings.items() if k not in _LAUNCH_ARGS}
+    cfg = _config.get_config()
+    differ = any(getattr(cfg, k) != v for k, v in scoped.items())
+    with _config.config(**scoped) if differ else contextlib.nullcontext():
         try:
-            return launch(kernel, dims, *args)
+            return launch(kernel, dims, *args, **overrides)
         except KernelError as exc:
             block = f"block {tuple(location)}" if location is not None else "a block"
             raise type(exc)(
