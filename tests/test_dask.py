@@ -55,6 +55,32 @@ def fails_at_seven(i, x, out):
     out[i] = x[i]
 
 
+@veda.kernel(reduce="sum")
+def sum_unless_seven(i, x):
+    if x[i] == 7.0:
+        raise ValueError("seven")
+    return x[i]
+
+
+@veda.kernel
+def writes_its_input(i, x, out):
+    x[i] = 0.0
+    out[i] = 1.0
+
+
+@veda.kernel
+def forgets_its_output(i, x, out):
+    s = x[i]  # noqa: F841
+
+
+def _scaled_by(w):
+    @veda.kernel
+    def scaled(i, x, out):
+        out[i] = w[0] * x[i]
+
+    return scaled
+
+
 @veda.kernel
 def slow_copy(i, x, out):
     s = 0.0
@@ -166,6 +192,21 @@ def test_metrics_merge_every_worker(client):
     assert "2 Dask worker(s)" in m._repr_html_()
 
 
+def test_kernels_sent_by_value_stay_apart_and_arrive_once(client):
+    """Two kernels of one source over different arrays (sent by value: a factory's), each once
+    per worker however many tasks carry it, and neither confused with the other."""
+    one, five = _scaled_by(np.array([1.0])), _scaled_by(np.array([5.0]))
+    x = da.ones(400, chunks=50)
+    got = (vd.map_blocks(five, x) - vd.map_blocks(one, x)).compute()
+    np.testing.assert_array_equal(got, np.full(400, 4.0))
+    # Telemetry keeps one record per qualified name, which the two share: at most one
+    # specialisation of each kernel per worker, and none more when they come again.
+    before = client.run(lambda: vd.compiles(five))
+    assert all(1 <= c <= 2 for c in before.values()), before
+    (vd.map_blocks(five, x) + vd.map_blocks(one, x)).compute()
+    assert client.run(lambda: vd.compiles(five)) == before
+
+
 def test_warm_compiles_on_every_worker(client):
     counts = vd.warm(client, fails_at_seven, np.zeros(4), np.empty(4))
     assert len(counts) == 2 and all(c == 1 for c in counts.values()), counts
@@ -175,10 +216,16 @@ def test_warm_compiles_on_every_worker(client):
 
 def test_a_kernel_error_names_the_worker_and_the_block(client):
     x = da.arange(20.0, chunks=5)
-    with pytest.raises(veda.KernelError, match=r"seven.*block \(1,\).*dask worker tcp://") as info:
+    with pytest.raises(
+        veda.KernelError, match=r"at index 7 .*block \(1,\).*dask worker tcp://.*seven"
+    ):
         vd.map_blocks(fails_at_seven, x).compute()
-    assert info.value.original_type is ValueError
-    assert info.value.index == (2,)  # index 7 is the block's index 2
+    with pytest.raises(veda.KernelError) as info:
+        client.compute(vd.reduce(sum_unless_seven, x)).result()
+    err = info.value
+    assert err.original_type is ValueError and err.original_message == "seven"
+    assert err.index == (7,)  # the array's index (the block's own is 2)
+    assert "in block (1,) of shape (5,), on dask worker tcp://" in err.context
 
 
 def test_bad_arguments_are_refused_before_anything_runs():
@@ -209,6 +256,12 @@ def test_bad_arguments_are_refused_before_anything_runs():
     ]:
         with pytest.raises(veda.LaunchError, match=match):
             vd.map_overlap(fails_at_seven, x, **bad)
+    with pytest.raises(veda.LaunchError, match="writes x, an input"):
+        vd.map_blocks(writes_its_input, x)
+    with pytest.raises(veda.LaunchError, match="never writes its last parameter 'out'"):
+        vd.map_blocks(forgets_its_output, x)
+    with pytest.raises(veda.LaunchError, match="a max of no elements has no value"):
+        vd.reduce(veda.kernel(reduce="max")(lambda i, x: x[i]), da.ones(0, chunks=5))
     with pytest.raises(veda.LaunchError, match="declares ndim=2"):
         vd.map_blocks(veda.kernel(ndim=2)(lambda i, j, x, out: None), x)
 
@@ -234,3 +287,30 @@ def test_local_schedulers_run_it_too():
     np.testing.assert_array_equal(got.compute(scheduler="threads"), 2 * x)
     with dask.config.set(scheduler="synchronous"):
         assert vd.reduce(total, da.from_array(x, chunks=7)).compute() == np.sum(x * x)
+
+
+def test_empty_blocks_are_left_out_of_a_min():
+    x = da.from_array(np.array([4.0, 2.0, 7.0, 1.0, 9.0]), chunks=((2, 0, 3),))
+    assert vd.reduce(smallest, x).compute(scheduler="synchronous") == 1.0
+    assert vd.reduce(total, x).compute(scheduler="synchronous") == 4 * 4 + 4 + 49 + 1 + 81
+
+
+@veda.kernel(reduce="min")
+def smallest(i, x):
+    return x[i]
+
+
+def test_workers_sharing_one_process_are_counted_once():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        veda.telemetry.reset()
+        vd.reduce(smallest, da.ones(1100, chunks=100)).compute()  # 11 blocks
+        m = vd.metrics(c)
+        assert m.kernel(smallest).launches == 11, m
+        assert m.to_prometheus().count('worker="') == m.to_prometheus().count(
+            f'worker="{next(iter(m.workers))}"'
+        )

@@ -622,3 +622,21 @@ def test_no_progress_bar_when_not_wanted(progress, size, monkeypatch, tmp_path, 
     """False: never; None (auto): in a notebook only, and a test runs outside one."""
     _explore(progress, size, monkeypatch, tmp_path)
     assert "exploring" not in capsys.readouterr().err
+
+
+def test_a_failing_progress_bar_never_fails_a_launch(monkeypatch, tmp_path):
+    """A bar whose updates raise (a broken widget, a closed stderr): a warning, and the
+    exploration goes on to its decision."""
+
+    class Broken:
+        total, n = 100, 0
+
+        def update(self, n=1):
+            raise ValueError("I/O operation on closed file.")
+
+        set_postfix_str = close = update
+
+    monkeypatch.setattr(_dispatch._progress, "bar", lambda *a, **k: Broken())
+    with pytest.warns(RuntimeWarning, match="no progress bar for exploring"):
+        decision = _explore(True, 16384, monkeypatch, tmp_path)
+    assert decision is not None

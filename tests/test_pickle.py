@@ -32,8 +32,12 @@ def _local_kernel(scale):
 def test_a_local_kernel_travels_by_value_and_arrives_once_per_process():
     k = _local_kernel(3.0)
     blob = cloudpickle.dumps(k)
+    assert cloudpickle.loads(blob) is k  # in the process that made it: the kernel itself
+    from veda._kernel import base
+
+    base._originals.pop(k.token)  # as in another process
     a, b = cloudpickle.loads(blob), cloudpickle.loads(blob)
-    assert a is b and a is not k
+    assert a is b and a is not k and a.token == k.token
     x, out = np.arange(5.0), np.empty(5)
     a[5](x, out)
     np.testing.assert_array_equal(out, 3.0 * x)
@@ -41,6 +45,56 @@ def test_a_local_kernel_travels_by_value_and_arrives_once_per_process():
     assert other is not a
     other[5](x, out)
     np.testing.assert_array_equal(out, 4.0 * x)
+
+
+def _helper_and_kernel(c):
+    @veda.func
+    def times_c(v):
+        return c * v
+
+    @veda.kernel
+    def apply(i, x, out):
+        out[i] = times_c(x[i])
+
+    return apply
+
+
+def test_a_kernel_calling_a_helper_travels_by_value():
+    from veda._kernel import base
+
+    k = _helper_and_kernel(3.0)
+    blob = cloudpickle.dumps(k)
+    base._originals.pop(k.token)
+    back = cloudpickle.loads(blob)
+    x, out = np.arange(4.0), np.empty(4)
+    back[4](x, out)
+    np.testing.assert_array_equal(out, 3.0 * x)
+
+
+def test_a_kernel_copies_to_itself():
+    import copy
+
+    k = _local_kernel(2.0)
+    assert copy.copy(k) is k and copy.deepcopy(k) is k and copy.deepcopy([k])[0] is k
+
+
+def test_a_kernel_sent_by_name_that_is_not_there_is_a_veda_error():
+    from veda._kernel.base import _named
+
+    with pytest.raises(veda.LaunchError, match="sent by name.*register_pickle_by_value"):
+        _named(veda.Kernel, "veda_kernels.blas1", "no_such_kernel")
+
+
+def test_veda_dask_is_absent_not_broken_without_dask():
+    code = (
+        "import sys; sys.modules['dask'] = None\n"
+        "import veda\n"
+        "assert not hasattr(veda, 'dask') and 'dask' not in dir(veda)\n"
+        "try:\n    veda.dask\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'veda[dask]'" in proc.stdout
 
 
 def test_options_travel_with_the_kernel():

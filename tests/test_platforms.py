@@ -3,6 +3,7 @@ tested here by faking the platform (``sys.platform``, and the functions it takes
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -128,11 +129,12 @@ def test_cache_dir_is_platformdirs(monkeypatch, tmp_path):
     assert _config._default_cache_dir().endswith(os.path.join("Library", "Caches", "veda"))
     monkeypatch.setattr(platformdirs, "PlatformDirs", Windows)
     monkeypatch.setattr(
-        Windows,
-        "user_cache_dir",
-        property(lambda self: "C:\\Users\\u\\AppData\\Local\\veda\\Cache"),
+        "platformdirs.windows.get_win_folder", lambda csidl: "C:\\Users\\u\\AppData\\Local"
     )
-    assert _config._default_cache_dir() == "C:\\Users\\u\\AppData\\Local\\veda\\Cache"
+    # Windows' own class: veda, without an author folder, then Cache.
+    assert _config._default_cache_dir() == os.path.join(
+        "C:\\Users\\u\\AppData\\Local", "veda", "Cache"
+    )
 
 
 def test_cache_dir_without_a_home_folder_is_per_user_under_tmp(monkeypatch):
@@ -144,12 +146,14 @@ def test_cache_dir_without_a_home_folder_is_per_user_under_tmp(monkeypatch):
 
 def test_tuning_lock_uses_msvcrt_without_fcntl(monkeypatch, tmp_path):
     locked = []
-    fake = types.SimpleNamespace(LK_LOCK=1, locking=lambda fd, mode, n: locked.append((mode, n)))
+    fake = types.SimpleNamespace(
+        LK_LOCK=1, LK_UNLCK=0, locking=lambda fd, mode, n: locked.append((mode, n))
+    )
     monkeypatch.setitem(sys.modules, "fcntl", None)  # import fcntl raises ImportError
     monkeypatch.setitem(sys.modules, "msvcrt", fake)
     cache = _wisdom.TuningCache(str(tmp_path))
     cache.put("k|1d|2^4|adaptive", {"decision": veda.targets.Decision("cpu").to_json()})
-    assert locked and locked[0] == (1, 1)
+    assert locked[:2] == [(1, 1), (0, 1)]  # locked, then unlocked before the file closes
     assert _wisdom.TuningCache(str(tmp_path)).get("k|1d|2^4|adaptive") is not None
 
 
@@ -161,7 +165,8 @@ def test_tuning_lock_gives_up_waiting_and_still_writes(monkeypatch, tmp_path):
         raise OSError("locked by another process")
 
     monkeypatch.setitem(sys.modules, "fcntl", None)
-    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(LK_LOCK=1, locking=busy))
+    fake = types.SimpleNamespace(LK_LOCK=1, LK_UNLCK=0, locking=busy)
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
     cache = _wisdom.TuningCache(str(tmp_path))
     cache.put("k|1d|2^4|adaptive", {"decision": veda.targets.Decision("cpu").to_json()})
     assert len(tries) == 6
@@ -169,10 +174,10 @@ def test_tuning_lock_gives_up_waiting_and_still_writes(monkeypatch, tmp_path):
 
 
 def test_progress_is_off_outside_notebooks_and_terminals(monkeypatch):
-    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
     assert not _progress.in_notebook()
     assert _progress.wanted(None) is False
-    assert _progress.wanted(None, terminal=True) is False  # /dev/null is not a terminal
+    assert _progress.wanted(None, terminal=True) is False
     assert _progress.wanted(True) is True
     assert _progress.wanted(False, terminal=True) is False
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from veda import cuda, scheduler, targets, telemetry
@@ -103,7 +104,10 @@ if not TYPE_CHECKING:  # for type checkers the names are imported above: typos s
         if where is not None:
             value = getattr(importlib.import_module(where), name)
         elif name in _LAZY_MODULES:
-            value = importlib.import_module(f"veda.{name}")
+            try:
+                value = importlib.import_module(f"veda.{name}")
+            except ImportError as exc:  # an optional extra (veda.dask): hasattr() says False
+                raise AttributeError(f"veda.{name} is not available: {exc}") from exc
         else:
             raise AttributeError(f"module 'veda' has no attribute {name!r}")
         globals()[name] = value
@@ -111,7 +115,11 @@ if not TYPE_CHECKING:  # for type checkers the names are imported above: typos s
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "random", "dask"})
+    try:
+        extras = {"dask"} if importlib.util.find_spec("dask") is not None else set()
+    except (ImportError, ValueError):  # a module that is None or broken in sys.modules
+        extras = set()
+    return sorted({*globals(), *_LAZY, "random", *extras})
 
 
 __all__ = [

@@ -26,11 +26,8 @@ checks written in and the compiled loop called directly.  Everything else takes 
 from __future__ import annotations
 
 import contextvars
-import importlib
-import marshal
 import math
 import os
-import sys
 import threading
 import types
 import warnings
@@ -432,19 +429,8 @@ class Kernel(KernelDefinition):
             f"{explain(self)._repr_html_()}</div>"
         )
 
-    # -- pickling ------------------------------------------------------------------------------
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled by name where an importable module holds it (``module.qualname``), else by
-        value (kernels of ``__main__`` too): the
-        Python function (which cloudpickle, as Dask uses it, sends by value) and the options.
-        A process that unpickles the same kernel many times keeps one copy of it, so it
-        compiles the kernel once (a Dask worker receiving it with every task, say)."""
-        fn = self.py_func
-        # Not __main__: another process's __main__ is another program (a Dask worker's).
-        if fn.__module__ != "__main__" and _by_name(fn.__module__, fn.__qualname__) is self:
-            return (_named, (fn.__module__, fn.__qualname__))
-        reduce = dict(self.private) if self.private else self.reduce
-        return (_unpickled, (fn, reduce, self.ndim))
+    def _options(self) -> dict[str, Any]:
+        return {"reduce": dict(self.private) if self.private else self.reduce, "ndim": self.ndim}
 
     # -- domains -------------------------------------------------------------------------------
     def __getitem__(self, domain: Any) -> Callable[..., Any]:
@@ -913,66 +899,6 @@ _checks.TIMED_CODE.update(
 _checks.on_launch_compile = _compiled_in_launch
 
 _kernels: weakref.WeakSet[Kernel] = weakref.WeakSet()
-
-
-def _by_name(module: str, qualname: str) -> Any:
-    """What ``module.qualname`` names, or None (for pickling kernels by name)."""
-    obj: Any = sys.modules.get(module)
-    if obj is None:
-        try:
-            obj = importlib.import_module(module)
-        except ImportError:
-            return None
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _named(module: str, qualname: str) -> Kernel:
-    """The kernel pickled by name as ``module.qualname``."""
-    found = _by_name(module, qualname)
-    if not isinstance(found, Kernel):
-        raise LaunchError(
-            f"cannot unpickle kernel {module}.{qualname}: this process's {module} has "
-            f"{'no such name' if found is None else repr(found)} (send it with cloudpickle, "
-            "which sends a kernel it cannot find by name by value)"
-        )
-    return found
-
-
-#: Kernels unpickled by value in this process, by what makes them the same kernel.
-_received: dict[tuple[Any, ...], Kernel] = {}
-_received_lock = threading.Lock()
-
-
-def _unpickled(pyfunc: Callable[..., Any], reduce: Any, ndim: int | None) -> Kernel:
-    """The kernel of a function sent by value: one per process for the same code, the same
-    values of the plain constants it reads (numbers, strings, tuples of them) and options."""
-    code = pyfunc.__code__
-
-    def plain(v: Any) -> Any:
-        return (
-            v
-            if isinstance(v, (int, float, complex, str, bytes, bool, type(None)))
-            else (tuple(plain(x) for x in v) if isinstance(v, tuple) else type(v).__qualname__)
-        )
-
-    names = sorted(set(code.co_names) & set(pyfunc.__globals__))
-    cells = tuple(plain(c.cell_contents) for c in pyfunc.__closure__ or ())
-    key = (
-        pyfunc.__module__,
-        pyfunc.__qualname__,
-        marshal.dumps(code),
-        tuple((n, plain(pyfunc.__globals__[n])) for n in names),
-        cells,
-        repr(reduce),
-        ndim,
-    )
-    with _received_lock:
-        found = _received.get(key)
-        if found is None:
-            found = _received[key] = Kernel(pyfunc, reduce=reduce, ndim=ndim)
-    return found
 
 
 def _forget_prepared() -> None:

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import multiprocessing
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -54,6 +56,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 __all__ = [
     "ClusterMetrics",
+    "compiles",
     "map_blocks",
     "map_overlap",
     "metrics",
@@ -88,8 +91,9 @@ _budget_set: int | None = None
 
 def _worker_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` as they apply in this worker: one thread means ``"cpu"`` (an explicit
-    ``"parallel"`` runs on one thread); k threads cap the threads lent to this process's
-    launches at k (once per process)."""
+    ``"parallel"`` runs on one thread); in a worker process of k threads, its launches are lent
+    k threads in all (a worker in the client's own process, ``LocalCluster(processes=False)``,
+    leaves the process's budget alone: it is the client's too)."""
     global _budget_set
     threads = worker_threads()
     if threads is None:
@@ -100,13 +104,13 @@ def _worker_settings(settings: dict[str, Any]) -> dict[str, Any]:
         elif settings["target"] == "parallel":  # asked for: on the worker's one thread
             settings = {**settings, "threads": 1}
         return settings
-    if _budget_set != threads:
+    if _budget_set != threads and multiprocessing.parent_process() is not None:
         from veda._hardware import cpu
 
         with _budget_lock:
-            limit = min(threads, cpu.max_threads())
-            cpu.budget._total = lambda: limit
-            _budget_set = threads
+            if _budget_set != threads:
+                cpu.budget.cap(threads)
+                _budget_set = threads
     return settings
 
 
@@ -130,9 +134,11 @@ def _run(
     dims: tuple[int, ...],
     args: Sequence[Any],
     settings: dict[str, Any],
-    location: Any,
+    location: tuple[Any, tuple[int, ...] | None],
 ) -> Any:
-    """One block's launch, with a kernel error naming the block and the worker.  The target,
+    """One block's launch, with a kernel error naming the block and the worker (``location``:
+    the block's place in the grid, and its first element's index in the array, None for a
+    block with a halo).  The target,
     threads, schedule and chunk go to the launch itself; a scope is opened only for settings
     that differ from the worker's (a ``veda.config`` scope costs more than the launch of a
     small block)."""
@@ -145,14 +151,19 @@ def _run(
         try:
             return launch(kernel, dims, *args, **overrides)
         except KernelError as exc:
-            block = f"block {tuple(location)}" if location is not None else "a block"
+            block, start = location
+            index = exc.index
+            if index is not None and start is not None:  # the array's index, not the block's
+                index = tuple(i + o for i, o in zip(index, start))
+            halo = "" if start is not None else " with its halo"
             raise type(exc)(
                 exc.kernel,
                 exc.original_type,
-                f"{exc.original_message} (in {block} of {dims}, on {_where()})",
-                exc.index,
+                exc.original_message,
+                index,
                 exc.target,
-            ) from None
+                f"in block {tuple(block)} of shape {dims}{halo}, on {_where()}",
+            ) from exc
 
 
 def _merge(blocks: Sequence[Any], scalars: dict[int, Any], count: int) -> list[Any]:
@@ -168,12 +179,22 @@ def _map_block(
     count: int,
     out_dtype: np.dtype[Any],
     settings: dict[str, Any],
+    halo: bool = False,
     block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
     dims = tuple(int(d) for d in blocks[0].shape)
     out = np.empty(dims, out_dtype)
-    where = (block_info or {}).get(None, {}).get("chunk-location")
-    _run(kernel, dims, [*_merge(blocks, scalars, count), out], settings, where)
+    info = (block_info or {}).get(None, {})
+    start = None
+    if not halo and "array-location" in info:
+        start = tuple(lo for lo, _ in info["array-location"])
+    _run(
+        kernel,
+        dims,
+        [*_merge(blocks, scalars, count), out],
+        settings,
+        (info.get("chunk-location", ()), start),
+    )
     return out
 
 
@@ -183,9 +204,11 @@ def _partial(
     scalars: dict[int, Any],
     count: int,
     settings: dict[str, Any],
-    location: tuple[int, ...],
+    location: tuple[tuple[int, ...], tuple[int, ...]],
 ) -> Any:
     dims = tuple(int(d) for d in blocks[0].shape)
+    if 0 in dims and kernel.reduce in ("min", "max"):
+        return None  # an empty block has no min: left out of the combine
     return _run(kernel, dims, _merge(blocks, scalars, count), settings, location)
 
 
@@ -201,7 +224,7 @@ def _combine(parts: Sequence[Any], op: str) -> Any:
     """The per-block values in block order, combined pairwise as a balanced tree: the same
     operations in the same order whatever ran where."""
     join = _COMBINE[op]
-    level = list(parts)
+    level = [p for p in parts if p is not None]  # empty blocks of a min or max
     while len(level) > 1:
         pairs = [join(level[k], level[k + 1]) for k in range(0, len(level) - 1, 2)]
         level = pairs + ([level[-1]] if len(level) % 2 else [])
@@ -209,7 +232,9 @@ def _combine(parts: Sequence[Any], op: str) -> Any:
 
 
 # -- the public functions ------------------------------------------------------------------------
-def _kernel(kernel: Any, what: str, reduction: bool) -> Kernel:
+def _kernel(kernel: Any, what: str, reduction: bool | None) -> Kernel:
+    """``kernel``, checked: a veda kernel, a reduction or not as ``reduction`` says (None:
+    either), reducing no arrays."""
     if not isinstance(kernel, Kernel):
         raise LaunchError(f"veda.dask.{what}: expected a @veda.kernel, not {kernel!r}")
     if reduction and kernel.reduce is None:
@@ -217,7 +242,7 @@ def _kernel(kernel: Any, what: str, reduction: bool) -> Kernel:
             f"veda.dask.{what}: kernel {kernel.name!r} is not a reduction; declare it with "
             "@veda.kernel(reduce='sum') (or use veda.dask.map_blocks)"
         )
-    if not reduction and kernel.reduce is not None:
+    if reduction is False and kernel.reduce is not None:
         raise LaunchError(
             f"veda.dask.{what}: kernel {kernel.name!r} is a reduction (reduce="
             f"{kernel.reduce!r}); use veda.dask.reduce"
@@ -243,7 +268,7 @@ def _arguments(
     params = kernel.params
 
     def name(pos: int) -> str:
-        k = ndim + pos
+        k = max(ndim, 1) + pos  # an index parameter per dimension (1 at least) comes first
         return f"{pos + 1} ({params[k]!r})" if k < len(params) else str(pos + 1)
 
     first = name(next(p for p, a in enumerate(args) if a is a0))
@@ -288,22 +313,54 @@ def _arguments(
             f"({', '.join(params)}), but {ndim} index parameter(s), {len(args)} argument(s)"
             f"{out} make {want}"
         )
+    if kernel.source.tree is not None:  # veda read the body: what it writes is known
+        written = kernel.written
+        inputs = [p for p in written if p != params[-1] or not extra]
+        if inputs:
+            raise LaunchError(
+                f"veda.dask.{what}: kernel {kernel.name!r} writes {', '.join(inputs)}, an "
+                "input: a block of a Dask array must not be changed in place (other tasks and "
+                "persisted results share it); write into the output parameter only"
+            )
+        if extra and params[-1] not in written:
+            raise LaunchError(
+                f"veda.dask.{what}: kernel {kernel.name!r} never writes its last parameter "
+                f"{params[-1]!r}, the output block"
+            )
+    if kernel.reduce in ("min", "max") and a0.size == 0:
+        raise LaunchError(
+            f"veda.dask.{what}: a {kernel.reduce} of no elements has no value (argument "
+            f"{first} is empty)"
+        )
     return arrays, scalars, ndim
 
 
 def _dtype(dtype: Any, arrays: Sequence[Any], what: str) -> np.dtype[Any]:
+    """The output's dtype: given, or NumPy's result type of the arrays' (a kernel that
+    writes floats into an integer output truncates them, as NumPy's assignment does)."""
+    for a in arrays:
+        if a.dtype.kind not in "biufc":
+            raise LaunchError(
+                f"veda.dask.{what}: a Dask array of dtype {a.dtype} cannot be a kernel's "
+                "argument; kernels take arrays of booleans and numbers"
+            )
     if dtype is None:
         return np.result_type(*(a.dtype for a in arrays))
     try:
-        return np.dtype(dtype)
+        out = np.dtype(dtype)
     except TypeError:
         raise LaunchError(f"veda.dask.{what}: dtype={dtype!r} is not a NumPy dtype") from None
+    if out.kind not in "biufc":
+        raise LaunchError(
+            f"veda.dask.{what}: dtype={dtype!r}: the output must hold booleans or numbers"
+        )
+    return out
 
 
 def _token(kernel: Kernel, *parts: Any) -> str:
-    from veda.scheduler._dispatch import _digest
-
-    return str(dask.base.tokenize(kernel.module_name, kernel.name, _digest(kernel), *parts))
+    """The graph's token: the kernel object's own (two kernels of one source, closing over
+    different values, are different kernels) and what the launches take."""
+    return str(dask.base.tokenize(kernel.token, *parts))
 
 
 def map_blocks(kernel: Kernel, *args: Any, dtype: Any = None) -> Any:
@@ -332,8 +389,8 @@ def map_blocks(kernel: Kernel, *args: Any, dtype: Any = None) -> Any:
     ... def scale_blocks(i, j, a, x, out):
     ...     out[i, j] = a * x[i, j]
     >>> x = da.ones((4, 6), chunks=(2, 3))
-    >>> veda.dask.map_blocks(scale_blocks, 3.0, x).sum().compute()
-    np.float64(72.0)
+    >>> float(veda.dask.map_blocks(scale_blocks, 3.0, x).sum().compute())
+    72.0
     """
     k = _kernel(kernel, "map_blocks", reduction=False)
     arrays, scalars, ndim = _arguments(k, args, "map_blocks", extra=1)
@@ -429,7 +486,7 @@ def _check_overlap(depth: Any, boundary: Any, ndim: int) -> None:
                 "per axis or a dict {axis: int}"
             )
     for b in per_axis(boundary, "boundary"):
-        constant = isinstance(b, (int, float, np.number)) and not isinstance(b, bool)
+        constant = isinstance(b, (int, float, complex, np.number)) and not isinstance(b, bool)
         if not constant and b not in _BOUNDARIES:
             raise LaunchError(
                 f"{what}: boundary={boundary!r}: expected one of {', '.join(_BOUNDARIES)} or a "
@@ -463,6 +520,7 @@ def _overlap(
         count=count,
         out_dtype=out,
         settings=settings,
+        halo=True,
     )
 
 
@@ -482,13 +540,15 @@ def reduce(kernel: Kernel, *args: Any) -> Any:
     >>> @veda.kernel(reduce="max")
     ... def largest_block(i, x):
     ...     return x[i]
-    >>> veda.dask.reduce(largest_block, da.arange(100, chunks=7)).compute()
-    np.int64(99)
+    >>> int(veda.dask.reduce(largest_block, da.arange(100, chunks=7)).compute())
+    99
     """
     k = _kernel(kernel, "reduce", reduction=True)
     arrays, scalars, _ = _arguments(k, args, "reduce", extra=0)
+    _dtype(None, arrays, "reduce")
     settings = _settings()
     grids = [a.to_delayed() for a in arrays]
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in arrays[0].chunks]
     token = _token(k, arrays, scalars, settings)
     parts = [
         dask.delayed(_partial, pure=True)(
@@ -497,7 +557,7 @@ def reduce(kernel: Kernel, *args: Any) -> Any:
             scalars,
             len(args),
             settings,
-            ix,
+            (ix, tuple(int(st[i]) for st, i in zip(starts, ix))),
             dask_key_name=f"veda-{k.name}-part-{token}-{'.'.join(map(str, ix))}",
         )
         for ix in np.ndindex(grids[0].shape)
@@ -513,12 +573,18 @@ class ClusterMetrics:
     ``workers`` maps each worker's address to its :class:`veda.telemetry.Snapshot`;
     ``merged`` is one snapshot of all their launches (per kernel and configuration, counts and
     times add and the latency histograms merge exactly, so its quantiles are the cluster's).
-    :meth:`to_prometheus` writes every worker's figures with a ``worker`` label.
+    :meth:`to_prometheus` writes every worker's figures with a ``worker`` label.  Workers that
+    share a process (``LocalCluster(processes=False)``) share its telemetry, which also holds
+    the client's own launches there: they are counted once, under the first one's address.
     """
 
-    def __init__(self, workers: dict[str, Snapshot]) -> None:
-        self.workers = dict(sorted(workers.items()))
-        self.merged = Snapshot.merge(list(self.workers.values()))
+    def __init__(self, workers: dict[str, tuple[int, Snapshot]]) -> None:
+        self.workers = {a: snap for a, (_, snap) in sorted(workers.items())}
+        #: One address per process: workers in one process share its telemetry.
+        self._processes: dict[int, str] = {}
+        for address, (pid, _) in sorted(workers.items()):
+            self._processes.setdefault(pid, address)
+        self.merged = Snapshot.merge([self.workers[a] for a in self._processes.values()])
 
     def kernel(self, name: Any) -> Any:
         """A kernel's merged metrics (:meth:`veda.telemetry.Snapshot.kernel`)."""
@@ -533,7 +599,9 @@ class ClusterMetrics:
     def to_prometheus(self) -> str:
         """Every worker's families in one text exposition, each sample labelled with its
         worker's address (sum them by kernel in PromQL for the cluster's figures)."""
-        return render_prometheus([({"worker": a}, s.families()) for a, s in self.workers.items()])
+        return render_prometheus(
+            [({"worker": a}, self.workers[a].families()) for a in self._processes.values()]
+        )
 
     def _repr_html_(self) -> str:
         return (
@@ -545,9 +613,11 @@ class ClusterMetrics:
         return f"<veda.dask.ClusterMetrics {len(self.workers)} workers: {self.merged!r}>"
 
 
-def _worker_snapshot() -> Snapshot:
+def _worker_snapshot() -> tuple[int, Snapshot]:
     snap = telemetry.metrics()
-    return Snapshot(snap.kernels, snap.transfers)  # the runtime's sections stay in the worker
+    # The runtime's sections stay in the worker; the process id tells workers that share one
+    # process (LocalCluster(processes=False)), and so one telemetry, apart.
+    return os.getpid(), Snapshot(snap.kernels, snap.transfers)
 
 
 def metrics(client: Any) -> ClusterMetrics:
@@ -564,40 +634,40 @@ def metrics(client: Any) -> ClusterMetrics:
     ...         veda.dask.metrics(client).kernel("twice_on_workers").launches >= 10
     True
     """
-    return ClusterMetrics(client.run(_worker_snapshot))
+    run = getattr(client, "run", None)
+    if run is None:
+        raise LaunchError(f"veda.dask.metrics: expected a distributed.Client, not {client!r}")
+    return ClusterMetrics(run(_worker_snapshot))
 
 
 def warm(client: Any, kernel: Kernel, *sample_args: Any) -> dict[str, int]:
     """Compile ``kernel`` on every worker of ``client`` before a computation needs it, by
     launching it once there with ``sample_args`` (small NumPy arrays and scalars of the types
-    the blocks will have, the output included for an index kernel); returns each worker's
-    compile count for the kernel.
+    the blocks will have, the output included for an index kernel), under the caller's
+    settings as the block launches will be; returns :func:`compiles` of each worker.
 
-    A worker compiles a kernel once (a new process with the disk cache filled only loads it).
+    A one-thread worker compiles the one configuration its blocks run (``"cpu"``); a worker of
+    more threads compiles the configuration its dispatcher tries first, and the others as its
+    exploration reaches them.
     """
-    k = _kernel_any(kernel)
-    return dict(client.run(_warm_here, k, sample_args))
+    k = _kernel(kernel, "warm", reduction=None)
+    if not any(isinstance(a, np.ndarray) for a in sample_args):
+        raise LaunchError(f"veda.dask.warm: kernel {k.name!r} needs sample NumPy arrays")
+    run = getattr(client, "run", None)
+    if run is None:
+        raise LaunchError(f"veda.dask.warm: expected a distributed.Client, not {client!r}")
+    return dict(run(_warm_here, k, sample_args, _settings()))
 
 
-def _kernel_any(kernel: Any) -> Kernel:
-    if not isinstance(kernel, Kernel):
-        raise LaunchError(f"veda.dask.warm: expected a @veda.kernel, not {kernel!r}")
-    return kernel
-
-
-def _warm_here(kernel: Kernel, sample_args: Sequence[Any]) -> int:
-    arrays = [a for a in sample_args if isinstance(a, np.ndarray)]
-    if not arrays:
-        raise LaunchError(f"veda.dask.warm: kernel {kernel.name!r} needs sample arrays")
-    dims = arrays[0].shape
-    with _config.config(**_worker_settings(_settings())):
-        launch(kernel, dims, *sample_args)
+def _warm_here(kernel: Kernel, sample_args: Sequence[Any], settings: dict[str, Any]) -> int:
+    dims = next(a for a in sample_args if isinstance(a, np.ndarray)).shape
+    _run(kernel, dims, sample_args, settings, ((), (0,) * len(dims)))
     return compiles(kernel)
 
 
 def compiles(kernel: Kernel) -> int:
-    """How many specialisations of ``kernel`` this process compiled or loaded from the disk
-    cache."""
+    """How many specialisations of ``kernel`` this process has: compiled here, or loaded
+    from the disk cache (a worker's count, through :func:`warm` or ``client.run``)."""
     try:
         k = telemetry.metrics().kernel(kernel)
     except VedaError:

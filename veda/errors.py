@@ -78,6 +78,11 @@ class KernelError(VedaError, RuntimeError):
         Its message.
     index : tuple of int or None
         The launch index at which it was raised, where veda knows it.
+    target : str or None
+        The target the launch ran on.
+    context : str or None
+        Where the launch ran, where a layer above the launch says (``veda.dask``: the block
+        and the worker).
     """
 
     def __init__(
@@ -87,24 +92,36 @@ class KernelError(VedaError, RuntimeError):
         original_message: str,
         index: tuple[int, ...] | None = None,
         target: str | None = None,
+        context: str | None = None,
     ) -> None:
         self.kernel = kernel
         self.original_type = original_type
         self.original_message = original_message
         self.index = index
         self.target = target
+        #: Where the launch ran, when a layer above says (``veda.dask``: the block, the worker).
+        self.context = context
         where = ""
         if index is not None:
             where = f" at index {index[0] if len(index) == 1 else index}"
         on = f" on target {target!r}" if target else ""
+        more = f" ({context})" if context else ""
         super().__init__(
-            f"kernel {kernel!r} raised {original_type.__name__}{where}{on}: {original_message}"
+            f"kernel {kernel!r} raised {original_type.__name__}{where}{on}{more}: "
+            f"{original_message}"
         )
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (
             type(self),
-            (self.kernel, self.original_type, self.original_message, self.index, self.target),
+            (
+                self.kernel,
+                self.original_type,
+                self.original_message,
+                self.index,
+                self.target,
+                self.context,
+            ),
         )
 
 

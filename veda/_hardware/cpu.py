@@ -187,7 +187,8 @@ class ThreadBudget:
     POLL = 0.05
 
     def __init__(self, total: Any = None) -> None:
-        self._total = max_threads if total is None else total
+        self._machine = max_threads if total is None else total
+        self._total = self._machine
         self._reset()
 
     def _reset(self) -> None:
@@ -201,6 +202,18 @@ class ThreadBudget:
         self.give = self._grants.discard
         self._waiting = 0
         self._short = threading.local()
+
+    def cap(self, threads: int | None) -> None:
+        """Lend at most ``threads`` threads in all from now on (None: the machine's,
+        :func:`max_threads`): a process that holds a share of the machine, a Dask worker of
+        that many threads, say.
+
+        >>> budget = ThreadBudget(total=lambda: 8)
+        >>> budget.cap(2); budget.take(Grant(), 4)
+        2
+        """
+        machine = self._machine
+        self._total = machine if threads is None else (lambda: min(threads, machine()))
 
     def lent(self) -> int:
         """Threads lent to the launches in flight now."""

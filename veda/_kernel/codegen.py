@@ -220,17 +220,22 @@ def _assemble(
     lines = [header.rstrip("\n"), prelude.rstrip("\n")]
     inject: dict[str, Any] = {}
     maps: list[_cache.LineMap] = []
+    #: Functions compiled from their own code (no source text), whose ``@veda.func`` helpers
+    #: are bound to this module's compiled ones once it is loaded: their globals (with the
+    #: names to bind there) and closure cells by name.
+    helpers: list[tuple[dict[str, Any], list[str], dict[str, Any]]] = []
     for src, emitted, decorator in functions:
         lines.extend(emitted.notes)
         lines.extend(emitted.lines)
         inject.update(emitted.inject)
         if src.text is None:
+            fn = _rebindable(src.pyfunc, helpers)
             if target == "cpu":
-                inject[src.name] = numba.njit(**_njit_options(decorator))(src.pyfunc)
+                inject[src.name] = numba.njit(**_njit_options(decorator))(fn)
             else:
                 from numba import cuda
 
-                inject[src.name] = cuda.jit(device=True)(src.pyfunc)
+                inject[src.name] = cuda.jit(device=True)(fn)
             continue
         lines.append("")
         fn_lines, offset = _function_text(src, decorator)
@@ -249,7 +254,37 @@ def _assemble(
     named = text + "".join(f"|{k}:{id(v)}" for k, v in sorted(inject.items()))
     name = _cache.module_name(stem, named)
     module = _cache.load_module(name, text, inject, maps, on_disk)
+    for glb, names, cells in helpers:  # Numba reads them at the first compile, after this
+        for helper in names:
+            glb[helper] = vars(module).get(helper, glb[helper])
+        for helper, cell in cells.items():
+            cell.cell_contents = vars(module).get(helper, cell.cell_contents)
     return Unit(module, on_disk and name not in _cache._memory_modules)
+
+
+def _rebindable(pyfunc: Any, out: list[tuple[dict[str, Any], list[str], dict[str, Any]]]) -> Any:
+    """``pyfunc`` compiled from its own code: a copy with globals and closure cells of its own
+    where it reads ``@veda.func`` helpers (a function sent by value, say), which
+    :func:`_assemble` binds to the module's compiled helpers (Numba cannot type the helper
+    objects themselves)."""
+    code = pyfunc.__code__
+    values = references(pyfunc)
+    names = [n for n, v in values.items() if isinstance(v, Helper)]
+    if not names:
+        return pyfunc
+    glb = dict(pyfunc.__globals__)
+    freevars = code.co_freevars
+    cells: dict[str, Any] = {}
+    closure = list(pyfunc.__closure__ or ())
+    for k, name in enumerate(freevars):
+        if name in names:
+            closure[k] = cells[name] = types.CellType(values[name])
+    out.append((glb, [n for n in names if n not in cells], cells))
+    fn = types.FunctionType(code, glb, pyfunc.__name__, pyfunc.__defaults__, tuple(closure) or None)
+    fn.__kwdefaults__ = pyfunc.__kwdefaults__
+    fn.__qualname__ = pyfunc.__qualname__
+    fn.__module__ = pyfunc.__module__
+    return fn
 
 
 def _njit_options(decorator: str) -> dict[str, Any]:

@@ -129,43 +129,67 @@ class Entry:
 
 
 class Exploring:
-    """The progress bar of one exploration: drawn once it has run for :data:`PROGRESS_AFTER`
-    seconds (from the tuner's start, so the first candidates' compiles count) and
-    ``veda.config(progress=...)`` wants it, closed when the tuner decides.  Its steps are
-    measured launches, out of the tuner's upper bound on them."""
+    """The progress bar of one exploration: drawn once the exploration has taken
+    :data:`PROGRESS_AFTER` seconds (its launches' own times, and the wait for its first, which
+    compiles) and ``veda.config(progress=...)`` wants it; closed when the tuner decides.  Its
+    steps are measured launches, out of the tuner's upper bound on them."""
 
-    __slots__ = ("bar", "launches", "round", "started")
+    __slots__ = ("bar", "launches", "lock", "round", "spent", "started")
 
     def __init__(self, tuner: Tuner) -> None:
         self.started = time.perf_counter()
         self.round = tuner.explorations
         self.launches = 0
+        self.spent = -1.0  # seconds explored; < 0 until the first launch was observed
         self.bar: Any = None  # None: not drawn yet; False: not wanted
+        self.lock = threading.Lock()
 
-    def step(self, entry: Entry) -> None:
+    def step(self, entry: Entry, seconds: float) -> None:
         tuner = entry.tuner
-        self.launches += 1
-        if self.bar is None and time.perf_counter() - self.started >= PROGRESS_AFTER:
-            self.bar = False
-            if _progress.wanted(get_config().progress):
-                try:
-                    self.bar = _progress.bar(
-                        tuner.launches_to_explore(), f"exploring {entry.kernel}", unit="launch"
-                    )
-                except Exception as exc:  # a broken widget stack must not fail the launch
-                    warnings.warn(
-                        f"veda: no progress bar for exploring {entry.kernel!r}: {exc}",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    return
-                self.bar.update(min(self.launches, self.bar.total))
-        elif self.bar:
-            self.bar.update(self.launches <= self.bar.total)
-        if self.bar and not tuner.exploring:
-            self.bar.set_postfix_str(_registry.describe(tuner.choice))
-            self.bar.update(self.bar.total - self.bar.n)
-            self.bar.close()
+        with self.lock:
+            self.launches += 1
+            if self.spent < 0:  # the first launch, with its compile
+                self.spent = time.perf_counter() - self.started
+            else:
+                self.spent += seconds
+            try:
+                if self.bar is None and self.spent >= PROGRESS_AFTER:
+                    self._draw(entry)
+                elif self.bar:
+                    self.bar.update(self.launches <= self.bar.total)
+                if not tuner.exploring:
+                    self.done(tuner)
+            except Exception as exc:  # a bar (a widget, stderr) that fails: never the launch
+                self._give_up(entry, exc)
+
+    def _draw(self, entry: Entry) -> None:
+        self.bar = False
+        if not _progress.wanted(get_config().progress):
+            return
+        bar = _progress.bar(
+            entry.tuner.launches_to_explore(), f"exploring {entry.kernel}", unit="launch"
+        )
+        self.bar = bar
+        bar.update(min(self.launches, bar.total))
+
+    def done(self, tuner: Tuner) -> None:
+        """Fill and close the bar (if drawn) with the decision."""
+        bar, self.bar = self.bar, False
+        if bar:
+            bar.set_postfix_str(_registry.describe(tuner.choice))
+            bar.update(bar.total - bar.n)
+            bar.close()
+
+    def _give_up(self, entry: Entry, exc: Exception) -> None:
+        self.bar = False
+        try:
+            warnings.warn(
+                f"veda: no progress bar for exploring {entry.kernel!r}: {exc}",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        except Exception:  # the warning's own stream failed too (stderr closed)
+            pass
 
 
 class Dispatcher:
@@ -283,7 +307,7 @@ class Dispatcher:
             shown = entry.exploring
             if shown is None or shown.round != tuner.explorations:
                 shown = entry.exploring = Exploring(tuner)
-            shown.step(entry)
+            shown.step(entry, seconds)
         if tuner.exploring and decision.schedule == "static" and math.isfinite(imbalance):
             self._steer(tuner, imbalance)
         if tuner.exploring and _overhead(decision.target) == 0.0:
@@ -291,6 +315,13 @@ class Dispatcher:
         if entry.priced and tuner.exploring:
             self._price(entry, size)
         if was_exploring and not tuner.exploring:
+            shown = entry.exploring
+            if shown is not None:  # a prune above may have ended the exploration
+                with shown.lock:
+                    try:
+                        shown.done(tuner)
+                    except Exception as exc:
+                        shown._give_up(entry, exc)
             self.wisdom(cache_dir).put(
                 entry.key,
                 {

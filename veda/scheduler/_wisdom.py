@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,18 @@ def _locked(path: Path) -> Iterator[None]:
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     fd = os.open(lock_path, flags, 0o600)
     with open(fd, "a+") as lock:
-        _lock_file(lock.fileno())
-        yield
+        unlock = _lock_file(lock.fileno())
+        try:
+            yield
+        finally:
+            unlock()
 
 
-def _lock_file(fd: int) -> None:
-    """Hold an exclusive lock on the open file ``fd`` until it is closed: ``flock`` on POSIX,
-    ``msvcrt.locking`` on its first byte on Windows (which itself retries for 10 s; after a
-    minute without the lock the write goes ahead unlocked: the rename still lands whole, and
-    at worst one process's new entries are lost)."""
+def _lock_file(fd: int) -> Callable[[], None]:
+    """Take an exclusive lock on the open file ``fd``; returns what gives it back (closing the
+    file does too).  ``flock`` on POSIX, ``msvcrt.locking`` on its first byte on Windows (which
+    itself retries for 10 s; after a minute without the lock the write goes ahead unlocked: the
+    rename still lands whole, and at worst one process's new entries are lost)."""
     try:
         import fcntl
     except ImportError:
@@ -57,11 +60,12 @@ def _lock_file(fd: int) -> None:
         for _ in range(6):
             try:
                 msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # type: ignore[attr-defined]
-                return
             except OSError:
                 continue
-        return
+            return lambda: msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+        return lambda: None
     fcntl.flock(fd, fcntl.LOCK_EX)
+    return lambda: fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 class TuningCache:
