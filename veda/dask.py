@@ -136,12 +136,12 @@ def _run(
     settings: dict[str, Any],
     location: tuple[Any, tuple[int, ...] | None],
 ) -> Any:
-    """One block's launch, with a kernel error naming the block and the worker (``location``:
-    the block's place in the grid, and its first element's index in the array, None for a
-    block with a halo).  The target,
-    threads, schedule and chunk go to the launch itself; a scope is opened only for settings
-    that differ from the worker's (a ``veda.config`` scope costs more than the launch of a
-    small block)."""
+    """One block's launch, with a kernel error naming the block and the worker.
+
+    ``location`` is the block's place in the grid and the index of its first element in the
+    array (None for a block with a halo).  The target, threads, schedule and chunk go to the
+    launch itself; a scope is opened only for settings that differ from the worker's (a
+    ``veda.config`` scope costs more than the launch of a small block)."""
     settings = _worker_settings(settings)
     overrides = {k: settings[k] for k in _LAUNCH_ARGS if settings.get(k) is not None}
     scoped = {k: v for k, v in settings.items() if k not in _LAUNCH_ARGS}
