@@ -80,6 +80,8 @@ def test_notebook_in_a_jupyter_kernel_shows_html_and_progress():
     assert "veda.kernel saxpy" in html[0] and "writes <code>out</code>" in html[0], html[0]
     assert "<table>" in html[1] and "veda.explain(heavy)" in html[1], html[1]
     assert "veda telemetry" in html[2] and "heavy" in html[2], html[2]
+    if "only candidate" in html[1]:  # other processes held the cores: nothing to explore
+        pytest.skip("the machine was busy: the dispatcher had one candidate, so no exploration")
     heavy = next(c for c in code if "def heavy" in c.source)
     widgets = [
         o for o in heavy.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
