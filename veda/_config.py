@@ -84,8 +84,8 @@ class Config:
         How many tasks (:func:`veda.submit`, :func:`veda.spawn`) may wait in the queue before
         a submit blocks, and after its ``timeout`` raises :class:`veda.QueueFull`.
     progress : bool or None
-        Progress bars on long work: an adaptive kernel's exploration once it has run for more
-        than a second (``veda tune``, ``veda bench`` and ``veda demo`` draw theirs on a
+        Progress bars on long work: an adaptive kernel's exploration once its launches have
+        taken more than a second (``veda tune``, ``veda bench`` and ``veda demo`` draw theirs on a
         terminal).  None: in a Jupyter notebook only (a widget, with ipywidgets; otherwise
         text); True: also on a terminal (stderr); False: never.
 

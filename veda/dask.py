@@ -448,8 +448,25 @@ def map_overlap(
     out = _dtype(dtype, arrays, "map_overlap")
     _check_overlap(depth, boundary, ndim)
     settings = _settings()
+    token = _token(k, arrays, scalars, out, settings, depth, boundary)
     try:
-        return _overlap(k, arrays, scalars, len(args), ndim, out, settings, depth, boundary)
+        return da.map_overlap(
+            _map_block,
+            *arrays,
+            depth=depth,
+            boundary=boundary,
+            trim=True,
+            align_arrays=False,
+            dtype=out,
+            meta=np.empty((0,) * ndim, out),
+            name=f"veda-{k.name}-overlap-{token}",
+            kernel=k,
+            scalars=scalars,
+            count=len(args),
+            out_dtype=out,
+            settings=settings,
+            halo=True,
+        )
     except (ValueError, TypeError, NotImplementedError) as exc:  # Dask's word on depth, boundary
         raise LaunchError(
             f"veda.dask.map_overlap: depth={depth!r}, boundary={boundary!r}: {exc}"
@@ -492,36 +509,6 @@ def _check_overlap(depth: Any, boundary: Any, ndim: int) -> None:
                 f"{what}: boundary={boundary!r}: expected one of {', '.join(_BOUNDARIES)} or a "
                 "constant, one per axis or a dict {axis: ...}"
             )
-
-
-def _overlap(
-    k: Kernel,
-    arrays: list[Any],
-    scalars: dict[int, Any],
-    count: int,
-    ndim: int,
-    out: np.dtype[Any],
-    settings: dict[str, Any],
-    depth: Any,
-    boundary: Any,
-) -> Any:
-    return da.map_overlap(
-        _map_block,
-        *arrays,
-        depth=depth,
-        boundary=boundary,
-        trim=True,
-        align_arrays=False,
-        dtype=out,
-        meta=np.empty((0,) * ndim, out),
-        name=f"veda-{k.name}-overlap-{_token(k, arrays, scalars, out, settings, depth, boundary)}",
-        kernel=k,
-        scalars=scalars,
-        count=count,
-        out_dtype=out,
-        settings=settings,
-        halo=True,
-    )
 
 
 def reduce(kernel: Kernel, *args: Any) -> Any:

@@ -49,8 +49,9 @@ SMALL_MARGIN = 4
 IMBALANCED = 1.25
 BALANCED = 1.05
 
-#: Seconds an exploration runs (compiles included) before it shows a progress bar, where
-#: ``veda.config(progress=...)`` wants one (by default in a notebook only).
+#: Seconds an exploration takes (its launches' own times, and the wait for its first, which
+#: compiles) before it shows a progress bar, where ``veda.config(progress=...)`` wants one
+#: (by default in a notebook only).
 PROGRESS_AFTER = 1.0
 
 #: Pins: what the settings fix of an adaptive decision (target, schedule), and where the
