@@ -45,6 +45,8 @@ def test_the_cuda_suite_passes_on_the_simulator(tmp_path):
             "-q",
             "-x",
             "-rs",
+            "-n",
+            "0",
             "-p",
             "no:cacheprovider",
             os.path.join("tests", "cuda"),
