@@ -128,6 +128,13 @@ SUBPACKAGES = {
         "span",
         "trace",
     },
+    "hardware": {
+        "affinity",
+        "affinity_reason",
+        "cpu_model",
+        "max_threads",
+        "threading_layer",
+    },
     "cuda": {
         "device_resident",
         "is_available",

@@ -39,7 +39,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "runtime on the launch core",
         ("veda._record", "veda._scan", "veda._tasks", "veda._iter", "veda._graph"),
     ),
-    ("facades and the command line", ("veda.cuda", "veda.dask", "veda.cli", "veda")),
+    (
+        "facades and the command line",
+        ("veda.cuda", "veda.dask", "veda.hardware", "veda.cli", "veda"),
+    ),
 ]
 
 

@@ -94,7 +94,7 @@ _LAZY = {
     "graph": "veda._graph",
     **dict.fromkeys(("ParIter", "par_iter", "par_range"), "veda._iter"),
 }
-_LAZY_MODULES = ("random", "dask", "_tasks", "_record", "_scan", "_iter", "_graph")
+_LAZY_MODULES = ("random", "dask", "hardware", "_tasks", "_record", "_scan", "_iter", "_graph")
 
 
 if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
@@ -119,7 +119,7 @@ def __dir__() -> list[str]:
         extras = {"dask"} if importlib.util.find_spec("dask") is not None else set()
     except (ImportError, ValueError):  # a module that is None or broken in sys.modules
         extras = set()
-    return sorted({*globals(), *_LAZY, "random", *extras})
+    return sorted({*globals(), *_LAZY, "random", "hardware", *extras})
 
 
 __all__ = [

@@ -88,12 +88,16 @@ class Config:
         taken more than a second (``veda tune``, ``veda bench`` and ``veda demo`` draw theirs on a
         terminal).  None: in a Jupyter notebook only (a widget, with ipywidgets; otherwise
         text); True: also on a terminal (stderr); False: never.
+    sysfs_root : str
+        The folder veda reads the Linux kernel's hardware files from (``/sys``: energy
+        counters under ``class/powercap``, thermal zones under ``class/thermal``, NUMA nodes
+        under ``devices/system/node``); tests point it at a fake tree.
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
-    ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING`` and ``VEDA_PROGRESS``
-    (``auto`` for None).
+    ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING``, ``VEDA_PROGRESS`` (``auto`` for
+    None) and ``VEDA_SYSFS_ROOT``.
     """
 
     target: str | None = None
@@ -110,6 +114,7 @@ class Config:
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     max_pending: int = 10_000
     progress: bool | None = None
+    sysfs_root: str = "/sys"
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
@@ -238,6 +243,10 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             raise error(f"{where}: cache_dir must name a folder, not an empty path")
         if "\0" in os.fsdecode(folder):
             raise error(f"{where}: cache_dir must not contain a NUL character")
+    if "sysfs_root" in values:
+        root = values["sysfs_root"]
+        if not isinstance(root, (str, os.PathLike)) or not os.fsdecode(root).strip():
+            raise error(f"{where}: sysfs_root must be a folder's path, not {root!r}")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:
