@@ -132,7 +132,10 @@ SUBPACKAGES = {
         "affinity",
         "affinity_reason",
         "cpu_model",
+        "energy_sources",
         "max_threads",
+        "power_model",
+        "temperature",
         "threading_layer",
     },
     "cuda": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from veda import _registry
+from veda._hardware import energy as _energy
 from veda._hardware.cpu import max_threads
 from veda._types import Decision
 from veda.errors import ConfigError, LaunchError, VedaError
@@ -92,12 +94,31 @@ class Config:
         The folder veda reads the Linux kernel's hardware files from (``/sys``: energy
         counters under ``class/powercap``, thermal zones under ``class/thermal``, NUMA nodes
         under ``devices/system/node``); tests point it at a fake tree.
+    energy : str
+        Where launch energy comes from: ``"model"`` (the default: each launch's seconds times
+        the modelled power of its configuration, no reading on the launch path), ``"rapl"``
+        (the CPU packages' counters), ``"nvml"`` (the GPUs' counters) or ``"auto"`` (RAPL where
+        readable, else the model).  A measured source reads its counter before and after each
+        launch; where it cannot read, launches fall back to the model with a warning, and
+        telemetry names the source of every joule.  See docs/hardware.md.
+    static_watts, watts_per_core, gpu_watts : float
+        The power model: watts of the package while a launch runs, of each busy worker
+        thread, and of a busy GPU.
+    max_power_watts : float or None
+        A power cap: the dispatcher considers only thread counts whose power (measured, or
+        modelled) stays at or below it; explicit ``threads=`` settings are kept.
+    max_temperature : float or None
+        Degrees Celsius: while the hottest thermal zone is at or above it, the dispatcher
+        lends one thread fewer each second (down to one), and gives them back once it is 5
+        degrees below.
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
     ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING``, ``VEDA_PROGRESS`` (``auto`` for
-    None) and ``VEDA_SYSFS_ROOT``.
+    None), ``VEDA_SYSFS_ROOT``, ``VEDA_ENERGY``, ``VEDA_STATIC_WATTS``, ``VEDA_WATTS_PER_CORE``,
+    ``VEDA_GPU_WATTS``, ``VEDA_MAX_POWER_WATTS`` and ``VEDA_MAX_TEMPERATURE`` (``none`` for
+    None).
     """
 
     target: str | None = None
@@ -115,12 +136,22 @@ class Config:
     max_pending: int = 10_000
     progress: bool | None = None
     sysfs_root: str = "/sys"
+    energy: str = "model"
+    static_watts: float = 20.0
+    watts_per_core: float = 10.0
+    gpu_watts: float = 150.0
+    max_power_watts: float | None = None
+    max_temperature: float | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
             value = getattr(self, name)
             if isinstance(value, np.integer):
                 object.__setattr__(self, name, int(value))
+        for name in _WATTS:  # and NumPy numbers of watts as floats
+            value = getattr(self, name)
+            if isinstance(value, (np.integer, np.floating)):
+                object.__setattr__(self, name, float(value))
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
         # One spelling per folder: absolute, so a later chdir does not move the cache.
         folder = os.path.abspath(os.path.expanduser(os.fsdecode(self.cache_dir)))
@@ -144,6 +175,9 @@ class Config:
 
 
 _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
+#: Settings that take a number of watts or degrees; those that may be None last.
+_WATTS = ("static_watts", "watts_per_core", "gpu_watts", "max_power_watts", "max_temperature")
+_OPTIONAL_NUMBERS = ("max_power_watts", "max_temperature")
 #: Settings that take integers: a NumPy integer (``np.int64(2)``) counts as the int it holds.
 _INT_FIELDS = ("threads", "chunk", "seed", "max_pending")
 
@@ -172,6 +206,13 @@ def _parse_env(name: str, raw: str) -> Any:
             raise ConfigError(f"{var}={raw!r}: expected an integer") from None
     if name == "progress" and raw.strip().lower() == "auto":
         return None
+    if name in _WATTS:
+        if name in _OPTIONAL_NUMBERS and raw.strip().lower() == "none":
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{var}={raw!r}: expected a number") from None
     if name in _FLAGS or name == "progress":
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
@@ -247,6 +288,21 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
         root = values["sysfs_root"]
         if not isinstance(root, (str, os.PathLike)) or not os.fsdecode(root).strip():
             raise error(f"{where}: sysfs_root must be a folder's path, not {root!r}")
+    energy = values.get("energy")
+    if "energy" in values and energy not in ("auto", *_energy.reader_names()):
+        raise error(
+            f"{where}: unknown energy={energy!r}; expected auto, "
+            f"{', '.join(_energy.reader_names())}"
+        )
+    for name in _WATTS:
+        if name not in values or (values[name] is None and name in _OPTIONAL_NUMBERS):
+            continue
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error(f"{where}: {name} must be a number, not {value!r}")
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "static_watts"):
+            what = "at least 0" if name == "static_watts" else "a positive number"
+            raise error(f"{where}: {name}={value!r} must be {what}")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:
@@ -259,8 +315,18 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
 
 _FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
 
+
+def power_model(cfg: Config | None = None) -> _energy.PowerModel:
+    """The power model of ``cfg`` (by default the settings in force here)."""
+    cfg = get_config() if cfg is None else cfg
+    return _energy.PowerModel(cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts)
+
+
 _defaults: Config = Config.from_env()
 _generation = 0
+
+
+_energy.model = lambda: power_model()
 
 
 class _Scope:

@@ -41,6 +41,7 @@ import numpy as np
 from veda import _config, _files, _registry, scheduler
 from veda._config import Config, get_config, validate_launch_overrides
 from veda._hardware import cpu as _hw_cpu
+from veda._hardware import energy as _energy
 from veda._hardware import gpu as _gpu
 from veda._hardware.signals import held_interrupts, unwrap_interrupt
 from veda._kernel import checks as _checks
@@ -290,6 +291,44 @@ _events.on_change.append(_refresh)
 _UNBOUND = Decision("(unbound)")
 
 
+def _meter(source: str, root: str) -> Any:
+    """The reader that measures launch energy for ``energy=source``, or None for the model;
+    a named reader that cannot read here falls back to the model, with a warning once."""
+    names = ("rapl",) if source == "auto" else (source,)
+    for name in names:
+        reader = _energy.reader(name, root)
+        reason = _reader_reasons.get((name, root), "")
+        if reason == "":
+            reason = _reader_reasons[(name, root)] = reader.unavailable_reason()
+        if reason is None:
+            return reader
+        if source != "auto":
+            _files.warn_once(
+                f"energy:{name}:{root}",
+                f"energy={name!r} cannot be read here ({reason}); launch energy comes from "
+                "the power model, labelled 'model' in telemetry",
+            )
+    return None
+
+
+#: Why each (reader, sysfs root) cannot read, or None when it can: asked once per process.
+_reader_reasons: dict[tuple[str, str], str | None] = {}
+
+
+def _read_meter(meter: Any) -> float | None:
+    """The meter's joules now; None (the launch is not metered) when the counter could not be
+    read, which a launch never fails for."""
+    try:
+        return float(meter.joules())
+    except Exception as exc:
+        _files.warn_once(
+            f"energy-read:{meter.name}",
+            f"reading energy from {meter.name!r} failed ({type(exc).__name__}: {exc}); "
+            "launches it could not measure count under the power model",
+        )
+        return None
+
+
 class Entry:
     """A prepared launch: one kernel form, domain, argument count and settings object."""
 
@@ -303,6 +342,7 @@ class Entry:
         "free",
         "last",
         "lock",
+        "meter",
         "recorder",
         "resume_review_at",
         "review_at",
@@ -331,6 +371,8 @@ class Entry:
         self.review_at = _FOLD_AT
         self.runner: Any = None
         self.recorder: Any = None
+        #: The energy reader measuring each launch, or None (the power model, telemetry off).
+        self.meter: Any = None
         self.times: list[float] | None = None
         self.decision = _UNBOUND  # until _bind, before the first run
         #: Seconds of compiles inside launches not yet taken off their times, per thread id,
@@ -483,6 +525,8 @@ class Kernel(KernelDefinition):
         recorder = entry.recorder
         if recorder is None:  # telemetry=False
             return entry.runner(args)
+        if entry.meter is not None:  # a measured energy source reads around the launch
+            return self._timed(entry, args, ())
         start = perf_counter()
         try:
             result = entry.runner(args)
@@ -533,6 +577,8 @@ class Kernel(KernelDefinition):
             info = LaunchInfo(self, entry.dims, args, entry.decision)
             info.free = entry.free
             _start_all(watchers, info)
+        meter = entry.meter
+        before = _read_meter(meter) if meter is not None and recorder is not None else None
         start = perf_counter()
         try:
             result = entry.runner(args)
@@ -553,6 +599,11 @@ class Kernel(KernelDefinition):
             raise
         end = perf_counter()
         elapsed = entry.last = end - start
+        if before is not None:
+            after = _read_meter(meter)
+            if after is not None:
+                recorder.metered(meter.name, after - before, elapsed)
+                _energy.record_observed(entry.decision, after - before, elapsed, meter.name)
         if recorder is not None:
             recorder.times.append(elapsed)
             if len(recorder.times) > entry.review_at:
@@ -586,6 +637,8 @@ class Kernel(KernelDefinition):
                 "no identity (as with np.min / np.max of an empty array)"
             )
         entry = Entry(cfg, form, dims, size)
+        if cfg.energy != "model" and cfg.telemetry:
+            entry.meter = _meter(cfg.energy, cfg.sysfs_root)
         if forced is not None:  # replay: exactly the recorded decision
             _config.check_decision(forced, LaunchError, f"the forced decision {forced}")
             self._bind(entry, forced, args)
@@ -785,6 +838,8 @@ class Kernel(KernelDefinition):
         entry = self._fast.get((site.dims, len(args), None))
         if entry is None or entry.cfg is not get_config() or entry.runner is None:
             return
+        if entry.meter is not None:
+            return  # an energy reader reads around each launch: the general path does
         tuning = entry.tuning
         if tuning is not None and (
             tuning.tuner.choice is None or tuning.tuner.version != entry.version

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from veda._hardware import energy as _energy
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
 from veda.errors import ConfigError, LaunchError, TargetUnavailableError
 
@@ -391,6 +392,18 @@ def _tail(m: Measured) -> float:
     return 0.5 * max(m.samples) + 0.5 * statistics.median(m.samples)
 
 
+def _joules(m: Measured) -> float:
+    # joules per element: seconds per element times the configuration's (measured or
+    # modelled) watts
+    return _median(m) * _energy.watts(m.decision)[0]
+
+
+def _edp(m: Measured) -> float:
+    # the energy-delay product per element, (J/element) x (s/element): for one launch size it
+    # ranks candidates as energy x time does
+    return _joules(m) * _median(m)
+
+
 _policies: dict[str, Policy] = {
     p.name: p
     for p in (
@@ -398,6 +411,8 @@ _policies: dict[str, Policy] = {
         Policy("fixed", None, "never explore: the size rule decides"),
         Policy("latency", _tail, "explore, weighing the slowest launches in"),
         Policy("throughput", _mean, "explore, then exploit the best mean time"),
+        Policy("energy", _joules, "explore, then exploit the least energy per element"),
+        Policy("edp", _edp, "explore, then exploit the least energy x time"),
     )
 }
 

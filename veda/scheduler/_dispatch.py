@@ -22,6 +22,7 @@ from typing import Any
 from veda import _progress, _registry
 from veda._config import check_decision, get_config
 from veda._hardware import gpu as _gpu
+from veda._hardware.energy import Thermal, ThermalGovernor, threads_within, watts
 from veda._hardware.load import LoadMonitor
 from veda._types import Decision
 from veda.errors import LaunchError
@@ -200,7 +201,22 @@ class Dispatcher:
         self.lock = threading.Lock()
         self.entries: dict[tuple[Any, ...], Entry] = {}
         self.load = LoadMonitor()
+        self.thermal = ThermalGovernor()
         self._wisdom: dict[str, TuningCache] = {}
+
+    def free_cores(self) -> int:
+        """The threads the dispatcher may give a launch now: the cores other processes leave
+        free, within the power cap (``max_power_watts``: the most threads whose measured or
+        modelled watts fit) and the thermal governor's count (``max_temperature``)."""
+        free = self.load.free_cores()
+        cfg = get_config()
+        if cfg.max_power_watts is not None:
+            cap = cfg.max_power_watts
+            free = min(free, threads_within(cap, lambda t: watts(Decision("parallel", t))[0]))
+        if cfg.max_temperature is not None or self.thermal.threads != self.thermal.most:
+            thermal = Thermal(cfg.sysfs_root)
+            free = min(free, self.thermal.allowed(thermal, cfg.max_temperature))
+        return free
 
     def wisdom(self, cache_dir: str) -> TuningCache:
         w = self._wisdom.get(cache_dir)
@@ -229,6 +245,7 @@ class Dispatcher:
         """
         digest = _digest(kernel)
         cls = size_class(size)
+        cap = get_config().max_power_watts  # a capped tuner has its own candidates
         k = (
             kernel.module_name,
             kernel.name,
@@ -239,6 +256,7 @@ class Dispatcher:
             pins,
             residency,
             deterministic,
+            cap,
         )
         entry = self.entries.get(k)
         if entry is not None:
@@ -247,7 +265,7 @@ class Dispatcher:
             entry = self.entries.get(k)
             if entry is not None:
                 return entry
-            free = self.load.free_cores()
+            free = self.free_cores()
             cands = _pinned(candidates(size, free, residency, deterministic, arrays), pins)
             if not cands:
                 return None
@@ -255,9 +273,10 @@ class Dispatcher:
             pin_text = "".join(f"|{p}" for p in pins if p)
             where = "" if residency == "host" else f"|{residency}"
             det = "|deterministic" if deterministic else ""  # other candidates: kept apart
+            capped = f"|max {cap:g} W" if cap is not None else ""
             key = (
                 f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
-                f"{pin_text}{where}{det}"
+                f"{pin_text}{where}{det}{capped}"
             )
             remembered = self.wisdom(cache_dir).get(key)
             if remembered is not None:
@@ -406,7 +425,7 @@ class Dispatcher:
         if tuner.review([t / max(size, 1) for t in recent]):
             self._still_too_short(tuner, before, recent, size)
             return
-        free = self.load.free_cores()
+        free = self.free_cores()
         if free != entry.free_cores:
             entry.free_cores = free
             fresh = _pinned(

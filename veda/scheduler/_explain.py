@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import html
+import statistics
 from typing import Any
 
 from veda import _registry
+from veda._hardware import energy as _energy
 from veda._kernel.definition import KernelDefinition
 from veda._types import Decision
 from veda.errors import UnknownKernelError
@@ -71,7 +73,10 @@ class Explanation:
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
                 note = f"  [{t['pruned']}]" if t["pruned"] else ""
-                lines.append(f"      {self.label(t['decision']):<34} ns/element: {times}{note}")
+                lines.append(
+                    f"      {self.label(t['decision']):<34} ns/element: {times}"
+                    f"{_energy_text(t)}{note}"
+                )
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -90,22 +95,32 @@ class Explanation:
             )
             body.append(
                 f"<tr><td><b>{r['ndim']}-d, size {esc(r['size_class'])}</b></td>"
-                f"<td>{esc(r['policy'])}</td><td colspan='2'>{state}</td></tr>"
+                f"<td>{esc(r['policy'])}</td><td colspan='3'>{state}</td></tr>"
             )
             for t in r["trials"]:
                 times = ", ".join(f"{x * 1e9:.3g}" for x in t["samples"]) or "-"
                 body.append(
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{esc(self.label(t['decision']))}"
-                    f"</td><td></td><td>{times}</td><td>{esc(t['pruned'] or '')}</td></tr>"
+                    f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t).strip(' ,'))}</td>"
+                    f"<td>{esc(t['pruned'] or '')}</td></tr>"
                 )
         head = (
             "<tr><th>size class / candidate</th><th>policy</th><th>ns per element</th>"
-            "<th>dropped</th></tr>"
+            "<th>energy per element</th><th>dropped</th></tr>"
         )
         return (
             f"<table><caption>veda.explain({esc(self.kernel)})</caption><thead>{head}</thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
         )
+
+
+def _energy_text(trial: dict[str, Any]) -> str:
+    """``", nJ/element: 0.51 (model)"``: a candidate's median time per element times its
+    configuration's watts (measured, or the power model's), or nothing before it ran."""
+    if not trial["samples"]:
+        return ""
+    w, source = _energy.watts(trial["decision"])
+    return f", nJ/element: {statistics.median(trial['samples']) * w * 1e9:.3g} ({source})"
 
 
 def explain(kernel: Any) -> Explanation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from veda import _registry
 from veda._config import Config
+from veda._hardware import energy as _energy
 from veda._registry import get_policy
 from veda._types import Decision, Overrides
 from veda.errors import LaunchError
@@ -99,11 +100,20 @@ def decide(
     residency: str = "host",
     arrays: bool = False,
 ) -> Decision:
-    """The rule: the decision for a launch of ``size`` elements under these settings."""
+    """The rule: the decision for a launch of ``size`` elements under these settings.
+
+    With ``max_power_watts`` set and no thread count, a parallel decision gets the most threads
+    whose (measured or modelled) power fits the cap, as the dispatcher's candidates do.
+    """
     target, threads, schedule, chunk = merge(cfg, overrides)
     if target is None:
         if threads is not None or schedule is not None or chunk is not None:
             target = _first_parallel()
         else:
             target = rule_target(size, residency, arrays)
-    return _registry.known(target).default_decision(size, threads, schedule, chunk)
+    found = _registry.known(target)
+    if threads is None and cfg.max_power_watts is not None and found.parallel:
+        threads = _energy.threads_within(
+            cfg.max_power_watts, lambda t: _energy.watts(Decision(target, t))[0]
+        )
+    return found.default_decision(size, threads, schedule, chunk)

@@ -197,7 +197,11 @@ class Tuner:
         self._round += 1
         if len(self._alive) == 1:
             winner = self._alive[0]
-            self.adopt(winner, self._rank(self.trials[winner]), "explored")
+            # The baseline is a time (launches are reviewed by their median time per element),
+            # whatever the policy ranks by: joules, say.
+            samples = self.trials[winner].samples
+            baseline = statistics.median(samples) if samples else self._rank(self.trials[winner])
+            self.adopt(winner, baseline, "explored")
         else:
             self._queue = self._schedule_round()
 

@@ -51,11 +51,17 @@ class Series:
     imbalance_sum: float = 0.0
     busy_seconds: float = 0.0
     chunks: int = 0
+    #: Measured joules by reader name, and the launch seconds they cover: the other launches'
+    #: energy is the power model's (see :func:`veda.telemetry._snapshot._energy`).
+    energy: dict[str, float] = field(default_factory=dict)
+    metered_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def copy(self) -> Series:
         """A detached copy (caller holds ``lock``)."""
-        return dataclasses.replace(self, hist=self.hist.copy(), lock=threading.Lock())
+        return dataclasses.replace(
+            self, hist=self.hist.copy(), energy=dict(self.energy), lock=threading.Lock()
+        )
 
     def fold(self, times: np.ndarray, nbytes: int, size: int) -> None:
         """Add a batch of launches (caller holds ``lock``)."""
@@ -100,6 +106,13 @@ class Recorder:
     def error(self) -> None:
         with self.series.lock:
             self.series.errors += 1
+
+    def metered(self, source: str, joules: float, seconds: float) -> None:
+        """A launch whose energy ``source`` measured (its time is appended as any other's)."""
+        with self.series.lock:
+            series = self.series
+            series.energy[source] = series.energy.get(source, 0.0) + joules
+            series.metered_seconds += seconds
 
     def profile(self, busy: np.ndarray, chunks: np.ndarray, seconds_per_tick: float) -> None:
         mean = float(busy.mean()) if busy.size else 0.0

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from veda._config import power_model
 from veda._hardware.gpu import kernel_transfers
 from veda._registry import describe
 from veda._types import Decision
@@ -58,6 +59,24 @@ class Figures:
     imbalance: float  # mean max/mean worker busy time over profiled launches; NaN if none
     profiled_launches: int
     histogram: tuple[tuple[float, float, int], ...]
+    #: Joules by source: a reader's name ("rapl", "nvml") for measured launches, "model" for
+    #: the others (their seconds times the power model's watts for their configuration).
+    energy: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def joules(self) -> float:
+        """The launches' energy in joules (measured, modelled or both: see :attr:`energy`)."""
+        return sum(j for _, j in self.energy)
+
+    @property
+    def watts(self) -> float:
+        """Average power over the launches' time."""
+        return self.joules / self.total_time if self.total_time > 0 else math.nan
+
+    @property
+    def energy_source(self) -> str:
+        """Where the joules come from: ``"model"``, a reader's name, or both (``"model+rapl"``)."""
+        return "+".join(name for name, _ in self.energy) or "none"
 
     @property
     def mean_time(self) -> float:
@@ -73,11 +92,37 @@ class Figures:
         return self.bytes / self.total_time / 1e9 if self.total_time > 0 else math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "histogram"}
+        skip = ("histogram", "energy")
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in skip}
         d["mean_time"] = self.mean_time
         d["gbps"] = self.gbps
+        d["joules"] = self.joules
+        d["watts"] = self.watts
+        d["energy"] = dict(self.energy)
         d["histogram"] = [list(b) for b in self.histogram]
         return d
+
+
+def _energy(series: list[Series]) -> tuple[tuple[str, float], ...]:
+    """Joules by source: what readers measured, and the power model's figure for the rest
+    (the model in force now, :func:`veda._config.power_model`)."""
+    model = power_model()
+    out: dict[str, float] = {}
+    for s in series:
+        for name, joules in s.energy.items():
+            out[name] = out.get(name, 0.0) + joules
+        rest = s.total - s.metered_seconds
+        if rest > 0:
+            out["model"] = out.get("model", 0.0) + rest * model.watts(s.config)
+    return tuple(sorted(out.items()))
+
+
+def _merged_energy(figures: list[Figures]) -> tuple[tuple[str, float], ...]:
+    out: dict[str, float] = {}
+    for f in figures:
+        for name, joules in f.energy:
+            out[name] = out.get(name, 0.0) + joules
+    return tuple(sorted(out.items()))
 
 
 def _figures(series: list[Series]) -> Figures:
@@ -108,6 +153,7 @@ def _figures(series: list[Series]) -> Figures:
         imbalance=imb / profiled if profiled else math.nan,
         profiled_launches=profiled,
         histogram=tuple(hist.buckets()),
+        energy=_energy(series),
         **q,
     )
 
@@ -133,6 +179,7 @@ def merge_figures(figures: list[Figures]) -> Figures:
         imbalance=imb / profiled if profiled else math.nan,
         profiled_launches=profiled,
         histogram=tuple(hist.buckets()),
+        energy=_merged_energy(figures),
         **{name: hist.quantile(p) for name, p in QUANTILES},
     )
 
@@ -441,6 +488,13 @@ class Snapshot:
             [("", labels(k, c), c.bytes) for k, c in per_config],
         )
         family(
+            "veda_energy_joules_total",
+            "counter",
+            "Energy of the launches in joules, by source: a reader's (rapl, nvml) or the "
+            "power model's (model).",
+            [("", labels(k, source=src), j) for k in self.kernels for src, j in k.energy],
+        )
+        family(
             "veda_imbalance",
             "gauge",
             "Mean max/mean worker busy time over profiled launches.",
@@ -483,7 +537,7 @@ class Snapshot:
     def _repr_html_(self) -> str:
         head = (
             "<tr><th>kernel</th><th>launches</th><th>errors</th><th>p50</th><th>p99</th>"
-            "<th>mean</th><th>GB/s</th><th>imbalance</th><th>compiles</th>"
+            "<th>mean</th><th>GB/s</th><th>imbalance</th><th>joules</th><th>compiles</th>"
             "<th>cache hits</th></tr>"
         )
         rows = []
@@ -492,7 +546,7 @@ class Snapshot:
                 f"<tr><td><b>{html.escape(k.name)}</b></td><td>{k.launches}</td>"
                 f"<td>{k.errors}</td><td>{_t(k.p50)}</td><td>{_t(k.p99)}</td>"
                 f"<td>{_t(k.mean_time)}</td><td>{_f(k.gbps)}</td><td>{_f(k.imbalance)}</td>"
-                f"<td>{k.compiles}</td><td>{k.cache_hits}</td></tr>"
+                f"<td>{_joules(k.figures)}</td><td>{k.compiles}</td><td>{k.cache_hits}</td></tr>"
             )
             for c in k.configs:
                 label = describe(c.decision)
@@ -500,7 +554,7 @@ class Snapshot:
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{html.escape(label)}</td>"
                     f"<td>{c.launches}</td><td>{c.errors}</td><td>{_t(c.p50)}</td>"
                     f"<td>{_t(c.p99)}</td><td>{_t(c.mean_time)}</td><td>{_f(c.gbps)}</td>"
-                    f"<td>{_f(c.imbalance)}</td><td></td><td></td></tr>"
+                    f"<td>{_f(c.imbalance)}</td><td>{_joules(c.figures)}</td><td></td><td></td></tr>"
                 )
         return (
             f"<table><caption>veda telemetry ({len(self.kernels)} kernels)</caption>"
@@ -549,6 +603,10 @@ class Snapshot:
         ax_imb.set_title("load imbalance (profile=True launches)")
         fig.tight_layout()
         return fig
+
+
+def _joules(f: Figures) -> str:
+    return f"{f.joules:.3g} J ({html.escape(f.energy_source)})" if f.energy else ""
 
 
 def _num(v: float) -> str:
