@@ -1,0 +1,153 @@
+"""The energy policy against the adaptive (fastest) one on the gallery, and the power cap.
+
+For each gallery kernel at its large size: the dispatcher settles under ``policy="adaptive"``,
+``"energy"`` (least joules per element) and ``"edp"`` (least energy x time), each with its own
+exploration; then the settled launches of the three are timed interleaved (medians of repeats)
+and each result is checked against NumPy.  Energy per launch is the median time times the
+watts of the chosen configuration, from the source ``veda.hardware.energy_sources()`` offers:
+measured (RAPL, NVML) where readable, else the power model (``static_watts + threads x
+watts_per_core``), and the table names the source of every figure.
+
+The power cap: ``max_power_watts`` is set between the model's one-thread and two-thread power,
+every kernel runs adaptively under it, and the modelled power of every configuration its
+launches ran on must stay within 10% of the cap.
+
+    python bench/bench_energy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+
+import veda
+import veda.hardware
+from veda._hardware import energy
+from veda_kernels import GALLERY
+from veda_kernels.suite import settle
+
+from _util import parser, report
+
+POLICIES = ("adaptive", "energy", "edp")
+
+
+def _one(case, n: int, repeats: int, rng) -> dict:
+    domain, args = case.make(n, rng)
+    dims = domain if isinstance(domain, tuple) else (domain,)
+    size = math.prod(dims)
+    launch = case.kernel[domain]
+    decisions = {}
+    for policy in POLICIES:
+        with veda.config(policy=policy):
+            decisions[policy] = settle(case.kernel, domain, args, case.reset, max_launches=400)
+    times: dict[str, list[float]] = {p: [] for p in POLICIES}
+    for _ in range(repeats):  # interleaved, policy by policy
+        for policy in POLICIES:
+            with veda.config(policy=policy):
+                case.reset(args)
+                t = time.perf_counter()
+                launch(*args)
+                times[policy].append(time.perf_counter() - t)
+    for policy in POLICIES:  # every policy's result, checked
+        with veda.config(policy=policy):
+            case.reset(args)
+            case.check(domain, args, launch(*args))
+    row = {"kernel": case.name, "elements": size, "policies": {}}
+    for policy in POLICIES:
+        d = decisions[policy]
+        seconds = statistics.median(times[policy])
+        if d is None:
+            row["policies"][policy] = {"decision": "exploring", "seconds": seconds}
+            continue
+        watts, source = energy.watts(d)
+        row["policies"][policy] = {
+            "decision": veda.scheduler.Explanation.label(d),
+            "seconds": seconds,
+            "watts": watts,
+            "joules": seconds * watts,
+            "source": source,
+        }
+    return row
+
+
+def power_cap(names: list[str], n_of, rng) -> dict:
+    """Every kernel adaptively under a cap between one and two threads' modelled power: the
+    highest modelled power of a configuration they ran on, over the cap."""
+    model = veda.hardware.power_model()
+    one, two = (model.watts(veda.targets.Decision("parallel", t)) for t in (1, 2))
+    cap = (one + two) / 2
+    veda.telemetry.reset()
+    with veda.config(max_power_watts=cap):
+        for name in names:
+            case = GALLERY[name]
+            domain, args = case.make(n_of(case), rng)
+            settle(case.kernel, domain, args, case.reset, max_launches=400)
+            for _ in range(5):
+                case.reset(args)
+                case.kernel[domain](*args)
+    worst = 0.0
+    for k in veda.metrics().kernels:
+        for c in k.configs:
+            worst = max(worst, model.watts(c.decision))
+    return {"cap_watts": cap, "worst_watts": worst, "worst_over_cap": worst / cap}
+
+
+def main(names: list[str] | None = None, repeats: int = 15, quick: bool = False) -> dict:
+    rng = np.random.default_rng(0)
+    names = names or sorted(GALLERY)
+    sources = veda.hardware.energy_sources()
+    model = veda.hardware.power_model()
+    print(
+        f"{veda.max_threads()} threads; energy sources: "
+        + ", ".join(
+            f"{k}: {'readable' if v is None else 'no (' + v + ')'}" for k, v in sources.items()
+        )
+    )
+    print(
+        f"power model: {model.static_watts:g} W + {model.watts_per_core:g} W per thread "
+        "(veda.config(static_watts=, watts_per_core=))"
+    )
+
+    def n_of(case):
+        return case.small if quick else case.large
+
+    rows = [_one(GALLERY[name], n_of(GALLERY[name]), repeats, rng) for name in names]
+    print(f"{'kernel':<16} {'policy':<9} {'decision':<34} {'time':>10} {'energy':>12}  source")
+    saved = []
+    for row in rows:
+        for policy, r in row["policies"].items():
+            j = r.get("joules")
+            print(
+                f"{row['kernel']:<16} {policy:<9} {r['decision']:<34} "
+                f"{r['seconds'] * 1e3:8.3f} ms "
+                + (f"{j * 1e3:9.3f} mJ  {r['source']}" if j is not None else "       -")
+            )
+        a, e = row["policies"]["adaptive"], row["policies"]["energy"]
+        if "joules" in a and "joules" in e:
+            saved.append(e["joules"] / a["joules"])
+    cap = power_cap(names, n_of, rng)
+    res = {"rows": rows, "power_cap": cap, "sources": sources}
+    if saved:
+        res["energy_over_adaptive_median"] = statistics.median(saved)
+        print(
+            f"energy policy / adaptive, joules per launch: median {statistics.median(saved):.2f}x "
+            f"over {len(saved)} kernels (min {min(saved):.2f}x, max {max(saved):.2f}x)"
+        )
+    print(
+        f"max_power_watts={cap['cap_watts']:g}: the highest modelled power of a configuration "
+        f"launched {cap['worst_watts']:g} W = {cap['worst_over_cap']:.2f}x the cap "
+        "(target <= 1.10)"
+    )
+    assert cap["worst_over_cap"] <= 1.10, cap
+    report("energy", res, quick=quick)
+    return res
+
+
+if __name__ == "__main__":
+    if parser(__doc__).parse_args().quick:
+        main(["saxpy", "dot", "jacobi2d"], repeats=3, quick=True)
+    else:
+        main()
