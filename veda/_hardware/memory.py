@@ -14,7 +14,7 @@ while the view still reads it.)
 
 Requests below :data:`MIN_POOLED_BYTES` are served by ``np.empty``: glibc's ``malloc`` serves
 them from memory it already holds, so they cost no page faults, and the pool's bookkeeping
-(about 3 us) would be most of their cost.
+(about 5 us a call) would be most of their cost.
 
 The pool keeps at most :attr:`HostPool.limit_bytes` bytes free; a buffer given back beyond
 that is unmapped.  It is safe to use from many threads, and a child process made by
@@ -52,15 +52,44 @@ __all__ = [
 #: most ARM cores; AVX-512 loads).  Pooled buffers start on a page.
 ALIGNMENT = 64
 
-#: Requests of fewer bytes are served by ``np.empty``: 128 KiB is glibc's default mmap
-#: threshold; below it ``malloc`` reuses memory it holds, and ``np.empty`` took 0.2 us at
-#: 64 B, 4 KiB and 64 KiB where a pool hit took about 3 us (``bench/bench_memory.py``).
+#: Requests of fewer bytes are served by ``np.empty`` (aligned): 128 KiB is glibc's default
+#: mmap threshold; below it ``malloc`` reuses memory it holds, with no page faults, and
+#: ``np.empty`` took 0.2 us at 64 B, 4 KiB and 64 KiB where a pool hit took 4.8 us
+#: (``bench/bench_memory.py``; veda's checks and alignment cost 3.2 us of that alone).
 MIN_POOLED_BYTES = 1 << 17
 
 #: The default bound on the bytes the pool keeps free.
 DEFAULT_LIMIT_BYTES = 512 << 20
 
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", None)  # not on Windows, where a map is private anyway
+
+#: Maps of this many bytes or more ask for transparent huge pages, as NumPy does for its own
+#: allocations of 4 MiB or more (unless ``np._core.multiarray._set_madvise_hugepage(False)``):
+#: with 4 KiB pages a pooled 8 MB buffer was written at 13 GB/s, NumPy's at 23 GB/s.
+HUGEPAGE_BYTES = 4 << 20
+_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+
+def _numpy_uses_hugepages() -> bool:
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage
+    except ImportError:  # NumPy 1.x
+        try:
+            from numpy.core.multiarray import _get_madvise_hugepage
+        except ImportError:
+            return False
+    return bool(_get_madvise_hugepage())
+
+
+def _new_map(nbytes: int) -> mmap.mmap:
+    """A fresh anonymous private map: zero, page-aligned, its pages not touched yet."""
+    store = mmap.mmap(-1, nbytes) if _PRIVATE is None else mmap.mmap(-1, nbytes, _PRIVATE)
+    if _HUGEPAGE is not None and nbytes >= HUGEPAGE_BYTES and _numpy_uses_hugepages():
+        try:
+            store.madvise(_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages
+            pass
+    return store
 
 
 def size_class(nbytes: int) -> int:
@@ -80,6 +109,29 @@ def _is_int(value: Any) -> bool:
 def check_request(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
     """``shape`` as a tuple of ints and ``dtype`` as a NumPy dtype, or a
     :class:`~veda.errors.LaunchError` naming the argument and what was expected."""
+    if type(shape) is int and shape >= 0:  # the common cases, quickly
+        dims: Any = (shape,)
+    elif type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape):
+        dims = shape
+    else:
+        dims = _check_shape(shape, where)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise LaunchError(f"{where}: dtype must be a NumPy dtype, not {dtype!r} ({exc})") from None
+    if dt.hasobject:
+        raise LaunchError(
+            f"{where}: dtype {dt} holds Python objects; pooled memory holds numbers only "
+            "(use np.empty for object arrays)"
+        )
+    if dt.itemsize == 0 and dt.kind in "SUV":
+        raise LaunchError(f"{where}: dtype {dt.str!r} has no size; give one, e.g. 'U8'")
+    if math.prod(dims) * dt.itemsize > sys.maxsize:
+        raise LaunchError(f"{where}: an array of shape {tuple(dims)} and dtype {dt} is too big")
+    return dims, dt
+
+
+def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
     if _is_int(shape):
         entries: Sequence[Any] = (shape,)
     elif isinstance(shape, (tuple, list)):
@@ -98,20 +150,7 @@ def check_request(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, ...], 
         if dim < 0:
             raise LaunchError(f"{where}: shape entries must be >= 0; entry {k} is {dim}")
         dims.append(dim)
-    try:
-        dt = np.dtype(dtype)
-    except (TypeError, ValueError) as exc:
-        raise LaunchError(f"{where}: dtype must be a NumPy dtype, not {dtype!r} ({exc})") from None
-    if dt.hasobject:
-        raise LaunchError(
-            f"{where}: dtype {dt} holds Python objects; pooled memory holds numbers only "
-            "(use np.empty for object arrays)"
-        )
-    if dt.itemsize == 0 and dt.kind in "SUV":
-        raise LaunchError(f"{where}: dtype {dt.str!r} has no size; give one, e.g. 'U8'")
-    if math.prod(dims) * dt.itemsize > sys.maxsize:
-        raise LaunchError(f"{where}: an array of shape {tuple(dims)} and dtype {dt} is too big")
-    return tuple(dims), dt
+    return tuple(dims)
 
 
 def _aligned(nbytes: int, zero: bool) -> np.ndarray:
@@ -235,7 +274,7 @@ class HostPool:
         fresh = store is None
         if store is None:
             try:
-                store = mmap.mmap(-1, cls) if _PRIVATE is None else mmap.mmap(-1, cls, _PRIVATE)
+                store = _new_map(cls)
             except BaseException:
                 with self._lock:
                     self._lent_bytes -= cls
