@@ -74,6 +74,10 @@ EXPECTED = {
     "to_device",
     "to_host",
     "cuda",
+    "empty",
+    "empty_like",
+    "memory_stats",
+    "zeros",
 }
 
 # The public names of the subpackages, pinned as veda's own (a change must be deliberate).
@@ -129,14 +133,19 @@ SUBPACKAGES = {
         "trace",
     },
     "hardware": {
+        "HostPool",
+        "Node",
+        "Topology",
         "affinity",
         "affinity_reason",
         "cpu_model",
         "energy_sources",
         "max_threads",
+        "memory_pool",
         "power_model",
         "temperature",
         "threading_layer",
+        "topology",
     },
     "cuda": {
         "device_resident",

@@ -37,7 +37,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("launch core", ("veda._launch",)),
     (
         "runtime on the launch core",
-        ("veda._record", "veda._scan", "veda._tasks", "veda._iter", "veda._graph"),
+        (
+            "veda._record",
+            "veda._scan",
+            "veda._tasks",
+            "veda._iter",
+            "veda._graph",
+            "veda._memory",
+        ),
     ),
     (
         "facades and the command line",

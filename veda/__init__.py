@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from veda._graph import graph
     from veda._iter import ParIter, par_iter, par_range
     from veda._kernel.language import atomic_add, atomic_max, atomic_min, local_array
+    from veda._memory import empty, empty_like, memory_stats, zeros
     from veda._record import record, replay
     from veda._scan import scan
     from veda._tasks import (
@@ -67,8 +68,8 @@ if TYPE_CHECKING:
 #: Names imported on first use (PEP 562), so that ``import veda`` does not pay for what a
 #: program may never use: the kernel language's Numba extensions (a kernel body that calls
 #: ``veda.atomic_add`` imports them as it compiles), the task runtime (with asyncio),
-#: ``veda.random``, record/replay and scans.  Each is imported once, by whichever thread asks
-#: first (under the import lock).
+#: ``veda.random``, record/replay, scans and pooled arrays.  Each is imported once, by
+#: whichever thread asks first (under the import lock).
 _LAZY = {
     **dict.fromkeys(
         ("atomic_add", "atomic_max", "atomic_min", "local_array"), "veda._kernel.language"
@@ -88,13 +89,24 @@ _LAZY = {
         ),
         "veda._tasks",
     ),
+    **dict.fromkeys(("empty", "empty_like", "memory_stats", "zeros"), "veda._memory"),
     "record": "veda._record",
     "replay": "veda._record",
     "scan": "veda._scan",
     "graph": "veda._graph",
     **dict.fromkeys(("ParIter", "par_iter", "par_range"), "veda._iter"),
 }
-_LAZY_MODULES = ("random", "dask", "hardware", "_tasks", "_record", "_scan", "_iter", "_graph")
+_LAZY_MODULES = (
+    "random",
+    "dask",
+    "hardware",
+    "_tasks",
+    "_record",
+    "_scan",
+    "_iter",
+    "_graph",
+    "_memory",
+)
 
 
 if not TYPE_CHECKING:  # for type checkers the names are imported above: typos stay errors
@@ -154,6 +166,8 @@ __all__ = [
     "config",
     "cuda",
     "deterministic",
+    "empty",
+    "empty_like",
     "explain",
     "func",
     "get_config",
@@ -163,6 +177,7 @@ __all__ = [
     "launch_async",
     "local_array",
     "max_threads",
+    "memory_stats",
     "metrics",
     "par_iter",
     "par_range",
@@ -183,4 +198,5 @@ __all__ = [
     "to_host",
     "try_spawn",
     "try_submit",
+    "zeros",
 ]
