@@ -27,11 +27,25 @@ import veda
 import veda.hardware
 from veda._hardware import energy
 from veda_kernels import GALLERY
-from veda_kernels.suite import settle
 
 from _util import parser, report
 
 POLICIES = ("adaptive", "energy", "edp")
+
+
+def settle(case, domain, args, policy: str, max_launches: int = 400):
+    """Launch under ``policy`` until the dispatcher decided for it (its own size class row:
+    every policy explores on its own); the decision, or None while still exploring."""
+    dims = domain if isinstance(domain, tuple) else (domain,)
+    size = math.prod(dims)
+    with veda.config(policy=policy):
+        for _ in range(max_launches):
+            case.reset(args)
+            case.kernel[domain](*args)
+            d = veda.explain(case.kernel).decision_for(size, ndim=len(dims), policy=policy)
+            if d is not None:
+                return d
+    return None
 
 
 def _one(case, n: int, repeats: int, rng) -> dict:
@@ -41,8 +55,7 @@ def _one(case, n: int, repeats: int, rng) -> dict:
     launch = case.kernel[domain]
     decisions = {}
     for policy in POLICIES:
-        with veda.config(policy=policy):
-            decisions[policy] = settle(case.kernel, domain, args, case.reset, max_launches=400)
+        decisions[policy] = settle(case, domain, args, policy)
     times: dict[str, list[float]] = {p: [] for p in POLICIES}
     for _ in range(repeats):  # interleaved, policy by policy
         for policy in POLICIES:
@@ -84,7 +97,7 @@ def power_cap(names: list[str], n_of, rng) -> dict:
         for name in names:
             case = GALLERY[name]
             domain, args = case.make(n_of(case), rng)
-            settle(case.kernel, domain, args, case.reset, max_launches=400)
+            settle(case, domain, args, "adaptive")
             for _ in range(5):
                 case.reset(args)
                 case.kernel[domain](*args)

@@ -47,6 +47,13 @@ def rapl_tree(tmp_path):
     return root, zones
 
 
+@pytest.fixture(autouse=True)
+def _own_measured_watts(monkeypatch):
+    """Each test starts with no measured watts (the module keeps them per process)."""
+    monkeypatch.setattr(energy, "_observed", {})
+    monkeypatch.setattr(energy, "_observed_source", {})
+
+
 CPU = Decision("cpu")
 PAR = Decision("parallel", 2, "static", 1)
 
@@ -198,6 +205,9 @@ def test_measured_launches_are_counted_under_their_reader(tmp_path, monkeypatch)
     veda.telemetry.reset()
     x = np.ones(100)
     out = np.empty(100)
+    with veda.config(target="cpu"):
+        _scale[100](x, out)  # compiled (a launch that compiles is left to the model)
+    veda.telemetry.reset()
     with veda.config(energy="rapl", sysfs_root=root, target="cpu"):
         for _ in range(8):
             _scale[100](x, out)
@@ -205,11 +215,11 @@ def test_measured_launches_are_counted_under_their_reader(tmp_path, monkeypatch)
     assert c.launches == 8
     assert dict(c.figures.energy) == {"rapl": pytest.approx(8 * 0.25)}
     assert c.energy_source == "rapl"
+    got = energy._observed[("cpu", 1)]
+    assert got[0] == pytest.approx(8 * 0.25) and got[1] == pytest.approx(c.total_time)
 
 
-def test_measured_watts_replace_the_model_once_there_are_enough(monkeypatch):
-    monkeypatch.setattr(energy, "_observed", {})
-    monkeypatch.setattr(energy, "_observed_source", {})
+def test_measured_watts_replace_the_model_once_there_are_enough():
     one = Decision("cpu", 1)
     with veda.config(static_watts=20.0, watts_per_core=10.0):
         energy.record_observed(one, 0.5, energy.OBSERVED_ENOUGH / 2, "rapl")

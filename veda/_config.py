@@ -20,6 +20,7 @@ import numpy as np
 
 from veda import _registry
 from veda._hardware import energy as _energy
+from veda._hardware import pinning as _pinning
 from veda._hardware.cpu import max_threads
 from veda._types import Decision
 from veda.errors import ConfigError, LaunchError, VedaError
@@ -107,6 +108,12 @@ class Config:
     max_power_watts : float or None
         A power cap: the dispatcher considers only thread counts whose power (measured, or
         modelled) stays at or below it; explicit ``threads=`` settings are kept.
+    pin_threads : bool or {"compact", "scatter"}
+        Pin each worker of ``"parallel"`` launches to one CPU: ``"compact"`` (or True) fills a
+        NUMA node before the next, ``"scatter"`` deals workers round the nodes.  The first
+        parallel launch without it (in the same thread) restores every worker's affinity.
+        OpenMP and workqueue layers; refused with a warning on TBB and where the platform has
+        no ``sched_setaffinity``.
     max_temperature : float or None
         Degrees Celsius: while the hottest thermal zone is at or above it, the dispatcher
         lends one thread fewer each second (down to one), and gives them back once it is 5
@@ -117,8 +124,8 @@ class Config:
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
     ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING``, ``VEDA_PROGRESS`` (``auto`` for
     None), ``VEDA_SYSFS_ROOT``, ``VEDA_ENERGY``, ``VEDA_STATIC_WATTS``, ``VEDA_WATTS_PER_CORE``,
-    ``VEDA_GPU_WATTS``, ``VEDA_MAX_POWER_WATTS`` and ``VEDA_MAX_TEMPERATURE`` (``none`` for
-    None).
+    ``VEDA_GPU_WATTS``, ``VEDA_MAX_POWER_WATTS``, ``VEDA_MAX_TEMPERATURE`` (``none`` for
+    None) and ``VEDA_PIN_THREADS`` (0/1, ``compact`` or ``scatter``).
     """
 
     target: str | None = None
@@ -142,12 +149,15 @@ class Config:
     gpu_watts: float = 150.0
     max_power_watts: float | None = None
     max_temperature: float | None = None
+    pin_threads: bool | str = False
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:  # NumPy integers count as the ints they hold
             value = getattr(self, name)
             if isinstance(value, np.integer):
                 object.__setattr__(self, name, int(value))
+        if self.pin_threads is True:
+            object.__setattr__(self, "pin_threads", "compact")
         for name in _WATTS:  # and NumPy numbers of watts as floats
             value = getattr(self, name)
             if isinstance(value, (np.integer, np.floating)):
@@ -206,6 +216,8 @@ def _parse_env(name: str, raw: str) -> Any:
             raise ConfigError(f"{var}={raw!r}: expected an integer") from None
     if name == "progress" and raw.strip().lower() == "auto":
         return None
+    if name == "pin_threads" and raw.strip().lower() in ("compact", "scatter"):
+        return raw.strip().lower()
     if name in _WATTS:
         if name in _OPTIONAL_NUMBERS and raw.strip().lower() == "none":
             return None
@@ -213,13 +225,13 @@ def _parse_env(name: str, raw: str) -> Any:
             return float(raw)
         except ValueError:
             raise ConfigError(f"{var}={raw!r}: expected a number") from None
-    if name in _FLAGS or name == "progress":
+    if name in _FLAGS or name in ("progress", "pin_threads"):
         low = raw.strip().lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        auto = ", or auto" if name == "progress" else ""
+        auto = {"progress": ", or auto", "pin_threads": ", compact or scatter"}.get(name, "")
         raise ConfigError(f"{var}={raw!r}: expected 0/1, true/false, yes/no or on/off{auto}")
     return raw.strip()
 
@@ -288,6 +300,11 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
         root = values["sysfs_root"]
         if not isinstance(root, (str, os.PathLike)) or not os.fsdecode(root).strip():
             raise error(f"{where}: sysfs_root must be a folder's path, not {root!r}")
+    pin = values.get("pin_threads")
+    if "pin_threads" in values and not (isinstance(pin, bool) or pin in _pinning.MODES):
+        raise error(
+            f"{where}: unknown pin_threads={pin!r}; expected True, False, 'compact' or 'scatter'"
+        )
     energy = values.get("energy")
     if "energy" in values and energy not in ("auto", *_energy.reader_names()):
         raise error(

@@ -600,7 +600,10 @@ class Kernel(KernelDefinition):
         end = perf_counter()
         elapsed = entry.last = end - start
         if before is not None:
-            after = _read_meter(meter)
+            debts = entry.debts
+            # a launch that compiled is left to the model: its joules are mostly the compile's
+            compiled = debts is not None and threading.get_ident() in debts
+            after = None if compiled else _read_meter(meter)
             if after is not None:
                 recorder.metered(meter.name, after - before, elapsed)
                 _energy.record_observed(entry.decision, after - before, elapsed, meter.name)
@@ -718,7 +721,9 @@ class Kernel(KernelDefinition):
                     entry.form,
                     entry.dims,
                     decision,
-                    LaunchOptions(cfg.boundscheck, cfg.cache, cfg.deterministic),
+                    LaunchOptions(
+                        cfg.boundscheck, cfg.cache, cfg.deterministic, cfg.pin_threads or None
+                    ),
                     recorder if cfg.profile else None,
                     shared=entry.sized,
                 )

@@ -96,6 +96,8 @@ class LaunchOptions(NamedTuple):
     boundscheck: bool = False
     cache: bool = True
     deterministic: bool = False
+    #: Where ``"parallel"`` launches pin their workers (``"compact"``, ``"scatter"``), or None.
+    pin_threads: str | None = None
 
     @property
     def compile(self) -> tuple[bool, bool]:

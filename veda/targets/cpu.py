@@ -8,11 +8,13 @@ Both run launchers from one generated module per kernel form (see
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
 
 from veda._hardware import cpu as hw
+from veda._hardware.pinning import pinner
 from veda._hardware.signals import from_signal_handler, unwrap_interrupt
 from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK, private_pieces
 from veda._registry import Profiler, Target
@@ -212,6 +214,43 @@ class CPUTarget(Target):
         return run
 
 
+#: The CPUs to pin workers to, node by node, per sysfs root (read once).
+_pin_nodes: dict[str, list[list[int]]] = {}
+
+
+def _pin(mode: str | None, serialise: bool, region_lock: Any) -> None:
+    """Pin this thread's workers for ``mode``, or restore them (None): see
+    :mod:`veda._hardware.pinning`.  Where the layer or platform cannot, a warning, once."""
+    from veda import _files
+    from veda._config import get_config
+    from veda._hardware import numa, pinning
+
+    reason = pinning.unavailable_reason(hw.threading_layer())
+    if reason is not None:
+        if mode is not None:
+            _files.warn_once(
+                "pin_threads",
+                f"pin_threads={mode!r} is not applied: {reason}; workers run unpinned",
+            )
+        return
+    root = get_config().sysfs_root
+    nodes = _pin_nodes.get(root)
+    if nodes is None:
+        allowed = set(os.sched_getaffinity(0))
+        try:
+            topo = numa.read_topology(root)
+            nodes = [[c for c in n.cpus if c in allowed] for n in topo.nodes]
+        except Exception:  # no usable topology: one node of the CPUs this process may use
+            nodes = []
+        nodes = [n for n in nodes if n] or [sorted(allowed)]
+        _pin_nodes[root] = nodes
+    if serialise:
+        with region_lock:
+            pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
+    else:
+        pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
+
+
 def _failing_index(
     module: Any, size: int, dims: tuple[int, ...], args: tuple[Any, ...]
 ) -> tuple[int, ...] | None:
@@ -319,9 +358,12 @@ class ParallelTarget(Target):
         regions, task_thread = hw.regions, hw.task_thread
 
         ran = False  # whether a region ran (and so compiled): only then can it be handed over
+        pins = options.pin_threads
 
         def run(args: tuple[Any, ...]) -> Any:
             nonlocal ran
+            if (pins is not None or pinner.used) and pinner.mode() != pins:
+                _pin(pins, serialise, region_lock)
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
             # change is made by the first call inside the ``try`` that undoes it, and each undo
             # is one call in its own ``finally``: when this returns or raises, the in-flight
