@@ -172,22 +172,23 @@ def test_modelled_energy_is_seconds_times_the_watts_of_each_configuration():
     veda.telemetry.reset()
     x = np.ones(1000)
     out = np.empty(1000)
-    with veda.config(target="cpu"):
-        for _ in range(20):
-            _scale[1000](x, out)
-    with veda.config(target="parallel", threads=veda.max_threads(), schedule="static"):
-        for _ in range(20):
-            _scale[1000](x, out)
-    with veda.config(static_watts=7.0, watts_per_core=3.0):
-        k = veda.metrics().kernel(_scale)
-        for c in k.configs:
-            assert c.energy_source == "model"
-            expected = c.total_time * (7.0 + 3.0 * c.threads)
-            assert c.joules == pytest.approx(expected, rel=1e-9)
-            assert c.watts == pytest.approx(7.0 + 3.0 * c.threads)
-        assert k.joules == pytest.approx(sum(c.joules for c in k.configs))
+    with veda.config(static_watts=7.0, watts_per_core=3.0):  # the model when launched
+        with veda.config(target="cpu"):
+            for _ in range(20):
+                _scale[1000](x, out)
+        with veda.config(target="parallel", threads=veda.max_threads(), schedule="static"):
+            for _ in range(20):
+                _scale[1000](x, out)
+    k = veda.metrics().kernel(_scale)  # read under the default model: priced as launched
+    for c in k.configs:
+        assert c.energy_source == "model"
+        expected = c.total_time * (7.0 + 3.0 * c.threads)
+        assert c.joules == pytest.approx(expected, rel=1e-9)
+        assert c.watts == pytest.approx(7.0 + 3.0 * c.threads)
+    assert k.joules == pytest.approx(sum(c.joules for c in k.configs))
+    with veda.config(static_watts=500.0):  # a counter: reading elsewhere changes nothing
         text = veda.metrics().to_prometheus()
-        d = json.loads(veda.metrics().to_json())
+    d = json.loads(veda.metrics().to_json())
     line = next(ln for ln in text.splitlines() if ln.startswith("veda_energy_joules_total{"))
     assert 'source="model"' in line and "_scale" in line
     assert float(line.rsplit(" ", 1)[1]) == pytest.approx(k.joules)
@@ -197,26 +198,63 @@ def test_modelled_energy_is_seconds_times_the_watts_of_each_configuration():
 
 
 def test_measured_launches_are_counted_under_their_reader(tmp_path, monkeypatch):
+    import time
+
     root = str(tmp_path)
     _zone(root, "intel-rapl:0", "package-0", 1)
     reader = energy.reader("rapl", root)
-    ticks = iter(range(10**6))
-    monkeypatch.setattr(reader, "joules", lambda: 0.25 * next(ticks))  # +0.25 J per read
-    veda.telemetry.reset()
+
+    # an ideal 50 W meter, whose reads take time of their own (20 us each)
+    def ideal():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 20e-6:
+            pass
+        return 50.0 * t
+
+    monkeypatch.setattr(reader, "joules", ideal)
     x = np.ones(100)
     out = np.empty(100)
     with veda.config(target="cpu"):
         _scale[100](x, out)  # compiled (a launch that compiles is left to the model)
     veda.telemetry.reset()
     with veda.config(energy="rapl", sysfs_root=root, target="cpu"):
-        for _ in range(8):
+        for _ in range(200):
             _scale[100](x, out)
     c = veda.metrics().kernel(_scale).configs[0]
-    assert c.launches == 8
-    assert dict(c.figures.energy) == {"rapl": pytest.approx(8 * 0.25)}
-    assert c.energy_source == "rapl"
+    assert c.launches == 200
+    assert c.energy_source == "rapl" and set(dict(c.figures.energy)) == {"rapl"}
+    # the reads' own time is not charged to the launches: 50 W, not the window's
+    assert c.watts == pytest.approx(50.0, rel=0.15), c.watts
     got = energy._observed[("cpu", 1)]
-    assert got[0] == pytest.approx(8 * 0.25) and got[1] == pytest.approx(c.total_time)
+    assert got[0] == pytest.approx(c.joules) and got[1] == pytest.approx(c.total_time)
+
+
+def test_implausible_and_backward_readings_are_not_charged(tmp_path):
+    root = str(tmp_path)
+    p0 = _zone(root, "intel-rapl:0", "package-0", 5_000_000)
+    rapl = energy.RAPL(root)
+    rapl.joules()
+    _set(p0, 4_999_000)  # a step back that is no wrap: a reset, nothing counted
+    assert rapl.joules() == 0.0
+    _set(p0, -3)
+    with pytest.raises(ValueError, match="outside the counter's range"):
+        rapl.joules()
+    _set(p0, 2**64)
+    with pytest.raises(ValueError, match="outside the counter's range"):
+        rapl.joules()
+
+
+def test_readers_meter_only_the_targets_they_cover():
+    rapl, nvml = energy.RAPL("/nonexistent"), energy.NVML(_fake_nvml([1]))
+    assert rapl.covers("cpu") and rapl.covers("parallel") and not rapl.covers("cuda")
+    assert nvml.covers("cuda") and not nvml.covers("cpu")
+    fake = _fake_nvml([10_000])
+    n = energy.NVML(fake)
+    n.joules()
+    fake.counters[0] = 5_000  # the driver reloaded: the counter restarts
+    assert n.joules() == 0.0
+    fake.counters[0] = 6_000
+    assert n.joules() == pytest.approx(1.0)
 
 
 def test_measured_watts_replace_the_model_once_there_are_enough():
@@ -330,6 +368,9 @@ def test_max_power_watts_caps_the_rule_and_the_dispatcher():
             assert dispatcher.free_cores() == 1
         with veda.config(max_power_watts=35.0, threads=2):  # explicit threads are kept
             assert decide(10**6, veda.get_config(), None).threads == 2
+        with pytest.warns(RuntimeWarning, match="below the power of one thread"):
+            with veda.config(max_power_watts=5.0):
+                assert decide(10**6, veda.get_config(), None).threads == 1
 
 
 def _thermal_tree(root, *millideg):
@@ -369,11 +410,15 @@ def test_the_dispatcher_lends_fewer_threads_while_hot(tmp_path, monkeypatch):
 
     root = str(tmp_path)
     _thermal_tree(root, 95000)
-    monkeypatch.setattr(dispatcher, "thermal", energy.ThermalGovernor(interval=0.0))
+    monkeypatch.setattr(energy, "governor", energy.ThermalGovernor(interval=0.0))
     monkeypatch.setattr(dispatcher.load, "free_cores", lambda: veda.max_threads())
     with veda.config(max_temperature=80.0, sysfs_root=root):
         seen = [dispatcher.free_cores() for _ in range(veda.max_threads())]
     assert seen[-1] == 1 and seen == sorted(seen, reverse=True)
+    from veda.scheduler import decide
+
+    with veda.config(max_temperature=80.0, sysfs_root=root, policy="fixed", target="parallel"):
+        assert decide(10**6, veda.get_config(), None).threads == 1  # the size rule too
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -433,3 +478,41 @@ def test_what_this_machine_offers():
     # The message says what this machine offers (pytest -rA shows it).
     print(f"energy sources here: {found}; temperature: {t}")
     assert t is None or -50.0 < t < 150.0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_meters_launches_while_a_parent_thread_held_the_reader(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    root = str(tmp_path)
+    _zone(root, "intel-rapl:0", "package-0", 1)
+    code = textwrap.dedent(
+        f"""
+        import os, threading, numpy as np, veda
+        @veda.kernel
+        def k(i, x):
+            x[i] += 1.0
+        x, y, z = np.zeros(1000), np.zeros(1000), np.zeros(1000)
+        cfg = dict(sysfs_root={root!r}, energy="rapl", target="cpu")
+        with veda.config(**cfg):
+            k[1000](x)
+        def loop():
+            with veda.config(**cfg):
+                while True:
+                    k[1000](y)
+        threading.Thread(target=loop, daemon=True).start()
+        for _ in range(10):
+            pid = os.fork()
+            if pid == 0:
+                with veda.config(**cfg):
+                    k[1000](z)
+                os._exit(0 if z[0] == 1.0 else 3)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -72,10 +72,7 @@ def test_notebook_in_a_jupyter_kernel_shows_html_and_progress():
     # The suite's other worker process keeps a core busy, and the dispatcher would then leave
     # the serial loop the only candidate, with nothing to explore: the kernel's load monitor
     # reports every core free, as on an idle machine (a cell of the test's, not the notebook's).
-    idle = (
-        "import veda\n"
-        "veda.scheduler.dispatcher.load.free_cores = lambda: veda.max_threads()"
-    )
+    idle = "import veda\nveda.scheduler.dispatcher.load.free_cores = lambda: veda.max_threads()"
     nb.cells.insert(0, nbformat.v4.new_code_cell(idle))
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}

@@ -158,14 +158,16 @@ class Config:
                 object.__setattr__(self, name, int(value))
         if self.pin_threads is True:
             object.__setattr__(self, "pin_threads", "compact")
-        for name in _WATTS:  # and NumPy numbers of watts as floats
-            value = getattr(self, name)
-            if isinstance(value, (np.integer, np.floating)):
-                object.__setattr__(self, name, float(value))
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
+        for name in _WATTS:  # checked numbers: watts and degrees as floats
+            value = getattr(self, name)
+            if value is not None and type(value) is not float:
+                object.__setattr__(self, name, float(value))
         # One spelling per folder: absolute, so a later chdir does not move the cache.
         folder = os.path.abspath(os.path.expanduser(os.fsdecode(self.cache_dir)))
         object.__setattr__(self, "cache_dir", folder)
+        root = os.path.abspath(os.path.expanduser(os.fsdecode(self.sysfs_root)))
+        object.__setattr__(self, "sysfs_root", root)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -199,11 +201,22 @@ def plain_int(value: Any) -> Any:
 
 
 def _plain_ints(values: dict[str, Any]) -> dict[str, Any]:
+    """NumPy integers as ints; numbers of watts and degrees as floats (2 and 2.0 are one
+    setting, and so one interned configuration)."""
     if any(isinstance(values.get(name), np.integer) for name in _INT_FIELDS):
         values = dict(values)
         for name in _INT_FIELDS:
             if name in values:
                 values[name] = plain_int(values[name])
+    numbers = (int, float, np.integer, np.floating)
+    for name in _WATTS:
+        value = values.get(name)
+        if isinstance(value, numbers) and not isinstance(value, (bool, np.bool_)):
+            if type(value) is not float:
+                try:
+                    values = {**values, name: float(value)}
+                except OverflowError:
+                    pass  # refused, with its name, by the validation
     return values
 
 
@@ -298,7 +311,11 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             raise error(f"{where}: cache_dir must not contain a NUL character")
     if "sysfs_root" in values:
         root = values["sysfs_root"]
-        if not isinstance(root, (str, os.PathLike)) or not os.fsdecode(root).strip():
+        if (
+            not isinstance(root, (str, os.PathLike))
+            or not os.fsdecode(root).strip()
+            or "\0" in os.fsdecode(root)
+        ):
             raise error(f"{where}: sysfs_root must be a folder's path, not {root!r}")
     pin = values.get("pin_threads")
     if "pin_threads" in values and not (isinstance(pin, bool) or pin in _pinning.MODES):
@@ -314,12 +331,18 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
     for name in _WATTS:
         if name not in values or (values[name] is None and name in _OPTIONAL_NUMBERS):
             continue
-        value = values[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        value = given = values[name]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)
+        ):
             raise error(f"{where}: {name} must be a number, not {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise error(f"{where}: {name}={value!r} is too large") from None
         if not math.isfinite(value) or value < 0 or (value == 0 and name != "static_watts"):
             what = "at least 0" if name == "static_watts" else "a positive number"
-            raise error(f"{where}: {name}={value!r} must be {what}")
+            raise error(f"{where}: {name}={given!r} must be {what}")
     # The target's name and the settings it takes, as the registry knows them.
     _registry.check_settings(dict(values), error, where)
     for flag in _FLAGS:

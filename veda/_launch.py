@@ -315,11 +315,13 @@ def _meter(source: str, root: str) -> Any:
 _reader_reasons: dict[tuple[str, str], str | None] = {}
 
 
-def _read_meter(meter: Any) -> float | None:
-    """The meter's joules now; None (the launch is not metered) when the counter could not be
-    read, which a launch never fails for."""
+def _read_meter(meter: Any) -> tuple[float, float] | None:
+    """When (the middle of the read, on the launch clock) and what the meter read, in joules;
+    None (the launch is not metered) when the counter could not be read, which a launch never
+    fails for."""
+    t0 = perf_counter()
     try:
-        return float(meter.joules())
+        joules = float(meter.joules())
     except Exception as exc:
         _files.warn_once(
             f"energy-read:{meter.name}",
@@ -327,6 +329,43 @@ def _read_meter(meter: Any) -> float | None:
             "launches it could not measure count under the power model",
         )
         return None
+    return (t0 + perf_counter()) / 2, joules
+
+
+_meter_start = _read_meter
+
+#: Watts above which a metered launch is taken for a misread counter (and left to the model):
+#: more than a large server's CPUs and GPUs together.
+IMPLAUSIBLE_WATTS = 20_000.0
+
+
+def _meter_end(
+    entry: Entry, meter: Any, recorder: Any, before: tuple[float, float], elapsed: float
+) -> None:
+    """Count a metered launch's joules: the counter's rise between the two reads, scaled to
+    the launch's own time (the reads take microseconds of their own, inside that window).
+
+    A launch that compiled is left to the model (its joules are mostly the compile's), as is
+    one whose reading is implausible."""
+    debts = entry.debts
+    if debts is not None and threading.get_ident() in debts:
+        return
+    after = _read_meter(meter)
+    if after is None:
+        return
+    window = after[0] - before[0]
+    joules = after[1] - before[1]
+    if window > elapsed > 0:
+        joules *= elapsed / window
+    if joules < 0 or (elapsed > 0 and joules / elapsed > IMPLAUSIBLE_WATTS):
+        _files.warn_once(
+            f"energy-implausible:{meter.name}",
+            f"{meter.name!r} read {joules:.3g} J over a {elapsed * 1e6:.0f} us launch; such "
+            "launches count under the power model",
+        )
+        return
+    recorder.metered(meter.name, joules, elapsed)
+    _energy.record_observed(entry.decision, joules, elapsed, meter.name)
 
 
 class Entry:
@@ -573,12 +612,15 @@ class Kernel(KernelDefinition):
         """One timed launch, seen by ``watchers``; returns the result (time in entry.last)."""
         recorder = entry.recorder
         info = None
+        meter = entry.meter
+        before = None  # (when, joules) of the energy reading before the launch
+        if meter is not None and recorder is not None and meter.covers(entry.decision.target):
+            before = _meter_start(meter)  # before the watchers start: an interrupt here
+            # leaves no watcher without its end
         if watchers:
             info = LaunchInfo(self, entry.dims, args, entry.decision)
             info.free = entry.free
             _start_all(watchers, info)
-        meter = entry.meter
-        before = _read_meter(meter) if meter is not None and recorder is not None else None
         start = perf_counter()
         try:
             result = entry.runner(args)
@@ -599,23 +641,19 @@ class Kernel(KernelDefinition):
             raise
         end = perf_counter()
         elapsed = entry.last = end - start
-        if before is not None:
-            debts = entry.debts
-            # a launch that compiled is left to the model: its joules are mostly the compile's
-            compiled = debts is not None and threading.get_ident() in debts
-            after = None if compiled else _read_meter(meter)
-            if after is not None:
-                recorder.metered(meter.name, after - before, elapsed)
-                _energy.record_observed(entry.decision, after - before, elapsed, meter.name)
-        if recorder is not None:
-            recorder.times.append(elapsed)
-            if len(recorder.times) > entry.review_at:
-                self._review(entry, args, elapsed)
-        if info is not None:
-            info.start, info.end, info.result = start, end, result
-            failed = _end_all(watchers, info)
-            if failed is not None:
-                raise failed from failed.__cause__
+        try:
+            if before is not None:
+                _meter_end(entry, meter, recorder, before, elapsed)
+        finally:  # an interrupt while reading the meter still counts the launch, ends watchers
+            if recorder is not None:
+                recorder.times.append(elapsed)
+                if len(recorder.times) > entry.review_at:
+                    self._review(entry, args, elapsed)
+            if info is not None:
+                info.start, info.end, info.result = start, end, result
+                failed = _end_all(watchers, info)
+                if failed is not None:
+                    raise failed from failed.__cause__
         return result
 
     # -- preparing -----------------------------------------------------------------------------
@@ -713,7 +751,12 @@ class Kernel(KernelDefinition):
             recorder = None
             if cfg.telemetry:
                 recorder = _telemetry.registry.recorder(
-                    self.module_name, self.name, decision, entry.size, entry.form.nbytes
+                    self.module_name,
+                    self.name,
+                    decision,
+                    entry.size,
+                    entry.form.nbytes,
+                    _config.power_model(cfg).watts(decision),
                 )
             target = _registry.get(decision.target)
             try:

@@ -28,6 +28,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,11 @@ class Reader:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        _every_reader.add(self)
+
+    def covers(self, target: str) -> bool:
+        """Whether this reader's counter holds the energy of launches on ``target``."""
+        raise NotImplementedError
 
     def unavailable_reason(self) -> str | None:
         """Why this reader cannot read here, or None when it can."""
@@ -122,6 +128,11 @@ class RAPL(Reader):
         self.folder = os.path.join(root, "class", "powercap")
         self._last: dict[str, int] = {}
         self._total_uj = 0
+        #: The package zones, found once (a launch's two reads open one file per package).
+        self._counting: list[Zone] | None = None
+
+    def covers(self, target: str) -> bool:
+        return target != "cuda"  # the CPU packages: not a GPU's own energy
 
     def zones(self) -> list[Zone]:
         """The packages and their subzones, in order."""
@@ -168,15 +179,31 @@ class RAPL(Reader):
         return None
 
     def joules(self) -> float:
+        """Raises ValueError for a reading no counter can give (negative, beyond its range)."""
         with self._lock:
-            for z in self._packages():
-                raw = _read_int(os.path.join(z.path, "energy_uj"))
+            if self._counting is None:
+                self._counting = self._packages()
+            try:
+                raws = [(z, _read_int(os.path.join(z.path, "energy_uj"))) for z in self._counting]
+            except OSError:
+                self._counting = None  # zones changed: found again at the next read
+                raise
+            for z, raw in raws:
+                if raw < 0 or (z.max_range_uj > 0 and raw > z.max_range_uj):
+                    raise ValueError(
+                        f"{z.path}/energy_uj read {raw}, outside the counter's range "
+                        f"[0, {z.max_range_uj}]"
+                    )
+            for z, raw in raws:
                 last = self._last.get(z.path)
                 if last is not None:
                     delta = raw - last
-                    if delta < 0:  # the counter wrapped at max_energy_range_uj
-                        delta += z.max_range_uj if z.max_range_uj > 0 else 0
-                        delta = max(delta, 0)
+                    if delta < 0:
+                        # A wrap at max_energy_range_uj goes from near the top to near zero;
+                        # any other step back is a reset (counted as nothing), not a wrap of
+                        # a quarter of a megajoule.
+                        wrapped = delta + z.max_range_uj
+                        delta = wrapped if 0 <= wrapped <= z.max_range_uj // 2 else 0
                     self._total_uj += delta
                 self._last[z.path] = raw
             return self._total_uj / 1e6
@@ -197,7 +224,11 @@ class NVML(Reader):
         self._module = module
         self._handles: list[Any] | None = None
         self._reason: str | None = None
-        self._origin: float | None = None
+        self._last: list[float] | None = None
+        self._total_mj = 0.0
+
+    def covers(self, target: str) -> bool:
+        return target == "cuda"  # the GPUs' energy: not the CPU launches'
 
     def _start(self) -> None:
         if self._handles is not None or self._reason is not None:
@@ -234,13 +265,19 @@ class NVML(Reader):
             self._start()
             if self._handles is None:
                 raise RuntimeError(self._reason)
-            mj = sum(
+            now = [
                 float(self._module.nvmlDeviceGetTotalEnergyConsumption(h)) for h in self._handles
-            )
-            if self._origin is None:
-                self._origin = mj
-            return (mj - self._origin) / 1e3
+            ]
+            if self._last is not None:
+                # a counter that went back (the driver reloaded) restarts: nothing counted
+                self._total_mj += sum(max(0.0, b - a) for a, b in zip(self._last, now))
+            self._last = now
+            return self._total_mj / 1e3
 
+
+#: Every reader made, for the fork handler (a child gets fresh locks: a parent's thread may
+#: have held one at the fork).
+_every_reader: weakref.WeakSet[Reader] = weakref.WeakSet()
 
 _READERS: dict[str, Callable[[str], Reader]] = {"rapl": RAPL, "nvml": lambda root: NVML()}
 _made: dict[tuple[str, str], Reader] = {}
@@ -263,6 +300,8 @@ def reader(name: str, root: str = "/sys") -> Reader:
 
 def _forget_readers() -> None:  # a fork child starts its counters afresh
     global _made_lock, _observed_lock
+    for r in list(_every_reader):
+        r._lock = threading.Lock()
     _made.clear()
     _made_lock = threading.Lock()
     _observed.clear()
@@ -366,7 +405,7 @@ class Thermal:
     def unavailable_reason(self) -> str | None:
         if self._zones():
             return None
-        if self.root == "/sys" and self._psutil() is not None:
+        if os.path.abspath(self.root) == "/sys" and self._psutil() is not None:
             return None
         return f"no thermal zone under {self.folder} and no psutil temperature sensor"
 
@@ -387,12 +426,14 @@ class Thermal:
         temps = []
         for path in self._zones():
             try:
-                temps.append(_read_int(path) / 1000.0)
-            except (OSError, ValueError):
+                t = _read_int(path) / 1000.0
+            except (OSError, ValueError, OverflowError):
                 continue
+            if -273.15 < t < 1000.0:  # anything else is a damaged reading, not a temperature
+                temps.append(t)
         if temps:
             return max(temps)
-        return self._psutil() if self.root == "/sys" else None
+        return self._psutil() if os.path.abspath(self.root) == "/sys" else None
 
 
 class ThermalGovernor:
@@ -441,6 +482,9 @@ class ThermalGovernor:
             self.step(reading, threshold)
         return self.threads
 
+
+#: The process's thermal governor (the dispatcher's and the size rule's).
+governor = ThermalGovernor()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_readers)

@@ -22,10 +22,10 @@ from typing import Any
 from veda import _progress, _registry
 from veda._config import check_decision, get_config
 from veda._hardware import gpu as _gpu
-from veda._hardware.energy import Thermal, ThermalGovernor, threads_within, watts
 from veda._hardware.load import LoadMonitor
 from veda._types import Decision
 from veda.errors import LaunchError
+from veda.scheduler._rules import thread_limit
 from veda.scheduler._tuner import Tuner
 from veda.scheduler._wisdom import TuningCache
 
@@ -201,22 +201,15 @@ class Dispatcher:
         self.lock = threading.Lock()
         self.entries: dict[tuple[Any, ...], Entry] = {}
         self.load = LoadMonitor()
-        self.thermal = ThermalGovernor()
         self._wisdom: dict[str, TuningCache] = {}
 
     def free_cores(self) -> int:
         """The threads the dispatcher may give a launch now: the cores other processes leave
-        free, within the power cap (``max_power_watts``: the most threads whose measured or
-        modelled watts fit) and the thermal governor's count (``max_temperature``)."""
+        free, within the power cap and the thermal governor's count
+        (:func:`veda.scheduler._rules.thread_limit`)."""
         free = self.load.free_cores()
-        cfg = get_config()
-        if cfg.max_power_watts is not None:
-            cap = cfg.max_power_watts
-            free = min(free, threads_within(cap, lambda t: watts(Decision("parallel", t))[0]))
-        if cfg.max_temperature is not None or self.thermal.threads != self.thermal.most:
-            thermal = Thermal(cfg.sysfs_root)
-            free = min(free, self.thermal.allowed(thermal, cfg.max_temperature))
-        return free
+        limit = thread_limit(get_config())
+        return free if limit is None else min(free, limit)
 
     def wisdom(self, cache_dir: str) -> TuningCache:
         w = self._wisdom.get(cache_dir)

@@ -101,7 +101,7 @@ class Explanation:
                 times = ", ".join(f"{x * 1e9:.3g}" for x in t["samples"]) or "-"
                 body.append(
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{esc(self.label(t['decision']))}"
-                    f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t).strip(' ,'))}</td>"
+                    f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t).strip(' ;'))}</td>"
                     f"<td>{esc(t['pruned'] or '')}</td></tr>"
                 )
         head = (
@@ -115,12 +115,12 @@ class Explanation:
 
 
 def _energy_text(trial: dict[str, Any]) -> str:
-    """``", nJ/element: 0.51 (model)"``: a candidate's median time per element times its
+    """``"; nJ/element: 0.51 (model)"``: a candidate's median time per element times its
     configuration's watts (measured, or the power model's), or nothing before it ran."""
     if not trial["samples"]:
         return ""
     w, source = _energy.watts(trial["decision"])
-    return f", nJ/element: {statistics.median(trial['samples']) * w * 1e9:.3g} ({source})"
+    return f"; nJ/element: {statistics.median(trial['samples']) * w * 1e9:.3g} ({source})"
 
 
 def explain(kernel: Any) -> Explanation:

@@ -7,7 +7,7 @@ always win.  :func:`pins` says what they fix of an adaptive decision; with ``pol
 
 from __future__ import annotations
 
-from veda import _registry
+from veda import _files, _registry
 from veda._config import Config
 from veda._hardware import energy as _energy
 from veda._registry import get_policy
@@ -112,8 +112,27 @@ def decide(
         else:
             target = rule_target(size, residency, arrays)
     found = _registry.known(target)
-    if threads is None and cfg.max_power_watts is not None and found.parallel:
-        threads = _energy.threads_within(
-            cfg.max_power_watts, lambda t: _energy.watts(Decision(target, t))[0]
-        )
+    if threads is None and found.parallel:
+        threads = thread_limit(cfg, target)
     return found.default_decision(size, threads, schedule, chunk)
+
+
+def thread_limit(cfg: Config, target: str = "parallel") -> int | None:
+    """The most threads the settings let veda give a launch on ``target``, or None for no
+    limit: within ``max_power_watts`` (measured or modelled watts), and the thermal governor's
+    count while ``max_temperature`` is set (:data:`veda._hardware.energy.governor`)."""
+    limit = None
+    if cfg.max_power_watts is not None:
+        cap = cfg.max_power_watts
+        limit = _energy.threads_within(cap, lambda t: _energy.watts(Decision(target, t))[0])
+        if _energy.watts(Decision(target, 1))[0] > cap:
+            _files.warn_once(
+                f"power-cap:{cap}",
+                f"max_power_watts={cap:g} is below the power of one thread "
+                f"({_energy.watts(Decision(target, 1))[0]:g} W): launches run on one thread",
+            )
+    gov = _energy.governor
+    if cfg.max_temperature is not None or gov.threads != gov.most:
+        hot = gov.allowed(_energy.Thermal(cfg.sysfs_root), cfg.max_temperature)
+        limit = hot if limit is None else min(limit, hot)
+    return limit

@@ -51,8 +51,9 @@ class Series:
     imbalance_sum: float = 0.0
     busy_seconds: float = 0.0
     chunks: int = 0
-    #: Measured joules by reader name, and the launch seconds they cover: the other launches'
-    #: energy is the power model's (see :func:`veda.telemetry._snapshot._energy`).
+    #: Joules by source: a reader's name for measured launches, "model" for the others (priced
+    #: as they are folded, at the power model of the launch's settings), and the seconds of the
+    #: measured ones.
     energy: dict[str, float] = field(default_factory=dict)
     metered_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -77,16 +78,22 @@ class Series:
 
 
 class Recorder:
-    """The hot-path buffer of one prepared launch (one kernel, configuration and domain size)."""
+    """The hot-path buffer of one prepared launch (one kernel, configuration and domain size,
+    under one power model)."""
 
-    __slots__ = ("nbytes", "per_launch", "series", "size", "times")
+    __slots__ = ("metered_pending", "nbytes", "per_launch", "series", "size", "times", "watts")
 
-    def __init__(self, series: Series, size: int, nbytes: Any) -> None:
+    def __init__(self, series: Series, size: int, nbytes: Any, watts: float = 0.0) -> None:
         self.times: list[float] = []
         self.series = series
         self.size = size
         self.nbytes = nbytes  # callable(args) -> bytes of the array arguments
         self.per_launch = 0  # bytes per launch, as last read
+        #: The power model's watts for this configuration, when the launch was prepared: the
+        #: launches no reader measured are priced at it as they are folded.
+        self.watts = watts
+        #: Seconds of metered launches not folded yet (their energy is counted already).
+        self.metered_pending = 0.0
 
     def fold(self, args: tuple[Any, ...] | None = None, nbytes: Any = None) -> None:
         """Move buffered launches into the series; with ``args``, re-read the bytes too (with
@@ -100,6 +107,11 @@ class Recorder:
                 t = np.array(times[:n], dtype=np.float64)
                 del times[:n]
                 self.series.fold(t, n * self.per_launch, self.size)
+                modelled = float(t.sum()) - self.metered_pending
+                self.metered_pending = max(0.0, -modelled)
+                if modelled > 0 and self.watts > 0:
+                    energy = self.series.energy
+                    energy["model"] = energy.get("model", 0.0) + modelled * self.watts
             if args is not None:
                 self.per_launch = int((nbytes or self.nbytes)(args))
 
@@ -113,6 +125,7 @@ class Recorder:
             series = self.series
             series.energy[source] = series.energy.get(source, 0.0) + joules
             series.metered_seconds += seconds
+            self.metered_pending += seconds
 
     def profile(self, busy: np.ndarray, chunks: np.ndarray, seconds_per_tick: float) -> None:
         mean = float(busy.mean()) if busy.size else 0.0
@@ -153,16 +166,23 @@ class Registry:
         return rec
 
     def recorder(
-        self, module: str, name: str, config: ConfigKey, size: int, nbytes: Any
+        self,
+        module: str,
+        name: str,
+        config: ConfigKey,
+        size: int,
+        nbytes: Any,
+        watts: float = 0.0,
     ) -> Recorder:
         rec = self.record(module, name)
         with self.lock:
-            recorder = rec.recorders.get((config, size))
+            recorder = rec.recorders.get((config, size, watts))
             if recorder is None:
                 series = rec.series.get(config)
                 if series is None:
                     series = rec.series[config] = Series(config)
-                recorder = rec.recorders[(config, size)] = Recorder(series, size, nbytes)
+                recorder = Recorder(series, size, nbytes, watts)
+                rec.recorders[(config, size, watts)] = recorder
         return recorder
 
     def compiled(self, module: str, name: str, seconds: float, cache_hit: bool) -> None:
@@ -190,6 +210,7 @@ class Registry:
                     for rkey, r in rec.recorders.items():
                         if rkey[0] == key:
                             r.series = fresh
+                            r.metered_pending = 0.0
                 rec.compiles = rec.cache_hits = 0
                 rec.compile_seconds = 0.0
 

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from veda._config import power_model
 from veda._hardware.gpu import kernel_transfers
 from veda._registry import describe
 from veda._types import Decision
@@ -104,16 +103,11 @@ class Figures:
 
 
 def _energy(series: list[Series]) -> tuple[tuple[str, float], ...]:
-    """Joules by source: what readers measured, and the power model's figure for the rest
-    (the model in force now, :func:`veda._config.power_model`)."""
-    model = power_model()
+    """Joules by source: what readers measured, and what the power model priced."""
     out: dict[str, float] = {}
     for s in series:
         for name, joules in s.energy.items():
             out[name] = out.get(name, 0.0) + joules
-        rest = s.total - s.metered_seconds
-        if rest > 0:
-            out["model"] = out.get("model", 0.0) + rest * model.watts(s.config)
     return tuple(sorted(out.items()))
 
 
