@@ -188,6 +188,97 @@ def test_bad_requests_are_refused_in_plain_words(call, words):
         assert word in str(info.value), str(info.value)
 
 
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "owner, name, makers",
+    [
+        # zeroing reused memory: after the finalizer is attached
+        (memory.ctypes, "memset", (veda.zeros,)),
+        (memory.np, "frombuffer", (veda.zeros, veda.empty)),
+        (memory.weakref, "finalize", (veda.zeros, veda.empty)),  # before it is attached
+        (memory, "_new_map", (veda.zeros, veda.empty)),  # a miss: no buffer of the class free
+    ],
+)
+def test_an_interrupted_allocation_gives_its_buffer_back(
+    fresh_pool, monkeypatch, owner, name, makers
+):
+    """A KeyboardInterrupt inside take_store, before the caller has the array, must not leave
+    the buffer counted as lent, lose it, or give it back twice (once from the handler, once
+    from the finalizer of the memory the interrupted call had wrapped)."""
+    a = veda.zeros(1 << 20)
+    del a
+    gc.collect()
+    assert fresh_pool.info()["buffers"] == 1
+    if name == "_new_map":
+        fresh_pool.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(owner, name, _interrupt)
+        for make in makers:
+            with pytest.raises(KeyboardInterrupt):
+                make(1 << 20)
+    gc.collect()
+    info = fresh_pool.info()
+    assert info["lent"] == 0 and info["lent_bytes"] == 0, info
+    assert info["buffers"] <= 1 and info["free_bytes"] == info["buffers"] * (8 << 20), info
+    b, c = veda.empty(1 << 20), veda.empty(1 << 20)  # two different buffers, never the same
+    assert b.ctypes.data != c.ctypes.data
+    assert fresh_pool.info()["lent"] == 2
+    del b, c
+    gc.collect()
+    assert fresh_pool.info()["lent"] == 0
+
+
+def test_sub_array_dtypes_add_their_shape_as_numpy_does(fresh_pool):
+    for make in (veda.empty, veda.zeros):
+        for shape, dtype in [
+            (100_000, np.dtype(("f8", (3,)))),
+            ((4, 5), np.dtype(("i2", (2, 3)))),
+            (7, np.dtype(("(2,)f4", (3,)))),  # a sub-array of sub-arrays
+        ]:
+            a = make(shape, dtype)
+            want = np.empty(shape, dtype)
+            assert a.shape == want.shape and a.dtype == want.dtype, (a.shape, a.dtype)
+            assert a.flags.c_contiguous and a.ctypes.data % 64 == 0
+    assert veda.empty_like(np.empty(100_000, np.dtype(("f8", (3,))))).shape == (100_000, 3)
+
+
+@pytest.mark.parametrize("shape", [2**46, (1 << 23, 1 << 23), sys.maxsize // 8])
+def test_a_request_too_big_for_the_host_is_a_memory_error(fresh_pool, shape):
+    """512 TiB is past the 47-bit user address space of x86-64 whatever the overcommit
+    setting; sys.maxsize // 8 float64s round up to a size class past sys.maxsize."""
+    with pytest.raises(MemoryError, match="Unable to allocate") as info:
+        veda.empty(shape)
+    nbytes = np.prod(shape, dtype=object) * 8
+    assert f"({nbytes} bytes)" in str(info.value) and "float64" in str(info.value)
+    info = fresh_pool.info()
+    assert info["lent"] == 0 and info["lent_bytes"] == 0, info
+
+
+def test_a_failed_map_is_a_memory_error(fresh_pool, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(memory.mmap, "mmap", refuse)
+    with pytest.raises(MemoryError, match=r"Unable to allocate 8.00 TiB \(8796093022208 bytes"):
+        veda.empty(2**40)
+    assert fresh_pool.info()["lent"] == 0
+
+
+@pytest.mark.parametrize(
+    "shape", [(2**62, 2**62, 0), (0, 2**63), (2**61, 2**3), (sys.maxsize // 8 + 1,)]
+)
+def test_a_shape_whose_bytes_overflow_is_refused_as_numpy_does(shape):
+    with pytest.raises(ValueError, match="too big|Maximum allowed dimension"):
+        np.empty(shape)  # what NumPy does
+    with pytest.raises(veda.LaunchError, match="shape") as info:
+        veda.empty(shape)
+    assert "too big" in str(info.value)
+    assert veda.empty((2**40, 0)).shape == np.empty((2**40, 0)).shape  # fits: allowed
+
+
 @pytest.mark.parametrize("limit", [-1, 1.5, "1GB", True, None])
 def test_a_bad_limit_is_refused(limit):
     p = HostPool()

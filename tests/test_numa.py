@@ -145,3 +145,94 @@ def test_this_machine():
         assert set(os.sched_getaffinity(0)) <= set(cpus), shown
     for node in topo.nodes:
         assert not node.distances or len(node.distances) == len(topo.nodes), shown
+
+
+def test_a_huge_cpulist_is_refused_at_once_and_named(tmp_path):
+    """A damaged cpulist such as 0-2000000000 once took minutes to expand (0-20000000: 3 s)."""
+    import time
+
+    _tree(
+        tmp_path,
+        {
+            0: {"cpulist": "0-2000000000\n", "distance": "10 20\n"},
+            1: {"cpulist": "4-7\n", "distance": "20 10\n"},
+        },
+    )
+    start = time.perf_counter()
+    topo = veda.hardware.topology(tmp_path)
+    assert time.perf_counter() - start < 2.0
+    assert topo.nodes[0].cpus == () and topo.nodes[1].cpus == (4, 5, 6, 7)
+    assert "node0" in topo.reason and "2000000000" in topo.reason
+    assert str(tmp_path / "devices/system/node/node0/cpulist") in topo.reason
+
+
+def test_cpu_ids_are_bounded_and_many_ranges_are_cheap():
+    from veda._hardware.numa import MAX_CPU_ID
+
+    assert parse_cpulist(f"0-{MAX_CPU_ID}") == tuple(range(MAX_CPU_ID + 1))
+    with pytest.raises(ValueError, match=str(MAX_CPU_ID + 1)):
+        parse_cpulist(f"0-{MAX_CPU_ID + 1}")
+    with pytest.raises(ValueError):
+        parse_cpulist("1" * 10_000)  # past int()'s digit limit, and past any CPU id
+    assert parse_cpulist(",".join([f"0-{MAX_CPU_ID}"] * 2000)) == tuple(range(MAX_CPU_ID + 1))
+    assert parse_cpulist("0-3,2-5,1,9") == (0, 1, 2, 3, 4, 5, 9)
+
+
+@pytest.mark.parametrize("text", ["+3", "1 2", "\u0663", "0x3"])
+def test_not_quite_numbers_are_not_cpus(text):
+    with pytest.raises(ValueError):
+        parse_cpulist(text)
+
+
+def test_distances_not_one_per_node_are_named_and_left_out(tmp_path):
+    _tree(
+        tmp_path,
+        {
+            0: {"cpulist": "0-3\n", "distance": "10 20 30\n"},  # three values, two nodes
+            1: {"cpulist": "4-7\n", "distance": "20 10\n"},
+        },
+    )
+    topo = read_topology(tmp_path)
+    assert topo.nodes[0].distances == () and topo.nodes[1].distances == (20, 10)
+    assert "node0's distance" in topo.reason and "3 values for 2 nodes" in topo.reason
+
+
+def test_cpus_listed_in_two_nodes_are_named(tmp_path):
+    _tree(tmp_path, {0: {"cpulist": "0-5\n"}, 1: {"cpulist": "4-9\n"}})
+    topo = read_topology(tmp_path)
+    assert "4-5" in topo.reason and "node0" in topo.reason and "node1" in topo.reason
+    assert topo.cpus == tuple(range(10)) and topo.node_of(4).id == 0
+
+
+class _Folder:
+    def __init__(self, path):
+        self.path = path
+
+    def __fspath__(self):
+        return self.path
+
+
+@pytest.mark.parametrize("call", ["topology", "energy_sources", "temperature"])
+@pytest.mark.parametrize(
+    "root, words",
+    [
+        (123, ["root", "folder's path", "int"]),
+        (1.5, ["root", "float"]),
+        (["/sys"], ["root", "list"]),
+        ("/sys\0/x", ["root", "NUL"]),
+        (b"/sys\0", ["root", "NUL"]),
+        ("", ["root", "empty"]),
+        (_Folder(42), ["root", "_Folder"]),
+    ],
+)
+def test_a_bad_root_is_a_config_error_naming_root(call, root, words):
+    with pytest.raises(veda.ConfigError) as info:
+        getattr(veda.hardware, call)(root=root)
+    for word in [*words, call]:
+        assert word in str(info.value), str(info.value)
+
+
+def test_bytes_and_path_like_roots_are_read(tmp_path):
+    _tree(tmp_path, {0: {"cpulist": "0-1\n"}})
+    for root in (os.fsencode(tmp_path), _Folder(str(tmp_path)), tmp_path):
+        assert veda.hardware.topology(root).nodes[0].cpus == (0, 1)

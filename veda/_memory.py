@@ -67,7 +67,8 @@ def empty(shape: Any, dtype: Any = np.float64, *, first_touch: bool = False) -> 
     shape : int or tuple of ints
         Entries >= 0.
     dtype : data-type, optional
-        Any NumPy dtype that holds no Python objects; float64 by default.
+        Any NumPy dtype that holds no Python objects; float64 by default.  A sub-array dtype
+        adds its shape to ``shape``, as in NumPy: ``empty(5, ("f8", (3,)))`` has shape (5, 3).
     first_touch : bool, optional
         Write the pages first in parallel, with veda's static schedule and the configured
         number of threads (``veda.config(threads=...)``, else all), so that on a NUMA machine
@@ -85,8 +86,11 @@ def empty(shape: Any, dtype: Any = np.float64, *, first_touch: bool = False) -> 
     Raises
     ------
     veda.LaunchError
-        For a negative or non-integer shape entry, an unknown or object dtype, or a
-        ``first_touch`` that is not a bool.
+        For a negative or non-integer shape entry, an unknown or object dtype, a ``first_touch``
+        that is not a bool, or a shape whose byte count (its nonzero entries times the itemsize,
+        as NumPy counts it) is more than ``sys.maxsize``.
+    MemoryError
+        When the host cannot map the memory ("Unable to allocate ..." with the bytes asked for).
 
     Examples
     --------

@@ -17,6 +17,7 @@ from veda._hardware import memory as _memory
 from veda._hardware.cpu import affinity, affinity_reason, cpu_model, max_threads, threading_layer
 from veda._hardware.memory import HostPool
 from veda._hardware.numa import Node, Topology, read_topology
+from veda.errors import ConfigError
 
 __all__ = [
     "HostPool",
@@ -35,7 +36,35 @@ __all__ = [
 ]
 
 
-def energy_sources(root: str | None = None) -> dict[str, str | None]:
+def _root(root: object, where: str) -> str:
+    """``root`` (a sysfs folder's path: str, bytes or os.PathLike) as a str, the configured
+    ``sysfs_root`` for None, or a :class:`~veda.errors.ConfigError` naming ``root``, ``where``
+    and what was expected.  Whether the folder exists is for the reader to say.
+
+    >>> _root(None, "topology") == get_config().sysfs_root
+    True
+    >>> _root(b"/sys", "topology")
+    '/sys'
+    """
+    if root is None:
+        return get_config().sysfs_root
+    expected = "a folder's path (str or os.PathLike)"
+    try:
+        path = os.fsdecode(root)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(
+            f"veda.hardware.{where}: root must be {expected}, not {type(root).__name__} {root!r}"
+        ) from None
+    if "\0" in path:
+        raise ConfigError(
+            f"veda.hardware.{where}: root must be {expected} without NUL characters, not {path!r}"
+        )
+    if not path.strip():
+        raise ConfigError(f"veda.hardware.{where}: root must be {expected}, not an empty path")
+    return path
+
+
+def energy_sources(root: str | os.PathLike[str] | None = None) -> dict[str, str | None]:
     """Each energy source and why it cannot be read here (None: it can).  ``"model"`` can
     always be used.  ``root`` is the sysfs tree (by default ``veda.get_config().sysfs_root``).
 
@@ -43,14 +72,14 @@ def energy_sources(root: str | None = None) -> dict[str, str | None]:
     >>> veda.hardware.energy_sources()["model"] is None
     True
     """
-    root = get_config().sysfs_root if root is None else root
+    root = _root(root, "energy_sources")
     out: dict[str, str | None] = {}
     for name in _energy.reader_names():
         out[name] = None if name == "model" else _energy.reader(name, root).unavailable_reason()
     return out
 
 
-def temperature(root: str | None = None) -> float | None:
+def temperature(root: str | os.PathLike[str] | None = None) -> float | None:
     """The hottest thermal zone now, in degrees Celsius, or None when none can be read.
 
     >>> import veda.hardware
@@ -58,7 +87,7 @@ def temperature(root: str | None = None) -> float | None:
     >>> t is None or t > -100
     True
     """
-    return _energy.Thermal(get_config().sysfs_root if root is None else root).celsius()
+    return _energy.Thermal(_root(root, "temperature")).celsius()
 
 
 def topology(root: str | os.PathLike[str] | None = None) -> Topology:
@@ -79,7 +108,8 @@ def topology(root: str | os.PathLike[str] | None = None) -> Topology:
     Raises
     ------
     veda.ConfigError
-        When the folder does not exist.
+        When the folder does not exist, or ``root`` is not a folder's path (a str, bytes or
+        os.PathLike without NUL characters).
 
     Examples
     --------
@@ -88,7 +118,7 @@ def topology(root: str | os.PathLike[str] | None = None) -> Topology:
     >>> all(n.cpus or n.memory_bytes for n in topo.nodes)
     True
     """
-    return read_topology(get_config().sysfs_root if root is None else root)
+    return read_topology(_root(root, "topology"))
 
 
 def memory_pool() -> HostPool:

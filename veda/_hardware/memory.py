@@ -24,6 +24,7 @@ that is unmapped.  It is safe to use from many threads, and a child process made
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import mmap
 import operator
@@ -81,9 +82,31 @@ def _numpy_uses_hugepages() -> bool:
     return bool(_get_madvise_hugepage())
 
 
-def _new_map(nbytes: int) -> mmap.mmap:
-    """A fresh anonymous private map: zero, page-aligned, its pages not touched yet."""
-    store = mmap.mmap(-1, nbytes) if _PRIVATE is None else mmap.mmap(-1, nbytes, _PRIVATE)
+def _unable(nbytes: int, shape: tuple[int, ...], dtype: np.dtype[Any], why: str) -> MemoryError:
+    """The MemoryError for a request the host cannot hold, worded as NumPy's is."""
+    size, unit = float(nbytes), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if size < 1024 or unit == "EiB":
+            break
+        size /= 1024
+    return MemoryError(
+        f"Unable to allocate {size:.2f} {unit} ({nbytes} bytes) for an array with shape "
+        f"{tuple(shape)} and data type {dtype} ({why})"
+    )
+
+
+def _new_map(nbytes: int, asked: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> mmap.mmap:
+    """A fresh anonymous private map of ``nbytes``: zero, page-aligned, its pages not touched
+    yet; a MemoryError naming the ``asked`` bytes, ``shape`` and ``dtype`` if the kernel has no
+    room for it."""
+    try:
+        store = mmap.mmap(-1, nbytes) if _PRIVATE is None else mmap.mmap(-1, nbytes, _PRIVATE)
+    except OverflowError as exc:
+        raise _unable(asked, shape, dtype, f"a map of {nbytes} bytes: {exc}") from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOMEM, errno.EOVERFLOW):
+            raise
+        raise _unable(asked, shape, dtype, f"a map of {nbytes} bytes: {exc}") from exc
     if _HUGEPAGE is not None and nbytes >= HUGEPAGE_BYTES and _numpy_uses_hugepages():
         try:
             store.madvise(_HUGEPAGE)
@@ -119,6 +142,9 @@ def check_request(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, ...], 
         dt = np.dtype(dtype)
     except (TypeError, ValueError) as exc:
         raise LaunchError(f"{where}: dtype must be a NumPy dtype, not {dtype!r} ({exc})") from None
+    while dt.subdtype is not None:  # a sub-array dtype: its shape joins the array's, as in NumPy
+        dims = (*dims, *dt.shape)
+        dt = dt.base
     if dt.hasobject:
         raise LaunchError(
             f"{where}: dtype {dt} holds Python objects; pooled memory holds numbers only "
@@ -126,9 +152,14 @@ def check_request(shape: Any, dtype: Any, where: str) -> tuple[tuple[int, ...], 
         )
     if dt.itemsize == 0 and dt.kind in "SUV":
         raise LaunchError(f"{where}: dtype {dt.str!r} has no size; give one, e.g. 'U8'")
-    if math.prod(dims) * dt.itemsize > sys.maxsize:
-        raise LaunchError(f"{where}: an array of shape {tuple(dims)} and dtype {dt} is too big")
-    return dims, dt
+    # NumPy's rule: the product of the nonzero entries times the itemsize must fit in intp,
+    # even when an entry of 0 makes the array empty (np.empty((2**62, 2**62, 0)) is refused).
+    if math.prod(d for d in dims if d) * max(dt.itemsize, 1) > sys.maxsize:
+        raise LaunchError(
+            f"{where}: shape {tuple(dims)} with dtype {dt} is too big: its size times the "
+            f"itemsize is more than sys.maxsize ({sys.maxsize}) bytes (NumPy: array is too big)"
+        )
+    return tuple(dims), dt
 
 
 def _check_shape(shape: Any, where: str) -> tuple[int, ...]:
@@ -259,41 +290,55 @@ class HostPool:
             raw = _aligned(nbytes, zero)
             return raw.view(dtype).reshape(shape), False
         cls = size_class(nbytes)
+        if cls > sys.maxsize:  # no size class holds it: more than the address space anyway
+            raise _unable(nbytes, shape, dtype, "its size class is past sys.maxsize bytes")
         key = (cls, touched)
-        store = None
-        with self._lock:
-            free = self._free.get(key)
-            if free:
-                store = free.pop()
-                self._free_bytes -= cls
-                self.hits += 1
-            else:
-                self.misses += 1
-            self._lent_bytes += cls
-            self._lent += 1
-        fresh = store is None
-        if store is None:
-            try:
-                store = _new_map(cls)
-            except BaseException:
-                with self._lock:
-                    self._lent_bytes -= cls
-                    self._lent -= 1
-                raise
-        carr = (ctypes.c_char * nbytes).from_buffer(store)
-        if zero and not fresh:  # a fresh anonymous map is zero already
-            ctypes.memset(carr, 0, nbytes)
-        array = np.frombuffer(carr, dtype, count).reshape(shape)
-        done = weakref.finalize(carr, self._give_back, store, key)
-        done.atexit = False
+        # The lease: [the buffer, whether it is counted as lent].  Whoever ends it first (the
+        # finalizer of the lent memory, or the handler below for an allocation interrupted
+        # before it returned, e.g. by a KeyboardInterrupt) undoes the bookkeeping and gives
+        # the buffer back; the other finds it ended and does nothing.  Only subscripts, no
+        # calls, move a buffer between the free list and the lease: CPython raises a pending
+        # KeyboardInterrupt right after a call returns, and a buffer then held only on the
+        # evaluation stack (``free.pop()``) would be lost with its bytes still counted.
+        lease: list[Any] = [None, False]
+        try:
+            with self._lock:
+                free = self._free.get(key)
+                if free:
+                    lease[0] = free[-1]
+                    del free[-1]
+                    self._free_bytes -= cls
+                    self.hits += 1
+                else:
+                    self.misses += 1
+                self._lent_bytes += cls
+                self._lent += 1
+                lease[1] = True
+            fresh = lease[0] is None
+            if fresh:
+                lease[0] = _new_map(cls, nbytes, shape, dtype)
+            carr = (ctypes.c_char * nbytes).from_buffer(lease[0])
+            done = weakref.finalize(carr, self._give_back, lease, key)
+            done.atexit = False
+            if zero and not fresh:  # a fresh anonymous map is zero already
+                ctypes.memset(carr, 0, nbytes)
+            array = np.frombuffer(carr, dtype, count).reshape(shape)
+        except BaseException:
+            self._give_back(lease, key)
+            raise
         return array, fresh
 
-    def _give_back(self, store: mmap.mmap, key: tuple[int, bool]) -> None:
+    def _give_back(self, lease: list[Any], key: tuple[int, bool]) -> None:
         cls = key[0]
         with self._lock:
+            store, counted = lease
+            if not counted:  # never counted, or given back already
+                return
+            lease[0] = None
+            lease[1] = False
             self._lent_bytes -= cls
             self._lent -= 1
-            if self._free_bytes + cls <= self._limit:
+            if store is not None and self._free_bytes + cls <= self._limit:
                 self._free.setdefault(key, []).append(store)
                 self._free_bytes += cls
             # else: dropped, and unmapped when the last reference goes

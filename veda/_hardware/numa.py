@@ -18,33 +18,58 @@ from pathlib import Path
 
 from veda.errors import ConfigError
 
-__all__ = ["Node", "Topology", "format_cpulist", "parse_cpulist", "read_topology"]
+__all__ = ["MAX_CPU_ID", "Node", "Topology", "format_cpulist", "parse_cpulist", "read_topology"]
 
 _NODE = re.compile(r"node(\d+)")
 _MEMTOTAL = re.compile(r"MemTotal:\s*(\d+)\s*kB")
 
 
+#: The largest CPU id a CPU list may hold.  Linux's ``CONFIG_NR_CPUS`` goes up to 8192 (x86-64
+#: with ``MAXSMP``), so 65536 leaves an eightfold margin
+#: for kernels to come, and a list of every id up to it expands in about a millisecond.  A bound
+#: from ``os.cpu_count()`` would be wrong here: ``root`` may be another machine's sysfs tree,
+#: and a container's count says nothing about the ids the kernel numbers its CPUs with.  A
+#: damaged list such as ``0-2000000000`` is refused instead of being expanded for minutes.
+MAX_CPU_ID = (1 << 16) - 1
+
+_RANGE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+
+
 def parse_cpulist(text: str) -> tuple[int, ...]:
     """The CPUs of a Linux CPU list such as ``"0-3,8-11"``, sorted (an empty list is ``()``).
 
-    Raises ValueError for text that is not a CPU list.
+    Raises ValueError for text that is not a CPU list, or that names a CPU past
+    :data:`MAX_CPU_ID`.
 
     >>> parse_cpulist("0-3,8-11\\n")
     (0, 1, 2, 3, 8, 9, 10, 11)
     >>> parse_cpulist("5"), parse_cpulist("")
     ((5,), ())
     """
-    cpus: set[int] = set()
+    ranges: list[tuple[int, int]] = []
     for part in text.strip().split(","):
         part = part.strip()
         if not part:
             continue
-        lo, sep, hi = part.partition("-")
-        first, last = int(lo), int(hi) if sep else int(lo)
-        if first < 0 or last < first:
+        match = _RANGE.fullmatch(part)
+        if match is None:
+            raise ValueError(f"not a CPU range: {part[:40]!r}")
+        first = int(match.group(1))
+        last = first if match.group(2) is None else int(match.group(2))
+        if last < first:
             raise ValueError(f"not a CPU range: {part!r}")
-        cpus.update(range(first, last + 1))
-    return tuple(sorted(cpus))
+        if last > MAX_CPU_ID:
+            raise ValueError(f"CPU {last} is past the largest CPU id veda reads ({MAX_CPU_ID})")
+        ranges.append((first, last))
+    # Ranges merged before they are expanded: the work is the number of CPUs, not the number
+    # of ranges times their lengths (a list repeating 0-65535 a thousand times).
+    cpus: list[int] = []
+    end = -1
+    for first, last in sorted(ranges):
+        if last > end:
+            cpus.extend(range(max(first, end + 1), last + 1))
+            end = last
+    return tuple(cpus)
 
 
 def format_cpulist(cpus: tuple[int, ...]) -> str:
@@ -104,7 +129,10 @@ class Topology:
     nodes : tuple of Node
         In node order.
     reason : str or None
-        Why the nodes were not read from the kernel (one node stands for the machine then).
+        Why the nodes were not read from the kernel (one node stands for the machine then), or
+        what in the kernel's files was missing or damaged and left out: a cpulist that is not
+        a CPU list (or names a CPU past ``MAX_CPU_ID``), distances that are not a list or not
+        one per node, CPUs listed in two nodes.  None when every file read as expected.
     """
 
     nodes: tuple[Node, ...]
@@ -112,8 +140,8 @@ class Topology:
 
     @property
     def cpus(self) -> tuple[int, ...]:
-        """Every CPU of every node, sorted."""
-        return tuple(sorted(c for n in self.nodes for c in n.cpus))
+        """Every CPU of every node, sorted, each once (even one listed in two nodes)."""
+        return tuple(sorted({c for n in self.nodes for c in n.cpus}))
 
     def node_of(self, cpu: int) -> Node | None:
         """The node that holds ``cpu``, or None."""
@@ -173,7 +201,9 @@ def read_topology(root: str | os.PathLike[str]) -> Topology:
     """The NUMA nodes under ``root`` (a sysfs tree, normally ``/sys``).
 
     A node whose ``meminfo`` is missing has ``memory_bytes`` None; one whose ``cpulist`` is
-    missing or unreadable has no CPUs, and the topology's ``reason`` names it.
+    missing, unreadable or damaged has no CPUs, and the topology's ``reason`` names it.  The
+    ``reason`` also names distances that are not one per node (left out) and CPUs listed in
+    two nodes.
 
     Raises
     ------
@@ -216,22 +246,53 @@ def read_topology(root: str | os.PathLike[str]) -> Topology:
     nodes = []
     problems = []
     for number, entry in sorted(found):
-        text = _read(entry / "cpulist")
+        path = entry / "cpulist"
+        text = _read(path)
         try:
             cpus = parse_cpulist(text) if text is not None else ()
             if text is None:
                 problems.append(f"node{number} has no cpulist")
-        except ValueError:
+        except ValueError as exc:
             cpus = ()
-            problems.append(f"node{number}'s cpulist {text.strip()!r} is not a CPU list")
+            problems.append(
+                f"node{number}'s cpulist {_short(text)} is not a CPU list ({exc}); its CPUs "
+                f"are left out (file {path})"
+            )
         meminfo = _read(entry / "meminfo")
         found_mem = _MEMTOTAL.search(meminfo) if meminfo else None
         memory = int(found_mem.group(1)) * 1024 if found_mem else None
         distance = _read(entry / "distance")
         try:
             distances = tuple(int(d) for d in distance.split()) if distance else ()
+            if any(d < 0 for d in distances):
+                raise ValueError("a negative distance")
         except ValueError:
             distances = ()
-            problems.append(f"node{number}'s distance {distance.strip()!r} is not a list")
+            problems.append(f"node{number}'s distance {_short(distance)} is not a list")
         nodes.append(Node(number, cpus, memory, distances))
+    for k, node in enumerate(nodes):
+        if node.distances and len(node.distances) != len(nodes):
+            problems.append(
+                f"node{node.id}'s distance holds {len(node.distances)} values for {len(nodes)} "
+                f"nodes; left out (file {folder / f'node{node.id}' / 'distance'})"
+            )
+            nodes[k] = Node(node.id, node.cpus, node.memory_bytes, ())
+    owner: dict[int, int] = {}
+    twice: dict[tuple[int, int], list[int]] = {}
+    for node in nodes:
+        for cpu in node.cpus:
+            first = owner.setdefault(cpu, node.id)
+            if first != node.id:
+                twice.setdefault((first, node.id), []).append(cpu)
+    for (first, second), cpus in twice.items():
+        problems.append(
+            f"cpus {format_cpulist(tuple(cpus))} are listed in both node{first} and "
+            f"node{second}; node_of gives node{first}"
+        )
     return Topology(nodes=tuple(nodes), reason="; ".join(problems) or None)
+
+
+def _short(text: str | None, most: int = 60) -> str:
+    """``text`` stripped, quoted, and cut to about ``most`` characters for a reason."""
+    text = (text or "").strip()
+    return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text)} characters)"
