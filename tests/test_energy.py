@@ -427,7 +427,7 @@ def test_the_dispatcher_lends_fewer_threads_while_hot(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("setting", "value", "words"),
     [
-        ("watts_per_core", 0, "watts_per_core=0 must be a positive number"),
+        ("watts_per_core", 0, "watts_per_core=0.0 must be a positive number"),
         ("watts_per_core", -3.0, "positive"),
         ("static_watts", -1.0, "at least 0"),
         ("max_power_watts", 0.0, "max_power_watts=0.0 must be a positive number"),
