@@ -31,6 +31,8 @@ from veda_kernels import GALLERY
 from _util import parser, report
 
 POLICIES = ("adaptive", "energy", "edp")
+#: The kernels of the comparison without package power.
+SUBSET = ("saxpy", "dot", "jacobi2d", "mandelbrot", "spmv_csr", "black_scholes")
 
 
 def settle(case, domain, args, policy: str, max_launches: int = 400):
@@ -86,6 +88,36 @@ def _one(case, n: int, repeats: int, rng) -> dict:
     return row
 
 
+def without_static_power(names: list[str], n_of, repeats: int, rng) -> list[dict]:
+    """The same comparison under a model without package power (``static_watts=0``): two
+    threads then cost twice one thread's watts, so the energy policy keeps the serial loop
+    unless two threads more than halve the time, and trades time for joules."""
+    with veda.config(static_watts=0.0):
+        return [_one(GALLERY[name], n_of(GALLERY[name]), repeats, rng) for name in names]
+
+
+def _ratios(rows: list[dict]) -> tuple[list[float], list[float]]:
+    joules, times = [], []
+    for row in rows:
+        a, e = row["policies"]["adaptive"], row["policies"]["energy"]
+        if "joules" in a and "joules" in e:
+            joules.append(e["joules"] / a["joules"])
+            times.append(e["seconds"] / a["seconds"])
+    return joules, times
+
+
+def _print(rows: list[dict]) -> None:
+    print(f"{'kernel':<16} {'policy':<9} {'decision':<34} {'time':>10} {'energy':>12}  source")
+    for row in rows:
+        for policy, r in row["policies"].items():
+            j = r.get("joules")
+            print(
+                f"{row['kernel']:<16} {policy:<9} {r['decision']:<34} "
+                f"{r['seconds'] * 1e3:8.3f} ms "
+                + (f"{j * 1e3:9.3f} mJ  {r['source']}" if j is not None else "       -")
+            )
+
+
 def power_cap(names: list[str], n_of, rng) -> dict:
     """Every kernel adaptively under a cap between one and two threads' modelled power: the
     highest modelled power of a configuration they ran on, over the cap."""
@@ -128,26 +160,26 @@ def main(names: list[str] | None = None, repeats: int = 15, quick: bool = False)
         return case.small if quick else case.large
 
     rows = [_one(GALLERY[name], n_of(GALLERY[name]), repeats, rng) for name in names]
-    print(f"{'kernel':<16} {'policy':<9} {'decision':<34} {'time':>10} {'energy':>12}  source")
-    saved = []
-    for row in rows:
-        for policy, r in row["policies"].items():
-            j = r.get("joules")
-            print(
-                f"{row['kernel']:<16} {policy:<9} {r['decision']:<34} "
-                f"{r['seconds'] * 1e3:8.3f} ms "
-                + (f"{j * 1e3:9.3f} mJ  {r['source']}" if j is not None else "       -")
-            )
-        a, e = row["policies"]["adaptive"], row["policies"]["energy"]
-        if "joules" in a and "joules" in e:
-            saved.append(e["joules"] / a["joules"])
+    _print(rows)
     cap = power_cap(names, n_of, rng)
     res = {"rows": rows, "power_cap": cap, "sources": sources}
-    if saved:
-        res["energy_over_adaptive_median"] = statistics.median(saved)
+    joules, times = _ratios(rows)
+    if joules:
+        res["energy_over_adaptive_median"] = statistics.median(joules)
         print(
-            f"energy policy / adaptive, joules per launch: median {statistics.median(saved):.2f}x "
-            f"over {len(saved)} kernels (min {min(saved):.2f}x, max {max(saved):.2f}x)"
+            f"energy policy / adaptive, joules per launch: median {statistics.median(joules):.2f}x"
+            f" over {len(joules)} kernels (min {min(joules):.2f}x, max {max(joules):.2f}x)"
+        )
+    subset = [n for n in names if n in SUBSET] or names[:3]
+    print(f"\nwithout package power (static_watts=0), {len(subset)} kernels:")
+    bare = without_static_power(subset, n_of, repeats, rng)
+    _print(bare)
+    res["without_static_power"] = bare
+    joules, times = _ratios(bare)
+    if joules:
+        print(
+            f"energy policy / adaptive: joules median {statistics.median(joules):.2f}x "
+            f"(min {min(joules):.2f}x), time median {statistics.median(times):.2f}x"
         )
     print(
         f"max_power_watts={cap['cap_watts']:g}: the highest modelled power of a configuration "

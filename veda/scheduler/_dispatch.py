@@ -194,6 +194,10 @@ class Exploring:
             pass
 
 
+#: Policies that rank by the configurations' watts (veda._registry).
+ENERGY_POLICIES = ("energy", "edp")
+
+
 class Dispatcher:
     """Every tuner in this process, and the tuning cache behind them."""
 
@@ -238,7 +242,13 @@ class Dispatcher:
         """
         digest = _digest(kernel)
         cls = size_class(size)
-        cap = get_config().max_power_watts  # a capped tuner has its own candidates
+        cfg = get_config()
+        cap = cfg.max_power_watts  # a capped tuner has its own candidates
+        # Energy policies rank by the power model's watts: a tuner (and a remembered decision)
+        # per model, so that changing it explores afresh.
+        model = None
+        if policy in ENERGY_POLICIES:
+            model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts)
         k = (
             kernel.module_name,
             kernel.name,
@@ -250,6 +260,7 @@ class Dispatcher:
             residency,
             deterministic,
             cap,
+            model,
         )
         entry = self.entries.get(k)
         if entry is not None:
@@ -267,6 +278,8 @@ class Dispatcher:
             where = "" if residency == "host" else f"|{residency}"
             det = "|deterministic" if deterministic else ""  # other candidates: kept apart
             capped = f"|max {cap:g} W" if cap is not None else ""
+            if model is not None:
+                capped += "|model {:g}+{:g}/thread+{:g} W".format(*model)
             key = (
                 f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
                 f"{pin_text}{where}{det}{capped}"
@@ -472,6 +485,8 @@ class Dispatcher:
                     "policy": k[5],
                     "pinned": {n: v for n, v in zip(("target", "schedule"), k[6]) if v},
                     "residency": entry.residency,
+                    "max_power_watts": k[9],
+                    "power_model": k[10],  # (static, per thread, GPU) watts: energy policies
                     "decision": t.choice,
                     "source": t.source if t.choice else "exploring",
                     "explorations": t.explorations,

@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 from veda import _registry
+from veda._config import get_config
 from veda._hardware import energy as _energy
 from veda._kernel.definition import KernelDefinition
 from veda._types import Decision
@@ -40,11 +41,15 @@ class Explanation:
         Decision(target='cpu', threads=1, schedule='static', chunk=1, block=0)
         """
         cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
+        cfg = get_config()  # a power cap, and an energy policy's model, tune apart
+        model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts)
         for r in self.rows:
             if (
                 r["size_class"] == cls
                 and (ndim is None or r["ndim"] == ndim)
                 and (policy is None or r["policy"] == policy)
+                and r.get("max_power_watts") == cfg.max_power_watts
+                and r.get("power_model") in (None, model)
                 and r["decision"]
             ):
                 return Decision(*r["decision"])
@@ -69,13 +74,16 @@ class Explanation:
         lines = [f"{self.kernel}:"]
         for r in self.rows:
             state = f"{self.label(r['decision'])} ({r['source']})" if r["decision"] else "exploring"
-            lines.append(f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}: {state}")
+            lines.append(
+                f"  {r['ndim']}-d, size {r['size_class']}, policy {r['policy']}{_limits(r)}: "
+                f"{state}"
+            )
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
                 note = f"  [{t['pruned']}]" if t["pruned"] else ""
                 lines.append(
                     f"      {self.label(t['decision']):<34} ns/element: {times}"
-                    f"{_energy_text(t)}{note}"
+                    f"{_energy_text(t, r)}{note}"
                 )
         return "\n".join(lines)
 
@@ -95,13 +103,13 @@ class Explanation:
             )
             body.append(
                 f"<tr><td><b>{r['ndim']}-d, size {esc(r['size_class'])}</b></td>"
-                f"<td>{esc(r['policy'])}</td><td colspan='3'>{state}</td></tr>"
+                f"<td>{esc(r['policy'] + _limits(r))}</td><td colspan='3'>{state}</td></tr>"
             )
             for t in r["trials"]:
                 times = ", ".join(f"{x * 1e9:.3g}" for x in t["samples"]) or "-"
                 body.append(
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{esc(self.label(t['decision']))}"
-                    f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t).strip(' ;'))}</td>"
+                    f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t, r).strip(' ;'))}</td>"
                     f"<td>{esc(t['pruned'] or '')}</td></tr>"
                 )
         head = (
@@ -114,12 +122,26 @@ class Explanation:
         )
 
 
-def _energy_text(trial: dict[str, Any]) -> str:
+def _limits(row: dict[str, Any]) -> str:
+    """The power cap and the energy policy's model a size class was tuned under, if any."""
+    out = ""
+    if row.get("power_model") is not None:
+        out += " (model {:g} W + {:g} W/thread, GPU {:g} W)".format(*row["power_model"])
+    if row.get("max_power_watts") is not None:
+        out += f" (max {row['max_power_watts']:g} W)"
+    return out
+
+
+def _energy_text(trial: dict[str, Any], row: dict[str, Any]) -> str:
     """``"; nJ/element: 0.51 (model)"``: a candidate's median time per element times its
-    configuration's watts (measured, or the power model's), or nothing before it ran."""
+    configuration's watts (measured, or the power model's: the one its size class was tuned
+    under, for an energy policy), or nothing before it ran."""
     if not trial["samples"]:
         return ""
-    w, source = _energy.watts(trial["decision"])
+    if row.get("power_model") is not None:
+        w, source = _energy.PowerModel(*row["power_model"]).watts(trial["decision"]), "model"
+    else:
+        w, source = _energy.watts(trial["decision"])
     return f"; nJ/element: {statistics.median(trial['samples']) * w * 1e9:.3g} ({source})"
 
 
