@@ -320,3 +320,24 @@ def test_a_forked_child_does_not_deadlock_on_the_pool_lock():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+
+
+def test_the_pools_are_in_telemetry():
+    import json
+
+    import veda
+
+    a = veda.zeros(1 << 20)
+    del a
+    b = veda.zeros(1 << 20)  # a hit, after the first allocation's miss (or earlier tests')
+    snap = veda.metrics()
+    host = snap.memory.pools["host"]
+    assert host == veda.memory_stats()["host"] and host["hits"] >= 1 and host["lent"] >= 1
+    text = snap.to_prometheus()
+    lent = next(
+        ln for ln in text.splitlines() if ln.startswith('veda_pool_bytes{pool="host",state="lent"}')
+    )
+    assert float(lent.rsplit(" ", 1)[1]) == host["lent_bytes"] > 0
+    assert 'veda_pool_hits_total{pool="host"}' in text
+    assert "device" in json.loads(snap.to_json())["memory"]["pools"]
+    del b

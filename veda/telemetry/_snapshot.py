@@ -271,6 +271,62 @@ class SectionSource(Protocol):
 sections: dict[str, SectionSource] = {}
 
 
+@dataclass(frozen=True)
+class MemorySection:
+    """The buffer pools: host (``veda.empty``, ``veda.zeros``, ``veda.empty_like``) and device
+    (the CUDA target's copies), as :func:`veda.memory_stats` gives them."""
+
+    pools: dict[str, dict[str, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pools": self.pools}
+
+    def families(self) -> list[Family]:
+        held = []
+        for pool, info in sorted(self.pools.items()):
+            if pool == "host":
+                held.append(("", 'pool="host",state="free"', float(info["free_bytes"])))
+                held.append(("", 'pool="host",state="lent"', float(info["lent_bytes"])))
+            else:  # the device pool keeps free buffers only (lent ones are in flight)
+                held.append(("", f'pool="{pool}",state="free"', float(info["cached_bytes"])))
+
+        def per_pool(kind: str) -> list[tuple[str, str, float]]:
+            return [("", f'pool="{p}"', float(i[kind])) for p, i in sorted(self.pools.items())]
+
+        return [
+            ("veda_pool_bytes", "gauge", "Bytes a buffer pool holds free or has lent.", held),
+            (
+                "veda_pool_hits_total",
+                "counter",
+                "Requests a buffer pool served from a free buffer.",
+                per_pool("hits"),
+            ),
+            (
+                "veda_pool_misses_total",
+                "counter",
+                "Requests a buffer pool served by a new allocation.",
+                per_pool("misses"),
+            ),
+        ]
+
+
+class _MemorySource:
+    """The pools' figures, once either has served a request."""
+
+    def take(self) -> MemorySection | None:
+        from veda._hardware.memory import memory_stats  # not a cost of importing telemetry
+
+        pools = memory_stats()
+        used = any(i.get("hits", 0) or i.get("misses", 0) for i in pools.values())
+        return MemorySection(pools) if used else None
+
+    def reset(self) -> None:
+        """The pools' counters run for the process's life (like ``veda.memory_stats()``)."""
+
+
+sections["memory"] = _MemorySource()
+
+
 class Snapshot:
     """An immutable picture of veda's telemetry at one moment; see :func:`veda.metrics`.
 
@@ -294,6 +350,12 @@ class Snapshot:
     def tasks(self) -> Any:
         """The ``tasks`` section (a ``TaskMetrics``), or None before the first task."""
         return self.sections.get("tasks")
+
+    @property
+    def memory(self) -> MemorySection | None:
+        """The ``memory`` section (the host and device buffer pools), or None before either
+        served a request."""
+        return self.sections.get("memory")
 
     @property
     def graphs(self) -> Any:
