@@ -259,7 +259,11 @@ def test_readers_meter_only_the_targets_they_cover():
 
 def test_measured_watts_replace_the_model_once_there_are_enough():
     one = Decision("cpu", 1)
-    with veda.config(static_watts=20.0, watts_per_core=10.0):
+    energy.record_observed(one, 100.0, 1.0, "rapl")
+    with veda.config(static_watts=20.0, watts_per_core=10.0):  # energy="model": the model only
+        assert energy.watts(one) == (30.0, "model")
+    energy._observed.clear()
+    with veda.config(static_watts=20.0, watts_per_core=10.0, energy="auto"):
         energy.record_observed(one, 0.5, energy.OBSERVED_ENOUGH / 2, "rapl")
         assert energy.watts(one) == (30.0, "model")  # too little measured yet
         energy.record_observed(one, 4.5, energy.OBSERVED_ENOUGH / 2, "rapl")
@@ -400,7 +404,6 @@ def test_the_thermal_governor_steps_down_and_back_with_hysteresis(tmp_path):
     assert g.allowed(thermal, 80.0) == 1
     _thermal_tree(root, 74000)
     assert [g.allowed(thermal, 80.0) for _ in range(4)] == [2, 3, 4, 4]
-    assert g.allowed(thermal, None) == 4
 
 
 def test_the_dispatcher_lends_fewer_threads_while_hot(tmp_path, monkeypatch):
@@ -419,6 +422,11 @@ def test_the_dispatcher_lends_fewer_threads_while_hot(tmp_path, monkeypatch):
 
     with veda.config(max_temperature=80.0, sysfs_root=root, policy="fixed", target="parallel"):
         assert decide(10**6, veda.get_config(), None).threads == 1  # the size rule too
+    # a scope without max_temperature neither is limited nor resets the governor's count
+    assert decide(10**6, veda.get_config().replace(target="parallel"), None).threads == (
+        veda.max_threads()
+    )
+    assert energy.governor.threads == 1
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -427,7 +435,7 @@ def test_the_dispatcher_lends_fewer_threads_while_hot(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("setting", "value", "words"),
     [
-        ("watts_per_core", 0, "watts_per_core=0.0 must be a positive number"),
+        ("watts_per_core", 0, "watts_per_core=0 must be a positive number"),
         ("watts_per_core", -3.0, "positive"),
         ("static_watts", -1.0, "at least 0"),
         ("max_power_watts", 0.0, "max_power_watts=0.0 must be a positive number"),

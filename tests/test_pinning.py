@@ -105,6 +105,7 @@ def test_layers_and_platforms_that_cannot_pin_say_so(monkeypatch):
             _inc[x.size](x)
     assert any("pin_threads='scatter' is not applied" in str(w.message) for w in seen)
     assert pinner.mode() is None and (x == 1.0).all()
+    assert "every Python thread" in pinning.unavailable_reason("workqueue")
     monkeypatch.delattr(os, "sched_setaffinity")
     assert "sched_setaffinity" in pinning.unavailable_reason("omp")
 

@@ -106,18 +106,19 @@ class Config:
         The power model: watts of the package while a launch runs, of each busy worker
         thread, and of a busy GPU.
     max_power_watts : float or None
-        A power cap: the dispatcher considers only thread counts whose power (measured, or
-        modelled) stays at or below it; explicit ``threads=`` settings are kept.
+        A power cap: the dispatcher and the size rule give ``"parallel"`` launches only thread
+        counts whose power (measured, or modelled) stays at or below it; explicit
+        ``threads=`` settings are kept, and the GPU is not capped.
     pin_threads : bool or {"compact", "scatter"}
         Pin each worker of ``"parallel"`` launches to one CPU: ``"compact"`` (or True) fills a
         NUMA node before the next, ``"scatter"`` deals workers round the nodes.  The first
         parallel launch without it (in the same thread) restores every worker's affinity.
-        OpenMP and workqueue layers; refused with a warning on TBB and where the platform has
-        no ``sched_setaffinity``.
+        On the OpenMP layer; refused with a warning on TBB and workqueue, and where the
+        platform has no ``sched_setaffinity``.
     max_temperature : float or None
         Degrees Celsius: while the hottest thermal zone is at or above it, the dispatcher
-        lends one thread fewer each second (down to one), and gives them back once it is 5
-        degrees below.
+        lends one thread fewer (down to one) each time it looks, at most once a second, when
+        it reviews or prepares a launch; it gives them back once the zone is 5 degrees below.
 
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
@@ -159,7 +160,7 @@ class Config:
         if self.pin_threads is True:
             object.__setattr__(self, "pin_threads", "compact")
         _validate(dataclasses.asdict(self), ConfigError, where="veda.Config")
-        for name in _WATTS:  # checked numbers: watts and degrees as floats
+        for name in _NUMBERS:  # checked numbers: watts and degrees as floats
             value = getattr(self, name)
             if value is not None and type(value) is not float:
                 object.__setattr__(self, name, float(value))
@@ -187,8 +188,8 @@ class Config:
 
 
 _FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
-#: Settings that take a number of watts or degrees; those that may be None last.
-_WATTS = ("static_watts", "watts_per_core", "gpu_watts", "max_power_watts", "max_temperature")
+#: Settings that take a number (watts, or degrees); then those of them that may be None.
+_NUMBERS = ("static_watts", "watts_per_core", "gpu_watts", "max_power_watts", "max_temperature")
 _OPTIONAL_NUMBERS = ("max_power_watts", "max_temperature")
 #: Settings that take integers: a NumPy integer (``np.int64(2)``) counts as the int it holds.
 _INT_FIELDS = ("threads", "chunk", "seed", "max_pending")
@@ -201,22 +202,11 @@ def plain_int(value: Any) -> Any:
 
 
 def _plain_ints(values: dict[str, Any]) -> dict[str, Any]:
-    """NumPy integers as ints; numbers of watts and degrees as floats (2 and 2.0 are one
-    setting, and so one interned configuration)."""
     if any(isinstance(values.get(name), np.integer) for name in _INT_FIELDS):
         values = dict(values)
         for name in _INT_FIELDS:
             if name in values:
                 values[name] = plain_int(values[name])
-    numbers = (int, float, np.integer, np.floating)
-    for name in _WATTS:
-        value = values.get(name)
-        if isinstance(value, numbers) and not isinstance(value, (bool, np.bool_)):
-            if type(value) is not float:
-                try:
-                    values = {**values, name: float(value)}
-                except OverflowError:
-                    pass  # refused, with its name, by the validation
     return values
 
 
@@ -231,7 +221,7 @@ def _parse_env(name: str, raw: str) -> Any:
         return None
     if name == "pin_threads" and raw.strip().lower() in ("compact", "scatter"):
         return raw.strip().lower()
-    if name in _WATTS:
+    if name in _NUMBERS:
         if name in _OPTIONAL_NUMBERS and raw.strip().lower() == "none":
             return None
         try:
@@ -328,7 +318,7 @@ def _validate(values: Mapping[str, Any], error: type[VedaError], where: str) -> 
             f"{where}: unknown energy={energy!r}; expected auto, "
             f"{', '.join(_energy.reader_names())}"
         )
-    for name in _WATTS:
+    for name in _NUMBERS:
         if name not in values or (values[name] is None and name in _OPTIONAL_NUMBERS):
             continue
         value = given = values[name]
@@ -366,7 +356,8 @@ _defaults: Config = Config.from_env()
 _generation = 0
 
 
-_energy.model = lambda: power_model()
+_energy.model = power_model
+_energy.measuring = lambda: get_config().energy != "model"
 
 
 class _Scope:

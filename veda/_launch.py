@@ -297,9 +297,7 @@ def _meter(source: str, root: str) -> Any:
     names = ("rapl",) if source == "auto" else (source,)
     for name in names:
         reader = _energy.reader(name, root)
-        reason = _reader_reasons.get((name, root), "")
-        if reason == "":
-            reason = _reader_reasons[(name, root)] = reader.unavailable_reason()
+        reason = reader.reason_once()
         if reason is None:
             return reader
         if source != "auto":
@@ -309,10 +307,6 @@ def _meter(source: str, root: str) -> Any:
                 "the power model, labelled 'model' in telemetry",
             )
     return None
-
-
-#: Why each (reader, sysfs root) cannot read, or None when it can: asked once per process.
-_reader_reasons: dict[tuple[str, str], str | None] = {}
 
 
 def _read_meter(meter: Any) -> tuple[float, float] | None:
@@ -331,8 +325,6 @@ def _read_meter(meter: Any) -> tuple[float, float] | None:
         return None
     return (t0 + perf_counter()) / 2, joules
 
-
-_meter_start = _read_meter
 
 #: Watts above which a metered launch is taken for a misread counter (and left to the model):
 #: more than a large server's CPUs and GPUs together.
@@ -354,13 +346,15 @@ def _meter_end(
     if after is None:
         return
     window = after[0] - before[0]
-    joules = after[1] - before[1]
+    rise = joules = after[1] - before[1]
     if window > elapsed > 0:
         joules *= elapsed / window
-    if joules < 0 or (elapsed > 0 and joules / elapsed > IMPLAUSIBLE_WATTS):
+    # A counter moves in steps of about a millisecond's energy: a short launch may catch one
+    # whole step, so the rise is judged against at least a millisecond.
+    if rise < 0 or rise > IMPLAUSIBLE_WATTS * max(window, 1e-3):
         _files.warn_once(
             f"energy-implausible:{meter.name}",
-            f"{meter.name!r} read {joules:.3g} J over a {elapsed * 1e6:.0f} us launch; such "
+            f"{meter.name!r} read {rise:.3g} J over a {window * 1e6:.0f} us window; such "
             "launches count under the power model",
         )
         return
@@ -615,7 +609,7 @@ class Kernel(KernelDefinition):
         meter = entry.meter
         before = None  # (when, joules) of the energy reading before the launch
         if meter is not None and recorder is not None and meter.covers(entry.decision.target):
-            before = _meter_start(meter)  # before the watchers start: an interrupt here
+            before = _read_meter(meter)  # before the watchers start: an interrupt here
             # leaves no watcher without its end
         if watchers:
             info = LaunchInfo(self, entry.dims, args, entry.decision)

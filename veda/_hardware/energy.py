@@ -17,7 +17,8 @@ A reader is a plug-in with :meth:`Reader.unavailable_reason` (None when it can r
   ``static_watts + threads * watts_per_core`` (plus ``gpu_watts`` on a GPU), and it is labelled
   ``"model"`` wherever it appears.
 
-Nothing here reads a setting: callers pass the sysfs root and the model's watts.
+The sysfs root comes from the callers; the model's watts from the configuration layer, through
+the :data:`model` callback it installs (this layer imports no setting).
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class Reader:
 
     def available(self) -> bool:
         return self.unavailable_reason() is None
+
+    def reason_once(self) -> str | None:
+        """:meth:`unavailable_reason`, asked once for the reader's life (the launch path's
+        question; :func:`veda.hardware.energy_sources` asks afresh)."""
+        if not hasattr(self, "_reason_once"):
+            self._reason_once = self.unavailable_reason()
+        return self._reason_once
 
     def joules(self) -> float:
         """Energy used since an arbitrary origin (the same for the reader's lifetime), in J."""
@@ -357,11 +365,16 @@ def record_observed(decision: Decision, joules: float, seconds: float, source: s
 model: Callable[[], PowerModel] = lambda: PowerModel(20.0, 10.0, 150.0)
 
 
+#: Whether the settings in force ask for measured energy (``energy`` is not ``"model"``): set
+#: by the configuration layer, as :data:`model` is.
+measuring: Callable[[], bool] = lambda: False
+
+
 def watts(decision: Decision) -> tuple[float, str]:
-    """The power of ``decision``'s configuration and where that figure comes from: measured
-    watts of launches on its target and thread count (the reader's name) once there are
-    enough, else the power model's (``"model"``)."""
-    got = _observed.get((decision.target, int(decision.threads or 1)))
+    """The power of ``decision``'s configuration and where that figure comes from: where the
+    settings ask for measured energy, the measured watts of launches on its target and thread
+    count (the reader's name) once there are enough; else the power model's (``"model"``)."""
+    got = _observed.get((decision.target, int(decision.threads or 1))) if measuring() else None
     if got is not None and got[1] >= OBSERVED_ENOUGH:
         return got[0] / got[1], _observed_source.get(decision.target, "measured")
     return model().watts(decision), "model"
@@ -457,6 +470,7 @@ class ThermalGovernor:
         self.threads = self.most
         self.interval = interval
         self._last = -math.inf
+        self._lock = threading.Lock()
         self.celsius: float | None = None
 
     def step(self, celsius: float | None, threshold: float) -> int:
@@ -468,19 +482,19 @@ class ThermalGovernor:
         self.celsius = celsius
         return self.threads
 
-    def allowed(self, thermal: Thermal, threshold: float | None) -> int:
-        if threshold is None:
-            self.threads = self.most
-            return self.most
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            self._last = now
-            try:
-                reading = thermal.celsius()
-            except Exception:
-                reading = None
-            self.step(reading, threshold)
-        return self.threads
+    def allowed(self, thermal: Thermal, threshold: float) -> int:
+        """The threads allowed now, reading the temperature (and stepping) at most once per
+        :attr:`interval` seconds whichever threads ask."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last >= self.interval:
+                self._last = now
+                try:
+                    reading = thermal.celsius()
+                except Exception:
+                    reading = None
+                self.step(reading, threshold)
+            return self.threads
 
 
 #: The process's thermal governor (the dispatcher's and the size rule's).

@@ -9,10 +9,15 @@ had; the first parallel launch without ``pin_threads`` in the same Python thread
 mask back.  So a ``with veda.config(pin_threads=...)`` block pins the launches inside it, and
 the affinity is restored after it.
 
-Where the threading layer allows it: OpenMP (a Python thread's launches run on the same team
-of workers, each with its fixed thread id) and Numba's workqueue layer.  TBB hands a region's
-work to whichever arena threads are free, so a worker index names no fixed thread: pinning is
-refused there with a warning, as on platforms without ``sched_setaffinity`` (macOS, Windows).
+Where the threading layer allows it: OpenMP, where a Python thread's launches run on a team
+of workers of its own, each with its fixed thread id.  TBB hands a region's work to whichever
+arena threads are free, so a worker index names no fixed thread; Numba's workqueue layer has
+one pool of workers for every Python thread, so one thread's pinning would move the others'
+launches: pinning is refused there with a warning, as on platforms without
+``sched_setaffinity`` (macOS, Windows).
+
+While pinned, the calling thread (worker 0) runs on one CPU, and what it starts inherits that
+mask: threads, and subprocesses.  :meth:`Pinner.allowed` gives the CPUs it had before.
 """
 
 from __future__ import annotations
@@ -40,12 +45,14 @@ def plan(mode: str, workers: int, nodes: list[list[int]]) -> list[int]:
     [0, 1, 2, 3]
     >>> plan("scatter", 4, [[0, 1, 2, 3], [4, 5, 6, 7]])
     [0, 4, 1, 5]
-    >>> plan("scatter", 2, [[0, 1, 2, 3, 4, 5, 6, 7]])
+    >>> plan("scatter", 2, [[0, 1, 2, 3, 4, 5, 6, 7]])  # fewer workers than CPUs
     [0, 4]
     >>> plan("compact", 3, [[0, 1]])  # more workers than CPUs: round again
     [0, 1, 0]
     """
-    nodes = [sorted(n) for n in nodes if n]
+    # (a CPU beyond the masks veda builds cannot be pinned to)
+    nodes = [sorted(c for c in n if c < MASK_BYTES * 8) for n in nodes]
+    nodes = [n for n in nodes if n]
     if not nodes:
         raise ValueError("no CPU to pin to")
     if mode == "compact":
@@ -70,6 +77,11 @@ def unavailable_reason(layer: str) -> str | None:
         return (
             "the TBB threading layer runs a region on whichever of its threads are free, so a "
             "worker is no fixed thread"
+        )
+    if layer == "workqueue":
+        return (
+            "the workqueue layer's workers serve every Python thread, so one thread's pinning "
+            "would move another's launches"
         )
     return None
 
@@ -127,9 +139,15 @@ class Pinner:
 
     def __init__(self) -> None:
         self._state = _State()
-        #: Whether any thread of this process pinned its workers: while False, launches
-        #: without pin_threads skip the check.
-        self.used = False
+        #: Python threads whose workers are pinned now: while none is, launches without
+        #: pin_threads skip the check.
+        self.pinned = 0
+
+    def allowed(self) -> set[int]:
+        """The CPUs the calling thread may use, as before it pinned (its mask while pinned is
+        one CPU)."""
+        own = self._state.own if self._state.mode is not None else None
+        return set(own) if own is not None else set(os.sched_getaffinity(0))
 
     def mode(self) -> str | None:
         return self._state.mode
@@ -157,6 +175,7 @@ class Pinner:
             if st.mode is not None:
                 unpin(st.saved, st.done, workers)
                 st.mode, st.cpus = None, None
+                self.pinned -= 1
             if mode is not None:
                 cpus = plan(mode, workers, nodes)
                 masks = np.zeros((workers, MASK_BYTES), np.uint8)
@@ -165,9 +184,9 @@ class Pinner:
                 st.own = os.sched_getaffinity(0)
                 st.saved = np.zeros((workers, MASK_BYTES), np.uint8)
                 st.done = np.zeros(workers, np.int64)
-                self.used = True
-                pin(masks, st.saved, st.done, workers)
                 st.mode, st.cpus = mode, cpus
+                self.pinned += 1
+                pin(masks, st.saved, st.done, workers)
         finally:
             if previous != workers:
                 set_threads(previous)
@@ -182,6 +201,7 @@ def _after_fork() -> None:
     # it pinned; the child's workers are new, and nothing of theirs is pinned.
     own = pinner._state.own if pinner._state.mode is not None else None
     pinner._state = _State()
+    pinner.pinned = 0
     if own is not None:
         try:
             os.sched_setaffinity(0, own)

@@ -211,9 +211,15 @@ class Dispatcher:
         """The threads the dispatcher may give a launch now: the cores other processes leave
         free, within the power cap and the thermal governor's count
         (:func:`veda.scheduler._rules.thread_limit`)."""
+        return self._free_cores()[0]
+
+    def _free_cores(self) -> tuple[int, str]:
+        """:meth:`free_cores`, and what bounds it: ``"load"`` or ``"power or thermal limit"``."""
         free = self.load.free_cores()
         limit = thread_limit(get_config())
-        return free if limit is None else min(free, limit)
+        if limit is not None and limit < free:
+            return limit, "power or thermal limit"
+        return free, "load"
 
     def wisdom(self, cache_dir: str) -> TuningCache:
         w = self._wisdom.get(cache_dir)
@@ -247,8 +253,8 @@ class Dispatcher:
         # Energy policies rank by the power model's watts: a tuner (and a remembered decision)
         # per model, so that changing it explores afresh.
         model = None
-        if policy in ENERGY_POLICIES:
-            model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts)
+        if policy in ENERGY_POLICIES:  # (watts of the model, and the source of energy)
+            model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts, cfg.energy)
         k = (
             kernel.module_name,
             kernel.name,
@@ -277,12 +283,12 @@ class Dispatcher:
             pin_text = "".join(f"|{p}" for p in pins if p)
             where = "" if residency == "host" else f"|{residency}"
             det = "|deterministic" if deterministic else ""  # other candidates: kept apart
-            capped = f"|max {cap:g} W" if cap is not None else ""
+            limits = f"|max {cap:g} W" if cap is not None else ""
             if model is not None:
-                capped += "|model {:g}+{:g}/thread+{:g} W".format(*model)
+                limits += "|model {:g}+{:g}/thread+{:g} W|energy {}".format(*model)
             key = (
                 f"{kernel.module_name}.{kernel.name}@{digest}|{ndim}d|2^{cls}|{policy}"
-                f"{pin_text}{where}{det}{capped}"
+                f"{pin_text}{where}{det}{limits}"
             )
             remembered = self.wisdom(cache_dir).get(key)
             if remembered is not None:
@@ -431,7 +437,7 @@ class Dispatcher:
         if tuner.review([t / max(size, 1) for t in recent]):
             self._still_too_short(tuner, before, recent, size)
             return
-        free = self.free_cores()
+        free, bound = self._free_cores()
         if free != entry.free_cores:
             entry.free_cores = free
             fresh = _pinned(
@@ -442,7 +448,7 @@ class Dispatcher:
                 fresh = [d for d in fresh if not _copies(d.target)]
             if fresh and fresh != tuner.candidates:
                 tuner.candidates = fresh
-                tuner.restart("load")
+                tuner.restart(bound)
                 self._still_too_short(tuner, before, recent, size)
 
     def _still_too_short(
@@ -486,7 +492,8 @@ class Dispatcher:
                     "pinned": {n: v for n, v in zip(("target", "schedule"), k[6]) if v},
                     "residency": entry.residency,
                     "max_power_watts": k[9],
-                    "power_model": k[10],  # (static, per thread, GPU) watts: energy policies
+                    # energy policies: (static, per thread, GPU) watts and the energy source
+                    "power_model": k[10],
                     "decision": t.choice,
                     "source": t.source if t.choice else "exploring",
                     "explorations": t.explorations,

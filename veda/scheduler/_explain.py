@@ -42,7 +42,7 @@ class Explanation:
         """
         cls = f"<= 2^{max(0, (int(size) - 1).bit_length())}"
         cfg = get_config()  # a power cap, and an energy policy's model, tune apart
-        model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts)
+        model = (cfg.static_watts, cfg.watts_per_core, cfg.gpu_watts, cfg.energy)
         for r in self.rows:
             if (
                 r["size_class"] == cls
@@ -126,7 +126,7 @@ def _limits(row: dict[str, Any]) -> str:
     """The power cap and the energy policy's model a size class was tuned under, if any."""
     out = ""
     if row.get("power_model") is not None:
-        out += " (model {:g} W + {:g} W/thread, GPU {:g} W)".format(*row["power_model"])
+        out += " (model {:g} W + {:g} W/thread, GPU {:g} W; energy {})".format(*row["power_model"])
     if row.get("max_power_watts") is not None:
         out += f" (max {row['max_power_watts']:g} W)"
     return out
@@ -138,8 +138,9 @@ def _energy_text(trial: dict[str, Any], row: dict[str, Any]) -> str:
     under, for an energy policy), or nothing before it ran."""
     if not trial["samples"]:
         return ""
-    if row.get("power_model") is not None:
-        w, source = _energy.PowerModel(*row["power_model"]).watts(trial["decision"]), "model"
+    model = row.get("power_model")
+    if model is not None and model[3] == "model":  # ranked by that model's watts
+        w, source = _energy.PowerModel(*model[:3]).watts(trial["decision"]), "model"
     else:
         w, source = _energy.watts(trial["decision"])
     return f"; nJ/element: {statistics.median(trial['samples']) * w * 1e9:.3g} ({source})"

@@ -125,14 +125,15 @@ def thread_limit(cfg: Config, target: str = "parallel") -> int | None:
     if cfg.max_power_watts is not None:
         cap = cfg.max_power_watts
         limit = _energy.threads_within(cap, lambda t: _energy.watts(Decision(target, t))[0])
-        if _energy.watts(Decision(target, 1))[0] > cap:
-            _files.warn_once(
-                f"power-cap:{cap}",
-                f"max_power_watts={cap:g} is below the power of one thread "
-                f"({_energy.watts(Decision(target, 1))[0]:g} W): launches run on one thread",
-            )
-    gov = _energy.governor
-    if cfg.max_temperature is not None or gov.threads != gov.most:
-        hot = gov.allowed(_energy.Thermal(cfg.sysfs_root), cfg.max_temperature)
+        if limit == 1:
+            one = _energy.watts(Decision(target, 1))[0]
+            if one > cap:
+                _files.warn_once(
+                    f"power-cap:{cap}",
+                    f"max_power_watts={cap:g} is below the power of one thread ({one:g} W): "
+                    "launches run on one thread",
+                )
+    if cfg.max_temperature is not None:
+        hot = _energy.governor.allowed(_energy.Thermal(cfg.sysfs_root), cfg.max_temperature)
         limit = hot if limit is None else min(limit, hot)
     return limit

@@ -8,7 +8,6 @@ Both run launchers from one generated module per kernel form (see
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -236,7 +235,7 @@ def _pin(mode: str | None, serialise: bool, region_lock: Any) -> None:
     root = get_config().sysfs_root
     nodes = _pin_nodes.get(root)
     if nodes is None:
-        allowed = set(os.sched_getaffinity(0))
+        allowed = pinning.pinner.allowed()
         try:
             topo = numa.read_topology(root)
             nodes = [[c for c in n.cpus if c in allowed] for n in topo.nodes]
@@ -362,7 +361,7 @@ class ParallelTarget(Target):
 
         def run(args: tuple[Any, ...]) -> Any:
             nonlocal ran
-            if (pins is not None or pinner.used) and pinner.mode() != pins:
+            if (pins is not None or pinner.pinned) and pinner.mode() != pins:
                 _pin(pins, serialise, region_lock)
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
             # change is made by the first call inside the ``try`` that undoes it, and each undo

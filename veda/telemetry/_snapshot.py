@@ -74,7 +74,8 @@ class Figures:
 
     @property
     def energy_source(self) -> str:
-        """Where the joules come from: ``"model"``, a reader's name, or both (``"model+rapl"``)."""
+        """Where the joules come from: ``"model"``, a reader's name, both (``"model+rapl"``),
+        or ``"none"`` before any launch."""
         return "+".join(name for name, _ in self.energy) or "none"
 
     @property
@@ -102,19 +103,11 @@ class Figures:
         return d
 
 
-def _energy(series: list[Series]) -> tuple[tuple[str, float], ...]:
-    """Joules by source: what readers measured, and what the power model priced."""
+def _sum_energy(parts: Any) -> tuple[tuple[str, float], ...]:
+    """Joules by source, summed over ``parts`` (each a mapping or pairs of source, joules)."""
     out: dict[str, float] = {}
-    for s in series:
-        for name, joules in s.energy.items():
-            out[name] = out.get(name, 0.0) + joules
-    return tuple(sorted(out.items()))
-
-
-def _merged_energy(figures: list[Figures]) -> tuple[tuple[str, float], ...]:
-    out: dict[str, float] = {}
-    for f in figures:
-        for name, joules in f.energy:
+    for part in parts:
+        for name, joules in part.items() if isinstance(part, dict) else part:
             out[name] = out.get(name, 0.0) + joules
     return tuple(sorted(out.items()))
 
@@ -147,7 +140,7 @@ def _figures(series: list[Series]) -> Figures:
         imbalance=imb / profiled if profiled else math.nan,
         profiled_launches=profiled,
         histogram=tuple(hist.buckets()),
-        energy=_energy(series),
+        energy=_sum_energy(s.energy for s in series),
         **q,
     )
 
@@ -173,7 +166,7 @@ def merge_figures(figures: list[Figures]) -> Figures:
         imbalance=imb / profiled if profiled else math.nan,
         profiled_launches=profiled,
         histogram=tuple(hist.buckets()),
-        energy=_merged_energy(figures),
+        energy=_sum_energy(f.energy for f in figures),
         **{name: hist.quantile(p) for name, p in QUANTILES},
     )
 
