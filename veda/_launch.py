@@ -609,8 +609,8 @@ class Kernel(KernelDefinition):
         meter = entry.meter
         before = None  # (when, joules) of the energy reading before the launch
         if meter is not None and recorder is not None and meter.covers(entry.decision.target):
-            before = _read_meter(meter)  # before the watchers start: an interrupt here
-            # leaves no watcher without its end
+            # read before the watchers start: an interrupt here leaves none without its end
+            before = _read_meter(meter)
         if watchers:
             info = LaunchInfo(self, entry.dims, args, entry.decision)
             info.free = entry.free

@@ -55,7 +55,7 @@ __all__ = [
 
 class Reader:
     """A source of measured energy.  Subclasses set :attr:`name` and implement
-    :meth:`unavailable_reason` and :meth:`_read` (cumulative joules, any origin)."""
+    :meth:`covers`, :meth:`unavailable_reason` and :meth:`joules` (cumulative, any origin)."""
 
     name = "?"
 
@@ -315,6 +315,7 @@ def _forget_readers() -> None:  # a fork child starts its counters afresh
     _observed.clear()
     _observed_source.clear()
     _observed_lock = threading.Lock()
+    governor._lock = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,16 +336,16 @@ class PowerModel:
     gpu_watts: float
 
     def watts(self, decision: Decision) -> float:
-        threads = max(1, int(decision.threads or 1))
-        gpu = self.gpu_watts if decision.target == "cuda" else 0.0
-        if decision.target == "cuda":
-            threads = 1  # the launching thread waits on the device
-        return self.static_watts + threads * self.watts_per_core + gpu
+        if decision.target == "cuda":  # the GPU, and the launching thread waiting on it
+            return self.static_watts + self.watts_per_core + self.gpu_watts
+        return self.static_watts + max(1, int(decision.threads or 1)) * self.watts_per_core
 
 
 #: Joules and seconds measured per (target, threads): the energy policy's watts where known.
 _observed: dict[tuple[str, int], list[float]] = {}
 _observed_lock = threading.Lock()
+#: The reader that measured each target's launches.
+_observed_source: dict[str, str] = {}
 
 #: Measured seconds of a configuration before its measured watts replace the model's.
 OBSERVED_ENOUGH = 0.05
@@ -378,10 +379,6 @@ def watts(decision: Decision) -> tuple[float, str]:
     if got is not None and got[1] >= OBSERVED_ENOUGH:
         return got[0] / got[1], _observed_source.get(decision.target, "measured")
     return model().watts(decision), "model"
-
-
-#: The reader that measured each target's launches.
-_observed_source: dict[str, str] = {}
 
 
 def threads_within(max_watts: float, watts: Callable[[int], float], most: int | None = None) -> int:
