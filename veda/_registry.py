@@ -196,6 +196,14 @@ class Target(abc.ABC):
 
 _lock = threading.Lock()
 _targets: dict[str, Target] = {}
+
+
+def _on_gpu(name: str) -> bool:
+    target = _targets.get(name)
+    return target is not None and target.reads_device_arrays
+
+
+_energy.on_gpu = _on_gpu
 _listeners: list[Callable[[], None]] = []
 
 

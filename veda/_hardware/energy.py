@@ -140,7 +140,7 @@ class RAPL(Reader):
         self._counting: list[Zone] | None = None
 
     def covers(self, target: str) -> bool:
-        return target != "cuda"  # the CPU packages: not a GPU's own energy
+        return not on_gpu(target)  # the CPU packages: not a GPU's own energy
 
     def zones(self) -> list[Zone]:
         """The packages and their subzones, in order."""
@@ -236,7 +236,7 @@ class NVML(Reader):
         self._total_mj = 0.0
 
     def covers(self, target: str) -> bool:
-        return target == "cuda"  # the GPUs' energy: not the CPU launches'
+        return on_gpu(target)  # the GPUs' energy: not the CPU launches'
 
     def _start(self) -> None:
         if self._handles is not None or self._reason is not None:
@@ -336,7 +336,7 @@ class PowerModel:
     gpu_watts: float
 
     def watts(self, decision: Decision) -> float:
-        if decision.target == "cuda":  # the GPU, and the launching thread waiting on it
+        if on_gpu(decision.target):  # the GPU, and the launching thread waiting on it
             return self.static_watts + self.watts_per_core + self.gpu_watts
         return self.static_watts + max(1, int(decision.threads or 1)) * self.watts_per_core
 
@@ -360,6 +360,10 @@ def record_observed(decision: Decision, joules: float, seconds: float, source: s
         got[0] += joules
         got[1] += seconds
 
+
+#: Whether a target runs on a GPU (it reads device arrays): set by the registry of targets
+#: (this layer knows no target), by name until then.
+on_gpu: Callable[[str], bool] = lambda target: target == "cuda"
 
 #: The power model in force: set by the configuration layer (a callback: this layer reads no
 #: setting), the model's defaults until then.
