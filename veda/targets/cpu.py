@@ -217,7 +217,7 @@ class CPUTarget(Target):
 _pin_nodes: dict[str, list[list[int]]] = {}
 
 
-def _pin(mode: str | None, serialise: bool, region_lock: Any) -> None:
+def _pin(mode: str | None) -> None:
     """Pin this thread's workers for ``mode``, or restore them (None): see
     :mod:`veda._hardware.pinning`.  Where the layer or platform cannot, a warning, once."""
     from veda import _files
@@ -243,11 +243,8 @@ def _pin(mode: str | None, serialise: bool, region_lock: Any) -> None:
             nodes = []
         nodes = [n for n in nodes if n] or [sorted(allowed)]
         _pin_nodes[root] = nodes
-    if serialise:
-        with region_lock:
-            pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
-    else:
-        pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
+    # (workqueue, the one layer that serialises regions, refuses pinning above)
+    pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
 
 
 def _failing_index(
@@ -362,7 +359,7 @@ class ParallelTarget(Target):
         def run(args: tuple[Any, ...]) -> Any:
             nonlocal ran
             if (pins is not None or pinner.pinned) and pinner.mode() != pins:
-                _pin(pins, serialise, region_lock)
+                _pin(pins)
             # An interrupt (KeyboardInterrupt) may be raised after any call returns, so each
             # change is made by the first call inside the ``try`` that undoes it, and each undo
             # is one call in its own ``finally``: when this returns or raises, the in-flight
