@@ -80,21 +80,32 @@ def compare(
     repeats: int = 15,
     warmup: int = 2,
     setup: Callable[[], Any] | None = None,
+    calls: int = 1,
+    rotate: bool = False,
 ) -> dict[str, float]:
-    """Median seconds of each function, interleaved repeat by repeat."""
+    """Median seconds per call of each function, interleaved repeat by repeat.
+
+    ``calls``: calls per timed sample (the sample's time over ``calls``; ``setup`` runs once
+    per sample), for functions too fast to time one call at a time.  ``rotate``: start each
+    repeat one function further along, so that none always follows the same one (a parallel
+    region leaves its threads spinning for a while, which slows whatever runs next where two
+    vCPUs share a core)."""
     for fn in fns.values():
         for _ in range(warmup):
             if setup:
                 setup()
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for r in range(repeats):
+        turn = order[r % len(order) :] + order[: r % len(order)] if rotate else order
+        for name, fn in turn:
             if setup:
                 setup()
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

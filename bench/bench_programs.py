@@ -3,13 +3,15 @@ adaptive launch (``k[domain](...)``, after enough launches for the dispatcher to
 NumPy, a serial ``@numba.njit`` loop and a ``numba.prange`` loop, in one run, every result
 checked against NumPy.
 
-Classes: a saxpy sweep from 1e2 to 1e7 (launch overhead, mid sizes), dot and norm (reductions),
+Classes: a saxpy sweep from 1e2 to 1e7 (launch overhead, mid sizes), dot and norm (reductions;
+also with ``fastmath={"reassoc"}``, which lets LLVM vectorise the sum),
 a histogram of 1e7 values into 256 bins (an array reduction: veda's ``reduce={"counts": "sum"}``
 against a ``prange`` loop with per-thread private histograms and against ``veda.atomic_add``),
 a domain of few heavy indices, a 2-D Jacobi sweep from 200^2 to 2000^2, and an elimination
 that launches a 2-D update once per pivot.  The ratio is veda's median time over the best
-peer's (below 1: veda is faster).  Medians of interleaved repeats after a warm-up; NumPy is
-timed in a block of its own (its BLAS threads spin after a call).
+peer's (below 1: veda is faster).  Medians of interleaved repeats after a warm-up, in an order
+rotated from repeat to repeat, fast programs in batches of calls; NumPy is timed in a block of
+its own (its BLAS threads spin after a call).
 
     python bench/bench_programs.py [--quick]
 """
@@ -17,6 +19,7 @@ timed in a block of its own (its BLAS threads spin after a call).
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,6 +46,12 @@ def histogram(i, values, counts):
 @veda.kernel
 def histogram_atomic(i, values, counts):
     veda.atomic_add(counts, values[i], 1)
+
+
+@veda.kernel(reduce="sum", fastmath={"reassoc"})
+def dot_reassoc(i, x, y):
+    """The gallery's dot with reassociation allowed: LLVM splits the sum over SIMD lanes."""
+    return x[i] * y[i]
 
 
 @veda.kernel
@@ -204,6 +213,7 @@ def programs(quick: bool) -> Iterator[Program]:
             f"dot n={n:.0e}",
             {
                 "veda": lambda x=x, y=y, n=n: dot[n](x, y),
+                "veda fastmath": lambda x=x, y=y, n=n: dot_reassoc[n](x, y),
                 "numpy": lambda x=x, y=y: np.dot(x, y),
                 "njit": lambda x=x, y=y: dot_njit(x, y),
                 "prange": lambda x=x, y=y: dot_prange(x, y),
@@ -214,6 +224,7 @@ def programs(quick: bool) -> Iterator[Program]:
             f"norm n={n:.0e}",
             {
                 "veda": lambda x=x, n=n: math.sqrt(sum_squares[n](x)),
+                "veda fastmath": lambda x=x, n=n: math.sqrt(dot_reassoc[n](x, x)),
                 "numpy": lambda x=x: np.linalg.norm(x),
                 "njit": lambda x=x: math.sqrt(dot_njit(x, x)),
                 "prange": lambda x=x: math.sqrt(dot_prange(x, x)),
@@ -299,10 +310,29 @@ def programs(quick: bool) -> Iterator[Program]:
     )
 
 
+def _calls(fns: Any, sample: float) -> int:
+    """Calls per timed sample for samples of about ``sample`` seconds: the fastest function's
+    time, from a few calls, sets it."""
+    fastest = min(_once(fn) for fn in fns)
+    return max(1, min(10_000, round(sample / max(fastest, 1e-8))))
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main(quick: bool = False) -> dict:
-    repeats = 1 if quick else 9
+    repeats = 1 if quick else 11
+    # A fresh tuning cache, so that the dispatcher decides here (in the warm-up) rather than
+    # remembering a decision another run made under other conditions.
+    veda.set_config(cache_dir=tempfile.mkdtemp(prefix="veda-bench-"))
     rows = []
-    print(f"whole programs, median of {repeats} interleaved repeats after a warm-up (seconds)")
+    print(f"whole programs, median of {repeats} interleaved repeats after a warm-up (per call)")
     for prog in programs(quick):
         # The adaptive launch needs its exploration behind it: warm every contestant up well.
         for fn in prog.contestants.values():
@@ -311,12 +341,17 @@ def main(quick: bool = False) -> dict:
                     prog.setup()
                 fn()
         check_each(prog.contestants, prog.check, prog.setup)
-        # NumPy in a block of its own, then a pause: OpenBLAS (np.dot, np.linalg.norm) leaves
+        # NumPy in a block of its own, after a pause: OpenBLAS (np.dot, np.linalg.norm) leaves
         # its threads spinning after a call, which slowed the parallel regions interleaved
-        # with it 3-20x on this 2-core machine.
+        # with it 3-20x on this 2-core machine (the warm-up and the check just called it).
+        time.sleep(0.0 if quick else 0.5)
         others = {k: v for k, v in prog.contestants.items() if k != "numpy"}
-        times = compare(others, repeats=repeats, warmup=0, setup=prog.setup)
-        times.update(compare({"numpy": prog.contestants["numpy"]}, repeats, 0, prog.setup))
+        # Programs of a few microseconds are timed in batches of calls (a sample of about
+        # 0.2 ms), their order rotated from repeat to repeat.
+        calls = 1 if prog.setup else _calls(others.values(), 2e-4)
+        times = compare(others, repeats, 0, prog.setup, calls=calls, rotate=True)
+        numpy_fn = {"numpy": prog.contestants["numpy"]}
+        times.update(compare(numpy_fn, repeats, 0, prog.setup, calls=calls))
         time.sleep(0.0 if quick else 0.5)
         peers = {k: v for k, v in times.items() if not k.startswith("veda")}
         best = min(peers, key=peers.get)  # type: ignore[arg-type]

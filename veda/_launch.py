@@ -32,7 +32,7 @@ import threading
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Any, overload
 
@@ -45,7 +45,7 @@ from veda._hardware import energy as _energy
 from veda._hardware import gpu as _gpu
 from veda._hardware.signals import held_interrupts, unwrap_interrupt
 from veda._kernel import checks as _checks
-from veda._kernel.definition import Form, KernelDefinition
+from veda._kernel.definition import Form, KernelDefinition, fastmath_label
 from veda._types import Decision, LaunchOptions, Overrides
 from veda.errors import LaunchError, VedaError
 from veda.scheduler._rules import merge
@@ -470,9 +470,13 @@ class Kernel(KernelDefinition):
     """
 
     def __init__(
-        self, pyfunc: Callable[..., Any], reduce: str | None = None, ndim: int | None = None
+        self,
+        pyfunc: Callable[..., Any],
+        reduce: str | Mapping[str, str] | None = None,
+        ndim: int | None = None,
+        fastmath: bool | Sequence[str] | frozenset[str] = False,
     ) -> None:
-        super().__init__(pyfunc, reduce=reduce, ndim=ndim)
+        super().__init__(pyfunc, reduce=reduce, ndim=ndim, fastmath=fastmath)
         #: The call site of each domain expression used (``k[n]``, ``k[(n,)]``; see :class:`_Site`).
         self._bound: dict[Any, _Site] = {}
         self._sites: dict[tuple[int, ...], _Site] = {}
@@ -499,13 +503,19 @@ class Kernel(KernelDefinition):
             facts.append(f"reduces with <code>{esc(self.reduce)}</code>")
         for name, op in self.private.items():
             facts.append(f"reduces <code>{esc(name)}</code> with <code>{esc(op)}</code>")
+        if self.fastmath:
+            facts.append(f"fastmath <code>{esc(fastmath_label(self.fastmath))}</code>")
         return (
             f"<div><p><b>veda.kernel {esc(self.name)}</b>: {'; '.join(facts)}</p>"
             f"{explain(self)._repr_html_()}</div>"
         )
 
     def _options(self) -> dict[str, Any]:
-        return {"reduce": dict(self.private) if self.private else self.reduce, "ndim": self.ndim}
+        return {
+            "reduce": dict(self.private) if self.private else self.reduce,
+            "ndim": self.ndim,
+            "fastmath": set(self.fastmath),
+        }
 
     # -- domains -------------------------------------------------------------------------------
     def __getitem__(self, domain: Any) -> Callable[..., Any]:
@@ -670,6 +680,13 @@ class Kernel(KernelDefinition):
             raise LaunchError(
                 f"kernel {self.name!r}: reduce={self.reduce!r} over an empty domain {dims} has "
                 "no identity (as with np.min / np.max of an empty array)"
+            )
+        if cfg.deterministic and self.fastmath:
+            raise LaunchError(
+                f"kernel {self.name!r} was defined with fastmath={fastmath_label(self.fastmath)}, "
+                "which lets LLVM reorder and approximate floating-point operations differently "
+                "in each compiled loop; deterministic mode cannot promise the same bits for it. "
+                "Launch it outside deterministic mode, or define it without fastmath"
             )
         entry = Entry(cfg, form, dims, size)
         if cfg.energy != "model" and cfg.telemetry:
@@ -1166,7 +1183,10 @@ def _go_factory(
 def kernel(pyfunc: Callable[..., Any], /) -> Kernel: ...
 @overload
 def kernel(
-    *, reduce: str | Mapping[str, str] | None = None, ndim: int | None = None
+    *,
+    reduce: str | Mapping[str, str] | None = None,
+    ndim: int | None = None,
+    fastmath: bool | Sequence[str] | frozenset[str] = False,
 ) -> Callable[[Callable[..., Any]], Kernel]: ...
 
 
@@ -1176,6 +1196,7 @@ def kernel(
     *,
     reduce: str | Mapping[str, str] | None = None,
     ndim: int | None = None,
+    fastmath: bool | Sequence[str] | frozenset[str] = False,
 ) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
     """Turn a loop body into a parallel kernel.
 
@@ -1199,6 +1220,15 @@ def kernel(
         result has the same bits on every thread count.  See "Array reductions" in docs/guide.md.
     ndim : {1, 2, 3}, optional
         Declare the number of index parameters; launches over another rank are refused.
+    fastmath : bool or set of str, optional
+        Let LLVM rewrite floating-point code as Numba's ``fastmath`` does, in the body and in
+        veda's loops around it: ``True`` for every flag, or a set of them (``"reassoc"``
+        lets a sum be split over SIMD lanes; ``"contract"`` fuses multiply-adds; also
+        ``"nnan"``, ``"ninf"``, ``"nsz"``, ``"arcp"``, ``"afn"``).  Results may change in the
+        last bits, and with ``"nnan"``/``"ninf"`` wrongly where NaNs or infinities occur.
+        ``@veda.func`` helpers keep their own (strict) arithmetic, and on ``"cuda"`` any flag
+        turns on CUDA's fast math.  Deterministic mode refuses such kernels.  Whether a loop
+        was vectorised, and how wide, is in :func:`veda.explain` (``.code``).
 
     Examples
     --------
@@ -1225,7 +1255,7 @@ def kernel(
     """
 
     def wrap(f: Callable[..., Any]) -> Kernel:
-        return Kernel(f, reduce=reduce, ndim=ndim)
+        return Kernel(f, reduce=reduce, ndim=ndim, fastmath=fastmath)
 
     if pyfunc is not None:
         return wrap(pyfunc)

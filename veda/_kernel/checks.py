@@ -8,6 +8,7 @@ argument, the kernel and the user's line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -317,6 +318,9 @@ def install_compile_hook(
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, who.name, names, user_args) from None
         end = time.perf_counter()
+        hit = sum(dispatcher.stats.cache_hits.values()) > hits
+        if launcher and not hit:
+            _vector_reports(module)
         types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
         with lock:
             first = types_ not in seen
@@ -328,7 +332,7 @@ def install_compile_hook(
                 ", ".join(str(t) for t in types_[offset:]),
                 start,
                 end,
-                sum(dispatcher.stats.cache_hits.values()) > hits,
+                hit,
             )
         if launcher and on_launch_compile is not None:  # a wait on the compile is not run time
             frame = _timed_frame()
@@ -338,6 +342,16 @@ def install_compile_hook(
 
     dispatcher._compile_for_args = _compile_for_args
     dispatcher._veda_owner = who
+
+
+def _vector_reports(module: Any) -> None:
+    """Keep the vectorisation reports of a module's new launchers (:mod:`veda._kernel.simd`)
+    while Numba still holds their IR.  A report is a diagnostic: failing to make one never
+    fails a launch (``veda.explain`` then says the report is missing)."""
+    from veda._kernel import simd
+
+    with contextlib.suppress(Exception):
+        simd.record(module)
 
 
 def _fallback(dispatcher: Any, who: _Owner, offset: int, names: Sequence[str]) -> Any:

@@ -32,7 +32,7 @@ _INDEX_LIMIT = 2**63
 
 #: The CPU launchers of a generated module and how many of their leading parameters are veda's
 #: own beyond the domain (the parallel ones take the thread count, the schedule and the chunk).
-_LAUNCHERS = {
+LAUNCHERS = {
     "_veda_cpu": 0,
     "_veda_det_cpu": 0,
     "_veda_parallel": 4,  # threads, schedule code, chunk, guided bounds
@@ -205,6 +205,36 @@ class Form:
         return f"<veda form {self.label} {self.ndim}-d, {self.nargs} argument(s)>"
 
 
+#: Numba's fast-math flags (LLVM's), each allowing one kind of rewrite; ``True`` is all of them.
+FASTMATH_FLAGS = ("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc")
+
+
+def fastmath_flags(pyfunc: Callable[..., Any], value: Any) -> frozenset[str]:
+    """``fastmath=`` checked: a bool, or a set of :data:`FASTMATH_FLAGS` names (``"fast"``: all
+    of them).  An empty result means off."""
+    if value is None or value is False:
+        return frozenset()
+    if value is True:
+        return frozenset({"fast"})
+    what = f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}"
+    expected = f"True, False or a set of flags from {', '.join(FASTMATH_FLAGS)}"
+    if isinstance(value, (str, bytes)) or not isinstance(value, (set, frozenset, list, tuple)):
+        hint = f" (write fastmath={{{value!r}}})" if isinstance(value, str) else ""
+        raise KernelDefinitionError(f"{what}: fastmath={value!r}; expected {expected}{hint}")
+    unknown = [f for f in value if f not in FASTMATH_FLAGS and f != "fast"]
+    if unknown:
+        raise KernelDefinitionError(
+            f"{what}: unknown fastmath flag(s) {', '.join(map(repr, unknown))}; expected {expected}"
+        )
+    flags = frozenset(value)
+    return frozenset({"fast"}) if "fast" in flags or flags >= set(FASTMATH_FLAGS) else flags
+
+
+def fastmath_label(flags: frozenset[str]) -> str:
+    """``True`` or ``{'contract', 'reassoc'}``: the flags as the decorator takes them."""
+    return "True" if "fast" in flags else "{" + ", ".join(map(repr, sorted(flags))) + "}"
+
+
 def _private_reductions(pyfunc: Callable[..., Any], reduce: Mapping[Any, Any]) -> dict[str, str]:
     """``reduce={name: op}`` checked against the function's parameters."""
     what = f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}"
@@ -304,7 +334,10 @@ class KernelDefinition(Launchable):
         pyfunc: Callable[..., Any],
         reduce: str | Mapping[str, str] | None = None,
         ndim: int | None = None,
+        fastmath: bool | Sequence[str] | frozenset[str] = False,
     ) -> None:
+        #: The kernel's fast-math flags (empty: off; ``{"fast"}``: all of them).
+        self.fastmath = fastmath_flags(pyfunc, fastmath)
         private: dict[str, str] = {}
         if isinstance(reduce, Mapping):
             private = _private_reductions(pyfunc, reduce)
@@ -354,7 +387,8 @@ class KernelDefinition(Launchable):
 
     def __repr__(self) -> str:
         red = f", reduce={self.reduce or self.private!r}" if self.reduce or self.private else ""
-        return f"<veda.kernel {self.name}{red}>"
+        fast = f", fastmath={fastmath_label(self.fastmath)}" if self.fastmath else ""
+        return f"<veda.kernel {self.name}{red}{fast}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise LaunchError(
@@ -503,7 +537,15 @@ class KernelDefinition(Launchable):
                 module = self._cuda_programs.get(key)
                 if module is None:
                     module = codegen.cuda_kernel_unit(
-                        self.source, ndim, nargs, self.reduce, acc, identity, block, options
+                        self.source,
+                        ndim,
+                        nargs,
+                        self.reduce,
+                        acc,
+                        identity,
+                        block,
+                        options,
+                        bool(self.fastmath),
                     ).module
                     self._cuda_programs[key] = module
         return module
@@ -511,12 +553,14 @@ class KernelDefinition(Launchable):
     def _build(self, ndim: int, nargs: int, options: tuple[bool, bool]) -> Any:
         names = self.form(ndim, nargs).names
         private = self.form(ndim, nargs).private
-        module = codegen.kernel_unit(self.source, ndim, nargs, self.reduce, options, private).module
+        module = codegen.kernel_unit(
+            self.source, ndim, nargs, self.reduce, options, private, self.fastmath
+        ).module
         if hasattr(module, "_veda_acc_probe"):  # typed inside a CUDA reduction's first launch
             install_compile_hook(module, "_veda_acc_probe", self, 0, names, launcher=True)
         if hasattr(module, "_veda_at"):
             install_compile_hook(module, "_veda_at", self, ndim, names)
-        for attr, extra in _LAUNCHERS.items():
+        for attr, extra in LAUNCHERS.items():
             if hasattr(module, attr):
                 install_compile_hook(module, attr, self, ndim + extra, names, launcher=True)
         return module

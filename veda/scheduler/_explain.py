@@ -20,12 +20,17 @@ __all__ = ["Explanation", "explain"]
 class Explanation:
     """Why veda chose what it chose for one kernel: see :func:`explain`."""
 
-    def __init__(self, kernel: str, rows: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, kernel: str, rows: list[dict[str, Any]], code: list[dict[str, Any]] | None = None
+    ) -> None:
         self.kernel = kernel
         self.rows = rows
+        #: One entry per compiled CPU configuration (launcher and argument types): whether its
+        #: loop was vectorised and how wide, from the optimised LLVM IR (see :func:`explain`).
+        self.code = code or []
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kernel": self.kernel, "size_classes": self.rows}
+        return {"kernel": self.kernel, "size_classes": self.rows, "code": self.code}
 
     def decision_for(
         self, size: int, ndim: int | None = None, policy: str | None = None
@@ -70,7 +75,7 @@ class Explanation:
 
     def __str__(self) -> str:
         if not self.rows:
-            return f"{self.kernel}: no adaptive decisions yet"
+            return "\n".join([f"{self.kernel}: no adaptive decisions yet", *self._code_lines()])
         lines = [f"{self.kernel}:"]
         for r in self.rows:
             state = f"{self.label(r['decision'])} ({r['source']})" if r["decision"] else "exploring"
@@ -85,7 +90,16 @@ class Explanation:
                     f"      {self.label(t['decision']):<34} ns/element: {times}"
                     f"{_energy_text(t, r)}{note}"
                 )
-        return "\n".join(lines)
+        return "\n".join(lines + self._code_lines())
+
+    def _code_lines(self) -> list[str]:
+        if not self.code:
+            return []
+        lines = ["  compiled loops (from the optimised LLVM IR):"]
+        for c in self.code:
+            lines.append(f"      {_where(c):<34} {_vector_text(c)}")
+            lines.append(f"          arguments ({c['arguments']})")
+        return lines
 
     __repr__ = __str__
 
@@ -93,7 +107,7 @@ class Explanation:
         """A table per size class in a notebook: the decision, then each candidate's times."""
         esc = html.escape
         if not self.rows:
-            return f"<p><b>{esc(self.kernel)}</b>: no adaptive decisions yet</p>"
+            return f"<p><b>{esc(self.kernel)}</b>: no adaptive decisions yet</p>{self._code_html()}"
         body = []
         for r in self.rows:
             state = (
@@ -118,8 +132,58 @@ class Explanation:
         )
         return (
             f"<table><caption>veda.explain({esc(self.kernel)})</caption><thead>{head}</thead>"
-            f"<tbody>{''.join(body)}</tbody></table>"
+            f"<tbody>{''.join(body)}</tbody></table>{self._code_html()}"
         )
+
+    def _code_html(self) -> str:
+        esc = html.escape
+        if not self.code:
+            return ""
+        rows = "".join(
+            f"<tr><td>{esc(_where(c))}</td><td><code>{esc(c['arguments'])}</code></td>"
+            f"<td>{esc(_vector_text(c))}</td></tr>"
+            for c in self.code
+        )
+        return (
+            "<table><caption>compiled loops (from the optimised LLVM IR)</caption><thead><tr>"
+            "<th>configuration</th><th>arguments</th><th>inner loop</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
+
+
+def _where(code: dict[str, Any]) -> str:
+    """``"parallel, fastmath={'reassoc'}"``: a compiled configuration and its options."""
+    extra = "".join(
+        f", {k}" + ("" if v is True else f"={v}") for k, v in code["options"].items() if v
+    )
+    return code["configuration"] + extra
+
+
+def _vector_text(code: dict[str, Any]) -> str:
+    """What a compiled configuration's loop report says, in words."""
+    if code["vectorized"] is None:
+        return f"unknown: {code['reason']}"
+    loops = f"{code['vectorized_loops']} of its {code['loops']} IR loop(s) on vectors"
+    if code["vectorized"]:
+        return f"vectorised, {code['lanes']} x {code['element']} ({code['bits']}-bit); {loops}"
+    return f"not vectorised ({code['loops']} loop(s))"
+
+
+def _code(kernel: KernelDefinition) -> list[dict[str, Any]]:
+    """The loop reports of every CPU module compiled for ``kernel`` (:mod:`veda._kernel.simd`)."""
+    from veda._kernel import simd
+    from veda._kernel.definition import fastmath_label
+
+    out = []
+    for (ndim, _, (boundscheck, _)), module in sorted(
+        kernel._programs.items(), key=lambda item: repr(item[0])
+    ):
+        options = {
+            "fastmath": fastmath_label(kernel.fastmath) if kernel.fastmath else None,
+            "boundscheck": boundscheck,
+        }
+        out += [{**r, "ndim": ndim, "options": options} for r in simd.reports(module, ndim)]
+    return out
 
 
 def _limits(row: dict[str, Any]) -> str:
@@ -164,4 +228,4 @@ def explain(kernel: Any) -> Explanation:
     """
     if not isinstance(kernel, KernelDefinition):
         raise UnknownKernelError(f"veda.explain: expected a @veda.kernel, not {kernel!r}")
-    return Explanation(kernel.name, dispatcher.explain(kernel))
+    return Explanation(kernel.name, dispatcher.explain(kernel), _code(kernel))

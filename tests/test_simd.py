@@ -1,0 +1,284 @@
+"""SIMD hints and the vectorisation report: ``@veda.kernel(fastmath=...)`` and the compiled loops
+``veda.explain(k).code`` reads from the optimised LLVM IR."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import veda
+from veda._kernel import codegen, simd
+
+N = 5000
+
+
+@veda.kernel
+def saxpy(i, a, x, y, out):
+    out[i] = a * x[i] + y[i]
+
+
+@veda.kernel(reduce="sum")
+def strict_dot(i, x, y):
+    return x[i] * y[i]
+
+
+@veda.kernel(reduce="sum", fastmath={"reassoc"})
+def reassoc_dot(i, x, y):
+    return x[i] * y[i]
+
+
+@veda.kernel(fastmath=True)
+def fast_scale(i, x, out):
+    out[i] = 3.0 * x[i]
+
+
+def _data(n=N):
+    rng = np.random.default_rng(0)
+    return rng.random(n), rng.random(n)
+
+
+def _code(k, configuration):
+    rows = [c for c in veda.explain(k).code if c["configuration"] == configuration]
+    assert rows, veda.explain(k).code
+    return rows
+
+
+# -- fastmath= ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("reassoc", "fastmath={'reassoc'}"),  # a bare string: the set was meant
+        ({"reassoc", "bogus"}, "unknown fastmath flag(s) 'bogus'"),
+        (3, "expected True, False or a set of flags"),
+        ({"reassoc": 1}, "expected True, False or a set of flags"),
+    ],
+)
+def test_bad_fastmath_is_refused_at_definition(value, words):
+    with pytest.raises(veda.KernelDefinitionError, match="fastmath") as info:
+
+        @veda.kernel(fastmath=value)
+        def k(i, x):
+            x[i] = 1.0
+
+    assert words in str(info.value)
+
+
+def test_fastmath_flags_are_normalised():
+    def body(i, x):
+        x[i] = 1.0
+
+    assert veda.kernel(fastmath=False)(body).fastmath == frozenset()
+    assert veda.kernel(fastmath=True)(body).fastmath == {"fast"}
+    assert veda.kernel(fastmath=["contract", "reassoc"])(body).fastmath == {"contract", "reassoc"}
+    every = ("nnan", "ninf", "nsz", "arcp", "contract", "afn", "reassoc")
+    assert veda.kernel(fastmath=every)(body).fastmath == {"fast"}
+    assert "fastmath={'reassoc'}" in repr(reassoc_dot)
+    # what pickling by value rebuilds the kernel from
+    again = veda.kernel(**reassoc_dot._options())(reassoc_dot.py_func)
+    assert again.fastmath == reassoc_dot.fastmath
+
+
+def _decorated(text):
+    """(decorator, function name) of each function in generated launcher text."""
+    lines = text.splitlines()
+    return [(d, lines[k + 1].split("(")[0]) for k, d in enumerate(lines[:-1]) if d.startswith("@")]
+
+
+def test_fastmath_reaches_the_body_and_every_launcher():
+    flagged = _decorated(
+        codegen.kernel_launchers("body", 1, 2, "sum", True, False, (), frozenset({"contract"}))
+    )
+    assert flagged and all("'contract'" in d for d, _ in flagged), flagged
+    # only the running sum's combine reassociates (see codegen.LANES_OPS), flags or not
+    assert [f for d, f in flagged if "'reassoc'" in d] == ["def _veda_lanes"]
+    plain = _decorated(codegen.kernel_launchers("body", 1, 2, "sum", True, False))
+    assert [f for d, f in plain if "fastmath" in d] == ["def _veda_lanes"]
+    assert "fastmath={'reassoc'}" in dict((f, d) for d, f in plain)["def _veda_lanes"]
+    cuda = codegen.cuda_launchers("body", 1, 2, "sum", "float64", "0.0", 128, True, False, True)
+    assert all("fastmath=True" in d for d in cuda.splitlines() if d.startswith("@_veda_cuda"))
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_fastmath_results_match_strict_ones(target):
+    x, y = _data()
+    strict = veda.launch(strict_dot, N, x, y, target=target)
+    fast = veda.launch(reassoc_dot, N, x, y, target=target)
+    assert fast == pytest.approx(np.dot(x, y), rel=1e-12)
+    assert fast == pytest.approx(strict, rel=1e-12)
+    out = np.empty(N)
+    veda.launch(fast_scale, N, x, out, target=target)
+    np.testing.assert_array_equal(out, 3.0 * x)
+
+
+def test_deterministic_mode_refuses_fastmath_kernels():
+    x, y = _data()
+    with veda.deterministic(seed=1), pytest.raises(veda.LaunchError) as info:
+        reassoc_dot[N](x, y)
+    message = str(info.value)
+    assert "reassoc_dot" in message and "fastmath={'reassoc'}" in message
+    assert "deterministic" in message
+    with veda.deterministic(seed=1):  # a strict kernel still runs there
+        assert strict_dot[N](x, y) == pytest.approx(np.dot(x, y))
+
+
+# -- the vectorisation report ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_an_elementwise_loop_is_reported_vectorised(target):
+    x, y = _data()
+    veda.launch(saxpy, N, 2.0, x, y, np.empty(N), target=target)
+    (row,) = _code(saxpy, target)
+    assert row["vectorized"] is True, row
+    assert row["lanes"] >= 2 and row["element"] == "double"
+    assert row["bits"] == 64 * row["lanes"]
+    assert 1 <= row["vectorized_loops"] <= row["loops"]
+    assert row["arguments"].startswith("float64, array(float64, 1d, C)")
+    text = str(veda.explain(saxpy))
+    assert f"vectorised, {row['lanes']} x double" in text
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+def test_a_float_sum_is_vectorised_except_where_its_order_is_fixed(target):
+    """veda's blocks add through a reassociating combine, so LLVM splits a float sum over
+    lanes; deterministic mode's blocks add in a fixed order, which LLVM may not vectorise."""
+    x, y = _data()
+    expected = np.dot(x, y)
+    assert veda.launch(strict_dot, N, x, y, target=target) == pytest.approx(expected)
+    assert veda.launch(reassoc_dot, N, x, y, target=target) == pytest.approx(expected)
+    with veda.deterministic(seed=1):
+        assert veda.launch(strict_dot, N, x, y, target=target) == pytest.approx(expected)
+    (plain,) = _code(strict_dot, target)
+    (fixed,) = _code(strict_dot, f"{target}, deterministic")
+    (fast,) = _code(reassoc_dot, target)
+    assert plain["vectorized"] is True and plain["element"] == "double", plain
+    assert fixed["vectorized"] is False and fixed["loops"] >= 1, fixed
+    assert fast["vectorized"] is True and fast["options"]["fastmath"] == "{'reassoc'}", fast
+    assert "fastmath={'reassoc'}" in str(veda.explain(reassoc_dot))
+
+
+@pytest.mark.parametrize("target", ["cpu", "parallel"])
+@pytest.mark.parametrize("op", ["sum", "prod"])
+@pytest.mark.parametrize("ndim", [1, 2])
+def test_vectorised_sums_and_products_are_accurate(target, op, ndim):
+    rng = np.random.default_rng(1)
+    shape = (12_345,) if ndim == 1 else (111, 123)
+    x = 1.0 + 1e-4 * rng.random(shape) if op == "prod" else rng.random(shape)
+    k = _REDUCERS[(op, ndim)]
+    got = veda.launch(k, shape if ndim > 1 else shape[0], x, target=target)
+    expected = math.fsum(x.ravel()) if op == "sum" else np.prod(x.astype(np.longdouble))
+    assert got == pytest.approx(float(expected), rel=1e-13)
+    ints = rng.integers(-5, 5, shape)
+    if op == "sum":  # integers add exactly in any order
+        assert veda.launch(k, shape if ndim > 1 else shape[0], ints, target=target) == ints.sum()
+
+
+@veda.kernel(reduce="sum")
+def _sum1(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="sum")
+def _sum2(i, j, x):
+    return x[i, j]
+
+
+@veda.kernel(reduce="prod")
+def _prod1(i, x):
+    return x[i]
+
+
+@veda.kernel(reduce="prod")
+def _prod2(i, j, x):
+    return x[i, j]
+
+
+_REDUCERS = {("sum", 1): _sum1, ("sum", 2): _sum2, ("prod", 1): _prod1, ("prod", 2): _prod2}
+
+
+def test_report_is_json_and_html():
+    x, y = _data()
+    veda.launch(saxpy, N, 2.0, x, y, np.empty(N), target="cpu")
+    ex = veda.explain(saxpy)
+    data = json.loads(json.dumps(ex.to_dict()))
+    assert data["code"] and data["code"][0]["launcher"] in simd.LOOPS
+    assert "compiled loops" in ex._repr_html_()
+
+
+def test_analyse_reads_vectors_in_loops_only():
+    slp_only = textwrap.dedent(
+        """\
+        define i32 @_ZN3gen9_veda_cpuB2v1E(ptr %a) {
+        entry:
+          %v = load <2 x double>, ptr %a, align 8
+          br label %loop
+        loop:
+          %x = fadd double %y, 1.0
+          br i1 %c, label %done, label %loop, !llvm.loop !0
+        done:
+          ret i32 0
+        }"""
+    )
+    report = simd.analyse(slp_only, ("_veda_cpu",))
+    assert report["vectorized"] is False and report["loops"] == 1
+    # index vectors (i64) do not make the data's width
+    both = slp_only.replace(
+        "%x = fadd double %y, 1.0",
+        "%i = add <8 x i64> %j, %k\n  %x = fadd <4 x double> %y, %y",
+    )
+    report = simd.analyse(both, ("_veda_cpu",))
+    assert report["vectorized"] is True and (report["lanes"], report["element"]) == (4, "double")
+    missing = simd.analyse(slp_only, ("_veda_chunk",))
+    assert missing["vectorized"] is None and "_veda_chunk" in missing["reason"]
+
+
+_CHILD = textwrap.dedent(
+    """\
+    import json, numpy as np, veda
+
+    @veda.kernel
+    def twice(i, x, out):
+        out[i] = 2.0 * x[i]
+
+    x = np.arange(5000.0)
+    veda.launch(twice, 5000, x, np.empty(5000), target="cpu")
+    print(json.dumps(veda.explain(twice).code))
+    """
+)
+
+
+def _child(tmp_path, cache):
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = dict(os.environ, VEDA_CACHE_DIR=str(cache))
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+@pytest.mark.slow
+def test_a_cache_loaded_launcher_keeps_its_report(tmp_path):
+    cache = tmp_path / "cache"
+    first, _ = _child(tmp_path, cache)
+    second, _ = _child(tmp_path, cache)  # Numba's cache serves the code, without IR
+    assert first[0]["vectorized"] is True
+    assert second == first
+    # a damaged report is discarded with a warning, and said to be missing: no crash
+    records = list((cache / "kernels").glob("*.simd*.record"))
+    assert records
+    for r in records:
+        r.write_bytes(r.read_bytes()[:-3] + b"xyz")
+    third, err = _child(tmp_path, cache)
+    assert third[0]["vectorized"] is None and "cache" in third[0]["reason"]
+    assert "damaged" in err
