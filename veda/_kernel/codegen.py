@@ -539,9 +539,9 @@ def _into_all(count: str, private: Sequence[tuple[int, str]]) -> str:
 #: Used where the order must not depend on the compiler: min and max, and deterministic mode.
 UNROLL = 4
 
-#: Reductions whose blocks add (or multiply) through ``_veda_lanes``: the op compiled alone with
-#: LLVM's ``reassoc`` flag, which the inlined instruction keeps, so that LLVM may split a block's
-#: running value over SIMD lanes (the body's own arithmetic stays strict).  A strict chain of
+#: Reductions whose blocks add (or multiply) through ``language.reassoc_add`` / ``reassoc_mul``:
+#: the op with LLVM's ``reassoc`` flag on floats, so that LLVM may split a block's running value
+#: over SIMD lanes (the body's own arithmetic stays strict).  A strict chain of
 #: float adds is never vectorised: a sum of squares of 1e5 float64 took 20.8 us with four
 #: scalar accumulators and 11.7 us so, on one thread of the 2-core machine.  Blocks are still
 #: REDUCE_BLOCK long and combined in order; which lane gets which element is LLVM's choice.
@@ -674,17 +674,13 @@ def kernel_launchers(
         )
 
         lanes = reduce in LANES_OPS
-        if lanes:
-            fn(
-                "_veda_lanes(_a, _b)",
-                _COMBINE[reduce] + "\n",
-                _decorator(cache, boundscheck, fastmath=fastmath | {"reassoc"}),
-            )
 
         def blocks(callee: str, strict: bool = False) -> tuple[str, str]:
             """The block of one REDUCE_BLOCK, and the loop over blocks, calling ``callee``
             (``strict``: in an order the compiler keeps, see UNROLL and LANES_OPS)."""
-            combine = "_veda_combine" if strict or not lanes else "_veda_lanes"
+            combine = "_veda_combine"
+            if lanes and not strict:
+                combine = "_veda_lang.reassoc_add" if reduce == "sum" else "_veda_lang.reassoc_mul"
 
             def stmt(index: str) -> str:
                 value = f"_veda_lang.to_accumulator({callee}({index}{args}), _b)"

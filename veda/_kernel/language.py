@@ -472,6 +472,33 @@ def to_accumulator(typingctx, value, ident):  # type: ignore[no-untyped-def]
     return ident(value, ident), codegen
 
 
+def _reassociating(op: str, fop: str) -> Any:
+    """An intrinsic ``(a, b) -> a op b`` whose float form carries LLVM's ``reassoc`` flag, the
+    one rewrite a vectoriser needs to split a running sum over SIMD lanes (see
+    ``codegen.LANES_OPS``); other types get Python's operator as Numba compiles it.  Lowered
+    into its caller, so it costs no compiled library of its own."""
+    python_op = {"add": lambda a, b: a + b, "mul": lambda a, b: a * b}[op]
+
+    def typer(typingctx, a, b):  # type: ignore[no-untyped-def]
+        if a != b or not isinstance(a, (types.Number, types.Boolean)):
+            return None
+
+        def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
+            if isinstance(a, types.Float):
+                return getattr(builder, fop)(args[0], args[1], flags=("reassoc",))
+            return context.compile_internal(builder, python_op, sig, args)
+
+        return a(a, b), codegen
+
+    typer.__name__ = f"reassoc_{op}"
+    return intrinsic(typer)
+
+
+#: ``a + b`` and ``a * b`` that LLVM may reassociate (floats); exact elsewhere.
+reassoc_add = _reassociating("add", "fadd")
+reassoc_mul = _reassociating("mul", "fmul")
+
+
 @intrinsic
 def nonneg(typingctx, value):  # type: ignore[no-untyped-def]
     """Return ``value``, telling LLVM it is >= 0.

@@ -164,12 +164,11 @@ def record(module: Any) -> None:
                 _cache.save_record(_record_name(name, launcher, signature), report)
 
 
-def reports(module: Any, ndim: int) -> list[dict[str, Any]]:
+def reports(module: Any, ndim: int, extra: dict[str, int]) -> list[dict[str, Any]]:
     """One report per compiled launcher signature of generated ``module`` (a form with
-    ``ndim`` index parameters): its configuration, the kernel's argument types, and what its
-    loop's IR shows, or ``vectorized: None`` with the reason."""
-    from veda._kernel.definition import LAUNCHERS
-
+    ``ndim`` index parameters; ``extra``: each launcher's parameters of veda's own past the
+    domain's): its configuration, the kernel's argument types, and what its loop's IR shows,
+    or ``vectorized: None`` with the reason."""
     name = module.__name__
     out = []
     with _lock:
@@ -196,7 +195,7 @@ def reports(module: Any, ndim: int) -> list[dict[str, Any]]:
                         **report,
                         "configuration": configuration,
                         "launcher": launcher,
-                        "arguments": _signature(sig, ndim + LAUNCHERS[launcher]),
+                        "arguments": _signature(sig, ndim + extra[launcher]),
                     }
                 )
     return out

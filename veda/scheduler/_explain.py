@@ -172,7 +172,7 @@ def _vector_text(code: dict[str, Any]) -> str:
 def _code(kernel: KernelDefinition) -> list[dict[str, Any]]:
     """The loop reports of every CPU module compiled for ``kernel`` (:mod:`veda._kernel.simd`)."""
     from veda._kernel import simd
-    from veda._kernel.definition import fastmath_label
+    from veda._kernel.definition import LAUNCHERS, fastmath_label
 
     out = []
     for (ndim, _, (boundscheck, _)), module in sorted(
@@ -182,7 +182,9 @@ def _code(kernel: KernelDefinition) -> list[dict[str, Any]]:
             "fastmath": fastmath_label(kernel.fastmath) if kernel.fastmath else None,
             "boundscheck": boundscheck,
         }
-        out += [{**r, "ndim": ndim, "options": options} for r in simd.reports(module, ndim)]
+        out += [
+            {**r, "ndim": ndim, "options": options} for r in simd.reports(module, ndim, LAUNCHERS)
+        ]
     return out
 
 
