@@ -15,7 +15,14 @@ import pytest
 
 import veda
 from veda.scheduler import _dispatch
-from veda.scheduler._tuner import DRIFT, DRIFT_REVIEWS, REVIEW_EVERY, Tuner, score
+from veda.scheduler._tuner import (
+    DRIFT,
+    DRIFT_REVIEWS,
+    REVIEW_EVERY,
+    WARMUP_LAUNCHES,
+    Tuner,
+    score,
+)
 from veda.scheduler._wisdom import TuningCache
 from veda.targets import Decision
 
@@ -69,8 +76,35 @@ def test_noisy_measurements_still_pick_the_best():
 def test_exploration_budget_is_bounded():
     tuner = Tuner([*CANDIDATES, Decision("parallel", 2, "interleaved", 16)])
     budget = tuner.launches_to_explore()
-    assert budget <= 4 * len(tuner.candidates)
-    assert drive(tuner, lambda d, k: hash(d) % 7 + 1.0) <= budget
+    n = len(tuner.candidates)
+    # at most WARMUP_LAUNCHES warm-ups each, while a candidate keeps getting much faster
+    assert budget <= (4 + WARMUP_LAUNCHES - 1) * n
+    # steady times: one warm-up each, about 3n launches in all
+    assert drive(tuner, lambda d, k: hash(d) % 7 + 1.0) <= 4 * n
+
+
+def test_a_candidate_warms_up_while_it_keeps_getting_faster():
+    """The first parallel launches of a process settle over several launches: the candidate
+    that runs them is measured once they stop getting much faster, not at its second launch."""
+    settle = [1000.0, 9.0, 3.0]  # STATIC's first launches (then 1.0: its real speed)
+    times = {CPU: 4.0, STATIC: 1.0, DYNAMIC: 1.3, GUIDED: 1.6}
+    seen = {d: 0 for d in CANDIDATES}
+
+    def measure(d, k):
+        seen[d] += 1
+        if d == STATIC and seen[d] <= len(settle):
+            return settle[seen[d] - 1]
+        return times[d]
+
+    tuner = Tuner([STATIC, CPU, DYNAMIC, GUIDED])
+    launches = drive(tuner, measure)
+    assert tuner.choice == STATIC, tuner.trials
+    assert tuner.trials[STATIC].samples[0] == 1.0  # 9.0 and 3.0 were warm-ups
+    assert launches <= tuner.launches_to_explore()
+    # a candidate that never settles is measured after WARMUP_LAUNCHES launches all the same
+    falling = Tuner([STATIC, CPU])
+    drive(falling, lambda d, k: 10.0**-k if d == STATIC else 1.0)
+    assert falling.choice is not None
 
 
 def test_single_candidate_needs_no_exploration():

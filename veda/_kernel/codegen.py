@@ -61,6 +61,11 @@ SERIAL_PIECE = 256
 #: First piece of a parallel chunk, in flat elements.  Reductions start at one REDUCE_BLOCK, so
 #: that pieces split a chunk where its partial sums split it anyway: the bits do not change.
 PARALLEL_PIECE = 32
+#: Where a parallel launcher keeps its chunk counter in its stack scratch of SYNC_WORDS int64:
+#: 256 bytes past the error slots, so that they never share a cache line (nor a pair of lines,
+#: which Intel's adjacent-line prefetcher fetches together).
+COUNTER_WORD = 32
+SYNC_WORDS = COUNTER_WORD + 1
 
 _LIBRARIES = frozenset({"numba", "numpy", "math", "cmath", "veda"})
 
@@ -978,9 +983,14 @@ def kernel_launchers(
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size, _bounds{args})",
             f"{head}"
-            "_err = _veda_lang.scratch(3, _veda_np.int64(-1))\n"
+            # The chunk counter, which a dynamic or guided worker bumps for every chunk, 256
+            # bytes away from the error slots, which every worker reads for every piece: on one
+            # cache line the two cores passed it back and forth at each chunk.
+            f"_sync = _veda_lang.scratch({SYNC_WORDS}, _veda_np.int64(-1))\n"
+            "_err = _sync[0:3]\n"
             "_err[2] = 0\n"
-            "_counter = _veda_lang.scratch(1, _veda_np.int64(0))\n"
+            f"_counter = _sync[{COUNTER_WORD}:{COUNTER_WORD + 1}]\n"
+            "_counter[0] = 0\n"
             "_caller = _veda_lang.thread_ident()\n"
             f"{init}"
             "for _w in _veda_numba.prange(_veda_T):\n"

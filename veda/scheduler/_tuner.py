@@ -3,8 +3,9 @@ with injected measurements.
 
 One :class:`Tuner` decides for one kernel and one size class (domain sizes within a power of
 two).  It explores a bounded set of candidate configurations by successive halving: every
-candidate runs once after a discarded warm-up launch, the faster half runs again, and so on
-until one is left (about 3n launches for n candidates).  It then exploits the winner and
+candidate runs once after a discarded warm-up launch (more while it still gets much faster), the
+faster half runs again, each survivor's samples back to back, and so on until one is left
+(about 3n launches for n candidates).  It then exploits the winner and
 watches the time per element; when that stays off the winner's measured figure by more than
 :data:`DRIFT` for :data:`DRIFT_REVIEWS` reviews in a row, or the machine changes (fewer free
 cores), it explores again.
@@ -35,6 +36,13 @@ DRIFT_REVIEWS = 2
 #: times).  Later rounds take more: the survivors are close, and on a shared machine the noise of
 #: a memory-bound launch is 10-15% (bench/bench_dispatch.py).
 ROUND_SAMPLES = (1, 3, 5, 5)
+#: A candidate stays in warm-up while each launch is more than this many times faster than the
+#: one before, for at most WARMUP_LAUNCHES launches.  The first parallel launches of a process
+#: start Numba's thread pool and settle for a while: a 1e5 saxpy took 10 ms, 60 us, 22 us, then
+#: 17-22 us on the 2-core machine, and the candidate that ran them first, measured at its second
+#: launch, was dropped at three times its speed.
+WARMUP_SPEEDUP = 1.5
+WARMUP_LAUNCHES = 4
 
 
 class _Samples:
@@ -108,7 +116,9 @@ class Tuner:
     explorations: int = 0
     version: int = 0  # bumped at every change of decision
     _round: int = 0
-    _cold: set[Decision] = field(default_factory=set)
+    #: Candidates in warm-up, with the time per element of their last warm-up launch (NaN
+    #: before the first) and how many they ran.
+    _cold: dict[Decision, tuple[float, int]] = field(default_factory=dict)
     _alive: list[Decision] = field(default_factory=list)
     _queue: list[Decision] = field(default_factory=list)
     _drifting: int = 0
@@ -127,8 +137,9 @@ class Tuner:
         self.choice = None
         self._round = 0
         # The first launch of each candidate is discarded: it pays for things later launches
-        # do not (first touch of fresh output pages, the thread pool's start, cold caches).
-        self._cold = set(self.candidates)
+        # do not (first touch of fresh output pages, the thread pool's start, cold caches);
+        # so are the next ones while they still get much faster (WARMUP_SPEEDUP).
+        self._cold = {d: (math.nan, 0) for d in self.candidates}
         self._alive = list(self.candidates)
         self._drifting = 0
         self.explorations += 1
@@ -163,7 +174,11 @@ class Tuner:
     # -- exploring ----------------------------------------------------------------------------
     def _schedule_round(self) -> list[Decision]:
         reps = ROUND_SAMPLES[min(self._round, len(ROUND_SAMPLES) - 1)]
-        return [d for _ in range(reps) for d in self._alive]
+        # Each survivor's samples back to back, as in a loop that launches the kernel again and
+        # again: a static schedule finds each worker's part of the arrays in that worker's
+        # cache from its last launch, which interleaved samples took away (a 1e5 saxpy on 2
+        # threads, static: 17 us after itself, 28-39 us after another schedule).
+        return [d for d in self._alive for _ in range(reps)]
 
     def next(self) -> Decision:
         """The configuration to run next."""
@@ -178,9 +193,16 @@ class Tuner:
             return
         if decision not in self.trials or not self._queue or self._queue[0] != decision:
             return  # a launch that the tuner did not ask for (another thread's, say)
-        if decision in self._cold:
-            self._cold.discard(decision)
-            return  # a warm-up launch: run the same candidate again
+        cold = self._cold.get(decision)
+        if cold is not None:
+            last, launches = cold
+            warm = launches > 0 and (
+                seconds_per_element * WARMUP_SPEEDUP >= last or launches >= WARMUP_LAUNCHES
+            )
+            if not warm:
+                self._cold[decision] = (seconds_per_element, launches + 1)
+                return  # a warm-up launch: run the same candidate again
+            del self._cold[decision]  # this launch is its first sample
         self._queue.pop(0)
         self.trials[decision].samples.append(seconds_per_element)
         if not self._queue:
@@ -224,7 +246,7 @@ class Tuner:
     def launches_to_explore(self) -> int:
         """An upper bound on the launches a full exploration takes (the exploration budget)."""
         n, r = len(self.candidates), 0
-        total = n  # one warm-up launch per candidate
+        total = n * WARMUP_LAUNCHES  # warm-up launches per candidate, at most
         while n > 1:
             total += n * ROUND_SAMPLES[min(r, len(ROUND_SAMPLES) - 1)]
             n = 2 if (n == 2 and r == 0) else max(1, n // 2)
