@@ -7,6 +7,10 @@ Targets (issue 4), medians in one process on the 2-core machine:
   configuration, the one grid point that is best over the whole sweep) is <= 0.9;
 - the exploration cost (extra time of the first launches of a size class) is reported.
 
+The grid is measured interleaved (every configuration in turn, the order rotated from repeat to
+repeat); the oracle and the adaptive launch are then timed launch by launch in turn, both
+through ``veda.launch``.
+
     python bench/bench_dispatch.py [--reduced | --quick]
 
 ``--reduced`` leaves out the largest sizes; ``--quick`` runs a few tiny workloads in seconds,
@@ -27,7 +31,7 @@ import veda
 from veda.scheduler import default_chunk
 from veda_kernels import blas1, loops, sparse
 
-from _util import check_each, median_seconds, parser, report
+from _util import check_each, compare, median_seconds, parser, report
 
 
 @veda.kernel
@@ -169,7 +173,9 @@ def main(sweep: str = "full") -> dict:
             fn()
         probe = median_seconds(run[("cpu", 1, "static", 1)], 3)
         reps = 3 if quick else repeats_for(probe)
-        fixed = {c: median_seconds(fn, reps) for c, fn in run.items()}
+        # every configuration measured interleaved with the others (the order rotated from
+        # repeat to repeat), so that a slow spell of the machine hits them all alike
+        fixed = compare(run, repeats=reps, warmup=0, rotate=True)
         # adaptive: the first launches explore; their cost beyond steady state is reported
         explore_times = []
         for _ in range(200):
@@ -188,9 +194,12 @@ def main(sweep: str = "full") -> dict:
         oracle_cfg = min(fixed, key=fixed.__getitem__)
         # adaptive against the oracle, interleaved launch by launch so drift hits both alike
         pair: dict[str, list[float]] = {"adaptive": [], "oracle": []}
+        # both through veda.launch (the oracle's overrides, the adaptive launch's none), so that
+        # the ratio compares decisions, not launch paths (k[n] skips veda.launch's argument
+        # handling: about 1 us)
         for _ in range(reps):
             for label, fn in (
-                ("adaptive", lambda: kernel[domain](*args)),
+                ("adaptive", lambda: veda.launch(kernel, domain, *args)),
                 ("oracle", run[oracle_cfg]),
             ):
                 t0 = time.perf_counter()
