@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -252,7 +254,9 @@ _CHILD = textwrap.dedent(
 
     x = np.arange(5000.0)
     veda.launch(twice, 5000, x, np.empty(5000), target="cpu")
-    print(json.dumps(veda.explain(twice).code))
+    ex = veda.explain(twice)
+    str(ex), ex._repr_html_()  # renders whatever the report holds
+    print(json.dumps(ex.code))
     """
 )
 
@@ -283,3 +287,145 @@ def test_a_cache_loaded_launcher_keeps_its_report(tmp_path):
     third, err = _child(tmp_path, cache)
     assert third[0]["vectorized"] is None and "cache" in third[0]["reason"]
     assert "damaged" in err
+    # a whole record (its checksum right) that lacks what a report holds: discarded too
+    from veda._kernel import cache as kernel_cache
+
+    for r in records:
+        payload = pickle.dumps({"signature": first[0]["signature"]})
+        r.write_bytes(kernel_cache._MAGIC + hashlib.sha256(payload).digest() + payload)
+    fourth, _ = _child(tmp_path, cache)
+    assert fourth[0]["vectorized"] is None
+
+
+# -- found by an adversarial review ---------------------------------------------------------
+
+
+def test_flags_that_only_equal_a_flag_name_become_plain_strings():
+    class Shout(str):
+        def __repr__(self):
+            return "Shout()"
+
+    @veda.kernel(fastmath=set(np.array(["nnan", "contract"])) | {Shout("reassoc")})
+    def k(i, x):
+        x[i] = x[i] * 2.0
+
+    assert all(type(f) is str for f in k.fastmath)
+    assert repr(k).endswith("fastmath={'contract', 'nnan', 'reassoc'}>")
+    x = np.ones(10)
+    veda.launch(k, 10, x, target="cpu")
+    np.testing.assert_array_equal(x, 2.0)
+    with pytest.raises(veda.KernelDefinitionError, match="unknown fastmath flag"):
+        veda.kernel(fastmath={b"nnan"})(k.py_func)
+
+
+def _records(k):
+    module = k.program(1, len(k.params) - 1, (False, True))
+    return module, sorted((_kept_dir() / ".").glob(f"{module.__name__}.simd*.record"))
+
+
+def _kept_dir():
+    from veda._kernel import cache
+
+    return cache._kernels_dir()
+
+
+@veda.kernel(reduce="sum")
+def _kept(i, x):
+    return 5.0 * x[i]
+
+
+def test_a_report_lost_at_compile_is_made_and_kept_by_explain():
+    """An interrupt at the end of a first compile skips the report kept for later processes;
+    explain makes it, and keeps it, while this process still holds the IR."""
+    veda.launch(_kept, N, np.ones(N), target="cpu")
+    module, kept = _records(_kept)
+    assert kept, "the compile kept no report"
+    for path in kept:
+        path.unlink()
+    for key in [key for key in simd._known if key[0] == module.__name__]:
+        del simd._known[key]
+    (row,) = _code(_kept, "cpu")
+    assert row["vectorized"] is True
+    assert [p.name for p in _records(_kept)[1]] == [p.name for p in kept]
+
+
+def test_the_profiled_parallel_loop_has_a_report():
+    x, y = _data()
+    with veda.config(profile=True):
+        veda.launch(saxpy, N, 2.0, x, y, np.empty(N), target="parallel", threads=2)
+    (row,) = _code(saxpy, "parallel, profiled")
+    assert row["vectorized"] is True, row
+
+
+def test_reports_are_kept_per_cpu():
+    """Numba keeps code per CPU (name and features), so a cache shared by machines holds one
+    report per CPU."""
+
+    class Codegen:
+        def __init__(self, cpu):
+            self.cpu = cpu
+
+        def magic_tuple(self):
+            return ("x86_64-unknown-linux-gnu", self.cpu, "+avx2")
+
+    class Compiled:
+        def __init__(self, cpu):
+            self.library = type("Library", (), {"codegen": Codegen(cpu)})()
+
+    names = {simd._record_name("m", "_veda_cpu", "float64", Compiled(c)) for c in ("a", "b")}
+    assert len(names) == 2
+    same = simd._record_name("m", "_veda_cpu", "float64", Compiled("a"))
+    assert same in names
+
+
+@veda.kernel(reduce="sum")
+def _complex_sum(i, z):
+    return z[i]
+
+
+def test_the_width_is_the_arithmetic_s_not_the_loads():
+    """A complex sum loads twice the vector it adds (real and imaginary parts, shuffled)."""
+    z = np.arange(N) * (1 + 2j)
+    assert veda.launch(_complex_sum, N, z, target="cpu") == z.sum()
+    veda.launch(saxpy, N, 2.0, *_data(), np.empty(N), target="cpu")
+    (plain,) = _code(saxpy, "cpu")
+    (row,) = _code(_complex_sum, "cpu")
+    assert row["vectorized"] is True and row["element"] == "double"
+    assert row["bits"] == plain["bits"], (row, plain)
+
+
+_TABLE = np.arange(N, dtype=np.float64)
+
+
+@veda.kernel
+def _reads_a_global(i, out):
+    out[i] = _TABLE[i] + 1.0
+
+
+@veda.kernel
+def _scatter(i, idx, x, out):
+    out[idx[i]] = x[i]
+
+
+def test_modules_in_memory_keep_no_report_on_disk():
+    out = np.empty(N)
+    veda.launch(_reads_a_global, N, out, target="cpu")
+    np.testing.assert_array_equal(out, _TABLE + 1.0)
+    with veda.config(cache=False):
+        veda.launch(_scatter, N, np.arange(N)[::-1].copy(), _TABLE, np.empty(N), target="cpu")
+    for k in (_reads_a_global, _scatter):
+        (row,) = _code(k, "cpu")
+        assert row["vectorized"] is not None  # this process holds the IR
+    for k, options in ((_reads_a_global, (False, True)), (_scatter, (False, False))):
+        module = k.program(1, len(k.params) - 1, options)
+        assert not simd._on_disk(module)
+        assert not list(_kept_dir().glob(f"{module.__name__}.simd*"))
+
+
+def test_a_scalar_loop_is_counted():
+    idx = np.arange(N)[::-1].copy()
+    out = np.empty(N)
+    veda.launch(_scatter, N, idx, _TABLE, out, target="cpu")
+    np.testing.assert_array_equal(out, _TABLE[::-1])
+    rows = _code(_scatter, "cpu")
+    assert all(row["loops"] >= 1 for row in rows), rows

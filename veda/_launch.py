@@ -1226,9 +1226,11 @@ def kernel(
         lets a sum be split over SIMD lanes; ``"contract"`` fuses multiply-adds; also
         ``"nnan"``, ``"ninf"``, ``"nsz"``, ``"arcp"``, ``"afn"``).  Results may change in the
         last bits, and with ``"nnan"``/``"ninf"`` wrongly where NaNs or infinities occur.
-        ``@veda.func`` helpers keep their own (strict) arithmetic, and on ``"cuda"`` any flag
-        turns on CUDA's fast math.  Deterministic mode refuses such kernels.  Whether a loop
-        was vectorised, and how wide, is in :func:`veda.explain` (``.code``).
+        A set of flags leaves ``@veda.func`` helpers' own arithmetic strict; ``True`` also sets
+        LLVM's function-wide fast-math attributes, which reach helpers inlined into the kernel
+        (as with Numba's ``fastmath=True``).  On ``"cuda"`` any flag turns on CUDA's fast
+        math.  Deterministic mode refuses such kernels.  Whether a loop was vectorised, and
+        how wide, is in :func:`veda.explain` (``.code``).
 
     Examples
     --------

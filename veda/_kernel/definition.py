@@ -221,12 +221,14 @@ def fastmath_flags(pyfunc: Callable[..., Any], value: Any) -> frozenset[str]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (set, frozenset, list, tuple)):
         hint = f" (write fastmath={{{value!r}}})" if isinstance(value, str) else ""
         raise KernelDefinitionError(f"{what}: fastmath={value!r}; expected {expected}{hint}")
-    unknown = [f for f in value if f not in FASTMATH_FLAGS and f != "fast"]
+    unknown = [f for f in value if not isinstance(f, str) or f not in (*FASTMATH_FLAGS, "fast")]
     if unknown:
         raise KernelDefinitionError(
             f"{what}: unknown fastmath flag(s) {', '.join(map(repr, unknown))}; expected {expected}"
         )
-    flags = frozenset(value)
+    # Plain str of the same characters (a NumPy string, a subclass with its own repr): the
+    # flags are written into generated source with repr.
+    flags = frozenset("".join(f) for f in value)
     return frozenset({"fast"}) if "fast" in flags or flags >= set(FASTMATH_FLAGS) else flags
 
 

@@ -486,6 +486,12 @@ def _reassociating(op: str, fop: str) -> Any:
         def codegen(context, builder, sig, args):  # type: ignore[no-untyped-def]
             if isinstance(a, types.Float):
                 return getattr(builder, fop)(args[0], args[1], flags=("reassoc",))
+            if isinstance(a, types.Complex) and op == "add":  # part by part
+                x, y = (context.make_complex(builder, a, value=v) for v in args)
+                z = context.make_complex(builder, a)
+                z.real = builder.fadd(x.real, y.real, flags=("reassoc",))
+                z.imag = builder.fadd(x.imag, y.imag, flags=("reassoc",))
+                return z._getvalue()
             return context.compile_internal(builder, python_op, sig, args)
 
         return a(a, b), codegen

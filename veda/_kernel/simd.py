@@ -2,14 +2,17 @@
 
 Each CPU launcher runs its loop in one generated function: ``"cpu"`` in ``_veda_cpu`` itself,
 ``"parallel"`` in ``_veda_chunk`` (linked into the launcher's library), deterministic
-reductions in ``_veda_det_blocks`` or ``_veda_det_pieces``.  That function's IR is split into
-basic blocks; a loop is a block ending in a branch tagged ``!llvm.loop``, and it is vectorised
-when that block computes on vectors (``<4 x double>``: LLVM's loop vectoriser leaves one such
-block, its scalar remainder another).  The widest vector of a vectorised loop gives the width.
+reductions in ``_veda_det_blocks`` or ``_veda_det_pieces`` (or, where LLVM inlined that into
+its caller, the worker).  That function's IR is split into basic blocks; a loop is a block that
+branches back to itself or to a block before it, and it is vectorised when that block computes
+on vectors (``<4 x double>``: LLVM's loop vectoriser leaves one such block, its scalar remainder
+another).  The widest vector its arithmetic works on gives the width (its loads and stores,
+where it only moves data).
 
 Numba keeps no IR for code it loads from its disk cache, so a report is made when a launcher is
-compiled and kept beside the cached code (:func:`veda._kernel.cache.save_record`); a launcher
-loaded from an older cache has none, and says so.
+compiled and kept beside the cached code (:func:`veda._kernel.cache.save_record`), under the
+CPU it was compiled for as Numba's cache keys code; a launcher loaded from an older cache has
+none, and says so.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ __all__ = ["analyse", "record", "reports"]
 LOOPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "_veda_cpu": ("cpu", ("_veda_cpu",)),
     "_veda_parallel": ("parallel", ("_veda_chunk", "_veda_parallel_worker")),
-    "_veda_parallel_profile": ("parallel, profiled", ("_veda_chunk",)),
+    "_veda_parallel_profile": (
+        "parallel, profiled",
+        ("_veda_chunk", "_veda_parallel_profile_worker"),
+    ),
     "_veda_det_cpu": ("cpu, deterministic", ("_veda_det_cpu",)),
     "_veda_det_parallel": (
         "parallel, deterministic",
@@ -41,7 +47,23 @@ _BITS["i8"] = 8
 _VECTOR = re.compile(r"<(\d+) x (double|float|half|bfloat|i64|i32|i16|i8)>")
 _DEFINE = re.compile(r'^define [^@]*@"?([^"(\s]+)"?\(', re.M)
 _LABEL = re.compile(r"^([-\w.$]+):")
-_LOOP_TAG = re.compile(r"!llvm\.loop !\d+")
+_TARGET = re.compile(r"label %([-\w.$]+)")
+#: Instructions that compute (rather than move data): their vectors make a loop's width.
+_ARITHMETIC = re.compile(
+    r"= (?:fadd|fsub|fmul|fdiv|frem|fneg|add|sub|mul|sdiv|udiv|and|or|xor|shl|lshr|ashr|fcmp|"
+    r"icmp|select)\b|@llvm\.(?:fma|fmuladd|minnum|maxnum|minimum|maximum|sqrt|fabs|vector\.reduce)"
+)
+#: What a kept report must hold, and of which types, to be used.
+_FIELDS = {
+    "vectorized": (bool,),
+    "loops": (int,),
+    "vectorized_loops": (int,),
+    "lanes": (int,),
+    "element": (str,),
+    "bits": (int,),
+    "function": (str,),
+    "signature": (str,),
+}
 
 _lock = threading.Lock()
 #: (module name, launcher, signature) -> report, for this process.
@@ -89,27 +111,34 @@ def analyse(ir: str, names: tuple[str, ...]) -> dict[str, Any]:
     else:
         return {"vectorized": None, "reason": f"no function {names[0]} in the compiled code"}
     loops = vectorized = 0
-    # (floating point, bits, lanes, element): the data's vectors before the index vectors
-    # that a vectorised loop also carries (``<4 x i64>`` of positions, for masks).
-    best: tuple[bool, int, int, str] = (False, 0, 0, "")
+    # (arithmetic, floating point, bits, lanes, element): the data's vectors before the index
+    # vectors a vectorised loop also carries (``<4 x i64>`` of positions, for masks), and
+    # what it computes on before what it loads (a complex sum loads ``<8 x double>`` and
+    # shuffles it into the ``<4 x double>`` it adds).
+    best: tuple[bool, bool, int, int, str] = (False, False, 0, 0, "")
+    seen: set[str] = set()
     block: list[str] = []
     for line in body.splitlines():
-        if _LABEL.match(line):
+        label = _LABEL.match(line)
+        if label:
+            seen.add(label.group(1))
             block = []
             continue
         block.append(line)
-        if _LOOP_TAG.search(line):
-            loops += 1
-            widths = [
-                (not t.startswith("i"), int(n) * _BITS[t], int(n), t)
-                for b in block
-                for n, t in _VECTOR.findall(b)
-                if int(n) > 1
-            ]
-            if widths:
-                vectorized += 1
-                best = max(best, max(widths))
-    _, bits, lanes, element = best
+        stripped = line.lstrip()
+        if not stripped.startswith("br ") or not seen.intersection(_TARGET.findall(line)):
+            continue
+        loops += 1  # a branch back: this block closes a loop
+        widths = [
+            (bool(_ARITHMETIC.search(b)), not t.startswith("i"), int(n) * _BITS[t], int(n), t)
+            for b in block
+            for n, t in _VECTOR.findall(b)
+            if int(n) > 1
+        ]
+        if widths:
+            vectorized += 1
+            best = max(best, max(widths))
+    _, _, bits, lanes, element = best
     return {
         "vectorized": vectorized > 0,
         "loops": loops,
@@ -128,11 +157,15 @@ def _signature(sig: tuple[Any, ...], offset: int) -> str:
 
 #: Bumped whenever :func:`analyse` reads the IR differently: reports kept by an older
 #: version are not reused.
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
-def _record_name(module: str, launcher: str, signature: str) -> str:
-    digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+def _record_name(module: str, launcher: str, signature: str, cres: Any) -> str:
+    """The record of one launcher signature compiled for this CPU: Numba keeps code per
+    (triple, CPU name, features), and so must its report (a cache shared between machines)."""
+    codegen = getattr(getattr(cres, "library", None), "codegen", None)
+    machine = repr(codegen.magic_tuple()) if hasattr(codegen, "magic_tuple") else ""
+    digest = hashlib.sha256(f"{signature}|{machine}".encode()).hexdigest()[:16]
     return f"{module}.simd{REPORT_VERSION}.{launcher}.{digest}"
 
 
@@ -141,27 +174,43 @@ def _inspectable(cres: Any) -> bool:
     return not getattr(getattr(cres, "library", None), "_disable_inspection", True)
 
 
-def _report_of(module: str, launcher: str, sig: tuple[Any, ...], cres: Any) -> dict[str, Any]:
+def _on_disk(module: Any) -> bool:
+    """Whether ``module`` lives in the kernel cache (not in memory: ``cache=False``, or objects
+    without a source form), where a kept report can be found again."""
+    return not str(getattr(module, "__file__", "") or "<").startswith("<")
+
+
+def _valid(report: Any, signature: str) -> bool:
+    return (
+        isinstance(report, dict)
+        and all(isinstance(report.get(k), types) for k, types in _FIELDS.items())
+        and report["signature"] == signature
+    )
+
+
+def _fresh(module: Any, launcher: str, sig: tuple[Any, ...], cres: Any) -> dict[str, Any]:
+    """The report of a compile Numba still holds the IR of, kept here and, for a module on
+    disk, in the kernel cache."""
     signature = _signature(sig, 0)
     report = analyse(cres.library.get_llvm_str(), LOOPS[launcher][1])
     report["signature"] = signature
-    _known[(module, launcher, signature)] = report
+    _known[(module.__name__, launcher, signature)] = report
+    if _on_disk(module):
+        _cache.save_record(_record_name(module.__name__, launcher, signature, cres), report)
     return report
 
 
 def record(module: Any) -> None:
     """Report on each freshly compiled launcher of generated ``module`` (called after a compile
     that was not a cache hit), kept here and in the kernel cache for later processes."""
-    name = module.__name__
     with _lock:
         for launcher in LOOPS:
             dispatcher = getattr(module, launcher, None)
             for sig, cres in list(getattr(dispatcher, "overloads", {}).items()):
-                signature = _signature(sig, 0)
-                if (name, launcher, signature) in _known or not _inspectable(cres):
+                if (module.__name__, launcher, _signature(sig, 0)) in _known:
                     continue
-                report = _report_of(name, launcher, sig, cres)
-                _cache.save_record(_record_name(name, launcher, signature), report)
+                if _inspectable(cres):
+                    _fresh(module, launcher, sig, cres)
 
 
 def reports(module: Any, ndim: int, extra: dict[str, int]) -> list[dict[str, Any]]:
@@ -177,18 +226,19 @@ def reports(module: Any, ndim: int, extra: dict[str, int]) -> list[dict[str, Any
             for sig, cres in list(getattr(dispatcher, "overloads", {}).items()):
                 signature = _signature(sig, 0)
                 report = _known.get((name, launcher, signature))
-                if report is None:
-                    kept = _cache.load_record(_record_name(name, launcher, signature))
-                    if isinstance(kept, dict) and kept.get("signature") == signature:
+                if report is None and _on_disk(module):
+                    kept = _cache.load_record(_record_name(name, launcher, signature, cres))
+                    if _valid(kept, signature):
                         report = _known[(name, launcher, signature)] = kept
                 if report is None and _inspectable(cres):
-                    report = _report_of(name, launcher, sig, cres)
+                    # (a compile that an interrupt ended before its report was kept, say)
+                    report = _fresh(module, launcher, sig, cres)
                 if report is None:
                     report = {
                         "vectorized": None,
-                        "reason": "loaded from Numba's cache, which keeps no IR, and compiled "
-                        "before veda kept a report; `veda cache clear` and a new compile "
-                        "give one",
+                        "reason": "loaded from Numba's cache, which keeps no IR, without the "
+                        "report veda keeps beside it (compiled by an older veda, or the report "
+                        "was damaged); `veda cache clear` and a new compile give one",
                     }
                 out.append(
                     {
