@@ -99,12 +99,23 @@ def test_a_candidate_warms_up_while_it_keeps_getting_faster():
     tuner = Tuner([STATIC, CPU, DYNAMIC, GUIDED])
     launches = drive(tuner, measure)
     assert tuner.choice == STATIC, tuner.trials
-    assert tuner.trials[STATIC].samples[0] == 1.0  # 9.0 and 3.0 were warm-ups
+    # 1000.0, 9.0, 3.0 were warm-ups, and so was the first 1.0 (judged against the 3.0 before it)
+    assert tuner.trials[STATIC].samples[0] == 1.0
     assert launches <= tuner.launches_to_explore()
     # a candidate that never settles is measured after WARMUP_LAUNCHES launches all the same
+    runs = {STATIC: 0}
+
+    def falling_cost(d, k):
+        if d != STATIC:
+            return 1.0
+        runs[STATIC] += 1
+        return 10.0 ** -runs[STATIC]
+
     falling = Tuner([STATIC, CPU])
-    drive(falling, lambda d, k: 10.0**-k if d == STATIC else 1.0)
+    drive(falling, falling_cost)
     assert falling.choice is not None
+    # its first sample is the launch after WARMUP_LAUNCHES warm-ups
+    assert falling.trials[STATIC].samples[0] == 10.0 ** -(WARMUP_LAUNCHES + 1)
 
 
 def test_single_candidate_needs_no_exploration():
@@ -492,7 +503,9 @@ def test_an_exploring_launch_on_a_smaller_share_is_not_credited_to_its_candidate
 
 def test_snapshot_shows_the_decisions():
     x = np.zeros(50)
-    for _ in range(3):  # the serial candidate's warm-up and measured launches decide it
+    # the serial candidate's warm-up (while its launches still get much faster) and measured
+    # launches decide it
+    for _ in range(1 + WARMUP_LAUNCHES):
         tiny[50](x)
     decisions = veda.metrics().kernel(f"{__name__}.tiny").decisions
     assert decisions and decisions[0]["decision"] == CPU

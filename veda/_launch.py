@@ -33,6 +33,7 @@ import types
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from time import perf_counter
 from typing import Any, overload
 
@@ -45,7 +46,8 @@ from veda._hardware import energy as _energy
 from veda._hardware import gpu as _gpu
 from veda._hardware.signals import held_interrupts, unwrap_interrupt
 from veda._kernel import checks as _checks
-from veda._kernel.definition import Form, KernelDefinition, fastmath_label
+from veda._kernel.codegen import fastmath_label
+from veda._kernel.definition import Form, KernelDefinition
 from veda._types import Decision, LaunchOptions, Overrides
 from veda.errors import LaunchError, VedaError
 from veda.scheduler._rules import merge
@@ -474,7 +476,7 @@ class Kernel(KernelDefinition):
         pyfunc: Callable[..., Any],
         reduce: str | Mapping[str, str] | None = None,
         ndim: int | None = None,
-        fastmath: bool | Sequence[str] | frozenset[str] = False,
+        fastmath: bool | AbstractSet[str] | Sequence[str] = False,
     ) -> None:
         super().__init__(pyfunc, reduce=reduce, ndim=ndim, fastmath=fastmath)
         #: The call site of each domain expression used (``k[n]``, ``k[(n,)]``; see :class:`_Site`).
@@ -1186,7 +1188,7 @@ def kernel(
     *,
     reduce: str | Mapping[str, str] | None = None,
     ndim: int | None = None,
-    fastmath: bool | Sequence[str] | frozenset[str] = False,
+    fastmath: bool | AbstractSet[str] | Sequence[str] = False,
 ) -> Callable[[Callable[..., Any]], Kernel]: ...
 
 
@@ -1196,7 +1198,7 @@ def kernel(
     *,
     reduce: str | Mapping[str, str] | None = None,
     ndim: int | None = None,
-    fastmath: bool | Sequence[str] | frozenset[str] = False,
+    fastmath: bool | AbstractSet[str] | Sequence[str] = False,
 ) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
     """Turn a loop body into a parallel kernel.
 
@@ -1226,11 +1228,11 @@ def kernel(
         lets a sum be split over SIMD lanes; ``"contract"`` fuses multiply-adds; also
         ``"nnan"``, ``"ninf"``, ``"nsz"``, ``"arcp"``, ``"afn"``).  Results may change in the
         last bits, and with ``"nnan"``/``"ninf"`` wrongly where NaNs or infinities occur.
-        A set of flags leaves ``@veda.func`` helpers' own arithmetic strict; ``True`` also sets
-        LLVM's function-wide fast-math attributes, which reach helpers inlined into the kernel
-        (as with Numba's ``fastmath=True``).  On ``"cuda"`` any flag turns on CUDA's fast
-        math.  Deterministic mode refuses such kernels.  Whether a loop was vectorised, and
-        how wide, is in :func:`veda.explain` (``.code``).
+        ``@veda.func`` helpers keep their own strict arithmetic whatever the kernel's flags
+        (unlike Numba, where a callee without flags of its own takes its caller's).  On
+        ``"cuda"`` any flag turns on CUDA's fast math.  Deterministic mode refuses such
+        kernels.  Whether a loop was vectorised, and how wide, is in :func:`veda.explain`
+        (``.code``).
 
     Examples
     --------

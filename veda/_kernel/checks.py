@@ -315,12 +315,12 @@ def install_compile_hook(
             # ctypes callbacks it would be printed and lost, and the launch would run on.
             with held_interrupts():
                 result = original(*args, **kws)
+                hit = sum(dispatcher.stats.cache_hits.values()) > hits
+                if launcher and not hit:  # part of the compile: timed, and held like it
+                    _vector_reports(module)
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, who.name, names, user_args) from None
         end = time.perf_counter()
-        hit = sum(dispatcher.stats.cache_hits.values()) > hits
-        if launcher and not hit:
-            _vector_reports(module)
         types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
         with lock:
             first = types_ not in seen

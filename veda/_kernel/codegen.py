@@ -21,6 +21,7 @@ raise the original exception.
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import textwrap
 import types
@@ -62,8 +63,8 @@ SERIAL_PIECE = 256
 #: that pieces split a chunk where its partial sums split it anyway: the bits do not change.
 PARALLEL_PIECE = 32
 #: Where a parallel launcher keeps its chunk counter in its stack scratch of SYNC_WORDS int64:
-#: 256 bytes past the error slots, so that they never share a cache line (nor a pair of lines,
-#: which Intel's adjacent-line prefetcher fetches together).
+#: 256 bytes from the start of the error slots (232 past their end), so that they never share a
+#: cache line (nor a pair of lines, which Intel's adjacent-line prefetcher fetches together).
 COUNTER_WORD = 32
 SYNC_WORDS = COUNTER_WORD + 1
 
@@ -185,18 +186,27 @@ PRANGE_ONLY = (
 )
 
 
-def fastmath_text(flags: frozenset[str]) -> str:
-    """The ``fastmath=`` option of a decorator for a kernel's flags (nothing when off: the
-    generated text, and so every cache entry, of kernels without flags stays as it was)."""
-    if not flags:
-        return ""
-    if "fast" in flags:
-        return ", fastmath=True"
-    return ", fastmath={" + ", ".join(repr(f) for f in sorted(flags)) + "}"
+def fastmath_label(flags: frozenset[str]) -> str:
+    """``True`` or ``{'contract', 'reassoc'}``: the flags as the decorator takes them."""
+    return "True" if "fast" in flags else "{" + ", ".join(map(repr, sorted(flags))) + "}"
+
+
+def fastmath_text(flags: frozenset[str] | None) -> str:
+    """The ``fastmath=`` option of a decorator for a kernel's flags: nothing when off (the
+    generated text, and so every cache entry, of kernels without flags stays as it was), and
+    ``fastmath=False`` for ``None``, a helper's: Numba compiles a function that does not set
+    the option with its caller's flags, and keeps that build (in memory and in the helper's
+    cached module) for every caller, a strict kernel's too."""
+    if flags is None:
+        return ", fastmath=False"
+    return f", fastmath={fastmath_label(flags)}" if flags else ""
 
 
 def _decorator(
-    cache: bool, boundscheck: bool, parallel: bool = False, fastmath: frozenset[str] = frozenset()
+    cache: bool,
+    boundscheck: bool,
+    parallel: bool = False,
+    fastmath: frozenset[str] | None = frozenset(),
 ) -> str:
     extra = f", parallel={PRANGE_ONLY}" if parallel else ""
     return (
@@ -315,10 +325,13 @@ def _njit_options(decorator: str) -> dict[str, Any]:
     """The options of ``decorator`` (a :func:`_decorator` text) for a function compiled from
     its own code."""
     options: dict[str, Any] = {"boundscheck": "boundscheck=True" in decorator, "nogil": True}
-    _, sep, flags = decorator.partition(", fastmath=")
-    if sep:
-        options["fastmath"] = ast.literal_eval(flags[: -len(")")])
+    flags = _FASTMATH_OPTION.search(decorator)
+    if flags:
+        options["fastmath"] = ast.literal_eval(flags.group(1))
     return options
+
+
+_FASTMATH_OPTION = re.compile(r"fastmath=(True|False|\{[^}]*\})")
 
 
 def function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
@@ -326,7 +339,8 @@ def function_unit(src: FunctionSource, options: tuple[bool, bool]) -> Unit:
     boundscheck, cache = options
     emitted = emit_references(src, options, "helper")
     header = f"# veda helper {src.pyfunc.__module__}.{src.pyfunc.__qualname__} (generated)"
-    return _assemble(src.name, header, [(src, emitted, _decorator(cache, boundscheck))], "", cache)
+    dec = _decorator(cache, boundscheck, fastmath=None)  # strict whoever calls it
+    return _assemble(src.name, header, [(src, emitted, dec)], "", cache)
 
 
 def recursive_unit(helpers: list[Any], options: tuple[bool, bool], target: str = "cpu") -> Unit:
@@ -366,7 +380,7 @@ def recursive_unit(helpers: list[Any], options: tuple[bool, bool], target: str =
                 )
             seen.setdefault(name, value)
         if target == "cpu":
-            dec = _decorator(False, boundscheck)
+            dec = _decorator(False, boundscheck, fastmath=None)
         else:
             dec = _cuda_decorator(False, boundscheck, device=True)
         functions.append(
@@ -680,27 +694,30 @@ def kernel_launchers(
 
         lanes = reduce in LANES_OPS
 
-        def blocks(callee: str, strict: bool = False) -> tuple[str, str]:
-            """The block of one REDUCE_BLOCK, and the loop over blocks, calling ``callee``
-            (``strict``: in an order the compiler keeps, see UNROLL and LANES_OPS)."""
-            combine = "_veda_combine"
-            if lanes and not strict:
+        def block_of(callee: str, strict: bool = False) -> str:
+            """One REDUCE_BLOCK [_blo, _bhi) reduced into _b, calling ``callee`` (``strict``:
+            in an order the compiler keeps, see UNROLL and LANES_OPS)."""
+            if strict or not lanes:
+                if ndim == 1:
+                    return _unrolled_block(callee, args)
+                combine = "_veda_combine"
+            else:
                 combine = "_veda_lang.reassoc_add" if reduce == "sum" else "_veda_lang.reassoc_mul"
 
             def stmt(index: str) -> str:
                 value = f"_veda_lang.to_accumulator({callee}({index}{args}), _b)"
                 return f"_b = {combine}(_b, {value})"
 
-            if ndim == 1 and combine == "_veda_combine":
-                block = _unrolled_block(callee, args)
-            elif ndim == 1:
-                block = (
+            if ndim == 1:
+                return (
                     "_b = _ident\nfor _i in range(_blo, _bhi):\n"
                     f"    {stmt('_veda_lang.nonneg(_i)')}\n"
                 )
-            else:
-                block = "_b = _ident\n" + _segment_loop(ndim, "_blo", "_bhi", stmt(nn_idx))
-            blocked = (
+            return "_b = _ident\n" + _segment_loop(ndim, "_blo", "_bhi", stmt(nn_idx))
+
+        def over_blocks(block: str) -> str:
+            """[_lo, _hi) reduced into _acc, block by block."""
+            return (
                 "_blo = _lo\n"
                 "while _blo < _hi:\n"
                 f"    _bhi = {_min(f'_blo + {REDUCE_BLOCK}', '_hi')}\n"
@@ -708,11 +725,10 @@ def kernel_launchers(
                 "    _acc = _veda_combine(_acc, _b)\n"
                 "    _blo = _bhi\n"
             )
-            return block, blocked
 
-        _, inline_blocked = blocks(INLINE)
-        _, blocked = blocks(body)
-        block, _ = blocks(body, strict=True)  # deterministic mode's
+        inline_blocked = over_blocks(block_of(INLINE))
+        blocked = over_blocks(block_of(body))
+        block = block_of(body, strict=True)  # deterministic mode's
         fn(
             f"_veda_cpu({dims}{args})",
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_acc = _ident\n_lo = 0\n_hi = {size}\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import math
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from veda._kernel import codegen
 from veda._kernel.base import REDUCE_OPS, Launchable
 from veda._kernel.checks import install_compile_hook, refuse_device_arguments
+from veda._kernel.codegen import fastmath_label
 from veda._kernel.func import callee_writes
 from veda._kernel.source import analyse, plain_parameters
 from veda.errors import KernelDefinitionError, LaunchError
@@ -232,11 +234,6 @@ def fastmath_flags(pyfunc: Callable[..., Any], value: Any) -> frozenset[str]:
     return frozenset({"fast"}) if "fast" in flags or flags >= set(FASTMATH_FLAGS) else flags
 
 
-def fastmath_label(flags: frozenset[str]) -> str:
-    """``True`` or ``{'contract', 'reassoc'}``: the flags as the decorator takes them."""
-    return "True" if "fast" in flags else "{" + ", ".join(map(repr, sorted(flags))) + "}"
-
-
 def _private_reductions(pyfunc: Callable[..., Any], reduce: Mapping[Any, Any]) -> dict[str, str]:
     """``reduce={name: op}`` checked against the function's parameters."""
     what = f"kernel {getattr(pyfunc, '__qualname__', pyfunc)!r}"
@@ -336,7 +333,7 @@ class KernelDefinition(Launchable):
         pyfunc: Callable[..., Any],
         reduce: str | Mapping[str, str] | None = None,
         ndim: int | None = None,
-        fastmath: bool | Sequence[str] | frozenset[str] = False,
+        fastmath: bool | AbstractSet[str] | Sequence[str] = False,
     ) -> None:
         #: The kernel's fast-math flags (empty: off; ``{"fast"}``: all of them).
         self.fastmath = fastmath_flags(pyfunc, fastmath)

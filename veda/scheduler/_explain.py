@@ -172,7 +172,8 @@ def _vector_text(code: dict[str, Any]) -> str:
 def _code(kernel: KernelDefinition) -> list[dict[str, Any]]:
     """The loop reports of every CPU module compiled for ``kernel`` (:mod:`veda._kernel.simd`)."""
     from veda._kernel import simd
-    from veda._kernel.definition import LAUNCHERS, fastmath_label
+    from veda._kernel.codegen import fastmath_label
+    from veda._kernel.definition import LAUNCHERS
 
     out = []
     for (ndim, _, (boundscheck, _)), module in sorted(
