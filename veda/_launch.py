@@ -1225,9 +1225,10 @@ def kernel(
     fastmath : bool or set of str, optional
         Let LLVM rewrite floating-point code as Numba's ``fastmath`` does, in the body and in
         veda's loops around it: ``True`` for every flag, or a set of them (``"reassoc"``
-        lets a sum be split over SIMD lanes; ``"contract"`` fuses multiply-adds; also
-        ``"nnan"``, ``"ninf"``, ``"nsz"``, ``"arcp"``, ``"afn"``).  Results may change in the
-        last bits, and with ``"nnan"``/``"ninf"`` wrongly where NaNs or infinities occur.
+        reorders the body's arithmetic, as veda's sums already are; ``"contract"`` fuses
+        multiply-adds; also ``"nnan"``, ``"ninf"``, ``"nsz"``, ``"arcp"``, ``"afn"``).
+        Results may change in the last bits, and with ``"nnan"``/``"ninf"`` wrongly where NaNs
+        or infinities occur.
         ``@veda.func`` helpers keep their own strict arithmetic whatever the kernel's flags
         (unlike Numba, where a callee without flags of its own takes its caller's).  On
         ``"cuda"`` any flag turns on CUDA's fast math.  Deterministic mode refuses such
