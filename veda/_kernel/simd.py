@@ -18,6 +18,7 @@ none, and says so.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -68,6 +69,17 @@ _FIELDS = {
 _lock = threading.Lock()
 #: (module name, launcher, signature) -> report, for this process.
 _known: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+def _after_fork_in_child() -> None:
+    """A fork child's lock is free: a parent thread may have held it (``veda.explain`` on
+    another thread) at the fork, and nobody would release the child's copy."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _functions(ir: str) -> Iterator[tuple[str, str]]:
