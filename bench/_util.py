@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,18 @@ def compare(
                 fn()
             times[name].append((time.perf_counter() - start) / calls)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def calls_per_sample(fns: Iterable[Callable[[], Any]], sample: float) -> int:
+    """Calls per timed sample of :func:`compare` for samples of about ``sample`` seconds: the
+    fastest function's best time over a few calls sets it (1 to 10000)."""
+    fastest = math.inf
+    for fn in fns:
+        for _ in range(5):
+            start = time.perf_counter()
+            fn()
+            fastest = min(fastest, time.perf_counter() - start)
+    return max(1, min(10_000, round(sample / max(fastest, 1e-8))))
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:

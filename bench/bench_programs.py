@@ -33,7 +33,7 @@ import veda
 from veda_kernels.blas1 import dot, saxpy, sum_squares
 from veda_kernels.stencils import jacobi2d, jacobi2d_reference
 
-from _util import check_each, compare, parser, report
+from _util import calls_per_sample, check_each, compare, parser, report
 from bench_dispatch import heavy_rows  # the dispatcher benchmark's few heavy indices
 
 # --- kernels and peers ------------------------------------------------------------------------
@@ -312,22 +312,6 @@ def programs(quick: bool) -> Iterator[Program]:
     )
 
 
-def _calls(fns: Any, sample: float) -> int:
-    """Calls per timed sample for samples of about ``sample`` seconds: the fastest function's
-    time, from a few calls, sets it."""
-    fastest = min(_once(fn) for fn in fns)
-    return max(1, min(10_000, round(sample / max(fastest, 1e-8))))
-
-
-def _once(fn: Callable[[], Any]) -> float:
-    best = math.inf
-    for _ in range(5):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main(quick: bool = False) -> dict:
     repeats = 1 if quick else 11
     # A fresh tuning cache, so that the dispatcher decides here (in the warm-up) rather than
@@ -351,7 +335,7 @@ def main(quick: bool = False) -> dict:
         others = {k: v for k, v in prog.contestants.items() if k != "numpy"}
         # Programs of a few microseconds are timed in batches of calls (a sample of about
         # 0.2 ms), their order rotated from repeat to repeat.
-        calls = 1 if prog.setup else _calls(others.values(), 2e-4)
+        calls = 1 if prog.setup else calls_per_sample(others.values(), 2e-4)
         times = compare(others, repeats, 0, prog.setup, calls=calls, rotate=True)
         numpy_fn = {"numpy": prog.contestants["numpy"]}
         times.update(compare(numpy_fn, repeats, 0, prog.setup, calls=calls))

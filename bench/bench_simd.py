@@ -29,7 +29,7 @@ import numpy as np
 
 import veda
 
-from _util import check_each, compare, parser, report
+from _util import calls_per_sample, check_each, compare, parser, report
 
 
 @veda.kernel(reduce="sum")
@@ -90,7 +90,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         check_each(
             fns | numpy, lambda got, e=expected: np.testing.assert_allclose(got, e, rtol=1e-12)
         )
-        calls = 1 if quick else max(1, min(2000, round(2e-3 / max(n * 1e-9, 1e-8))))
+        calls = 1 if quick else calls_per_sample(fns.values(), 2e-4)
         time.sleep(0 if quick else 0.5)  # OpenBLAS's threads spin a while after a call
         times = compare(fns, repeats=repeats, warmup=2, calls=calls, rotate=True)
         # NumPy in a block of its own: its BLAS threads and Numba's fight over the two cores
