@@ -75,6 +75,73 @@ def _child(cache_dir: str, case: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+EXPLORE_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    import numpy as np
+    import veda
+    import numba
+    from veda_kernels.blas1 import saxpy
+    numba.njit(lambda: 1)()
+    background, n, launches = sys.argv[1] == "1", int(sys.argv[2]), int(sys.argv[3])
+    rng = np.random.default_rng(0)
+    x = rng.random(n); y = rng.random(n); out = np.full(n, np.nan)
+    times = []
+    with veda.config(background_compile=background, progress=False):
+        start = time.perf_counter()
+        for _ in range(launches):
+            t = time.perf_counter()
+            saxpy[n](2.0, x, y, out)
+            times.append(time.perf_counter() - t)
+        total = time.perf_counter() - start
+    np.testing.assert_allclose(out, 2.0 * x + y, rtol=1e-12)
+    (row,) = veda.explain(saxpy).rows  # (before the wait: was it still exploring?)
+    from veda._kernel import background
+    background.wait()  # a compile still running at the end: counted once it is done
+    stats = saxpy.compile_stats.as_dict()
+    print(json.dumps({"first": times[0], "longest_after_first": max(times[1:]), "total": total,
+                      "compiled": stats["compiled"], "background": stats["background"],
+                      "decided": row["decision"] is not None}))
+    """
+)
+
+
+def explore_times(rounds: int, n: int, launches: int) -> dict:
+    """The first ``launches`` adaptive launches of a new saxpy of ``n`` elements, whose
+    exploration needs the parallel loop, with its compile in the background and without, in
+    fresh processes with empty caches: the first launch (which compiles the serial loop either
+    way), the longest of the others, and the total."""
+    got: dict[str, list[dict]] = {"background": [], "in_launch": []}
+    for _ in range(rounds):
+        for mode in got:  # interleaved
+            with tempfile.TemporaryDirectory() as d:
+                env = dict(os.environ, VEDA_CACHE_DIR=d, NUMBA_CACHE_DIR=d)
+                flag = "1" if mode == "background" else "0"
+                out = subprocess.run(
+                    [sys.executable, "-c", EXPLORE_CHILD, flag, str(n), str(launches)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                if out.returncode != 0:
+                    raise RuntimeError(f"the child process ({mode}) failed:\n{out.stderr}")
+                got[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    res = {}
+    for mode, runs in got.items():
+        res[mode] = {
+            k: statistics.median(r[k] for r in runs)
+            for k in ("first", "longest_after_first", "total")
+        }
+        res[mode]["background_compiles"] = runs[-1]["background"]
+        res[mode]["decided"] = all(r["decided"] for r in runs)
+        # the parallel loop was compiled in every process: the exploration needed it
+        assert all(r["compiled"] == 2 for r in runs), (mode, runs)
+    assert res["background"]["background_compiles"] == 1, res
+    assert res["in_launch"]["background_compiles"] == 0, res
+    return res
+
+
 IMPORT_CHILD = (
     "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 )
@@ -159,6 +226,19 @@ def main(rounds: int = 3, import_rounds: int = 15, quick: bool = False) -> dict:
         warm = res[f"{case}_warm"]
         assert warm["compiled"] == 0 and warm["cache_hits"] >= 1, (case, warm)
         assert res[f"{case}_cold"]["compiled"] >= 1, (case, res[f"{case}_cold"])
+    n, launches = (1 << 20, 300) if quick else (1 << 20, 2000)
+    explore = res["explore"] = explore_times(rounds, n, launches)
+    print(
+        f"first {launches} adaptive launches of a new saxpy of {n:,} elements, which explore "
+        f"the parallel loop too, median of {rounds} fresh processes each:"
+    )
+    for mode, label in (("in_launch", "compiles in the launch"), ("background", "background")):
+        r = explore[mode]
+        print(
+            f"  {label:<22}: first {r['first'] * 1e3:6.1f} ms, longest of the others "
+            f"{r['longest_after_first'] * 1e3:7.1f} ms, total {r['total']:.2f} s"
+            f"{'' if r['decided'] else ' (still exploring at the end)'}"
+        )
     report("compile", res, quick=quick)
     return res
 

@@ -9,6 +9,10 @@ import tempfile
 # Each test session compiles into its own cache, so tests never read kernels compiled by an
 # earlier version of the code, and never write into the user's cache.  Set before veda loads.
 os.environ.setdefault("VEDA_CACHE_DIR", tempfile.mkdtemp(prefix="veda-test-cache-"))
+# The dispatcher's tests count the launches an exploration takes; with compiles in the
+# background that count would depend on how fast this machine compiles.  The option is off here
+# (and in the processes tests start) and on in the tests of it (tests/test_background.py).
+os.environ.setdefault("VEDA_BACKGROUND_COMPILE", "0")
 
 import pytest
 

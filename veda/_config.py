@@ -80,6 +80,11 @@ class Config:
         can be registered (:func:`veda.scheduler.register_policy`).
     cache : bool
         Keep compiled kernels on disk so that a new process reuses them.
+    background_compile : bool
+        While the dispatcher explores, a candidate whose loop is not compiled yet for the
+        launch's argument types compiles in a background thread; launches meanwhile run on a
+        candidate already compiled, and the new one joins the exploration when it is ready.
+        False: each compile happens inside the launch that first needs it.
     cache_dir : str
         Where the disk cache lives (by default the per-user cache folder of the platform, from
         platformdirs: ``$XDG_CACHE_HOME/veda`` or ``~/.cache/veda`` on Linux).
@@ -123,10 +128,11 @@ class Config:
     Each field has an environment variable that sets its process default: ``VEDA_TARGET``,
     ``VEDA_THREADS``, ``VEDA_SCHEDULE``, ``VEDA_CHUNK``, ``VEDA_BOUNDSCHECK``,
     ``VEDA_TELEMETRY``, ``VEDA_PROFILE``, ``VEDA_DETERMINISTIC``, ``VEDA_SEED``, ``VEDA_POLICY``,
-    ``VEDA_CACHE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING``, ``VEDA_PROGRESS`` (``auto`` for
-    None), ``VEDA_SYSFS_ROOT``, ``VEDA_ENERGY``, ``VEDA_STATIC_WATTS``, ``VEDA_WATTS_PER_CORE``,
-    ``VEDA_GPU_WATTS``, ``VEDA_MAX_POWER_WATTS``, ``VEDA_MAX_TEMPERATURE`` (``none`` for
-    None) and ``VEDA_PIN_THREADS`` (0/1, ``compact`` or ``scatter``).
+    ``VEDA_CACHE``, ``VEDA_BACKGROUND_COMPILE``, ``VEDA_CACHE_DIR``, ``VEDA_MAX_PENDING``,
+    ``VEDA_PROGRESS`` (``auto`` for None), ``VEDA_SYSFS_ROOT``, ``VEDA_ENERGY``,
+    ``VEDA_STATIC_WATTS``, ``VEDA_WATTS_PER_CORE``, ``VEDA_GPU_WATTS``, ``VEDA_MAX_POWER_WATTS``,
+    ``VEDA_MAX_TEMPERATURE`` (``none`` for None) and ``VEDA_PIN_THREADS`` (0/1, ``compact`` or
+    ``scatter``).
     """
 
     target: str | None = None
@@ -140,6 +146,7 @@ class Config:
     seed: int | None = None
     policy: str = "adaptive"
     cache: bool = True
+    background_compile: bool = True
     cache_dir: str = dataclasses.field(default_factory=_default_cache_dir)
     max_pending: int = 10_000
     progress: bool | None = None
@@ -187,7 +194,7 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-_FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache")
+_FLAGS = ("boundscheck", "telemetry", "profile", "deterministic", "cache", "background_compile")
 #: Settings that take a number (watts, or degrees); then those of them that may be None.
 _NUMBERS = ("static_watts", "watts_per_core", "gpu_watts", "max_power_watts", "max_temperature")
 _OPTIONAL_NUMBERS = ("max_power_watts", "max_temperature")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import math
 import os
+import statistics
 import threading
 import types
 import warnings
@@ -45,6 +46,7 @@ from veda._hardware import cpu as _hw_cpu
 from veda._hardware import energy as _energy
 from veda._hardware import gpu as _gpu
 from veda._hardware.signals import held_interrupts, unwrap_interrupt
+from veda._kernel import background as _background
 from veda._kernel import checks as _checks
 from veda._kernel.codegen import fastmath_label
 from veda._kernel.definition import Form, KernelDefinition
@@ -828,6 +830,10 @@ class Kernel(KernelDefinition):
             return self._timed(entry, args, watchers)
         decision = tuner.next()
         self._bind(entry, decision, args)
+        if entry.cfg.background_compile and getattr(entry.runner, "warm", None) is not None:
+            decision, credited = self._compiled_choice(entry, tuner, decision, args)
+            if not credited:  # a stand-in while the candidates left compile: not a sample
+                return self._timed(entry, args, watchers)
         budget = _hw_cpu.budget
         budget.shorted()  # forget an earlier launch's shortfall
         result = self._timed(entry, args, watchers)
@@ -848,6 +854,48 @@ class Kernel(KernelDefinition):
                 tuning, decision, entry.last, entry.size, entry.cfg.cache_dir, imbalance
             )
         return result
+
+    def _compiled_choice(
+        self, entry: Entry, tuner: Any, decision: Decision, args: tuple[Any, ...]
+    ) -> tuple[Decision, bool]:
+        """What an exploring launch runs when ``decision``'s loop may not be compiled yet for
+        these arguments (``background_compile``), bound, and whether it is a sample.
+
+        ``decision`` when it is compiled; else its compile goes to the background thread and
+        the launch runs another candidate of the round that is compiled (a sample of that
+        one), or, when none is, a stand-in: the best measured candidate that is compiled (not
+        a sample).  Where nothing is compiled yet (a new kernel's first launch) the launch
+        compiles in its own thread, as it would without the option: a candidate of the "cpu"
+        target first, whose loop compiles fastest, so that the others can compile meanwhile.
+        A compile that failed in the background is left to the launch, which raises its
+        error."""
+        job = _pending(entry.runner, args)
+        if job is None:
+            return decision, True
+        queued = tuner.queued()
+        ready: list[Decision] = []
+        for d in queued:
+            if d != decision:
+                self._bind(entry, d, args)
+                if _pending(entry.runner, args) is None:
+                    ready.append(d)
+                    break
+        if not ready:
+            measured = sorted(
+                (statistics.median(t.samples), n, d)
+                for n, (d, t) in enumerate(tuner.trials.items())
+                if t.samples and d not in queued
+            )
+            for _, _, d in measured:
+                self._bind(entry, d, args)
+                if _pending(entry.runner, args) is None:
+                    _background.submit(*job)
+                    return d, False
+            first = next((d for d in queued if d.target == "cpu"), decision)
+            self._bind(entry, first, args)
+            return first, True
+        _background.submit(*job)
+        return ready[0], True
 
     def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
         """Every few launches: the dispatcher's drift and load checks; folding telemetry.  Also
@@ -955,6 +1003,16 @@ class Kernel(KernelDefinition):
             if interrupt is not err:
                 raise interrupt from None
             raise
+
+
+def _pending(runner: Any, args: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """The background compile ``runner`` still needs for ``args`` (its key and job), or None
+    when it is compiled, or its compile failed there (then the launch compiles and raises)."""
+    warm = getattr(runner, "warm", None)
+    job = warm(args) if warm is not None else None
+    if job is None or _background.state(job[0]) == _background.FAILED:
+        return None
+    return job
 
 
 _debt_lock = threading.Lock()

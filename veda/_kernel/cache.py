@@ -535,13 +535,16 @@ class CompileStats:
     """Compilations of one kernel in this process, as counted by veda.
 
     ``compiled`` counts specialisations built from scratch, ``cache_hits`` those loaded from the
-    disk cache; ``compile_seconds`` is the time both took.
+    disk cache; ``compile_seconds`` is the time both took.  ``background`` counts those of them
+    that ran in the dispatcher's compile thread (``veda.config(background_compile=True)``),
+    which no launch waited for.
     """
 
     compiled: int = 0
     cache_hits: int = 0
     compile_seconds: float = 0.0
     signatures: list[str] = field(default_factory=list)
+    background: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -549,6 +552,7 @@ class CompileStats:
             "cache_hits": self.cache_hits,
             "compile_seconds": self.compile_seconds,
             "signatures": list(self.signatures),
+            "background": self.background,
         }
 
 

@@ -9,6 +9,7 @@ argument, the kernel and the user's line.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ from numba.core import errors as numba_errors
 
 from veda._hardware.gpu import is_device_array
 from veda._hardware.signals import held_interrupts
+from veda._kernel import background as _background
 from veda._kernel import cache as _cache
 from veda.errors import KernelDefinitionError, LaunchError, VedaError
 
@@ -239,6 +241,8 @@ def _record_compile(owner: Any, signature: str, start: float, end: float, hit: b
             stats.compiled += 1
         stats.compile_seconds += end - start
         stats.signatures.append(signature)
+        if _background.in_compile_thread():
+            stats.background += 1
     for listener in compile_listeners:
         listener(owner, end - start, hit, signature, start, end)
 
@@ -313,7 +317,7 @@ def install_compile_hook(
         try:
             # Ctrl-C during a compile is held to its end: raised inside one of llvmlite's
             # ctypes callbacks it would be printed and lost, and the launch would run on.
-            with held_interrupts():
+            with held_interrupts(), gc_paused:
                 result = original(*args, **kws)
                 hit = sum(dispatcher.stats.cache_hits.values()) > hits
                 if launcher and not hit:  # part of the compile: timed, and held like it
@@ -342,6 +346,76 @@ def install_compile_hook(
 
     dispatcher._compile_for_args = _compile_for_args
     dispatcher._veda_owner = who
+
+
+class _GcPause:
+    """The cyclic garbage collector held off while veda compiles: Numba's compile of a launcher
+    makes hundreds of thousands of short-lived objects, and each full collection they set off
+    walks every object of the process (45-58 ms of a 0.26 s cold "cpu" compile, one or two per
+    compile, on the 2-core machine).  Nested and concurrent compiles share one pause; the
+    collector is enabled again when the last ends, unless it was off before the first (a
+    program's own ``gc.disable()`` stays).  Reference counting frees as usual meanwhile.  A
+    compile in the background thread (:mod:`veda._kernel.background`), which nobody waits
+    for, leaves the collector alone: the program runs on meanwhile."""
+
+    __slots__ = ("_paused",)
+    _lock = threading.Lock()
+    _depth = 0
+    _resume = False
+
+    def __init__(self) -> None:
+        self._paused = threading.local()
+
+    def __enter__(self) -> None:
+        cls = _GcPause
+        here = not _background.in_compile_thread()
+        self._paused.on = here
+        if not here:
+            return
+        with cls._lock:
+            if cls._depth == 0:
+                cls._resume = gc.isenabled()
+                gc.disable()
+            cls._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        cls = _GcPause
+        if not self._paused.on:
+            return
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0 and cls._resume:
+                gc.enable()
+
+
+def _gc_forked() -> None:  # a compile of the parent's other threads does not exist here
+    if _GcPause._depth:
+        _GcPause._depth = 0
+        if _GcPause._resume:
+            gc.enable()
+    _GcPause._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_gc_forked)
+
+gc_paused = _GcPause()
+
+
+def background_job(dispatcher: Any, params: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """Where ``dispatcher`` has no code for ``params`` yet: the job that compiles it (through
+    the compile hook, as a launch would, without running it) and its key; None when it has
+    (or cannot tell: a dispatcher without the hook compiles in the launch, as before)."""
+    hooked = getattr(dispatcher, "_veda_owner", None)
+    if hooked is None or not isinstance(hooked, _Owner) or not hasattr(dispatcher, "overloads"):
+        return None
+    try:
+        signature = tuple(dispatcher.typeof_pyval(p) for p in params)
+    except Exception:  # the launch's own compile says what is wrong
+        return None
+    if signature in dispatcher.overloads:
+        return None
+    return (dispatcher, signature), lambda: dispatcher._compile_for_args(*params)
 
 
 def _vector_reports(module: Any) -> None:

@@ -187,12 +187,20 @@ class Tuner:
         queue = self._queue  # another thread may be between rounds: fall back to a survivor
         return queue[0] if queue else self._alive[0]
 
+    def queued(self) -> list[Decision]:
+        """The candidates the current round still runs, in the order :meth:`next` takes them,
+        each once (empty once decided).  A launch may run any of them first, when the one
+        :meth:`next` names is still compiling (``background_compile``)."""
+        if self.choice is not None:
+            return []
+        return list(dict.fromkeys(self._queue))
+
     def observe(self, decision: Decision, seconds_per_element: float) -> None:
-        """Record one launch's time per element."""
+        """Record one launch's time per element (of a candidate this round still runs)."""
         if self.choice is not None:
             return
-        if decision not in self.trials or not self._queue or self._queue[0] != decision:
-            return  # a launch that the tuner did not ask for (another thread's, say)
+        if decision not in self.trials or decision not in self._queue:
+            return  # a launch that the tuner did not ask for (a stand-in, say)
         cold = self._cold.get(decision)
         if cold is not None:
             last, launches = cold
@@ -203,7 +211,7 @@ class Tuner:
                 self._cold[decision] = (seconds_per_element, launches + 1)
                 return  # a warm-up launch: run the same candidate again
             del self._cold[decision]  # this launch is its first sample
-        self._queue.pop(0)
+        self._queue.remove(decision)  # its first place: run before those still compiling
         self.trials[decision].samples.append(seconds_per_element)
         if not self._queue:
             self._next_round()

@@ -15,6 +15,7 @@ import numpy as np
 from veda._hardware import cpu as hw
 from veda._hardware.pinning import pinner
 from veda._hardware.signals import from_signal_handler, unwrap_interrupt
+from veda._kernel.checks import background_job
 from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK, private_pieces
 from veda._registry import Profiler, Target
 from veda._types import Decision, KernelForm, LaunchOptions, Runner
@@ -68,7 +69,7 @@ _NO_BOUNDS = np.zeros(1, np.int64)
 def _guided_table(size: int, threads: int, chunk: int, blocks: bool) -> np.ndarray:
     """The guided schedule's chunk boundaries over a domain of ``size`` indices, or of its
     REDUCE_BLOCK blocks (``blocks``: a deterministic reduction's work items)."""
-    from veda._kernel.runtime import guided_bounds  # compiled (or loaded) on first use
+    from veda._kernel.runtime import guided_bounds
 
     if blocks:
         size = -(-size // REDUCE_BLOCK)
@@ -210,6 +211,8 @@ class CPUTarget(Target):
         # What the launch core's per-call-site launchers call instead of run (one Python call
         # fewer): the compiled loop, whether it returns a reduction, and the failure path.
         run.direct = (fn, reduce, failed)  # type: ignore[attr-defined]
+        # For the dispatcher's background compiles (veda._kernel.background).
+        run.warm = _warm(fn, lambda args: (*dims, *args))  # type: ignore[attr-defined]
         return run
 
 
@@ -245,6 +248,23 @@ def _pin(mode: str | None) -> None:
         _pin_nodes[root] = nodes
     # (workqueue, the one layer that serialises regions, refuses pinning above)
     pinning.pinner.apply(mode, hw.max_threads(), nodes, hw.get_threads, hw.set_threads)
+
+
+def _warm(fn: Any, params: Any) -> Any:
+    """A runner's ``warm(args)``: None once ``fn`` has code for the launch's parameters
+    (``params(args)``), else the background job that compiles it (:func:`background_job`).
+    Once compiled it stays so: later calls cost one look-up."""
+    compiled = False
+
+    def warm(args: tuple[Any, ...]) -> Any:
+        nonlocal compiled
+        if compiled:
+            return None
+        job = background_job(fn, params(args))
+        compiled = job is None
+        return job
+
+    return warm
 
 
 def _failing_index(
@@ -346,8 +366,6 @@ class ParallelTarget(Target):
         # launcher (an allocation there costs a compile of its own).
         bounds: dict[int, np.ndarray] = {}
         size = math.prod(dims)
-        if guided:  # compiled (or loaded) here, outside the timed launch that first needs it
-            _guided_table(1, 1, 1, False)
         reduce = form.reduce is not None
         get_threads, set_threads, serialise = hw.get_threads, hw.set_threads, hw.serialise
         budget, region_lock, Grant = hw.budget, hw.region_lock, hw.Grant
@@ -429,4 +447,9 @@ class ParallelTarget(Target):
                 raise recover_exception(form, module, lo, hi, dims, args, "parallel")
             return result[0] if reduce else None
 
+        # For the dispatcher's background compiles (veda._kernel.background): the types of a
+        # launch's parameters (the guided table is an int64 vector like _NO_BOUNDS).
+        run.warm = _warm(  # type: ignore[attr-defined]
+            fn, lambda args: (*dims, wanted, mode, chunk, _NO_BOUNDS, *args)
+        )
         return run

@@ -1,0 +1,241 @@
+"""Compiles in the background while the dispatcher explores (``background_compile``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import veda
+from veda._kernel import background
+from veda.scheduler import _dispatch
+from veda.scheduler._tuner import Tuner
+from veda.targets import Decision
+
+needs_threads = pytest.mark.skipif(veda.max_threads() < 2, reason="needs 2 threads")
+
+
+@pytest.fixture(autouse=True)
+def _idle_machine(monkeypatch):
+    """The parallel candidates must not depend on what else the machine runs meanwhile."""
+    monkeypatch.setattr(_dispatch.dispatcher.load, "free_cores", lambda: veda.max_threads())
+
+
+@veda.kernel
+def heavy_bg(i, x, out):
+    # A few hundred operations per index: long enough that the parallel candidates are not
+    # dropped as too short for a region, so the exploration needs the parallel loop.
+    acc = 0.0
+    for j in range(300):
+        acc += x[i] * 1.0000001 + j * 1e-9
+    out[i] = acc
+
+
+@veda.kernel
+def heavy_off(i, x, out):
+    acc = 0.0
+    for j in range(300):
+        acc += x[i] * 1.0000003 + j * 1e-9
+    out[i] = acc
+
+
+def _expected(x, factor):
+    acc = np.zeros_like(x)
+    for j in range(300):
+        acc += x * factor + j * 1e-9
+    return acc
+
+
+def _explore(kernel, x, out, expected):
+    """Launch ``kernel`` until its exploration ends (results checked); the launches that ran
+    while a compile was pending in the background, and the explain row."""
+    while_compiling = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        kernel[x.size](x, out)
+        np.testing.assert_allclose(out, expected, rtol=1e-12)
+        if _pending_jobs():
+            while_compiling += 1
+        (row,) = veda.explain(kernel).rows
+        if row["decision"] is not None:
+            break
+    assert row["decision"] is not None, "the exploration did not end"
+    return while_compiling, row
+
+
+def _pending_jobs():
+    return [k for k, v in list(background._jobs.items()) if v == background.PENDING]
+
+
+@needs_threads
+def test_launches_run_on_while_a_candidate_compiles():
+    n = 1 << 14
+    x = np.random.default_rng(1).random(n)
+    out = np.zeros(n)
+    with veda.config(background_compile=True, progress=False):
+        launches_while_compiling, row = _explore(heavy_bg, x, out, _expected(x, 1.0000001))
+    stats = heavy_bg.compile_stats
+    # the serial loop compiled in the first launch, the parallel one in the compile thread
+    assert stats.compiled == 2 and stats.background == 1, stats.as_dict()
+    assert launches_while_compiling >= 2
+    # once compiled, the parallel candidates were measured like the serial one
+    measured = {t["decision"].target for t in row["trials"] if t["samples"]}
+    assert measured == {"cpu", "parallel"}, row["trials"]
+
+
+@needs_threads
+def test_without_the_option_the_launch_compiles_itself():
+    n = 1 << 14
+    x = np.random.default_rng(2).random(n)
+    out = np.zeros(n)
+    with veda.config(background_compile=False, progress=False):
+        launches_while_compiling, row = _explore(heavy_off, x, out, _expected(x, 1.0000003))
+    assert launches_while_compiling == 0
+    measured = {t["decision"].target for t in row["trials"] if t["samples"]}
+    assert measured == {"cpu", "parallel"}, row["trials"]
+    assert heavy_off.compile_stats.compiled == 2
+    assert heavy_off.compile_stats.background == 0
+
+
+def test_a_job_runs_once_per_key_in_the_compile_thread():
+    ran = []
+    gate = threading.Event()
+
+    def job():
+        ran.append(threading.current_thread().name)
+        gate.wait(10)
+
+    key = ("test", object())
+    assert background.state(key) is None
+    assert background.submit(key, job) == background.PENDING
+    assert background.submit(key, lambda: ran.append("again")) == background.PENDING
+    gate.set()
+    assert background.wait(30)
+    assert background.state(key) == background.DONE
+    assert ran == ["veda-compile"]
+
+
+def test_a_failed_job_is_kept_for_the_launch_to_raise():
+    key = ("test", object())
+
+    def job():
+        raise ValueError("no code for you")
+
+    background.submit(key, job)
+    assert background.wait(30)
+    assert background.state(key) == background.FAILED
+    assert isinstance(background.error(key), ValueError)
+
+    from veda._launch import _pending
+
+    class Runner:
+        @staticmethod
+        def warm(args):
+            return key, job
+
+    assert _pending(Runner(), ()) is None  # the launch compiles (and raises) in its own thread
+
+
+def test_tuner_takes_a_later_candidate_first_and_counts_it():
+    a, b = Decision("cpu"), Decision("parallel", 2, "static", 1)
+    c = Decision("parallel", 2, "dynamic", 64)
+    tuner = Tuner([a, b, c])
+    assert tuner.queued() == [a, b, c]
+    for d in (a, c):  # warm-up launches, then one sample each, out of order
+        tuner.observe(d, 1.0)
+        tuner.observe(d, 1.0)
+    assert tuner.queued() == [b]
+    tuner.observe(Decision("parallel", 2, "dynamic", 7), 1.0)  # not a candidate: ignored
+    assert tuner.trials[a].samples == [1.0] and tuner.trials[c].samples == [1.0]
+    assert tuner.trials[b].samples == []
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np
+    sys.path.insert(0, {tests!r})
+    import veda
+    from veda._kernel import background
+    from test_background import heavy_bg, _pending_jobs
+    from veda.scheduler._dispatch import LoadMonitor
+    LoadMonitor.free_cores = lambda self: veda.max_threads()  # not the machine's other load
+    n = 1 << 14
+    x = np.random.default_rng(3).random(n)
+    out = np.zeros(n)
+    with veda.config(background_compile=True, progress=False):
+        for _ in range(400):
+            heavy_bg[n](x, out)
+            if _pending_jobs():
+                break
+    assert _pending_jobs(), "no compile went to the background"
+    {after}
+    """
+)
+
+
+def _child(after: str, cache: str) -> subprocess.CompletedProcess:
+    code = CHILD.format(tests=os.path.dirname(__file__), after=after)
+    # an empty cache: the kernel compiles in the child (this process may have cached it)
+    env = dict(os.environ, VEDA_BACKGROUND_COMPILE="1", VEDA_CACHE_DIR=cache)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@needs_threads
+def test_a_program_that_ends_while_a_compile_runs_exits_cleanly(tmp_path):
+    out = _child("print('leaving')", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "leaving"
+    assert "Traceback" not in out.stderr and "terminate" not in out.stderr
+
+
+@needs_threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_during_a_background_compile_leaves_the_child_able_to_compile(tmp_path):
+    after = textwrap.dedent(
+        """
+        pid = os.fork()
+        if pid == 0:
+            import numba
+            ok = numba.njit(lambda v: v + 1)(41) == 42 and not _pending_jobs()
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+        """
+    )
+    out = _child(after, str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "child 0"
+
+
+def test_a_fork_waits_for_the_job_in_progress():
+    # What the fork hook does around a fork: it takes the lock the compile thread holds across
+    # a job, so no job is half done at the fork, and gives it back after.
+    gate = threading.Event()
+    started = threading.Event()
+
+    def job():
+        started.set()
+        gate.wait(10)
+
+    key = ("test", object())
+    background.submit(key, job)
+    assert started.wait(10)
+    took = []
+    forker = threading.Thread(target=lambda: (background._before_fork(), took.append(1)))
+    forker.start()
+    forker.join(0.2)
+    assert not took  # waits while the job runs
+    gate.set()
+    forker.join(10)
+    assert took and background.state(key) == background.DONE
+    background._after_fork_parent()
+    assert background.wait(30)
