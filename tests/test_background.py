@@ -55,18 +55,25 @@ def _expected(x, factor):
 def _explore(kernel, x, out, expected):
     """Launch ``kernel`` until its exploration ends (results checked); the launches that ran
     while a compile was pending in the background, and the explain row."""
-    while_compiling = 0
+    while_compiling = noted = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         kernel[x.size](x, out)
         np.testing.assert_allclose(out, expected, rtol=1e-12)
+        explained = veda.explain(kernel)
+        (row,) = explained.rows
         if _pending_jobs():
             while_compiling += 1
-        (row,) = veda.explain(kernel).rows
+            # explain says which candidates wait for the compile
+            waiting = {t["decision"].target for t in row["trials"] if t["compiling"]}
+            assert waiting <= {"parallel"}
+            if waiting:
+                assert "[compiling in the background]" in str(explained)
+                noted += 1
         if row["decision"] is not None:
             break
     assert row["decision"] is not None, "the exploration did not end"
-    return while_compiling, row
+    return while_compiling, noted, row
 
 
 def _pending_jobs():
@@ -79,11 +86,11 @@ def test_launches_run_on_while_a_candidate_compiles():
     x = np.random.default_rng(1).random(n)
     out = np.zeros(n)
     with veda.config(background_compile=True, progress=False):
-        launches_while_compiling, row = _explore(heavy_bg, x, out, _expected(x, 1.0000001))
+        launches_while_compiling, noted, row = _explore(heavy_bg, x, out, _expected(x, 1.0000001))
     stats = heavy_bg.compile_stats
     # the serial loop compiled in the first launch, the parallel one in the compile thread
     assert stats.compiled == 2 and stats.background == 1, stats.as_dict()
-    assert launches_while_compiling >= 2
+    assert launches_while_compiling >= 2 and noted >= 1
     # once compiled, the parallel candidates were measured like the serial one
     measured = {t["decision"].target for t in row["trials"] if t["samples"]}
     assert measured == {"cpu", "parallel"}, row["trials"]
@@ -95,7 +102,7 @@ def test_without_the_option_the_launch_compiles_itself():
     x = np.random.default_rng(2).random(n)
     out = np.zeros(n)
     with veda.config(background_compile=False, progress=False):
-        launches_while_compiling, row = _explore(heavy_off, x, out, _expected(x, 1.0000003))
+        launches_while_compiling, _, row = _explore(heavy_off, x, out, _expected(x, 1.0000003))
     assert launches_while_compiling == 0
     measured = {t["decision"].target for t in row["trials"] if t["samples"]}
     assert measured == {"cpu", "parallel"}, row["trials"]

@@ -874,12 +874,18 @@ class Kernel(KernelDefinition):
             return decision, True
         queued = tuner.queued()
         ready: list[Decision] = []
+        waiting = [decision]  # the candidates whose loop this job compiles
         for d in queued:
             if d != decision:
                 self._bind(entry, d, args)
-                if _pending(entry.runner, args) is None:
+                other = _pending(entry.runner, args)
+                if other is None:
                     ready.append(d)
                     break
+                if other[0] == job[0]:
+                    waiting.append(d)
+        if ready or any(t.samples for d, t in tuner.trials.items() if d not in queued):
+            tuner.compiling.update((d, job[0]) for d in waiting)
         if not ready:
             measured = sorted(
                 (statistics.median(t.samples), n, d)

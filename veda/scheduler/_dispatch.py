@@ -499,7 +499,12 @@ class Dispatcher:
                     "explorations": t.explorations,
                     "seconds_per_element": t.baseline,
                     "trials": [
-                        {"decision": d, "samples": list(tr.samples), "pruned": tr.pruned}
+                        {
+                            "decision": d,
+                            "samples": list(tr.samples),
+                            "pruned": tr.pruned,
+                            "compiling": _compiling(t, d),
+                        }
                         for d, tr in t.trials.items()
                     ],
                 }
@@ -510,6 +515,16 @@ class Dispatcher:
         """Drop every in-process decision (the tuning cache on disk stays)."""
         with self.lock:
             self.entries.clear()
+
+
+def _compiling(tuner: Tuner, decision: Decision) -> bool:
+    """Whether ``decision``'s loop is compiling in the background thread right now."""
+    key = tuner.compiling.get(decision)
+    if key is None:
+        return False
+    from veda._kernel import background
+
+    return background.state(key) == background.PENDING
 
 
 _warned: set[tuple[str, str]] = set()

@@ -85,7 +85,7 @@ class Explanation:
             )
             for t in r["trials"]:
                 times = ", ".join(f"{s * 1e9:.3g}" for s in t["samples"]) or "-"
-                note = f"  [{t['pruned']}]" if t["pruned"] else ""
+                note = f"  [{_note(t)}]" if _note(t) else ""
                 lines.append(
                     f"      {self.label(t['decision']):<34} ns/element: {times}"
                     f"{_energy_text(t, r)}{note}"
@@ -124,7 +124,7 @@ class Explanation:
                 body.append(
                     f"<tr style='color:#555'><td>&nbsp;&nbsp;{esc(self.label(t['decision']))}"
                     f"</td><td></td><td>{times}</td><td>{esc(_energy_text(t, r).strip(' ;'))}</td>"
-                    f"<td>{esc(t['pruned'] or '')}</td></tr>"
+                    f"<td>{esc(_note(t))}</td></tr>"
                 )
         head = (
             "<tr><th>size class / candidate</th><th>policy</th><th>ns per element</th>"
@@ -232,3 +232,10 @@ def explain(kernel: Any) -> Explanation:
     if not isinstance(kernel, KernelDefinition):
         raise UnknownKernelError(f"veda.explain: expected a @veda.kernel, not {kernel!r}")
     return Explanation(kernel.name, dispatcher.explain(kernel), _code(kernel))
+
+
+def _note(trial: dict[str, Any]) -> str:
+    """Why a candidate was dropped, or that its loop is compiling in the background."""
+    if trial["pruned"]:
+        return str(trial["pruned"])
+    return "compiling in the background" if trial.get("compiling") else ""

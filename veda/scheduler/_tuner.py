@@ -125,6 +125,9 @@ class Tuner:
     #: The policy's scoring function, resolved once: a policy unregistered meanwhile does not
     #: break a tuner that is exploring with it.
     _rank: Any = None
+    #: Candidates whose loop was sent to the background compile thread, with the job's key
+    #: (``veda.explain`` says which are still compiling).
+    compiling: dict[Decision, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rank = ranking(self.policy)
