@@ -858,50 +858,43 @@ class Kernel(KernelDefinition):
     def _compiled_choice(
         self, entry: Entry, tuner: Any, decision: Decision, args: tuple[Any, ...]
     ) -> tuple[Decision, bool]:
-        """What an exploring launch runs when ``decision``'s loop may not be compiled yet for
-        these arguments (``background_compile``), bound, and whether it is a sample.
+        """What an exploring launch runs (``background_compile``), bound, and whether its time
+        is a sample of it.
 
-        ``decision`` when it is compiled; else its compile goes to the background thread and
-        the launch runs another candidate of the round that is compiled (a sample of that
-        one), or, when none is, a stand-in: the best measured candidate that is compiled (not
-        a sample).  Where nothing is compiled yet (a new kernel's first launch) the launch
-        compiles in its own thread, as it would without the option: a candidate of the "cpu"
-        target first, whose loop compiles fastest, so that the others can compile meanwhile.
-        A compile that failed in the background is left to the launch, which raises its
-        error."""
+        ``decision``, a sample, when its loop is compiled for these arguments and no compile
+        runs in the background.  Otherwise its compile (if it needs one) goes to the background
+        thread, and the launch runs a stand-in, whose time is not a sample: the best measured
+        candidate, which is compiled.  No sample is taken while a background compile runs: it
+        shares the machine, and the candidates that wait for it would be measured on a quieter
+        one.  Where no candidate was measured yet (a new kernel's first launches) the launch
+        runs ``decision`` as a sample, compiling it in its own thread if need be, as it would
+        without the option; a candidate of the "cpu" target goes first, whose loop compiles
+        fastest, and the others' compiles start at the next launch.  A compile that failed in
+        the background is left to the launch, which compiles again and raises its error."""
         job = _pending(entry.runner, args)
-        if job is None:
+        if job is None and not _background.busy():
             return decision, True
-        queued = tuner.queued()
-        ready: list[Decision] = []
-        waiting = [decision]  # the candidates whose loop this job compiles
-        for d in queued:
-            if d != decision:
-                self._bind(entry, d, args)
-                other = _pending(entry.runner, args)
-                if other is None:
-                    ready.append(d)
-                    break
-                if other[0] == job[0]:
-                    waiting.append(d)
-        if ready or any(t.samples for d, t in tuner.trials.items() if d not in queued):
-            tuner.compiling.update((d, job[0]) for d in waiting)
-        if not ready:
-            measured = sorted(
-                (statistics.median(t.samples), n, d)
-                for n, (d, t) in enumerate(tuner.trials.items())
-                if t.samples and d not in queued
-            )
-            for _, _, d in measured:
-                self._bind(entry, d, args)
-                if _pending(entry.runner, args) is None:
+        for d in sorted(
+            (d for d, t in tuner.trials.items() if t.samples),
+            key=lambda d: statistics.median(tuner.trials[d].samples),
+        ):
+            got = entry.runners.get(d)
+            if got is not None and d != decision and _pending(got[0], args) is None:
+                if job is not None:
+                    tuner.compiling.update(
+                        (q, job[0])
+                        for q in [decision, *tuner.queued()]
+                        if _waits(entry, q, args, job)
+                    )
                     _background.submit(*job)
-                    return d, False
-            first = next((d for d in queued if d.target == "cpu"), decision)
-            self._bind(entry, first, args)
+                self._bind(entry, d, args)
+                return d, False
+        if job is not None:  # nothing measured: this launch compiles, the serial loop first
+            first = next((d for d in tuner.queued() if d.target == "cpu"), decision)
+            if first != decision:
+                self._bind(entry, first, args)
             return first, True
-        _background.submit(*job)
-        return ready[0], True
+        return decision, True
 
     def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:
         """Every few launches: the dispatcher's drift and load checks; folding telemetry.  Also
@@ -1013,12 +1006,20 @@ class Kernel(KernelDefinition):
 
 def _pending(runner: Any, args: tuple[Any, ...]) -> tuple[Any, Any] | None:
     """The background compile ``runner`` still needs for ``args`` (its key and job), or None
-    when it is compiled, or its compile failed there (then the launch compiles and raises)."""
+    when it is compiled, its compile is done, or failed there (then the launch compiles and
+    raises), or it has none (a runner without ``warm``: a CUDA or a user's target)."""
     warm = getattr(runner, "warm", None)
     job = warm(args) if warm is not None else None
-    if job is None or _background.state(job[0]) == _background.FAILED:
-        return None
+    if job is None or _background.state(job[0]) in (_background.DONE, _background.FAILED):
+        return None  # (DONE: should the code still be missing, the launch compiles it)
     return job
+
+
+def _waits(entry: Entry, decision: Decision, args: tuple[Any, ...], job: Any) -> bool:
+    """Whether ``decision`` (prepared in ``entry``) waits for the background ``job``."""
+    got = entry.runners.get(decision)
+    pending = _pending(got[0], args) if got is not None else None
+    return pending is not None and pending[0] == job[0]
 
 
 _debt_lock = threading.Lock()

@@ -535,9 +535,9 @@ class CompileStats:
     """Compilations of one kernel in this process, as counted by veda.
 
     ``compiled`` counts specialisations built from scratch, ``cache_hits`` those loaded from the
-    disk cache; ``compile_seconds`` is the time both took.  ``background`` counts those of them
-    that ran in the dispatcher's compile thread (``veda.config(background_compile=True)``),
-    which no launch waited for.
+    disk cache; ``compile_seconds`` is the time both took (compiles in the background thread
+    included).  ``background`` counts those of them that ran in the dispatcher's compile thread
+    (``veda.config(background_compile=True)``), which no launch waited for.
     """
 
     compiled: int = 0

@@ -320,15 +320,15 @@ def install_compile_hook(
             with held_interrupts(), gc_paused:
                 result = original(*args, **kws)
                 hit = sum(dispatcher.stats.cache_hits.values()) > hits
-                if launcher and not hit:  # part of the compile: timed, and held like it
+                types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
+                with lock:  # (at once: a thread that waited on Numba's lock comes next)
+                    first = types_ not in seen
+                    seen.add(types_)
+                if launcher and not hit and first:  # part of the compile: timed, held like it
                     _vector_reports(module)
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, who.name, names, user_args) from None
         end = time.perf_counter()
-        types_ = tuple(dispatcher.typeof_pyval(a) for a in args)
-        with lock:
-            first = types_ not in seen
-            seen.add(types_)
         current = who.get()
         if first and current is not None:
             _record_compile(
@@ -356,7 +356,9 @@ class _GcPause:
     collector is enabled again when the last ends, unless it was off before the first (a
     program's own ``gc.disable()`` stays).  Reference counting frees as usual meanwhile.  A
     compile in the background thread (:mod:`veda._kernel.background`), which nobody waits
-    for, leaves the collector alone: the program runs on meanwhile."""
+    for, does not pause it itself: the program runs on meanwhile (though a compile in another
+    thread that waits on Numba's lock behind it pauses the collector for both).  A
+    ``gc.disable()`` made by another thread during a pause is undone when the pause ends."""
 
     __slots__ = ("_paused",)
     _lock = threading.Lock()
