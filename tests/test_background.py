@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -303,3 +305,95 @@ def test_a_fork_waits_for_the_job_in_progress_only():
     assert events == [["first"]]  # right after the job in progress, before the next
     assert background.wait(30)
     assert [background.state(k) for k in keys] == [background.DONE] * 3
+
+
+@needs_threads
+def test_a_private_temporary_cache_is_removed_after_a_compile_at_exit(tmp_path):
+    # An unusable cache folder (a file) sends veda to a private temporary cache, removed at
+    # exit; a compile still running then must not write into it after its removal.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    after = "from veda import _files\nprint('fallback', _files._fallback)"
+    out = _child(after, str(blocker))
+    assert out.returncode == 0, out.stderr
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("fallback "))
+    folder = line.split(" ", 1)[1]
+    assert folder != "None"
+    assert not os.path.exists(folder), os.listdir(folder)
+
+
+def test_a_program_gc_disable_during_another_threads_compile_stays(tmp_path):
+    assert gc.isenabled()
+    started, go = threading.Event(), threading.Event()
+
+    def compile_in_a_thread():
+        from veda._kernel.checks import gc_paused
+
+        with gc_paused:  # as veda's compile hook around a compile
+            started.set()
+            go.wait(10)
+
+    worker = threading.Thread(target=compile_in_a_thread)
+    worker.start()
+    try:
+        assert started.wait(10)
+        assert gc.isenabled()  # the pause does not disable the collector
+        gc.disable()  # the program's own, meanwhile
+        go.set()
+        worker.join(10)
+        assert not gc.isenabled()
+        assert gc.get_threshold()[0] > 0  # the pause's threshold put back
+    finally:
+        go.set()
+        gc.enable()
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main")
+def test_ctrl_c_in_submit_leaves_the_job_running(monkeypatch):
+    real_start = threading.Thread.start
+
+    def interrupted_start(self):
+        os.kill(os.getpid(), signal.SIGINT)  # lands while submit starts the thread
+        real_start(self)
+
+    assert background.wait(30)  # no compile thread: the next submit starts one
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    key = ("test", object())
+    with pytest.raises(KeyboardInterrupt):
+        background.submit(key, lambda: None)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert background.wait(30)
+    assert background.state(key) == background.DONE
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="main")
+def test_ctrl_c_while_a_fork_waits_is_raised_after_it():
+    gate, started, ended = threading.Event(), threading.Event(), threading.Event()
+    key = ("test", object())
+    background.submit(key, lambda: (started.set(), gate.wait(10), ended.set()))
+    assert started.wait(10)
+
+    def interrupt_then_finish():
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)  # while the fork hook waits for the job
+        time.sleep(0.2)
+        gate.set()
+
+    helper = threading.Thread(target=interrupt_then_finish)
+    helper.start()
+    waited = []
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            background._before_fork()  # waits for the job, the Ctrl-C held
+            waited.append(ended.is_set())
+        finally:
+            background._after_fork_parent()  # locks given back, then the Ctrl-C
+        time.sleep(1)  # (the handler runs at the next bytecode)
+    helper.join(10)
+    assert waited == [True]  # the hook returned (not interrupted) once the job had ended
+    assert background.wait(30)
+    assert background.state(key) == background.DONE
+    later = ("test", object())
+    background.submit(later, lambda: None)  # the compile thread still works
+    assert background.wait(30)
+    assert background.state(later) == background.DONE

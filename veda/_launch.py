@@ -869,7 +869,8 @@ class Kernel(KernelDefinition):
         one.  Where no candidate was measured yet (a new kernel's first launches) the launch
         runs ``decision`` as a sample, compiling it in its own thread if need be, as it would
         without the option; a candidate of the "cpu" target goes first, whose loop compiles
-        fastest, and the others' compiles start at the next launch.  A compile that failed in
+        fastest (a sample if the round still runs it), and the others' compiles start at the
+        next launch.  A compile that failed in
         the background is left to the launch, which compiles again and raises its error."""
         job = _pending(entry.runner, args)
         if job is None and not _background.busy():
@@ -889,11 +890,14 @@ class Kernel(KernelDefinition):
                     _background.submit(*job)
                 self._bind(entry, d, args)
                 return d, False
-        if job is not None:  # nothing measured: this launch compiles, the serial loop first
-            first = next((d for d in tuner.queued() if d.target == "cpu"), decision)
+        if job is not None:  # nothing compiled to stand in: this launch compiles, serial first
+            queued = tuner.queued()
+            first = next((d for d in queued if d.target == "cpu"), None)
+            if first is None:  # (new argument types once the serial loop was measured)
+                first = next((d for d in tuner.trials if d.target == "cpu"), decision)
             if first != decision:
                 self._bind(entry, first, args)
-            return first, True
+            return first, first in queued or first == decision
         return decision, True
 
     def _review(self, entry: Entry, args: tuple[Any, ...], elapsed: float) -> None:

@@ -21,8 +21,11 @@ from __future__ import annotations
 import atexit
 import contextvars
 import os
+import signal
 import threading
 from collections.abc import Callable, Hashable
+
+from veda._hardware.signals import held_interrupts
 
 #: What :func:`state` says of a job.
 PENDING, DONE, FAILED = "pending", "done", "failed"
@@ -31,6 +34,7 @@ _lock = threading.Lock()
 _jobs: dict[Hashable, str] = {}  # key -> state
 _queue: list[tuple[Hashable, contextvars.Context, Callable[[], object]]] = []
 _thread: threading.Thread | None = None
+_exit_hooked = False
 #: Held by the compile thread across each job: a fork takes it (after _lock, so that no next
 #: job starts) to wait for the job in progress only.
 _running = threading.Lock()
@@ -54,16 +58,25 @@ def state(key: Hashable) -> str | None:
 def submit(key: Hashable, job: Callable[[], object]) -> str:
     """Run ``job`` in the compile thread, in the caller's context, unless a job ``key`` was
     submitted before; its state."""
-    global _thread
-    with _lock:
+    global _thread, _exit_hooked
+    # Ctrl-C held off: between the job's state, the queue and the thread's start, an interrupt
+    # would leave a job pending that no thread runs (an adversarial test found both).
+    with held_interrupts(), _lock:
         known = _jobs.get(key)
         if known is not None:
             return known
+        if not _exit_hooked:
+            # Registered now, after the cache's own exit hooks (a private temporary cache is
+            # removed at exit): atexit runs this one first, so no compile writes after them.
+            atexit.register(_at_exit)
+            _exit_hooked = True
+        thread = _thread
+        if thread is None:
+            thread = threading.Thread(target=_work, name="veda-compile", daemon=True)
+            thread.start()  # (it waits on _lock for its first job)
+            _thread = thread
         _jobs[key] = PENDING
         _queue.append((key, contextvars.copy_context(), job))
-        if _thread is None:
-            _thread = threading.Thread(target=_work, name="veda-compile", daemon=True)
-            _thread.start()
     return PENDING
 
 
@@ -106,9 +119,6 @@ def _at_exit() -> None:
     wait()
 
 
-atexit.register(_at_exit)
-
-
 # Fork: the compile thread may hold locks the child would need and never get back: Numba's
 # compile lock, llvmlite's lock around each LLVM call (the vectorisation report reads the IR
 # after the compile), a kernel's statistics lock.  A fork waits for the job in progress to end
@@ -116,29 +126,55 @@ atexit.register(_at_exit)
 _forking = threading.local()
 
 
+def _note_sigint(signum: int, frame: object) -> None:
+    _forking.caught = True
+
+
 def _before_fork() -> None:
-    _forking.held = not in_compile_thread()
-    if _forking.held:
-        _lock.acquire()
-        _running.acquire()
+    # A Ctrl-C while the fork waits is held to its end (Python ignores what an at-fork hook
+    # raises, and an interrupted wait would let the fork go ahead with the locks half taken)
+    # and raised again after it, in the parent (_let_go).
+    state = _forking
+    state.locks, state.previous, state.caught = [], None, False
+    if in_compile_thread():
+        return
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if callable(previous):
+            state.previous = signal.signal(signal.SIGINT, _note_sigint)
+    for lock in (_lock, _running):  # _running: the job in progress ends first
+        lock.acquire()
+        state.locks.append(lock)
+
+
+def _let_go(child: bool) -> None:
+    state = _forking
+    locks = getattr(state, "locks", [])
+    state.locks = []
+    if not child:
+        for lock in reversed(locks):
+            lock.release()
+    previous, state.previous = getattr(state, "previous", None), None
+    caught, state.caught = getattr(state, "caught", False), False
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+        if caught and not child:  # (the child did not exist when it came)
+            signal.raise_signal(signal.SIGINT)  # handled when the fork has returned
 
 
 def _after_fork_parent() -> None:
-    if getattr(_forking, "held", False):
-        _forking.held = False
-        _running.release()
-        _lock.release()
+    _let_go(child=False)
 
 
 def _after_fork_child() -> None:
     global _lock, _thread, _running
-    _forking.held = False
     _lock = threading.Lock()
     _running = threading.Lock()
     _thread = None
     _queue.clear()
     for key in [k for k, v in _jobs.items() if v == PENDING]:
         del _jobs[key]  # not compiled here: a launch that needs it submits it again
+    _let_go(child=True)
 
 
 if hasattr(os, "register_at_fork"):

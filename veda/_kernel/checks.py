@@ -349,21 +349,23 @@ def install_compile_hook(
 
 
 class _GcPause:
-    """The cyclic garbage collector held off while veda compiles: Numba's compile of a launcher
-    makes hundreds of thousands of short-lived objects, and each full collection they set off
-    walks every object of the process (45-58 ms of a 0.26 s cold "cpu" compile, one or two per
-    compile, on the 2-core machine).  Nested and concurrent compiles share one pause; the
-    collector is enabled again when the last ends, unless it was off before the first (a
-    program's own ``gc.disable()`` stays).  Reference counting frees as usual meanwhile.  A
-    compile in the background thread (:mod:`veda._kernel.background`), which nobody waits
-    for, does not pause it itself: the program runs on meanwhile (though a compile in another
-    thread that waits on Numba's lock behind it pauses the collector for both).  A
-    ``gc.disable()`` made by another thread during a pause is undone when the pause ends."""
+    """The cyclic garbage collector's automatic collections held off while veda compiles:
+    Numba's compile of a launcher makes hundreds of thousands of short-lived objects, and each
+    full collection they set off walks every object of the process (45-58 ms of a 0.26 s cold
+    "cpu" compile, one or two per compile, on the 2-core machine).  Held off by a zero
+    threshold for the youngest generation (CPython's way to stop automatic collections), put
+    back when the last of nested and concurrent compiles ends: ``gc.isenabled()`` and a
+    program's ``gc.disable()``, made before or during a compile, are left alone (an adversarial
+    test found a program's ``gc.disable()`` undone when a pause that disabled the collector
+    ended).  Reference counting frees as usual meanwhile.  A compile in the background thread
+    (:mod:`veda._kernel.background`), which nobody waits for, does not pause it itself: the
+    program runs on meanwhile (though a compile in another thread that waits on Numba's lock
+    behind it pauses the collector for both)."""
 
     __slots__ = ("_paused",)
     _lock = threading.Lock()
     _depth = 0
-    _resume = False
+    _thresholds: tuple[int, ...] = ()
 
     def __init__(self) -> None:
         self._paused = threading.local()
@@ -376,8 +378,8 @@ class _GcPause:
             return
         with cls._lock:
             if cls._depth == 0:
-                cls._resume = gc.isenabled()
-                gc.disable()
+                cls._thresholds = gc.get_threshold()
+                gc.set_threshold(0, *cls._thresholds[1:])
             cls._depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -386,15 +388,15 @@ class _GcPause:
             return
         with cls._lock:
             cls._depth -= 1
-            if cls._depth == 0 and cls._resume:
-                gc.enable()
+            if cls._depth == 0 and gc.get_threshold()[0] == 0:  # (unless changed meanwhile)
+                gc.set_threshold(*cls._thresholds)
 
 
 def _gc_forked() -> None:  # a compile of the parent's other threads does not exist here
     if _GcPause._depth:
         _GcPause._depth = 0
-        if _GcPause._resume:
-            gc.enable()
+        if gc.get_threshold()[0] == 0:
+            gc.set_threshold(*_GcPause._thresholds)
     _GcPause._lock = threading.Lock()
 
 
