@@ -83,3 +83,19 @@ def test_a_redefined_kernel_sees_its_new_global_array():
         namespace["scaled"][4](np.ones(4), out)
         results.append(out.tolist())
     assert results == [[1.0] * 4, [2.0] * 4]
+
+
+@veda.kernel
+def _nested_tuple(i, t, out):
+    out[i] = t[0][0][i] * t[0][1] + t[1]
+
+
+def test_a_parallel_loop_numba_cannot_build_is_a_veda_error():
+    # Numba's parallel region cannot take a nested tuple holding an array: its raw TypeError
+    # ("scalar type ... given for non scalar argument") reached the user (adversarial review).
+    x = np.arange(8.0)
+    out = np.zeros(8)
+    veda.launch(_nested_tuple, 8, ((x, 2.0), 3.0), out, target="cpu")
+    np.testing.assert_array_equal(out, x * 2.0 + 3.0)
+    with pytest.raises(veda.KernelDefinitionError, match="parallel loop"):
+        veda.launch(_nested_tuple, 8, ((x, 2.0), 3.0), out, target="parallel")

@@ -328,6 +328,14 @@ def install_compile_hook(
                     _vector_reports(module)
         except numba_errors.NumbaError as exc:
             raise translate_compile_error(exc, who.name, names, user_args) from None
+        except TypeError as exc:
+            # Raised by Numba's lowering of a parallel region for arguments it cannot pass to
+            # the region's workers (a nested tuple holding an array), where the serial loop
+            # compiles: a compile error too, said as one (an adversarial test met the raw one).
+            err = translate_compile_error(exc, who.name, names, user_args)
+            if "parallel" in attr:
+                err.args = (f"{err.args[0]}\n  (its parallel loop: launch it with target='cpu')",)
+            raise err from None
         end = time.perf_counter()
         current = who.get()
         if first and current is not None:
