@@ -870,8 +870,8 @@ class Kernel(KernelDefinition):
         runs ``decision`` as a sample, compiling it in its own thread if need be, as it would
         without the option; a candidate of the "cpu" target goes first, whose loop compiles
         fastest (a sample if the round still runs it), and the others' compiles start at the
-        next launch.  A compile that failed in
-        the background is left to the launch, which compiles again and raises its error."""
+        next launch.  A compile that failed in the background is left to the launch, which
+        compiles again and raises its error."""
         job = _pending(entry.runner, args)
         if job is None and not _background.busy():
             return decision, True
