@@ -1425,33 +1425,32 @@ def test_ctrl_c_while_the_main_thread_waits_for_room_leaves_the_lock_whole():
 
         for _ in range(4):
             threading.Thread(target=producer, daemon=True).start()
+        # Ctrl-C raises only inside the spawns: one landing in this script's own bookkeeping
+        # (an except clause, a loop's jump) escaped it, and the timer, still firing while
+        # the interpreter exited, ended the process (-14) now and then.
+        inside = [False]
+
+        def on_sigint(signum, frame):
+            if inside[0]:
+                raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
         signal.signal(signal.SIGALRM, lambda *_: signal.raise_signal(signal.SIGINT))
         signal.setitimer(signal.ITIMER_REAL, 0.0007, 0.0009)
         seen = {}
-
-        def note(exc):
-            seen[type(exc).__name__] = seen.get(type(exc).__name__, 0) + 1
-
         end = time.monotonic() + 2.0
-        for _ in range(100_000):
+        while time.monotonic() < end:
             try:
-                while time.monotonic() < end:
-                    try:
-                        with veda.config(max_pending=1):
-                            for _ in range(20):
-                                veda.spawn(leaf)
-                    except BaseException as exc:
-                        note(exc)
-                break
-            except KeyboardInterrupt as exc:  # between the tries
-                note(exc)
-        for _ in range(1000):
-            try:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                time.sleep(0.05)
-                break
-            except KeyboardInterrupt:
-                pass
+                inside[0] = True
+                with veda.config(max_pending=1):
+                    for _ in range(20):
+                        veda.spawn(leaf)
+                inside[0] = False
+            except BaseException as exc:
+                inside[0] = False
+                seen[type(exc).__name__] = seen.get(type(exc).__name__, 0) + 1
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        time.sleep(0.05)
         ok = veda.spawn(abs, -5).result(timeout=60) == 5
         print("interrupts", seen.get("KeyboardInterrupt", 0), "other",
               sum(v for k, v in seen.items() if k != "KeyboardInterrupt"), "ok", ok)
