@@ -70,8 +70,13 @@ def replay_cost(steps: int, repeats: int, launches: int = 10, n: int = 100) -> d
             for x in xs:
                 _bump(1.0, x)
 
+    def one_step_replays() -> None:  # a replay's own cost, over its 10 launches
+        for _ in range(steps // 10):
+            g.replay(1)
+
     fns = {
         "graph": lambda: g.replay(steps),
+        "graph, one step a replay": one_step_replays,
         "veda launches from Python": python_loop,
         "njit calls from Python": njit_calls,
         "one njit time loop": lambda: _bump_loop(steps, typed),

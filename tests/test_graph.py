@@ -281,6 +281,30 @@ def test_telemetry_lists_the_graph_and_its_launches():
     assert f'veda_graph_launch_seconds_total{{graph="{g.name}",launch="2"}}' in text
 
 
+def test_replays_from_threads_count_every_step_and_keep_bounded_figures():
+    """Replays of one graph at once in several threads: each launch's cycles are added
+    atomically in the replay function, and a plan's recent times are kept, not all of them."""
+    x, out = np.arange(1000.0), np.zeros(1000)
+
+    @veda.kernel
+    def double(i, x, out):
+        out[i] = 2.0 * x[i]
+
+    with veda.graph(tune=False) as g:
+        double[1000](x, out)
+    threads = [threading.Thread(target=lambda: [g.replay(3) for _ in range(100)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = veda.metrics()
+    (mine,) = [s for s in snap.sections["graphs"].graphs if s.name == g.name]
+    assert mine.replays == 400 and mine.steps == 1200
+    assert 0 < mine.launch_seconds[0] <= mine.seconds
+    assert all(len(v) <= veda._graph._RECENT for v in g._stats.by_plan.values())
+    np.testing.assert_array_equal(out, 2.0 * x)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="os.kill(pid, SIGINT) is POSIX")
 def test_ctrl_c_stops_a_long_replay_of_short_launches():
     body = textwrap.dedent(

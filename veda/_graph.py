@@ -20,6 +20,7 @@ reports each graph in the ``graphs`` section of :func:`veda.metrics`.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import math
@@ -42,6 +43,7 @@ from veda._kernel.codegen import MODE_CODES
 from veda._launch import Interceptor, LaunchInfo, add_interceptor, remove_interceptor
 from veda._types import Decision
 from veda.errors import GraphError, KernelError, KernelIndexError, VedaError
+from veda.targets.cpu import _NO_BOUNDS, _guided_table
 from veda.telemetry import _snapshot
 
 __all__ = ["GraphMetrics", "graph"]
@@ -52,6 +54,11 @@ _open: contextvars.ContextVar[tuple[graph, ...]] = contextvars.ContextVar("veda_
 
 #: Timed replays of each candidate plan before the fastest is kept.
 TRIES = 3
+#: Replay times kept per plan for telemetry's median seconds per step (the most recent).
+_RECENT = 64
+#: A replay's progress array before it starts: (step, launch, failed chunk's bounds).
+_PROGRESS = np.full(4, -1, np.int64)
+_GUIDED = MODE_CODES["guided"]
 #: Seconds of steps a tuning replay runs (a replay of many steps is cut into such blocks while
 #: the graph tunes, so a slow candidate costs tens of milliseconds, not the whole replay;
 #: blocks of 1 ms woke a parallel plan's threads for each: n-body 200 kept a 2x slower plan).
@@ -181,11 +188,14 @@ class graph(Interceptor):
         self._params: list[tuple[str, np.dtype[Any], Any]] = []  # (name, dtype, captured value)
         self._fns: dict[tuple[bool, ...], Any] = {}
         self._tables: dict[tuple[int, int], np.ndarray] = {}
-        self._plans: list[tuple[str, int, np.ndarray]] = []
+        self._plans: list[tuple[str, np.ndarray]] = []  # (label, plan)
+        # per plan: (which launches run in parallel, whether veda lends its threads, threads,
+        # the launches' guided tables unless a launch is guided: made for the threads lent)
+        self._facts: dict[int, tuple[tuple[bool, ...], bool, int, list[np.ndarray] | None]] = {}
         self._tried: list[list[float]] = []
         self._warm: set[int] = set()  # plans run once since their compile
         self._choice: int | None = None
-        self._stats = _Stats()
+        self._stats = _Stats()  # (made again for the launches when the capture ends)
         self._thread = 0  # the capturing thread
         self._problem: str | None = None  # why the capture cannot be replayed
         self.name = "graph"
@@ -385,7 +395,9 @@ class graph(Interceptor):
             self._dims[i, : len(L.dims)] = L.dims
         self._captured = []
         self._keep = []
+        self._stats = _Stats(len(self._launches))
         self._plans = self._candidates()
+        self._facts = {}
         self._tried = [[] for _ in self._plans]
         if not self.tune or len(self._plans) == 1:
             self._choice = 0
@@ -527,7 +539,7 @@ class graph(Interceptor):
             # Ctrl-C polled about every 0.05 s, between launches as the launchers do inside.
             lines += [
                 "        _now = _veda_lang.cycles()",
-                f"        _clk[{i}] += _now - _c",
+                f"        _veda_lang.fetch_add(_clk, {i}, _now - _c)",
                 "        _c = _now",
                 "        if _c - _tp >= 134217728:",
                 "            _tp = _c",
@@ -536,8 +548,8 @@ class graph(Interceptor):
         lines += ["    _pr[1] = -1", ""]
         return "\n".join(lines)
 
-    def _compiled(self, plan: np.ndarray) -> Any:
-        pattern = tuple(bool(p) for p in plan[:, 0])
+    def _compiled(self, pattern: tuple[bool, ...]) -> Any:
+        """The replay function of ``pattern``: which launches run in parallel."""
         fn = self._fns.get(pattern)
         if fn is None:
             with self._lock:
@@ -731,22 +743,31 @@ class graph(Interceptor):
         """Replay steps [start, start + steps) with one plan."""
         which = self._plan()
         label, plan = self._plans[which]
-        if plan[:, 0].any() and hw.parallel_unavailable_reason() is not None:
+        facts = self._facts.get(which)
+        if facts is None:  # (read once per plan: a replay's own cost matters on short ones)
+            pattern = tuple(bool(p) for p in plan[:, 0])
+            # veda lends the threads of a plan whose parallel launches it sized itself
+            lend = any(pattern) and all(L.free for L, p in zip(self._launches, pattern) if p)
+            guided = any(r[0] and r[1] == _GUIDED for r in plan.tolist())
+            fixed = None if guided else [_NO_BOUNDS] * len(self._launches)
+            facts = self._facts[which] = (pattern, lend, int(plan[:, 3].max()), fixed)
+        pattern, lend, wanted, tables = facts
+        parallel = any(pattern)
+        if parallel and hw.parallel_unavailable_reason() is not None:
             # A fork child of OpenMP: no parallel region can run here; every launch on one
             # thread, the same loops (telemetry shows the plan as "one thread (after fork)").
             which, label = -1, "one thread (after fork)"
             plan = np.zeros_like(plan)
             plan[:, 3] = 1
-        fn = self._compiled(plan)
-        parallel = bool(plan[:, 0].any())
-        # veda lends the threads of a plan whose parallel launches it sized itself
-        lend = parallel and all(L.free for L, row in zip(self._launches, plan) if row[0])
-        wanted = int(plan[:, 3].max())
+            pattern = (False,) * len(pattern)
+            parallel = lend = False
+            wanted = 1
+            tables = [_NO_BOUNDS] * len(self._launches)
+        fn = self._compiled(pattern)
         here = [v if v.shape[0] == 1 else v[start : start + steps] for v in values]
         out = [r if r.shape[0] == 1 else r[start : start + steps] for r in reds]
-        pr = np.full(4, -1, np.int64)
-        clk = np.zeros(len(self._launches), np.int64)
-        compiled = len(fn.signatures)
+        pr = _PROGRESS.copy()
+        compiled = len(fn.overloads)  # (not fn.signatures: a list built per call, ~15 us)
         grant = hw.Grant() if lend else None
         previous = threads = 0
         elapsed = 0.0
@@ -761,8 +782,10 @@ class graph(Interceptor):
                 previous = hw.get_threads()
                 if previous != threads:
                     hw.set_threads(threads)
-            tables = [self._table(L, plan[i]) for i, L in enumerate(self._launches)]
-            args = (steps, pr, clk, plan, self._dims, *tables, *slots, *self._consts, *here, *out)
+            if tables is None:  # guided launches: their tables for the threads lent
+                tables = [self._table(L, plan[i]) for i, L in enumerate(self._launches)]
+            head = (steps, pr, self._stats.cycles, plan, self._dims)
+            args = (*head, *tables, *slots, *self._consts, *here, *out)
             t0 = time.perf_counter()
             if parallel and hw.serialise:
                 with hw.region_lock:
@@ -789,8 +812,8 @@ class graph(Interceptor):
                     hw.budget.wake()
         if pr[2] >= 0:  # a parallel launch failed in the chunk [pr[2], pr[3])
             raise self._failure(pr, start, slots, here, plan, None)
-        compiled = len(fn.signatures) != compiled  # (the first call, or new argument types)
-        self._stats.add(steps, elapsed, label, compiled, clk * _tick())
+        compiled = len(fn.overloads) != compiled  # (the first call, or new argument types)
+        self._stats.add(steps, elapsed, label, compiled)
         short = parallel and threads < wanted  # its time is not the plan's
         if self._choice is None and not compiled and which >= 0 and not short:
             if which not in self._warm:  # the first run after a compile is slow: not timed
@@ -805,9 +828,7 @@ class graph(Interceptor):
 
     def _table(self, L: _Launch, row: np.ndarray) -> np.ndarray:
         """The guided schedule's chunk table of a launch for its row's thread count."""
-        from veda.targets.cpu import _NO_BOUNDS, _guided_table
-
-        if row[0] == 0 or row[1] != MODE_CODES["guided"] or (L.deterministic and L.form.private):
+        if row[0] == 0 or row[1] != _GUIDED or (L.deterministic and L.form.private):
             return _NO_BOUNDS
         key = (id(L), int(row[3]))
         table = self._tables.get(key)
@@ -941,30 +962,31 @@ def _per_step(name: str, v: Any, dtype: np.dtype[Any], steps: int) -> np.ndarray
 
 
 class _Stats:
-    def __init__(self) -> None:
+    def __init__(self, launches: int = 0) -> None:
         self.lock = threading.Lock()
-        self.reset()
+        self.reset(launches)
 
-    def reset(self) -> None:
+    def reset(self, launches: int | None = None) -> None:
+        if launches is None:
+            launches = len(self.cycles)
         self.replays = self.steps = 0
         self.seconds = 0.0
-        self.launch_seconds: np.ndarray | None = None
-        self.by_plan: dict[str, list[float]] = {}
+        # Cycles of each launch, all replays together: the replay function adds to them
+        # (atomically: replays of one graph may run at once in several threads).
+        self.cycles = np.zeros(launches, np.int64)
+        self.by_plan: dict[str, collections.deque[float]] = {}  # recent seconds per step
         self.chosen: str | None = getattr(self, "chosen", None)
 
-    def add(
-        self, steps: int, seconds: float, plan: str, compiled: bool, launches: np.ndarray
-    ) -> None:
-        """A replay; one that ``compiled`` its plan's function counts, but not per step.
-        ``launches``: the seconds each launch took, all steps together."""
+    def add(self, steps: int, seconds: float, plan: str, compiled: bool) -> None:
+        """A replay; one that ``compiled`` its plan's function counts, but not per step."""
         with self.lock:
             self.steps += steps
             self.seconds += seconds
-            if self.launch_seconds is None or len(self.launch_seconds) != len(launches):
-                self.launch_seconds = np.zeros(len(launches))
-            self.launch_seconds += launches
             if not compiled:
-                self.by_plan.setdefault(plan, []).append(seconds / steps)
+                recent = self.by_plan.get(plan)
+                if recent is None:
+                    recent = self.by_plan[plan] = collections.deque(maxlen=_RECENT)
+                recent.append(seconds / steps)
 
 
 #: The graphs captured in this process (a graph let go leaves its figures with it).
@@ -1053,9 +1075,7 @@ class _Source:
                     GraphMetrics(
                         g.name,
                         tuple(g.launches),
-                        tuple(float(v) for v in s.launch_seconds)
-                        if s.launch_seconds is not None
-                        else (0.0,) * len(g._launches),
+                        tuple(float(c) * _tick() for c in s.cycles),
                         s.replays,
                         s.steps,
                         s.seconds,
