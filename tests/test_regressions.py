@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,56 @@ def test_a_parallel_loop_numba_cannot_build_is_a_veda_error():
     np.testing.assert_array_equal(out, x * 2.0 + 3.0)
     with pytest.raises(veda.KernelDefinitionError, match="parallel loop"):
         veda.launch(_nested_tuple, 8, ((x, 2.0), 3.0), out, target="parallel")
+
+
+@veda.kernel
+def _nested_in_launch(i, t, out):
+    out[i] = t[0][0][i] * t[0][1] + t[1]
+
+
+@veda.kernel
+def _nested_in_background(i, t, out):
+    out[i] = t[0][0][i] * t[0][1] + t[1]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_an_adaptive_launch_drops_a_target_whose_loop_cannot_be_built(tmp_path, background):
+    # The same kernel launched adaptively: once the serial loop ran, the exploration compiled
+    # the parallel one, and its error ended the launch of a kernel that runs fine on "cpu".
+    # (A kernel per case: definitions of the same source share their dispatcher.)
+    scaled = _nested_in_background if background else _nested_in_launch
+    n = 1 << 17
+    x = np.arange(float(n))
+    out = np.zeros(n)
+    with (
+        veda.config(cache_dir=str(tmp_path), background_compile=background),
+        pytest.warns(RuntimeWarning, match="its 'parallel' loop cannot be compiled") as seen,
+    ):
+        deadline = time.monotonic() + 120
+        while True:
+            out[:] = 0.0
+            scaled[n](((x, 2.0), 3.0), out)
+            np.testing.assert_array_equal(out, x * 2.0 + 3.0)
+            if veda.explain(scaled).rows[0]["decision"] or time.monotonic() > deadline:
+                break
+    (row,) = veda.explain(scaled).rows
+    assert row["decision"].target == "cpu" and row["source"] == "explored"
+    parallel = [t for t in row["trials"] if t["decision"].target == "parallel"]
+    assert parallel and all("cannot be compiled" in t["pruned"] for t in parallel)
+    assert len([w for w in seen if "cannot be compiled" in str(w.message)]) == 1
+    with pytest.raises(veda.KernelDefinitionError, match="parallel loop"):  # asked for: refused
+        veda.launch(scaled, n, ((x, 2.0), 3.0), out, target="parallel")
+
+
+def test_a_serial_loop_that_cannot_be_built_is_raised_at_once():
+    # No target is dropped before another ran: a body that does not compile fails the first
+    # launch, with the serial loop's error (not after compiling the parallel one too).
+    @veda.kernel
+    def broken(i, x, out):
+        out[i] = x[i].no_such_attribute
+
+    x = np.ones(1 << 17)
+    with pytest.raises(veda.KernelDefinitionError, match="no_such_attribute"):
+        broken[x.size](x, np.zeros_like(x))
+    (row,) = veda.explain(broken).rows
+    assert not any(t["pruned"] for t in row["trials"])

@@ -51,7 +51,7 @@ from veda._kernel import checks as _checks
 from veda._kernel.codegen import fastmath_label
 from veda._kernel.definition import Form, KernelDefinition
 from veda._types import Decision, LaunchOptions, Overrides
-from veda.errors import LaunchError, VedaError
+from veda.errors import KernelDefinitionError, LaunchError, VedaError
 from veda.scheduler._rules import merge
 from veda.telemetry import _events
 from veda.telemetry import _registry as _telemetry
@@ -836,7 +836,12 @@ class Kernel(KernelDefinition):
                 return self._timed(entry, args, watchers)
         budget = _hw_cpu.budget
         budget.shorted()  # forget an earlier launch's shortfall
-        result = self._timed(entry, args, watchers)
+        try:
+            result = self._timed(entry, args, watchers)
+        except KernelDefinitionError as exc:
+            if not self._drop_target(entry, tuning, decision, exc):
+                raise
+            return self._explore(entry, tuning, args, watchers)  # (once per target at most)
         if budget.shorted() and entry.shorted < _SHORTED_RETRIES:
             # Other parallel launches held part of the machine: this one ran on fewer threads
             # than the candidate has, so its time is not the candidate's; the tuner asks for
@@ -854,6 +859,34 @@ class Kernel(KernelDefinition):
                 tuning, decision, entry.last, entry.size, entry.cfg.cache_dir, imbalance
             )
         return result
+
+    def _drop_target(
+        self, entry: Entry, tuning: Any, decision: Decision, exc: KernelDefinitionError
+    ) -> bool:
+        """An exploring launch's candidate could not be compiled for its arguments (Numba
+        cannot build a parallel region over a tuple holding tuples, say): when a candidate of
+        another target already ran, the dispatcher drops that target's candidates, says why in
+        ``veda.explain`` and once as a warning, and the launch runs another candidate (the
+        compile failed before the loop ran, so nothing was written).  Whether it did."""
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith("(its parallel loop")]
+        first = (lines[1] if len(lines) > 1 else lines[0]) if lines else type(exc).__name__
+        target = decision.target
+        with held_interrupts():
+            dropped = scheduler.dispatcher.drop_target(
+                tuning,
+                target,
+                f"cannot be compiled for these arguments: {first}",
+                entry.cfg.cache_dir,
+            )
+        if dropped:
+            _files.warn_once(
+                f"drop-target:{id(self)}:{target}",
+                f"kernel {self.name!r}: its {target!r} loop cannot be compiled for the "
+                f"arguments of this launch ({first}); the dispatcher explores the other "
+                "targets (veda.explain says why)",
+            )
+        return dropped
 
     def _compiled_choice(
         self, entry: Entry, tuner: Any, decision: Decision, args: tuple[Any, ...]

@@ -347,22 +347,45 @@ class Dispatcher:
         if entry.priced and tuner.exploring:
             self._price(entry, size)
         if was_exploring and not tuner.exploring:
-            shown = entry.exploring
-            if shown is not None:  # a prune above may have ended the exploration
-                with shown.lock:
-                    try:
-                        shown.done(tuner)
-                    except Exception as exc:
-                        shown._give_up(entry, exc)
-            self.wisdom(cache_dir).put(
-                entry.key,
-                {
-                    "decision": (tuner.choice or tuner.candidates[0]).to_json(),
-                    "seconds_per_element": tuner.baseline,
-                    "policy": tuner.policy,
-                    "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
-                },
-            )
+            self._explored(entry, cache_dir)
+
+    def _explored(self, entry: Entry, cache_dir: str) -> None:
+        """The exploration ended: its progress display closes, the decision is remembered."""
+        tuner = entry.tuner
+        shown = entry.exploring
+        if shown is not None:  # a prune may have ended the exploration before it showed
+            with shown.lock:
+                try:
+                    shown.done(tuner)
+                except Exception as exc:
+                    shown._give_up(entry, exc)
+        self.wisdom(cache_dir).put(
+            entry.key,
+            {
+                "decision": (tuner.choice or tuner.candidates[0]).to_json(),
+                "seconds_per_element": tuner.baseline,
+                "policy": tuner.policy,
+                "trials": {"/".join(map(str, d)): t.samples for d, t in tuner.trials.items()},
+            },
+        )
+
+    def drop_target(self, entry: Entry, target: str, reason: str, cache_dir: str) -> bool:
+        """Drop every candidate of ``target`` from an exploration (its loop cannot be compiled
+        for the launch's arguments, say), when a candidate of another target already ran:
+        whether it did.  An exploration this ends is remembered as one that ran its course."""
+        tuner = entry.tuner
+        if not tuner.exploring or not any(
+            t.samples for d, t in tuner.trials.items() if d.target != target
+        ):
+            return False
+        for d in list(tuner.candidates):
+            if d.target == target:
+                tuner.prune(d, reason)
+        if tuner.exploring and any(d.target == target for d in tuner._alive):
+            return False  # (the only candidates left: the tuner keeps one)
+        if not tuner.exploring:
+            self._explored(entry, cache_dir)
+        return True
 
     @staticmethod
     def _too_short(tuner: Tuner, measured: Decision, seconds: float, size: int) -> None:
