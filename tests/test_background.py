@@ -272,6 +272,100 @@ def test_a_fork_during_a_background_compile_leaves_the_child_able_to_compile(tmp
     assert out.stdout.split("\n")[0] == "child 0", out.stdout
 
 
+FOREGROUND_FORK = textwrap.dedent(
+    """
+    import faulthandler, os, sys, threading, time
+    import numpy as np
+    import veda
+
+    @veda.kernel
+    def in_thread(i, x, out):
+        out[i] = x[i] * 3.0 + 1.0
+
+    @veda.kernel
+    def in_child(i, x, out):
+        out[i] = x[i] * 5.0 - 1.0
+
+    x = np.ones(1000)
+    t = threading.Thread(target=lambda: veda.launch(in_thread, 1000, x, np.zeros(1000),
+                                                   target="cpu"))
+    t.start()
+    time.sleep(float(sys.argv[1]))  # the thread is building or compiling its kernel now
+    pid = os.fork()
+    if pid == 0:
+        faulthandler.dump_traceback_later(60, exit=True)  # a hang: exit 1, with the stacks
+        out = np.zeros(1000)
+        veda.launch(in_child, 1000, x, out, target="cpu")
+        os._exit(0 if out[0] == 4.0 else 3)
+    t.join()
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1])
+def test_a_fork_while_another_thread_compiles_leaves_the_child_able_to_compile(tmp_path, delay):
+    # The child of a fork made while a program's thread compiled in the foreground hung at its
+    # own first compile, on locks that thread held in the parent: Numba's compile lock, the
+    # cache's, the import of numpy.ma.  The fork now waits for that compile.
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run(
+        [sys.executable, "-c", FOREGROUND_FORK, str(delay)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "child 0", (out.stdout, out.stderr)
+
+
+def test_a_fork_waits_for_the_compiles_of_other_threads_and_holds_new_ones():
+    # The gate, in one process: a compile in progress holds the fork hook; while the fork
+    # waits or runs, a compile that starts in a third thread waits for it to end.
+    inside, leave = threading.Event(), threading.Event()
+    events = []
+
+    def compiling_thread():
+        with background.compiling():
+            inside.set()
+            leave.wait(10)
+        events.append("compiled")
+
+    def fork_hooks():
+        background._before_fork()
+        events.append("forking")
+        time.sleep(0.2)
+        events.append("forked")
+        background._after_fork_parent()
+
+    def late_thread():
+        with background.compiling():
+            events.append("late compile")
+
+    first = threading.Thread(target=compiling_thread)
+    first.start()
+    assert inside.wait(10)
+    forker = threading.Thread(target=fork_hooks)
+    forker.start()
+    forker.join(0.2)
+    assert events == []  # the fork waits for the compile in progress
+    leave.set()
+    first.join(10)
+    time.sleep(0.05)  # the fork hook runs now (it sleeps 0.2 s between its events)
+    late = threading.Thread(target=late_thread)
+    late.start()
+    forker.join(10)
+    late.join(10)
+    assert events == ["compiled", "forking", "forked", "late compile"]
+    with background.compiling():  # nested in one thread, and open again after the fork
+        with background.compiling():
+            pass
+    assert background._inside == {}
+
+
 def test_a_fork_waits_for_the_job_in_progress_only():
     # What the fork hook does around a fork, in one thread: it waits for the job in progress
     # (not for those queued behind it), holds the next back, and lets it go after.

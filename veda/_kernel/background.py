@@ -25,6 +25,8 @@ import signal
 import threading
 from collections.abc import Callable, Hashable
 
+from numba.core.compiler_lock import global_compiler_lock
+
 from veda._hardware.signals import held_interrupts
 
 #: What :func:`state` says of a job.
@@ -122,8 +124,59 @@ def _at_exit() -> None:
 # Fork: the compile thread may hold locks the child would need and never get back: Numba's
 # compile lock, llvmlite's lock around each LLVM call (the vectorisation report reads the IR
 # after the compile), a kernel's statistics lock.  A fork waits for the job in progress to end
-# (no next one starts: _lock is held), and the child starts with no jobs.
+# (no next one starts: _lock is held), and the child starts with no jobs.  It waits too for
+# what other threads compile in the foreground (a program's thread whose launch compiles):
+# veda's compiles and module builds (:class:`compiling`), then Numba's compile lock, which any
+# compile holds to its end.  The child of a fork in the middle of one hung at its first
+# compile, on the lock (or on the import of ``numpy.ma``) that the other thread held.
+_gate = threading.Condition(threading.Lock())
+_inside: dict[int, int] = {}  # thread ident -> how deep it is in compiles
+_closed_by: int | None = None  # the thread forking, while it waits and forks
+
+
+class compiling:
+    """A compile or module build in this thread, which a fork waits for (see above): enter
+    and leave it with interrupts held (:class:`~veda._hardware.signals.held_interrupts`);
+    it nests.  While a fork waits, a new one waits for the fork to end."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        with _gate:
+            depth = _inside.get(me, 0)
+            while not depth and _closed_by is not None and _closed_by != me:
+                _gate.wait()
+            _inside[me] = depth + 1
+
+    def __exit__(self, *exc: object) -> None:
+        me = threading.get_ident()
+        with _gate:
+            depth = _inside.pop(me) - 1
+            if depth:
+                _inside[me] = depth
+            else:
+                _gate.notify_all()
+
+
+def _close_gate() -> None:
+    global _closed_by
+    me = threading.get_ident()
+    with _gate:
+        _closed_by = me
+        while any(t != me for t in _inside):
+            _gate.wait()
+
+
+def _open_gate() -> None:
+    global _closed_by
+    with _gate:
+        _closed_by = None
+        _gate.notify_all()
+
+
 _forking = threading.local()
+_GATE = object()  # what _forking.locks holds for the closed gate
 
 
 def _note_sigint(signum: int, frame: object) -> None:
@@ -145,14 +198,23 @@ def _before_fork() -> None:
     for lock in (_lock, _running):  # _running: the job in progress ends first
         lock.acquire()
         state.locks.append(lock)
+    _close_gate()  # then the compiles of the other threads
+    state.locks.append(_GATE)
+    global_compiler_lock.acquire()  # and any compile that veda did not start
+    state.locks.append(global_compiler_lock)
 
 
 def _let_go(child: bool) -> None:
     state = _forking
     locks = getattr(state, "locks", [])
     state.locks = []
-    if not child:
-        for lock in reversed(locks):
+    for lock in reversed(locks):
+        if lock is _GATE:
+            if not child:  # (made again in the child: _after_fork_child)
+                _open_gate()
+        elif lock is global_compiler_lock:
+            lock.release()  # in the child too: the forking thread holds it there
+        elif not child:
             lock.release()
     previous, state.previous = getattr(state, "previous", None), None
     caught, state.caught = getattr(state, "caught", False), False
@@ -167,9 +229,16 @@ def _after_fork_parent() -> None:
 
 
 def _after_fork_child() -> None:
-    global _lock, _thread, _running
+    global _lock, _thread, _running, _gate, _closed_by
     _lock = threading.Lock()
     _running = threading.Lock()
+    _gate = threading.Condition(threading.Lock())
+    me = threading.get_ident()
+    mine = _inside.get(me)
+    _inside.clear()  # the other threads are not in the child
+    if mine:
+        _inside[me] = mine
+    _closed_by = None
     _thread = None
     _queue.clear()
     for key in [k for k, v in _jobs.items() if v == PENDING]:

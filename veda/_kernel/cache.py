@@ -31,6 +31,8 @@ import numba
 
 from veda import _files
 from veda._config import get_config
+from veda._hardware.signals import held_interrupts
+from veda._kernel import background as _background
 from veda._version import __version__
 from veda.errors import ConfigError
 
@@ -160,8 +162,14 @@ def load_module(
     On disk, the file is compared with ``text`` before it is imported: a damaged or altered file
     is rebuilt from ``text`` with one warning, so a cache entry never runs code veda did not
     generate.  Where no private cache folder can be had, the module is compiled in memory.
+    A fork in another thread waits for it (:class:`~veda._kernel.background.compiling`).
     """
-    with _lock:
+    with held_interrupts(), _background.compiling(), _lock:
+        # Numba's first call with an array imports numpy.ma (30-80 ms): here, where a fork
+        # waits for it, rather than in that call, where an import in progress in another
+        # thread hung a fork's child.
+        import numpy.ma  # noqa: F401
+
         mod = sys.modules.get(name) or _memory_modules.get(name)
         if mod is not None:
             # The same text for a newer definition (a notebook cell run again): errors now

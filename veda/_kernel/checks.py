@@ -312,12 +312,14 @@ def install_compile_hook(
     def _compile_for_args(*args: Any, **kws: Any) -> Any:
         user_args = args[offset:]
         check_arguments(who.name, names, user_args)
-        hits = sum(dispatcher.stats.cache_hits.values())
         start = time.perf_counter()
         try:
             # Ctrl-C during a compile is held to its end: raised inside one of llvmlite's
             # ctypes callbacks it would be printed and lost, and the launch would run on.
-            with held_interrupts(), gc_paused:
+            # A fork in another thread waits for it (_background.compiling): the child of
+            # one in the middle hung on the locks this thread held (Numba's, the cache's).
+            with held_interrupts(), gc_paused, _background.compiling():
+                hits = sum(dispatcher.stats.cache_hits.values())  # (builds the lazy cache)
                 result = original(*args, **kws)
                 hit = sum(dispatcher.stats.cache_hits.values()) > hits
                 types_ = tuple(dispatcher.typeof_pyval(a) for a in args)

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from veda._kernel import codegen
+from veda._hardware.signals import held_interrupts
+from veda._kernel import background, codegen
 from veda._kernel.base import REDUCE_OPS, Launchable
 from veda._kernel.checks import install_compile_hook, refuse_device_arguments
 from veda._kernel.codegen import fastmath_label
@@ -505,7 +506,8 @@ class KernelDefinition(Launchable):
         key = (ndim, nargs, options)
         module = self._programs.get(key)
         if module is None:
-            with self._lock:
+            # (a fork in another thread waits for the build: background.compiling)
+            with held_interrupts(), background.compiling(), self._lock:
                 module = self._programs.get(key)
                 if module is None:
                     module = self._build(ndim, nargs, options)
@@ -532,7 +534,7 @@ class KernelDefinition(Launchable):
         key = (ndim, nargs, options, acc, block)
         module = self._cuda_programs.get(key)
         if module is None:
-            with self._lock:
+            with held_interrupts(), background.compiling(), self._lock:
                 module = self._cuda_programs.get(key)
                 if module is None:
                     module = codegen.cuda_kernel_unit(
