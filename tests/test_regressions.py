@@ -113,8 +113,20 @@ def _nested_in_background(i, t, out):
     out[i] = t[0][0][i] * t[0][1] + t[1]
 
 
+@pytest.fixture
+def idle_machine(monkeypatch):
+    """Parallel candidates whatever else the machine runs meanwhile (the other test worker)."""
+    from veda.scheduler import _dispatch
+
+    if veda.max_threads() < 2:
+        pytest.skip("needs 2 threads")
+    monkeypatch.setattr(_dispatch.dispatcher.load, "free_cores", lambda: veda.max_threads())
+
+
 @pytest.mark.parametrize("background", [False, True])
-def test_an_adaptive_launch_drops_a_target_whose_loop_cannot_be_built(tmp_path, background):
+def test_an_adaptive_launch_drops_a_target_whose_loop_cannot_be_built(
+    tmp_path, background, idle_machine
+):
     # The same kernel launched adaptively: once the serial loop ran, the exploration compiled
     # the parallel one, and its error ended the launch of a kernel that runs fine on "cpu".
     # (A kernel per case: definitions of the same source share their dispatcher.)
@@ -142,7 +154,7 @@ def test_an_adaptive_launch_drops_a_target_whose_loop_cannot_be_built(tmp_path, 
         veda.launch(scaled, n, ((x, 2.0), 3.0), out, target="parallel")
 
 
-def test_a_serial_loop_that_cannot_be_built_is_raised_at_once():
+def test_a_serial_loop_that_cannot_be_built_is_raised_at_once(idle_machine):
     # No target is dropped before another ran: a body that does not compile fails the first
     # launch, with the serial loop's error (not after compiling the parallel one too).
     @veda.kernel
@@ -154,3 +166,35 @@ def test_a_serial_loop_that_cannot_be_built_is_raised_at_once():
         broken[x.size](x, np.zeros_like(x))
     (row,) = veda.explain(broken).rows
     assert not any(t["pruned"] for t in row["trials"])
+
+
+@veda.kernel
+def _tuple_of_arrays(i, t, out):
+    out[i] = t[0][i] + t[1][0]
+
+
+def test_a_decided_target_that_cannot_compile_new_arguments_is_left_for_another(
+    tmp_path, idle_machine
+):
+    # The tuner is shared by every argument type of a kernel and size: decided on "parallel"
+    # for arguments that it compiles for, an adaptive launch with a tuple holding a tuple (no
+    # parallel loop for it) failed (adversarial review), in the process and from the cache.
+    n = 1 << 17
+    x = np.arange(float(n))
+    out = np.zeros(n)
+    with veda.config(cache_dir=str(tmp_path), background_compile=False):
+        _tuple_of_arrays[n]((x, np.array([1.0])), out)
+        (entry,) = [e for e in _tuple_of_arrays._fast.values() if e.tuning is not None]
+        parallel = next(d for d in entry.tuning.tuner.candidates if d.target == "parallel")
+        entry.tuning.tuner.adopt(parallel, float("nan"), "test")
+        _tuple_of_arrays[n]((x, np.array([1.0])), out)
+        assert veda.explain(_tuple_of_arrays).rows[0]["decision"] == parallel
+        with pytest.warns(RuntimeWarning, match="decides without the 'parallel' target"):
+            for _ in range(50):
+                out[:] = 0.0
+                _tuple_of_arrays[n]((x, (1.0,)), out)
+                np.testing.assert_array_equal(out, x + 1.0)
+        (row,) = veda.explain(_tuple_of_arrays).rows
+        assert row["decision"] is None or row["decision"].target == "cpu"
+        pruned = [t["pruned"] for t in row["trials"] if t["decision"].target == "parallel"]
+        assert pruned and all("cannot be compiled" in p for p in pruned)

@@ -220,7 +220,12 @@ def warn_once(key: str, message: str) -> None:
     warnings.warn(f"veda: {message}", RuntimeWarning, stacklevel=_caller_level())
 
 
-_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(numba.__file__))
+#: veda's and Numba's files, and veda's generated call-site launchers ("<veda launcher ...>").
+_INTERNAL = (
+    os.path.dirname(os.path.abspath(__file__)),
+    os.path.dirname(numba.__file__),
+    "<veda launcher",
+)
 
 
 def _caller_level() -> int:

@@ -555,42 +555,47 @@ class Kernel(KernelDefinition):
     def _launch(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
         # One check for everything that watches launches, one dictionary look-up, the
         # per-launch checks, the compiled call, two clock reads and an append for telemetry.
-        if _watched:
-            return self._launch_watched(dims, args, overrides)
-        cfg = get_config()
-        if self._by_residency:  # a GPU here, or device arrays seen: host and device apart
-            entry = self._fast.get((dims, len(args), overrides, _gpu.device_resident(args)))
-        else:
-            entry = self._fast.get((dims, len(args), overrides))
-        if entry is None or entry.cfg is not cfg:
-            entry = self._prepare(dims, args, overrides, cfg)
-        if entry.check is not None:
-            entry.check(dims, args)
-        tuning = entry.tuning
-        if tuning is not None and tuning.tuner.version != entry.version:
-            return self._adaptive_launch(entry, args, ())  # exploring, or the decision changed
-        recorder = entry.recorder
-        if recorder is None:  # telemetry=False
-            return entry.runner(args)
-        if entry.meter is not None:  # a measured energy source reads around the launch
-            return self._timed(entry, args, ())
-        start = perf_counter()
         try:
-            result = entry.runner(args)
-        except BaseException as exc:
-            recorder.error()
-            if entry.debts is not None:  # a failed launch appends no time to take it off
-                _settle(entry, None)
-            interrupt = unwrap_interrupt(exc)  # Ctrl-C seen by Numba's boxing: SystemError
-            if interrupt is not exc:
-                raise interrupt from None
-            raise
-        elapsed = perf_counter() - start
-        times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
-        times.append(elapsed)
-        if len(times) > entry.review_at:
-            self._review(entry, args, elapsed)
-        return result
+            if _watched:
+                return self._launch_watched(dims, args, overrides)
+            cfg = get_config()
+            if self._by_residency:  # a GPU here, or device arrays seen: host and device apart
+                entry = self._fast.get((dims, len(args), overrides, _gpu.device_resident(args)))
+            else:
+                entry = self._fast.get((dims, len(args), overrides))
+            if entry is None or entry.cfg is not cfg:
+                entry = self._prepare(dims, args, overrides, cfg)
+            if entry.check is not None:
+                entry.check(dims, args)
+            tuning = entry.tuning
+            if tuning is not None and tuning.tuner.version != entry.version:
+                return self._adaptive_launch(entry, args, ())  # exploring, or the decision changed
+            recorder = entry.recorder
+            if recorder is None:  # telemetry=False
+                return entry.runner(args)
+            if entry.meter is not None:  # a measured energy source reads around the launch
+                return self._timed(entry, args, ())
+            start = perf_counter()
+            try:
+                result = entry.runner(args)
+            except BaseException as exc:
+                recorder.error()
+                if entry.debts is not None:  # a failed launch appends no time to take it off
+                    _settle(entry, None)
+                interrupt = unwrap_interrupt(exc)  # Ctrl-C seen by Numba's boxing: SystemError
+                if interrupt is not exc:
+                    raise interrupt from None
+                raise
+            elapsed = perf_counter() - start
+            times: list[float] = entry.times  # type: ignore[assignment]  # set with the recorder
+            times.append(elapsed)
+            if len(times) > entry.review_at:
+                self._review(entry, args, elapsed)
+            return result
+        except KernelDefinitionError as exc:  # (a try costs nothing until it catches)
+            if not self._excluded(dims, args, overrides, exc):
+                raise
+        return self._launch(dims, args, overrides)  # the dispatcher decided again
 
     def _launch_watched(self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any) -> Any:
         """A launch while interceptors are installed: those active here may force a decision
@@ -836,12 +841,7 @@ class Kernel(KernelDefinition):
                 return self._timed(entry, args, watchers)
         budget = _hw_cpu.budget
         budget.shorted()  # forget an earlier launch's shortfall
-        try:
-            result = self._timed(entry, args, watchers)
-        except KernelDefinitionError as exc:
-            if not self._drop_target(entry, tuning, decision, exc):
-                raise
-            return self._explore(entry, tuning, args, watchers)  # (once per target at most)
+        result = self._timed(entry, args, watchers)
         if budget.shorted() and entry.shorted < _SHORTED_RETRIES:
             # Other parallel launches held part of the machine: this one ran on fewer threads
             # than the candidate has, so its time is not the candidate's; the tuner asks for
@@ -860,31 +860,38 @@ class Kernel(KernelDefinition):
             )
         return result
 
-    def _drop_target(
-        self, entry: Entry, tuning: Any, decision: Decision, exc: KernelDefinitionError
+    def _excluded(
+        self, dims: tuple[int, ...], args: tuple[Any, ...], overrides: Any, exc: VedaError
     ) -> bool:
-        """An exploring launch's candidate could not be compiled for its arguments (Numba
-        cannot build a parallel region over a tuple holding tuples, say): when a candidate of
-        another target already ran, the dispatcher drops that target's candidates, says why in
-        ``veda.explain`` and once as a warning, and the launch runs another candidate (the
-        compile failed before the loop ran, so nothing was written).  Whether it did."""
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        lines = [ln for ln in lines if not ln.startswith("(its parallel loop")]
-        first = (lines[1] if len(lines) > 1 else lines[0]) if lines else type(exc).__name__
-        target = decision.target
+        """A launch failed with ``exc`` (a :class:`KernelDefinitionError`): when it ran the
+        dispatcher's candidate of another target than ``"cpu"`` (Numba cannot build every
+        loop everywhere: a parallel region over a tuple holding tuples, say), the dispatcher
+        drops that target's candidates for the kernel and size class and decides again, says
+        why in ``veda.explain`` and once as a warning; whether it did (then the caller launches
+        again: the compile failed before the loop ran, so nothing was written).  A launch
+        that asked for a target gets the error."""
+        entry = self._fast.get(self._key(dims, args, overrides))
+        if entry is None or entry.tuning is None or entry.decision is _UNBOUND:
+            return False
+        target = entry.decision.target
+        if target == "cpu":
+            return False
+        lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
+        detail = " ".join(ln for ln in lines if not ln.startswith("(its parallel loop"))
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
         with held_interrupts():
-            dropped = scheduler.dispatcher.drop_target(
-                tuning,
+            dropped = scheduler.dispatcher.exclude_target(
+                entry.tuning,
                 target,
-                f"cannot be compiled for these arguments: {first}",
+                f"cannot be compiled for these arguments: {detail or type(exc).__name__}",
                 entry.cfg.cache_dir,
             )
         if dropped:
             _files.warn_once(
-                f"drop-target:{id(self)}:{target}",
+                f"exclude-target:{id(self)}:{target}",
                 f"kernel {self.name!r}: its {target!r} loop cannot be compiled for the "
-                f"arguments of this launch ({first}); the dispatcher explores the other "
-                "targets (veda.explain says why)",
+                f"arguments of this launch ({detail or exc}); the dispatcher decides without "
+                f"the {target!r} target for this kernel and size (veda.explain says why)",
             )
         return dropped
 
@@ -1023,8 +1030,19 @@ class Kernel(KernelDefinition):
 
     def _go_failed(
         self, entry: Entry, exc: BaseException, args: tuple[Any, ...], failed: Any
+    ) -> Any:
+        """A specialised launcher's launch raised ``exc``: raise what :meth:`_launch` would,
+        or launch again as it would (:meth:`_excluded`) and return the result."""
+        try:
+            self._go_raise(entry, exc, args, failed)
+        except KernelDefinitionError as err:
+            if not self._excluded(entry.dims, args, None, err):
+                raise
+        return self._launch(entry.dims, args, None)
+
+    def _go_raise(
+        self, entry: Entry, exc: BaseException, args: tuple[Any, ...], failed: Any
     ) -> None:
-        """A specialised launcher's launch raised ``exc``: raise what :meth:`_launch` would."""
         try:
             if failed is not None and isinstance(exc, Exception):
                 failed(exc, args)  # the target's error for it (always raises)
@@ -1255,8 +1273,7 @@ def _go_factory(
         "        try:",
         f"            result = {call}",
         "        except BaseException as exc:",
-        "            go_failed(entry, exc, args, failed)",
-        "            raise",
+        "            return go_failed(entry, exc, args, failed)  # (raises, or launches again)",
     ]
     if timed:
         body += [

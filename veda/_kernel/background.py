@@ -18,11 +18,14 @@ and the child starts with no jobs.
 
 from __future__ import annotations
 
+import _thread as _low_thread
 import atexit
 import contextvars
 import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Hashable
 
 from numba.core.compiler_lock import global_compiler_lock
@@ -137,7 +140,11 @@ _closed_by: int | None = None  # the thread forking, while it waits and forks
 class compiling:
     """A compile or module build in this thread, which a fork waits for (see above): enter
     and leave it with interrupts held (:class:`~veda._hardware.signals.held_interrupts`);
-    it nests.  While a fork waits, a new one waits for the fork to end."""
+    it nests.  While a fork waits, a new one waits for the fork to end.
+
+    The fork holds :data:`_lock` while it waits here, and then takes Numba's compiler lock:
+    so nothing inside may call :func:`submit` (which takes ``_lock``), and it must be entered
+    without holding Numba's compiler lock (a compile hook runs before Numba takes it)."""
 
     __slots__ = ()
 
@@ -221,7 +228,34 @@ def _let_go(child: bool) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
         if caught and not child:  # (the child did not exist when it came)
-            signal.raise_signal(signal.SIGINT)  # handled when the fork has returned
+            _interrupt_after_hooks()
+
+
+#: The fork hooks' code: the main thread is in them while one is on its stack.
+_HOOKS: set[object] = set()
+
+
+def _interrupt_after_hooks() -> None:
+    """Raise the Ctrl-C held during a fork in the main thread once the fork has returned.
+
+    Raised here, it would be raised in the at-fork hook, and Python ignores what a hook
+    raises (it prints "Exception ignored"; ``signal.raise_signal`` runs the handler at once):
+    a thread waits until the main thread has left the hooks, then interrupts it
+    (``_thread.interrupt_main``: the handler runs at its next bytecode)."""
+    main = threading.main_thread().ident
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            frame = sys._current_frames().get(main)
+            while frame is not None and frame.f_code not in _HOOKS:
+                frame = frame.f_back
+            if frame is None:  # no hook on the main thread's stack: the fork returned
+                break
+            time.sleep(0.001)
+        _low_thread.interrupt_main(signal.SIGINT)
+
+    threading.Thread(target=interrupt, name="veda-fork-interrupt", daemon=True).start()
 
 
 def _after_fork_parent() -> None:
@@ -245,6 +279,8 @@ def _after_fork_child() -> None:
         del _jobs[key]  # not compiled here: a launch that needs it submits it again
     _let_go(child=True)
 
+
+_HOOKS.update(f.__code__ for f in (_after_fork_parent, _let_go, _interrupt_after_hooks))
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(

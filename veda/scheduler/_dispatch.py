@@ -369,20 +369,23 @@ class Dispatcher:
             },
         )
 
-    def drop_target(self, entry: Entry, target: str, reason: str, cache_dir: str) -> bool:
-        """Drop every candidate of ``target`` from an exploration (its loop cannot be compiled
-        for the launch's arguments, say), when a candidate of another target already ran:
-        whether it did.  An exploration this ends is remembered as one that ran its course."""
+    def exclude_target(self, entry: Entry, target: str, reason: str, cache_dir: str) -> bool:
+        """Drop every candidate of ``target`` (its loop cannot be compiled for a launch's
+        arguments, say), exploring again without them if the decision was one of them;
+        whether any candidate of another target is left to decide among.  An exploration
+        this ends is remembered in the tuning cache as one that ran its course."""
         tuner = entry.tuner
-        if not tuner.exploring or not any(
-            t.samples for d, t in tuner.trials.items() if d.target != target
-        ):
+        if not any(d.target != target for d in tuner.candidates):
             return False
+        if tuner.choice is not None:
+            if tuner.choice.target != target:
+                return False  # decided on another target already: not its doing
+            tuner.restart()
+        elif not any(d.target != target for d in tuner._alive):
+            tuner.restart()  # the others were dropped as slower: none would be left to run
         for d in list(tuner.candidates):
             if d.target == target:
                 tuner.prune(d, reason)
-        if tuner.exploring and any(d.target == target for d in tuner._alive):
-            return False  # (the only candidates left: the tuner keeps one)
         if not tuner.exploring:
             self._explored(entry, cache_dir)
         return True
