@@ -189,8 +189,9 @@ class graph(Interceptor):
         self._fns: dict[tuple[bool, ...], Any] = {}
         self._tables: dict[tuple[int, int], np.ndarray] = {}
         self._plans: list[tuple[str, np.ndarray]] = []  # (label, plan)
-        # per plan: (which launches run in parallel, whether veda lends its threads, threads,
-        # the launches' guided tables unless a launch is guided: made for the threads lent)
+        # per plan, by its index in _plans (made with them, at the capture's end): (which
+        # launches run in parallel, whether veda lends its threads, threads, the launches'
+        # tables unless a launch is guided, whose tables are made for the threads lent)
         self._facts: dict[int, tuple[tuple[bool, ...], bool, int, list[np.ndarray] | None]] = {}
         self._tried: list[list[float]] = []
         self._warm: set[int] = set()  # plans run once since their compile
@@ -972,7 +973,8 @@ class _Stats:
         self.replays = self.steps = 0
         self.seconds = 0.0
         # Cycles of each launch, all replays together: the replay function adds to them
-        # (atomically: replays of one graph may run at once in several threads).
+        # (atomically: replays of one graph may run at once in several threads).  A replay
+        # running across a reset adds its cycles to the array it started with.
         self.cycles = np.zeros(launches, np.int64)
         self.by_plan: dict[str, collections.deque[float]] = {}  # recent seconds per step
         self.chosen: str | None = getattr(self, "chosen", None)
