@@ -321,12 +321,16 @@ def main(quick: bool = False) -> dict:
     rows = []
     print(f"whole programs, median of {repeats} interleaved repeats after a warm-up (per call)")
     for prog in programs(quick):
-        # The adaptive launch needs its exploration behind it: warm every contestant up well.
-        for fn in prog.contestants.values():
-            for _ in range(2 if quick else 60):
-                if prog.setup:
-                    prog.setup()
-                fn()
+        # The adaptive launch needs its exploration behind it: warm every contestant up well,
+        # veda's with its candidates compiled in the launches.  With background compiles the
+        # first parallel loop of a kernel compiled while the timed launches ran, and those
+        # waited for the interpreter lock (saxpy 1e4 or 1e5 at 200-300 us a launch, 10x).
+        for name, fn in prog.contestants.items():
+            with veda.config(background_compile=False):
+                for _ in range(2 if quick else (300 if name.startswith("veda") else 60)):
+                    if prog.setup:
+                        prog.setup()
+                    fn()
         check_each(prog.contestants, prog.check, prog.setup)
         # NumPy in a block of its own, after a pause: OpenBLAS (np.dot, np.linalg.norm) leaves
         # its threads spinning after a call, which slowed the parallel regions interleaved
