@@ -381,7 +381,7 @@ def test_a_fork_waits_for_the_compiles_of_other_threads_and_holds_new_ones():
         with background.compiling():
             inside.set()
             leave.wait(10)
-        events.append("compiled")
+            events.append("compiled")  # (inside: the fork hook goes on only once it left)
 
     def fork_hooks():
         background._before_fork()

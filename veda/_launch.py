@@ -874,7 +874,7 @@ class Kernel(KernelDefinition):
         if entry is None or entry.tuning is None or entry.decision is _UNBOUND:
             return False
         target = entry.decision.target
-        if target == "cpu":
+        if target == "cpu":  # the launch core's last resort (as after a fork): its error stands
             return False
         lines = [ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()]
         detail = " ".join(ln for ln in lines if not ln.startswith("(its parallel loop"))
