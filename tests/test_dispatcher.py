@@ -687,3 +687,54 @@ def test_a_failing_progress_bar_never_fails_a_launch(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="no progress bar for exploring"):
         decision = _explore(True, 16384, monkeypatch, tmp_path)
     assert decision is not None
+
+
+def test_the_thread_budget_never_lends_more_than_the_machine_under_contention():
+    """Eight threads take and give a budget of 3 threads at once, through the path without the
+    lock and the locked one: the threads lent never add up to more than 3, every launch gets
+    at least one, and nothing stays lent."""
+    import threading
+    import time
+
+    from veda._hardware import cpu as hw
+
+    budget = hw.ThreadBudget(total=lambda: 3)
+    over, got, errors = [], [], []
+    held, count = [0], threading.Lock()  # the threads of the launches between take and give
+    start = threading.Barrier(8)
+
+    def launches(wanted: int) -> None:
+        try:
+            start.wait()
+            for _ in range(2000):
+                grant = hw.Grant()
+                try:
+                    threads = budget.take(grant, wanted)
+                    with count:
+                        held[0] += threads
+                        if held[0] > 3:
+                            over.append(held[0])
+                    got.append(threads)
+                    time.sleep(0)  # held: let the others ask meanwhile
+                    with count:
+                        held[0] -= threads
+                finally:
+                    budget.give(grant)
+                    budget.wake()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=launches, args=(1 + k % 3,)) for k in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch between bytecodes often, inside take too
+    try:
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors and not any(w.is_alive() for w in workers)
+    assert not over, over[:5]
+    assert len(got) == 8 * 2000 and min(got) >= 1 and max(got) <= 3
+    assert budget.in_flight() == 0 and budget.lent() == 0

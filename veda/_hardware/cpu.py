@@ -164,9 +164,10 @@ class ThreadBudget:
 
     Interrupt-safe: a ``KeyboardInterrupt`` is raised between bytecodes, on entry to a Python
     function or after a call returns, never inside a call of a C function.  So :meth:`take`
-    registers the caller's :class:`Grant` first and then records the threads in it with one
-    store, and a launch gives its grant back with one call of ``set.discard`` (:attr:`give`,
-    not a Python method): whatever is interrupted, nothing stays lent.  A waiter that misses
+    registers the caller's :class:`Grant` with one call of ``set.add`` (its threads are stored
+    in it before, on the path without the lock, or after, on the locked one), and a launch
+    gives its grant back with one call of ``set.discard`` (:attr:`give`, not a Python method):
+    whatever is interrupted, nothing stays lent.  A waiter that misses
     the wake-up of an interrupted giver looks again within :data:`POLL` seconds.
 
     Examples
@@ -226,16 +227,20 @@ class ThreadBudget:
     def take(self, grant: Grant, wanted: int) -> int:
         """Lend up to ``wanted`` threads to ``grant`` (waiting while none is free); returns
         how many."""
+        # The common case, without the lock (0.2 us of 0.45): nothing lent and nobody waiting
+        # (a waiter holds a grant).  The threads are claimed before the grant is seen, so a
+        # launch that registers after this one counts them; one that registered before
+        # makes the set hold two, and this launch takes the locked path below.
+        grants = self._grants
+        total = self._total()
+        grant.threads = wanted if wanted <= total else total
+        grants.add(grant)
+        if len(grants) == 1:
+            if grant.threads < wanted:
+                self._short.launch = True
+            return grant.threads
         with self._lock:
-            grants = self._grants
-            if not grants:  # nothing lent and nobody waiting (a waiter holds a grant): the
-                grants.add(grant)  # common case, at half the general one's cost (0.5 us)
-                total = self._total()
-                grant.threads = wanted if wanted <= total else total
-                if grant.threads < wanted:
-                    self._short.launch = True
-                return grant.threads
-            grants.add(grant)
+            grant.threads = 0  # (its claim above is dropped: it counts as others do here)
             grant.crowded = True
             # Counted before reading what is free: a launch that gives its threads back after
             # that read sees a waiter and wakes it (counted after, the wake-up was lost).
