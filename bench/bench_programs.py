@@ -12,9 +12,13 @@ a domain of few heavy indices, a 2-D Jacobi sweep from 200^2 to 2000^2, and an e
 that launches a 2-D update once per pivot.  The ratio is veda's median time over the best
 peer's (below 1: veda is faster).  Medians of interleaved repeats after a warm-up, in an order
 rotated from repeat to repeat, fast programs in batches of calls; NumPy is timed in a block of
-its own (its BLAS threads spin after a call).
+its own (its BLAS threads spin after a call).  Dot and norm also meet the prange loop a Numba
+expert writes for them ("prange simd": a share per thread, summed on SIMD lanes).
 
-    python bench/bench_programs.py [--quick]
+    python bench/bench_programs.py [--quick] [--only TEXT] [--blocks]
+
+``--blocks`` times each contestant in a block of calls of its own (the steady state of a loop
+that calls only it) instead of interleaving them.
 """
 
 from __future__ import annotations
@@ -90,6 +94,27 @@ def dot_prange(x, y):
     for i in numba.prange(x.size):
         acc += x[i] * y[i]
     return acc
+
+
+@numba.njit(fastmath={"reassoc"})
+def _dot_simd(x, y):
+    acc = 0.0
+    for i in range(x.size):
+        acc += x[i] * y[i]
+    return acc
+
+
+@numba.njit(parallel=True)
+def dot_prange_simd(x, y):
+    """The expert's prange dot: one share per thread, each summed with reassociation allowed
+    (so on SIMD lanes), over slices (so LLVM sees contiguous loads from index 0)."""
+    t = numba.get_num_threads()
+    partial = np.zeros(t)
+    n = x.size
+    for w in numba.prange(t):
+        lo, hi = n * w // t, n * (w + 1) // t
+        partial[w] = _dot_simd(x[lo:hi], y[lo:hi])
+    return partial.sum()
 
 
 @numba.njit
@@ -186,6 +211,8 @@ class Program:
     contestants: dict[str, Callable[[], Any]]
     check: Callable[[Any], None]
     setup: Callable[[], Any] | None = None
+    #: The kernel of veda's contestant and its domain, whose decision the report names.
+    launched: tuple[Any, tuple[int, ...]] | None = None
 
 
 def _close(expected: Callable[[], Any], rtol: float = 1e-9) -> Callable[[Any], None]:
@@ -208,6 +235,7 @@ def programs(quick: bool) -> Iterator[Program]:
                 "prange": lambda x=x, y=y, out=out: (saxpy_prange(2.0, x, y, out), out)[1],
             },
             _close(lambda x=x, y=y: 2.0 * x + y),
+            launched=(saxpy, (n,)),
         )
     for n in (100_000,) if quick else (1_000_000, 20_000_000):
         x, y = rng.random(n), rng.random(n)
@@ -219,8 +247,10 @@ def programs(quick: bool) -> Iterator[Program]:
                 "numpy": lambda x=x, y=y: np.dot(x, y),
                 "njit": lambda x=x, y=y: dot_njit(x, y),
                 "prange": lambda x=x, y=y: dot_prange(x, y),
+                "prange simd": lambda x=x, y=y: dot_prange_simd(x, y),
             },
             _close(lambda x=x, y=y: np.dot(x, y)),
+            launched=(dot, (n,)),
         )
         yield Program(
             f"norm n={n:.0e}",
@@ -230,8 +260,10 @@ def programs(quick: bool) -> Iterator[Program]:
                 "numpy": lambda x=x: np.linalg.norm(x),
                 "njit": lambda x=x: math.sqrt(dot_njit(x, x)),
                 "prange": lambda x=x: math.sqrt(dot_prange(x, x)),
+                "prange simd": lambda x=x: math.sqrt(dot_prange_simd(x, x)),
             },
             _close(lambda x=x: np.linalg.norm(x)),
+            launched=(sum_squares, (n,)),
         )
     n = 100_000 if quick else 10_000_000
     values = rng.integers(0, 256, n)
@@ -257,6 +289,7 @@ def programs(quick: bool) -> Iterator[Program]:
             "prange": counted(lambda: histogram_prange(values, counts)),
         },
         lambda got: np.testing.assert_array_equal(got, np.bincount(values, minlength=256)),
+        launched=(histogram, (n,)),
     )
     rows, cols = (16, 1000) if quick else (256, 10_000)
     m, res = rng.random((rows, cols)), np.empty(rows)
@@ -269,6 +302,7 @@ def programs(quick: bool) -> Iterator[Program]:
             "prange": lambda: (heavy_prange(m, res), res)[1],
         },
         _close(lambda: (np.sqrt(m) * m).sum(axis=1)),
+        launched=(heavy_rows, (rows,)),
     )
     for side in (50,) if quick else (200, 1000, 2000):
         u, o = rng.random((side, side)), np.empty((side, side))
@@ -281,6 +315,7 @@ def programs(quick: bool) -> Iterator[Program]:
                 "prange": lambda u=u, o=o: (jacobi_prange(u, o), o)[1],
             },
             _close(lambda u=u: jacobi2d_reference(u)),
+            launched=(jacobi2d, (side, side)),
         )
     side = 40 if quick else 200
     a0 = rng.random((side, side)) + side * np.eye(side)  # diagonally dominant: no pivoting
@@ -312,15 +347,32 @@ def programs(quick: bool) -> Iterator[Program]:
     )
 
 
-def main(quick: bool = False) -> dict:
+def _decided(prog: Program) -> str | None:
+    """What the dispatcher runs veda's launch of ``prog`` on (None: several domains, or still
+    exploring)."""
+    if prog.launched is None:
+        return None
+    kernel, dims = prog.launched
+    d = veda.explain(kernel).decision_for(math.prod(dims), len(dims))
+    if d is None:
+        return None
+    if d.target != "parallel":
+        return d.target
+    return f"parallel {d.threads}t {d.schedule}" + ("" if d.schedule == "static" else f" {d.chunk}")
+
+
+def main(quick: bool = False, only: str | None = None, blocks: bool = False) -> dict:
     repeats = 1 if quick else 11
     # A fresh tuning cache, so that the dispatcher decides here (in the warm-up) rather than
     # remembering a decision another run made under other conditions.
     # (kept afterwards: veda writes its tuning cache there at exit)
     veda.set_config(cache_dir=tempfile.mkdtemp(prefix="veda-bench-"))
     rows = []
-    print(f"whole programs, median of {repeats} interleaved repeats after a warm-up (per call)")
+    how = "repeats, each contestant in blocks of its own," if blocks else "interleaved repeats"
+    print(f"whole programs, median of {repeats} {how} after a warm-up (per call)")
     for prog in programs(quick):
+        if only is not None and only not in prog.name:
+            continue
         # The adaptive launch needs its exploration behind it: warm every contestant up well,
         # veda's with its candidates compiled in the launches.  With background compiles the
         # first parallel loop of a kernel compiled while the timed launches ran, and those
@@ -337,22 +389,51 @@ def main(quick: bool = False) -> dict:
         # with it 3-20x on this 2-core machine (the warm-up and the check just called it).
         time.sleep(0.0 if quick else 0.5)
         others = {k: v for k, v in prog.contestants.items() if k != "numpy"}
-        # Programs of a few microseconds are timed in batches of calls (a sample of about
-        # 0.2 ms), their order rotated from repeat to repeat.
-        calls = 1 if prog.setup else calls_per_sample(others.values(), 2e-4)
-        times = compare(others, repeats, 0, prog.setup, calls=calls, rotate=True)
+        # Fast programs are timed in batches of calls (a sample of about 2 ms), their order
+        # rotated from repeat to repeat.  With samples of 0.2 ms a 1e6 dot was timed over two
+        # calls right after another contestant's region: from run to run veda took 90-207 us
+        # and its ratio to NumPy (timed in a block) moved from 1.07x to 1.32x.
+        calls = 1 if prog.setup else calls_per_sample(others.values(), 2e-3)
+        if blocks:  # each in a block of its own: the steady state of a loop calling only it
+            times = {}
+            for name, fn in others.items():
+                times.update(compare({name: fn}, repeats, 0, prog.setup, calls=calls))
+        else:
+            times = compare(others, repeats, 0, prog.setup, calls=calls, rotate=True)
         numpy_fn = {"numpy": prog.contestants["numpy"]}
         times.update(compare(numpy_fn, repeats, 0, prog.setup, calls=calls))
         time.sleep(0.0 if quick else 0.5)
         peers = {k: v for k, v in times.items() if not k.startswith("veda")}
         best = min(peers, key=peers.get)  # type: ignore[arg-type]
         ratio = times["veda"] / peers[best]
-        rows.append({"program": prog.name, "seconds": times, "best_peer": best, "ratio": ratio})
+        decided = _decided(prog)
+        rows.append(
+            {
+                "program": prog.name,
+                "seconds": times,
+                "best_peer": best,
+                "ratio": ratio,
+                "decision": decided,
+            }
+        )
         cells = "  ".join(f"{k} {v * 1e6:10.1f} us" for k, v in times.items())
-        print(f"  {prog.name:<42} {cells}  | veda / {best} {ratio:5.2f}x")
-    report("programs", {"repeats": repeats, "programs": rows}, quick=quick)
+        on = f" (veda on {decided})" if decided else ""
+        print(f"  {prog.name:<42} {cells}  | veda / {best} {ratio:5.2f}x{on}")
+    report(
+        "programs_blocks" if blocks else "programs",
+        {"repeats": repeats, "blocks": blocks, "programs": rows},
+        quick=quick,
+    )
     return {"programs": rows}
 
 
 if __name__ == "__main__":
-    main(quick=parser(__doc__).parse_args().quick)
+    cli = parser(__doc__)
+    cli.add_argument("--only", help="run the programs whose name holds this text, e.g. 'dot'")
+    cli.add_argument(
+        "--blocks",
+        action="store_true",
+        help="time each contestant in a block of its own rather than interleaved",
+    )
+    opts = cli.parse_args()
+    main(quick=opts.quick, only=opts.only, blocks=opts.blocks)

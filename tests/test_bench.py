@@ -57,3 +57,38 @@ def test_quick_run(script, tmp_path):
         f"--- stderr\n{out.stderr[-5000:]}"
     )
     assert _results() == before, "a quick run wrote into bench/results/"
+
+
+@pytest.mark.slow
+def test_the_programs_benchmark_runs_one_program_in_blocks(tmp_path):
+    """``--only`` keeps the programs whose name holds the text, ``--blocks`` times each
+    contestant on its own, and each row names what the dispatcher decided."""
+    import json
+
+    env = dict(os.environ, VEDA_BENCH_RESULTS=str(tmp_path), PYTHONUNBUFFERED="1")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_programs.py"),
+            "--quick",
+            "--only",
+            "saxpy",
+            "--blocks",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (path,) = tmp_path.rglob("programs_blocks.json")
+    data = json.loads(path.read_text())
+    assert data["blocks"] is True
+    names = [row["program"] for row in data["programs"]]
+    assert names and all(name.startswith("saxpy") for name in names), names
+    assert all(
+        row["decision"] in ("cpu",) or row["decision"].startswith("parallel")
+        for row in data["programs"]
+    ), data["programs"]
+    assert "blocks of its own" in out.stdout
