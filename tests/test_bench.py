@@ -87,8 +87,6 @@ def test_the_programs_benchmark_runs_one_program_in_blocks(tmp_path):
     assert data["blocks"] is True
     names = [row["program"] for row in data["programs"]]
     assert names and all(name.startswith("saxpy") for name in names), names
-    assert all(
-        row["decision"] in ("cpu",) or row["decision"].startswith("parallel")
-        for row in data["programs"]
-    ), data["programs"]
+    for row in data["programs"]:  # None while the dispatcher still explores (2 warm-ups)
+        assert row["decision"] is None or row["decision"].startswith(("cpu", "parallel")), row
     assert "blocks of its own" in out.stdout
