@@ -115,6 +115,23 @@ def analyse(ir: str, names: tuple[str, ...]) -> dict[str, Any]:
     ... }'''
     >>> analyse(ir, ("_veda_cpu",))["vectorized"], analyse(ir, ("_veda_cpu",))["lanes"]
     (True, 4)
+
+    A loop may also close with a ``switch`` (LLVM folds a chain of compares into one), whose
+    targets follow on lines of their own:
+
+    >>> ir = '''define i32 @_ZN3gen9_veda_cpuB2v1E(i64 %n) {
+    ... entry:
+    ...   br label %loop
+    ... loop:
+    ...   %i = add i64 %n, 1
+    ...   switch i64 %i, label %done [
+    ...     i64 0, label %loop
+    ...   ]
+    ... done:
+    ...   ret i32 0
+    ... }'''
+    >>> analyse(ir, ("_veda_cpu",))["loops"], analyse(ir, ("_veda_cpu",))["vectorized"]
+    (1, False)
     """
     for name in names:
         body = _body(ir, name)
@@ -130,6 +147,7 @@ def analyse(ir: str, names: tuple[str, ...]) -> dict[str, Any]:
     best: tuple[bool, bool, int, int, str] = (False, False, 0, 0, "")
     seen: set[str] = set()
     block: list[str] = []
+    switch: list[str] | None = None  # a switch's lines, its targets listed until "]"
     for line in body.splitlines():
         label = _LABEL.match(line)
         if label:
@@ -138,9 +156,23 @@ def analyse(ir: str, names: tuple[str, ...]) -> dict[str, Any]:
             continue
         block.append(line)
         stripped = line.lstrip()
-        if not stripped.startswith("br ") or not seen.intersection(_TARGET.findall(line)):
+        if switch is not None:
+            switch.append(line)
+            if not stripped.startswith("]"):
+                continue
+            terminator, switch = " ".join(switch), None
+        elif stripped.startswith("switch "):
+            switch = [line]
+            if "]" not in stripped:
+                continue
+            terminator, switch = line, None
+        elif stripped.startswith("br "):
+            terminator = line
+        else:
             continue
-        loops += 1  # a branch back: this block closes a loop
+        if not seen.intersection(_TARGET.findall(terminator)):
+            continue
+        loops += 1  # a branch back (br or switch): this block closes a loop
         widths = [
             (bool(_ARITHMETIC.search(b)), not t.startswith("i"), int(n) * _BITS[t], int(n), t)
             for b in block
@@ -169,7 +201,7 @@ def _signature(sig: tuple[Any, ...], offset: int) -> str:
 
 #: Bumped whenever :func:`analyse` reads the IR differently: reports kept by an older
 #: version are not reused.
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 
 
 def _record_name(module: str, launcher: str, signature: str, cres: Any) -> str:
