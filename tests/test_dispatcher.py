@@ -738,3 +738,99 @@ def test_the_thread_budget_never_lends_more_than_the_machine_under_contention():
     assert not over, over[:5]
     assert len(got) == 8 * 2000 and min(got) >= 1 and max(got) <= 3
     assert budget.in_flight() == 0 and budget.lent() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_launches_while_a_parent_thread_held_the_dispatcher_locks(tmp_path):
+    """A fork while another thread held the tuning cache's lock (a put writes the file under
+    it) or the dispatcher's: the child's adaptive launch must not wait for locks nobody will
+    release (the child hung in TuningCache.entries, 3-9 of 60 forks of a launching program)."""
+    import time
+
+    @veda.kernel
+    def fork_locks(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(50_000)
+    with veda.config(cache_dir=str(tmp_path)):
+        fork_locks[x.size](x)
+        caches = list(_dispatch.dispatcher._wisdom.values())
+        assert caches
+        with _dispatch.dispatcher.lock, caches[0]._lock:  # as a parent thread would hold them
+            pid = os.fork()
+            if pid == 0:  # the child: an adaptive launch of a new size class, then out
+                code = 3
+                try:
+                    x[:] = 0.0
+                    fork_locks[1000](x)  # (a new decision: the dispatcher and the cache)
+                    code = 0 if np.all(x[:1000] == 1.0) and not x[1000:].any() else 4
+                finally:
+                    os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the fork child hung on a lock a parent thread held")
+
+
+def test_ctrl_c_inside_a_wake_up_leaves_no_released_waiter_listed():
+    """SIGINT right after ``Waiters.notify`` released a waiter: the interrupt reaches the
+    program once notify is done, and the next wake-up does not release that waiter again
+    (it raised ``RuntimeError: release unlocked lock`` in a later launch)."""
+    import signal
+    import threading
+    import time
+
+    from veda._hardware import cpu as hw
+
+    budget = hw.ThreadBudget(total=lambda: 1)
+    held = hw.Grant()
+    assert budget.take(held, 1) == 1
+    got = []
+
+    def waiter() -> None:
+        g = hw.Grant()
+        try:
+            got.append(budget.take(g, 1))  # waits: the only thread is lent
+        finally:
+            budget.give(g)
+            budget.wake()
+
+    w = threading.Thread(target=waiter, daemon=True)
+    w.start()
+    deadline = time.monotonic() + 30
+    while len(budget._returned) == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(budget._returned) == 1
+
+    def sigint_after_release(frame, event, arg):  # a Ctrl-C right after release() returned
+        if event == "c_return" and getattr(arg, "__name__", "") == "release":
+            if frame.f_code.co_name == "notify":
+                sys.setprofile(None)
+                signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)  # the waiter stays off the GIL until this thread blocks
+    left = None
+    try:
+        budget.give(held)
+        with pytest.raises(KeyboardInterrupt):
+            sys.setprofile(sigint_after_release)
+            try:
+                budget.wake()
+            finally:
+                sys.setprofile(None)
+                left = len(budget._returned)
+        budget.wake()  # the next launch's wake-up: raised RuntimeError before
+    finally:
+        sys.setswitchinterval(interval)
+        signal.signal(signal.SIGINT, previous)
+    w.join(30)
+    assert left == 0
+    assert got == [1] and budget.in_flight() == 0 and budget.lent() == 0

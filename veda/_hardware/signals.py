@@ -147,10 +147,15 @@ class Waiters:
                     self._waiting.remove(waiter)
 
     def notify(self, n: int = 1) -> None:
-        """Wake the ``n`` longest-waiting threads."""
-        for waiter in self._waiting[:n]:
-            waiter.release()
-        del self._waiting[:n]
+        """Wake the ``n`` longest-waiting threads.
+
+        With interrupts held: a ``KeyboardInterrupt`` between a release and the removal from
+        the list left a released waiter listed, which the next notify released again
+        (``RuntimeError: release unlocked lock`` in a launch that had done nothing wrong)."""
+        with held_interrupts():
+            for waiter in self._waiting[:n]:
+                waiter.release()
+            del self._waiting[:n]
 
     def notify_all(self) -> None:
         self.notify(len(self._waiting))

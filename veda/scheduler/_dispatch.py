@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import statistics
 import threading
 import time
@@ -605,3 +606,14 @@ def gpu_available() -> bool:
 
 dispatcher = Dispatcher()
 _registry.on_change(dispatcher.forget)  # a new or removed target changes the candidates
+
+
+def _after_fork_in_child() -> None:
+    """The dispatcher's lock anew in a fork child: another thread of the parent may have held
+    it at the fork, and the child's first decision (or the launch core's own fork handler,
+    which forgets the decisions) would wait for it forever."""
+    dispatcher.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,23 @@ def _lock_file(fd: int) -> Callable[[], None]:
     return lambda: fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+#: Every tuning cache of this process, whose locks a fork child makes anew.
+_caches: weakref.WeakSet[TuningCache] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """Another thread of the parent may have held a cache's lock at the fork (a ``put`` writes
+    the file under it, about 1 ms): the child's copy would stay held, and its first launch
+    that looks a decision up would wait forever.  The child's entries are whole either way
+    (a put replaces them in one store)."""
+    for cache in list(_caches):
+        cache._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class TuningCache:
     """Read and merge-write the tuning file of this machine."""
 
@@ -83,6 +101,7 @@ class TuningCache:
         self.path = (folder or want) / f"{fingerprint_id(self.fp)}.json"
         self._entries: dict[str, Any] | None = None
         self._lock = threading.Lock()
+        _caches.add(self)
 
     def _read(self) -> dict[str, Any]:
         if self.folder is None:
