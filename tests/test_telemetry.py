@@ -471,3 +471,45 @@ def test_snapshots_of_several_processes_merge_exactly():
     assert text.count("# HELP veda_launches_total ") == 1
     assert 'veda_launches_total{worker="a",kernel=' in text
     assert 'veda_launches_total{worker="b",kernel=' in text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_fork_child_reads_metrics_while_a_parent_thread_held_the_telemetry_locks():
+    """A fork while another thread held the telemetry registry's lock or a series' lock (a
+    fold, a snapshot): the child's launches and ``veda.metrics()`` must not wait for them."""
+    import os
+    import time
+
+    from veda.telemetry._registry import registry
+
+    @veda.kernel
+    def fork_telemetry(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(1000)
+    with veda.config(target="cpu"):
+        fork_telemetry[x.size](x)
+    (rec,) = [r for r in registry.kernels.values() if r.name.endswith(".fork_telemetry")]
+    (series,) = rec.series.values()
+    with registry.lock, series.lock:  # as a parent thread inside a fold would hold them
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                with veda.config(target="cpu"):
+                    for _ in range(200):  # past the launches after which telemetry folds
+                        fork_telemetry[x.size](x)
+                launches = veda.metrics().kernel(fork_telemetry).launches
+                code = 0 if launches >= 201 else 4
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the fork child hung on a telemetry lock a parent thread held")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,3 +217,17 @@ class Registry:
 
 
 registry = Registry()
+
+
+def _after_fork_in_child() -> None:
+    """The registry's and every series' lock anew in a fork child: another thread of the
+    parent may have held one at the fork (a fold, a snapshot), and the child's next launch
+    that folds its telemetry, or ``veda.metrics()``, would wait for it forever."""
+    registry.lock = threading.Lock()
+    for rec in list(registry.kernels.values()):
+        for series in list(rec.series.values()):
+            series.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
