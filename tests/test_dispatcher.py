@@ -834,3 +834,57 @@ def test_ctrl_c_inside_a_wake_up_leaves_no_released_waiter_listed():
     w.join(30)
     assert left == 0
     assert got == [1] and budget.in_flight() == 0 and budget.lent() == 0
+
+
+FORK_ENTRY_SCRIPT = """
+import os, sys, time
+import numpy as np
+import veda
+
+@veda.kernel
+def fork_entry(i, x):
+    x[i] += 1.0
+
+x = np.zeros(50_000)
+fork_entry[x.size](x)  # the first exploring launch (serial: no parallel region yet)
+(entry,) = fork_entry._fast.values()
+assert entry.tuning is not None and entry.tuning.tuner.choice is None
+with fork_entry._lock, entry.lock:  # as a parent thread inside an exploring launch holds them
+    pid = os.fork()
+    if pid == 0:
+        code = 3
+        try:
+            x[:] = 0.0
+            fork_entry[x.size](x)  # exploring: takes the entry's lock
+            code = 0 if np.all(x == 1.0) else 4
+        finally:
+            os._exit(code)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("child", os.waitstatus_to_exitcode(status))
+        sys.exit(0)
+    time.sleep(0.05)
+os.kill(pid, 9)
+os.waitpid(pid, 0)
+print("child hung")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_explores_while_a_parent_thread_held_the_launch_locks(tmp_path):
+    """A fork while another thread was inside an exploring launch (which holds its prepared
+    launch's lock for the whole launch) or held the kernel's lock: the child's exploring
+    launch must not wait for them.  In a process of its own, which entered no parallel region
+    before the fork (so the child keeps its prepared launches)."""
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_ENTRY_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["child", "0"], proc.stdout + proc.stderr

@@ -1146,7 +1146,15 @@ _registry.on_change(_forget_prepared)
 
 
 def _after_fork_in_child() -> None:
-    """A forked child may have lost its parallel target (OpenMP): prepare every launch again."""
+    """A forked child may have lost its parallel target (OpenMP): prepare every launch again.
+
+    First every kernel's lock and every prepared launch's lock anew: another thread of the
+    parent may have held one at the fork (an exploring launch holds its entry's for the whole
+    launch), and the child would wait for it forever."""
+    for k in list(_kernels):
+        k._lock = threading.RLock()
+        for entry in list(k._fast.values()):
+            entry.lock = threading.Lock()
     if _hw_cpu.parallel_unavailable_reason() is not None:
         _forget_prepared()
         scheduler.dispatcher.forget()
