@@ -581,3 +581,40 @@ def test_a_thread_replaying_in_a_loop_does_not_starve_other_launches(tmp_path):
         env=dict(os.environ, PYTHONPATH=ROOT, VEDA_CACHE_DIR=str(tmp_path)),
     )
     assert out.returncode == 0 and "done 2.0" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_child_replays_while_a_parent_thread_held_the_graphs_locks():
+    """A fork while another thread held a graph's locks (crediting a replay, reading its
+    metrics, building a replay function): the child's replays must not wait for them."""
+    import time
+
+    @veda.kernel
+    def fork_inc(i, x):
+        x[i] += 1.0
+
+    x = np.zeros(1000)
+    with veda.config(target="cpu"), veda.graph(tune=False) as g:
+        fork_inc[x.size](x)
+    g.replay(2)
+    with g._lock, g._stats.lock:
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                g.replay(3)
+                graphs = veda.metrics().sections["graphs"].graphs
+                replays = [m.replays for m in graphs if m.name == g.name]
+                code = 0 if x.min() == 6.0 and 2 in replays else 4
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the fork child hung on a graph lock a parent thread held")

@@ -24,6 +24,7 @@ import collections
 import contextvars
 import itertools
 import math
+import os
 import statistics
 import threading
 import time
@@ -1094,3 +1095,15 @@ class _Source:
 
 
 _snapshot.sections["graphs"] = _Source()
+
+
+def _after_fork_in_child() -> None:
+    """Each graph's locks anew in a fork child: another thread of the parent may have held one
+    at the fork (building a replay function, crediting a tuning replay, reading metrics)."""
+    for g in list(_registry.values()):
+        g._lock = threading.Lock()
+        g._stats.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
