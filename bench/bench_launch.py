@@ -4,7 +4,9 @@ Targets: an adaptive ``k[100](...)`` costs at most 1 us more than a direct call 
 loop written with ``@numba.njit`` (issue 12), in a tight loop and in a program that launches
 four different kernels in turn (each launch then finds the previous kernel's state in the
 caches); ``veda.launch(k, 100, ..., target="cpu")`` at most 2 us more than the compiled loop it
-calls (issue 2).  NumPy's whole ``a * x + y`` at n = 100 is shown for scale.
+calls (issue 2).  NumPy's whole ``a * x + y`` at n = 100 is shown for scale.  Reported: what an
+explicit ``target="parallel"`` launch (which borrows its threads from veda's budget) costs over
+the compiled parallel launcher it calls, and that launcher over a ``prange`` loop.
 
     python bench/bench_launch.py [--quick]
 """
@@ -17,6 +19,7 @@ import numba
 import numpy as np
 
 import veda
+from veda._kernel.codegen import MODE_CODES
 from veda_kernels.blas1 import dot, saxpy, triad
 
 from _util import check_each, parser, per_call, report
@@ -47,6 +50,12 @@ def dot_njit(x, y):
     return acc
 
 
+@numba.njit(nogil=True, parallel=True)
+def saxpy_prange(a, x, y, out):
+    for i in numba.prange(len(out)):
+        out[i] = a * x[i] + y[i]
+
+
 @numba.njit(nogil=True)
 def scale_njit(a, x, out):
     for i in range(len(out)):
@@ -66,7 +75,13 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
     out2 = np.empty(n)
     out3 = np.empty(n)
     veda.launch(saxpy, n, 2.0, x, y, out, target="cpu")
-    compiled = saxpy.program(1, 4, (False, veda.get_config().cache))._veda_cpu
+    module = saxpy.program(1, 4, (False, veda.get_config().cache))
+    compiled = module._veda_cpu
+    # The parallel launcher as veda's "parallel" target calls it for a static schedule on
+    # every thread (domain, threads, schedule code, chunk, no guided table, the arguments).
+    threads = veda.max_threads()
+    static = (n, threads, MODE_CODES["static"], 1, np.zeros(1, np.int64))
+    veda.launch(saxpy, n, 2.0, x, y, out, target="parallel", schedule="static")
 
     def program_veda() -> float:
         saxpy[n](2.0, x, y, out)
@@ -86,6 +101,11 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
         "veda_launch_cpu": lambda: veda.launch(saxpy, n, 2.0, x, y, out, target="cpu"),
         "veda_index_launch": lambda: saxpy[n](2.0, x, y, out),
         "numpy_a_x_plus_y": lambda: 2.0 * x + y,
+        "prange_direct": lambda: saxpy_prange(2.0, x, y, out),
+        "compiled_parallel": lambda: module._veda_parallel(*static, 2.0, x, y, out),
+        "veda_launch_parallel": lambda: veda.launch(
+            saxpy, n, 2.0, x, y, out, target="parallel", schedule="static"
+        ),
         "program_njit": program_njit,
         "program_veda": program_veda,
     }
@@ -98,8 +118,11 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
             samples[k].append(per_call(fn, calls // 4 if k.startswith("program") else calls))
     t = {k: statistics.median(v) for k, v in samples.items()}
     expected = 2.0 * x + y
+    checked = {k: v for k, v in fns.items() if not k.startswith("program")}
+    launcher = checked["compiled_parallel"]  # returns (None, -1, -1): what failed, if anything
+    checked["compiled_parallel"] = lambda: launcher()[0]
     check_each(
-        {k: v for k, v in fns.items() if not k.startswith("program")},
+        checked,
         lambda got: np.testing.assert_allclose(out if got is None else got, expected, rtol=1e-12),
         setup=lambda: out.fill(np.nan),
     )
@@ -113,6 +136,8 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
     overhead = _paired(samples, "veda_launch_cpu", "compiled_direct")
     index_over_njit = _paired(samples, "veda_index_launch", "njit_direct")
     program_over_njit = _paired(samples, "program_veda", "program_njit", per=4)
+    parallel_overhead = _paired(samples, "veda_launch_parallel", "compiled_parallel")
+    launcher_over_prange = _paired(samples, "compiled_parallel", "prange_direct")
     print(f"launch of a {n}-element saxpy, median of {rounds} rounds of {calls} calls")
     for k, v in t.items():
         print(f"  {k:<20} {v * 1e6:7.3f} us" + ("  (4 launches)" if k.startswith("prog") else ""))
@@ -125,12 +150,19 @@ def main(n: int = 100, calls: int = 20_000, rounds: int = 15, quick: bool = Fals
         f"; in a program of four kernels: {program_over_njit * 1e6:+.3f} us per launch "
         "(target <= +1 us)"
     )
+    print(
+        f"veda.launch(target='parallel', schedule='static') over its compiled launcher "
+        f"({threads} threads): {parallel_overhead * 1e6:+.3f} us; that launcher over a prange "
+        f"loop: {launcher_over_prange * 1e6:+.3f} us (reported)"
+    )
     res = {
         "n": n,
         "seconds": t,
         "overhead_seconds": overhead,
         "index_over_njit_seconds": index_over_njit,
         "program_over_njit_seconds": program_over_njit,
+        "parallel_overhead_seconds": parallel_overhead,
+        "parallel_launcher_over_prange_seconds": launcher_over_prange,
         "target_seconds": 1e-6,
         "index_launch_seconds": t["veda_index_launch"],
     }
