@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+import time
 
 # Each test session compiles into its own cache, so tests never read kernels compiled by an
 # earlier version of the code, and never write into the user's cache.  Set before veda loads.
@@ -49,3 +50,23 @@ def settings(request):
 @pytest.fixture(params=["cpu", "parallel"])
 def target(request):
     return request.param
+
+
+@pytest.fixture
+def reap():
+    """``reap(pid, what)``: wait up to 60 s for the fork child ``pid`` and check that it exited
+    with status 0; a child still running then is killed and the test fails with ``what``."""
+
+    def wait(pid: int, what: str) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0, what
+                return
+            time.sleep(0.05)
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail(what)
+
+    return wait

@@ -741,11 +741,10 @@ def test_the_thread_budget_never_lends_more_than_the_machine_under_contention():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_fork_child_launches_while_a_parent_thread_held_the_dispatcher_locks(tmp_path):
+def test_a_fork_child_launches_while_a_parent_thread_held_the_dispatcher_locks(tmp_path, reap):
     """A fork while another thread held the tuning cache's lock (a put writes the file under
     it) or the dispatcher's: the child's adaptive launch must not wait for locks nobody will
     release (the child hung in TuningCache.entries, 3-9 of 60 forks of a launching program)."""
-    import time
 
     @veda.kernel
     def fork_locks(i, x):
@@ -766,16 +765,7 @@ def test_a_fork_child_launches_while_a_parent_thread_held_the_dispatcher_locks(t
                     code = 0 if np.all(x[:1000] == 1.0) and not x[1000:].any() else 4
                 finally:
                     os._exit(code)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the fork child hung on a lock a parent thread held")
+    reap(pid, "the fork child hung on a lock a parent thread held")
 
 
 def test_ctrl_c_inside_a_wake_up_leaves_no_released_waiter_listed():

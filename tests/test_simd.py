@@ -11,7 +11,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -492,7 +491,7 @@ def test_helpers_stay_strict_whatever_fastmath_kernel_compiled_them_first(tmp_pa
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_fork_child_explains_while_a_parent_thread_held_the_report_lock():
+def test_a_fork_child_explains_while_a_parent_thread_held_the_report_lock(reap):
     x, y = _data()
     veda.launch(saxpy, N, 2.0, x, y, np.empty(N), target="cpu")
     with simd._lock:  # as a parent thread inside veda.explain at the fork
@@ -502,13 +501,4 @@ def test_a_fork_child_explains_while_a_parent_thread_held_the_report_lock():
                 ok = _code(saxpy, "cpu")[0]["vectorized"] is True
             finally:
                 os._exit(0 if ok else 3)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the fork child hung on the report lock")
+    reap(pid, "the fork child hung on the report lock")

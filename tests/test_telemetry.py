@@ -474,11 +474,10 @@ def test_snapshots_of_several_processes_merge_exactly():
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_a_fork_child_reads_metrics_while_a_parent_thread_held_the_telemetry_locks():
+def test_a_fork_child_reads_metrics_while_a_parent_thread_held_the_telemetry_locks(reap):
     """A fork while another thread held the telemetry registry's lock or a series' lock (a
     fold, a snapshot): the child's launches and ``veda.metrics()`` must not wait for them."""
     import os
-    import time
 
     from veda.telemetry._registry import registry
 
@@ -503,13 +502,4 @@ def test_a_fork_child_reads_metrics_while_a_parent_thread_held_the_telemetry_loc
                 code = 0 if launches >= 201 else 4
             finally:
                 os._exit(code)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("the fork child hung on a telemetry lock a parent thread held")
+    reap(pid, "the fork child hung on a telemetry lock a parent thread held")
