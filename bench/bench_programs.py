@@ -96,12 +96,7 @@ def dot_prange(x, y):
     return acc
 
 
-@numba.njit(fastmath={"reassoc"})
-def _dot_simd(x, y):
-    acc = 0.0
-    for i in range(x.size):
-        acc += x[i] * y[i]
-    return acc
+_dot_simd = numba.njit(fastmath={"reassoc"})(dot_njit.py_func)  # the same loop, on SIMD lanes
 
 
 @numba.njit(parallel=True)
