@@ -9,8 +9,9 @@ each side and their ratio (working tree / base; below 1 the working tree is fast
         --metric index_launch_seconds --metric overhead_seconds --rounds 6
     python bench/bench_compare.py --quick      # HEAD against itself, one quick round
 
-The base's own copy of the script runs on the base side.  Metrics are dotted paths into the
-JSON the script writes (``seconds.veda_index_launch``); without ``--metric`` every number at the
+The base's own copy of the script runs on the base side (``--head-script``: the working tree's
+copy on both sides, for a metric the base's copy does not report).  Metrics are dotted paths into
+the JSON the script writes (``seconds.veda_index_launch``); without ``--metric`` every number at the
 top level of the JSON is compared.
 """
 
@@ -63,7 +64,7 @@ def _leaf(doc: Any, path: str) -> float | None:
     return float(doc) if isinstance(doc, (int, float)) and not isinstance(doc, bool) else None
 
 
-def _run(tree: Path, packages: Path, script: str, args: list[str], work: Path) -> dict[str, Any]:
+def _run(tree: Path, packages: Path, script: Path, args: list[str], work: Path) -> dict[str, Any]:
     results = work / "results"
     results.mkdir(parents=True)
     env = dict(
@@ -74,7 +75,7 @@ def _run(tree: Path, packages: Path, script: str, args: list[str], work: Path) -
     )
     started = time.time()
     out = subprocess.run(
-        [sys.executable, str(tree / "bench" / script), *args],
+        [sys.executable, str(script), *args],
         env=env,
         cwd=str(tree),
         capture_output=True,
@@ -93,7 +94,12 @@ def _run(tree: Path, packages: Path, script: str, args: list[str], work: Path) -
 
 
 def compare(
-    base: str, script: str, args: list[str], metrics: list[str], rounds: int
+    base: str,
+    script: str,
+    args: list[str],
+    metrics: list[str],
+    rounds: int,
+    head_script: bool = False,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="veda-compare-") as tmp:
         work = Path(tmp)
@@ -105,8 +111,9 @@ def compare(
         for r in range(rounds):
             order = ("base", "head") if r % 2 == 0 else ("head", "base")
             for side in order:
+                path = (ROOT if head_script else trees[side]) / "bench" / script
                 runs[side].append(
-                    _run(trees[side], packages[side], script, args, work / "runs" / f"{side}-{r}")
+                    _run(trees[side], packages[side], path, args, work / "runs" / f"{side}-{r}")
                 )
                 print(f"round {r + 1}/{rounds}: {side} done", file=sys.stderr)
     names = metrics or [
@@ -140,7 +147,14 @@ def compare(
             f"  {name:<32} base {row['base']:.4g}  head {row['head']:.4g}  "
             f"head/base {row['ratio']:.3f}"
         )
-    return {"base": base, "script": script, "args": args, "rounds": rounds, "metrics": rows}
+    return {
+        "base": base,
+        "script": script,
+        "args": args,
+        "rounds": rounds,
+        "head_script": head_script,
+        "metrics": rows,
+    }
 
 
 def main() -> None:
@@ -160,6 +174,12 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--args", default="", help="arguments for the script, in one string")
+    p.add_argument(
+        "--head-script",
+        action="store_true",
+        help="run the working tree's copy of the script on both sides (a metric the base's "
+        "copy does not report yet)",
+    )
     opts = p.parse_args()
     args = opts.args.split()
     if opts.quick:  # the machinery end to end: HEAD against itself, one quick round
@@ -167,7 +187,7 @@ def main() -> None:
         row = res["metrics"]["index_launch_seconds"]
         assert row["base"] > 0 and row["head"] > 0, row
     else:
-        res = compare(opts.base, opts.script, args, opts.metric, opts.rounds)
+        res = compare(opts.base, opts.script, args, opts.metric, opts.rounds, opts.head_script)
     report(f"compare_{Path(res['script']).stem}", res, quick=opts.quick)
 
 

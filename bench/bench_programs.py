@@ -349,11 +349,7 @@ def _decided(prog: Program) -> str | None:
         return None
     kernel, dims = prog.launched
     d = veda.explain(kernel).decision_for(math.prod(dims), len(dims))
-    if d is None:
-        return None
-    if d.target != "parallel":
-        return d.target
-    return f"parallel {d.threads}t {d.schedule}" + ("" if d.schedule == "static" else f" {d.chunk}")
+    return None if d is None else veda.scheduler.Explanation.label(d)
 
 
 def main(quick: bool = False, only: str | None = None, blocks: bool = False) -> dict:
@@ -363,7 +359,7 @@ def main(quick: bool = False, only: str | None = None, blocks: bool = False) -> 
     # (kept afterwards: veda writes its tuning cache there at exit)
     veda.set_config(cache_dir=tempfile.mkdtemp(prefix="veda-bench-"))
     rows = []
-    how = "repeats, each contestant in blocks of its own," if blocks else "interleaved repeats"
+    how = "repeat(s), each contestant in blocks of its own," if blocks else "interleaved repeat(s)"
     print(f"whole programs, median of {repeats} {how} after a warm-up (per call)")
     for prog in programs(quick):
         if only is not None and only not in prog.name:
@@ -414,9 +410,10 @@ def main(quick: bool = False, only: str | None = None, blocks: bool = False) -> 
         cells = "  ".join(f"{k} {v * 1e6:10.1f} us" for k, v in times.items())
         on = f" (veda on {decided})" if decided else ""
         print(f"  {prog.name:<42} {cells}  | veda / {best} {ratio:5.2f}x{on}")
+    # (a run of some programs, or in blocks, leaves the full interleaved run's file alone)
     report(
-        "programs_blocks" if blocks else "programs",
-        {"repeats": repeats, "blocks": blocks, "programs": rows},
+        "programs" + ("_blocks" if blocks else "") + ("_only" if only is not None else ""),
+        {"repeats": repeats, "blocks": blocks, "only": only, "programs": rows},
         quick=quick,
     )
     return {"programs": rows}

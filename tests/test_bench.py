@@ -82,11 +82,12 @@ def test_the_programs_benchmark_runs_one_program_in_blocks(tmp_path):
         timeout=300,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    (path,) = tmp_path.rglob("programs_blocks.json")
+    (path,) = tmp_path.rglob("programs_blocks_only.json")
     data = json.loads(path.read_text())
-    assert data["blocks"] is True
+    assert data["blocks"] is True and data["only"] == "saxpy"
     names = [row["program"] for row in data["programs"]]
     assert names and all(name.startswith("saxpy") for name in names), names
     for row in data["programs"]:  # None while the dispatcher still explores (2 warm-ups)
         assert row["decision"] is None or row["decision"].startswith(("cpu", "parallel")), row
+    assert data["programs"][0]["decision"] == "cpu"  # 100 indices: the serial loop decides
     assert "blocks of its own" in out.stdout

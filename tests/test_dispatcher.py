@@ -750,12 +750,15 @@ def test_a_fork_child_launches_while_a_parent_thread_held_the_dispatcher_locks(t
     def fork_locks(i, x):
         x[i] += 1.0
 
+    from veda._kernel import background
+
     x = np.zeros(50_000)
     with veda.config(cache_dir=str(tmp_path)):
         fork_locks[x.size](x)
-        caches = list(_dispatch.dispatcher._wisdom.values())
-        assert caches
-        with _dispatch.dispatcher.lock, caches[0]._lock:  # as a parent thread would hold them
+        cache = _dispatch.dispatcher.wisdom(str(tmp_path))  # the child's, not another test's
+        # (a fork waits for a background compile, which may need a lock held below)
+        assert background.wait(60)
+        with _dispatch.dispatcher.lock, cache._lock:  # as a parent thread would hold them
             pid = os.fork()
             if pid == 0:  # the child: an adaptive launch of a new size class, then out
                 code = 3
@@ -839,7 +842,10 @@ x = np.zeros(50_000)
 fork_entry[x.size](x)  # the first exploring launch (serial: no parallel region yet)
 (entry,) = fork_entry._fast.values()
 assert entry.tuning is not None and entry.tuning.tuner.choice is None
-with fork_entry._lock, entry.lock:  # as a parent thread inside an exploring launch holds them
+exploring = entry.tuning.exploring
+assert exploring is not None
+# as a parent thread inside an exploring launch holds them (its entry's for the whole launch)
+with fork_entry._lock, entry.lock, exploring.lock:
     pid = os.fork()
     if pid == 0:
         code = 3
@@ -865,7 +871,8 @@ print("child hung")
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_child_explores_while_a_parent_thread_held_the_launch_locks(tmp_path):
     """A fork while another thread was inside an exploring launch (which holds its prepared
-    launch's lock for the whole launch) or held the kernel's lock: the child's exploring
+    launch's lock for the whole launch, its exploration's to credit it) or held the kernel's
+    lock: the child's exploring
     launch must not wait for them.  In a process of its own, which entered no parallel region
     before the fork (so the child keeps its prepared launches)."""
     env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path))

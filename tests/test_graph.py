@@ -596,6 +596,9 @@ def test_a_fork_child_replays_while_a_parent_thread_held_the_graphs_locks(reap):
     with veda.config(target="cpu"), veda.graph(tune=False) as g:
         fork_inc[x.size](x)
     g.replay(2)
+    from veda._kernel import background
+
+    assert background.wait(60)  # (a fork waits for a background compile)
     with g._lock, g._stats.lock:
         pid = os.fork()
         if pid == 0:

@@ -494,6 +494,9 @@ def test_helpers_stay_strict_whatever_fastmath_kernel_compiled_them_first(tmp_pa
 def test_a_fork_child_explains_while_a_parent_thread_held_the_report_lock(reap):
     x, y = _data()
     veda.launch(saxpy, N, 2.0, x, y, np.empty(N), target="cpu")
+    from veda._kernel import background
+
+    assert background.wait(60)  # (a fork waits for a background compile, which may report)
     with simd._lock:  # as a parent thread inside veda.explain at the fork
         pid = os.fork()
         if pid == 0:  # the child: explain must not wait for a lock nobody will release

@@ -490,6 +490,10 @@ def test_a_fork_child_reads_metrics_while_a_parent_thread_held_the_telemetry_loc
         fork_telemetry[x.size](x)
     (rec,) = [r for r in registry.kernels.values() if r.name.endswith(".fork_telemetry")]
     (series,) = rec.series.values()
+    from veda._kernel import background
+
+    # A fork waits for a background compile, whose end is recorded under registry.lock.
+    assert background.wait(60)
     with registry.lock, series.lock:  # as a parent thread inside a fold would hold them
         pid = os.fork()
         if pid == 0:

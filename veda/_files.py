@@ -38,6 +38,18 @@ __all__ = [
 ]
 
 _lock = threading.RLock()
+
+
+def _after_fork_in_child() -> None:
+    """The lock anew in a fork child: a parent thread may have held it at the fork (checking a
+    cache folder takes a few system calls under it)."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _fallback: Path | None = None
 _warned: set[str] = set()
 # folder asked for -> the folder used (itself or a private temporary one); None: keep in memory

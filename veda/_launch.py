@@ -1151,6 +1151,8 @@ def _after_fork_in_child() -> None:
     First every kernel's lock and every prepared launch's lock anew: another thread of the
     parent may have held one at the fork (an exploring launch holds its entry's for the whole
     launch), and the child would wait for it forever."""
+    global _slot_lock, _debt_lock
+    _slot_lock, _debt_lock = threading.Lock(), threading.Lock()
     for k in list(_kernels):
         k._lock = threading.RLock()
         for entry in list(k._fast.values()):

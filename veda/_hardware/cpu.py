@@ -164,8 +164,8 @@ class ThreadBudget:
 
     Interrupt-safe: a ``KeyboardInterrupt`` is raised between bytecodes, on entry to a Python
     function or after a call returns, never inside a call of a C function.  So :meth:`take`
-    registers the caller's :class:`Grant` with one call of ``set.add`` (its threads are stored
-    in it before, on the path without the lock, or after, on the locked one), and a launch
+    registers the caller's :class:`Grant` with one call of ``set.add``, its claim stored in it
+    before (on the locked path the claim is dropped and the threads stored later), and a launch
     gives its grant back with one call of ``set.discard`` (:attr:`give`, not a Python method):
     whatever is interrupted, nothing stays lent.  A waiter that misses
     the wake-up of an interrupted giver looks again within :data:`POLL` seconds.
@@ -239,8 +239,10 @@ class ThreadBudget:
             if grant.threads < wanted:
                 self._short.launch = True
             return grant.threads
+        # Its claim dropped before the lock: a woken waiter that holds the lock meanwhile must
+        # not count it (no launch takes the path above while this grant is registered).
+        grant.threads = 0
         with self._lock:
-            grant.threads = 0  # (its claim above is dropped: it counts as others do here)
             grant.crowded = True
             # Counted before reading what is free: a launch that gives its threads back after
             # that read sees a waiter and wakes it (counted after, the wake-up was lost).

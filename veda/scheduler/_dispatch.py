@@ -609,10 +609,14 @@ _registry.on_change(dispatcher.forget)  # a new or removed target changes the ca
 
 
 def _after_fork_in_child() -> None:
-    """The dispatcher's lock anew in a fork child: another thread of the parent may have held
-    it at the fork, and the child's first decision (or the launch core's own fork handler,
-    which forgets the decisions) would wait for it forever."""
+    """The dispatcher's lock and each exploration's anew in a fork child: another thread of
+    the parent may have held one at the fork (an exploring launch credits its time under its
+    exploration's), and the child's next decision or exploring launch (or the launch core's own
+    fork handler, which forgets the decisions) would wait for it forever."""
     dispatcher.lock = threading.Lock()
+    for entry in list(dispatcher.entries.values()):
+        if entry.exploring is not None:
+            entry.exploring.lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
