@@ -91,3 +91,43 @@ def test_the_programs_benchmark_runs_one_program_in_blocks(tmp_path):
         assert row["decision"] is None or row["decision"].startswith(("cpu", "parallel")), row
     assert data["programs"][0]["decision"] == "cpu"  # 100 indices: the serial loop decides
     assert "blocks of its own" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_compare_benchmark_runs_the_working_trees_script_on_both_sides(tmp_path):
+    """``--head-script``: the base side runs the working tree's copy of the script (on the
+    base's packages), so a metric only that copy reports is compared too.  The base, 29b26b0,
+    is the commit before the parallel rows of bench_launch.py: its own copy lacks the metric."""
+    import json
+
+    base = "29b26b0"
+    known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{base}^{{commit}}"])
+    if known.returncode != 0:
+        pytest.skip(f"a clone without {base} (shallow)")
+    env = dict(os.environ, VEDA_BENCH_RESULTS=str(tmp_path), PYTHONUNBUFFERED="1")
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "bench_compare.py"),
+            "--base",
+            base,
+            "--head-script",
+            "bench_launch.py",
+            "--args=--quick",
+            "--metric",
+            "parallel_overhead_seconds",
+            "--rounds",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (path,) = tmp_path.rglob("compare_bench_launch.json")
+    data = json.loads(path.read_text())
+    assert data["head_script"] is True
+    row = data["metrics"]["parallel_overhead_seconds"]
+    assert row["base"] > 0 and row["head"] > 0, row
