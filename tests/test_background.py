@@ -254,6 +254,18 @@ def test_a_program_that_ends_while_a_compile_runs_exits_cleanly(tmp_path):
 
 
 @needs_threads
+@pytest.mark.skipif(os.name != "posix", reason="exit status of a process killed by SIGINT")
+def test_a_program_ended_by_ctrl_c_while_a_compile_runs_exits_as_interrupted(tmp_path):
+    """An uncaught KeyboardInterrupt ends the program as killed by SIGINT (-2 here, 130 in a
+    shell), also when the compile veda waits for at exit ran on after it (status 1 before:
+    CPython's note of the interrupt is cleared by the compile's own ``exec`` calls)."""
+    out = _child("raise KeyboardInterrupt", str(tmp_path))
+    assert out.returncode == -signal.SIGINT, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split("\n")[0] == "at exit True 1", out.stdout
+    assert "KeyboardInterrupt" in out.stderr
+
+
+@needs_threads
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_fork_during_a_background_compile_leaves_the_child_able_to_compile(tmp_path):
     after = textwrap.dedent(

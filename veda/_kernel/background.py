@@ -121,7 +121,29 @@ def _at_exit() -> None:
         _queue.clear()
         for key in dropped:
             del _jobs[key]
+    running = _thread is not None and _thread.is_alive()
     wait()
+    if running:
+        _keep_interrupted_exit()
+
+
+def _keep_interrupted_exit() -> None:
+    """After waiting for a compile at exit: a program ended by an uncaught Ctrl-C exits as
+    killed by SIGINT (status 130 in a shell) again.
+
+    CPython notes an uncaught ``KeyboardInterrupt`` in one process-wide flag, which every
+    ``exec`` of a string clears, and Numba's compile runs some: a compile that ran on after
+    the interrupt made the program exit with status 1.  Raising ``KeyboardInterrupt`` from an
+    ``exec`` of a string sets the flag again.  Only for a script (not an interactive session,
+    whose last error may be an old one), whose last uncaught error was that interrupt."""
+    if sys.flags.interactive or hasattr(sys, "ps1"):
+        return
+    if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        return
+    try:
+        exec("raise KeyboardInterrupt")  # a constant string: see above
+    except KeyboardInterrupt:
+        pass
 
 
 # Fork: the compile thread may hold locks the child would need and never get back: Numba's
