@@ -134,9 +134,12 @@ def _keep_interrupted_exit() -> None:
     CPython notes an uncaught ``KeyboardInterrupt`` in one process-wide flag, which every
     ``exec`` of a string clears, and Numba's compile runs some: a compile that ran on after
     the interrupt made the program exit with status 1.  Raising ``KeyboardInterrupt`` from an
-    ``exec`` of a string sets the flag again.  Only for a script (not an interactive session,
-    whose last error may be an old one), whose last uncaught error was that interrupt."""
-    if sys.flags.interactive or hasattr(sys, "ps1"):
+    ``exec`` of a string sets the flag again.  Only for a script (not an interactive session
+    or an IPython shell or kernel, whose last error may be an old one), whose last uncaught
+    error was that interrupt."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    if sys.flags.interactive or hasattr(sys, "ps1") or shell is not None:
         return
     if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
         return
