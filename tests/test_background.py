@@ -230,6 +230,10 @@ CHILD = textwrap.dedent(
             if _pending_jobs():
                 break
     assert _pending_jobs(), "no compile went to the background"
+    # Running, not only queued: exit drops the queued jobs and waits for the running one.
+    deadline = time.monotonic() + 30
+    while background._queue and time.monotonic() < deadline:
+        time.sleep(0.001)
     {after}
     """
 )
