@@ -109,8 +109,8 @@ EXPLORE_CHILD = textwrap.dedent(
 def explore_times(rounds: int, n: int, launches: int) -> dict:
     """The first ``launches`` adaptive launches of a new saxpy of ``n`` elements, whose
     exploration needs the parallel loop, with its compile in the background and without, in
-    fresh processes with empty caches: the first launch (which compiles the serial loop either
-    way), the longest of the others, and the total."""
+    fresh processes with empty caches: the first launch (which compiles the serial loop, or
+    with background compiles its first tier), the longest of the others, and the total."""
     got: dict[str, list[dict]] = {"background": [], "in_launch": []}
     for _ in range(rounds):
         for mode in got:  # interleaved
@@ -135,9 +135,11 @@ def explore_times(rounds: int, n: int, launches: int) -> dict:
         }
         res[mode]["background_compiles"] = runs[-1]["background"]
         res[mode]["decided"] = all(r["decided"] for r in runs)
-        # the parallel loop was compiled in every process: the exploration needed it
-        assert all(r["compiled"] == 2 for r in runs), (mode, runs)
-    assert res["background"]["background_compiles"] == 1, res
+        # the parallel loop was compiled in every process: the exploration needed it (and with
+        # background compiles, the serial loop's first tier first: targets.cpu.CPUTarget)
+        want = 3 if mode == "background" else 2
+        assert all(r["compiled"] == want for r in runs), (mode, runs)
+    assert res["background"]["background_compiles"] == 2, res
     assert res["in_launch"]["background_compiles"] == 0, res
     return res
 

@@ -52,6 +52,19 @@ def target(request):
     return request.param
 
 
+@pytest.fixture(autouse=True)
+def _background_compiles_end():
+    """A compile a test left in veda's background thread (an exploration that ended before
+    its last candidate compiled, the serial loop behind a first tier) ends before the next
+    test starts: it would share the machine with that test's timings, make its forks wait and
+    hold its tuning-cache writes back (veda.scheduler._wisdom)."""
+    yield
+    from veda._kernel import background
+
+    if background.busy():
+        assert background.wait(120), "a compile in veda's background thread did not end"
+
+
 @pytest.fixture
 def reap():
     """``reap(pid, what)``: wait up to 60 s for the fork child ``pid`` and check that it exited

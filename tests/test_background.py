@@ -98,8 +98,9 @@ def test_launches_run_on_while_a_candidate_compiles(tmp_path):
     with veda.config(background_compile=True, progress=False, cache_dir=str(tmp_path)):
         launches_while_compiling, noted, row = _explore(heavy_bg, x, out, _expected(x, 1.0000001))
     stats = heavy_bg.compile_stats
-    # the serial loop compiled in the first launch, the parallel one in the compile thread
-    assert stats.compiled == 2 and stats.background == 1, stats.as_dict()
+    # the serial loop's first tier compiled in the first launch, the serial loop and the
+    # parallel one in the compile thread
+    assert stats.compiled == 3 and stats.background == 2, stats.as_dict()
     assert launches_while_compiling >= 2 and noted >= 1
     # once compiled, the parallel candidates were measured like the serial one
     measured = {t["decision"].target for t in row["trials"] if t["samples"]}
@@ -184,7 +185,9 @@ def test_a_compile_that_failed_in_the_background_is_made_by_the_launch(monkeypat
         _, _, row = _explore(heavy_failed, x, out, _expected(x, 1.0000005))
     assert failed == [1]
     stats = heavy_failed.compile_stats
-    assert stats.compiled == 2 and stats.background == 0, stats.as_dict()
+    # the serial loop's first tier in the first launch, the serial loop in the compile thread,
+    # the parallel loop in a launch after its compile failed there
+    assert stats.compiled == 3 and stats.background == 1, stats.as_dict()
     measured = {t["decision"].target for t in row["trials"] if t["samples"]}
     assert measured == {"cpu", "parallel"}, row["trials"]
 
@@ -252,8 +255,10 @@ def _child(after: str, cache: str) -> subprocess.CompletedProcess:
 def test_a_program_that_ends_while_a_compile_runs_exits_cleanly(tmp_path):
     out = _child("print('leaving')", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    # veda's exit hook waited for the compile, which ended in the compile thread
-    assert out.stdout.split("\n")[:2] == ["leaving", "at exit True 1"], out.stdout
+    # veda's exit hook waited for the compile, which ended in the compile thread (the serial
+    # loop's, and perhaps a parallel one's after it)
+    lines = out.stdout.split("\n")
+    assert lines[0] == "leaving" and lines[1] in ("at exit True 1", "at exit True 2"), out.stdout
     assert "Traceback" not in out.stderr and "terminate" not in out.stderr
 
 
@@ -265,7 +270,7 @@ def test_a_program_ended_by_ctrl_c_while_a_compile_runs_exits_as_interrupted(tmp
     CPython's note of the interrupt is cleared by the compile's own ``exec`` calls)."""
     out = _child("raise KeyboardInterrupt", str(tmp_path))
     assert out.returncode == -signal.SIGINT, (out.returncode, out.stderr[-2000:])
-    assert out.stdout.split("\n")[0] == "at exit True 1", out.stdout
+    assert out.stdout.split("\n")[0] in ("at exit True 1", "at exit True 2"), out.stdout
     assert "KeyboardInterrupt" in out.stderr
 
 

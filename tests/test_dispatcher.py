@@ -274,6 +274,47 @@ def test_cache_of_another_machine_is_ignored(tmp_path):
         assert TuningCache(str(tmp_path)).get("k") is None
 
 
+DEFERRED = textwrap.dedent(
+    """
+    import sys, threading
+    from veda._kernel import background
+    from veda.scheduler._wisdom import TuningCache
+    cache = TuningCache(sys.argv[1])
+    cache.get("anything")  # read once, as the dispatcher does before it decides
+    gate = threading.Event()
+    background.submit("a compile", gate.wait)  # the compile thread is busy
+    for i in range(3):
+        cache.put(f"k{i}", {"decision": ["cpu", 1, "static", 1], "seconds_per_element": 1.0})
+    print(cache.get("k2") is not None, cache.path.exists())
+    if sys.argv[2] == "wait":
+        gate.set()
+        background.wait(60)
+        print(sorted(TuningCache(sys.argv[1]).entries()))
+    else:
+        threading.Timer(0.5, gate.set).start()  # the program ends while the compile runs
+    """
+)
+
+
+@pytest.mark.parametrize("end", ["wait", "exit"])
+def test_a_decision_put_during_a_background_compile_is_written_after_it(tmp_path, end):
+    """While the compile thread works, a put keeps the entry at once and leaves the write to
+    that thread (each system call of a write from the launching thread waited for the
+    compile's GIL): written once the compile ends, and at exit at the latest."""
+    out = subprocess.run(
+        [sys.executable, "-c", DEFERRED, str(tmp_path), end],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "True False"  # kept, not written yet
+    if end == "wait":
+        assert lines[1] == "['k0', 'k1', 'k2']"
+    assert sorted(TuningCache(str(tmp_path)).entries()) == ["k0", "k1", "k2"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys

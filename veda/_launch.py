@@ -1000,6 +1000,8 @@ class Kernel(KernelDefinition):
         # One snapshot of the entry, its version first: another thread may rebind it meanwhile,
         # and the launcher is bound below only if nothing changed.
         version, runner, times = entry.version, entry.runner, entry.times
+        if getattr(runner, "tiering", False):
+            return  # its first tier ("cpu", targets.cpu): specialised once its loop is compiled
         direct = getattr(runner, "direct", None)
         timed = times is not None
         form = entry.form

@@ -38,6 +38,8 @@ PENDING, DONE, FAILED = "pending", "done", "failed"
 _lock = threading.Lock()
 _jobs: dict[Hashable, str] = {}  # key -> state
 _queue: list[tuple[Hashable, contextvars.Context, Callable[[], object]]] = []
+#: Jobs that run at exit even if not started then (short writes: the tuning cache's).
+_kept: set[Hashable] = set()
 _thread: threading.Thread | None = None
 _exit_hooked = False
 #: Held by the compile thread across each job: a fork takes it (after _lock, so that no next
@@ -60,9 +62,11 @@ def state(key: Hashable) -> str | None:
     return _jobs.get(key)
 
 
-def submit(key: Hashable, job: Callable[[], object]) -> str:
+def submit(key: Hashable, job: Callable[[], object], keep: bool = False) -> str:
     """Run ``job`` in the compile thread, in the caller's context, unless a job ``key`` was
-    submitted before; its state."""
+    submitted before; its state.  A ``keep`` job runs at exit even if it has not started by
+    then (others are dropped): for short work that must not be lost, after the compiles
+    queued before it."""
     global _thread, _exit_hooked
     # Ctrl-C held off: between the job's state, the queue and the thread's start, an interrupt
     # would leave a job pending that no thread runs (an adversarial test found both).
@@ -81,6 +85,8 @@ def submit(key: Hashable, job: Callable[[], object]) -> str:
             thread.start()  # (it waits on _lock for its first job)
             _thread = thread
         _jobs[key] = PENDING
+        if keep:
+            _kept.add(key)
         _queue.append((key, contextvars.copy_context(), job))
     return PENDING
 
@@ -102,6 +108,7 @@ def _work() -> None:
             except BaseException:
                 outcome = FAILED
         with _lock:
+            _kept.discard(key)
             if key in _jobs:
                 _jobs[key] = outcome
 
@@ -117,8 +124,8 @@ def wait(timeout: float | None = None) -> bool:
 
 def _at_exit() -> None:
     with _lock:
-        dropped = [item[0] for item in _queue]
-        _queue.clear()
+        dropped = [item[0] for item in _queue if item[0] not in _kept]
+        _queue[:] = [item for item in _queue if item[0] in _kept]
         for key in dropped:
             del _jobs[key]
     running = _thread is not None and _thread.is_alive()
@@ -300,6 +307,7 @@ def _after_fork_child() -> None:
     _closed_by = None
     _thread = None
     _queue.clear()
+    _kept.clear()
     for key in [k for k, v in _jobs.items() if v == PENDING]:
         del _jobs[key]  # not compiled here: a launch that needs it submits it again
     _let_go(child=True)

@@ -51,6 +51,9 @@ class LineMap:
     gen_start: int  # first line (1-based) of the function in the generated module
     length: int
     source: Any  # SourceLines: the text and origin, not the function
+    #: The line of the function's text at ``gen_start`` (0-based): a body written into a
+    #: launcher (``_veda_span``) starts past the ``def``.
+    first: int = 0
 
 
 # generated file's base name -> list of LineMap

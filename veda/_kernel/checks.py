@@ -164,7 +164,7 @@ def _user_location(message: str) -> str:
         for m in _cache.line_maps.get(os.path.basename(fname), ()):
             offset = int(line) - m.gen_start
             if 0 <= offset < m.length:
-                ufile, uline, text = m.source.user_line(offset)
+                ufile, uline, text = m.source.user_line(m.first + offset)
                 return f"\n  at {ufile}:{uline}: {text}"
     return ""
 

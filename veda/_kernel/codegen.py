@@ -248,8 +248,11 @@ def _assemble(
     tail: str,
     cache: bool,
     target: str = "cpu",
+    spans: Sequence[tuple[int, int, int]] = (),
 ) -> Unit:
-    """Join prelude, references, user functions and launchers; load the result."""
+    """Join prelude, references, user functions and launchers; load the result.  ``spans``:
+    where the (first) function's body is written into the tail (its line there, the count of
+    lines, and the line of the function's text it starts at), for error messages."""
     prelude = _PRELUDE if target == "cpu" else _PRELUDE + _CUDA_PRELUDE
     lines = [header.rstrip("\n"), prelude.rstrip("\n")]
     inject: dict[str, Any] = {}
@@ -277,6 +280,9 @@ def _assemble(
         maps.append(_cache.LineMap(current + offset + 1, len(fn_lines) - offset, src.lines()))
         lines.extend(fn_lines)
     lines.append("")
+    start = sum(entry.count("\n") + 1 for entry in lines) + 1  # the tail's first line
+    for at, length, first in spans:
+        maps.append(_cache.LineMap(start + at, length, functions[0][0].lines(), first))
     lines.append(tail)
     text = "\n".join(lines) + "\n"
     on_disk = cache and not inject
@@ -495,6 +501,158 @@ def _serial_loop(ndim: int, stmt: str) -> str:
         "    _lo = _hi\n"
         f"{_indent(_serial_boundary('_S'), 4)}"
     )
+
+
+#: Where a body cannot be written into a loop as it stands: nodes whose meaning would change
+#: (a ``return`` with a value, scopes of their own, generators) or that bind names.
+_NOT_INLINED = (
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Await,
+    ast.Global,
+    ast.Nonlocal,
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.Import,
+    ast.ImportFrom,
+    ast.Match,
+    ast.With,
+    ast.AsyncWith,
+    ast.AsyncFor,
+)
+#: Statements a bare ``return`` may sit in and still become the loop's ``continue``.
+_RETURN_PARENTS = (ast.If,)
+
+
+def _returns_as_continue(tree: ast.FunctionDef, params: set[str]) -> list[ast.Return] | None:
+    """The bare ``return`` statements of ``tree``'s body, each of which ends one index when the
+    body is written into the loop over indices (``continue``); None when the body cannot be
+    written there as it stands: it returns a value, returns from inside a loop or ``try`` of its
+    own, binds a parameter's name (which would carry over to the next index), uses a name of
+    veda's loop (``_veda_...``), or holds a node listed in :data:`_NOT_INLINED`."""
+    returns: list[ast.Return] = []
+
+    def visit(node: ast.AST, plain: bool) -> bool:
+        if isinstance(node, _NOT_INLINED):
+            return False
+        if isinstance(node, ast.Return):
+            if node.value is not None or not plain:
+                return False
+            returns.append(node)
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_veda_"):
+                return False
+            if not isinstance(node.ctx, ast.Load) and node.id in params:
+                return False
+        if isinstance(node, ast.ExceptHandler) and node.name in params:
+            return False
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (str, bytes))
+            and node.lineno != node.end_lineno
+        ):
+            return False  # (a string over lines would take the new indentation into its text)
+        inner = plain and (isinstance(node, _RETURN_PARENTS) or not isinstance(node, ast.stmt))
+        return all(visit(child, inner) for child in ast.iter_child_nodes(node))
+
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    if not body or not all(visit(stmt, True) for stmt in body):
+        return None
+    return returns
+
+
+def inline_body(src: FunctionSource, ndim: int, depth: int) -> tuple[list[str], int] | None:
+    """The kernel body's own lines, indented ``depth`` levels, with each bare ``return`` as
+    ``continue``: the statements of a loop over indices that runs the body without a call (so
+    that Numba compiles one function, where its inliner took 30-40 ms of a cold launch), and
+    the line of ``src.text`` they start at (for :class:`~veda._kernel.cache.LineMap`).  None
+    where the body cannot be written into a loop as it stands (:func:`_returns_as_continue`);
+    its lines keep their line breaks, so an error points at the user's line."""
+    tree, text = src.tree, src.text
+    if tree is None or text is None or tree.args.vararg or tree.args.kwarg:
+        return None
+    params = {a.arg for a in (*tree.args.posonlyargs, *tree.args.args, *tree.args.kwonlyargs)}
+    if len(params) < ndim:
+        return None
+    if any(name.startswith("_veda_") for name in params):
+        return None
+    returns = _returns_as_continue(tree, params)
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    if returns is None or not body or body[0].lineno <= tree.lineno:
+        return None  # (nor a body on the line of the ``def``)
+    lines = text.splitlines()
+    first = body[0].lineno - 1
+    last = (tree.end_lineno or len(lines)) - 1
+    base = body[0].col_offset
+    edits: dict[int, list[int]] = {}
+    for ret in returns:
+        edits.setdefault(ret.lineno - 1, []).append(ret.col_offset)
+    out = []
+    pad = " " * (4 * depth)
+    for k in range(first, last + 1):
+        line = lines[k]
+        for col in sorted(edits.get(k, ()), reverse=True):
+            raw = line.encode()
+            if raw[col : col + 6] != b"return":
+                return None
+            line = (raw[:col] + b"continue" + raw[col + 6 :]).decode()
+        if not line.strip():
+            out.append("")
+            continue
+        lead = line[: len(line) - len(line.lstrip())]
+        if "\t" in lead:
+            return None  # (spaces before a tab: Python may refuse the mix)
+        out.append(pad + line[min(base, len(lead)) :])
+    return out, first
+
+
+def span_source(
+    src: FunctionSource, ndim: int, nargs: int, decorator: str
+) -> tuple[str, tuple[int, int, int] | None]:
+    """``_veda_span(lo, hi, n0, ..., args)``: the body over the outermost indices [lo, hi) of
+    the domain in plain nested loops, without the serial launcher's signal checks (the launch
+    calls it piece by piece from Python, which runs signal handlers between pieces).  A first
+    launch on ``"cpu"`` compiles it while ``_veda_cpu`` compiles in the background (see
+    :class:`veda.targets.cpu.CPUTarget`): its compile takes about half as long.
+
+    The body is written into the loop where it can be (:func:`inline_body`), else called
+    through Numba's inliner.  Returns the text and, for a written body, where its lines are:
+    (line of the text, count, line of ``src.text``) for its LineMap.
+    """
+    dims = [f"_veda_n{d}" for d in range(ndim)]
+    written = inline_body(src, ndim, 1 + ndim)
+    params = [a.arg for a in src.tree.args.args] if written is not None and src.tree else []
+    if written is not None and len(params) == ndim + nargs:
+        index, names = params[:ndim], params[ndim:]
+        lines = [decorator, f"def _veda_span(_veda_lo, _veda_hi, {', '.join(dims + names)}):"]
+        for d in range(ndim):
+            pad = " " * (4 * (d + 1))
+            bounds = "_veda_lo, _veda_hi" if d == 0 else dims[d]
+            lines.append(f"{pad}for _veda_i{d} in range({bounds}):")
+            lines.append(f"{pad}    {index[d]} = _veda_lang.nonneg(_veda_i{d})")
+        body, first = written
+        at = len(lines)
+        lines += body
+        lines.append("    return None")
+        return "\n".join(lines) + "\n", (at, len(body), first)
+    names = [f"a{k}" for k in range(nargs)]
+    loops = "".join(
+        " " * (4 * (d + 1)) + f"for i{d} in range({'_veda_lo, _veda_hi' if d == 0 else dims[d]}):\n"
+        for d in range(ndim)
+    )
+    call = f"{INLINE}({', '.join(f'_veda_lang.nonneg(i{d})' for d in range(ndim))}"
+    call += "".join(f", {n}" for n in names) + ")"
+    text = (
+        f"{decorator}\ndef _veda_span(_veda_lo, _veda_hi, {', '.join(dims + names)}):\n"
+        f"{loops}{' ' * (4 * (ndim + 1))}{call}\n    return None\n"
+    )
+    return text, None
 
 
 def _flat(ndim: int) -> str:
@@ -1039,14 +1197,16 @@ def kernel_unit(
         f"# {ndim}-d domain, {nargs} argument(s), reduce={reduce!r}"
         + (f", private {list(private)!r}" if private else "")
     )
+    dec = _decorator(cache, boundscheck, fastmath=fastmath)
     tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck, private, fastmath)
-    return _assemble(
-        f"{src.name}_{ndim}d",
-        header,
-        [(src, emitted, _decorator(cache, boundscheck, fastmath=fastmath))],
-        tail,
-        cache,
-    )
+    spans: list[tuple[int, int, int]] = []
+    if reduce is None and not private:  # the first tier of "cpu" (CPUTarget)
+        text, where = span_source(src, ndim, nargs, dec)
+        tail = f"{tail.rstrip()}\n\n\n{text}"
+        if where is not None:
+            at, length, first = where
+            spans.append((tail.count("\n") - text.count("\n") + at, length, first))
+    return _assemble(f"{src.name}_{ndim}d", header, [(src, emitted, dec)], tail, cache, spans=spans)
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ _INDEX_LIMIT = 2**63
 #: own beyond the domain (the parallel ones take the thread count, the schedule and the chunk).
 LAUNCHERS = {
     "_veda_cpu": 0,
+    "_veda_span": 2,  # the first tier of "cpu": the outermost indices [lo, hi)
     "_veda_det_cpu": 0,
     "_veda_parallel": 4,  # threads, schedule code, chunk, guided bounds
     "_veda_parallel_profile": 4,

@@ -31,6 +31,7 @@ __all__ = ["analyse", "record", "reports"]
 #: Launcher -> (the configuration it runs, the functions that may hold its loop, first found).
 LOOPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "_veda_cpu": ("cpu", ("_veda_cpu",)),
+    "_veda_span": ("cpu, first tier", ("_veda_span",)),
     "_veda_parallel": ("parallel", ("_veda_chunk", "_veda_parallel_worker")),
     "_veda_parallel_profile": (
         "parallel, profiled",

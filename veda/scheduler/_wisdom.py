@@ -12,6 +12,7 @@ rewritten on the next write.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
@@ -24,6 +25,7 @@ from veda import _files
 from veda._config import get_config
 from veda._hardware import cpu as _cpu
 from veda._hardware.cpu import fingerprint_id
+from veda._kernel import background as _background
 from veda._version import __version__
 
 FORMAT = 1
@@ -69,6 +71,9 @@ def _lock_file(fd: int) -> Callable[[], None]:
     return lambda: fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+#: Numbers the tuning cache's deferred writes (each a job of its own in the background thread).
+_writes = itertools.count()
+
 #: Every tuning cache of this process, whose locks a fork child makes anew.
 _caches: weakref.WeakSet[TuningCache] = weakref.WeakSet()
 
@@ -80,6 +85,7 @@ def _after_fork_in_child() -> None:
     (a put replaces them in one store)."""
     for cache in list(_caches):
         cache._lock = threading.Lock()
+        cache._pending = {}  # (the parent writes its own)
 
 
 if hasattr(os, "register_at_fork"):
@@ -100,6 +106,8 @@ class TuningCache:
         self.folder = folder
         self.path = (folder or want) / f"{fingerprint_id(self.fp)}.json"
         self._entries: dict[str, Any] | None = None
+        #: Entries put while a compile ran in the background thread, not yet written.
+        self._pending: dict[str, Any] = {}
         self._lock = threading.Lock()
         _caches.add(self)
 
@@ -146,24 +154,56 @@ class TuningCache:
         return entry if isinstance(entry, dict) else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
-        """Store one decision, merged with whatever other processes wrote meanwhile."""
+        """Store one decision, merged with whatever other processes wrote meanwhile.
+
+        While the background thread compiles (:mod:`veda._kernel.background`), the entry is
+        kept at once and written by that thread after its compile (at exit at the latest):
+        the write's dozen system calls each wait for the compiling thread to give back the
+        GIL, which took 27-90 ms of an exploring launch on the 2-core machine.
+        """
         if self.folder is None:
             with self._lock:
                 self._entries = {**(self._entries or {}), key: value}
             return
+        if (
+            self._entries is not None  # (else the write reads the file first anyway)
+            and _background.busy()
+            and not _background.in_compile_thread()
+        ):
+            with self._lock:
+                self._entries = {**(self._entries or {}), key: value}
+                self._pending[key] = value
+                queued = len(self._pending) > 1  # the write queued before takes it too
+            if not queued:
+                try:
+                    job = ("tuning-write", id(self), next(_writes))
+                    _background.submit(job, self._flush, keep=True)
+                except RuntimeError:  # no new thread (the interpreter is exiting)
+                    self._flush()
+            return
+        self._write({key: value})
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if pending:
+            self._write(pending)
+
+    def _write(self, new: dict[str, Any]) -> None:
         try:
             with self._lock, _locked(self.path):
                 entries = self._read()
-                entries[key] = value
+                entries.update(new)
                 doc = {"format": FORMAT, "fingerprint": self.fp, "entries": entries}
                 text = json.dumps(doc, indent=1, sort_keys=True)
                 _files.write_atomic(self.path, text.encode("utf-8"))
-                self._entries = entries
+                self._entries = {**entries, **self._pending}
         except OSError as exc:
             self._warn(f"cannot write the tuning cache {self.path}: {exc}")
 
     def clear(self) -> None:
         with self._lock:
             self._entries = {}
+            self._pending = {}
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
