@@ -561,3 +561,40 @@ def test_ctrl_c_while_a_fork_waits_is_raised_after_it():
     background.submit(later, lambda: None)  # the compile thread still works
     assert background.wait(30)
     assert background.state(later) == background.DONE
+
+
+EXIT_CTRL_C = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from veda._kernel import background
+
+    def compile_stand_in():
+        time.sleep(1.0)
+        open(sys.argv[1] + "/compiled", "w").close()
+
+    background.submit("compile", compile_stand_in)
+    background.submit("write", lambda: open(sys.argv[1] + "/written", "w").close(), keep=True)
+
+    def ctrl_c():
+        time.sleep(0.3)  # while exit waits for the compile
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    """
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGINT")
+def test_ctrl_c_while_exit_waits_for_a_compile_lets_it_and_the_kept_jobs_end(tmp_path):
+    """A join that Ctrl-C interrupted marked the compile thread as stopped (Python 3.11), exit
+    went on, and the interpreter ended the compile in the middle: the tuning cache's write
+    kept for exit was lost."""
+    out = subprocess.run(
+        [sys.executable, "-c", EXIT_CTRL_C, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "compiled").exists() and (tmp_path / "written").exists()
+    assert "Traceback" not in out.stderr, out.stderr

@@ -276,7 +276,7 @@ def test_cache_of_another_machine_is_ignored(tmp_path):
 
 DEFERRED = textwrap.dedent(
     """
-    import sys, threading
+    import sys, threading, time
     from veda._kernel import background
     from veda.scheduler._wisdom import TuningCache
     cache = TuningCache(sys.argv[1])
@@ -291,7 +291,14 @@ DEFERRED = textwrap.dedent(
         background.wait(60)
         print(sorted(TuningCache(sys.argv[1]).entries()))
     else:
-        threading.Timer(0.5, gate.set).start()  # the program ends while the compile runs
+        # The program ends while the compile runs, with another compile queued: exit drops
+        # that one and runs the write.
+        marker = sys.argv[1] + "/dropped-job-ran"
+        background.submit("queued compile", lambda: open(marker, "w").close())
+        def later():
+            time.sleep(1.0)
+            gate.set()
+        threading.Thread(target=later, daemon=True).start()
     """
 )
 
@@ -312,6 +319,8 @@ def test_a_decision_put_during_a_background_compile_is_written_after_it(tmp_path
     assert lines[0] == "True False"  # kept, not written yet
     if end == "wait":
         assert lines[1] == "['k0', 'k1', 'k2']"
+    else:
+        assert not (tmp_path / "dropped-job-ran").exists()
     assert sorted(TuningCache(str(tmp_path)).entries()) == ["k0", "k1", "k2"]
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ast
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+from numba import literal_unroll
 
 import veda
 from veda._kernel import background
@@ -76,6 +79,27 @@ def _reserved_local(i, x, out):
     out[i] = x[i] + _veda_i0
 
 
+def _binds_range(i, x, out):
+    range = 3  # (the loop around a written body calls range)
+    out[i] = x[i] + range
+
+
+def _unrolls(i, tup, out):
+    s = 0.0
+    for v in literal_unroll(tup):
+        s += v
+    out[i] = s
+
+
+def _param_named_range(i, x, range):
+    range[i] = x[i]
+
+
+def _docstring_shares_a_line(i, x, out):
+    """Two
+    lines."""; out[i] = x[i]  # noqa: E702  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "fn",
     [
@@ -87,6 +111,10 @@ def _reserved_local(i, x, out):
         _long_string,
         _one_line,
         _reserved_local,
+        _binds_range,
+        _docstring_shares_a_line,
+        _unrolls,
+        _param_named_range,
     ],
 )
 def test_a_body_that_cannot_be_written_into_the_loop_is_called(fn):
@@ -145,7 +173,7 @@ def _module(kernel, ndim, nargs, cache=False):
 def test_the_span_in_pieces_gives_the_serial_launchers_results(kernel, dims, make):
     args = make(np.random.default_rng(3))
     module = _module(kernel, len(dims), len(args))
-    assert "_veda_inline_body(" not in module._veda_span.py_func.__code__.co_names
+    assert "_veda_inline_body" not in module._veda_span.py_func.__code__.co_names
     want = [a.copy() for a in args]
     module._veda_cpu(*dims, *want)
     got = [a.copy() for a in args]
@@ -196,19 +224,56 @@ def test_a_first_cpu_launch_runs_the_span_and_compiles_the_loop_in_the_backgroun
     n = 5000  # several pieces
     x, y = rng.random(n), rng.random(n)
     out = np.zeros(n)
+    extra = len("tier_saxpy")
     with veda.config(background_compile=True, cache_dir=str(tmp_path), progress=False):
         veda.launch(k, n, 2.0, x, y, out, target="cpu")
-        np.testing.assert_array_equal(out, 2.0 * x + y + len("tier_saxpy"))
+        np.testing.assert_array_equal(out, 2.0 * x + y + extra)
         module = _module(k, 1, 4, cache=True)
-        assert module._veda_span.overloads  # the first launch compiled the span ...
+        # the first launch compiled the span alone: a program that launches once needs no more
+        assert module._veda_span.overloads and not module._veda_cpu.overloads
+        assert not background.busy()
+        veda.launch(k, n, 3.0, x, y, out, target="cpu")  # the second sends it to the background
+        np.testing.assert_array_equal(out, 3.0 * x + y + extra)
         assert background.wait(120)
-        assert module._veda_cpu.overloads  # ... and the serial loop compiled meanwhile
+        assert module._veda_cpu.overloads
         stats = k.compile_stats
         assert stats.compiled == 2 and stats.background == 1, stats.as_dict()
         out[:] = 0
-        veda.launch(k, n, 3.0, x, y, out, target="cpu")  # now on the serial loop
-        np.testing.assert_array_equal(out, 3.0 * x + y + len("tier_saxpy"))
+        veda.launch(k, n, 4.0, x, y, out, target="cpu")  # now on the serial loop
+        np.testing.assert_array_equal(out, 4.0 * x + y + extra)
     assert k.compile_stats.compiled == 2
+
+
+WARM = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import veda
+    from veda_kernels.blas1 import saxpy
+    x = np.ones(1000); out = np.zeros(1000)
+    with veda.config(background_compile=sys.argv[1] == "1"):
+        veda.launch(saxpy, 1000, 2.0, x, x, out, target="cpu")
+    module = saxpy.program(1, 4, (False, True))
+    print(bool(module._veda_span.overloads), bool(module._veda_cpu.overloads), out[0])
+    """
+)
+
+
+def test_a_serial_loop_in_numbas_disk_cache_is_loaded_not_tiered(tmp_path):
+    env = dict(os.environ, VEDA_CACHE_DIR=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path))
+
+    def child(background):
+        out = subprocess.run(
+            [sys.executable, "-c", WARM, background], env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert child("0") == ["False", "True", "3.0"]  # compiles and caches the serial loop
+    assert child("1") == ["False", "True", "3.0"]  # loads it: no span compiled
+    # (an empty cache, for contrast: the span)
+    env["NUMBA_CACHE_DIR"] = env["VEDA_CACHE_DIR"] = str(tmp_path / "empty")
+    assert child("1") == ["True", "False", "3.0"]
 
 
 def test_without_background_compiles_there_is_no_first_tier(tmp_path):
@@ -233,7 +298,9 @@ def test_an_adaptive_kernel_learns_on_the_first_tier(tmp_path):
         for _ in range(5):
             k[1000](1.0, x, x, out)
         np.testing.assert_array_equal(out, 2.0 * x + len("tier_adaptive"))
-    assert veda.explain(k).rows[0]["decision"] is not None
+    # 1000 cheap indices: the first tier's samples kept it serial (its first is taken before
+    # the serial loop's compile starts, which shares the machine)
+    assert veda.explain(k).rows[0]["decision"].target == "cpu"
 
 
 def test_errors_on_the_first_tier_name_the_index_and_the_users_line(tmp_path):
@@ -313,3 +380,34 @@ def test_ctrl_c_ends_a_long_first_tier_launch_between_pieces(tmp_path):
     assert float(lines[0].split()[-1]) < 1.0, out.stdout  # the launch alone takes 1-2 s
     assert lines[1] == "compiled 1", out.stdout  # it ran on the span
     assert lines[2] == "child 0", out.stdout
+
+
+@veda.kernel
+def slow_tier(i, x, out):
+    acc = 0.0
+    for k in range(200000):
+        acc += x[i] * 1e-9 + k * 1e-12
+    out[i] = acc
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_a_signal_handlers_exception_between_pieces_is_raised_as_it_is(tmp_path):
+    """A handler that raises something other than KeyboardInterrupt (a SIGALRM timeout) ends
+    the launch with its own exception, not as the body's failure."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("the alarm rang")
+
+    x, out = np.ones(4000), np.zeros(4000)
+    before = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        with veda.config(background_compile=True, cache_dir=str(tmp_path)):
+            veda.launch(slow_tier, 2, x, out, target="cpu")  # compiles the span
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            start = time.perf_counter()
+            with pytest.raises(TimeoutError, match="the alarm rang"):
+                veda.launch(slow_tier, 4000, x, out, target="cpu")  # 1-2 s on the first tier
+            assert time.perf_counter() - start < 1.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)

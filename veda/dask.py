@@ -635,7 +635,9 @@ def warm(client: Any, kernel: Kernel, *sample_args: Any) -> dict[str, int]:
 
     A one-thread worker compiles the one configuration its blocks run (``"cpu"``); a worker of
     more threads compiles the configuration its dispatcher tries first, and the others as its
-    exploration reaches them.
+    exploration reaches them.  It launches twice and waits for the compiles the launches sent
+    to the background thread (``background_compile``), so that the serial loop is compiled
+    past its first tier.
     """
     k = _kernel(kernel, "warm", reduction=None)
     if not any(isinstance(a, np.ndarray) for a in sample_args):
@@ -647,8 +649,15 @@ def warm(client: Any, kernel: Kernel, *sample_args: Any) -> dict[str, int]:
 
 
 def _warm_here(kernel: Kernel, sample_args: Sequence[Any], settings: dict[str, Any]) -> int:
+    from veda._kernel import background
+
     dims = next(a for a in sample_args if isinstance(a, np.ndarray)).shape
-    _run(kernel, dims, sample_args, settings, ((), (0,) * len(dims)))
+    # Twice, then what the launches sent to the background thread: a first launch on "cpu"
+    # compiles its first tier only, the second sends the serial loop's compile there
+    # (veda.targets.cpu.CPUTarget).
+    for _ in range(2):
+        _run(kernel, dims, sample_args, settings, ((), (0,) * len(dims)))
+    background.wait()
     return compiles(kernel)
 
 

@@ -41,6 +41,11 @@ _queue: list[tuple[Hashable, contextvars.Context, Callable[[], object]]] = []
 #: Jobs that run at exit even if not started then (short writes: the tuning cache's).
 _kept: set[Hashable] = set()
 _thread: threading.Thread | None = None
+#: Set when the compile thread ends: what :func:`wait` waits on.  A ``join`` that Ctrl-C
+#: interrupts marks a thread that still runs as stopped in Python 3.11 (its
+#: ``_wait_for_tstate_lock`` sees the thread's own lock held and releases it), and exit then
+#: went on while the compile ran and the interpreter ended it in the middle.
+_ended = threading.Event()
 _exit_hooked = False
 #: Held by the compile thread across each job: a fork takes it (after _lock, so that no next
 #: job starts) to wait for the job in progress only.
@@ -67,7 +72,7 @@ def submit(key: Hashable, job: Callable[[], object], keep: bool = False) -> str:
     submitted before; its state.  A ``keep`` job runs at exit even if it has not started by
     then (others are dropped): for short work that must not be lost, after the compiles
     queued before it."""
-    global _thread, _exit_hooked
+    global _thread, _ended, _exit_hooked
     # Ctrl-C held off: between the job's state, the queue and the thread's start, an interrupt
     # would leave a job pending that no thread runs (an adversarial test found both).
     with held_interrupts(), _lock:
@@ -81,9 +86,10 @@ def submit(key: Hashable, job: Callable[[], object], keep: bool = False) -> str:
             _exit_hooked = True
         thread = _thread
         if thread is None:
-            thread = threading.Thread(target=_work, name="veda-compile", daemon=True)
+            ended = threading.Event()
+            thread = threading.Thread(target=_work, args=(ended,), name="veda-compile", daemon=True)
             thread.start()  # (it waits on _lock for its first job)
-            _thread = thread
+            _thread, _ended = thread, ended
         _jobs[key] = PENDING
         if keep:
             _kept.add(key)
@@ -91,12 +97,13 @@ def submit(key: Hashable, job: Callable[[], object], keep: bool = False) -> str:
     return PENDING
 
 
-def _work() -> None:
+def _work(ended: threading.Event) -> None:
     global _thread
     while True:
         with _lock:
             if not _queue:
                 _thread = None
+                ended.set()
                 return
             key, context, job = _queue.pop(0)
         # (the exception is not kept: its traceback holds the launch's arrays; the launch that
@@ -115,10 +122,9 @@ def _work() -> None:
 
 def wait(timeout: float | None = None) -> bool:
     """Wait for the submitted compiles to end; False if ``timeout`` seconds passed first."""
-    thread = _thread
+    thread, ended = _thread, _ended
     if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout)
-        return not thread.is_alive()
+        return ended.wait(timeout)
     return True
 
 
@@ -129,7 +135,14 @@ def _at_exit() -> None:
         for key in dropped:
             del _jobs[key]
     running = _thread is not None and _thread.is_alive()
-    wait()
+    while True:
+        try:
+            wait()
+            break
+        except KeyboardInterrupt:
+            # Ctrl-C while exit waits: the compile cannot be stopped (the interpreter would
+            # end it in the middle), and the jobs kept for exit must run; the wait goes on.
+            continue
     if running:
         _keep_interrupted_exit()
 

@@ -432,6 +432,21 @@ def background_job(dispatcher: Any, params: tuple[Any, ...]) -> tuple[Any, Any] 
     return (dispatcher, signature), lambda: dispatcher._compile_for_args(*params)
 
 
+def in_disk_cache(dispatcher: Any, params: tuple[Any, ...]) -> bool:
+    """Whether Numba's disk cache holds code of ``dispatcher`` for ``params`` (read from the
+    cache's index, nothing loaded).  Numba's ``FunctionCache`` internals: False where they are
+    missing or the index cannot be read (the launch then compiles as if it were not there)."""
+    try:
+        cache = dispatcher._cache
+        if not getattr(cache, "_enabled", False):
+            return False
+        signature = tuple(dispatcher.typeof_pyval(p) for p in params)
+        key = cache._index_key(signature, dispatcher.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:
+        return False
+
+
 def _vector_reports(module: Any) -> None:
     """Keep the vectorisation reports of a module's new launchers (:mod:`veda._kernel.simd`)
     while Numba still holds their IR.  A report is a diagnostic: failing to make one never

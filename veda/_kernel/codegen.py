@@ -207,10 +207,11 @@ def _decorator(
     boundscheck: bool,
     parallel: bool = False,
     fastmath: frozenset[str] | None = frozenset(),
+    nogil: bool = True,
 ) -> str:
     extra = f", parallel={PRANGE_ONLY}" if parallel else ""
     return (
-        f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil=True{extra}"
+        f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil={nogil}{extra}"
         f"{fastmath_text(fastmath)})"
     )
 
@@ -526,13 +527,30 @@ _NOT_INLINED = (
 _RETURN_PARENTS = (ast.If,)
 
 
-def _returns_as_continue(tree: ast.FunctionDef, params: set[str]) -> list[ast.Return] | None:
-    """The bare ``return`` statements of ``tree``'s body, each of which ends one index when the
-    body is written into the loop over indices (``continue``); None when the body cannot be
-    written there as it stands: it returns a value, returns from inside a loop or ``try`` of its
-    own, binds a parameter's name (which would carry over to the next index), uses a name of
-    veda's loop (``_veda_...``), or holds a node listed in :data:`_NOT_INLINED`."""
+#: Names the loops around a written body use, which the body must not bind.
+_LOOP_NAMES = frozenset({"range"})
+#: Names a body that is written into a loop must not use: what types differently there than in
+#: a body inlined by Numba (``literal_unroll`` over a tuple argument types in a plain function,
+#: not through the inliner, so the first tier would run a body the serial loop refuses).
+_CALLED_ONLY = frozenset({"literal_unroll"})
+
+
+def _statements(tree: ast.FunctionDef) -> list[ast.stmt]:
+    """The body's statements past its docstring."""
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        return body[1:]
+    return body
+
+
+def _returns_as_continue(body: list[ast.stmt], params: set[str]) -> list[ast.Return] | None:
+    """The bare ``return`` statements of ``body``, each of which ends one index when the body
+    is written into the loop over indices (``continue``); None when it cannot be written there
+    as it stands: it returns a value, returns from inside a loop or ``try`` of its own, binds a
+    parameter's name (which would carry over to the next index) or a name the loops use, uses
+    a name of veda's (``_veda_...``), or holds a node listed in :data:`_NOT_INLINED`."""
     returns: list[ast.Return] = []
+    bound = params | _LOOP_NAMES
 
     def visit(node: ast.AST, plain: bool) -> bool:
         if isinstance(node, _NOT_INLINED):
@@ -541,12 +559,14 @@ def _returns_as_continue(tree: ast.FunctionDef, params: set[str]) -> list[ast.Re
             if node.value is not None or not plain:
                 return False
             returns.append(node)
+        if isinstance(node, ast.Attribute) and node.attr in _CALLED_ONLY:
+            return False
         if isinstance(node, ast.Name):
-            if node.id.startswith("_veda_"):
+            if node.id.startswith("_veda_") or node.id in _CALLED_ONLY:
                 return False
-            if not isinstance(node.ctx, ast.Load) and node.id in params:
+            if not isinstance(node.ctx, ast.Load) and node.id in bound:
                 return False
-        if isinstance(node, ast.ExceptHandler) and node.name in params:
+        if isinstance(node, ast.ExceptHandler) and node.name in bound:
             return False
         if (
             isinstance(node, ast.Constant)
@@ -557,9 +577,6 @@ def _returns_as_continue(tree: ast.FunctionDef, params: set[str]) -> list[ast.Re
         inner = plain and (isinstance(node, _RETURN_PARENTS) or not isinstance(node, ast.stmt))
         return all(visit(child, inner) for child in ast.iter_child_nodes(node))
 
-    body = tree.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]  # the docstring
     if not body or not all(visit(stmt, True) for stmt in body):
         return None
     return returns
@@ -576,16 +593,14 @@ def inline_body(src: FunctionSource, ndim: int, depth: int) -> tuple[list[str], 
     if tree is None or text is None or tree.args.vararg or tree.args.kwarg:
         return None
     params = {a.arg for a in (*tree.args.posonlyargs, *tree.args.args, *tree.args.kwonlyargs)}
-    if len(params) < ndim:
+    if len(params) < ndim or any(p.startswith("_veda_") or p in _LOOP_NAMES for p in params):
         return None
-    if any(name.startswith("_veda_") for name in params):
+    body = _statements(tree)
+    returns = _returns_as_continue(body, params)
+    if returns is None or body[0].lineno <= tree.lineno:  # (nor a body on the ``def``'s line)
         return None
-    returns = _returns_as_continue(tree, params)
-    body = tree.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]  # the docstring
-    if returns is None or not body or body[0].lineno <= tree.lineno:
-        return None  # (nor a body on the line of the ``def``)
+    if body is not tree.body and body[0].lineno <= (tree.body[0].end_lineno or 0):
+        return None  # (a statement on the docstring's last line)
     lines = text.splitlines()
     first = body[0].lineno - 1
     last = (tree.end_lineno or len(lines)) - 1
@@ -640,7 +655,13 @@ def span_source(
         at = len(lines)
         lines += body
         lines.append("    return None")
-        return "\n".join(lines) + "\n", (at, len(body), first)
+        text = "\n".join(lines) + "\n"
+        try:  # (a safety net: what the checks above missed is called, not written)
+            compile(text, "<veda span>", "exec", dont_inherit=True)
+        except SyntaxError:
+            pass
+        else:
+            return text, (at, len(body), first)
     names = [f"a{k}" for k in range(nargs)]
     loops = "".join(
         " " * (4 * (d + 1)) + f"for i{d} in range({'_veda_lo, _veda_hi' if d == 0 else dims[d]}):\n"
@@ -1201,7 +1222,10 @@ def kernel_unit(
     tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck, private, fastmath)
     spans: list[tuple[int, int, int]] = []
     if reduce is None and not private:  # the first tier of "cpu" (CPUTarget)
-        text, where = span_source(src, ndim, nargs, dec)
+        # It keeps the GIL: the background compile of the serial loop holds the GIL for
+        # milliseconds at a time, and a piece that gave it up waited that long to go on.
+        span_dec = _decorator(cache, boundscheck, fastmath=fastmath, nogil=False)
+        text, where = span_source(src, ndim, nargs, span_dec)
         tail = f"{tail.rstrip()}\n\n\n{text}"
         if where is not None:
             at, length, first = where

@@ -184,14 +184,19 @@ class TuningCache:
         self._write({key: value})
 
     def _flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        if pending:
-            self._write(pending)
+        """Write the entries put while the background thread compiled (its job)."""
+        self._write(None)
 
-    def _write(self, new: dict[str, Any]) -> None:
+    def _write(self, new: dict[str, Any] | None) -> None:
+        """Merge ``new`` (None: the pending entries) into the file, under its lock."""
         try:
             with self._lock, _locked(self.path):
+                if new is None:
+                    new, self._pending = self._pending, {}
+                    if not new:
+                        return  # (cleared meanwhile)
+                for key in new:
+                    self._pending.pop(key, None)  # (a newer value written now wins)
                 entries = self._read()
                 entries.update(new)
                 doc = {"format": FORMAT, "fingerprint": self.fp, "entries": entries}
