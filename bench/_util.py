@@ -76,6 +76,15 @@ def check_each(
         raise AssertionError("wrong results:\n" + "\n".join(failures))
 
 
+def settled() -> None:
+    """Wait for the compiles veda's launches sent to its background thread: a kernel's first
+    launches on "cpu" run a first tier while the serial loop compiles there, and a warm figure
+    timed meanwhile would time the compile's share of the machine (and of the GIL) too."""
+    from veda._kernel import background
+
+    background.wait(600)
+
+
 def compare(
     fns: dict[str, Callable[[], Any]],
     repeats: int = 15,
@@ -96,6 +105,7 @@ def compare(
             if setup:
                 setup()
             fn()
+    settled()
     times: dict[str, list[float]] = {k: [] for k in fns}
     order = list(fns.items())
     for r in range(repeats):
@@ -114,6 +124,7 @@ def calls_per_sample(fns: Iterable[Callable[[], Any]], sample: float) -> int:
     """Calls per timed sample of :func:`compare` for samples of about ``sample`` seconds: the
     fastest function's best time over a few calls sets it (1 to 10000)."""
     fastest = math.inf
+    settled()
     for fn in fns:
         for _ in range(5):
             start = time.perf_counter()
@@ -124,6 +135,7 @@ def calls_per_sample(fns: Iterable[Callable[[], Any]], sample: float) -> int:
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     """Median seconds of ``repeats`` calls of one function (no warm-up: the caller's job)."""
+    settled()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -134,6 +146,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
 
 def per_call(fn: Callable[[], Any], calls: int) -> float:
     """Seconds per call of a fast function, timed over ``calls`` calls."""
+    settled()
     start = time.perf_counter()
     for _ in range(calls):
         fn()
