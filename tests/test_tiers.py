@@ -1,4 +1,5 @@
-"""The first tier of "cpu": ``_veda_span`` while ``_veda_cpu`` compiles in the background.
+"""The first tier of "cpu": ``_veda_span`` while ``_veda_cpu`` compiles in the background;
+and the same written body in a 1-d kernel's parallel chunk.
 
 With ``background_compile`` on, a new kernel's first "cpu" launches run the body in a plain
 loop written into ``_veda_span`` (about half the cold compile of ``_veda_cpu``, whose loop
@@ -198,6 +199,88 @@ def test_a_body_that_is_called_runs_through_the_inliner():
     out = np.zeros(10)
     module._veda_span(0, 10, 10, x, out)
     np.testing.assert_array_equal(out, 2 * x)
+
+
+# -- the same written body in a 1-d parallel chunk --------------------------------------------
+
+
+def _chunk_calls_body(module, name):
+    """Whether the chunk calls the body ``name``, else (asserted) the loop it is written into."""
+    names = module._veda_chunk.py_func.__code__.co_names
+    assert (name in names) != ("_veda_chunk_loop" in names), names
+    return name in names
+
+
+@pytest.mark.parametrize("schedule", ["static", "interleaved", "dynamic", "guided"])
+def test_a_1d_parallel_chunk_runs_the_written_body_with_each_schedule(schedule):
+    x = np.random.default_rng(5).random(5000)
+    module = _module(early_1d, 1, 2)
+    assert not _chunk_calls_body(module, "early_1d")
+    want = np.zeros(5000)
+    module._veda_cpu(5000, x, want)
+    out = np.zeros(5000)
+    veda.launch(early_1d, 5000, x, out, target="parallel", schedule=schedule, chunk=300)
+    np.testing.assert_array_equal(out, want)
+
+
+def test_a_chunk_calls_a_body_it_cannot_write_and_a_2d_chunk_calls_the_body():
+    @veda.kernel
+    def chunk_called(i, x, out):
+        for k in range(3):
+            if k == 2:
+                return
+            out[i] += x[i]
+
+    assert _chunk_calls_body(_module(chunk_called, 1, 2), "chunk_called")
+    assert _chunk_calls_body(_module(stencil_2d, 2, 2), "stencil_2d")
+    x = np.arange(10.0)
+    out = np.zeros(10)
+    veda.launch(chunk_called, 10, x, out, target="parallel")
+    np.testing.assert_array_equal(out, 2 * x)
+
+
+@pytest.mark.parametrize("schedule", ["static", "dynamic"])
+def test_an_exception_in_a_written_parallel_chunk_names_its_index(schedule):
+    @veda.kernel
+    def chunk_fails(i, x, out):
+        if x[i] < 0:
+            return
+        if i == 3001:
+            raise ValueError("three thousand and one")
+        out[i] = x[i]
+
+    assert not _chunk_calls_body(_module(chunk_fails, 1, 2), "chunk_fails")
+    x = np.ones(5000)
+    x[:10] = -1.0
+    with pytest.raises(veda.KernelError, match="three thousand and one") as info:
+        veda.launch(
+            chunk_fails, 5000, x, np.zeros(5000), target="parallel", schedule=schedule, chunk=100
+        )
+    assert info.value.index == (3001,)
+
+
+def test_an_exception_an_inlined_callee_raises_in_a_written_chunk_is_not_lost():
+    """``veda.random`` is inlined into the code that calls it, and a ``try`` does not catch
+    what inlined code raises: the written loop is a call inside the chunk's ``try``."""
+
+    @veda.kernel
+    def chunk_draws(i, lo, out):
+        out[i] = veda.random.integers(1, i, lo[i], 5)
+
+    assert not _chunk_calls_body(_module(chunk_draws, 1, 2), "chunk_draws")
+    lo = np.zeros(1000, np.int64)
+    lo[700] = 9  # high <= low
+    with pytest.raises(veda.KernelError, match="high must be greater than low") as info:
+        veda.launch(
+            chunk_draws,
+            1000,
+            lo,
+            np.zeros(1000, np.int64),
+            target="parallel",
+            schedule="dynamic",
+            chunk=100,
+        )
+    assert info.value.index == (700,)
 
 
 # -- launches on the first tier ----------------------------------------------------------------

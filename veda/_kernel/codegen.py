@@ -12,10 +12,10 @@ the flattened domain by one of four schedules:
 * ``guided``: like dynamic, over chunks that shrink geometrically down to ``chunk``.
 
 Because the schedule is in the generated loop, it balances load on every Numba threading layer.
-Exceptions in a parallel body are caught per index by a small wrapper (a ``try`` directly in a
-``prange`` body would stop Numba from parallelising it); the first failing flat index is recorded,
-the other workers stop at their next chunk, and the launch path re-runs that one index serially to
-raise the original exception.
+Exceptions in a parallel body are caught per piece of a chunk by ``_veda_chunk``, a function
+the workers call (a ``try`` directly in a ``prange`` body would stop Numba from parallelising
+it); the failing piece is recorded, the other workers stop at their next piece, and the launch
+path re-runs that piece serially to find the failing index and raise the original exception.
 """
 
 from __future__ import annotations
@@ -208,8 +208,14 @@ def _decorator(
     parallel: bool = False,
     fastmath: frozenset[str] | None = frozenset(),
     nogil: bool = True,
+    internal: bool = False,
 ) -> str:
+    """``internal``: a function only compiled code calls, built without the CPython and cfunc
+    wrappers that Python callers need (each is a few hundred lines of IR that every caller's
+    library then links in and optimises again: a tenth of a cold parallel launch's compile)."""
     extra = f", parallel={PRANGE_ONLY}" if parallel else ""
+    if internal:
+        extra += ", no_cpython_wrapper=True, no_cfunc_wrapper=True"
     return (
         f"@_veda_numba.njit(cache={cache}, boundscheck={boundscheck}, nogil={nogil}{extra}"
         f"{fastmath_text(fastmath)})"
@@ -627,6 +633,37 @@ def inline_body(src: FunctionSource, ndim: int, depth: int) -> tuple[list[str], 
     return out, first
 
 
+def _written_loop(
+    src: FunctionSource, ndim: int, nargs: int, decorator: str, name: str
+) -> tuple[str, tuple[int, int, int]] | None:
+    """``name(lo, hi, n0, ..., args)``: the body's own lines (:func:`inline_body`) in plain
+    nested loops over the outermost indices [lo, hi) of the domain.  None where the body cannot
+    be written; else the text and where the body's lines are: (line of the text, count, line of
+    ``src.text``) for its LineMap."""
+    dims = [f"_veda_n{d}" for d in range(ndim)]
+    written = inline_body(src, ndim, 1 + ndim)
+    params = [a.arg for a in src.tree.args.args] if written is not None and src.tree else []
+    if written is None or len(params) != ndim + nargs:
+        return None
+    index, names = params[:ndim], params[ndim:]
+    lines = [decorator, f"def {name}(_veda_lo, _veda_hi, {', '.join(dims + names)}):"]
+    for d in range(ndim):
+        pad = " " * (4 * (d + 1))
+        bounds = "_veda_lo, _veda_hi" if d == 0 else dims[d]
+        lines.append(f"{pad}for _veda_i{d} in range({bounds}):")
+        lines.append(f"{pad}    {index[d]} = _veda_lang.nonneg(_veda_i{d})")
+    body, first = written
+    at = len(lines)
+    lines += body
+    lines.append("    return None")
+    text = "\n".join(lines) + "\n"
+    try:  # (a safety net: what the checks above missed is called, not written)
+        compile(text, "<veda loop>", "exec", dont_inherit=True)
+    except SyntaxError:
+        return None
+    return text, (at, len(body), first)
+
+
 def span_source(
     src: FunctionSource, ndim: int, nargs: int, decorator: str
 ) -> tuple[str, tuple[int, int, int] | None]:
@@ -636,32 +673,13 @@ def span_source(
     launch on ``"cpu"`` compiles it while ``_veda_cpu`` compiles in the background (see
     :class:`veda.targets.cpu.CPUTarget`): its compile takes about half as long.
 
-    The body is written into the loop where it can be (:func:`inline_body`), else called
-    through Numba's inliner.  Returns the text and, for a written body, where its lines are:
-    (line of the text, count, line of ``src.text``) for its LineMap.
+    The body is written into the loop where it can be (:func:`_written_loop`), else called
+    through Numba's inliner.  Returns the text and, for a written body, where its lines are.
     """
+    written = _written_loop(src, ndim, nargs, decorator, "_veda_span")
+    if written is not None:
+        return written
     dims = [f"_veda_n{d}" for d in range(ndim)]
-    written = inline_body(src, ndim, 1 + ndim)
-    params = [a.arg for a in src.tree.args.args] if written is not None and src.tree else []
-    if written is not None and len(params) == ndim + nargs:
-        index, names = params[:ndim], params[ndim:]
-        lines = [decorator, f"def _veda_span(_veda_lo, _veda_hi, {', '.join(dims + names)}):"]
-        for d in range(ndim):
-            pad = " " * (4 * (d + 1))
-            bounds = "_veda_lo, _veda_hi" if d == 0 else dims[d]
-            lines.append(f"{pad}for _veda_i{d} in range({bounds}):")
-            lines.append(f"{pad}    {index[d]} = _veda_lang.nonneg(_veda_i{d})")
-        body, first = written
-        at = len(lines)
-        lines += body
-        lines.append("    return None")
-        text = "\n".join(lines) + "\n"
-        try:  # (a safety net: what the checks above missed is called, not written)
-            compile(text, "<veda span>", "exec", dont_inherit=True)
-        except SyntaxError:
-            pass
-        else:
-            return text, (at, len(body), first)
     names = [f"a{k}" for k in range(nargs)]
     loops = "".join(
         " " * (4 * (d + 1)) + f"for i{d} in range({'_veda_lo, _veda_hi' if d == 0 else dims[d]}):\n"
@@ -674,6 +692,26 @@ def span_source(
         f"{loops}{' ' * (4 * (ndim + 1))}{call}\n    return None\n"
     )
     return text, None
+
+
+#: The written loop a 1-d kernel's parallel chunk calls (:func:`chunk_loop_source`).
+CHUNK_LOOP = "_veda_chunk_loop"
+
+
+def chunk_loop_source(
+    src: FunctionSource, nargs: int, decorator: str
+) -> tuple[str, tuple[int, int, int]] | None:
+    """``_veda_chunk_loop(lo, hi, n0, args)``: a 1-d kernel's body written into a loop over
+    [lo, hi), which its parallel chunk calls inside its ``try`` in place of a loop calling the
+    body; None where the body cannot be written (the chunk then calls the body).
+
+    The loop is one function where a called body is two (the body a library of its own, linked
+    into the chunk, the worker and the parallel region's three functions and optimised again in
+    each): about 40 ms of a 0.9 s cold parallel launch of saxpy.  The body is not written into
+    the ``try`` itself: a ``try`` does not catch what code that Numba inlined into it raises
+    (``inline='always'`` callees, such as ``veda.random``'s), and a call's failure it does.
+    Not for 2-d and 3-d domains, whose chunk visits a flat range in up to four loops."""
+    return _written_loop(src, 1, nargs, decorator, CHUNK_LOOP)
 
 
 def _flat(ndim: int) -> str:
@@ -781,6 +819,7 @@ def kernel_launchers(
     boundscheck: bool,
     private: Sequence[tuple[int, str]] = (),
     fastmath: frozenset[str] = frozenset(),
+    written_chunk: bool = False,
 ) -> str:
     """Source of the serial and parallel launchers around ``body``.
 
@@ -794,7 +833,9 @@ def kernel_launchers(
     ``_veda_chunk`` runs one chunk of the flat domain inside a ``try``: per chunk, not per
     index, because a ``try`` around every call keeps the body from being inlined (a 2-d stencil
     ran 20x slower that way).  When a chunk fails, ``_veda_first_failure`` finds the failing
-    index in it and ``_veda_at`` raises the body's own exception there.
+    index in it and ``_veda_at`` raises the body's own exception there.  With ``written_chunk``
+    a 1-d chunk calls ``_veda_chunk_loop`` (:func:`chunk_loop_source`), which the caller
+    appends to the module, instead of a loop calling the body.
     """
     dims = ", ".join(f"n{d}" for d in range(ndim))
     idx = ", ".join(f"i{d}" for d in range(ndim))
@@ -808,6 +849,7 @@ def kernel_launchers(
     dec = _decorator(cache, boundscheck, fastmath=fastmath)
     pdec = _decorator(cache, boundscheck, parallel=True, fastmath=fastmath)
     idec = _inline_decorator(boundscheck, fastmath)
+    xdec = _decorator(cache, boundscheck, fastmath=fastmath, internal=True)
     # The body's argument types, for typing the identity: a tuple even of one item.
     probe = "(" + "".join(["_z, "] * ndim) + "".join(f"a{k}, " for k in range(nargs)) + ")"
     out: list[str] = []
@@ -828,6 +870,7 @@ def kernel_launchers(
     fn(
         f"_veda_safe({idx}{args})",
         f"try:\n    {body}({idx}{args})\nexcept Exception:\n    return True\nreturn False\n",
+        xdec,
     )
     find_stmt = f"if _veda_safe({nn_idx}{args}):\n    return {_flat(ndim)}"
     fn(
@@ -846,11 +889,15 @@ def kernel_launchers(
     block_counters = "_nb = 0\n_K = 1\n_prev = 0\n_tp = 0\n"
     if reduce is None:
         fn(f"_veda_cpu({dims}{args})", _serial_loop(ndim, inline_call) + "return None\n")
+        walk = (
+            f"{CHUNK_LOOP}(_lo, _hi, {dims}{args})\n"
+            if written_chunk
+            else _segment_loop(ndim, "_lo", "_hi", call)
+        )
         fn(
             f"_veda_chunk(_lo, _hi, {dims}{args})",
-            "try:\n"
-            f"{_indent(_segment_loop(ndim, '_lo', '_hi', call), 4)}"
-            "except Exception:\n    return True\nreturn False\n",
+            f"try:\n{_indent(walk, 4)}except Exception:\n    return True\nreturn False\n",
+            xdec,
         )
         run_chunk = f"_bad = _veda_chunk(_lo, _hi, {dims}{wargs})\n"
         acc_init = result = ""
@@ -919,6 +966,7 @@ def kernel_launchers(
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n"
             f"try:\n{_indent(blocked, 4)}except Exception:\n    return True, _acc\n"
             "return False, _acc\n",
+            xdec,
         )
         run_chunk = f"_bad, _acc = _veda_chunk(_acc, _lo, _hi, {dims}{args})\n"
         acc_init = (
@@ -973,6 +1021,7 @@ def kernel_launchers(
             "        _p[_h] = _p[_n - 1]\n"
             "    _n = _h + _n % 2\n"
             "return _p[0]\n",
+            xdec,
         )
         det_blocks = (
             "for _bi in range(_blk_lo, _blk_hi):\n"
@@ -986,6 +1035,7 @@ def kernel_launchers(
             f"_z = _veda_np.int64(0)\n_ident = {ident}\n_NE = {size}\n"
             f"try:\n{_indent(det_blocks, 4)}except Exception:\n    return True\n"
             "return False\n",
+            xdec,
         )
         fn(
             f"_veda_det_cpu({dims}{args})",
@@ -1072,6 +1122,7 @@ def kernel_launchers(
             "        if _stop:\n"
             "            break\n"
             "except Exception:\n    return True\nreturn False\n",
+            xdec,
         )
         fn(
             f"_veda_det_cpu({dims}{args})",
@@ -1110,7 +1161,9 @@ def kernel_launchers(
         first = 1 if name == "_veda_det_parallel" else REDUCE_BLOCK if reduce else PARALLEL_PIECE
         accumulates = reduce is not None and name != "_veda_det_parallel"
         pieces = bool(private) and name == "_veda_det_parallel"  # work items: fixed pieces
-        common = "_N, _C, _veda_T, _veda_mode, _err, _counter, _bounds, _caller"
+        # ``_err`` is the launcher's whole ``_sync``: its words 0-2 are the error slots, word
+        # COUNTER_WORD the chunk counter (an array argument fewer for the region to pass).
+        common = "_N, _C, _veda_T, _veda_mode, _err, _bounds, _caller"
         # Each worker's own copies; in deterministic mode each piece's (see _veda_det_pieces).
         prologue = (
             "".join(f"_mine{k} = _pv{k}[_w].reshape(a{k}.shape)\n" for k, _ in private)
@@ -1136,10 +1189,10 @@ def kernel_launchers(
             "        _clo = (_w + _k * _veda_T) * _C\n"
             f"        _chi = {_min('_clo + _C', '_N')}\n"
             "    elif _veda_mode == 2:\n"
-            "        _clo = _veda_lang.fetch_add(_counter, 0, 1) * _C\n"
+            f"        _clo = _veda_lang.fetch_add(_err, {COUNTER_WORD}, 1) * _C\n"
             f"        _chi = {_min('_clo + _C', '_N')}\n"
             "    else:\n"
-            "        _c = _veda_lang.fetch_add(_counter, 0, 1)\n"
+            f"        _c = _veda_lang.fetch_add(_err, {COUNTER_WORD}, 1)\n"
             "        if _c >= _bounds.shape[0] - 1:\n"
             "            break\n"
             "        _clo = _bounds[_c]\n"
@@ -1170,10 +1223,12 @@ def kernel_launchers(
             "    if _veda_lang.atomic_load(_err, 2) != 0:\n"
             "        break\n"
             f"return {'_acc' if accumulates else '0'}\n",
+            xdec,
         )
         # Deterministic pieces are handed out one at a time from the counter, whatever the
         # schedule: which worker runs a piece cannot change its copy.
-        called = common.replace("_veda_mode", "2") if pieces else common
+        called = common.replace("_err", "_sync")
+        called = called.replace("_veda_mode", "2") if pieces else called
         call = f"{name}_worker(_veda_np.int64(_w), {called}{state}, {dims}{args})"
         fn(
             f"{name}({dims}, _veda_T, _veda_mode, _veda_chunk_size, _bounds{args})",
@@ -1184,8 +1239,7 @@ def kernel_launchers(
             f"_sync = _veda_lang.scratch({SYNC_WORDS}, _veda_np.int64(-1))\n"
             "_err = _sync[0:3]\n"
             "_err[2] = 0\n"
-            f"_counter = _sync[{COUNTER_WORD}:{COUNTER_WORD + 1}]\n"
-            "_counter[0] = 0\n"
+            f"_sync[{COUNTER_WORD}] = 0\n"
             "_caller = _veda_lang.thread_ident()\n"
             f"{init}"
             "for _w in _veda_numba.prange(_veda_T):\n"
@@ -1219,17 +1273,29 @@ def kernel_unit(
         + (f", private {list(private)!r}" if private else "")
     )
     dec = _decorator(cache, boundscheck, fastmath=fastmath)
-    tail = kernel_launchers(body, ndim, nargs, reduce, cache, boundscheck, private, fastmath)
+    loop = None
+    if reduce is None and ndim == 1:
+        loop_dec = _decorator(cache, boundscheck, fastmath=fastmath, internal=True)
+        loop = chunk_loop_source(src, nargs, loop_dec)
+    tail = kernel_launchers(
+        body, ndim, nargs, reduce, cache, boundscheck, private, fastmath, loop is not None
+    )
     spans: list[tuple[int, int, int]] = []
-    if reduce is None and not private:  # the first tier of "cpu" (CPUTarget)
-        # It keeps the GIL: the background compile of the serial loop holds the GIL for
-        # milliseconds at a time, and a piece that gave it up waited that long to go on.
-        span_dec = _decorator(cache, boundscheck, fastmath=fastmath, nogil=False)
-        text, where = span_source(src, ndim, nargs, span_dec)
+
+    def append(text: str, where: tuple[int, int, int] | None) -> None:
+        nonlocal tail
         tail = f"{tail.rstrip()}\n\n\n{text}"
         if where is not None:
             at, length, first = where
             spans.append((tail.count("\n") - text.count("\n") + at, length, first))
+
+    if loop is not None:
+        append(*loop)
+    if reduce is None and not private:  # the first tier of "cpu" (CPUTarget)
+        # It keeps the GIL: the background compile of the serial loop holds the GIL for
+        # milliseconds at a time, and a piece that gave it up waited that long to go on.
+        span_dec = _decorator(cache, boundscheck, fastmath=fastmath, nogil=False)
+        append(*span_source(src, ndim, nargs, span_dec))
     return _assemble(f"{src.name}_{ndim}d", header, [(src, emitted, dec)], tail, cache, spans=spans)
 
 

@@ -1,7 +1,8 @@
 """Whether a kernel's loops were vectorised, read from the optimised LLVM IR of its launchers.
 
 Each CPU launcher runs its loop in one generated function: ``"cpu"`` in ``_veda_cpu`` itself,
-``"parallel"`` in ``_veda_chunk`` (linked into the launcher's library), deterministic
+``"parallel"`` in ``_veda_chunk`` (linked into the launcher's library) or, for a 1-d kernel
+whose body is written into a loop, the ``_veda_chunk_loop`` it calls, deterministic
 reductions in ``_veda_det_blocks`` or ``_veda_det_pieces`` (or, where LLVM inlined that into
 its caller, the worker).  That function's IR is split into basic blocks; a loop is a block that
 branches back to itself or to a block before it, and it is vectorised when that block computes
@@ -32,10 +33,10 @@ __all__ = ["analyse", "record", "reports"]
 LOOPS: dict[str, tuple[str, tuple[str, ...]]] = {
     "_veda_cpu": ("cpu", ("_veda_cpu",)),
     "_veda_span": ("cpu, first tier", ("_veda_span",)),
-    "_veda_parallel": ("parallel", ("_veda_chunk", "_veda_parallel_worker")),
+    "_veda_parallel": ("parallel", ("_veda_chunk_loop", "_veda_chunk", "_veda_parallel_worker")),
     "_veda_parallel_profile": (
         "parallel, profiled",
-        ("_veda_chunk", "_veda_parallel_profile_worker"),
+        ("_veda_chunk_loop", "_veda_chunk", "_veda_parallel_profile_worker"),
     ),
     "_veda_det_cpu": ("cpu, deterministic", ("_veda_det_cpu",)),
     "_veda_det_parallel": (
