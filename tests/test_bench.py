@@ -4,6 +4,7 @@ NumPy, a non-zero exit status when one is wrong.  The scripts are found by name,
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -130,4 +131,6 @@ def test_the_compare_benchmark_runs_the_working_trees_script_on_both_sides(tmp_p
     data = json.loads(path.read_text())
     assert data["head_script"] is True
     row = data["metrics"]["parallel_overhead_seconds"]
-    assert row["base"] > 0 and row["head"] > 0, row
+    # Both sides report it (a difference of two timings: it may come out below zero in one
+    # quick round on a busy machine, so only that it is a number is checked here).
+    assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in ("base", "head")), row
