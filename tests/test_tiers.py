@@ -410,6 +410,38 @@ def test_errors_on_the_first_tier_name_the_index_and_the_users_line(tmp_path):
     assert f"{os.path.basename(__file__)}:{line}:" in message, message
 
 
+@veda.func
+def _tier_helper_raises(v, i):
+    if i == 300:
+        raise ValueError("the helper refuses 300")
+    return v
+
+
+def test_a_bodys_own_exception_on_the_first_tier_is_a_kernel_error(tmp_path):
+    """Numba gives an exception raised in compiled code a frame at the raising line: not to be
+    taken for a signal handler's frame, which is raised as it is."""
+
+    @veda.kernel
+    def tier_raises(i, x, out):
+        if i == 300:
+            raise ValueError("the body refuses 300")
+        out[i] = x[i]
+
+    @veda.kernel
+    def tier_helper(i, x, out):
+        out[i] = _tier_helper_raises(x[i], i)
+
+    x, out = np.arange(1000.0), np.zeros(1000)
+    with veda.config(background_compile=True, cache_dir=str(tmp_path)):
+        for kernel, text in ((tier_raises, "the body"), (tier_helper, "the helper")):
+            for _ in range(2):  # the first launch and the second, both on the first tier
+                with pytest.raises(veda.KernelError, match=f"{text} refuses 300") as info:
+                    veda.launch(kernel, 1000, x, out, target="cpu")
+                assert info.value.index == (300,)
+                assert isinstance(info.value.__cause__, ValueError)
+        assert background.wait(120)
+
+
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, threading, time

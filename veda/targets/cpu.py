@@ -8,6 +8,7 @@ Both run launchers from one generated module per kernel form (see
 from __future__ import annotations
 
 import math
+import signal
 import time
 from typing import Any
 
@@ -311,13 +312,36 @@ PIECE_SECONDS = 0.02
 
 
 def _raised_between_pieces(exc: BaseException) -> bool:
-    """Whether ``exc`` came from Python code run while :func:`_in_pieces` ran (a signal
-    handler, run between two pieces), rather than from the compiled span itself, which raises
-    without a Python frame of its own."""
+    """Whether ``exc`` came from a signal handler that Python ran between two pieces of
+    :func:`_in_pieces` (a TimeoutError from a SIGALRM handler, say), rather than from the
+    compiled span.  Both leave a frame past ``_in_pieces``'s: the handler's own, or the one
+    Numba adds at the line of the body that raised (a code object of no Python function), so
+    the frame's code is compared with the installed handlers'."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code is not _in_pieces.__code__:
         tb = tb.tb_next
-    return tb is not None and tb.tb_next is not None
+    if tb is None or tb.tb_next is None:
+        return False
+    return tb.tb_next.tb_frame.f_code in _handler_codes()
+
+
+def _handler_codes() -> set[Any]:
+    """The code objects of the Python signal handlers installed now (functions, methods,
+    ``functools.partial`` objects and callable instances)."""
+    codes = set()
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):  # (a signal this platform lists but cannot query)
+            continue
+        fn = getattr(handler, "func", handler)  # functools.partial
+        fn = getattr(fn, "__func__", fn)  # a bound method
+        code = getattr(fn, "__code__", None)
+        if code is None and callable(fn):  # a callable instance
+            code = getattr(type(fn).__call__, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
 
 
 def _in_pieces(span: Any, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
