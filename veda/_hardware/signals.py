@@ -18,7 +18,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-__all__ = ["Waiters", "from_signal_handler", "held_interrupts", "unwrap_interrupt"]
+__all__ = ["Waiters", "from_signal_handler", "handler_codes", "held_interrupts", "unwrap_interrupt"]
 
 #: Set by the launchers' poll on a signal handler's exception (see ``language.SIGNAL_MARK``).
 SIGNAL_MARK = "_veda_signal_handler"
@@ -29,6 +29,27 @@ _SYSTEM_ERROR_TEXT = "returned a result with an exception set"
 def from_signal_handler(exc: BaseException) -> bool:
     """Whether ``exc`` was raised by a signal handler that a launcher ran while polling."""
     return getattr(exc, SIGNAL_MARK, False) is True
+
+
+def handler_codes() -> set[Any]:
+    """The code objects of the Python signal handlers installed now (functions, methods,
+    ``functools.partial`` objects and callable instances): a traceback frame with one of them
+    is a handler's, where Numba's frame at the line compiled code raised from is of no
+    function."""
+    codes = set()
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):  # (a signal this platform lists but cannot query)
+            continue
+        fn = getattr(handler, "func", handler)  # functools.partial
+        fn = getattr(fn, "__func__", fn)  # a bound method
+        code = getattr(fn, "__code__", None)
+        if code is None and callable(fn):  # a callable instance
+            code = getattr(type(fn).__call__, "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
 
 
 def unwrap_interrupt(exc: BaseException) -> BaseException:

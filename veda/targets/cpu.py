@@ -8,7 +8,6 @@ Both run launchers from one generated module per kernel form (see
 from __future__ import annotations
 
 import math
-import signal
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from veda._hardware import cpu as hw
 from veda._hardware.pinning import pinner
-from veda._hardware.signals import from_signal_handler, unwrap_interrupt
+from veda._hardware.signals import from_signal_handler, handler_codes, unwrap_interrupt
 from veda._kernel import background
 from veda._kernel.checks import background_job, in_disk_cache
 from veda._kernel.codegen import MODE_CODES, REDUCE_BLOCK, SERIAL_PIECE, private_pieces
@@ -322,26 +321,7 @@ def _raised_between_pieces(exc: BaseException) -> bool:
         tb = tb.tb_next
     if tb is None or tb.tb_next is None:
         return False
-    return tb.tb_next.tb_frame.f_code in _handler_codes()
-
-
-def _handler_codes() -> set[Any]:
-    """The code objects of the Python signal handlers installed now (functions, methods,
-    ``functools.partial`` objects and callable instances)."""
-    codes = set()
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):  # (a signal this platform lists but cannot query)
-            continue
-        fn = getattr(handler, "func", handler)  # functools.partial
-        fn = getattr(fn, "__func__", fn)  # a bound method
-        code = getattr(fn, "__code__", None)
-        if code is None and callable(fn):  # a callable instance
-            code = getattr(type(fn).__call__, "__code__", None)
-        if code is not None:
-            codes.add(code)
-    return codes
+    return tb.tb_next.tb_frame.f_code in handler_codes()
 
 
 def _in_pieces(span: Any, dims: tuple[int, ...], args: tuple[Any, ...]) -> None:
